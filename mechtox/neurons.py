@@ -1,0 +1,195 @@
+"""Toxic-neuron ranking (Lee et al. 2024, item 2).
+
+MLP neuron ``i`` of layer ``l`` writes ``a[l, i] * v[l, i]`` into the residual stream, with
+value vector ``v[l, i] = W_out[l, i, :]``. Neurons are ranked by ``cos(v, w)`` with a toxicity
+direction ``w``; value vectors are decoded through the final norm's weight and the unembedding
+(logit lens); the top-N toxic value vectors are summarised by an SVD whose singular vectors are
+oriented to have a positive dot product with ``w``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from mechtox.activations import collect_activations
+from mechtox.errors import IncompatibleError, MechtoxError
+
+
+def mlp_post_hook(layer: int) -> str:
+    """The hook of neuron activations ``a[l, :]`` (for gated MLPs ``act(gate) * up``)."""
+    return f"blocks.{layer}.mlp.hook_post"
+
+
+def value_vectors(model: HookedTransformer) -> Float[Tensor, "n_layers d_mlp d_model"]:
+    """All value vectors ``W_out`` stacked over layers (a view of the weights, detached)."""
+    return torch.stack([b.mlp.W_out.detach() for b in model.blocks]).float()
+
+
+def _unit(w: Tensor) -> Tensor:
+    n = w.norm()
+    if not torch.isfinite(n) or n == 0:
+        raise MechtoxError("the direction is zero or not finite")
+    return w / n
+
+
+def random_cosine_range(d_model: int, n_vectors: int, draws: int = 10, seed: int = 0) -> tuple[float, float]:
+    """Range (min, max over ``draws``) of the largest cosine between one direction and
+    ``n_vectors`` random Gaussian vectors in ``d_model`` dims: what top cosines look like by chance."""
+    g = torch.Generator().manual_seed(seed)
+    maxes = []
+    chunk = 8192
+    for _ in range(draws):
+        w = _unit(torch.randn(d_model, generator=g))
+        m = -1.0
+        for s in range(0, n_vectors, chunk):
+            v = torch.randn(min(chunk, n_vectors - s), d_model, generator=g)
+            m = max(m, float((v @ w / v.norm(dim=1)).max()))
+        maxes.append(m)
+    return float(min(maxes)), float(max(maxes))
+
+
+def expected_max_cosine(d_model: int, n_vectors: int) -> float:
+    """Gaussian approximation of the largest chance cosine: ``sqrt(2 ln n / d)``."""
+    return math.sqrt(2 * math.log(max(n_vectors, 2)) / d_model)
+
+
+@dataclass(frozen=True)
+class NeuronRanking:
+    """Every neuron of every layer, sorted by cosine with the direction (most toxic first).
+
+    ``table`` columns: ``layer, neuron, cosine, dot, norm`` (+ ``mean_act, act_proj`` when
+    activations were given), ``rank`` (0 = most toxic).
+    """
+
+    table: pd.DataFrame
+    direction_name: str
+    chance_range: tuple[float, float]
+
+    def top(self, k: int = 100, by: str = "cosine") -> pd.DataFrame:
+        return self.table.nlargest(k, by)
+
+    @property
+    def above_chance(self) -> int:
+        """How many neurons have a cosine above the largest expected by chance."""
+        return int((self.table["cosine"] > self.chance_range[1]).sum())
+
+
+def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] | object,
+                 mean_acts: Float[Tensor, "n_layers d_mlp"] | None = None, name: str = "",
+                 chance_draws: int = 10) -> NeuronRanking:
+    """Rank all neurons by ``cos(W_out[l, i], w)``.
+
+    Args:
+        direction: a ``d_model`` tensor or a :class:`~mechtox.probe.Direction`.
+        mean_acts: mean activation of each neuron (e.g. on toxic text, from
+            :func:`mean_activations`); adds ``mean_act`` and ``act_proj = mean_act * dot``, the
+            activation-weighted ranking (how much the neuron writes along ``w`` on average).
+    """
+    w = getattr(direction, "vector", direction)
+    if not isinstance(w, Tensor):
+        raise MechtoxError("direction must be a tensor or a Direction")
+    if w.shape != (model.cfg.d_model,):
+        raise IncompatibleError(f"direction has shape {tuple(w.shape)} but the model has d_model {model.cfg.d_model}")
+    w = _unit(w.float().cpu())
+    V = value_vectors(model).cpu()  # [L, M, D]
+    norm = V.norm(dim=-1)
+    dot = V @ w
+    cos = dot / norm.clamp_min(1e-12)
+    L, M = cos.shape
+    table = pd.DataFrame({
+        "layer": np.repeat(np.arange(L), M),
+        "neuron": np.tile(np.arange(M), L),
+        "cosine": cos.flatten().numpy(),
+        "dot": dot.flatten().numpy(),
+        "norm": norm.flatten().numpy(),
+    })
+    if mean_acts is not None:
+        if tuple(mean_acts.shape) != (L, M):
+            raise IncompatibleError(f"mean_acts has shape {tuple(mean_acts.shape)}, expected {(L, M)}")
+        table["mean_act"] = mean_acts.flatten().float().cpu().numpy()
+        table["act_proj"] = table["mean_act"] * table["dot"]
+    table = table.sort_values(["cosine", "layer", "neuron"], ascending=[False, True, True], kind="stable")
+    table["rank"] = np.arange(len(table))
+    table = table.reset_index(drop=True)
+    rng = random_cosine_range(model.cfg.d_model, L * M, draws=chance_draws) if chance_draws else (float("nan"),) * 2
+    return NeuronRanking(table, name or getattr(direction, "name", "") or "direction", rng)
+
+
+def mean_activations(model: HookedTransformer, texts: Sequence[str], layers: Sequence[int] | None = None,
+                     batch_size: int = 16, max_length: int = 64, progress: bool = True) -> Float[Tensor, "n_layers d_mlp"]:
+    """Mean of every neuron's activation over all real tokens of ``texts`` (one pass)."""
+    layers = list(range(model.cfg.n_layers)) if layers is None else list(layers)
+    hooks = [mlp_post_hook(layer) for layer in layers]
+    acts = collect_activations(model, texts, hooks, "tokens", batch_size, max_length, progress)
+    return torch.stack([acts[h].mean(0) for h in hooks])
+
+
+def unembed_basis(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:
+    """``W_U`` scaled row-wise by the final norm's weight: what a residual direction promotes
+    when read through the final norm (the norm's scale does not change the ranking)."""
+    W_U = model.W_U.detach().float()
+    ln = getattr(model, "ln_final", None)
+    w = getattr(ln, "w", None)
+    if w is not None:
+        W_U = w.detach().float().unsqueeze(1) * W_U
+    return W_U
+
+
+def logit_lens(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], k: int = 10,
+               bottom: bool = False) -> list[list[str]]:
+    """Top-``k`` tokens each vector promotes through the final norm and the unembedding."""
+    if model.tokenizer is None:
+        raise MechtoxError("logit lens needs a model with a tokenizer")
+    vecs = vectors.float().to(model.W_U.device)
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        vecs = vecs - vecs.mean(-1, keepdim=True)
+    logits = vecs @ unembed_basis(model)
+    idx = logits.topk(k, dim=-1, largest=not bottom).indices.cpu()
+    return [[model.tokenizer.decode([int(t)]) for t in row] for row in idx]
+
+
+def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8) -> pd.DataFrame:
+    """``table`` (with ``layer``, ``neuron``) plus a ``tokens`` column of logit-lens tokens."""
+    if len(table) == 0:
+        return table.assign(tokens=[])
+    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in table.itertuples()])
+    out = table.copy()
+    out["tokens"] = [" | ".join(repr(t)[1:-1] for t in toks) for toks in logit_lens(model, V, k)]
+    return out
+
+
+@dataclass(frozen=True)
+class ToxicSVD:
+    """SVD of the top-N toxic value vectors; ``vectors[j]`` is the j-th right singular vector,
+    oriented so that ``vectors[j] @ w >= 0``."""
+
+    vectors: Float[Tensor, "k d_model"]
+    singular_values: Float[Tensor, " k"]
+    cos_with_direction: Float[Tensor, " k"]
+    n_neurons: int
+
+
+def toxic_svd(model: HookedTransformer, ranking: NeuronRanking, direction: Float[Tensor, " d_model"] | object,
+              top_n: int = 128, k: int = 10) -> ToxicSVD:
+    """SVD of the value vectors of the ``top_n`` neurons of ``ranking``, signs fixed."""
+    w = _unit(getattr(direction, "vector", direction).float().cpu())
+    top = ranking.table.head(top_n)
+    if len(top) == 0:
+        raise MechtoxError("the ranking is empty")
+    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach().float().cpu() for r in top.itertuples()])
+    _, S, Vh = torch.linalg.svd(V, full_matrices=False)
+    k = min(k, Vh.shape[0])
+    vecs = Vh[:k].clone()
+    signs = torch.sign(vecs @ w)
+    signs[signs == 0] = 1
+    vecs = vecs * signs.unsqueeze(1)
+    return ToxicSVD(vecs, S[:k].clone(), vecs @ w, len(top))

@@ -1,0 +1,298 @@
+"""Linear probes for toxicity and the directions they define (Lee et al. 2024, item 1).
+
+:func:`fit_probe` fits one probe on pooled activations; :func:`probe_sweep` fits one per layer
+from a single activation pass. Methods: logistic regression, difference of means, linear SVM.
+Features are standardised for fitting, and the weight is mapped back so that the returned
+direction lives in residual-stream coordinates: ``logit = x @ weight + bias``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor, nn
+from transformer_lens import HookedTransformer
+
+from mechtox import _io
+from mechtox.activations import FINAL_HOOK, Pooling, collect_activations, parse_layers
+from mechtox.data import LabelledTexts
+from mechtox.errors import IncompatibleError, MechtoxError
+
+Method = Literal["logreg", "diffmean", "svm"]
+METHODS: tuple[str, ...] = ("logreg", "diffmean", "svm")
+
+
+@dataclass(frozen=True)
+class Direction:
+    """A unit direction in the residual stream at ``hook_name``, with its provenance.
+
+    ``weight``/``bias`` are set for probes (``logit = x @ weight + bias``); other directions
+    (unembedding, gradient...) have ``weight=None``.
+    """
+
+    vector: Float[Tensor, " d_model"]
+    hook_name: str
+    method: str
+    model_name: str = ""
+    pooling: str = "mean"
+    name: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    weight: Float[Tensor, " d_model"] | None = None
+    bias: float = 0.0
+
+    @property
+    def d_model(self) -> int:
+        return int(self.vector.shape[0])
+
+    @property
+    def is_probe(self) -> bool:
+        return self.weight is not None
+
+    def logits(self, acts: Float[Tensor, "... d_model"]) -> Float[Tensor, "..."]:
+        """Probe logits of pooled activations (probes only)."""
+        if self.weight is None:
+            raise MechtoxError(f"direction {self.name or self.method!r} is no probe: it has no classifier weights")
+        w = self.weight.to(acts.device, acts.dtype)
+        return acts @ w + self.bias
+
+    def check_model(self, model: HookedTransformer) -> None:
+        """Raise :class:`IncompatibleError` if ``model`` cannot use this direction."""
+        if model.cfg.d_model != self.d_model:
+            raise IncompatibleError(
+                f"direction {self.name or self.method!r} has d_model {self.d_model} but model "
+                f"{model.cfg.model_name!r} has d_model {model.cfg.d_model}; fit it on this model"
+            )
+        if self.hook_name not in model.hook_dict:
+            raise IncompatibleError(f"direction {self.name!r} lives at {self.hook_name}, which model {model.cfg.model_name!r} does not have")
+
+    # -- persistence: safetensors + JSON
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write ``direction.safetensors`` + ``direction.json`` into directory ``path``, atomically."""
+        from safetensors.torch import save_file
+
+        tensors = {"vector": self.vector.detach().float().cpu().contiguous()}
+        if self.weight is not None:
+            tensors["weight"] = self.weight.detach().float().cpu().contiguous()
+        meta = {k: v for k, v in asdict(self).items() if k not in ("vector", "weight")}
+        meta["d_model"] = self.d_model
+        meta["kind"] = "probe" if self.is_probe else "direction"
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            save_file(tensors, str(tmp / "direction.safetensors"))
+            (tmp / "direction.json").write_text(json.dumps(meta, indent=2, default=_json_default))
+
+        return _io.write_with(path, write)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], model: HookedTransformer | None = None) -> Direction:
+        """Load a saved direction or probe; with ``model``, check it fits (d_model, hook)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta_file = path / "direction.json"
+        if not meta_file.is_file():
+            raise MechtoxError(f"{path} holds no direction (no direction.json)")
+        meta = json.loads(meta_file.read_text())
+        t = load_file(str(path / "direction.safetensors"))
+        kind = meta.pop("kind", "direction")
+        meta.pop("d_model", None)
+        klass = Probe if kind == "probe" else Direction
+        d = klass(vector=t["vector"], weight=t.get("weight"), **meta)
+        if model is not None:
+            d.check_model(model)
+        return d
+
+
+@dataclass(frozen=True)
+class Probe(Direction):
+    """A toxicity probe: a :class:`Direction` with classifier weights (``P(toxic) = sigmoid(x @ weight + bias)``)."""
+
+    def module(self) -> ProbeModule:
+        """A differentiable torch module of this probe (for training objectives)."""
+        return ProbeModule(self)
+
+
+class ProbeModule(nn.Module):
+    """``acts -> P(toxic)`` as a torch module with frozen buffers; differentiable in ``acts``."""
+
+    def __init__(self, probe: Direction):
+        super().__init__()
+        if probe.weight is None:
+            raise MechtoxError("a ProbeModule needs a probe (a direction with weights)")
+        self.register_buffer("weight", probe.weight.detach().float().clone())
+        self.register_buffer("bias", torch.tensor(float(probe.bias)))
+        self.hook_name = probe.hook_name
+        self.pooling = probe.pooling
+
+    def forward(self, acts: Float[Tensor, "... d_model"]) -> Float[Tensor, "..."]:
+        return torch.sigmoid(acts @ self.weight.to(acts.dtype) + self.bias.to(acts.dtype))
+
+    def pooled(self, acts: Float[Tensor, "batch pos d_model"], mask: Tensor) -> Float[Tensor, " batch"]:
+        """P(toxic) of per-token activations pooled as the probe was trained (mean or last)."""
+        m = mask.to(acts.dtype).unsqueeze(-1)
+        if self.pooling == "last":
+            last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)
+            x = acts[torch.arange(acts.shape[0], device=acts.device), last]
+        else:
+            x = (acts * m).sum(1) / m.sum(1).clamp_min(1)
+        return self(x)
+
+
+class ProbeScorer:
+    """Score texts with a probe on ``model``'s own activations (a toxicity scorer)."""
+
+    def __init__(self, model: HookedTransformer, probe: Direction, batch_size: int = 16, max_length: int = 64):
+        probe.check_model(model)
+        if not probe.is_probe:
+            raise MechtoxError(f"{probe.name!r} is a direction without classifier weights; a scorer needs a probe")
+        self.model, self.probe = model, probe
+        self.batch_size, self.max_length = batch_size, max_length
+        self.name = f"probe:{probe.name or probe.method}"
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [t if t.strip() else " " for t in texts]
+        acts = collect_activations(self.model, texts, [self.probe.hook_name], self.probe.pooling,
+                                   self.batch_size, self.max_length, progress=False)
+        return torch.sigmoid(self.probe.logits(acts[self.probe.hook_name])).numpy().astype(np.float64)
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    return str(o)
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+def split_indices(labels: np.ndarray, test_size: float | int = 0.25, seed: int = 0,
+                  train_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stratified train/test indices (seeded)."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(labels))
+    tr, te = train_test_split(idx, test_size=test_size, train_size=train_size, stratify=labels, random_state=seed)
+    return np.sort(tr), np.sort(te)
+
+
+def _metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    pred = (logits > 0).astype(int)
+    return {"accuracy": float(accuracy_score(y, pred)), "f1": float(f1_score(y, pred)),
+            "auroc": float(roc_auc_score(y, logits)) if len(set(y.tolist())) > 1 else float("nan")}
+
+
+def fit_direction_weights(X: np.ndarray, y: np.ndarray, method: Method = "logreg", C: float = 1.0,
+                          seed: int = 0) -> tuple[np.ndarray, float]:
+    """Fit a linear classifier on ``X`` (raw coordinates); return ``(weight, bias)`` in raw coordinates.
+
+    Standardisation is internal: the classifier sees ``(X - mu) / sigma`` and its weight is
+    mapped back (``w_raw = w / sigma``, ``b_raw = b - mu @ w_raw``). Difference of means and
+    SVM directions are calibrated into probabilities with a 1-D logistic fit on the projection.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    if not np.isfinite(X).all():
+        raise MechtoxError("activations contain NaN or inf; check the model and the data (fp16 overflow?)")
+    if len(set(y.tolist())) < 2:
+        raise MechtoxError("a probe needs both classes in its training data")
+    mu = X.mean(0)
+    sigma = X.std(0)
+    sigma = np.where(sigma < 1e-8, 1.0, sigma)
+    Z = (X - mu) / sigma
+    if method == "logreg":
+        clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
+        clf.fit(Z, y)
+        w = clf.coef_[0] / sigma
+        return w, float(clf.intercept_[0] - mu @ w)
+    if method == "diffmean":
+        d = X[y == 1].mean(0) - X[y == 0].mean(0)
+    elif method == "svm":
+        svm = LinearSVC(C=C * 0.01, max_iter=20000, random_state=seed)
+        svm.fit(Z, y)
+        d = svm.coef_[0] / sigma
+    else:
+        raise MechtoxError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
+    proj = (X @ d).reshape(-1, 1)
+    cal = LogisticRegression(C=1e4, max_iter=1000).fit(proj, y)
+    scale = float(cal.coef_[0, 0])
+    return d * scale, float(cal.intercept_[0])
+
+
+def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_name: str,
+              method: Method = "logreg", test_size: float | int = 0.25, seed: int = 0,
+              train_size: int | None = None, C: float = 1.0, model_name: str = "", pooling: str = "mean",
+              name: str = "", provenance: dict[str, Any] | None = None,
+              split: tuple[np.ndarray, np.ndarray] | None = None) -> Probe:
+    """Fit a probe on pooled activations ``X`` with labels ``y``; held-out metrics with a
+    stratified, seeded split (accuracy, F1 and AUROC on train and test)."""
+    Xn = X.numpy() if isinstance(X, Tensor) else np.asarray(X)
+    Xn = Xn.astype(np.float64)
+    y = np.asarray(y).astype(int)
+    tr, te = split if split is not None else split_indices(y, test_size, seed, train_size)
+    w, b = fit_direction_weights(Xn[tr], y[tr], method, C, seed)
+    metrics = {f"train_{k}": v for k, v in _metrics(y[tr], Xn[tr] @ w + b).items()}
+    metrics |= {f"test_{k}": v for k, v in _metrics(y[te], Xn[te] @ w + b).items()}
+    metrics |= {"n_train": int(len(tr)), "n_test": int(len(te))}
+    wt = torch.as_tensor(w, dtype=torch.float32)
+    return Probe(vector=wt / wt.norm(), hook_name=hook_name, method=method, model_name=model_name,
+                 pooling=pooling, name=name, metrics=metrics,
+                 provenance={"seed": seed, "C": C, **(provenance or {})}, weight=wt, bias=b)
+
+
+@dataclass(frozen=True)
+class ProbeSweep:
+    """One probe per hook from a single activation pass."""
+
+    table: pd.DataFrame
+    probes: dict[str, Probe]
+    best_hook: str
+
+    @property
+    def best(self) -> Probe:
+        return self.probes[self.best_hook]
+
+
+def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Sequence[int] = "all",
+                site: str = "resid_post", include_final: bool = True, method: Method = "logreg",
+                pooling: Pooling = "mean", max_length: int = 64, batch_size: int = 16,
+                test_size: float | int = 0.25, train_size: int | None = None, seed: int = 0,
+                C: float = 1.0, progress: bool = True, select_on: str = "test_auroc") -> ProbeSweep:
+    """Fit a probe at every requested layer (and the final normalised stream) from ONE pass.
+
+    The best hook is chosen by ``select_on`` (held-out AUROC by default; the table shows all).
+    """
+    from transformer_lens.utils import get_act_name
+
+    layer_ids = parse_layers(layers, model.cfg.n_layers)
+    hooks = [get_act_name(site, layer) for layer in layer_ids]
+    if include_final and model.cfg.normalization_type is not None:
+        hooks.append(FINAL_HOOK)
+    acts = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
+    split = split_indices(data.labels, test_size, seed, train_size)
+    rows, probes = [], {}
+    prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
+    for i, h in enumerate(hooks):
+        p = fit_probe(acts[h], data.labels, h, method, seed=seed, C=C, model_name=model.cfg.model_name,
+                      pooling=pooling, provenance=prov, split=split)
+        probes[h] = p
+        layer = layer_ids[i] if i < len(layer_ids) else model.cfg.n_layers
+        rows.append({"hook": h, "layer": layer, **p.metrics})
+    table = pd.DataFrame(rows)
+    best = str(table.loc[table[select_on].idxmax(), "hook"])
+    return ProbeSweep(table, probes, best)

@@ -1,0 +1,148 @@
+"""Toxicity scorers behind one interface: ``scorer(texts) -> np.ndarray`` of P(toxic) in [0, 1].
+
+* ``profanity`` — alt-profanity-check (offline default; a calibrated linear model on ~200k
+  human-labelled comments, mostly lexical);
+* ``probe:NAME`` — a probe from the workspace (see :mod:`mechtox.probe`);
+* ``detoxify`` — Detoxify (optional package; needs to download its checkpoint once);
+* ``perspective`` — Google's Perspective API (needs internet and ``PERSPECTIVE_API_KEY``).
+
+Detoxify and Perspective scores are the max over attributes, as in Lee et al. 2024.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from mechtox.errors import MechtoxError, OfflineError
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Anything with a ``name`` that maps texts to toxicity scores in [0, 1]."""
+
+    name: str
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+class ProfanityCheckScorer:
+    """alt-profanity-check's ``predict_prob``, batched; empty texts score 0."""
+
+    name = "profanity-check"
+
+    def __init__(self, batch_size: int = 1024):
+        try:
+            from profanity_check import predict_prob
+        except ImportError as e:
+            raise OfflineError("the profanity scorer needs alt-profanity-check: pip install alt-profanity-check") from e
+        self._predict = predict_prob
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = [t if isinstance(t, str) else "" for t in texts]
+        out = np.zeros(len(texts), dtype=np.float64)
+        idx = [i for i, t in enumerate(texts) if t.strip()]
+        for s in range(0, len(idx), self.batch_size):
+            chunk = idx[s: s + self.batch_size]
+            out[chunk] = self._predict([texts[i] for i in chunk])
+        return out
+
+
+class DetoxifyScorer:
+    """Detoxify (``pip install detoxify``); score = max over its attributes."""
+
+    def __init__(self, variant: str = "original", device: str = "cpu", batch_size: int = 64):
+        try:
+            from detoxify import Detoxify
+        except ImportError as e:
+            raise OfflineError("the detoxify scorer needs the detoxify package: pip install 'mechtox[detoxify]'") from e
+        try:
+            self._model = Detoxify(variant, device=device)
+        except Exception as e:  # noqa: BLE001 - download failures come in many types
+            raise OfflineError(
+                f"Detoxify could not load its {variant!r} checkpoint (it downloads it once; are you offline?): "
+                f"{type(e).__name__}"
+            ) from None
+        self.name = f"detoxify-{variant}"
+        self.batch_size = batch_size
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for s in range(0, len(texts), self.batch_size):
+            res = self._model.predict(list(texts[s: s + self.batch_size]))
+            out.append(np.max(np.stack([np.asarray(v, dtype=float) for v in res.values()]), axis=0))
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+PERSPECTIVE_ATTRIBUTES = ("TOXICITY", "SEVERE_TOXICITY", "IDENTITY_ATTACK", "INSULT", "PROFANITY", "THREAT",
+                          "SEXUALLY_EXPLICIT", "FLIRTATION")
+
+
+class PerspectiveScorer:
+    """Perspective API; score = max over ``attributes`` (Lee et al.). The key is read from
+    ``PERSPECTIVE_API_KEY`` when the scorer is created, never stored anywhere."""
+
+    name = "perspective"
+    URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
+
+    def __init__(self, api_key: str | None = None, attributes: Sequence[str] = PERSPECTIVE_ATTRIBUTES,
+                 qps: float = 1.0, timeout: float = 20.0):
+        self._key = api_key or os.environ.get("PERSPECTIVE_API_KEY")
+        if not self._key:
+            raise OfflineError("the perspective scorer needs an API key in PERSPECTIVE_API_KEY (and internet)")
+        self.attributes = tuple(attributes)
+        self.qps, self.timeout = qps, timeout
+
+    def _one(self, text: str) -> float:
+        import json
+        import urllib.error
+        import urllib.request
+
+        if not text.strip():
+            return 0.0
+        body = json.dumps({"comment": {"text": text}, "languages": ["en"],
+                           "requestedAttributes": {a: {} for a in self.attributes}}).encode()
+        req = urllib.request.Request(f"{self.URL}?key={self._key}", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                res = json.loads(r.read())
+        except (urllib.error.URLError, TimeoutError, OSError) as e:
+            raise OfflineError(f"the Perspective API could not be reached ({type(e).__name__}); are you offline?") from None
+        scores = [v["summaryScore"]["value"] for v in res.get("attributeScores", {}).values()]
+        return float(max(scores)) if scores else float("nan")
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        out = []
+        for t in texts:
+            out.append(self._one(t))
+            time.sleep(1.0 / self.qps)
+        return np.asarray(out)
+
+
+SCORER_NAMES = ("profanity", "detoxify", "perspective", "probe:NAME")
+
+
+def get_scorer(name: str = "profanity", workspace=None, model=None) -> Scorer:
+    """A scorer by name: ``profanity``, ``detoxify[:variant]``, ``perspective`` or ``probe:NAME``
+    (``probe:NAME`` needs the ``workspace`` and the ``model`` whose activations it reads)."""
+    if name in ("profanity", "profanity-check"):
+        return ProfanityCheckScorer()
+    if name.startswith("detoxify"):
+        variant = name.split(":", 1)[1] if ":" in name else "original"
+        return DetoxifyScorer(variant)
+    if name == "perspective":
+        return PerspectiveScorer()
+    if name.startswith("probe:"):
+        if workspace is None or model is None:
+            raise MechtoxError("a probe scorer needs a workspace and a model")
+        from mechtox.probe import Probe, ProbeScorer
+
+        probe = Probe.load(workspace.require_direction(name.split(":", 1)[1]))
+        return ProbeScorer(model, probe)
+    raise MechtoxError(f"unknown scorer {name!r}; use one of {', '.join(SCORER_NAMES)}")

@@ -1,0 +1,205 @@
+"""The workspace: a directory of named models, directions, pair sets and runs.
+
+Layout (default ``./mechtox-runs``, or ``$MECHTOX_HOME``, or ``--workspace``)::
+
+    workspace.json          {"base": "<model spec>"}  (the model called ``base``)
+    models/NAME/            mechtox checkpoints (written by ``mechtox train ... --out NAME``)
+    directions/NAME/        probes and other directions (``mechtox probe/directions --out NAME``)
+    pairs/NAME.jsonl        preference pairs (``mechtox pairs --out NAME``)
+    runs/NAME/              outputs of eval / rank / attribute / report
+
+A model spec on the CLI is an alias in ``models/`` (or ``base``), a TransformerLens model
+name, the offline default ``smollm2-135m-instruct``, or a path (checkpoint dir or ``.gguf``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from mechtox import _io
+from mechtox.errors import MechtoxError, ModelNotFoundError
+
+DEFAULT_WORKSPACE = "mechtox-runs"
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+# Which command creates a model alias, by its conventional name.
+_CREATORS = {
+    "dpo": "mechtox train dpo --out dpo",
+    "sft-probe": "mechtox train sft-probe --out sft-probe",
+    "dpo-probe": "mechtox train dpo-probe --out dpo-probe",
+    "sap": "mechtox train sap --out sap",
+}
+
+
+def check_name(name: str, what: str = "name") -> str:
+    """Validate a workspace name (letters, digits, ``_.-``; no path separators)."""
+    if not _NAME_RE.match(name):
+        raise MechtoxError(f"invalid {what} {name!r}: use letters, digits, '_', '.', '-' (no '/')")
+    return name
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Where a model spec points: how to load it and what to call it."""
+
+    spec: str
+    kind: Literal["checkpoint", "gguf", "default", "pretrained", "tiny"]
+    location: str
+    name: str
+
+
+class Workspace:
+    """A workspace directory. Creating the object touches nothing on disk."""
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        if root is None:
+            root = os.environ.get("MECHTOX_HOME") or DEFAULT_WORKSPACE
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"Workspace({str(self.root)!r})"
+
+    # -- paths
+    def model_dir(self, name: str) -> Path:
+        return self.root / "models" / check_name(name, "model name")
+
+    def direction_dir(self, name: str) -> Path:
+        return self.root / "directions" / check_name(name, "direction name")
+
+    def pairs_path(self, name: str) -> Path:
+        return self.root / "pairs" / f"{check_name(name, 'pairs name')}.jsonl"
+
+    def run_dir(self, name: str) -> Path:
+        return self.root / "runs" / check_name(name, "run name")
+
+    # -- listings
+    def _list(self, sub: str, suffix: str = "") -> list[str]:
+        d = self.root / sub
+        if not d.is_dir():
+            return []
+        names = []
+        for p in sorted(d.iterdir()):
+            if p.name.startswith("."):
+                continue
+            if suffix and p.name.endswith(suffix):
+                names.append(p.name[: -len(suffix)])
+            elif not suffix and p.is_dir():
+                names.append(p.name)
+        return names
+
+    def models(self) -> list[str]:
+        """Model aliases: ``base`` and every complete checkpoint in ``models/``."""
+        from mechtox.models import is_checkpoint
+
+        return ["base"] + [n for n in self._list("models") if is_checkpoint(self.root / "models" / n)]
+
+    def directions(self) -> list[str]:
+        return [n for n in self._list("directions") if (self.root / "directions" / n / "direction.json").is_file()]
+
+    def pairs(self) -> list[str]:
+        return self._list("pairs", ".jsonl")
+
+    def runs(self) -> list[str]:
+        return self._list("runs")
+
+    # -- base model
+    def _meta(self) -> dict:
+        f = self.root / "workspace.json"
+        if not f.is_file():
+            return {}
+        try:
+            return json.loads(f.read_text())
+        except json.JSONDecodeError as e:
+            raise MechtoxError(f"{f} is not valid JSON ({e}); fix or delete it") from e
+
+    @property
+    def base_spec(self) -> str:
+        """The spec that ``base`` stands for (default: the offline SmolLM2)."""
+        from mechtox.models import DEFAULT_MODEL
+
+        return self._meta().get("base", DEFAULT_MODEL)
+
+    def set_base(self, spec: str) -> None:
+        """Make ``spec`` the workspace's ``base`` model."""
+        if spec == "base":
+            raise MechtoxError("base cannot point at itself")
+        meta = self._meta()
+        meta["base"] = spec
+        _io.write_json(self.root / "workspace.json", meta)
+
+    # -- resolution
+    def resolve_model(self, spec: str) -> ModelRef:
+        """Resolve a model spec, or raise a one-line :class:`ModelNotFoundError`."""
+        from mechtox import models as M
+
+        if spec == "base":
+            ref = self.resolve_model(self.base_spec)
+            return ModelRef(spec, ref.kind, ref.location, ref.name if ref.kind != "default" else "base")
+        if spec == "tiny":
+            return ModelRef(spec, "tiny", "", "tiny")
+        if _NAME_RE.match(spec) and M.is_checkpoint(self.root / "models" / spec):
+            return ModelRef(spec, "checkpoint", str(self.root / "models" / spec), spec)
+        if spec.lower() in (M.DEFAULT_MODEL, "smollm2", "smollm2-135m"):
+            return ModelRef(spec, "default", "", M.DEFAULT_MODEL)
+        p = Path(spec).expanduser()
+        if p.exists():
+            if p.is_file() and p.suffix == ".gguf":
+                return ModelRef(spec, "gguf", str(p), p.stem)
+            if M.is_checkpoint(p):
+                return ModelRef(spec, "checkpoint", str(p), p.name)
+            raise ModelNotFoundError(f"{spec} is neither a mechtox checkpoint directory nor a .gguf file")
+        if M.is_official_name(spec):
+            return ModelRef(spec, "pretrained", spec, spec)
+        have = ", ".join(self.models())
+        how = _CREATORS.get(spec, f"mechtox train dpo --out {spec}" if _NAME_RE.match(spec) else "")
+        hint = f"; create it with `{how}`" if how else ""
+        raise ModelNotFoundError(
+            f"no model {spec!r} in {self.root} (it has: {have}) and it is no TransformerLens "
+            f"model name or path{hint}"
+        )
+
+    def load_model(self, spec: str, device: str | None = None, dtype: str = "float32"):
+        """Resolve ``spec`` and load it as a ``HookedTransformer``."""
+        from mechtox import models as M
+
+        ref = self.resolve_model(spec)
+        if ref.kind == "checkpoint":
+            model = M.load_checkpoint(ref.location, device=device, dtype=dtype)
+        elif ref.kind == "gguf":
+            model = M.load_gguf(ref.location, device=device, dtype=dtype)
+        elif ref.kind == "default":
+            model = M.load_gguf(None, device=device, dtype=dtype)
+        elif ref.kind == "tiny":
+            model = M.tiny_model(device=device or "cpu")
+        else:
+            model = M.load_pretrained(ref.location, device=device, dtype=dtype)
+        return model
+
+    def require_direction(self, name: str) -> Path:
+        d = self.direction_dir(name)
+        if not (d / "direction.json").is_file():
+            have = ", ".join(self.directions()) or "none"
+            raise MechtoxError(
+                f"no direction or probe {name!r} in {self.root} (it has: {have}); "
+                f"create it with `mechtox probe --out {name}` or `mechtox directions`"
+            )
+        return d
+
+    def require_pairs(self, name: str) -> Path:
+        p = Path(name)
+        if p.suffix in (".jsonl", ".tsv") and p.is_file():
+            return p
+        path = self.pairs_path(name)
+        if not path.is_file():
+            have = ", ".join(self.pairs()) or "none"
+            raise MechtoxError(
+                f"no pairs {name!r} in {self.root} (it has: {have}); create them with "
+                f"`mechtox pairs --model base --out {name}` or pass a .jsonl/.tsv path"
+            )
+        return path

@@ -1,0 +1,141 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mechtox import data as D
+from mechtox.errors import DataError
+
+from .conftest import shared_file
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_builtin_data_loads():
+    lab = D.load_labelled("builtin:toxicity")
+    assert len(lab) == 240 and set(lab.labels.tolist()) == {0, 1}
+    ps = D.load_prompts("builtin:prompts")
+    assert len(ps) == 30 and all(isinstance(p, str) for p in ps.prompts)
+    assert len(D.load_text("builtin:text").split()) > 300
+
+
+def test_csv_tsv_jsonl_and_columns(tmp_path):
+    csv = write(tmp_path / "a.csv", "comment,tox\nhello,0\nyou idiot,1\n")
+    lab = D.load_labelled(csv, text_col="comment", label_col="tox")
+    assert lab.texts == ["hello", "you idiot"] and lab.labels.tolist() == [0, 1]
+    tsv = write(tmp_path / "a.tsv", "text\tlabel\nhi\t0.1\nshut up\t0.9\n")
+    assert D.load_labelled(tsv).labels.tolist() == [0, 1]  # scores thresholded at 0.5
+    jl = write(tmp_path / "a.jsonl", '{"text": "hi", "label": "non-toxic"}\n\n{"text": "jerk", "label": "toxic"}\n')
+    assert D.load_labelled(jl).labels.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("content,suffix,match", [
+    ("text,lab\nhi,0\n", ".csv", r"no column 'label'.*--text-col/--label-col"),
+    ("", ".csv", "is empty"),
+    ("text,label\n", ".csv", "no data rows"),
+    ("text,label\nhi,0\nho,0\n", ".csv", "only one class"),
+    ('{"text": "a", "label": 0}\n{"text": "b", "label": 1\n', ".jsonl", r":2: bad JSON line"),
+    ('{"text": "a", "label": 0}\n[1, 2]\n', ".jsonl", r":2: expected a JSON object"),
+    ("text,label\nhi,0\n,1\n", ".csv", r":3: empty or missing text"),
+    ("text,label\nhi,0\nyo,maybe\n", ".csv", r":3: label 'maybe'"),
+    ("text,label\nhi,0\nyo,nan\n", ".csv", r":3: label is NaN"),
+])
+def test_malformed_labelled_files(tmp_path, content, suffix, match):
+    path = write(tmp_path / f"bad{suffix}", content)
+    with pytest.raises(DataError, match=match) as e:
+        D.load_labelled(path)
+    assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(DataError, match="no such data file"):
+        D.load_labelled(tmp_path / "nope.csv")
+    with pytest.raises(DataError, match="unknown format"):
+        D.load_labelled(write(tmp_path / "a.xml", "<a/>"))
+    with pytest.raises(DataError, match="is a directory"):
+        D.load_labelled(tmp_path)
+
+
+def test_unreachable_hf_id_is_clear(monkeypatch):
+    import datasets
+
+    def offline(*a, **k):
+        raise ConnectionError("no internet")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="could not be loaded from the HF hub.*local CSV"):
+        D.load_labelled("someone/some-dataset")
+
+
+def test_hf_path_uses_known_columns(monkeypatch):
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"comment_text": ["a", "b"], "toxic": [0, 1]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None, split=None: ds)
+    lab = D.load_labelled("google/jigsaw_toxicity_pred")
+    assert lab.texts == ["a", "b"] and lab.source.startswith("hf:")
+
+
+def test_rtp_prompts_with_scores(tmp_path):
+    rows = [{"prompt": {"text": "So I said", "toxicity": 0.7}, "continuation": {"text": " you idiot", "toxicity": 0.9, "insult": 0.95}},
+            {"prompt": {"text": "The river", "toxicity": 0.01}, "continuation": {"text": " flows", "toxicity": 0.02}}]
+    path = write(tmp_path / "rtp.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    ps = D.load_prompts(path)
+    assert ps.prompts == ["So I said", "The river"]
+    np.testing.assert_allclose(ps.prompt_toxicity, [0.7, 0.01])
+    np.testing.assert_allclose(ps.continuation_toxicity, [0.9, 0.02])
+    assert ps.continuation_scores[0]["insult"] == 0.95
+    assert len(ps.head(1)) == 1 and ps.head(1).continuation_toxicity.shape == (1,)
+    plain = write(tmp_path / "p.jsonl", '{"prompt": "Hello"}\n')
+    assert D.load_prompts(plain).prompt_toxicity is None
+    with pytest.raises(DataError, match=r":1: no prompt text"):
+        D.load_prompts(write(tmp_path / "q.jsonl", '{"text": "Hello"}\n'))
+
+
+def test_real_rtp_file():
+    ps = D.load_prompts(shared_file("rtp_challenge.jsonl"))
+    assert len(ps) == 1196 and ps.continuation_toxicity is not None
+    assert np.isfinite(ps.prompt_toxicity).mean() > 0.99
+
+
+def test_pairs_trl_and_paradetox(tmp_path):
+    path = write(tmp_path / "p.jsonl", json.dumps({"prompt": "Hi", "chosen": " there", "rejected": " idiot", "score": 1}) + "\n")
+    pairs = D.load_pairs(path)
+    assert pairs.chosen == [" there"] and pairs.extra[0] == {"score": 1}
+    D.save_pairs(pairs, tmp_path / "out.jsonl")
+    assert D.load_pairs(tmp_path / "out.jsonl").to_rows() == pairs.to_rows()
+    tsv = write(tmp_path / "pd.tsv", "toxic\tneutral1\tneutral2\nyou fool\tyou are wrong\t\n\t\t\n")
+    pd_pairs = D.load_pairs(tsv)
+    assert pd_pairs.rejected == [" you fool"] and pd_pairs.chosen == [" you are wrong"] and pd_pairs.prompt == [""]
+    with pytest.raises(DataError, match="no column 'rejected'"):
+        D.load_pairs(write(tmp_path / "b.jsonl", '{"prompt": "a", "chosen": "b"}\n'))
+
+
+def test_real_paradetox():
+    pairs = D.load_pairs(shared_file("paradetox.tsv"), limit=50)
+    assert len(pairs) == 50 and all(pairs.rejected) and all(pairs.chosen)
+
+
+def test_tokenize_masks_and_padding_sides(tiny):
+    texts = ["you are a stupid idiot", "thanks"]
+    right = D.tokenize(tiny, texts, padding_side="right")
+    left = D.tokenize(tiny, texts, padding_side="left")
+    assert right.attention_mask.tolist() == [[1] * 5, [1, 0, 0, 0, 0]]
+    assert left.attention_mask.tolist() == [[1] * 5, [0, 0, 0, 0, 1]]
+    assert right.tokens[1, 0] == left.tokens[1, -1]
+    assert right.lengths.tolist() == [5, 1]
+    trunc = D.tokenize(tiny, texts, max_length=2, truncate="left")
+    assert trunc.tokens[0].tolist() == D.encode(tiny, texts)[0][-2:]
+    bos = D.encode(tiny, ["thanks"], prepend_bos=True)[0]
+    assert bos[0] == tiny.tokenizer.bos_token_id and len(bos) == 2
+
+
+def test_pad_id_is_not_used_as_mask(tiny):
+    # a real token equal to the pad id must stay unmasked: masks come from lengths
+    batch = D.pad([[0, 5, 0], [7]], pad_id=0)
+    assert batch.attention_mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert torch.equal(batch.lengths, torch.tensor([3, 1]))

@@ -1,0 +1,92 @@
+import numpy as np
+import pytest
+import torch
+
+from mechtox.errors import IncompatibleError
+from mechtox.neurons import (
+    decode_neurons,
+    expected_max_cosine,
+    logit_lens,
+    mean_activations,
+    random_cosine_range,
+    rank_neurons,
+    toxic_svd,
+    unembed_basis,
+)
+
+
+def unit(d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(d, generator=g)
+    return w / w.norm()
+
+
+def test_ranking_equals_direct_computation(tiny):
+    w = unit(64)
+    r = rank_neurons(tiny, w, chance_draws=0)
+    W = torch.stack([b.mlp.W_out.detach() for b in tiny.blocks])  # [L, M, D]
+    cos = torch.nn.functional.cosine_similarity(W, w.expand_as(W), dim=-1)
+    assert len(r.table) == 2 * 128
+    for row in r.table.head(20).itertuples():
+        assert abs(row.cosine - float(cos[row.layer, row.neuron])) < 1e-5
+        assert abs(row.dot - float(W[row.layer, row.neuron] @ w)) < 1e-5
+    assert (np.diff(r.table["cosine"].to_numpy()) <= 0).all()
+    assert r.table["rank"].tolist() == list(range(256))
+
+
+def test_planted_neuron_ranks_first(tiny):
+    w = unit(64, 1)
+    with torch.no_grad():
+        tiny.blocks[1].mlp.W_out[5] = 3.0 * w
+    r = rank_neurons(tiny, w, chance_draws=0)
+    top = r.table.iloc[0]
+    assert (top.layer, top.neuron) == (1, 5) and top.cosine == pytest.approx(1.0, abs=1e-5)
+
+
+def test_activation_weighted_ranking(tiny):
+    w = unit(64, 2)
+    texts = ["you are a stupid idiot", "shut up loser"]
+    acts = mean_activations(tiny, texts, progress=False)
+    from mechtox.data import encode
+
+    toks = encode(tiny, texts)
+    per = [tiny.run_with_cache(torch.tensor([t]))[1]["blocks.0.mlp.hook_post"][0] for t in toks]
+    torch.testing.assert_close(acts[0], torch.cat(per).mean(0), atol=1e-5, rtol=1e-5)
+    r = rank_neurons(tiny, w, acts, chance_draws=0)
+    row = r.table.iloc[0]
+    assert row["act_proj"] == pytest.approx(row["mean_act"] * row["dot"], rel=1e-5)
+
+
+def test_svd_orientation(tiny):
+    w = unit(64, 3)
+    r = rank_neurons(tiny, w, chance_draws=0)
+    svd = toxic_svd(tiny, r, w, top_n=32, k=8)
+    assert (svd.cos_with_direction >= 0).all()
+    torch.testing.assert_close(svd.vectors @ svd.vectors.T, torch.eye(8), atol=1e-4, rtol=0)
+    # flipping the direction flips every singular vector
+    svd2 = toxic_svd(tiny, r, -w, top_n=32, k=8)
+    torch.testing.assert_close(svd2.vectors, -svd.vectors)
+
+
+def test_logit_lens_finds_planted_token(tiny_llama):
+    B = unembed_basis(tiny_llama)
+    target = tiny_llama.tokenizer.convert_tokens_to_ids("idiot")
+    v = B[:, target] / B[:, target].norm()
+    assert logit_lens(tiny_llama, v.unsqueeze(0), k=1)[0] == ["idiot"]
+    with torch.no_grad():
+        tiny_llama.blocks[0].mlp.W_out[7] = 10 * v
+    import pandas as pd
+
+    df = decode_neurons(tiny_llama, pd.DataFrame({"layer": [0], "neuron": [7]}), k=3)
+    assert df["tokens"].iloc[0].split(" | ")[0] == "idiot"
+
+
+def test_chance_range_matches_theory():
+    lo, hi = random_cosine_range(576, 46080, draws=5)
+    assert 0.12 < lo <= hi < 0.22
+    assert abs(expected_max_cosine(576, 46080) - (lo + hi) / 2) < 0.04
+
+
+def test_wrong_dimension(tiny):
+    with pytest.raises(IncompatibleError, match="d_model 64"):
+        rank_neurons(tiny, torch.ones(32))

@@ -1,0 +1,68 @@
+"""Integration tests on the real offline default model (SmolLM2-135M-Instruct) and real data."""
+
+import pytest
+import torch
+
+from mechtox.cli import main
+
+from .conftest import shared_file
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = ["The weather today is", "You are such a", "My favourite book is about"]
+
+
+def test_matches_transformers(smollm2):
+    from transformers import AutoModelForCausalLM
+
+    from mechtox.data import encode
+    from mechtox.generation import generate
+    from mechtox.models import smollm2_gguf_path
+
+    path = smollm2_gguf_path()
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
+    ids = encode(smollm2, PROMPTS)
+    with torch.no_grad():
+        for x in ids:
+            t = torch.tensor([x])
+            diff = (smollm2(t) - hf(t).logits).abs().max().item()
+            assert diff < 1e-3, diff
+        ours = generate(smollm2, PROMPTS, max_new_tokens=12, stop_at_eos=False, progress=False)
+        for x, cont in zip(ids, ours.continuation_ids, strict=True):
+            ref = hf.generate(torch.tensor([x]), max_new_tokens=12, do_sample=False, min_new_tokens=12,
+                              attention_mask=torch.ones(1, len(x), dtype=torch.long))
+            assert ref[0, len(x):].tolist() == cont
+
+
+def test_batched_generation_is_batch_independent(smollm2):
+    from mechtox.data import load_prompts
+    from mechtox.generation import generate
+
+    prompts = load_prompts(shared_file("rtp_challenge.jsonl"), limit=6).prompts
+    batched = generate(smollm2, prompts, max_new_tokens=8, batch_size=6, stop_at_eos=False, progress=False)
+    for i in (0, 5):
+        alone = generate(smollm2, [prompts[i]], max_new_tokens=8, stop_at_eos=False, progress=False)
+        assert alone.continuation_ids[0] == batched.continuation_ids[i]
+
+
+def test_cli_probe_and_rank_on_jigsaw(tmp_path, capsys):
+    data = shared_file("jigsaw_balanced.csv")
+    ws = str(tmp_path / "ws")
+    assert main(["probe", "-w", ws, "-q", "--data", str(data), "--n-train", "400", "--n-test", "200",
+                 "--layers", "5,29", "--save", "final", "--out", "p"]) == 0
+    out = capsys.readouterr().out
+    assert "saved probe 'p' at ln_final.hook_normalized" in out
+    from mechtox.probe import Direction
+
+    probe = Direction.load(tmp_path / "ws" / "directions" / "p")
+    assert probe.metrics["test_auroc"] > 0.85 and probe.metrics["n_train"] == 400
+    assert (tmp_path / "ws" / "directions" / "p" / "sweep.html").is_file()
+    assert main(["rank", "-w", ws, "-q", "--probe", "p", "--top", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "random vectors in 576 dims" in out
+    run = tmp_path / "ws" / "runs" / "rank-p"
+    import pandas as pd
+
+    ranking = pd.read_csv(run / "ranking.csv")
+    assert len(ranking) == 30 * 1536
+    assert (run / "top_neurons.html").is_file() and (run / "cosine_hist.html").is_file()
