@@ -115,7 +115,7 @@ def collect_activations(
     batch_size: int = 16,
     max_length: int = 64,
     progress: bool = True,
-    skip_first: int = 0,
+    skip_first: int | Sequence[int] = 0,
 ) -> Activations:
     """Activations of ``data`` at every hook in ``hook_names``, in one pass per batch.
 
@@ -126,12 +126,14 @@ def collect_activations(
         pooling: ``"mean"`` over real tokens (the attention mask, never padding), ``"last"``
             real token, or ``"tokens"`` (every real token, concatenated).
         skip_first: leave out the first ``skip_first`` positions of each sequence from pooling
-            (e.g. a BOS token whose massive activations would dominate a mean).
+            (e.g. a BOS token whose massive activations would dominate a mean), or one count per
+            sequence (e.g. prompt lengths, to pool over generated positions only).
     """
     hook_names = list(dict.fromkeys(hook_names))
     if not hook_names:
         raise MechtoxError("no hook names given")
     check_hooks(model, hook_names)
+    max_length = min(max_length, model.cfg.n_ctx)
     if isinstance(data, TokenBatch):
         ids = [data.tokens[i, data.attention_mask[i].bool()].tolist() for i in range(len(data.tokens))]
     elif len(data) and isinstance(data[0], str):
@@ -140,8 +142,11 @@ def collect_activations(
         ids = [list(x)[:max_length] for x in data]  # type: ignore[union-attr]
     if not ids:
         raise MechtoxError("no data to collect activations on")
-    if any(len(x) <= skip_first for x in ids):
-        raise MechtoxError(f"a text has no tokens left after skipping {skip_first} (empty text?)")
+    skips = [int(skip_first)] * len(ids) if isinstance(skip_first, int) else [int(k) for k in skip_first]
+    if len(skips) != len(ids):
+        raise MechtoxError(f"skip_first has {len(skips)} entries for {len(ids)} sequences")
+    if any(len(x) <= k for x, k in zip(ids, skips, strict=True)):
+        raise MechtoxError("a text has no tokens left to pool after skipping (empty text?)")
     n = len(ids)
     stop = max(hook_layer(h, model.cfg.n_layers) for h in hook_names)
     stop_at_layer = None if stop > model.cfg.n_layers else stop
@@ -176,8 +181,8 @@ def collect_activations(
     for b in tqdm(batches, desc="activations", disable=not progress, leave=False):
         batch = pad([ids[i] for i in b], pid, "right").to(device)
         mask = batch.attention_mask.clone()
-        if skip_first:
-            mask[:, :skip_first] = 0
+        for row, i in enumerate(b):
+            mask[row, : skips[i]] = 0
         state["mask"], state["idx"] = mask, torch.as_tensor(b)
         if pooling == "tokens":
             rows, cols = mask.bool().nonzero(as_tuple=True)

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 
 from mechtox.errors import MechtoxError
+from mechtox.specs import SPEC_FORMS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -69,6 +70,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--svd-top", type=int, default=128, help="value vectors in the SVD")
     p.add_argument("--out", default=None, help="run name (default rank-<probe>)")
 
+    p = sub.add_parser("directions", help="compare toxicity directions (probe, unembedding, generation diff-of-means, "
+                                          "gradient) by toxic-token precision, causal ablation and agreement")
+    _common(p)
+    p.add_argument("--model", default="base")
+    p.add_argument("--data", default=None, help="labelled text (default: shared Jigsaw slice or builtin)")
+    p.add_argument("--prompts", default=None, help="prompts for generation (default: shared rtp_challenge or builtin)")
+    p.add_argument("--methods", default="probe,unembed,gen-diffmean,gradient")
+    p.add_argument("--probe", default=None, help="use this saved probe for the 'probe' method instead of fitting one")
+    p.add_argument("--n-texts", type=int, default=2000, help="labelled texts for token statistics and the probe")
+    p.add_argument("--k-tokens", type=int, default=50, help="size of the toxic / non-toxic token sets")
+    p.add_argument("--toxic-words", default=None, help="comma-separated words overriding the data-derived toxic set")
+    p.add_argument("--n-gen-prompts", type=int, default=200, help="prompts generated from for gen-diffmean")
+    p.add_argument("--n-eval-prompts", type=int, default=100, help="prompts for the causal check (0: skip it)")
+    p.add_argument("--ks", default="10,100,1000", help="top-k sizes ablated")
+    p.add_argument("--random-draws", type=int, default=3, help="random neuron sets per method for k=100")
+    p.add_argument("--metric", default="raw", choices=["raw", "final_norm", "whitened"],
+                   help="metric of the value-vector cosines (recorded in every output)")
+    p.add_argument("--ppl-tokens", type=int, default=4000, help="Wikitext-2 tokens for perplexity beside each ablation")
+    p.add_argument("--out", default="directions", help="run name; directions are saved as their method names")
+
+    p = sub.add_parser("eval", help="toxicity / perplexity / F1 / probe score under interventions")
+    _common(p)
+    p.add_argument("--model", default="base")
+    p.add_argument("--intervention", "-i", action="append", default=None, metavar="SPEC",
+                   help="repeatable; forms: " + "; ".join(SPEC_FORMS))
+    p.add_argument("--prompts", default=None, help="prompts (default: shared rtp_challenge.jsonl or builtin)")
+    p.add_argument("--limit", type=int, default=None, help="first N prompts")
+    p.add_argument("--probe", default=None, help="also score continuations with this probe (read by the model without interventions)")
+    p.add_argument("--scorer", default="profanity", help="profanity (offline), detoxify, perspective or probe:NAME")
+    p.add_argument("--text", default=None, help="text for perplexity (default: shared wikitext2_test.raw or builtin)")
+    p.add_argument("--ppl-tokens", type=int, default=20000)
+    p.add_argument("--wiki", default=None, help="wiki_samples.jsonl for F1 (default: shared file when present)")
+    p.add_argument("--f1-prompts", type=int, default=200)
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--out", default="eval", help="run name")
+
     p = sub.add_parser("run", help="the main job: the whole pipeline on a model, report at the end")
     _common(p)
     p.add_argument("--model", default="base")
@@ -86,6 +124,15 @@ def _default_labelled() -> str:
     if d is not None and (d / "jigsaw_balanced.csv").is_file():
         return str(d / "jigsaw_balanced.csv")
     return "builtin:toxicity"
+
+
+def _shared_or_builtin(name: str, builtin: str | None) -> str | None:
+    from mechtox.data import shared_data_dir
+
+    d = shared_data_dir()
+    if d is not None and (d / name).is_file():
+        return str(d / name)
+    return builtin
 
 
 def _seed(seed: int) -> None:
@@ -266,6 +313,74 @@ def cmd_rank(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    import json
+
+    import numpy as np
+
+    from mechtox import _io, plotting
+    from mechtox.data import load_prompts, load_text, load_wiki_samples
+    from mechtox.evaluate import EvalConfig, evaluate
+    from mechtox.pipeline import _write_table
+    from mechtox.probe import Direction
+    from mechtox.scorers import get_scorer
+    from mechtox.specs import build_intervention
+    from mechtox.tables import markdown
+    from mechtox.workspace import check_name
+
+    ws = _workspace(args)
+    _seed(args.seed)
+    check_name(args.out, "run name")
+    prompts = load_prompts(args.prompts or _shared_or_builtin("rtp_challenge.jsonl", "builtin:prompts"), limit=args.limit)
+    text_src = args.text or _shared_or_builtin("wikitext2_test.raw", "builtin:text")
+    wiki_src = args.wiki or _shared_or_builtin("wiki_samples.jsonl", None)
+    if args.probe:
+        ws.require_direction(args.probe)
+    model = _load(ws, args.model, args)
+    specs = args.intervention or ["none"]
+    text = load_text(text_src)
+    ivs = [build_intervention(spec, model, ws, text_for_means=[text[:20000]]) for spec in specs]
+    scorer = get_scorer(args.scorer, ws, model)
+    probe = Direction.load(ws.require_direction(args.probe), model) if args.probe else None
+    wiki = load_wiki_samples(wiki_src) if wiki_src else None
+    cfg = EvalConfig(max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, ppl_tokens=args.ppl_tokens,
+                     f1_prompts=args.f1_prompts if wiki else 0)
+    _say(args, f"eval: {len(prompts)} prompts from {prompts.source}, {len(ivs)} intervention(s), scorer {scorer.name}")
+    table, raw = evaluate(model, ivs, prompts.prompts, scorer, text, wiki, cfg, probe, progress=not args.quiet,
+                          model_label=args.model)
+    meta = {"model": args.model, "model_name": model.cfg.model_name, "prompts": prompts.source, "n_prompts": len(prompts),
+            "scorer": scorer.name, "probe": args.probe, "text": text_src, "wiki": wiki_src, "config": vars(cfg),
+            "toxicity": "mean scorer probability of the greedy continuation scored alone; toxic_frac: share > 0.5",
+            "ppl": "exp(mean token NLL) over non-overlapping windows"}
+    if prompts.continuation_toxicity is not None and scorer.name == "profanity-check":
+        from scipy.stats import spearmanr
+
+        ok = np.isfinite(prompts.continuation_toxicity)
+        human = scorer([c for c, k in zip(prompts.continuations, ok, strict=True) if k])
+        rho = float(spearmanr(human, prompts.continuation_toxicity[ok]).statistic)
+        meta["spearman_scorer_vs_perspective_on_human_continuations"] = rho
+        print(f"{scorer.name} vs Perspective TOXICITY on the {int(ok.sum())} human continuations: Spearman {rho:.3f}")
+    run = ws.run_dir(args.out)
+    _write_table(run, "eval", table, meta)
+    _io.write_text(run / "continuations.jsonl", "".join(
+        json.dumps({"intervention": k, "prompt": p, "continuation": c, "score": sc})
+        + "\n" for k, v in raw.items() for p, c, sc in zip(prompts.prompts, v["continuations"], v["scores"], strict=True)))
+    plotting.save_figure(plotting.eval_figure(table), run / "eval.html")
+    print(markdown(table))
+    print(f"wrote {run}/eval.md, eval.csv, eval.json, continuations.jsonl, eval.html")
+    return 0
+
+
+def cmd_directions(args) -> int:
+    from mechtox.pipeline import compare_directions
+
+    ws = _workspace(args)
+    _seed(args.seed)
+    model = _load(ws, args.model, args)
+    compare_directions(ws, model, args)
+    return 0
+
+
 def cmd_run(args) -> int:
     """The main job (grows with the pipeline): load, probe sweep, neuron ranking."""
     from mechtox.data import shared_data_dir
@@ -289,7 +404,8 @@ def cmd_run(args) -> int:
     return 0
 
 
-COMMANDS = {"models": cmd_models, "probe": cmd_probe, "rank": cmd_rank, "run": cmd_run}
+COMMANDS = {"models": cmd_models, "probe": cmd_probe, "rank": cmd_rank, "directions": cmd_directions,
+            "eval": cmd_eval, "run": cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

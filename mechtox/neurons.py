@@ -85,7 +85,7 @@ class NeuronRanking:
 
 def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] | object,
                  mean_acts: Float[Tensor, "n_layers d_mlp"] | None = None, name: str = "",
-                 chance_draws: int = 10) -> NeuronRanking:
+                 chance_draws: int = 10, scale: Float[Tensor, " d_model"] | None = None) -> NeuronRanking:
     """Rank all neurons by ``cos(W_out[l, i], w)``.
 
     Args:
@@ -93,6 +93,8 @@ def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] 
         mean_acts: mean activation of each neuron (e.g. on toxic text, from
             :func:`mean_activations`); adds ``mean_act`` and ``act_proj = mean_act * dot``, the
             activation-weighted ranking (how much the neuron writes along ``w`` on average).
+        scale: per-dimension scale ``s`` of another metric (:func:`mechtox.directions.metric_scale`):
+            cosines of ``v / s`` with ``w * s``. ``dot`` stays ``v . w_hat`` (unchanged by ``s``).
     """
     w = getattr(direction, "vector", direction)
     if not isinstance(w, Tensor):
@@ -103,7 +105,12 @@ def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] 
     V = value_vectors(model).cpu()  # [L, M, D]
     norm = V.norm(dim=-1)
     dot = V @ w
-    cos = dot / norm.clamp_min(1e-12)
+    if scale is None:
+        cos = dot / norm.clamp_min(1e-12)
+    else:
+        s = scale.float().cpu()
+        ws = w * s
+        cos = (V @ w) / ((V / s).norm(dim=-1).clamp_min(1e-12) * ws.norm())
     L, M = cos.shape
     table = pd.DataFrame({
         "layer": np.repeat(np.arange(L), M),

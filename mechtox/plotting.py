@@ -63,3 +63,33 @@ def top_neurons_figure(top: pd.DataFrame, value: str = "cosine", title: str = "T
     fig.update_layout(title=title, xaxis_title=value, yaxis_autorange="reversed", template="plotly_white",
                       height=max(400, 22 * len(top)))
     return fig
+
+
+def eval_figure(table: pd.DataFrame, title: str = "Toxicity and perplexity under interventions") -> go.Figure:
+    """Bars of toxicity per intervention (and perplexity on a second axis when present)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(specs=[[{"secondary_y": True}]])
+    labels = table["intervention"].astype(str)
+    fig.add_trace(go.Bar(x=labels, y=table["toxicity"], name="toxicity (mean score)"), secondary_y=False)
+    if "toxic_frac" in table:
+        fig.add_trace(go.Bar(x=labels, y=table["toxic_frac"], name="share > 0.5"), secondary_y=False)
+    if "ppl" in table:
+        fig.add_trace(go.Scatter(x=labels, y=table["ppl"], name="perplexity", mode="markers+lines"), secondary_y=True)
+    fig.update_layout(title=title, barmode="group", template="plotly_white")
+    fig.update_yaxes(title_text="toxicity", secondary_y=False)
+    fig.update_yaxes(title_text="perplexity", secondary_y=True)
+    return fig
+
+
+def ablation_figure(table: pd.DataFrame, k: int = 100, title: str | None = None) -> go.Figure:
+    """Drop in toxicity from ablating each method's top-k vs random neurons (mean, std of draws)."""
+    rows = table[table["k"] == k]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=rows["method"], y=rows["drop"], name=f"top-{k} ablated"))
+    if "random_drop_mean" in rows:
+        fig.add_trace(go.Bar(x=rows["method"], y=rows["random_drop_mean"], name=f"random {k} (same layers)",
+                             error_y={"type": "data", "array": rows["random_drop_std"].fillna(0)}))
+    fig.update_layout(title=title or f"Drop in generation toxicity: top-{k} vs random neurons", barmode="group",
+                      yaxis_title="toxicity drop", template="plotly_white")
+    return fig

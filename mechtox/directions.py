@@ -1,0 +1,284 @@
+"""Toxicity directions beyond the GPT-2 probe recipe, and outlier (massive) dimensions.
+
+Each method returns a :class:`~mechtox.probe.Direction` (unit vector at a hook, with its
+provenance), usable wherever a probe is accepted (ranking, interventions, attribution):
+
+* ``probe`` — :func:`mechtox.probe.fit_probe` (Lee et al. 2024);
+* ``unembed`` — mean unembedding, through the final norm's weight, of toxic tokens minus that
+  of non-toxic tokens; the token sets come from data (:func:`token_log_odds`: tokens whose
+  document log-odds of appearing in toxic vs non-toxic texts are highest) or from the user
+  (Yang et al. v3 used an unembedding-based direction on Llama/Gemma/Mistral);
+* ``gen-diffmean`` — difference of means of the stream at the model's OWN generated positions,
+  between continuations scored toxic and non-toxic;
+* ``gradient`` — the average gradient, with respect to the stream, of a toxicity objective
+  (log-probability that the next token is toxic, or a probe's score).
+
+Value-vector cosines can be taken in a metric not dominated by massive dimensions
+(:func:`metric_scale`): vectors are divided and covectors multiplied by a per-dimension scale,
+which keeps every dot product and changes only the norms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from mechtox.activations import collect_activations, parse_layers
+from mechtox.data import LabelledTexts, encode
+from mechtox.errors import MechtoxError
+from mechtox.neurons import unembed_basis
+from mechtox.probe import Direction
+
+DIRECTION_METHODS = ("probe", "unembed", "gen-diffmean", "gradient")
+
+
+def final_resid_hook(model: HookedTransformer) -> str:
+    """The residual stream that the final norm reads (after the last block)."""
+    return f"blocks.{model.cfg.n_layers - 1}.hook_resid_post"
+
+
+# ----------------------------------------------------------------------------- token sets
+
+
+_ALNUM = re.compile(r"[A-Za-z]")
+
+
+def token_log_odds(model: HookedTransformer, data: LabelledTexts, max_length: int = 128, alpha: float = 0.5,
+                   min_docs: int = 5) -> pd.DataFrame:
+    """Per token: in how many toxic / non-toxic texts it appears, and the smoothed log-odds
+    ratio with its z-score (sorted, most toxic first).
+
+    Words split into several tokens are handled at the token level: a piece counts as toxic
+    only when the piece itself is specific to toxic texts (``'uck'`` is, ``' f'`` is not).
+    Tokens without a letter, or in fewer than ``min_docs`` texts, are dropped.
+    """
+    ids = encode(model, data.texts, max_length, prepend_bos=False)
+    V = model.cfg.d_vocab
+    tox = np.zeros(V, dtype=np.int64)
+    non = np.zeros(V, dtype=np.int64)
+    for x, y in zip(ids, data.labels, strict=True):
+        u = np.unique(np.asarray(x, dtype=np.int64))
+        (tox if y == 1 else non)[u] += 1
+    n_t, n_n = int((data.labels == 1).sum()), int((data.labels == 0).sum())
+    enough = (tox + non) >= min_docs
+    enough[[i for i in model.tokenizer.all_special_ids if i < V]] = False
+    keep = np.nonzero(enough)[0]
+    yt, yn = tox[keep] + alpha, non[keep] + alpha
+    lo = np.log(yt / (n_t - tox[keep] + alpha)) - np.log(yn / (n_n - non[keep] + alpha))
+    var = 1 / yt + 1 / (n_t - tox[keep] + alpha) + 1 / yn + 1 / (n_n - non[keep] + alpha)
+    strings = [model.tokenizer.decode([int(t)]) for t in keep]
+    df = pd.DataFrame({"token_id": keep, "token": strings, "toxic_docs": tox[keep], "nontoxic_docs": non[keep],
+                       "log_odds": lo, "z": lo / np.sqrt(var)})
+    df = df[[bool(_ALNUM.search(s)) for s in strings]]
+    return df.sort_values("z", ascending=False, kind="stable").reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class TokenSets:
+    toxic: list[int]
+    nontoxic: list[int]
+    table: pd.DataFrame | None = None
+
+    def strings(self, model: HookedTransformer, which: str = "toxic") -> list[str]:
+        return [model.tokenizer.decode([t]) for t in (self.toxic if which == "toxic" else self.nontoxic)]
+
+
+def token_sets(stats: pd.DataFrame, k: int = 50, k_nontoxic: int | None = None) -> TokenSets:
+    """The ``k`` most toxic and ``k_nontoxic`` (default ``k``) most non-toxic tokens of ``stats``."""
+    if len(stats) < 2 * k:
+        raise MechtoxError(f"only {len(stats)} tokens pass the count filter; use more data or a smaller k")
+    kn = k_nontoxic or k
+    return TokenSets(stats["token_id"].head(k).astype(int).tolist(), stats["token_id"].tail(kn).astype(int).tolist(), stats)
+
+
+def words_to_tokens(model: HookedTransformer, words: Sequence[str]) -> list[int]:
+    """User-given words -> the first token of ``" " + word`` and of ``word`` (the tokens that
+    start the word), deduplicated."""
+    out: list[int] = []
+    for w in words:
+        for variant in (" " + w.strip(), w.strip()):
+            ids = model.tokenizer(variant, add_special_tokens=False)["input_ids"]
+            if ids and ids[0] not in out:
+                out.append(int(ids[0]))
+    if not out:
+        raise MechtoxError("no tokens for the given words")
+    return out
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def unembedding_direction(model: HookedTransformer, sets: TokenSets, name: str = "unembed") -> Direction:
+    """``g * (mean W_U[:, toxic] - mean W_U[:, non-toxic])`` at the final residual stream: the
+    direction whose addition most raises toxic logits relative to non-toxic ones through the
+    final norm (centred for LayerNorm models)."""
+    B = unembed_basis(model).cpu()  # g[:, None] * W_U
+    d = B[:, sets.toxic].mean(1) - B[:, sets.nontoxic].mean(1)
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        d = d - d.mean()
+    prov = {"n_toxic_tokens": len(sets.toxic), "n_nontoxic_tokens": len(sets.nontoxic),
+            "toxic_tokens": [model.tokenizer.decode([t]) for t in sets.toxic[:50]]}
+    return Direction(d / d.norm(), final_resid_hook(model), "unembed", model.cfg.model_name, name=name, provenance=prov)
+
+
+def generation_diffmean_direction(model: HookedTransformer, prompts: Sequence[str], scorer, hook_name: str | None = None,
+                                  max_new_tokens: int = 20, batch_size: int = 25, toxic_threshold: float = 0.5,
+                                  nontoxic_threshold: float = 0.1, name: str = "gen-diffmean", progress: bool = True,
+                                  generations=None) -> Direction:
+    """Mean stream at the model's own generated positions of toxic continuations (score >=
+    ``toxic_threshold``) minus that of non-toxic ones (score < ``nontoxic_threshold``)."""
+    from mechtox.generation import generate
+
+    hook_name = hook_name or final_resid_hook(model)
+    gens = generations or generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)
+    scores = np.asarray(scorer(gens.continuations))
+    keep = [i for i, c in enumerate(gens.continuation_ids) if len(c) > 0]
+    tox = [i for i in keep if scores[i] >= toxic_threshold]
+    non = [i for i in keep if scores[i] < nontoxic_threshold]
+    if len(tox) < 3 or len(non) < 3:
+        raise MechtoxError(f"only {len(tox)} toxic and {len(non)} non-toxic continuations; use more or more toxic prompts")
+    seqs = [gens.prompt_ids[i] + gens.continuation_ids[i] for i in tox + non]
+    starts = [len(gens.prompt_ids[i]) for i in tox + non]
+    acts = collect_activations(model, seqs, [hook_name], "mean", batch_size=16, max_length=10_000,
+                               progress=progress, skip_first=starts)[hook_name]
+    d = acts[: len(tox)].mean(0) - acts[len(tox):].mean(0)
+    prov = {"n_toxic": len(tox), "n_nontoxic": len(non), "n_prompts": len(prompts), "scorer": scorer.name,
+            "toxic_threshold": toxic_threshold, "nontoxic_threshold": nontoxic_threshold}
+    return Direction(d / d.norm(), hook_name, "gen-diffmean", model.cfg.model_name, name=name, provenance=prov)
+
+
+def gradient_direction(model: HookedTransformer, texts: Sequence[str], hook_name: str | None = None,
+                       objective: Literal["toxic_tokens", "probe"] = "toxic_tokens", toxic_ids: Sequence[int] | None = None,
+                       probe: Direction | None = None, max_length: int = 64, batch_size: int = 8,
+                       name: str = "gradient", progress: bool = True) -> Direction:
+    """Average over real tokens of ``d objective / d stream`` at ``hook_name``.
+
+    ``toxic_tokens``: log P(next token in ``toxic_ids``) at every position;
+    ``probe``: the probe's logit on its own (pooled) activations.
+    """
+    from mechtox.data import pad, pad_id
+
+    hook_name = hook_name or final_resid_hook(model)
+    if objective == "toxic_tokens" and not toxic_ids:
+        raise MechtoxError("the toxic_tokens objective needs toxic_ids")
+    if objective == "probe" and (probe is None or probe.weight is None):
+        raise MechtoxError("the probe objective needs a probe")
+    ids = encode(model, texts, max_length)
+    total = torch.zeros(model.cfg.d_model)
+    n_tok = 0
+    tox_idx = torch.as_tensor(list(toxic_ids or []), dtype=torch.long, device=model.cfg.device)
+    store: dict[str, Tensor] = {}
+
+    def grab(act, hook):
+        act.retain_grad()
+        store["act"] = act
+        return act
+
+    def grab_probe(act, hook):
+        store["probe_act"] = act
+        return act
+
+    hooks = [(hook_name, grab)]
+    if objective == "probe":
+        hooks.append((probe.hook_name, grab_probe))
+    for s in tqdm(range(0, len(ids), batch_size), desc="gradient", disable=not progress, leave=False):
+        batch = pad(ids[s: s + batch_size], pad_id(model), "right").to(model.cfg.device)
+        mask = batch.attention_mask.float()
+        with model.hooks(fwd_hooks=hooks):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        if objective == "toxic_tokens":
+            logp = logits.float().log_softmax(-1)
+            obj = (logp[..., tox_idx].logsumexp(-1) * mask).sum()
+        else:
+            x = store["probe_act"].float()
+            pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+            obj = probe.logits(pooled).sum()
+        obj.backward()
+        g = store["act"].grad.float()
+        total += (g * mask[..., None]).sum((0, 1)).detach().cpu()
+        n_tok += int(mask.sum())
+        model.zero_grad(set_to_none=True)
+    d = total / max(n_tok, 1)
+    if not torch.isfinite(d).all() or d.norm() == 0:
+        raise MechtoxError("the gradient direction is zero or not finite")
+    prov = {"objective": objective, "n_texts": len(texts), "n_tokens": n_tok,
+            "n_toxic_tokens": len(toxic_ids or [])}
+    return Direction(d / d.norm(), hook_name, "gradient", model.cfg.model_name, name=name, provenance=prov)
+
+
+# ----------------------------------------------------------------------------- outliers and metrics
+
+
+def outlier_dims(model: HookedTransformer, texts: Sequence[str], layers: str | Sequence[int] = "all",
+                 factor: float = 20.0, max_length: int = 64, progress: bool = True) -> pd.DataFrame:
+    """Residual dimensions of massive magnitude, per layer.
+
+    A dimension is flagged at a layer when its largest |activation| over all tokens is more
+    than ``factor`` times the median (over dimensions) of that statistic. Columns: layer, dim,
+    max_abs, ratio (to the median), mean_abs, frac_tokens (share of tokens where |x| exceeds
+    ``factor`` x the median |x| of that token).
+    """
+    layer_ids = parse_layers(layers, model.cfg.n_layers)
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in layer_ids]
+    acts = collect_activations(model, texts, hooks, "tokens", max_length=max_length, progress=progress)
+    rows = []
+    for layer, h in zip(layer_ids, hooks, strict=True):
+        x = acts[h].abs()
+        mx = x.max(0).values
+        med = mx.median()
+        tok_med = x.median(1, keepdim=True).values
+        big = x > factor * tok_med
+        for d in torch.nonzero(mx > factor * med).flatten().tolist():
+            rows.append({"layer": layer, "dim": d, "max_abs": float(mx[d]), "ratio": float(mx[d] / med),
+                         "mean_abs": float(x[:, d].mean()), "frac_tokens": float(big[:, d].float().mean())})
+    return pd.DataFrame(rows, columns=["layer", "dim", "max_abs", "ratio", "mean_abs", "frac_tokens"])
+
+
+Metric = Literal["raw", "final_norm", "whitened"]
+
+
+def metric_scale(model: HookedTransformer, metric: Metric, texts: Sequence[str] | None = None,
+                 max_length: int = 64, progress: bool = True) -> Float[Tensor, " d_model"] | None:
+    """Per-dimension scale ``s`` for cosines in another metric: vectors ``v / s``, covectors
+    ``w * s`` (dot products unchanged).
+
+    ``final_norm``: ``s = 1 / g`` (g = the final norm's weight): value vectors are compared
+    as the final norm passes them on to the unembedding;
+    ``whitened``: ``s`` = per-dimension std of the final residual stream on ``texts``
+    (diagonal whitening: a massive, high-variance dimension no longer dominates |v|).
+    """
+    if metric == "raw":
+        return None
+    if metric == "final_norm":
+        g = getattr(model.ln_final, "w", None)
+        if g is None:
+            raise MechtoxError("final_norm metric needs a model with a final norm weight")
+        g = g.detach().float().cpu().abs().clamp_min(1e-3)
+        return 1.0 / g
+    if metric == "whitened":
+        if not texts:
+            raise MechtoxError("whitened metric needs texts to estimate the activation scale")
+        h = final_resid_hook(model)
+        acts = collect_activations(model, texts, [h], "tokens", max_length=max_length, progress=progress)[h]
+        return acts.std(0).clamp_min(1e-6)
+    raise MechtoxError(f"unknown metric {metric!r}; use raw, final_norm or whitened")
+
+
+def rescaled(direction: Direction, scale: Tensor | None) -> Direction:
+    """The direction as a covector in the scaled metric (``w * s``, renormalised)."""
+    import dataclasses
+
+    if scale is None:
+        return direction
+    w = direction.vector * scale
+    return dataclasses.replace(direction, vector=w / w.norm())

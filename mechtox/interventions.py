@@ -1,0 +1,258 @@
+"""Interventions: hook factories and reversible weight edits, applied only inside a scope.
+
+Hook factories return ``fn(act, hook)`` for TransformerLens; they are attached only inside
+:func:`applied` (or ``model.hooks(...)`` / ``run_with_hooks``), so no hook outlives its use.
+Weight edits (zeroing value vectors, scaling key vectors) are context managers that restore
+the original weights on exit, also after an exception.
+
+An :class:`Intervention` bundles hooks and weight edits under a name; several compose::
+
+    with applied(model, [subtract(w, alpha=20), ablate(neurons)]):
+        generate(model, prompts)
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from transformer_lens import HookedTransformer
+
+from mechtox.errors import MechtoxError
+
+HookFn = Callable[[Tensor, Any], Tensor | None]
+
+
+# ----------------------------------------------------------------------------- hook factories
+
+
+def make_add_hook(direction: Float[Tensor, " d_model"], alpha: float, newest_only: bool = False) -> HookFn:
+    """``act + alpha * direction`` at every position (or only the last one: the newest token
+    during KV-cached generation, whose first step is the whole prompt)."""
+    d = direction.detach()
+
+    def hook(act: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
+        v = (alpha * d).to(act.device, act.dtype)
+        if newest_only:
+            act[:, -1] = act[:, -1] + v
+            return act
+        return act + v
+
+    return hook
+
+
+def make_subtract_hook(direction: Float[Tensor, " d_model"], alpha: float, newest_only: bool = False) -> HookFn:
+    """``act - alpha * direction`` (Lee et al.'s "subtract W_toxic")."""
+    return make_add_hook(direction, -alpha, newest_only)
+
+
+def make_neuron_hook(neurons: Int[Tensor, " k"] | Sequence[int],
+                     values: Float[Tensor, " k"] | float = 0.0) -> HookFn:
+    """Set activations ``act[..., neurons]`` to ``values`` (0 = zero-ablation; per-neuron means
+    = mean-ablation; another model's means = constant patching). For ``mlp.hook_post``."""
+    idx = torch.as_tensor(list(neurons) if not isinstance(neurons, Tensor) else neurons, dtype=torch.long)
+
+    def hook(act: Float[Tensor, "batch pos d_mlp"], hook) -> Tensor:
+        i = idx.to(act.device)
+        v = values.to(act.device, act.dtype) if isinstance(values, Tensor) else values
+        act[..., i] = v
+        return act
+
+    return hook
+
+
+def make_scale_neuron_hook(neurons: Sequence[int] | Tensor, factor: float) -> HookFn:
+    """Multiply activations of ``neurons`` by ``factor`` (for ``mlp.hook_post``)."""
+    idx = torch.as_tensor(list(neurons) if not isinstance(neurons, Tensor) else neurons, dtype=torch.long)
+
+    def hook(act: Tensor, hook) -> Tensor:
+        i = idx.to(act.device)
+        act[..., i] = act[..., i] * factor
+        return act
+
+    return hook
+
+
+def make_patch_hook(source: Float[Tensor, "batch pos d"], neurons: Sequence[int] | Tensor | None = None) -> HookFn:
+    """Replace the activation (or only ``neurons`` of it) by ``source``, recorded from another
+    model (or another input) on the SAME tokens, position by position."""
+    idx = None if neurons is None else torch.as_tensor(list(neurons) if not isinstance(neurons, Tensor) else neurons)
+
+    def hook(act: Tensor, hook) -> Tensor:
+        if source.shape != act.shape:
+            raise MechtoxError(f"patch source shape {tuple(source.shape)} != activation shape {tuple(act.shape)} at {hook.name}")
+        src = source.to(act.device, act.dtype)
+        if idx is None:
+            return src.clone()
+        i = idx.to(act.device)
+        act[..., i] = src[..., i]
+        return act
+
+    return hook
+
+
+# ----------------------------------------------------------------------------- weight edits
+
+
+@contextlib.contextmanager
+def edited_weights(model: HookedTransformer, edits: Sequence[tuple[str, Callable[[Tensor], None]]]) -> Iterator[None]:
+    """Apply in-place edits ``(param_name, fn(param))`` and restore the originals on exit."""
+    params = dict(model.named_parameters())
+    saved = {}
+    try:
+        for name, fn in edits:
+            if name not in params:
+                raise MechtoxError(f"model has no parameter {name}")
+            p = params[name]
+            if name not in saved:
+                saved[name] = p.detach().clone()
+            with torch.no_grad():
+                fn(p)
+        yield
+    finally:
+        with torch.no_grad():
+            for name, orig in saved.items():
+                params[name].copy_(orig)
+
+
+def _by_layer(neurons: pd.DataFrame | Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+    if isinstance(neurons, pd.DataFrame):
+        pairs = zip(neurons["layer"].astype(int), neurons["neuron"].astype(int), strict=True)
+    else:
+        pairs = ((int(a), int(b)) for a, b in neurons)
+    out: dict[int, list[int]] = {}
+    for layer, n in pairs:
+        out.setdefault(layer, []).append(n)
+    return out
+
+
+def zero_value_vectors_edits(neurons) -> list[tuple[str, Callable[[Tensor], None]]]:
+    """Edits that zero ``W_out[l, i]`` (the neuron writes nothing)."""
+    edits = []
+    for layer, idx in _by_layer(neurons).items():
+        ii = torch.tensor(idx)
+        edits.append((f"blocks.{layer}.mlp.W_out", lambda p, ii=ii: p.index_fill_(0, ii.to(p.device), 0.0)))
+    return edits
+
+
+def scale_keys_edits(neurons, factor: float) -> list[tuple[str, Callable[[Tensor], None]]]:
+    """Edits that scale key vectors ``W_in[l, :, i]`` by ``factor`` (Lee et al.'s un-align edit).
+    For gated MLPs the up projection is scaled, which scales the activation by ``factor``."""
+    edits = []
+    for layer, idx in _by_layer(neurons).items():
+        ii = torch.tensor(idx)
+
+        def fn(p: Tensor, ii=ii) -> None:
+            p[:, ii.to(p.device)] *= factor
+
+        edits.append((f"blocks.{layer}.mlp.W_in", fn))
+    return edits
+
+
+# ----------------------------------------------------------------------------- interventions
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """A named set of hooks and reversible weight edits."""
+
+    name: str
+    fwd_hooks: list[tuple[str, HookFn]] = field(default_factory=list)
+    weight_edits: list[tuple[str, Callable[[Tensor], None]]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+NOOP = Intervention("none")
+
+
+@contextlib.contextmanager
+def applied(model: HookedTransformer, interventions: Intervention | Sequence[Intervention]) -> Iterator[HookedTransformer]:
+    """Attach the hooks and weight edits of ``interventions`` for the ``with`` block only."""
+    if isinstance(interventions, Intervention):
+        interventions = [interventions]
+    hooks = [h for iv in interventions for h in iv.fwd_hooks]
+    edits = [e for iv in interventions for e in iv.weight_edits]
+    with edited_weights(model, edits), model.hooks(fwd_hooks=hooks):
+        yield model
+
+
+def subtract(direction, alpha: float, hook_name: str | None = None, newest_only: bool = False) -> Intervention:
+    """Subtract ``alpha * w`` (unit) at the direction's hook (or ``hook_name``)."""
+    w, hook = _unit_and_hook(direction, hook_name)
+    return Intervention(f"subtract {getattr(direction, 'name', '') or 'direction'} x{alpha:g}",
+                        [(hook, make_subtract_hook(w, alpha, newest_only))], params={"alpha": alpha, "hook": hook})
+
+
+def steer(direction, alpha: float, hook_name: str | None = None, newest_only: bool = False) -> Intervention:
+    """Add ``alpha * w`` (unit) at the direction's hook (steering)."""
+    w, hook = _unit_and_hook(direction, hook_name)
+    return Intervention(f"steer {getattr(direction, 'name', '') or 'direction'} x{alpha:g}",
+                        [(hook, make_add_hook(w, alpha, newest_only))], params={"alpha": alpha, "hook": hook})
+
+
+def _unit_and_hook(direction, hook_name):
+    w = getattr(direction, "vector", direction)
+    hook = hook_name or getattr(direction, "hook_name", None)
+    if hook is None:
+        raise MechtoxError("give hook_name for a plain tensor direction")
+    w = w.detach().float()
+    return w / w.norm(), hook
+
+
+def ablate(neurons, mode: Literal["zero", "mean", "value"] = "zero", means: Tensor | None = None,
+           name: str | None = None) -> Intervention:
+    """Ablate neurons (a DataFrame with ``layer``/``neuron`` or (layer, neuron) pairs).
+
+    ``zero``: activation set to 0; ``mean``: set to ``means[layer, neuron]`` (e.g. from
+    :func:`mechtox.neurons.mean_activations`); ``value``: zero the value vector ``W_out[l, i]``
+    (a weight edit; same output as ``zero``, but the activation stays observable).
+    """
+    groups = _by_layer(neurons)
+    n = sum(len(v) for v in groups.values())
+    label = name or f"ablate {n} neurons ({mode})"
+    if mode == "value":
+        return Intervention(label, weight_edits=zero_value_vectors_edits(neurons), params={"n": n, "mode": mode})
+    hooks = []
+    for layer, idx in groups.items():
+        if mode == "mean":
+            if means is None:
+                raise MechtoxError("mean ablation needs means [n_layers, d_mlp]")
+            vals = means[layer, idx].float()
+        elif mode == "zero":
+            vals = 0.0
+        else:
+            raise MechtoxError(f"unknown ablation mode {mode!r}; use zero, mean or value")
+        hooks.append((f"blocks.{layer}.mlp.hook_post", make_neuron_hook(idx, vals)))
+    return Intervention(label, hooks, params={"n": n, "mode": mode})
+
+
+def set_neurons(neurons, values: Float[Tensor, "n_layers d_mlp"], name: str = "patch neurons to constants") -> Intervention:
+    """Set each neuron to the constant ``values[layer, neuron]`` (e.g. the after-model's mean
+    activation: Yang et al.'s patching of dampened neurons)."""
+    return ablate(neurons, "mean", values, name=name)
+
+
+def scale_keys(neurons, factor: float, name: str | None = None) -> Intervention:
+    """Scale key vectors of ``neurons`` by ``factor`` (reversible weight edit)."""
+    n = len(neurons)
+    return Intervention(name or f"scale keys of {n} neurons x{factor:g}", weight_edits=scale_keys_edits(neurons, factor),
+                        params={"n": n, "factor": factor})
+
+
+def random_like(neurons: pd.DataFrame, d_mlp: int, seed: int, exclude: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Random neurons with the same count per layer as ``neurons`` (a baseline for ablations)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    excl = _by_layer(exclude) if exclude is not None else {}
+    for layer, idx in sorted(_by_layer(neurons).items()):
+        pool = np.setdiff1d(np.arange(d_mlp), np.asarray(excl.get(layer, []), dtype=int))
+        pick = rng.choice(pool, size=len(idx), replace=False)
+        rows += [(layer, int(i)) for i in pick]
+    return pd.DataFrame(rows, columns=["layer", "neuron"])

@@ -1,0 +1,163 @@
+"""Multi-step jobs behind the CLI (each step a library call; outputs written atomically)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from mechtox import _io, plotting
+from mechtox.errors import MechtoxError
+from mechtox.tables import markdown
+
+
+def _default(name: str, builtin: str | None) -> str | None:
+    from mechtox.data import shared_data_dir
+
+    d = shared_data_dir()
+    return str(d / name) if d is not None and (d / name).is_file() else builtin
+
+
+def compare_directions(ws, model, args) -> dict[str, Any]:
+    """``mechtox directions``: fit every direction method, rank neurons with each, validate.
+
+    Writes ``runs/<out>/directions.{md,csv,json}``, ``ablation.{md,csv,json}``,
+    ``agreement.csv``, ``top_neurons.csv``, ``outliers.csv``, ``token_stats.csv`` and figures;
+    saves each direction in the workspace under its method name.
+    """
+    from mechtox.activations import collect_activations
+    from mechtox.data import load_labelled, load_prompts, load_text
+    from mechtox.directions import (
+        DIRECTION_METHODS,
+        final_resid_hook,
+        generation_diffmean_direction,
+        gradient_direction,
+        metric_scale,
+        outlier_dims,
+        token_log_odds,
+        token_sets,
+        unembedding_direction,
+        words_to_tokens,
+    )
+    from mechtox.neurons import decode_neurons, expected_max_cosine, rank_neurons
+    from mechtox.probe import Direction, fit_probe, split_indices
+    from mechtox.scorers import get_scorer
+    from mechtox.validation import agreement, causal_validation, precision_at_k
+    from mechtox.workspace import check_name
+
+    check_name(args.out, "run name")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in methods if m not in DIRECTION_METHODS]
+    if bad:
+        raise MechtoxError(f"unknown direction method(s) {bad}; use {', '.join(DIRECTION_METHODS)}")
+    ks = [int(k) for k in str(args.ks).split(",")]
+    t0 = time.perf_counter()
+    progress = not args.quiet
+    data = load_labelled(args.data or _default("jigsaw_balanced.csv", "builtin:toxicity"))
+    if args.n_texts < len(data):
+        keep, _ = split_indices(data.labels, test_size=len(data) - args.n_texts, seed=args.seed)
+        data = data.subset(keep)
+    prompts = load_prompts(args.prompts or _default("rtp_challenge.jsonl", "builtin:prompts"))
+    text = load_text(_default("wikitext2_test.raw", "builtin:text"))
+    scorer = get_scorer("profanity")
+    run = ws.run_dir(args.out)
+
+    print(f"directions: {len(data)} labelled texts from {data.source}; prompts from {prompts.source}; metric {args.metric}")
+    stats = token_log_odds(model, data)
+    sets = token_sets(stats, args.k_tokens)
+    if args.toxic_words:
+        sets = dataclasses.replace(sets, toxic=words_to_tokens(model, args.toxic_words.split(",")))
+    _io.write_text(run / "token_stats.csv", stats.to_csv(index=False))
+    print(f"toxic token set ({len(sets.toxic)}): {' | '.join(sets.strings(model)[:25])} ...")
+    print(f"non-toxic token set ({len(sets.nontoxic)}): {' | '.join(sets.strings(model, 'nontoxic')[:15])} ...")
+
+    hook = final_resid_hook(model)
+    dirs: dict[str, Direction] = {}
+    for m in methods:
+        t = time.perf_counter()
+        if m == "probe":
+            if args.probe:
+                dirs[m] = Direction.load(ws.require_direction(args.probe), model)
+            else:
+                acts = collect_activations(model, data.texts, [hook], "mean", progress=progress)[hook]
+                dirs[m] = fit_probe(acts, data.labels, hook, "logreg", seed=args.seed, model_name=model.cfg.model_name,
+                                    name="probe-final", provenance={"data": data.source})
+        elif m == "unembed":
+            dirs[m] = unembedding_direction(model, sets)
+        elif m == "gen-diffmean":
+            dirs[m] = generation_diffmean_direction(model, prompts.prompts[: args.n_gen_prompts], scorer, hook,
+                                                    progress=progress)
+        elif m == "gradient":
+            neutral = [x for x, y in zip(data.texts, data.labels, strict=True) if y == 0][:200]
+            dirs[m] = gradient_direction(model, neutral, hook, "toxic_tokens", sets.toxic, progress=progress)
+        print(f"  {m}: fitted in {time.perf_counter() - t:.0f} s")
+    for m, d in dirs.items():
+        if not (m == "probe" and args.probe):
+            d = dataclasses.replace(d, name=d.name or m, provenance={**d.provenance, "metric_for_ranking": args.metric})
+            d.save(ws.direction_dir(d.name))
+            dirs[m] = d
+
+    scale = metric_scale(model, args.metric, data.texts[:200], progress=progress)
+    rankings = {m: rank_neurons(model, d, name=m, scale=scale) for m, d in dirs.items()}
+    rows, tops = [], []
+    n_vec = model.cfg.n_layers * model.cfg.d_mlp
+    for m, r in rankings.items():
+        rows.append({"method": m, "hook": dirs[m].hook_name, "metric": args.metric,
+                     "top_cosine": float(r.table["cosine"].iloc[0]), "chance_max_high": r.chance_range[1],
+                     "above_chance": r.above_chance,
+                     "precision@20": precision_at_k(model, r.table, sets.toxic, 20),
+                     "precision@100": precision_at_k(model, r.table, sets.toxic, 100),
+                     "cos_with_probe": float(dirs[m].vector @ dirs["probe"].vector) if "probe" in dirs else float("nan")})
+        top = decode_neurons(model, r.top(10), 8)
+        top.insert(0, "method", m)
+        tops.append(top)
+    table = pd.DataFrame(rows)
+    top_df = pd.concat(tops)
+    _io.write_text(run / "top_neurons.csv", top_df.to_csv(index=False))
+    agree = agreement({m: r.table for m, r in rankings.items()}, k=100) if len(rankings) > 1 else pd.DataFrame()
+    _io.write_text(run / "agreement.csv", agree.to_csv(index=False))
+    outl = outlier_dims(model, data.texts[:100], progress=progress)
+    _io.write_text(run / "outliers.csv", outl.to_csv(index=False))
+    summary = outl.groupby("dim").agg(layers=("layer", "count"), max_ratio=("ratio", "max"),
+                                      frac_tokens=("frac_tokens", "mean")).reset_index() if len(outl) else outl
+
+    abl = None
+    if args.n_eval_prompts:
+        print(f"causal check: ablating top-k neurons, k in {ks}, on {args.n_eval_prompts} prompts "
+              f"({args.random_draws} random draws at k=100)")
+        abl = causal_validation(model, {m: r.table for m, r in rankings.items()}, prompts.prompts[: args.n_eval_prompts],
+                                scorer, ks=ks, random_ks=[100] if 100 in ks else ks[:1], draws=args.random_draws,
+                                text=text, ppl_tokens=args.ppl_tokens, seed=args.seed, progress=progress)
+        k100 = abl.table[abl.table["k"] == (100 if 100 in ks else ks[0])].set_index("method")
+        for col in ("drop", "random_drop_mean", "random_drop_std", "ppl"):
+            table[f"{col}@100"] = table["method"].map(k100[col]) if col in k100 else np.nan
+        cols = [c for c in abl.table.columns if c != "random_drops"]
+        _write_table(run, "ablation", abl.table[cols], {"baseline": abl.baseline, "n_prompts": args.n_eval_prompts,
+                                                         "scorer": scorer.name, "metric": args.metric, "mode": "zero"})
+        plotting.save_figure(plotting.ablation_figure(abl.table), run / "ablation.html")
+
+    meta = {"model": model.cfg.model_name, "data": data.source, "prompts": prompts.source, "metric": args.metric,
+            "k_tokens": args.k_tokens, "toxic_tokens": sets.strings(model), "expected_max_cosine": expected_max_cosine(model.cfg.d_model, n_vec),
+            "baseline": abl.baseline if abl else None, "seconds": time.perf_counter() - t0}
+    _write_table(run, "directions", table, meta)
+    print("\n" + markdown(table))
+    if len(agree):
+        print("\nagreement of top-100 lists and of all cosines:\n" + markdown(agree))
+    if len(summary):
+        print("\nmassive residual dimensions (max |x| > 20x the median dimension's): " + markdown(summary))
+    print("\ntop neurons per method:\n" + markdown(top_df, ["method", "layer", "neuron", "cosine", "tokens"], max_rows=40))
+    if abl is not None:
+        print(f"\nablation (baseline toxicity {abl.baseline['toxicity']:.4f}, PPL {abl.baseline['ppl']:.2f}):\n"
+              + markdown(abl.table, [c for c in abl.table.columns if c != "random_drops"], digits=4))
+    print(f"wrote {run} in {time.perf_counter() - t0:.0f} s; directions saved as {', '.join(d.name for d in dirs.values())}")
+    return {"table": table, "rankings": rankings, "directions": dirs, "ablation": abl, "agreement": agree}
+
+
+def _write_table(run, stem: str, table: pd.DataFrame, meta: dict) -> None:
+    _io.write_text(run / f"{stem}.csv", table.to_csv(index=False))
+    _io.write_text(run / f"{stem}.md", markdown(table) + "\n")
+    _io.write_json(run / f"{stem}.json", {**meta, "rows": json.loads(table.to_json(orient="records"))})

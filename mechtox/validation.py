@@ -1,0 +1,102 @@
+"""Does a neuron ranking mean anything? Three checks, reported side by side per direction.
+
+1. toxic-token precision@k: the share of the top-k neurons whose logit-lens top tokens include a
+   token of the toxic set;
+2. causal: ablate the top-k neurons and compare the drop in generation toxicity with the drop
+   from k random neurons drawn with the same layer distribution (several draws: mean, spread);
+3. agreement between methods: overlap of their top-k and rank correlation of their cosines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from transformer_lens import HookedTransformer
+
+from mechtox.evaluate import perplexity, toxicity
+from mechtox.interventions import NOOP, ablate, random_like
+from mechtox.neurons import logit_lens
+
+
+def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Sequence[int], k: int = 20,
+                   lens_k: int = 10) -> float:
+    """Fraction of the first ``k`` rows of ``table`` (layer, neuron) whose top-``lens_k``
+    logit-lens tokens contain a token of ``toxic_ids``."""
+    top = table.head(k)
+    if len(top) == 0:
+        return float("nan")
+    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in top.itertuples()])
+    toxic = set(int(t) for t in toxic_ids)
+    from mechtox.neurons import unembed_basis
+
+    vecs = V.float()
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        vecs = vecs - vecs.mean(-1, keepdim=True)
+    idx = (vecs @ unembed_basis(model)).topk(lens_k, dim=-1).indices.cpu().tolist()
+    return float(np.mean([bool(toxic & set(row)) for row in idx]))
+
+
+def precision_at_k_tokens(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Sequence[int], k: int = 20,
+                          lens_k: int = 10) -> list[list[str]]:
+    """The logit-lens tokens behind :func:`precision_at_k` (for reports)."""
+    top = table.head(k)
+    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in top.itertuples()])
+    return logit_lens(model, V, lens_k)
+
+
+def agreement(rankings: dict[str, pd.DataFrame], k: int = 100) -> pd.DataFrame:
+    """Pairwise overlap of top-k (|A ∩ B| / k) and Spearman correlation of cosines over all neurons."""
+    from scipy.stats import spearmanr
+
+    names = list(rankings)
+    keyed = {n: rankings[n].set_index(["layer", "neuron"])["cosine"].sort_index() for n in names}
+    tops = {n: set(map(tuple, rankings[n].head(k)[["layer", "neuron"]].to_numpy().tolist())) for n in names}
+    rows = []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            rho = spearmanr(keyed[a].to_numpy(), keyed[b].to_numpy()).statistic
+            rows.append({"a": a, "b": b, f"overlap@{k}": len(tops[a] & tops[b]) / k, "spearman": float(rho)})
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class AblationComparison:
+    """Toxicity (and PPL) after ablating each method's top-k vs random neurons."""
+
+    table: pd.DataFrame
+    baseline: dict[str, float]
+
+
+def causal_validation(model: HookedTransformer, rankings: dict[str, pd.DataFrame], prompts: Sequence[str], scorer,
+                      ks: Sequence[int] = (10, 100, 1000), random_ks: Sequence[int] = (100,), draws: int = 3,
+                      text: str | None = None, ppl_tokens: int = 4000, mode: str = "zero", seed: int = 0,
+                      max_new_tokens: int = 20, batch_size: int = 25, progress: bool = True) -> AblationComparison:
+    """For each ranking and k: generation toxicity with its top-k neurons ablated, the drop from
+    the unablated model, and (for k in ``random_ks``) the drop from ``draws`` random sets with
+    the same per-layer counts (paired: same prompts), with mean and standard deviation."""
+    base = toxicity(model, prompts, scorer, NOOP, max_new_tokens, batch_size=batch_size, progress=progress)
+    base_ppl = perplexity(model, text, NOOP, max_tokens=ppl_tokens, progress=progress)["ppl"] if text else float("nan")
+    rows = []
+    for name, table in rankings.items():
+        for k in ks:
+            top = table.head(k)[["layer", "neuron"]]
+            t = toxicity(model, prompts, scorer, ablate(top, mode), max_new_tokens, batch_size=batch_size, progress=progress)
+            ppl = perplexity(model, text, ablate(top, mode), max_tokens=ppl_tokens, progress=progress)["ppl"] if text else float("nan")
+            row = {"method": name, "k": k, "toxicity": t.mean, "drop": base.mean - t.mean, "toxic_frac": t.frac_toxic,
+                   "ppl": ppl}
+            if k in random_ks:
+                drops = []
+                for dr in range(draws):
+                    rnd = random_like(top, model.cfg.d_mlp, seed + 1000 * dr + k, exclude=top)
+                    tr = toxicity(model, prompts, scorer, ablate(rnd, mode), max_new_tokens, batch_size=batch_size,
+                                  progress=progress)
+                    drops.append(base.mean - tr.mean)
+                row |= {"random_drop_mean": float(np.mean(drops)), "random_drop_std": float(np.std(drops, ddof=1)) if draws > 1 else 0.0,
+                        "random_drops": drops,
+                        "ratio_vs_random": (base.mean - t.mean) / np.mean(drops) if np.mean(drops) > 0 else float("inf")}
+            rows.append(row)
+    return AblationComparison(pd.DataFrame(rows), {"toxicity": base.mean, "toxic_frac": base.frac_toxic, "ppl": base_ppl})

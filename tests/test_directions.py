@@ -1,0 +1,195 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mechtox.activations import collect_activations
+from mechtox.data import LabelledTexts, encode
+from mechtox.directions import (
+    final_resid_hook,
+    generation_diffmean_direction,
+    gradient_direction,
+    metric_scale,
+    outlier_dims,
+    token_log_odds,
+    token_sets,
+    unembedding_direction,
+    words_to_tokens,
+)
+from mechtox.errors import MechtoxError
+from mechtox.generation import Generations
+from mechtox.neurons import rank_neurons, unembed_basis
+from mechtox.probe import fit_probe
+from mechtox.validation import agreement, precision_at_k
+
+BAD = ["idiot", "stupid", "moron", "loser", "jerk", "trash"]
+GOOD = ["friend", "help", "thanks", "book", "music", "nice"]
+FILL = ["the", "a", "you", "is", "and", "very", "so", "day", "city"]
+
+
+def labelled(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        y = i % 2
+        words = list(rng.choice(FILL, 5)) + list(rng.choice(BAD if y else GOOD, 2))
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(y)
+    return LabelledTexts(texts, np.array(labels), "synthetic")
+
+
+@pytest.fixture
+def planted(tiny_llama):
+    """Neuron (1, 5) fires on toxic tokens and writes the toxic unembedding direction."""
+    m = tiny_llama
+    tok = m.tokenizer
+    bad = [tok.convert_tokens_to_ids(w) for w in BAD]
+    good = [tok.convert_tokens_to_ids(w) for w in GOOD]
+    B = unembed_basis(m)
+    u = B[:, bad].mean(1) - B[:, good].mean(1)
+    u = u / u.norm()
+    g = torch.Generator().manual_seed(1)
+    e = torch.randn(m.cfg.d_model, generator=g)
+    e = e / e.norm()
+    with torch.no_grad():
+        m.W_E[bad] += 4.0 * e
+        m.blocks[1].mlp.W_in[:, 5] = 3.0 * e
+        m.blocks[1].mlp.W_gate[:, 5] = 3.0 * e
+        m.blocks[1].mlp.W_out[5] = 6.0 * u
+    return m, bad, good
+
+
+def top_neuron(model, direction, **kw):
+    r = rank_neurons(model, direction, chance_draws=0, **kw)
+    return tuple(r.table.iloc[0][["layer", "neuron"]].astype(int)), r
+
+
+def test_token_log_odds_finds_toxic_tokens(tiny_llama):
+    stats = token_log_odds(tiny_llama, labelled(), min_docs=3)
+    top = set(stats["token"].head(6))
+    assert top == set(BAD)
+    assert set(stats["token"].tail(6)) == set(GOOD)
+    row = stats.iloc[0]
+    assert row["toxic_docs"] > 0 and row["nontoxic_docs"] == 0 and row["z"] > 2
+    sets = token_sets(stats, k=6)
+    assert sets.strings(tiny_llama) and len(sets.toxic) == len(sets.nontoxic) == 6
+    with pytest.raises(MechtoxError, match="pass the count filter"):
+        token_sets(stats, k=1000)
+
+
+def test_words_to_tokens(tiny_llama):
+    ids = words_to_tokens(tiny_llama, ["idiot", "moron"])
+    assert tiny_llama.tokenizer.convert_tokens_to_ids("idiot") in ids
+
+
+def test_unembedding_direction_finds_planted_neuron(planted):
+    m, bad, good = planted
+    from mechtox.directions import TokenSets
+
+    d = unembedding_direction(m, TokenSets(bad, good))
+    assert d.hook_name == final_resid_hook(m) and d.method == "unembed"
+    (layer, neuron), r = top_neuron(m, d)
+    assert (layer, neuron) == (1, 5)
+    assert precision_at_k(m, r.table, bad, k=1, lens_k=6) == 1.0
+
+
+def test_probe_finds_planted_neuron(planted):
+    m, *_ = planted
+    data = labelled()
+    h = final_resid_hook(m)
+    acts = collect_activations(m, data.texts, [h], progress=False)[h]
+    p = fit_probe(acts, data.labels, h, method="diffmean")
+    assert top_neuron(m, p)[0] == (1, 5)
+
+
+def test_generation_diffmean_matches_hand_computation_and_finds_neuron(planted):
+    m, bad, good = planted
+    prompts = ["the city is", "you are a", "the day is", "so very", "a book and", "the music"]
+    conts = ["stupid idiot", "moron loser", "jerk trash", "nice friend", "thanks help", "good book"]
+    p_ids = encode(m, prompts)
+    c_ids = encode(m, conts)
+    gens = Generations(prompts, conts, p_ids, c_ids)
+
+    class Scorer:
+        name = "words"
+
+        def __call__(self, texts):
+            return np.array([1.0 if any(b in t for b in BAD) else 0.0 for t in texts])
+
+    d = generation_diffmean_direction(m, prompts, Scorer(), generations=gens, progress=False)
+    h = final_resid_hook(m)
+    means = []
+    for p, c in zip(p_ids, c_ids, strict=True):
+        _, cache = m.run_with_cache(torch.tensor([p + c]), names_filter=h)
+        means.append(cache[h][0, len(p):].mean(0))
+    ref = torch.stack(means[:3]).mean(0) - torch.stack(means[3:]).mean(0)
+    torch.testing.assert_close(d.vector, ref / ref.norm(), atol=1e-5, rtol=1e-4)
+    assert d.provenance["n_toxic"] == 3
+    assert top_neuron(m, d)[0] == (1, 5)
+
+
+def test_gradient_direction_finds_planted_neuron(planted):
+    m, bad, good = planted
+    texts = labelled(40).texts
+    d = gradient_direction(m, texts, toxic_ids=bad, progress=False)
+    (layer, neuron), r = top_neuron(m, d)
+    assert (layer, neuron) == (1, 5)
+    assert d.provenance["objective"] == "toxic_tokens"
+    # the probe objective runs too, and needs a probe
+    with pytest.raises(MechtoxError, match="needs a probe"):
+        gradient_direction(m, texts, objective="probe")
+
+
+def test_outlier_dims_finds_planted_massive_dimension(tiny_llama):
+    with torch.no_grad():
+        tiny_llama.blocks[0].mlp.b_out[7] = 500.0  # every token gets a massive dim 7 from layer 0 on
+    df = outlier_dims(tiny_llama, labelled(20).texts, progress=False)
+    assert set(df["dim"]) == {7} and set(df["layer"]) == {0, 1}
+    assert (df["ratio"] > 20).all() and (df["frac_tokens"] > 0.99).all()
+
+
+def test_metric_scale_keeps_dots_and_removes_outlier(tiny_llama):
+    m = tiny_llama
+    w = torch.randn(m.cfg.d_model)
+    r_raw = rank_neurons(m, w, chance_draws=0)
+    s = metric_scale(m, "whitened", labelled(20).texts, progress=False)
+    r_w = rank_neurons(m, w, chance_draws=0, scale=s)
+    a = r_raw.table.set_index(["layer", "neuron"]).sort_index()
+    b = r_w.table.set_index(["layer", "neuron"]).sort_index()
+    np.testing.assert_allclose(a["dot"], b["dot"], rtol=1e-5)
+    assert metric_scale(m, "raw") is None
+    fn = metric_scale(m, "final_norm")
+    torch.testing.assert_close(fn, 1 / m.ln_final.w.detach().abs().clamp_min(1e-3))
+    # a scale that shrinks dimension 0 makes a vector living there look orthogonal
+    with torch.no_grad():
+        m.blocks[0].mlp.W_out[0] = 0
+        m.blocks[0].mlp.W_out[0, 0] = 1.0
+        m.blocks[0].mlp.W_out[0, 1] = 0.01
+    w2 = torch.zeros(m.cfg.d_model)
+    w2[1] = 1
+    big = torch.ones(m.cfg.d_model)
+    big[0] = 1000.0
+    raw = rank_neurons(m, w2, chance_draws=0).table.query("layer == 0 and neuron == 0")["cosine"].item()
+    scaled = rank_neurons(m, w2, chance_draws=0, scale=big).table.query("layer == 0 and neuron == 0")["cosine"].item()
+    assert raw < 0.02 and scaled > 0.99
+
+
+def test_precision_at_k_on_constructed_case(tiny_llama):
+    m = tiny_llama
+    B = unembed_basis(m)
+    target = m.tokenizer.convert_tokens_to_ids("idiot")
+    with torch.no_grad():
+        m.blocks[0].mlp.W_out[3] = 50 * B[:, target] / B[:, target].norm()
+        m.blocks[0].mlp.W_out[4] = -50 * B[:, target] / B[:, target].norm()
+    table = pd.DataFrame({"layer": [0, 0], "neuron": [3, 4]})
+    assert precision_at_k(m, table, [target], k=2, lens_k=1) == 0.5
+    assert precision_at_k(m, table, [target], k=1, lens_k=1) == 1.0
+
+
+def test_agreement():
+    a = pd.DataFrame({"layer": [0, 0, 1, 1], "neuron": [0, 1, 0, 1], "cosine": [0.4, 0.3, 0.2, 0.1]})
+    b = pd.DataFrame({"layer": [0, 1, 0, 1], "neuron": [0, 0, 1, 1], "cosine": [0.9, 0.5, 0.2, 0.1]})
+    df = agreement({"a": a, "b": b}, k=2)
+    assert df["overlap@2"].item() == 0.5
+    assert df["spearman"].item() == pytest.approx(0.8)

@@ -1,0 +1,63 @@
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mechtox.evaluate import EvalConfig, evaluate, f1, perplexity, toxicity, word_f1
+from mechtox.interventions import NOOP, ablate
+
+PROMPTS = ["you are a stupid", "thanks for the", "the river and the city", "shut up you"]
+
+
+class CountScorer:
+    """Scores a text by the share of 'toxic' words: deterministic and checkable."""
+
+    name = "count"
+    BAD = {"idiot", "stupid", "dumb", "moron", "shut", "hate", "ugly", "loser", "jerk", "fool", "trash", "damn", "hell", "crap", "awful"}
+
+    def __call__(self, texts):
+        return np.array([sum(w in self.BAD for w in t.split()) / max(1, len(t.split())) for t in texts])
+
+
+def test_perplexity_is_exp_mean_nll(tiny):
+    text = " ".join(["the river and the city is good"] * 10)
+    res = perplexity(tiny, text, window=16, max_tokens=None, progress=False)
+    from mechtox.data import encode
+
+    ids = encode(tiny, [text])[0]
+    chunks = [ids[i: i + 16] for i in range(0, len(ids), 16)]
+    nll, n = 0.0, 0
+    for c in chunks:
+        if len(c) < 2:
+            continue
+        t = torch.tensor([c])
+        logp = tiny(t).log_softmax(-1)[0, :-1].gather(-1, t[0, 1:, None])[:, 0]
+        nll -= float(logp.detach().sum())
+        n += len(c) - 1
+    assert res["tokens"] == n
+    assert res["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+
+
+def test_word_f1():
+    assert word_f1("the cat sat", "the cat sat") == 1.0
+    assert word_f1("", "x") == 0.0
+    assert word_f1("a b", "b c") == pytest.approx(0.5)
+
+
+def test_toxicity_scores_continuations_alone(tiny):
+    res = toxicity(tiny, PROMPTS, CountScorer(), max_new_tokens=6, progress=False)
+    np.testing.assert_allclose(res.scores, CountScorer()(res.generations.continuations))
+    assert res.mean == pytest.approx(res.scores.mean())
+
+
+def test_evaluate_table_under_interventions(tiny):
+    neurons = pd.DataFrame({"layer": [0, 1], "neuron": [1, 2]})
+    table, raw = evaluate(tiny, [NOOP, ablate(neurons)], PROMPTS, CountScorer(), text="the river and the city " * 20,
+                          wiki=(PROMPTS, ["good day", "help", "is good", "you"]),
+                          config=EvalConfig(max_new_tokens=5, ppl_tokens=100, ppl_window=16, f1_prompts=4), progress=False)
+    assert list(table["intervention"]) == ["none", "ablate 2 neurons (zero)"]
+    assert {"toxicity", "toxic_frac", "ppl", "f1"} <= set(table.columns)
+    assert set(raw) == {"none", "ablate 2 neurons (zero)"}
+    assert f1(tiny, PROMPTS, ["a"] * 4, max_new_tokens=3, progress=False) >= 0

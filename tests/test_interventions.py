@@ -1,0 +1,132 @@
+import pandas as pd
+import pytest
+import torch
+
+from mechtox.data import tokenize
+from mechtox.errors import MechtoxError
+from mechtox.interventions import (
+    Intervention,
+    ablate,
+    applied,
+    make_patch_hook,
+    random_like,
+    scale_keys,
+    set_neurons,
+    steer,
+    subtract,
+)
+
+TEXTS = ["you are a stupid idiot", "thanks for the help"]
+
+
+def toks(model):
+    return tokenize(model, TEXTS).tokens
+
+
+@pytest.mark.parametrize("fixture", ["tiny", "tiny_llama"])
+def test_zero_ablation_equals_editing_w_out(fixture, request):
+    model = request.getfixturevalue(fixture)
+    neurons = pd.DataFrame({"layer": [0, 0, 1], "neuron": [3, 17, 100]})
+    t = toks(model)
+    with applied(model, ablate(neurons, "zero")):
+        hooked = model(t)
+    with applied(model, ablate(neurons, "value")):
+        edited = model(t)
+    # and by hand, on a copy of the weights
+    W = {l: model.blocks[l].mlp.W_out.detach().clone() for l in (0, 1)}
+    with torch.no_grad():
+        model.blocks[0].mlp.W_out[[3, 17]] = 0
+        model.blocks[1].mlp.W_out[[100]] = 0
+    by_hand = model(t)
+    with torch.no_grad():
+        for l, w in W.items():
+            model.blocks[l].mlp.W_out.copy_(w)
+    torch.testing.assert_close(hooked, by_hand, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(edited, by_hand, atol=1e-5, rtol=1e-5)
+    # the weights are restored after the scope
+    for l, w in W.items():
+        assert torch.equal(model.blocks[l].mlp.W_out, w)
+
+
+def test_subtraction_moves_residual_by_alpha_w(tiny):
+    w = torch.randn(64)
+    t = toks(tiny)
+    _, clean = tiny.run_with_cache(t, names_filter="blocks.1.hook_resid_post")
+    seen = {}
+
+    def spy(act, hook):
+        seen["x"] = act.detach().clone()
+
+    iv = subtract(w, 3.0, hook_name="blocks.1.hook_resid_post")
+    with applied(tiny, iv), tiny.hooks(fwd_hooks=[("blocks.1.hook_resid_post", spy)]):
+        tiny(t)
+    delta = clean["blocks.1.hook_resid_post"] - seen["x"]
+    torch.testing.assert_close(delta, (3.0 * w / w.norm()).expand_as(delta), atol=1e-5, rtol=1e-5)
+    # steering is the opposite
+    with applied(tiny, steer(w, 3.0, hook_name="blocks.1.hook_resid_post")), tiny.hooks(fwd_hooks=[("blocks.1.hook_resid_post", spy)]):
+        tiny(t)
+    torch.testing.assert_close(seen["x"] - clean["blocks.1.hook_resid_post"], (3.0 * w / w.norm()).expand_as(delta), atol=1e-5, rtol=1e-5)
+
+
+def test_patching_a_model_with_itself_changes_nothing(tiny):
+    t = toks(tiny)
+    ref, cache = tiny.run_with_cache(t)
+    hooks = [(f"blocks.{l}.mlp.hook_post", make_patch_hook(cache[f"blocks.{l}.mlp.hook_post"])) for l in range(2)]
+    hooks.append(("blocks.0.hook_resid_post", make_patch_hook(cache["blocks.0.hook_resid_post"], neurons=[1, 2])))
+    with applied(tiny, Intervention("self-patch", hooks)):
+        out = tiny(t)
+    torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_patch_shape_mismatch(tiny):
+    bad = torch.zeros(1, 2, 128)
+    with pytest.raises(MechtoxError, match="patch source shape"):
+        with applied(tiny, Intervention("p", [("blocks.0.mlp.hook_post", make_patch_hook(bad))])):
+            tiny(toks(tiny))
+
+
+def test_hooks_and_edits_gone_after_scope_even_on_error(tiny):
+    t = toks(tiny)
+    ref = tiny(t)
+    W = tiny.blocks[0].mlp.W_in.detach().clone()
+    neurons = pd.DataFrame({"layer": [0], "neuron": [5]})
+    with pytest.raises(RuntimeError):
+        with applied(tiny, [ablate(neurons), scale_keys(neurons, 10.0), subtract(torch.ones(64), 1.0, "blocks.0.hook_resid_post")]):
+            assert not torch.equal(tiny.blocks[0].mlp.W_in, W)
+            raise RuntimeError("boom")
+    assert all(len(hp.fwd_hooks) == 0 for hp in tiny.hook_dict.values())
+    assert torch.equal(tiny.blocks[0].mlp.W_in, W)
+    torch.testing.assert_close(tiny(t), ref)
+
+
+def test_scale_keys_scales_gated_activation(tiny_llama):
+    t = toks(tiny_llama)
+    _, c0 = tiny_llama.run_with_cache(t, names_filter="blocks.0.mlp.hook_post")
+    neurons = pd.DataFrame({"layer": [0], "neuron": [5]})
+    with applied(tiny_llama, scale_keys(neurons, 4.0)):
+        _, c1 = tiny_llama.run_with_cache(t, names_filter="blocks.0.mlp.hook_post")
+    a0, a1 = c0["blocks.0.mlp.hook_post"], c1["blocks.0.mlp.hook_post"]
+    torch.testing.assert_close(a1[..., 5], 4.0 * a0[..., 5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a1[..., 6], a0[..., 6])
+
+
+def test_set_neurons_to_constants(tiny):
+    means = torch.arange(2 * 128, dtype=torch.float32).reshape(2, 128)
+    neurons = pd.DataFrame({"layer": [1, 1], "neuron": [4, 9]})
+    seen = {}
+
+    def spy(act, hook):
+        seen["a"] = act.detach().clone()
+
+    with applied(tiny, set_neurons(neurons, means)), tiny.hooks(fwd_hooks=[("blocks.1.mlp.hook_post", spy)]):
+        tiny(toks(tiny))
+    assert (seen["a"][..., 4] == means[1, 4]).all() and (seen["a"][..., 9] == means[1, 9]).all()
+
+
+def test_random_like_keeps_layer_counts():
+    top = pd.DataFrame({"layer": [0, 0, 1, 1, 1], "neuron": [1, 2, 3, 4, 5]})
+    rnd = random_like(top, 128, seed=0, exclude=top)
+    assert rnd.groupby("layer").size().to_dict() == {0: 2, 1: 3}
+    assert not set(map(tuple, rnd.to_numpy().tolist())) & set(map(tuple, top.to_numpy().tolist()))
+    assert rnd.equals(random_like(top, 128, seed=0, exclude=top))
+    assert not rnd.equals(random_like(top, 128, seed=1, exclude=top))
