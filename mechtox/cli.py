@@ -107,6 +107,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=25)
     p.add_argument("--out", default="eval", help="run name")
 
+    p = sub.add_parser("pairs", help="preference pairs: greedy vs steered-toward-toxicity continuations (or ParaDetox)")
+    _common(p)
+    p.add_argument("--model", default="base")
+    p.add_argument("--prompts", default=None, help="prompts (default: shared wiki_samples.jsonl, as Lee et al. used Wikitext-2)")
+    p.add_argument("--direction", default="unembed", help="direction steered along for the rejected continuation")
+    p.add_argument("--alpha", type=float, default=8.0, help="steering strength (added alpha x unit direction)")
+    p.add_argument("--n", type=int, default=200, help="number of prompts")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=25)
+    p.add_argument("--paradetox", default=None, help="convert this ParaDetox TSV instead of generating")
+    p.add_argument("--out", default="pairs", help="name of the pair set")
+
+    p = sub.add_parser("train", help="fine-tune a model (DPO, probe-guided SFT, probe-ranked DPO) into a named model")
+    _common(p)
+    p.add_argument("objective", choices=["dpo", "sft-probe", "dpo-probe"])
+    p.add_argument("--model", default="base")
+    p.add_argument("--pairs", default="pairs", help="pair set name or a .jsonl/.tsv path")
+    p.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    p.add_argument("--probe", default=None, help="probe(s) trained against (sft-probe) or ranking the pairs (dpo-probe)")
+    p.add_argument("--held-out", default=None, help="probe(s) never trained against, measured after training")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--lr", type=float, default=1e-5)
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "rmsprop"])
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--warmup-steps", type=int, default=5)
+    p.add_argument("--clip", type=float, default=10.0)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--probe-lambda", type=float, default=1.0)
+    p.add_argument("--max-completion-tokens", type=int, default=32)
+    p.add_argument("--eval-every", type=int, default=10)
+    p.add_argument("--patience", type=int, default=0, help="early stopping after N evaluations without improvement")
+    p.add_argument("--checkpoint-every", type=int, default=10)
+    p.add_argument("--lee-et-al", action="store_true", help="Lee et al.'s settings (lr 1e-6, RMSprop, batch 4, 150 warm-up)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    p.add_argument("--out", default=None, help="name of the trained model (default: the objective)")
+
     p = sub.add_parser("run", help="the main job: the whole pipeline on a model, report at the end")
     _common(p)
     p.add_argument("--model", default="base")
@@ -381,6 +418,32 @@ def cmd_directions(args) -> int:
     return 0
 
 
+def cmd_pairs(args) -> int:
+    from mechtox.pipeline import make_pairs
+
+    ws = _workspace(args)
+    _seed(args.seed)
+    if not args.paradetox:
+        ws.require_direction(args.direction)
+        model = _load(ws, args.model, args)
+    else:
+        model = None
+    make_pairs(ws, model, args)
+    return 0
+
+
+def cmd_train(args) -> int:
+    from mechtox.pipeline import run_training
+
+    ws = _workspace(args)
+    _seed(args.seed)
+    args.out = args.out or args.objective
+    ws.require_pairs(args.pairs)
+    model = _load(ws, args.model, args)
+    run_training(ws, model, args)
+    return 0
+
+
 def cmd_run(args) -> int:
     """The main job (grows with the pipeline): load, probe sweep, neuron ranking."""
     from mechtox.data import shared_data_dir
@@ -405,7 +468,7 @@ def cmd_run(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "probe": cmd_probe, "rank": cmd_rank, "directions": cmd_directions,
-            "eval": cmd_eval, "run": cmd_run}
+            "eval": cmd_eval, "pairs": cmd_pairs, "train": cmd_train, "run": cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

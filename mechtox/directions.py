@@ -93,12 +93,17 @@ class TokenSets:
         return [model.tokenizer.decode([t]) for t in (self.toxic if which == "toxic" else self.nontoxic)]
 
 
-def token_sets(stats: pd.DataFrame, k: int = 50, k_nontoxic: int | None = None) -> TokenSets:
-    """The ``k`` most toxic and ``k_nontoxic`` (default ``k``) most non-toxic tokens of ``stats``."""
-    if len(stats) < 2 * k:
-        raise MechtoxError(f"only {len(stats)} tokens pass the count filter; use more data or a smaller k")
+def token_sets(stats: pd.DataFrame, k: int = 50, k_nontoxic: int | None = None, min_log_odds: float = 1.0) -> TokenSets:
+    """The ``k`` most toxic and ``k_nontoxic`` (default ``k``) most non-toxic tokens of ``stats``
+    by z-score, among tokens whose log-odds are at least ``min_log_odds`` in magnitude (so
+    frequent function words with a small but significant skew stay out)."""
     kn = k_nontoxic or k
-    return TokenSets(stats["token_id"].head(k).astype(int).tolist(), stats["token_id"].tail(kn).astype(int).tolist(), stats)
+    tox = stats[stats["log_odds"] >= min_log_odds]
+    non = stats[stats["log_odds"] <= -min_log_odds]
+    if len(tox) < k or len(non) < kn:
+        raise MechtoxError(f"only {len(tox)} toxic / {len(non)} non-toxic tokens pass the count and log-odds filters; "
+                           "use more data or a smaller k")
+    return TokenSets(tox["token_id"].head(k).astype(int).tolist(), non["token_id"].tail(kn).astype(int).tolist(), stats)
 
 
 def words_to_tokens(model: HookedTransformer, words: Sequence[str]) -> list[int]:

@@ -161,3 +161,126 @@ def _write_table(run, stem: str, table: pd.DataFrame, meta: dict) -> None:
     _io.write_text(run / f"{stem}.csv", table.to_csv(index=False))
     _io.write_text(run / f"{stem}.md", markdown(table) + "\n")
     _io.write_json(run / f"{stem}.json", {**meta, "rows": json.loads(table.to_json(orient="records"))})
+
+
+# ----------------------------------------------------------------------------- pairs
+
+
+def make_pairs(ws, model, args) -> dict[str, Any]:
+    """``mechtox pairs``: chosen = greedy continuation, rejected = the continuation steered toward
+    toxicity along a direction (Lee et al.'s PPLM construction, done with activation steering);
+    both scored. Or convert a ParaDetox TSV (``--paradetox``)."""
+    from mechtox.data import (
+        PreferencePairs,
+        load_pairs,
+        load_prompts,
+        load_wiki_samples,
+        save_pairs,
+    )
+    from mechtox.generation import generate
+    from mechtox.interventions import applied, steer
+    from mechtox.probe import Direction
+    from mechtox.scorers import get_scorer
+    from mechtox.workspace import check_name
+
+    check_name(args.out, "pairs name")
+    path = ws.pairs_path(args.out)
+    if args.paradetox:
+        pairs = load_pairs(args.paradetox, limit=args.n)
+        save_pairs(pairs, path)
+        print(f"wrote {len(pairs)} ParaDetox pairs to {path}")
+        return {"pairs": pairs}
+    src = args.prompts or _default("wiki_samples.jsonl", None)
+    if src and src.endswith("wiki_samples.jsonl"):
+        prompts = load_wiki_samples(src, limit=args.n)[0]
+    else:
+        prompts = load_prompts(src or "builtin:prompts", limit=args.n).prompts
+    direction = Direction.load(ws.require_direction(args.direction), model)
+    scorer = get_scorer("profanity")
+    progress = not args.quiet
+    print(f"pairs: {len(prompts)} prompts from {src or 'builtin:prompts'}; rejected = steered +{args.alpha:g} x "
+          f"{args.direction!r} at {direction.hook_name}")
+    chosen = generate(model, prompts, args.max_new_tokens, 32, args.batch_size, progress=progress)
+    with applied(model, steer(direction, args.alpha)):
+        rejected = generate(model, prompts, args.max_new_tokens, 32, args.batch_size, progress=progress)
+    sc, sr = scorer(chosen.continuations), scorer(rejected.continuations)
+    keep = [i for i in range(len(prompts)) if chosen.continuations[i].strip() and rejected.continuations[i].strip()
+            and chosen.continuations[i] != rejected.continuations[i]]
+    extra = [{"chosen_score": float(sc[i]), "rejected_score": float(sr[i]), "scorer": scorer.name,
+              "direction": args.direction, "alpha": args.alpha} for i in keep]
+    pairs = PreferencePairs([prompts[i] for i in keep], [chosen.continuations[i] for i in keep],
+                            [rejected.continuations[i] for i in keep], str(src), extra)
+    if not len(pairs):
+        raise MechtoxError("no usable pairs (all continuations empty or identical); raise --alpha")
+    save_pairs(pairs, path)
+    print(f"wrote {len(pairs)} pairs to {path}: mean {scorer.name} chosen {np.mean([e['chosen_score'] for e in extra]):.3f}, "
+          f"rejected {np.mean([e['rejected_score'] for e in extra]):.3f}")
+    for i in range(min(3, len(pairs))):
+        print(f"  {pairs.prompt[i][-50:]!r}\n    chosen:   {pairs.chosen[i][:80]!r}\n    rejected: {pairs.rejected[i][:80]!r}")
+    return {"pairs": pairs}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def run_training(ws, model, args) -> dict[str, Any]:
+    """``mechtox train OBJECTIVE``: train, save the named model, curves and the probe check."""
+    from mechtox.data import load_pairs
+    from mechtox.models import save_checkpoint
+    from mechtox.probe import Direction, ProbeScorer
+    from mechtox.training import (
+        DPOObjective,
+        ProbeSFTObjective,
+        TrainConfig,
+        lee_et_al_config,
+        rank_pairs_by_probe,
+        train,
+    )
+    from mechtox.workspace import check_name
+
+    check_name(args.out, "model name")
+    if args.out == "base":
+        raise MechtoxError("--out base would hide the base model; choose another name")
+    pairs = load_pairs(ws.require_pairs(args.pairs), limit=args.limit)
+    kw = dict(objective=args.objective, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
+              grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, max_steps=args.steps, clip=args.clip,
+              beta=args.beta, dtype=args.dtype, eval_every=args.eval_every, patience=args.patience,
+              checkpoint_every=args.checkpoint_every, seed=args.seed, probe_lambda=args.probe_lambda,
+              max_completion_tokens=args.max_completion_tokens)
+    if args.lee_et_al:
+        cfg = lee_et_al_config(**{k: v for k, v in kw.items() if k in ("objective", "seed", "eval_every", "dtype",
+                                                                          "checkpoint_every", "patience")})
+    else:
+        cfg = TrainConfig(**kw)
+    probes = [Direction.load(ws.require_direction(n), model) for n in (args.probe.split(",") if args.probe else [])]
+    held_out = [Direction.load(ws.require_direction(n), model) for n in (args.held_out.split(",") if args.held_out else [])]
+    progress = not args.quiet
+    if cfg.objective == "dpo-probe":
+        if not probes:
+            raise MechtoxError("train dpo-probe needs --probe NAME (the probe that ranks the pairs)")
+        pairs, swapped = rank_pairs_by_probe(pairs, ProbeScorer(model, probes[0]))
+        print(f"ranked {len(pairs)} pairs by probe {probes[0].name!r}: {swapped} swapped")
+    if cfg.objective == "sft-probe":
+        if not probes:
+            raise MechtoxError("train sft-probe needs --probe NAME[,NAME...] (the probes trained against)")
+        objective = ProbeSFTObjective(model, pairs.prompt, pairs.chosen, probes, cfg)
+    else:
+        objective = DPOObjective(model, pairs, cfg)
+    state = ws.root / "training" / args.out
+    print(f"train {cfg.objective}: {len(objective)} examples from {pairs.source}, {cfg.max_steps} steps x "
+          f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} ({cfg.optimizer}), {cfg.dtype}, device {model.cfg.device}")
+    res = train(model, objective, cfg, state, resume=args.resume, progress=progress)
+    hist = res.history
+    save_checkpoint(model, ws.model_dir(args.out), extra={
+        "trained_from": args.model, "objective": cfg.objective, "pairs": pairs.source,
+        "config": dataclasses.asdict(cfg), "steps": res.steps, "stopped_early": res.stopped_early,
+        "final_loss": hist[-1]["loss"] if hist else None, "best_val_loss": res.best_val,
+        "probes": [p.name for p in probes], "held_out_probes": [p.name for p in held_out]})
+    run = ws.run_dir(f"train-{args.out}")
+    _io.write_text(run / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in hist))
+    plotting.save_figure(plotting.training_figure(pd.DataFrame(hist)), run / "curves.html")
+    last = hist[-1] if hist else {}
+    print(f"saved model {args.out!r} to {ws.model_dir(args.out)} after {res.steps} steps in {res.seconds:.0f} s "
+          f"({res.tokens_per_second:.0f} tok/s); final loss {last.get('loss', float('nan')):.4f}, "
+          f"best val {res.best_val:.4f}{' (stopped early)' if res.stopped_early else ''}")
+    return {"result": res, "config": cfg}

@@ -93,3 +93,19 @@ def ablation_figure(table: pd.DataFrame, k: int = 100, title: str | None = None)
     fig.update_layout(title=title or f"Drop in generation toxicity: top-{k} vs random neurons", barmode="group",
                       yaxis_title="toxicity drop", template="plotly_white")
     return fig
+
+
+def training_figure(history: pd.DataFrame, title: str = "Training curves") -> go.Figure:
+    """Loss (and validation loss, DPO reward margins / accuracies, probe score) per step."""
+    from plotly.subplots import make_subplots
+
+    extra = [c for c in ("rewards/margins", "rewards/accuracies", "probe_score", "lm_loss") if c in history]
+    fig = make_subplots(rows=1 + bool(extra), cols=1, shared_xaxes=True)
+    fig.add_trace(go.Scatter(x=history["step"], y=history["loss"], name="loss"), row=1, col=1)
+    if "val_loss" in history:
+        v = history.dropna(subset=["val_loss"])
+        fig.add_trace(go.Scatter(x=v["step"], y=v["val_loss"], name="val_loss", mode="lines+markers"), row=1, col=1)
+    for c in extra:
+        fig.add_trace(go.Scatter(x=history["step"], y=history[c], name=c), row=2, col=1)
+    fig.update_layout(title=title, template="plotly_white", xaxis_title="step")
+    return fig

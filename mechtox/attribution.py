@@ -1,0 +1,245 @@
+"""Attribution of a fine-tuning change to individual neurons (Yang et al. 2024, "Ablation is
+Not Enough to Emulate DPO").
+
+For every MLP neuron, its projection onto the unit direction ``w`` is
+``p[l, i] = mean over evaluation tokens of a[l, i] * (v[l, i] . w)``, each model with its OWN
+activations ``a`` and its OWN value vectors ``v``. The neuron's contribution to the change is
+``delta = p_before - p_after`` (positive = the neuron lowered the projection, i.e. toxicity),
+split exactly into an activation part ``(mean a_before - mean a_after) * d_before`` and a weight
+part ``mean a_after * (d_before - d_after)`` with ``d = v . w``.
+
+Only per-neuron SUMS are accumulated over batches (no activation cache is kept), so memory does
+not grow with the number of tokens. The neurons plus the rest (embeddings, attention outputs,
+MLP output biases) add up to the change of the residual stream's projection at the direction's
+layer; :attr:`Attribution.check` reports the error.
+
+Token modes: ``own`` — each model's own greedy continuations, evaluated at the positions that
+generated them (as in the paper); ``shared`` — both models read the same text (the before
+model's continuations), so only the models differ, not the tokens.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from mechtox.data import pad, pad_id
+from mechtox.errors import IncompatibleError, MechtoxError
+from mechtox.generation import Generations, generate
+from mechtox.models import same_architecture
+
+Mode = Literal["own", "shared"]
+
+REDUCING = ("TP-", "TN+", "AP+", "AN-")
+INCREASING = ("TP+", "TN-", "AP-", "AN+")
+GROUP_MEANING = {
+    "TP-": "toxic value vector, positive activation, activation falls",
+    "TN+": "toxic value vector, negative activation, becomes more negative",
+    "AP+": "anti-toxic value vector, positive activation, activation rises",
+    "AN-": "anti-toxic value vector, negative activation, becomes less negative",
+    "TP+": "toxic, positive, activation rises (increases toxicity)",
+    "TN-": "toxic, negative, becomes less negative (increases toxicity)",
+    "AP-": "anti-toxic, positive, activation falls (increases toxicity)",
+    "AN+": "anti-toxic, negative, becomes more negative (increases toxicity)",
+}
+
+
+def target_layer(model: HookedTransformer, hook_name: str) -> int:
+    """The residual stream a direction reads: ``blocks.L.hook_resid_post`` -> L; final-norm hooks
+    -> the last layer (the pre-norm stream is projected)."""
+    m = re.match(r"^blocks\.(\d+)\.hook_resid_(post|mid|pre)$", hook_name)
+    if m:
+        layer = int(m.group(1))
+        return layer if m.group(2) == "post" else layer - 1
+    return model.cfg.n_layers - 1
+
+
+@dataclass
+class _Sums:
+    act: Tensor  # [L, M] sum of activations over evaluation tokens
+    n_tokens: int
+    resid: float  # sum of projection of the target residual stream
+    parts: dict[str, float] = field(default_factory=dict)  # sums of projections of each component
+
+
+@torch.inference_mode()
+def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], starts: Sequence[int], w: Tensor,
+                    layer: int, batch_size: int = 16, progress: bool = True) -> _Sums:
+    """Per-neuron activation sums and component projection sums over the positions
+    ``start-1 .. len-2`` of each sequence (the positions that predict tokens ``start..``)."""
+    L, M = layer + 1, model.cfg.d_mlp
+    dev = model.cfg.device
+    w = w.to(dev, torch.float32)
+    act = torch.zeros(L, M, dtype=torch.float64, device=dev)
+    parts: dict[str, float] = {}
+    state: dict[str, Tensor] = {}
+
+    def add_part(name: str, x: Tensor) -> None:
+        m = state["mask"]
+        parts[name] = parts.get(name, 0.0) + float(((x.float() @ w) * m).sum())
+
+    def mlp_hook(a, hook):
+        l_ = int(hook.name.split(".")[1])
+        act[l_] += (a.float() * state["mask"][..., None]).sum((0, 1)).double()
+
+    def part_hook(x, hook):
+        add_part(hook.name, x)
+
+    hooks = [(f"blocks.{i}.mlp.hook_post", mlp_hook) for i in range(L)]
+    hooks += [("hook_embed", part_hook)]
+    if "hook_pos_embed" in model.hook_dict and model.cfg.positional_embedding_type == "standard":
+        hooks.append(("hook_pos_embed", part_hook))
+    hooks += [(f"blocks.{i}.hook_attn_out", part_hook) for i in range(L)]
+    hooks += [(f"blocks.{i}.hook_mlp_out", part_hook) for i in range(L)]
+    hooks += [(f"blocks.{layer}.hook_resid_post", part_hook)]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    n_tok = 0
+    pid = pad_id(model)
+    for s in tqdm(range(0, len(order), batch_size), desc="attribution", disable=not progress, leave=False):
+        idx = order[s: s + batch_size]
+        batch = pad([list(seqs[i]) for i in idx], pid, "right").to(dev)
+        mask = torch.zeros_like(batch.attention_mask, dtype=torch.float32)
+        for r, i in enumerate(idx):
+            mask[r, starts[i] - 1: len(seqs[i]) - 1] = 1.0
+        state["mask"] = mask
+        n_tok += int(mask.sum())
+        with model.hooks(fwd_hooks=hooks):
+            model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=layer + 1)
+    resid = parts.pop(f"blocks.{layer}.hook_resid_post")
+    return _Sums(act.float().cpu(), n_tok, resid, parts)
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Per-neuron attribution of the change between two models along a direction."""
+
+    neurons: pd.DataFrame
+    """layer, neuron, cos_before, d_before, d_after, act_before, act_after, p_before, p_after,
+    delta, delta_act, delta_weight, group"""
+    groups: pd.DataFrame
+    """per group: n, contribution, share_of_gross (of the summed reducing groups), share_of_net"""
+    per_layer: pd.DataFrame
+    """contribution per layer and group"""
+    check: dict[str, float]
+    """total change of the residual projection, neuron sum, rest, and the error"""
+    mode: str
+    n_tokens: dict[str, int]
+    direction: str
+
+
+def _d(model: HookedTransformer, w: Tensor, L: int) -> Tensor:
+    V = torch.stack([model.blocks[i].mlp.W_out.detach().float().cpu() for i in range(L)])
+    return V @ w, V.norm(dim=-1)
+
+
+def classify(cos_before: np.ndarray, act_before: np.ndarray, act_after: np.ndarray) -> np.ndarray:
+    """The group of each neuron: T/A by the sign of cos(v_before, w), P/N by the sign of the
+    mean activation before (P: >= 0), then the direction of the activation change."""
+    T = cos_before > 0
+    P = act_before >= 0
+    up = act_after > act_before
+    out = np.empty(len(cos_before), dtype=object)
+    out[T & P & ~up] = "TP-"
+    out[T & ~P & ~up] = "TN+"
+    out[~T & P & up] = "AP+"
+    out[~T & ~P & up] = "AN-"
+    out[T & P & up] = "TP+"
+    out[T & ~P & up] = "TN-"
+    out[~T & P & ~up] = "AP-"
+    out[~T & ~P & ~up] = "AN+"
+    return out
+
+
+def attribute(before: HookedTransformer, after: HookedTransformer, direction, prompts: Sequence[str] | None = None,
+              mode: Mode = "own", max_new_tokens: int = 20, max_prompt_tokens: int = 32, batch_size: int = 16,
+              generations: dict[str, Generations] | None = None, progress: bool = True) -> Attribution:
+    """Attribute the change of the projection on ``direction`` from ``before`` to ``after``.
+
+    ``generations`` may pass precomputed continuations (``{"before": ..., "after": ...}``).
+    """
+    same_architecture(before, after)
+    vec = getattr(direction, "vector", direction)
+    if vec.shape != (before.cfg.d_model,):
+        raise IncompatibleError(f"direction has dimension {vec.shape[0]} but the models have d_model {before.cfg.d_model}")
+    hook = getattr(direction, "hook_name", f"blocks.{before.cfg.n_layers - 1}.hook_resid_post")
+    w = (vec / vec.norm()).float().cpu()
+    layer = target_layer(before, hook)
+    gens = dict(generations or {})
+    if "before" not in gens:
+        if prompts is None:
+            raise MechtoxError("attribution needs prompts (or generations)")
+        gens["before"] = generate(before, prompts, max_new_tokens, max_prompt_tokens, 25, stop_at_eos=False,
+                                  progress=progress)
+    if mode == "own" and "after" not in gens:
+        gens["after"] = generate(after, gens["before"].prompts, max_new_tokens, max_prompt_tokens, 25,
+                                 stop_at_eos=False, progress=progress)
+    elif mode == "shared":
+        gens["after"] = gens["before"]
+    elif mode != "own":
+        raise MechtoxError(f"unknown token mode {mode!r}; use own or shared")
+
+    def seqs(g: Generations):
+        keep = [i for i, c in enumerate(g.continuation_ids) if c]
+        if not keep:
+            raise MechtoxError("no generated tokens to attribute over")
+        return [g.prompt_ids[i] + g.continuation_ids[i] for i in keep], [len(g.prompt_ids[i]) for i in keep]
+
+    sb = projection_sums(before, *seqs(gens["before"]), w, layer, batch_size, progress)
+    sa = projection_sums(after, *seqs(gens["after"]), w, layer, batch_size, progress)
+    L = layer + 1
+    d_b, norm_b = _d(before, w, L)
+    d_a, _ = _d(after, w, L)
+    a_b = sb.act / sb.n_tokens
+    a_a = sa.act / sa.n_tokens
+    p_b, p_a = a_b * d_b, a_a * d_a
+    delta = p_b - p_a
+    cos_b = (d_b / norm_b.clamp_min(1e-12)).numpy().ravel()
+    table = pd.DataFrame({
+        "layer": np.repeat(np.arange(L), before.cfg.d_mlp), "neuron": np.tile(np.arange(before.cfg.d_mlp), L),
+        "cos_before": cos_b, "d_before": d_b.numpy().ravel(), "d_after": d_a.numpy().ravel(),
+        "act_before": a_b.numpy().ravel(), "act_after": a_a.numpy().ravel(),
+        "p_before": p_b.numpy().ravel(), "p_after": p_a.numpy().ravel(), "delta": delta.numpy().ravel(),
+        "delta_act": ((a_b - a_a) * d_b).numpy().ravel(), "delta_weight": (a_a * (d_b - d_a)).numpy().ravel(),
+    })
+    table["group"] = classify(table["cos_before"].to_numpy(), table["act_before"].to_numpy(), table["act_after"].to_numpy())
+
+    # exactness: neurons + rest = change of the residual projection (means over each model's tokens)
+    total = sb.resid / sb.n_tokens - sa.resid / sa.n_tokens
+    neuron_sum = float(delta.sum())
+    rest = {}
+    for k in sb.parts:
+        if ".hook_mlp_out" in k:  # the MLP output minus its neurons: the output bias
+            l_ = int(k.split(".")[1])
+            rest_b = sb.parts[k] / sb.n_tokens - float(p_b[l_].sum())
+            rest_a = sa.parts[k] / sa.n_tokens - float(p_a[l_].sum())
+            rest["mlp_bias"] = rest.get("mlp_bias", 0.0) + rest_b - rest_a
+        else:
+            key = "attention" if "attn_out" in k else "embeddings"
+            rest[key] = rest.get(key, 0.0) + sb.parts[k] / sb.n_tokens - sa.parts[k] / sa.n_tokens
+    rest_sum = sum(rest.values())
+    check = {"total_change": total, "neurons": neuron_sum, **{f"rest_{k}": v for k, v in rest.items()},
+             "error": total - neuron_sum - rest_sum}
+
+    gross = float(table.loc[table["group"].isin(REDUCING), "delta"].sum())
+    rows = []
+    for g in REDUCING + INCREASING:
+        sel = table[table["group"] == g]
+        c = float(sel["delta"].sum())
+        rows.append({"group": g, "reduces": g in REDUCING, "n": len(sel), "contribution": c,
+                     "from_activation": float(sel["delta_act"].sum()), "from_weights": float(sel["delta_weight"].sum()),
+                     "share_of_gross": c / gross if gross else float("nan"),
+                     "share_of_net": c / neuron_sum if neuron_sum else float("nan"), "meaning": GROUP_MEANING[g]})
+    groups = pd.DataFrame(rows)
+    per_layer = table.pivot_table(index="layer", columns="group", values="delta", aggfunc="sum", fill_value=0.0)
+    per_layer = per_layer.reindex(columns=[g for g in REDUCING + INCREASING if g in per_layer.columns]).reset_index()
+    return Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
+                       getattr(direction, "name", "") or "direction")

@@ -1,0 +1,467 @@
+"""A hooked training loop for HookedTransformer: DPO, probe-guided SFT, probe-ranked DPO.
+
+Objectives may read (and differentiate through) activations at hook points: the probe-SFT
+loss adds the probe's score of the policy's OWN activations at the probe's hook, attached
+with a scoped ``model.hooks``. The loop has fp32 or bf16 autocast, gradient accumulation,
+AdamW (fused on CUDA) or RMSprop, linear warm-up, gradient clipping, evaluation every N steps,
+early stopping on the validation loss, atomic checkpoints and exact resume (weights, optimizer,
+schedule, data order and metrics), seeds, a progress bar and metrics in JSONL.
+
+DPO follows TRL: ``loss = -log sigmoid(beta * ((pi_c - ref_c) - (pi_r - ref_r)))`` on summed
+completion log-probs, masks from the completion positions (never from the pad id), metric
+names ``rewards/chosen``, ``rewards/rejected``, ``rewards/margins``, ``rewards/accuracies``.
+Reference log-probs are computed once, up front, with the initial weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+from transformer_lens import HookedTransformer
+
+from mechtox import _io
+from mechtox.data import PreferencePairs, encode, pad_id
+from mechtox.errors import MechtoxError
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (saved with every checkpoint; never mutated by the loop)."""
+
+    objective: Literal["dpo", "sft-probe", "dpo-probe"] = "dpo"
+    """what to optimise"""
+    lr: float = 5e-6
+    """peak learning rate (after warm-up)"""
+    optimizer: Literal["adamw", "rmsprop"] = "adamw"
+    """AdamW (fused on CUDA) or RMSprop (Lee et al.)"""
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    """pairs (or texts) per micro-batch"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step"""
+    warmup_steps: int = 10
+    """linear warm-up from 0 to lr, then constant"""
+    max_steps: int = 100
+    """optimizer steps"""
+    clip: float = 10.0
+    """gradient-norm clipping (0: off)"""
+    beta: float = 0.1
+    """DPO temperature"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """autocast precision of forward passes"""
+    max_prompt_tokens: int = 32
+    """prompts keep their last tokens"""
+    max_completion_tokens: int = 32
+    """completions keep their first tokens"""
+    eval_every: int = 10
+    """validation every N steps (0: only at the end)"""
+    val_fraction: float = 0.1
+    """share of the data held out for validation"""
+    patience: int = 0
+    """stop after this many evaluations without a better validation loss (0: never)"""
+    checkpoint_every: int = 10
+    """save a resumable checkpoint every N steps"""
+    seed: int = 0
+    probe_lambda: float = 1.0
+    """weight of the probe term in sft-probe"""
+    compile: bool = False
+    """torch.compile the model (CUDA)"""
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("dpo", "sft-probe", "dpo-probe"):
+            raise MechtoxError(f"unknown objective {self.objective!r}")
+        if self.optimizer not in ("adamw", "rmsprop"):
+            raise MechtoxError(f"unknown optimizer {self.optimizer!r}; use adamw or rmsprop")
+        for name in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) < 1:
+                raise MechtoxError(f"{name} must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MechtoxError("lr must be a positive number")
+
+
+def lee_et_al_config(**overrides: Any) -> TrainConfig:
+    """Lee et al. 2024's DPO settings: beta 0.1, lr 1e-6, RMSprop, batch 4, 150 warm-up steps."""
+    base = dict(objective="dpo", lr=1e-6, optimizer="rmsprop", batch_size=4, warmup_steps=150, beta=0.1,
+                max_steps=6700 // 4)
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class SeqBatch:
+    """Right-padded sequences with an attention mask and a mask of the positions whose NEXT
+    token is a completion token (the labels)."""
+
+    tokens: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    label_mask: Int[Tensor, "batch pos"]
+
+    def to(self, device) -> SeqBatch:
+        return SeqBatch(self.tokens.to(device), self.attention_mask.to(device), self.label_mask.to(device))
+
+
+def build_sequences(model: HookedTransformer, prompts: Sequence[str], completions: Sequence[str],
+                    max_prompt_tokens: int, max_completion_tokens: int) -> list[tuple[list[int], int]]:
+    """``(prompt + completion ids, prompt length)`` per example (prompt: last tokens; completion: first)."""
+    p_ids = encode(model, prompts, max_prompt_tokens, truncate="left") if any(prompts) else [[] for _ in prompts]
+    if any(len(p) == 0 for p in p_ids) and model.tokenizer.bos_token_id is not None:
+        # an empty prompt: start from BOS so the first completion token is predicted
+        p_ids = [p if p else [model.tokenizer.bos_token_id] for p in p_ids]
+    c_ids = encode(model, completions, max_completion_tokens, prepend_bos=False)
+    out = []
+    for p, c in zip(p_ids, c_ids, strict=True):
+        if not c:
+            raise MechtoxError("an empty completion cannot be trained on")
+        out.append((p + c, len(p)))
+    return out
+
+
+def collate(seqs: Sequence[tuple[list[int], int]], pid: int) -> SeqBatch:
+    n = max(len(s) for s, _ in seqs)
+    toks = torch.full((len(seqs), n), pid, dtype=torch.long)
+    att = torch.zeros((len(seqs), n), dtype=torch.long)
+    lab = torch.zeros((len(seqs), n), dtype=torch.long)
+    for i, (s, p) in enumerate(seqs):
+        toks[i, : len(s)] = torch.tensor(s)
+        att[i, : len(s)] = 1
+        lab[i, p - 1: len(s) - 1] = 1  # position t predicts token t+1, a completion token
+    return SeqBatch(toks, att, lab)
+
+
+def sequence_logps(logits: Float[Tensor, "batch pos vocab"], batch: SeqBatch) -> Float[Tensor, " batch"]:
+    """Sum over completion tokens of log p(token | prefix)."""
+    logp = logits[:, :-1].float().log_softmax(-1)
+    tgt = batch.tokens[:, 1:].unsqueeze(-1)
+    tok_logp = logp.gather(-1, tgt).squeeze(-1)
+    return (tok_logp * batch.label_mask[:, :-1]).sum(-1)
+
+
+def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+             beta: float) -> tuple[Tensor, dict[str, float]]:
+    """TRL's sigmoid DPO loss and metrics (names as TRL logs them)."""
+    chosen_rewards = beta * (chosen_logps - ref_chosen_logps)
+    rejected_rewards = beta * (rejected_logps - ref_rejected_logps)
+    logits = chosen_rewards - rejected_rewards
+    loss = -F.logsigmoid(logits).mean()
+    cr, rr = chosen_rewards.detach(), rejected_rewards.detach()
+    metrics = {
+        "rewards/chosen": float(cr.mean()),
+        "rewards/rejected": float(rr.mean()),
+        "rewards/margins": float((cr - rr).mean()),
+        "rewards/accuracies": float((cr > rr).float().mean()),
+        "logps/chosen": float(chosen_logps.detach().mean()),
+        "logps/rejected": float(rejected_logps.detach().mean()),
+    }
+    return loss, metrics
+
+
+# ----------------------------------------------------------------------------- objectives
+
+
+class DPOObjective:
+    """DPO on preference pairs; reference log-probs precomputed with the initial weights."""
+
+    name = "dpo"
+
+    def __init__(self, model: HookedTransformer, pairs: PreferencePairs, cfg: TrainConfig):
+        self.cfg = cfg
+        self.pid = pad_id(model)
+        self.chosen = build_sequences(model, pairs.prompt, pairs.chosen, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        self.rejected = build_sequences(model, pairs.prompt, pairs.rejected, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        self.ref_chosen = torch.zeros(len(pairs))
+        self.ref_rejected = torch.zeros(len(pairs))
+        self.n_tokens = sum(len(s) for s, _ in self.chosen + self.rejected)
+
+    def __len__(self) -> int:
+        return len(self.chosen)
+
+    @torch.no_grad()
+    def prepare(self, model: HookedTransformer, progress: bool) -> None:
+        """Reference log-probs of every pair, once (the model holds its initial weights)."""
+        bs = self.cfg.batch_size
+        for s in tqdm(range(0, len(self), bs), desc="reference log-probs", disable=not progress, leave=False):
+            idx = list(range(s, min(s + bs, len(self))))
+            c, r = self._logps(model, idx)
+            self.ref_chosen[idx] = c.float().cpu()
+            self.ref_rejected[idx] = r.float().cpu()
+
+    def _logps(self, model, idx) -> tuple[Tensor, Tensor]:
+        batch = collate([self.chosen[i] for i in idx] + [self.rejected[i] for i in idx], self.pid).to(model.cfg.device)
+        with _autocast(model, self.cfg.dtype):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        lp = sequence_logps(logits, batch)
+        return lp[: len(idx)], lp[len(idx):]
+
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+        c, r = self._logps(model, idx)
+        dev = c.device
+        ii = torch.as_tensor(idx)
+        return dpo_loss(c, r, self.ref_chosen[ii].to(dev), self.ref_rejected[ii].to(dev), self.cfg.beta)
+
+    def tokens(self, idx) -> int:
+        return sum(len(self.chosen[i][0]) + len(self.rejected[i][0]) for i in idx)
+
+
+class ProbeSFTObjective:
+    """LM loss on non-toxic targets + ``lambda * mean P(toxic)`` of the policy's own activations
+    at each probe's hook (averaged over the probes trained against)."""
+
+    name = "sft-probe"
+
+    def __init__(self, model: HookedTransformer, prompts: Sequence[str], targets: Sequence[str], probes: Sequence,
+                 cfg: TrainConfig):
+        if not probes:
+            raise MechtoxError("sft-probe needs at least one probe to train against")
+        self.cfg = cfg
+        self.pid = pad_id(model)
+        self.seqs = build_sequences(model, prompts, targets, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        self.modules = [p.module().to(model.cfg.device) for p in probes]
+        self.n_tokens = sum(len(s) for s, _ in self.seqs)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def prepare(self, model, progress) -> None:
+        return None
+
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+        batch = collate([self.seqs[i] for i in idx], self.pid).to(model.cfg.device)
+        store: dict[str, Tensor] = {}
+
+        def grab(act, hook):
+            store[hook.name] = act
+            return act
+
+        hooks = [(m.hook_name, grab) for m in self.modules]
+        with _autocast(model, self.cfg.dtype), model.hooks(fwd_hooks=hooks):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        logp = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.tokens[:, 1:, None]).squeeze(-1)
+        m = batch.label_mask[:, :-1].float()
+        lm = -(logp * m).sum() / m.sum()
+        # the probe reads the whole text as it was trained (mean over real tokens)
+        scores = torch.stack([mod.pooled(store[mod.hook_name].float(), batch.attention_mask) for mod in self.modules])
+        probe = scores.mean()
+        loss = lm + self.cfg.probe_lambda * probe
+        return loss, {"lm_loss": float(lm.detach()), "probe_score": float(probe.detach())}
+
+    def tokens(self, idx) -> int:
+        return sum(len(self.seqs[i][0]) for i in idx)
+
+
+def rank_pairs_by_probe(pairs: PreferencePairs, scorer) -> tuple[PreferencePairs, int]:
+    """Probe-based DPO data: in each pair, chosen = the completion the probe scores less toxic.
+    Returns the re-ranked pairs and how many were swapped."""
+    sc = np.asarray(scorer(pairs.chosen))
+    sr = np.asarray(scorer(pairs.rejected))
+    swap = sc > sr
+    chosen = [r if s else c for c, r, s in zip(pairs.chosen, pairs.rejected, swap, strict=True)]
+    rejected = [c if s else r for c, r, s in zip(pairs.chosen, pairs.rejected, swap, strict=True)]
+    extra = [{**(e or {}), "probe_chosen": float(min(a, b)), "probe_rejected": float(max(a, b))}
+             for e, a, b in zip(pairs.extra or [{}] * len(pairs), sc, sr, strict=True)]
+    return PreferencePairs(list(pairs.prompt), chosen, rejected, pairs.source + " (ranked by probe)", extra), int(swap.sum())
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def _autocast(model, dtype: str):
+    if dtype == "bfloat16":
+        return torch.autocast(device_type=torch.device(model.cfg.device).type, dtype=torch.bfloat16)
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _optimizer(model, cfg: TrainConfig):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fused = torch.device(model.cfg.device).type == "cuda"
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
+
+
+def _lr_lambda(warmup: int):
+    return lambda step: min(1.0, (step + 1) / warmup) if warmup > 0 else 1.0
+
+
+def _order(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Examples ``start .. start+count`` of the stream of seeded per-epoch permutations."""
+    out = []
+    pos = start
+    while len(out) < count:
+        epoch, off = divmod(pos, n)
+        perm = np.random.default_rng(seed + 7919 * epoch).permutation(n)
+        take = min(count - len(out), n - off)
+        out.extend(int(i) for i in perm[off: off + take])
+        pos += take
+    return out
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    steps: int
+    best_val: float
+    stopped_early: bool
+    seconds: float
+    tokens_per_second: float
+    out_dir: Path
+    val_history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False,
+          progress: bool = True, val_idx: Sequence[int] | None = None, train_idx: Sequence[int] | None = None,
+          stop_after: int | None = None) -> TrainResult:
+    """Train ``model`` in place on ``objective``; checkpoints and metrics go to ``out_dir``.
+
+    ``resume=True`` continues from ``out_dir/state`` to the same weights as an uninterrupted
+    run. ``stop_after`` ends the run after that many steps of THIS call (used to simulate an
+    interruption in tests).
+    """
+    out = Path(out_dir)
+    state_dir = out / "state"
+    n = len(objective)
+    if n < 2:
+        raise MechtoxError("need at least 2 training examples")
+    if train_idx is None or val_idx is None:
+        perm = np.random.default_rng(cfg.seed).permutation(n)
+        n_val = max(1, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0
+        val_idx, train_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
+    train_idx, val_idx = list(train_idx), list(val_idx)
+    torch.manual_seed(cfg.seed)
+    model.train()
+    for p in model.parameters():
+        p.requires_grad_(True)
+
+    step, history, val_history = 0, [], []
+    best_val, bad_evals = float("inf"), 0
+    if resume:
+        if not (state_dir / "trainer.json").is_file():
+            raise MechtoxError(f"nothing to resume in {out}: no checkpoint (state/trainer.json); run without --resume")
+        meta = json.loads((state_dir / "trainer.json").read_text())
+        saved_cfg = meta["config"]
+        # settings that do not change the trajectory up to the checkpoint may differ
+        free = {"max_steps", "eval_every", "checkpoint_every", "patience"}
+        diff = [k for k in saved_cfg if k not in free and saved_cfg[k] != dataclasses.asdict(cfg).get(k)]
+        if diff:
+            raise MechtoxError(f"cannot resume {out}: the config differs in {diff}; use the same settings")
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(state_dir / "weights.safetensors"), device=str(model.cfg.device)), strict=False)
+        ref = torch.load(state_dir / "reference.pt", map_location="cpu") if (state_dir / "reference.pt").is_file() else None
+        if ref is not None:
+            objective.ref_chosen, objective.ref_rejected = ref["chosen"], ref["rejected"]
+        step, history, val_history = meta["step"], meta["history"], meta["val_history"]
+        best_val, bad_evals = meta["best_val"], meta["bad_evals"]
+    else:
+        model.eval()
+        objective.prepare(model, progress)
+        model.train()
+        if out.exists() and (state_dir / "trainer.json").is_file():
+            raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+
+    opt = _optimizer(model, cfg)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
+    if resume:
+        opt.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=model.cfg.device, weights_only=False))
+        sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
+    fwd_model = torch.compile(model) if cfg.compile else model
+
+    def evaluate_val() -> float:
+        if not val_idx:
+            return float("nan")
+        model.eval()
+        tot, cnt = 0.0, 0
+        with torch.no_grad():
+            for s in range(0, len(val_idx), cfg.batch_size):
+                idx = val_idx[s: s + cfg.batch_size]
+                loss, _ = objective.loss(fwd_model, idx)
+                tot += float(loss.detach()) * len(idx)
+                cnt += len(idx)
+        model.train()
+        return tot / cnt
+
+    def checkpoint() -> None:
+        from safetensors.torch import save_file
+
+        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+        def write(tmp: Path) -> None:
+            tmp.mkdir(parents=True)
+            save_file(sd, str(tmp / "weights.safetensors"))
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            torch.save(sched.state_dict(), tmp / "scheduler.pt")
+            if hasattr(objective, "ref_chosen"):
+                torch.save({"chosen": objective.ref_chosen, "rejected": objective.ref_rejected}, tmp / "reference.pt")
+            (tmp / "trainer.json").write_text(json.dumps({
+                "step": step, "history": history, "val_history": val_history, "best_val": best_val,
+                "bad_evals": bad_evals, "config": dataclasses.asdict(cfg)}, default=float))
+
+        _io.write_with(state_dir, write)
+        _io.write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+
+    eff = cfg.batch_size * cfg.grad_accum
+    t0, tokens_done = time.perf_counter(), 0
+    stopped_early = False
+    this_call = 0
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {objective.name}", disable=not progress)
+    while step < cfg.max_steps:
+        ex = [train_idx[i] for i in _order(len(train_idx), cfg.seed, step * eff, eff)]
+        opt.zero_grad(set_to_none=True)
+        agg: dict[str, float] = {}
+        total = 0.0
+        for a in range(cfg.grad_accum):
+            idx = ex[a * cfg.batch_size: (a + 1) * cfg.batch_size]
+            loss, metrics = objective.loss(fwd_model, idx)
+            if not torch.isfinite(loss):
+                raise MechtoxError(f"the loss became {float(loss.detach())} at step {step}; lower the learning rate")
+            (loss / cfg.grad_accum).backward()
+            total += float(loss.detach()) / cfg.grad_accum
+            for k, v in metrics.items():
+                agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+            tokens_done += objective.tokens(idx)
+        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else float("inf")))
+        opt.step()
+        sched.step()
+        step += 1
+        this_call += 1
+        rec = {"step": step, "loss": total, "grad_norm": gnorm, "lr": sched.get_last_lr()[0], **agg}
+        if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.max_steps:
+            v = evaluate_val()
+            rec["val_loss"] = v
+            val_history.append({"step": step, "val_loss": v})
+            if v < best_val - 1e-6:
+                best_val, bad_evals = v, 0
+            else:
+                bad_evals += 1
+        history.append(rec)
+        bar.update(1)
+        bar.set_postfix(loss=f"{total:.4f}", **({"val": f"{rec['val_loss']:.4f}"} if "val_loss" in rec else {}))
+        if cfg.patience and bad_evals >= cfg.patience:
+            stopped_early = True
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stopped_early:
+            checkpoint()
+        if stopped_early or (stop_after is not None and this_call >= stop_after):
+            break
+    bar.close()
+    model.eval()
+    secs = time.perf_counter() - t0
+    return TrainResult(history, step, best_val, stopped_early, secs, tokens_done / secs if secs > 0 else 0.0, out,
+                       val_history)

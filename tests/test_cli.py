@@ -1,0 +1,78 @@
+"""The CLI end to end on the tiny model (fast): eval with interventions, directions, errors."""
+
+import json
+
+import pytest
+
+from mechtox.cli import main
+
+
+@pytest.fixture
+def ws(tmp_path):
+    return str(tmp_path / "ws")
+
+
+def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "120",
+                 "--n-test", "60", "--out", "p"]) == 0
+    assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "p", "--top", "5", "--svd-top", "16"]) == 0
+    capsys.readouterr()
+    code = main(["eval", "-w", ws, "-q", "--model", "tiny", "--prompts", "builtin:prompts", "--limit", "6",
+                 "--max-new-tokens", "4", "--ppl-tokens", "100", "--probe", "p",
+                 "-i", "none", "-i", "subtract:p:5", "-i", "ablate:p:10", "-i", "ablate-random:p:10:1",
+                 "-i", "subtract-value:p:3", "-i", "subtract-svd:p:3", "-i", "scale-keys:p:5:0.5", "-i", "steer:p:2",
+                 "--out", "e"])
+    assert code == 0
+    rows = json.loads((tmp_path / "ws" / "runs" / "e" / "eval.json").read_text())["rows"]
+    assert [r["intervention"] for r in rows][:3] == ["none", "subtract:p:5", "ablate:p:10"]
+    assert all(0 <= r["toxicity"] <= 1 and r["ppl"] > 1 and 0 <= r["probe_score"] <= 1 for r in rows)
+    lines = (tmp_path / "ws" / "runs" / "e" / "continuations.jsonl").read_text().splitlines()
+    assert len(lines) == 8 * 6
+    assert main(["directions", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--prompts",
+                 "builtin:prompts", "--k-tokens", "5", "--n-gen-prompts", "30", "--n-eval-prompts", "6", "--ks", "5",
+                 "--random-draws", "2", "--ppl-tokens", "100", "--out", "d"]) == 0
+    out = capsys.readouterr().out
+    assert "precision@20" in out
+    table = json.loads((tmp_path / "ws" / "runs" / "d" / "directions.json").read_text())
+    assert {r["method"] for r in table["rows"]} == {"probe", "unembed", "gen-diffmean", "gradient"}
+    # the saved directions are usable by every command that takes a probe
+    assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "unembed", "--top", "3", "--svd-top", "8"]) == 0
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("explode:p:1", "unknown kind 'explode'"),
+    ("subtract:p", "subtract takes DIRECTION:ALPHA"),
+    ("subtract:p:lots", "'lots' is not a number"),
+    ("ablate:p:-3", "K must be positive"),
+    ("none:1", "none takes no arguments"),
+])
+def test_bad_intervention_spec_is_one_line(ws, capsys, spec, match):
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "120",
+                 "--n-test", "60", "--out", "p"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "-w", ws, "-q", "--model", "tiny", "--prompts", "builtin:prompts", "-i", spec]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err and "valid forms:" in err
+
+
+def test_missing_direction_and_bad_data(ws, capsys, tmp_path):
+    assert main(["rank", "-w", ws, "--model", "tiny", "--probe", "nope"]) == 2
+    assert "no direction or probe 'nope'" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nhi,0\nho,0\n")
+    assert main(["probe", "-w", ws, "--model", "tiny", "--data", str(bad)]) == 2
+    assert "only one class" in capsys.readouterr().err
+
+
+def test_probe_of_other_dimension_is_one_line(ws, tmp_path, capsys):
+    import numpy as np
+
+    from mechtox.probe import fit_probe
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(100, 32))
+    p = fit_probe(X, (X[:, 0] > 0).astype(int), "blocks.0.hook_resid_post", name="small")
+    p.save(tmp_path / "ws" / "directions" / "small")
+    assert main(["rank", "-w", ws, "--model", "tiny", "--probe", "small"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "d_model 32 but model" in err

@@ -1,0 +1,143 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mechtox.data import PreferencePairs
+from mechtox.errors import MechtoxError
+from mechtox.training import (
+    DPOObjective,
+    ProbeSFTObjective,
+    TrainConfig,
+    build_sequences,
+    collate,
+    dpo_loss,
+    rank_pairs_by_probe,
+    sequence_logps,
+    train,
+)
+
+
+def pairs(n=16):
+    rng = np.random.default_rng(0)
+    good = ["thanks for the help", "nice book", "good music", "you are kind", "great work friend"]
+    bad = ["you stupid idiot", "shut up loser", "ugly jerk", "dumb moron trash", "hate you fool"]
+    prompts = ["the city is", "you are", "my friend said", "the team"]
+    return PreferencePairs([prompts[i % 4] for i in range(n)], [" " + good[rng.integers(5)] for _ in range(n)],
+                           [" " + bad[rng.integers(5)] for _ in range(n)], "synthetic")
+
+
+def test_dpo_loss_matches_direct_implementation():
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(32, generator=g) * 5 for _ in range(4))
+    loss, m = dpo_loss(pc, pr, rc, rr, beta=0.1)
+    logits = 0.1 * ((pc - rc) - (pr - rr))
+    ref = torch.mean(-torch.log(torch.sigmoid(logits)))
+    assert float(loss) == pytest.approx(float(ref), rel=1e-6)
+    assert m["rewards/margins"] == pytest.approx(float((0.1 * (pc - rc) - 0.1 * (pr - rr)).mean()), rel=1e-5)
+    assert m["rewards/accuracies"] == pytest.approx(float((logits > 0).float().mean()))
+
+
+def test_first_step_loss_is_ln2(tiny):
+    cfg = TrainConfig(batch_size=4, max_steps=1)
+    obj = DPOObjective(tiny, pairs(8), cfg)
+    obj.prepare(tiny, progress=False)
+    loss, m = obj.loss(tiny, [0, 1, 2, 3])
+    assert float(loss) == pytest.approx(math.log(2), abs=1e-6)
+    assert m["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_sequence_logps_counts_only_completion_tokens(tiny):
+    seqs = build_sequences(tiny, ["the city is"], [" good day"], 32, 32)
+    (ids, plen), = seqs
+    assert plen == 3 and len(ids) == 5
+    # pad id 0 equal to a real token must not matter: masks come from lengths
+    batch = collate(seqs + [(ids[:4], plen)], pid=ids[-1])
+    logits = tiny(batch.tokens, attention_mask=batch.attention_mask)
+    lp = sequence_logps(logits, batch)
+    full = F.log_softmax(tiny(torch.tensor([ids])), -1)[0]
+    ref = full[2, ids[3]] + full[3, ids[4]]
+    assert float(lp[0]) == pytest.approx(float(ref), abs=1e-5)
+    assert float(lp[1]) == pytest.approx(float(full[2, ids[3]]), abs=1e-5)
+
+
+def test_short_run_lowers_loss_and_writes_metrics(tiny, tmp_path):
+    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=12, warmup_steps=2, eval_every=4, checkpoint_every=6)
+    obj = DPOObjective(tiny, pairs(16), cfg)
+    res = train(tiny, obj, cfg, tmp_path / "run", progress=False)
+    assert res.steps == 12
+    first, last = res.history[0]["loss"], np.mean([h["loss"] for h in res.history[-3:]])
+    assert first == pytest.approx(math.log(2), abs=1e-5) and last < 0.5 * first
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 12 and "rewards/margins" in lines[0]
+    assert [v["step"] for v in res.val_history] == [4, 8, 12]
+
+
+def test_resume_after_interruption_gives_identical_weights(tmp_path):
+    from mechtox.models import tiny_model
+
+    cfg = TrainConfig(lr=1e-3, batch_size=3, grad_accum=2, max_steps=8, warmup_steps=3, eval_every=2,
+                      checkpoint_every=3)
+    a = tiny_model()
+    train(a, DPOObjective(a, pairs(14), cfg), cfg, tmp_path / "a", progress=False)
+    b = tiny_model()
+    train(b, DPOObjective(b, pairs(14), cfg), cfg, tmp_path / "b", progress=False, stop_after=4)  # killed after step 4
+    # the last checkpoint is at step 3: a fresh process resumes from there
+    c = tiny_model()
+    res = train(c, DPOObjective(c, pairs(14), cfg), cfg, tmp_path / "b", resume=True, progress=False)
+    assert res.steps == 8
+    for (k, va), vc in zip(a.state_dict().items(), c.state_dict().values(), strict=True):
+        assert torch.equal(va, vc), k
+
+
+def test_resume_errors(tiny, tmp_path):
+    cfg = TrainConfig(batch_size=4, max_steps=2)
+    with pytest.raises(MechtoxError, match="nothing to resume"):
+        train(tiny, DPOObjective(tiny, pairs(8), cfg), cfg, tmp_path / "x", resume=True, progress=False)
+    train(tiny, DPOObjective(tiny, pairs(8), cfg), cfg, tmp_path / "y", progress=False)
+    with pytest.raises(MechtoxError, match="already holds a training run"):
+        train(tiny, DPOObjective(tiny, pairs(8), cfg), cfg, tmp_path / "y", progress=False)
+    other = TrainConfig(batch_size=4, max_steps=2, lr=1e-3)
+    with pytest.raises(MechtoxError, match="config differs in \\['lr'\\]"):
+        train(tiny, DPOObjective(tiny, pairs(8), other), other, tmp_path / "y", resume=True, progress=False)
+    longer = TrainConfig(batch_size=4, max_steps=3)  # extending a finished run is allowed
+    assert train(tiny, DPOObjective(tiny, pairs(8), longer), longer, tmp_path / "y", resume=True, progress=False).steps == 3
+
+
+def test_probe_sft_lowers_probe_score(tiny, tmp_path):
+    from mechtox.activations import collect_activations
+    from mechtox.probe import fit_probe
+
+    p = pairs(24)
+    texts = p.chosen + p.rejected
+    h = "blocks.1.hook_resid_post"
+    acts = collect_activations(tiny, texts, [h], progress=False)[h]
+    probe = fit_probe(acts, np.array([0] * 24 + [1] * 24), h)
+    cfg = TrainConfig(objective="sft-probe", lr=1e-3, batch_size=8, max_steps=15, warmup_steps=1, eval_every=0,
+                      probe_lambda=5.0, val_fraction=0.0)
+    obj = ProbeSFTObjective(tiny, p.prompt, p.chosen, [probe], cfg)
+    res = train(tiny, obj, cfg, tmp_path / "sft", progress=False)
+    first, last = res.history[0]["probe_score"], res.history[-1]["probe_score"]
+    assert last < 0.5 * first
+
+
+def test_rank_pairs_by_probe():
+    p = PreferencePairs(["a", "b"], [" x", " yy"], [" yyy", " z"], "s")
+
+    class LenScorer:
+        name = "len"
+
+        def __call__(self, texts):
+            return np.array([len(t) for t in texts], dtype=float)
+
+    ranked, swapped = rank_pairs_by_probe(p, LenScorer())
+    assert swapped == 1 and ranked.chosen == [" x", " z"] and ranked.rejected == [" yyy", " yy"]
+
+
+def test_config_validation():
+    with pytest.raises(MechtoxError, match="unknown optimizer"):
+        TrainConfig(optimizer="sgd")
+    with pytest.raises(MechtoxError, match="batch_size"):
+        TrainConfig(batch_size=0)
