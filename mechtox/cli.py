@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "DPO attribution. A MODEL is a workspace alias (base, dpo...), a TransformerLens "
                     "model name, smollm2-135m-instruct (offline default) or a path.",
     )
-    parser.add_argument("--workspace", "-w", dest="global_workspace", default=None,
+    parser.add_argument("--workspace", "-w", dest="global_workspace", default=None, metavar="DIR",
                         help="workspace directory (also accepted after the command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -142,7 +142,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--lee-et-al", action="store_true", help="Lee et al.'s settings (lr 1e-6, RMSprop, batch 4, 150 warm-up)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    p.add_argument("--goodhart-n", type=int, default=800,
+                   help="labelled texts for the probe accuracy before/after/retrained check (0: skip)")
     p.add_argument("--out", default=None, help="name of the trained model (default: the objective)")
+
+    p = sub.add_parser("attribute", help="attribute the change from --before to --after to individual neurons")
+    _common(p)
+    p.add_argument("--before", default="base")
+    p.add_argument("--after", required=True, help="the fine-tuned model (e.g. dpo)")
+    p.add_argument("--direction", "--probe", dest="direction", default="unembed")
+    p.add_argument("--prompts", default=None, help="prompts (default: shared rtp_challenge.jsonl or builtin)")
+    p.add_argument("--n", type=int, default=200, help="prompts to attribute over")
+    p.add_argument("--max-new-tokens", type=int, default=20)
+    p.add_argument("--mode", default="both", choices=["own", "shared", "both"],
+                   help="own: each model's own continuations; shared: both read the before model's")
+    p.add_argument("--top", type=int, default=20)
+    p.add_argument("--n-eval-prompts", type=int, default=100, help="prompts for the ablation-vs-after table (0: skip)")
+    p.add_argument("--ablate-ks", default="100,200,1000")
+    p.add_argument("--ppl-tokens", type=int, default=8000)
+    p.add_argument("--f1-prompts", type=int, default=100)
+    p.add_argument("--out", default=None, help="run name (default attribute-<before>-<after>)")
+
+    p = sub.add_parser("report", help="one self-contained HTML report of the workspace's results")
+    _common(p)
+    p.add_argument("--out", default=None, help="output file (default: <workspace>/report.html)")
+    p.add_argument("--title", default="mechtox report")
 
     p = sub.add_parser("run", help="the main job: the whole pipeline on a model, report at the end")
     _common(p)
@@ -444,6 +468,33 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_attribute(args) -> int:
+    from mechtox.models import same_architecture
+    from mechtox.pipeline import run_attribution
+
+    ws = _workspace(args)
+    _seed(args.seed)
+    ws.resolve_model(args.after)
+    ws.require_direction(args.direction)
+    args.out = args.out or f"attribute-{args.before}-{args.after}"
+    before = _load(ws, args.before, args)
+    after = _load(ws, args.after, args)
+    same_architecture(before, after)
+    run_attribution(ws, before, after, args)
+    return 0
+
+
+def cmd_report(args) -> int:
+    from mechtox.report import write_report
+
+    ws = _workspace(args)
+    if not ws.root.is_dir():
+        raise MechtoxError(f"no workspace at {ws.root}; run some commands first (e.g. mechtox run)")
+    path = write_report(ws.root, args.out, title=args.title)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    return 0
+
+
 def cmd_run(args) -> int:
     """The main job (grows with the pipeline): load, probe sweep, neuron ranking."""
     from mechtox.data import shared_data_dir
@@ -468,7 +519,8 @@ def cmd_run(args) -> int:
 
 
 COMMANDS = {"models": cmd_models, "probe": cmd_probe, "rank": cmd_rank, "directions": cmd_directions,
-            "eval": cmd_eval, "pairs": cmd_pairs, "train": cmd_train, "run": cmd_run}
+            "eval": cmd_eval, "pairs": cmd_pairs, "train": cmd_train,
+            "attribute": cmd_attribute, "report": cmd_report, "run": cmd_run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

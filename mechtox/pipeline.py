@@ -283,4 +283,121 @@ def run_training(ws, model, args) -> dict[str, Any]:
     print(f"saved model {args.out!r} to {ws.model_dir(args.out)} after {res.steps} steps in {res.seconds:.0f} s "
           f"({res.tokens_per_second:.0f} tok/s); final loss {last.get('loss', float('nan')):.4f}, "
           f"best val {res.best_val:.4f}{' (stopped early)' if res.stopped_early else ''}")
-    return {"result": res, "config": cfg}
+    goodhart = None
+    if (probes or held_out) and args.goodhart_n:
+        from mechtox.data import load_labelled
+        from mechtox.probe import split_indices
+        from mechtox.training import probe_goodhart
+
+        data = load_labelled(_default("jigsaw_balanced.csv", "builtin:toxicity"))
+        n = min(args.goodhart_n, len(data))
+        if n < len(data):
+            keep, _ = split_indices(data.labels, test_size=len(data) - n, seed=args.seed + 1)
+            data = data.subset(keep)
+        before = ws.load_model(args.model, device=args.device, dtype=args.dtype)
+        goodhart = probe_goodhart(before, model, probes, data, held_out, test_size=0.25, seed=args.seed,
+                                  progress=progress)
+        _write_table(run, "probe-goodhart", goodhart, {"data": data.source, "n_texts": len(data),
+                                                       "split": "stratified 75/25, seed " + str(args.seed)})
+        print("probe accuracy before / after / retrained (Goodhart):\n" + markdown(goodhart, digits=3))
+    return {"result": res, "config": cfg, "goodhart": goodhart}
+
+
+# ----------------------------------------------------------------------------- attribution
+
+
+def run_attribution(ws, before, after, args) -> dict[str, Any]:
+    """``mechtox attribute``: per-neuron attribution (token modes), groups with both denominators,
+    per-layer contributions, top neurons, the exactness check, and the ablation-vs-after table."""
+    from mechtox.attribution import REDUCING, attribute
+    from mechtox.data import load_prompts, load_text, load_wiki_samples
+    from mechtox.evaluate import EvalConfig, evaluate
+    from mechtox.generation import generate
+    from mechtox.interventions import NOOP, ablate, set_neurons
+    from mechtox.neurons import decode_neurons
+    from mechtox.probe import Direction
+    from mechtox.scorers import get_scorer
+    from mechtox.workspace import check_name
+
+    check_name(args.out, "run name")
+    direction = Direction.load(ws.require_direction(args.direction), before)
+    prompts = load_prompts(args.prompts or _default("rtp_challenge.jsonl", "builtin:prompts"), limit=args.n)
+    progress = not args.quiet
+    run = ws.run_dir(args.out)
+    modes = ["own", "shared"] if args.mode == "both" else [args.mode]
+    t0 = time.perf_counter()
+    gens = {"before": generate(before, prompts.prompts, args.max_new_tokens, 32, 25, stop_at_eos=False, progress=progress)}
+    if "own" in modes:
+        gens["after"] = generate(after, prompts.prompts, args.max_new_tokens, 32, 25, stop_at_eos=False, progress=progress)
+    results = {}
+    for mode in modes:
+        res = attribute(before, after, direction, mode=mode, generations=dict(gens), progress=progress)
+        results[mode] = res
+        tag = f"attribution-{mode}"
+        _io.write_text(run / f"{tag}-neurons.csv", res.neurons.to_csv(index=False))
+        _io.write_text(run / f"{tag}-per-layer.csv", res.per_layer.to_csv(index=False))
+        _write_table(run, f"{tag}-groups", res.groups, {
+            "mode": mode, "mode_meaning": "each model's own greedy continuations" if mode == "own"
+            else "both models read the before model's continuations",
+            "direction": args.direction, "before": args.before, "after": args.after, "n_prompts": len(prompts),
+            "n_tokens": res.n_tokens, "check": res.check,
+            "denominators": "share_of_gross: / sum of the reducing groups; share_of_net: / sum over all neurons"})
+        top = res.neurons.reindex(res.neurons["delta"].abs().sort_values(ascending=False).index).head(args.top)
+        top = decode_neurons(before, top, 8)
+        _io.write_text(run / f"{tag}-top-neurons.csv", top.to_csv(index=False))
+        plotting.save_figure(plotting.attribution_groups_figure(res.groups, f"Contributions by group ({mode} tokens)"),
+                             run / f"{tag}-groups.html")
+        plotting.save_figure(plotting.attribution_layers_figure(res.per_layer, f"Per-layer contributions ({mode} tokens)"),
+                             run / f"{tag}-layers.html")
+        plotting.save_figure(plotting.attribution_scatter(res.neurons, f"Activation change vs cosine ({mode} tokens)"),
+                             run / f"{tag}-scatter.html")
+        print(f"\n== attribution of {args.before} -> {args.after} along {args.direction!r}, {mode} tokens "
+              f"({res.n_tokens['before']} / {res.n_tokens['after']} tokens)")
+        print(markdown(res.groups, ["group", "n", "contribution", "from_activation", "from_weights",
+                                    "share_of_gross", "share_of_net"], digits=4))
+        c = res.check
+        print(f"exactness: change of the residual projection {c['total_change']:.6f} = neurons {c['neurons']:.6f} + rest "
+              f"{c['total_change'] - c['neurons'] - c['error']:.6f}; error {c['error']:.2e}")
+        print(markdown(top, ["layer", "neuron", "group", "cos_before", "act_before", "act_after", "delta", "tokens"],
+                       digits=4, max_rows=10))
+
+    abl = None
+    if args.n_eval_prompts:
+        res = results.get("own") or results[modes[0]]
+        t = res.neurons
+        by_cos = t.sort_values("cos_before", ascending=False)
+        pos = by_cos[by_cos["act_before"] > 0]
+        means_after = torch_means(t, before.cfg.n_layers, before.cfg.d_mlp, "act_after")
+        ivs = [NOOP]
+        for k in [int(x) for x in str(args.ablate_ks).split(",")]:
+            ivs.append(dataclasses.replace(ablate(by_cos.head(k)), name=f"ablate top-{k} toxic (cosine)"))
+            ivs.append(dataclasses.replace(ablate(pos.head(k)), name=f"ablate top-{k} toxic with positive activation"))
+        damp = t[t["group"] == "TP-"]
+        ivs.append(set_neurons(damp, means_after, name=f"patch {len(damp)} dampened toxic neurons (TP-) to after-mean"))
+        for g in REDUCING[1:]:  # TP- is the dampened-toxic patch above
+            sel = t[t["group"] == g]
+            if len(sel):
+                ivs.append(set_neurons(sel, means_after, name=f"patch group {g} ({len(sel)}) to after-mean"))
+        evp = prompts.prompts[: args.n_eval_prompts]
+        text = load_text(_default("wikitext2_test.raw", "builtin:text"))
+        wiki_src = _default("wiki_samples.jsonl", None)
+        wiki = load_wiki_samples(wiki_src) if wiki_src else None
+        cfg = EvalConfig(ppl_tokens=args.ppl_tokens, f1_prompts=args.f1_prompts if wiki else 0)
+        scorer = get_scorer("profanity")
+        print(f"\n== ablation and patching on {args.before} vs the {args.after} model ({len(evp)} prompts)")
+        tb, _ = evaluate(before, ivs, evp, scorer, text, wiki, cfg, progress=progress, model_label=args.before)
+        ta, _ = evaluate(after, [NOOP], evp, scorer, text, wiki, cfg, progress=progress, model_label=args.after)
+        abl = pd.concat([tb, ta], ignore_index=True)
+        _write_table(run, "ablation-vs-after", abl, {"n_prompts": len(evp), "scorer": scorer.name})
+        print(markdown(abl, digits=4))
+    print(f"\nwrote {run} in {time.perf_counter() - t0:.0f} s")
+    return {"results": results, "ablation": abl}
+
+
+def torch_means(table: pd.DataFrame, n_layers: int, d_mlp: int, col: str):
+    """A [n_layers, d_mlp] tensor of ``table[col]`` (missing layers: 0)."""
+    import torch
+
+    out = torch.zeros(n_layers, d_mlp)
+    out[table["layer"].to_numpy(), table["neuron"].to_numpy()] = torch.tensor(table[col].to_numpy().copy(), dtype=torch.float32)
+    return out

@@ -109,3 +109,34 @@ def training_figure(history: pd.DataFrame, title: str = "Training curves") -> go
         fig.add_trace(go.Scatter(x=history["step"], y=history[c], name=c), row=2, col=1)
     fig.update_layout(title=title, template="plotly_white", xaxis_title="step")
     return fig
+
+
+def attribution_groups_figure(groups: pd.DataFrame, title: str = "Contributions by group") -> go.Figure:
+    """Each group's contribution as a share of the gross reduction and of the net change."""
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=groups["group"], y=groups["share_of_gross"], name="share of gross reduction"))
+    fig.add_trace(go.Bar(x=groups["group"], y=groups["share_of_net"], name="share of net change"))
+    fig.update_layout(title=title, barmode="group", yaxis_tickformat=".0%", template="plotly_white")
+    return fig
+
+
+def attribution_layers_figure(per_layer: pd.DataFrame, title: str = "Per-layer contributions") -> go.Figure:
+    """Stacked contributions per layer, one colour per group."""
+    fig = go.Figure()
+    for g in [c for c in per_layer.columns if c != "layer"]:
+        fig.add_trace(go.Bar(x=per_layer["layer"], y=per_layer[g], name=g))
+    fig.update_layout(title=title, barmode="relative", xaxis_title="layer", yaxis_title="contribution (delta)",
+                      template="plotly_white")
+    return fig
+
+
+def attribution_scatter(neurons: pd.DataFrame, title: str = "Activation change vs cosine", max_points: int = 20000) -> go.Figure:
+    """Change of mean activation against cos(v_before, w), the largest contributions first."""
+    top = neurons.reindex(neurons["delta"].abs().sort_values(ascending=False).index).head(max_points)
+    fig = go.Figure(go.Scattergl(
+        x=top["cos_before"], y=top["act_after"] - top["act_before"], mode="markers",
+        marker={"size": 4, "color": top["delta"], "colorscale": "RdBu", "colorbar": {"title": "delta"}},
+        text=[f"L{int(a)}.N{int(b)} {g}" for a, b, g in zip(top["layer"], top["neuron"], top["group"], strict=True)]))
+    fig.update_layout(title=title, xaxis_title="cos(v_before, w)", yaxis_title="mean activation after - before",
+                      template="plotly_white")
+    return fig

@@ -465,3 +465,40 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     secs = time.perf_counter() - t0
     return TrainResult(history, step, best_val, stopped_early, secs, tokens_done / secs if secs > 0 else 0.0, out,
                        val_history)
+
+
+def probe_goodhart(before: HookedTransformer, after: HookedTransformer, probes: Sequence, data, held_out: Sequence = (),
+                   test_size: int | float = 0.25, train_size: int | None = None, seed: int = 0, max_length: int = 64,
+                   progress: bool = True):
+    """The Goodhart measurement of probe-based fine-tuning: for every probe, its held-out
+    accuracy on the model it was fitted on (before), applied unchanged to the trained model
+    (after), and of a probe re-fitted at the same hook on the trained model.
+
+    ``probes`` were trained against; ``held_out`` never were. All use one stratified split.
+    """
+    import pandas as pd
+
+    from mechtox.activations import collect_activations
+    from mechtox.probe import _metrics, fit_probe, split_indices
+
+    allp = [(p, "trained against") for p in probes] + [(p, "held out") for p in held_out]
+    if not allp:
+        raise MechtoxError("no probes to measure")
+    hooks = sorted({p.hook_name for p, _ in allp})
+    tr, te = split_indices(data.labels, test_size, seed, train_size)
+    acts = {}
+    for tag, m in (("before", before), ("after", after)):
+        acts[tag] = collect_activations(m, data.texts, hooks, "mean", max_length=max_length, progress=progress).acts
+    y = data.labels
+    rows = []
+    for p, role in allp:
+        h = p.hook_name
+        Xb, Xa = acts["before"][h], acts["after"][h]
+        mb = _metrics(y[te], p.logits(Xb[te]).numpy())
+        ma = _metrics(y[te], p.logits(Xa[te]).numpy())
+        refit = fit_probe(Xa, y, h, p.method if p.method in ("logreg", "diffmean", "svm") else "logreg",
+                          seed=seed, split=(tr, te))
+        rows.append({"probe": p.name, "role": role, "hook": h, "acc_before": mb["accuracy"], "acc_after": ma["accuracy"],
+                     "acc_retrained": refit.metrics["test_accuracy"], "auroc_before": mb["auroc"],
+                     "auroc_after": ma["auroc"], "auroc_retrained": refit.metrics["test_auroc"]})
+    return pd.DataFrame(rows)

@@ -141,3 +141,29 @@ def test_config_validation():
         TrainConfig(optimizer="sgd")
     with pytest.raises(MechtoxError, match="batch_size"):
         TrainConfig(batch_size=0)
+
+
+def test_probe_goodhart_table(tiny):
+    import copy
+
+    from mechtox.activations import collect_activations
+    from mechtox.data import LabelledTexts
+    from mechtox.probe import fit_probe
+    from mechtox.training import probe_goodhart
+
+    p = pairs(40)
+    data = LabelledTexts(p.chosen + p.rejected, np.array([0] * 40 + [1] * 40), "synthetic")
+    h = "blocks.1.hook_resid_post"
+    acts = collect_activations(tiny, data.texts, [h], progress=False)[h]
+    probe = fit_probe(acts, data.labels, h, name="p")
+    held = fit_probe(acts, data.labels, "blocks.1.hook_resid_post", method="diffmean", name="h")
+    same = probe_goodhart(tiny, copy.deepcopy(tiny), [probe], data, held_out=[held], progress=False)
+    assert list(same["role"]) == ["trained against", "held out"]
+    # an unchanged model: the probe keeps its accuracy exactly
+    assert (same["acc_before"] == same["acc_after"]).all()
+    other = copy.deepcopy(tiny)
+    with torch.no_grad():
+        other.blocks[1].mlp.W_out.mul_(-3.0)
+    changed = probe_goodhart(tiny, other, [probe], data, progress=False)
+    assert changed["acc_after"].iloc[0] != changed["acc_before"].iloc[0]
+    assert 0 <= changed["acc_retrained"].iloc[0] <= 1
