@@ -168,13 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output file (default: <workspace>/report.html)")
     p.add_argument("--title", default="mechtox report")
 
-    p = sub.add_parser("run", help="the main job: the whole pipeline on a model, report at the end")
+    p = sub.add_parser("run", help="the main job: probe, directions, neurons, pairs, DPO, evaluation, attribution, "
+                                   "report (finished steps are reused)")
     _common(p)
     p.add_argument("--model", default="base")
-    p.add_argument("--data", default=None, help="labelled text for the probe (default: shared Jigsaw slice or builtin)")
-    p.add_argument("--n-train", type=int, default=None)
-    p.add_argument("--n-test", type=int, default=None)
-    p.add_argument("--out", default="main", help="run name (default 'main')")
+    p.add_argument("--size", default="auto", choices=["auto", "small", "full"],
+                   help="small: minutes on 2 CPU cores; full: the papers' sizes (auto: full on a GPU)")
+    p.add_argument("--alpha", type=float, default=8.0, help="steering strength for the rejected continuations")
+    p.add_argument("--fresh", action="store_true", help="redo every step")
+    p.add_argument("--out", default="main", help="run name prefix (default 'main')")
     return parser
 
 
@@ -496,25 +498,12 @@ def cmd_report(args) -> int:
 
 
 def cmd_run(args) -> int:
-    """The main job (grows with the pipeline): load, probe sweep, neuron ranking."""
-    from mechtox.data import shared_data_dir
+    from mechtox.pipeline import main_job
 
     ws = _workspace(args)
     _seed(args.seed)
-    t0 = time.perf_counter()
-    real = shared_data_dir()
-    data = args.data or _default_labelled()
-    builtin = data.startswith("builtin:")
-    n_train = args.n_train or (160 if builtin else 1500)
-    n_test = args.n_test or (80 if builtin else 500)
-    print(f"== mechtox main job on {args.model} (workspace {ws.root}; real data: {real or 'not found, using builtin'})")
-    model = _load(ws, args.model, args)
-    args.layers, args.method, args.pooling, args.max_length, args.batch_size, args.save = "all", "logreg", "mean", 64, 16, "final"
-    print("\n== 1. probe sweep (Lee et al. 2024: last layer, mean-pooled)")
-    fit_and_save_probe(ws, model, args, data, "probe", n_train, n_test)
-    print("\n== 2. toxic neurons by cosine with the probe")
-    rank_and_save(ws, model, args, "probe", f"{args.out}-rank", 20)
-    print(f"\n== done in {time.perf_counter() - t0:.0f} s; outputs in {ws.root}")
+    ws.resolve_model(args.model)
+    main_job(ws, args)
     return 0
 
 

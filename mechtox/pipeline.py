@@ -401,3 +401,146 @@ def torch_means(table: pd.DataFrame, n_layers: int, d_mlp: int, col: str):
     out = torch.zeros(n_layers, d_mlp)
     out[table["layer"].to_numpy(), table["neuron"].to_numpy()] = torch.tensor(table[col].to_numpy().copy(), dtype=torch.float32)
     return out
+
+
+# ----------------------------------------------------------------------------- the main job
+
+SIZES: dict[str, dict[str, Any]] = {
+    # 2 CPU cores: about 15-20 minutes in all (measured: see docs/results.md)
+    "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=50, dir_draws=2, pairs=96, steps=24,
+                  batch=8, lr=2e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
+                  methods="probe,unembed"),
+    # a GPU: the papers' sizes
+    "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
+                 batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
+                 methods="probe,unembed,gen-diffmean,gradient"),
+}
+
+
+def main_job(ws, args) -> dict[str, Any]:
+    """``mechtox run``: probe -> directions -> ranking -> pairs -> DPO -> evaluation ->
+    attribution -> report, on the base model. Finished steps (recorded with their settings in
+    ``runs/<out>/main.json``) are reused when the command is run again."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from mechtox.cli import fit_and_save_probe, rank_and_save
+    from mechtox.data import shared_data_dir
+    from mechtox.report import write_report
+
+    size = args.size if args.size != "auto" else ("full" if torch.cuda.is_available() else "small")
+    S = dict(SIZES[size])
+    real = shared_data_dir()
+    if real is None:  # the shipped template data is small: scale down
+        S.update(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, attr_prompts=20, dir_eval_prompts=20,
+                 k_tokens=10)
+    run = ws.run_dir(args.out)
+    state_path = run / "main.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() and not args.fresh else {}
+    state.setdefault("steps", {})
+    t_start = time.perf_counter()
+    common = dict(workspace=str(ws.root), device=args.device, dtype=args.dtype, seed=args.seed, quiet=args.quiet)
+    print(f"== mechtox main job: {size} settings on {args.model}; real data: {real or 'absent (builtin data)'}; "
+          f"workspace {ws.root}")
+    model_cache: dict[str, Any] = {}
+
+    def model(spec: str):
+        if spec not in model_cache:
+            t = time.perf_counter()
+            model_cache[spec] = ws.load_model(spec, device=args.device, dtype=args.dtype)
+            print(f"   loaded {spec} in {time.perf_counter() - t:.1f} s")
+        return model_cache[spec]
+
+    def step(name: str, settings: dict[str, Any], fn) -> None:
+        rec = state["steps"].get(name)
+        if rec and rec.get("settings") == settings:
+            print(f"\n== {name}: done before ({rec['seconds']:.0f} s), reused")
+            return
+        print(f"\n== {name}")
+        t = time.perf_counter()
+        fn()
+        state["steps"][name] = {"settings": settings, "seconds": time.perf_counter() - t}
+        state.update(size=size, model=args.model, real_data=str(real) if real else None)
+        _io.write_json(state_path, state)
+
+    labelled = _default("jigsaw_balanced.csv", "builtin:toxicity")
+    prompts = _default("rtp_challenge.jsonl", "builtin:prompts")
+    ns = lambda **kw: SimpleNamespace(**common, **kw)  # noqa: E731
+
+    step("1 probe sweep (Lee et al.: every layer, mean-pooled)", {"n": [S["n_train"], S["n_test"]], "data": labelled},
+         lambda: fit_and_save_probe(ws, model(args.model), ns(layers="all", method="logreg", pooling="mean", max_length=64,
+                                                              batch_size=16, save="final", text_col=None, label_col=None),
+                                    labelled, "probe", S["n_train"], S["n_test"]))
+    step("2 direction methods compared (probe vs unembedding...)",
+         {"n": S["dir_texts"], "methods": S["methods"], "eval": S["dir_eval_prompts"]},
+         lambda: compare_directions(ws, model(args.model), ns(
+             data=labelled, prompts=prompts, methods=S["methods"], probe="probe", n_texts=S["dir_texts"],
+             k_tokens=S.get("k_tokens", 50),
+             toxic_words=None, n_gen_prompts=200, n_eval_prompts=S["dir_eval_prompts"], ks="100",
+             random_draws=S["dir_draws"], metric="raw", ppl_tokens=S["ppl_tokens"], out=f"{args.out}-directions")))
+    step("3 toxic neurons along the unembedding direction", {"top": 20},
+         lambda: rank_and_save(ws, model(args.model), ns(), "unembed", f"{args.out}-rank", 20))
+    step("4 preference pairs (greedy vs steered toward toxicity)", {"n": S["pairs"], "alpha": args.alpha},
+         lambda: make_pairs(ws, model(args.model), ns(
+             paradetox=None, prompts=None, n=S["pairs"], direction="unembed", alpha=args.alpha, max_new_tokens=20,
+             batch_size=25, out=f"{args.out}-pairs")))
+
+    def do_train():
+        import shutil
+
+        shutil.rmtree(ws.root / "training" / f"{args.out}-dpo", ignore_errors=True)
+        fresh = ws.load_model(args.model, device=args.device, dtype=args.dtype)  # training changes weights in place
+        run_training(ws, fresh, ns(
+            model=args.model, pairs=f"{args.out}-pairs", limit=None, objective="dpo", lr=S["lr"], optimizer="adamw",
+            batch_size=S["batch"], grad_accum=1, warmup_steps=max(1, S["steps"] // 10), steps=S["steps"], clip=10.0,
+            beta=0.1, eval_every=max(1, S["steps"] // 4), patience=0, checkpoint_every=max(1, S["steps"] // 4),
+            probe_lambda=1.0, max_completion_tokens=32, lee_et_al=False, resume=False, probe=None, held_out="probe",
+            goodhart_n=min(800, S["n_train"]), out=f"{args.out}-dpo"))
+
+    step("5 DPO on the pairs", {"steps": S["steps"], "lr": S["lr"], "batch": S["batch"], "pairs": S["pairs"]}, do_train)
+
+    def do_eval():
+        from mechtox.data import load_prompts, load_text, load_wiki_samples
+        from mechtox.evaluate import EvalConfig, evaluate
+        from mechtox.interventions import NOOP
+        from mechtox.probe import Direction
+        from mechtox.scorers import get_scorer
+
+        ps = load_prompts(prompts, limit=S["eval_prompts"]).prompts
+        text = load_text(_default("wikitext2_test.raw", "builtin:text"))
+        wsrc = _default("wiki_samples.jsonl", None)
+        wiki = load_wiki_samples(wsrc) if wsrc else None
+        base = model(args.model)
+        probe = Direction.load(ws.require_direction("probe"), base)
+        cfg = EvalConfig(ppl_tokens=S["ppl_tokens"], f1_prompts=S["f1_prompts"] if wiki else 0)
+        scorer = get_scorer("profanity")
+        rows = []
+        for spec in (args.model, f"{args.out}-dpo"):
+            t, _ = evaluate(model(spec), [NOOP], ps, scorer, text, wiki, cfg, probe=probe, judge=base,
+                            progress=not args.quiet, model_label=spec)
+            rows.append(t)
+        table = pd.concat(rows, ignore_index=True)
+        _write_table(ws.run_dir(f"{args.out}-eval"), "eval", table, {
+            "n_prompts": len(ps), "prompts": prompts, "scorer": scorer.name, "probe": "probe (read by the base model)",
+            "toxicity": "mean profanity-check probability of the continuation scored alone; toxic_frac: share > 0.5"})
+        print(markdown(table, digits=4))
+
+    step("6 evaluation: base vs DPO (toxicity, probe, perplexity, F1)",
+         {"n": S["eval_prompts"], "ppl": S["ppl_tokens"], "f1": S["f1_prompts"]}, do_eval)
+    step("7 attribution of the DPO change to neurons", {"n": S["attr_prompts"]},
+         lambda: run_attribution(ws, model(args.model), model(f"{args.out}-dpo"), ns(
+             before=args.model, after=f"{args.out}-dpo", direction="unembed", prompts=prompts, n=S["attr_prompts"],
+             max_new_tokens=20, mode="both", top=20, n_eval_prompts=0, ablate_ks="100", ppl_tokens=S["ppl_tokens"],
+             f1_prompts=0, out=f"{args.out}-attribution")))
+    total = sum(v["seconds"] for v in state["steps"].values())
+    state["total_seconds_of_steps"] = total
+    _io.write_json(state_path, state)
+    _io.write_json(ws.root / "main.json", {"size": size, "model": args.model, "steps_seconds_total": round(total),
+                                           "this_call_seconds": round(time.perf_counter() - t_start),
+                                           "real_data": str(real) if real else "builtin"})
+    path = write_report(ws.root, title=f"mechtox main job ({size} settings, {args.model})",
+                        notes=f"{size} settings: " + ", ".join(f"{k}={v}" for k, v in S.items()))
+    print(f"\n== report: {path} ({path.stat().st_size / 2**20:.1f} MiB); steps took {total:.0f} s in all, "
+          f"this call {time.perf_counter() - t_start:.0f} s")
+    return state

@@ -66,3 +66,28 @@ def test_cli_probe_and_rank_on_jigsaw(tmp_path, capsys):
     ranking = pd.read_csv(run / "ranking.csv")
     assert len(ranking) == 30 * 1536
     assert (run / "top_neurons.html").is_file() and (run / "cosine_hist.html").is_file()
+
+
+def test_dpo_then_attribution_on_smollm2(smollm2, tmp_path):
+    import copy
+    import math
+
+    from mechtox.attribution import attribute
+    from mechtox.data import load_pairs, load_prompts
+    from mechtox.directions import TokenSets, unembedding_direction, words_to_tokens
+    from mechtox.training import DPOObjective, TrainConfig, train
+
+    pairs = load_pairs(shared_file("paradetox.tsv"), limit=8)
+    policy = copy.deepcopy(smollm2)
+    cfg = TrainConfig(lr=2e-5, batch_size=4, max_steps=2, warmup_steps=1, eval_every=0, val_fraction=0.0,
+                      max_completion_tokens=24)
+    res = train(policy, DPOObjective(policy, pairs, cfg), cfg, tmp_path / "dpo", progress=False)
+    assert res.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+    direction = unembedding_direction(smollm2, TokenSets(words_to_tokens(smollm2, ["idiot", "stupid", "shit"]),
+                                                         words_to_tokens(smollm2, ["article", "thanks", "source"])))
+    prompts = load_prompts(shared_file("rtp_challenge.jsonl"), limit=4).prompts
+    for mode in ("own", "shared"):
+        att = attribute(smollm2, policy, direction, prompts, mode=mode, max_new_tokens=5, progress=False)
+        c = att.check
+        assert abs(c["error"]) < 1e-3 * max(1.0, abs(c["total_change"])), c
+        assert att.groups["n"].sum() == 30 * 1536

@@ -1,0 +1,23 @@
+"""The main job end to end on the tiny model with the shipped data (fast), and its step reuse."""
+
+import json
+
+from mechtox.cli import main
+
+
+def test_main_job_on_tiny_reuses_steps(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no ../shared/data here: the builtin data is used
+    monkeypatch.delenv("MECHTOX_DATA", raising=False)
+    ws = tmp_path / "ws"
+    assert main(["run", "-w", str(ws), "--model", "tiny", "-q"]) == 0
+    out = capsys.readouterr().out
+    state = json.loads((ws / "runs" / "main" / "main.json").read_text())
+    assert len(state["steps"]) == 7 and state["size"] == "small"
+    assert (ws / "models" / "main-dpo" / "model.safetensors").is_file()
+    assert (ws / "report.html").stat().st_size > 1_000_000  # plotly.js is embedded
+    groups = json.loads((ws / "runs" / "main-attribution" / "attribution-own-groups.json").read_text())
+    assert abs(groups["check"]["error"]) < 1e-4
+    assert "exactness" in out
+    assert main(["run", "-w", str(ws), "--model", "tiny", "-q"]) == 0
+    again = capsys.readouterr().out
+    assert again.count("reused") == 7
