@@ -1,0 +1,26 @@
+# %% [markdown]
+# # Which toxicity direction? Precision, causal ablation, agreement (mechtox issue 8)
+# The GPT-2 recipe (probe cosine) ranks noise on SmolLM2. This compares the probe, the
+# unembedding direction, the generation difference of means and the gradient direction by
+# toxic-token precision@k, the drop in toxicity when their top-k neurons are ablated vs random
+# neurons of the same layers, and agreement. Same as `mechtox directions`.
+
+# %%
+import sys
+from types import SimpleNamespace
+
+from _common import MODEL, RESULTS, SIZE, N, data_file
+
+import mechtox as mt
+from mechtox.pipeline import compare_directions
+
+ws = mt.Workspace(RESULTS / "workspace")
+model = ws.load_model(MODEL)
+args = SimpleNamespace(
+    data=data_file("jigsaw_balanced.csv", "builtin:toxicity"), prompts=data_file("rtp_challenge.jsonl", "builtin:prompts"),
+    methods="probe,unembed,gen-diffmean,gradient", probe=None, n_texts=min(2000, N["train"] + N["test"]),
+    k_tokens=N["k_tokens"], toxic_words=None, n_gen_prompts=30 if SIZE == "ci" else N["prompts"],
+    n_eval_prompts=N["prompts"] // 2,
+    ks="10,100" if SIZE == "ci" else "10,100,1000", random_draws=2 if SIZE == "ci" else 3, metric="raw",
+    ppl_tokens=N["ppl_tokens"] // 5, out="06_directions", seed=0, quiet=not sys.stdout.isatty())
+result = compare_directions(ws, model, args)
