@@ -6,6 +6,7 @@
 
 # %%
 import copy
+import shutil
 
 from _common import RESULTS, N, data_file, load
 
@@ -27,8 +28,6 @@ with applied(model, steer(w, 8.0)):
 keep = [i for i in range(len(prompts)) if good.continuations[i].strip() and bad.continuations[i].strip()]
 pairs = PreferencePairs([prompts[i] for i in keep], [good.continuations[i] for i in keep],
                         [bad.continuations[i] for i in keep], "generated")
-import shutil
-
 shutil.rmtree(RESULTS / "04_dpo_state", ignore_errors=True)
 after = copy.deepcopy(model)
 cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=N["steps"], warmup_steps=2, eval_every=0, val_fraction=0.0)

@@ -27,7 +27,7 @@ trained_against = mt.fit_probe(acts[h_final], data.labels, h_final, name="final-
 held_out = mt.fit_probe(acts[h_mid], data.labels, h_mid, name="middle-probe")
 paradetox = data_file("paradetox.tsv", "")
 pairs = mt.load_pairs(paradetox, limit=N["pairs"]) if paradetox else None
-targets = pairs.chosen if pairs is not None else [t for t, y in zip(data.texts, data.labels) if y == 0][: N["pairs"]]
+targets = pairs.chosen if pairs is not None else [t for t, y in zip(data.texts, data.labels, strict=True) if y == 0][: N["pairs"]]
 prompts = pairs.prompt if pairs is not None else [""] * len(targets)
 after = copy.deepcopy(model)
 cfg = TrainConfig(objective="sft-probe", lr=2e-5, batch_size=8, max_steps=N["steps"], warmup_steps=2, eval_every=0,

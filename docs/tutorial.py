@@ -19,6 +19,7 @@
 # %%
 import copy
 import os
+import tempfile
 
 import mechtox as mt
 from mechtox.data import shared_data_dir
@@ -105,7 +106,7 @@ pairs = PreferencePairs([pair_prompts[i] for i in keep], [good.continuations[i] 
                         [bad.continuations[i] for i in keep], "tutorial")
 after = copy.deepcopy(model)
 cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=3 if SMALL else 12, warmup_steps=1, eval_every=0, val_fraction=0.0)
-import tempfile
+
 
 result = train(after, DPOObjective(after, pairs, cfg), cfg, tempfile.mkdtemp(), progress=False)
 print("DPO loss:", round(result.history[0]["loss"], 4), "->", round(result.history[-1]["loss"], 4))
