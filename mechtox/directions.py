@@ -123,15 +123,17 @@ def words_to_tokens(model: HookedTransformer, words: Sequence[str]) -> list[int]
 # ----------------------------------------------------------------------------- methods
 
 
-def unembedding_direction(model: HookedTransformer, sets: TokenSets, name: str = "unembed") -> Direction:
-    """``g * (mean W_U[:, toxic] - mean W_U[:, non-toxic])`` at the final residual stream: the
-    direction whose addition most raises toxic logits relative to non-toxic ones through the
-    final norm (centred for LayerNorm models)."""
+def unembedding_direction(model: HookedTransformer, sets: TokenSets, name: str = "unembed",
+                          baseline: Literal["vocab", "nontoxic"] = "vocab") -> Direction:
+    """``g * (mean W_U[:, toxic] - mean W_U[:, baseline])`` at the final residual stream: the
+    direction whose addition most raises toxic logits relative to the baseline (the whole
+    vocabulary, or the non-toxic set) through the final norm (centred for LayerNorm models)."""
     B = unembed_basis(model).cpu()  # g[:, None] * W_U
-    d = B[:, sets.toxic].mean(1) - B[:, sets.nontoxic].mean(1)
+    base = B.mean(1) if baseline == "vocab" else B[:, sets.nontoxic].mean(1)
+    d = B[:, sets.toxic].mean(1) - base
     if model.cfg.normalization_type in ("LN", "LNPre"):
         d = d - d.mean()
-    prov = {"n_toxic_tokens": len(sets.toxic), "n_nontoxic_tokens": len(sets.nontoxic),
+    prov = {"n_toxic_tokens": len(sets.toxic), "n_nontoxic_tokens": len(sets.nontoxic), "baseline": baseline,
             "toxic_tokens": [model.tokenizer.decode([t]) for t in sets.toxic[:50]]}
     return Direction(d / d.norm(), final_resid_hook(model), "unembed", model.cfg.model_name, name=name, provenance=prov)
 
@@ -249,7 +251,7 @@ def outlier_dims(model: HookedTransformer, texts: Sequence[str], layers: str | S
     return pd.DataFrame(rows, columns=["layer", "dim", "max_abs", "ratio", "mean_abs", "frac_tokens"])
 
 
-Metric = Literal["raw", "final_norm", "whitened"]
+Metric = Literal["raw", "final_norm", "whitened", "unembed"]
 
 
 def metric_scale(model: HookedTransformer, metric: Metric, texts: Sequence[str] | None = None,
@@ -260,7 +262,11 @@ def metric_scale(model: HookedTransformer, metric: Metric, texts: Sequence[str] 
     ``final_norm``: ``s = 1 / g`` (g = the final norm's weight): value vectors are compared
     as the final norm passes them on to the unembedding;
     ``whitened``: ``s`` = per-dimension std of the final residual stream on ``texts``
-    (diagonal whitening: a massive, high-variance dimension no longer dominates |v|).
+    (diagonal whitening: a massive, high-variance dimension no longer dominates |v|);
+    ``unembed`` (a matrix ``M = Sigma^1/2``, Sigma = covariance over the vocabulary of the
+    unembedding vectors through the final norm): ``|v @ M|`` is the spread of the logits that
+    ``v`` writes, so the cosine of a value vector with the unembedding direction (vocabulary
+    baseline) ranks neurons by the z-score of the toxic tokens among the logits they promote.
     """
     if metric == "raw":
         return None
@@ -270,13 +276,19 @@ def metric_scale(model: HookedTransformer, metric: Metric, texts: Sequence[str] 
             raise MechtoxError("final_norm metric needs a model with a final norm weight")
         g = g.detach().float().cpu().abs().clamp_min(1e-3)
         return 1.0 / g
+    if metric == "unembed":
+        B = unembed_basis(model).cpu().double()  # [d_model, d_vocab]
+        Bc = B - B.mean(1, keepdim=True)
+        cov = Bc @ Bc.T / B.shape[1]
+        evals, evecs = torch.linalg.eigh(cov)
+        return (evecs * evals.clamp_min(1e-12 * evals.max()).sqrt()) @ evecs.T
     if metric == "whitened":
         if not texts:
             raise MechtoxError("whitened metric needs texts to estimate the activation scale")
         h = final_resid_hook(model)
         acts = collect_activations(model, texts, [h], "tokens", max_length=max_length, progress=progress)[h]
         return acts.std(0).clamp_min(1e-6)
-    raise MechtoxError(f"unknown metric {metric!r}; use raw, final_norm or whitened")
+    raise MechtoxError(f"unknown metric {metric!r}; use raw, final_norm, whitened or unembed")
 
 
 def rescaled(direction: Direction, scale: Tensor | None) -> Direction:

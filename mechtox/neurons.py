@@ -93,8 +93,9 @@ def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] 
         mean_acts: mean activation of each neuron (e.g. on toxic text, from
             :func:`mean_activations`); adds ``mean_act`` and ``act_proj = mean_act * dot``, the
             activation-weighted ranking (how much the neuron writes along ``w`` on average).
-        scale: per-dimension scale ``s`` of another metric (:func:`mechtox.directions.metric_scale`):
-            cosines of ``v / s`` with ``w * s``. ``dot`` stays ``v . w_hat`` (unchanged by ``s``).
+        scale: another metric (:func:`mechtox.directions.metric_scale`): a vector ``s`` (cosines of
+            ``v / s`` with ``w * s``) or a symmetric matrix ``M`` (cosines of ``v @ M`` with
+            ``w @ M^-1``). ``dot`` stays ``v . w_hat`` (unchanged by the metric).
     """
     w = getattr(direction, "vector", direction)
     if not isinstance(w, Tensor):
@@ -107,10 +108,13 @@ def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] 
     dot = V @ w
     if scale is None:
         cos = dot / norm.clamp_min(1e-12)
-    else:
+    elif scale.dim() == 1:  # diagonal metric: vectors v / s, covectors w * s
         s = scale.float().cpu()
-        ws = w * s
-        cos = (V @ w) / ((V / s).norm(dim=-1).clamp_min(1e-12) * ws.norm())
+        cos = dot / ((V / s).norm(dim=-1).clamp_min(1e-12) * (w * s).norm())
+    else:  # full metric: vectors v @ M, covectors w @ M^-T (dot products unchanged)
+        M = scale.float().cpu()
+        wm = torch.linalg.solve(M, w)  # = w @ M^-T for symmetric M
+        cos = dot / ((V @ M).norm(dim=-1).clamp_min(1e-12) * wm.norm())
     L, M = cos.shape
     table = pd.DataFrame({
         "layer": np.repeat(np.arange(L), M),
