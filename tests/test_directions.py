@@ -193,3 +193,21 @@ def test_agreement():
     df = agreement({"a": a, "b": b}, k=2)
     assert df["overlap@2"].item() == 0.5
     assert df["spearman"].item() == pytest.approx(0.8)
+
+
+def test_unembed_metric_is_logit_zscore(tiny_llama):
+    """With the unembedding metric, cos(v, w) with the vocabulary-baseline direction equals the
+    z-score of the toxic tokens' mean logit among the logits v writes (up to a constant)."""
+    from mechtox.directions import TokenSets
+
+    m = tiny_llama
+    tox = [m.tokenizer.convert_tokens_to_ids(w) for w in BAD]
+    d = unembedding_direction(m, TokenSets(tox, tox[:1]), baseline="vocab")
+    M = metric_scale(m, "unembed")
+    r = rank_neurons(m, d, chance_draws=0, scale=M).table.set_index(["layer", "neuron"]).sort_index()
+    B = unembed_basis(m).double()
+    V = torch.stack([b.mlp.W_out.detach() for b in m.blocks]).double().reshape(-1, m.cfg.d_model)
+    logits = V @ B
+    z = (logits[:, tox].mean(1) - logits.mean(1)) / logits.std(1, unbiased=False)
+    ratio = torch.tensor(r["cosine"].to_numpy()) / z
+    assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
