@@ -163,3 +163,21 @@ def evaluate(model: HookedTransformer, interventions: Sequence[Intervention], pr
                         "probe_scores": None if tox.probe_scores is None else tox.probe_scores.tolist(),
                         "params": iv.params}
     return pd.DataFrame(rows), raw
+
+
+def calibrate_alpha(model: HookedTransformer, make, text: str, max_rise: float = 0.10, start: float = 0.0625,
+                    max_alpha: float = 4096.0, ppl_tokens: int = 4000, progress: bool = False) -> tuple[float, list[dict]]:
+    """The largest ``alpha`` (doubling from ``start``) for which ``make(alpha)`` raises perplexity
+    by at most ``max_rise`` (10%) over the unmodified model. Returns it and the trace."""
+    base = perplexity(model, text, NOOP, max_tokens=ppl_tokens, progress=progress)["ppl"]
+    trace = [{"alpha": 0.0, "ppl": base}]
+    best, alpha = 0.0, start
+    while alpha <= max_alpha:
+        ppl = perplexity(model, text, make(alpha), max_tokens=ppl_tokens, progress=progress)["ppl"]
+        trace.append({"alpha": alpha, "ppl": ppl})
+        if ppl > base * (1 + max_rise):
+            break
+        best, alpha = alpha, alpha * 2
+    if best == 0.0:
+        raise MechtoxError(f"even alpha {start:g} raises perplexity by more than {max_rise:.0%}; pass a smaller alpha")
+    return best, trace

@@ -15,7 +15,7 @@ from mechtox.interventions import (
 
 SPEC_FORMS = (
     "none",
-    "subtract:DIRECTION:ALPHA",
+    "subtract:DIRECTION:ALPHA (ALPHA 'auto': the largest power of 2 from 1/16 raising perplexity <= 10%)",
     "steer:DIRECTION:ALPHA",
     "subtract-value:DIRECTION:ALPHA (the top value vector by cosine)",
     "subtract-svd:DIRECTION:ALPHA (U[0] of the top-128 value vectors)",
@@ -58,6 +58,16 @@ def build_intervention(spec: str, model, workspace, text_for_means=None) -> Inte
     if kind in ("subtract", "steer", "subtract-value", "subtract-svd"):
         if len(args) != 2:
             raise _bad(spec, f"{kind} takes DIRECTION:ALPHA")
+        if args[1] == "auto":
+            if text_for_means is None or kind == "steer":
+                raise _bad(spec, "ALPHA auto needs text for perplexity and works for the subtract kinds")
+            from mechtox.evaluate import calibrate_alpha
+
+            alpha, trace = calibrate_alpha(model, lambda a: build_intervention(f"{kind}:{args[0]}:{a}", model, workspace),
+                                           text_for_means[0])
+            iv = build_intervention(f"{kind}:{args[0]}:{alpha}", model, workspace)
+            return dataclasses.replace(iv, name=f"{kind}:{args[0]}:{alpha:g} (auto)",
+                                       params={**iv.params, "alpha_trace": trace})
         alpha = _num(spec, args[1])
         if kind == "steer":
             return dataclasses.replace(steer(direction, alpha), name=spec)

@@ -21,13 +21,15 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
                  "--max-new-tokens", "4", "--ppl-tokens", "100", "--probe", "p",
                  "-i", "none", "-i", "subtract:p:5", "-i", "ablate:p:10", "-i", "ablate-random:p:10:1",
                  "-i", "subtract-value:p:3", "-i", "subtract-svd:p:3", "-i", "scale-keys:p:5:0.5", "-i", "steer:p:2",
+                 "-i", "subtract:p:auto",
                  "--out", "e"])
     assert code == 0
     rows = json.loads((tmp_path / "ws" / "runs" / "e" / "eval.json").read_text())["rows"]
     assert [r["intervention"] for r in rows][:3] == ["none", "subtract:p:5", "ablate:p:10"]
     assert all(0 <= r["toxicity"] <= 1 and r["ppl"] > 1 and 0 <= r["probe_score"] <= 1 for r in rows)
     lines = (tmp_path / "ws" / "runs" / "e" / "continuations.jsonl").read_text().splitlines()
-    assert len(lines) == 8 * 6
+    assert len(lines) == 9 * 6
+    assert rows[-1]["intervention"].startswith("subtract:p:") and rows[-1]["intervention"].endswith("(auto)")
     assert main(["directions", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--prompts",
                  "builtin:prompts", "--k-tokens", "5", "--n-gen-prompts", "30", "--n-eval-prompts", "6", "--ks", "5",
                  "--random-draws", "2", "--ppl-tokens", "100", "--out", "d"]) == 0
