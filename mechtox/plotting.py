@@ -112,11 +112,15 @@ def training_figure(history: pd.DataFrame, title: str = "Training curves") -> go
 
 
 def attribution_groups_figure(groups: pd.DataFrame, title: str = "Contributions by group") -> go.Figure:
-    """Each group's contribution as a share of the gross reduction and of the net change."""
-    fig = go.Figure()
-    fig.add_trace(go.Bar(x=groups["group"], y=groups["share_of_gross"], name="share of gross reduction"))
-    fig.add_trace(go.Bar(x=groups["group"], y=groups["share_of_net"], name="share of net change"))
-    fig.update_layout(title=title, barmode="group", yaxis_tickformat=".0%", template="plotly_white")
+    """Each group's contribution as a share of the gross reduction and of the net change, in two
+    panels (the net share can be many times larger when increasing groups cancel the reduction)."""
+    from plotly.subplots import make_subplots
+
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("share of gross reduction", "share of net change"))
+    fig.add_trace(go.Bar(x=groups["group"], y=groups["share_of_gross"], name="share of gross"), row=1, col=1)
+    fig.add_trace(go.Bar(x=groups["group"], y=groups["share_of_net"], name="share of net"), row=1, col=2)
+    fig.update_layout(title=title, yaxis_tickformat=".0%", yaxis2_tickformat=".0%", template="plotly_white",
+                      showlegend=False)
     return fig
 
 
