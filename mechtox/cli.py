@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--model", default="base")
     p.add_argument("--intervention", "-i", action="append", default=None, metavar="SPEC",
-                   help="repeatable; forms: " + "; ".join(SPEC_FORMS))
+                   help="repeatable; forms: " + "; ".join(SPEC_FORMS).replace("%", "%%"))
     p.add_argument("--prompts", default=None, help="prompts (default: shared rtp_challenge.jsonl or builtin)")
     p.add_argument("--limit", type=int, default=None, help="first N prompts")
     p.add_argument("--probe", default=None, help="also score continuations with this probe (read by the model without interventions)")

@@ -399,7 +399,9 @@ def torch_means(table: pd.DataFrame, n_layers: int, d_mlp: int, col: str):
     import torch
 
     out = torch.zeros(n_layers, d_mlp)
-    out[table["layer"].to_numpy(), table["neuron"].to_numpy()] = torch.tensor(table[col].to_numpy().copy(), dtype=torch.float32)
+    rows = torch.tensor(table["layer"].to_numpy(dtype="int64", copy=True))
+    cols = torch.tensor(table["neuron"].to_numpy(dtype="int64", copy=True))
+    out[rows, cols] = torch.tensor(table[col].to_numpy(dtype="float32", copy=True))
     return out
 
 

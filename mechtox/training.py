@@ -371,11 +371,11 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         step, history, val_history = meta["step"], meta["history"], meta["val_history"]
         best_val, bad_evals = meta["best_val"], meta["bad_evals"]
     else:
+        if (state_dir / "trainer.json").is_file():
+            raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
         model.eval()
         objective.prepare(model, progress)
         model.train()
-        if out.exists() and (state_dir / "trainer.json").is_file():
-            raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
 
     opt = _optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))

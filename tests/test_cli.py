@@ -78,3 +78,12 @@ def test_probe_of_other_dimension_is_one_line(ws, tmp_path, capsys):
     assert main(["rank", "-w", ws, "--model", "tiny", "--probe", "small"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "d_model 32 but model" in err
+
+
+@pytest.mark.parametrize("command", ["models", "probe", "rank", "directions", "eval", "pairs", "train", "attribute",
+                                     "report", "run"])
+def test_every_help_page_renders(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    assert e.value.code == 0
+    assert "usage: mechtox" in capsys.readouterr().out

@@ -14,7 +14,12 @@ def test_main_job_on_tiny_reuses_steps(tmp_path, monkeypatch, capsys):
     state = json.loads((ws / "runs" / "main" / "main.json").read_text())
     assert len(state["steps"]) == 7 and state["size"] == "small"
     assert (ws / "models" / "main-dpo" / "model.safetensors").is_file()
-    assert (ws / "report.html").stat().st_size > 1_000_000  # plotly.js is embedded
+    report = (ws / "report.html").read_text()
+    assert len(report) > 1_000_000  # plotly.js is embedded: the file opens offline
+    for heading in ("Probe sweep: probe", "Direction methods: main-directions", "Training: main-dpo",
+                    "Attribution (own tokens)", "Attribution (shared tokens)", "Evaluation: main-eval"):
+        assert heading in report, heading
+    assert "cdn.plot.ly" not in report
     groups = json.loads((ws / "runs" / "main-attribution" / "attribution-own-groups.json").read_text())
     assert abs(groups["check"]["error"]) < 1e-4
     assert "exactness" in out
