@@ -155,17 +155,22 @@ def unembed_basis(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:
     return W_U
 
 
+def logit_lens_ids(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], k: int = 10,
+                   bottom: bool = False) -> list[list[int]]:
+    """Ids of the top-``k`` tokens each vector promotes through the final norm and the unembedding."""
+    vecs = vectors.detach().float().to(model.W_U.device)
+    if model.cfg.normalization_type in ("LN", "LNPre"):
+        vecs = vecs - vecs.mean(-1, keepdim=True)
+    logits = vecs @ unembed_basis(model)
+    return logits.topk(k, dim=-1, largest=not bottom).indices.cpu().tolist()
+
+
 def logit_lens(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], k: int = 10,
                bottom: bool = False) -> list[list[str]]:
     """Top-``k`` tokens each vector promotes through the final norm and the unembedding."""
     if model.tokenizer is None:
         raise MechtoxError("logit lens needs a model with a tokenizer")
-    vecs = vectors.float().to(model.W_U.device)
-    if model.cfg.normalization_type in ("LN", "LNPre"):
-        vecs = vecs - vecs.mean(-1, keepdim=True)
-    logits = vecs @ unembed_basis(model)
-    idx = logits.topk(k, dim=-1, largest=not bottom).indices.cpu()
-    return [[model.tokenizer.decode([int(t)]) for t in row] for row in idx]
+    return [[model.tokenizer.decode([t]) for t in row] for row in logit_lens_ids(model, vectors, k, bottom)]
 
 
 def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8) -> pd.DataFrame:

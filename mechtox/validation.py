@@ -19,7 +19,7 @@ from transformer_lens import HookedTransformer
 
 from mechtox.evaluate import perplexity, toxicity
 from mechtox.interventions import NOOP, ablate, random_like
-from mechtox.neurons import logit_lens
+from mechtox.neurons import logit_lens_ids
 
 
 def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Sequence[int], k: int = 20,
@@ -29,23 +29,9 @@ def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Seq
     top = table.head(k)
     if len(top) == 0:
         return float("nan")
-    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in top.itertuples()])
-    toxic = set(int(t) for t in toxic_ids)
-    from mechtox.neurons import unembed_basis
-
-    vecs = V.float()
-    if model.cfg.normalization_type in ("LN", "LNPre"):
-        vecs = vecs - vecs.mean(-1, keepdim=True)
-    idx = (vecs @ unembed_basis(model)).topk(lens_k, dim=-1).indices.cpu().tolist()
-    return float(np.mean([bool(toxic & set(row)) for row in idx]))
-
-
-def precision_at_k_tokens(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Sequence[int], k: int = 20,
-                          lens_k: int = 10) -> list[list[str]]:
-    """The logit-lens tokens behind :func:`precision_at_k` (for reports)."""
-    top = table.head(k)
-    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in top.itertuples()])
-    return logit_lens(model, V, lens_k)
+    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)] for r in top.itertuples()])
+    toxic = {int(t) for t in toxic_ids}
+    return float(np.mean([bool(toxic & set(row)) for row in logit_lens_ids(model, V, lens_k)]))
 
 
 def agreement(rankings: dict[str, pd.DataFrame], k: int = 100) -> pd.DataFrame:

@@ -74,7 +74,7 @@ def test_token_log_odds_finds_toxic_tokens(tiny_llama):
     assert row["toxic_docs"] > 0 and row["nontoxic_docs"] == 0 and row["z"] > 2
     sets = token_sets(stats, k=6)
     assert sets.strings(tiny_llama) and len(sets.toxic) == len(sets.nontoxic) == 6
-    with pytest.raises(MechtoxError, match="pass the count filter"):
+    with pytest.raises(MechtoxError, match="pass the count and log-odds filters"):
         token_sets(stats, k=1000)
 
 

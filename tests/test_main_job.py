@@ -19,7 +19,7 @@ def test_main_job_on_tiny_reuses_steps(tmp_path, monkeypatch, capsys):
     for heading in ("Probe sweep: probe", "Direction methods: main-directions", "Training: main-dpo",
                     "Attribution (own tokens)", "Attribution (shared tokens)", "Evaluation: main-eval"):
         assert heading in report, heading
-    assert "cdn.plot.ly" not in report
+    assert '<script src="http' not in report and "<script src='http" not in report  # nothing fetched
     groups = json.loads((ws / "runs" / "main-attribution" / "attribution-own-groups.json").read_text())
     assert abs(groups["check"]["error"]) < 1e-4
     assert "exactness" in out
