@@ -57,3 +57,23 @@ def smollm2():
     from mechtox.models import load_gguf
 
     return load_gguf(device="cpu")
+
+
+BAD_WORDS = ["idiot", "stupid", "moron", "loser", "jerk", "trash"]
+GOOD_WORDS = ["friend", "help", "thanks", "book", "music", "nice"]
+FILLER = ["the", "a", "you", "is", "and", "very", "so", "day", "city"]
+
+
+def synthetic_labelled(n: int = 200, seed: int = 0, n_filler: int = 5):
+    """Labelled texts in the tiny tokenizer's vocabulary: toxic ones carry two BAD_WORDS."""
+    from mechtox.data import LabelledTexts
+
+    rng = np.random.default_rng(seed)
+    texts, labels = [], []
+    for i in range(n):
+        y = i % 2
+        words = list(rng.choice(FILLER, n_filler)) + list(rng.choice(BAD_WORDS if y else GOOD_WORDS, 2))
+        rng.shuffle(words)
+        texts.append(" ".join(words))
+        labels.append(y)
+    return LabelledTexts(texts, np.array(labels), "synthetic")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mechtox.activations import collect_activations
-from mechtox.data import LabelledTexts, encode
+from mechtox.data import encode
 from mechtox.directions import (
     final_resid_hook,
     generation_diffmean_direction,
@@ -22,21 +22,13 @@ from mechtox.neurons import rank_neurons, unembed_basis
 from mechtox.probe import fit_probe
 from mechtox.validation import agreement, precision_at_k
 
-BAD = ["idiot", "stupid", "moron", "loser", "jerk", "trash"]
-GOOD = ["friend", "help", "thanks", "book", "music", "nice"]
-FILL = ["the", "a", "you", "is", "and", "very", "so", "day", "city"]
+from .conftest import BAD_WORDS, GOOD_WORDS, synthetic_labelled
+
+BAD, GOOD = BAD_WORDS, GOOD_WORDS
 
 
 def labelled(n=200, seed=0):
-    rng = np.random.default_rng(seed)
-    texts, labels = [], []
-    for i in range(n):
-        y = i % 2
-        words = list(rng.choice(FILL, 5)) + list(rng.choice(BAD if y else GOOD, 2))
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(y)
-    return LabelledTexts(texts, np.array(labels), "synthetic")
+    return synthetic_labelled(n, seed)
 
 
 @pytest.fixture

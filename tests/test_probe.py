@@ -2,9 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from mechtox.data import LabelledTexts
 from mechtox.errors import IncompatibleError, MechtoxError
 from mechtox.probe import Direction, Probe, ProbeScorer, fit_probe, probe_sweep, split_indices
+
+from .conftest import synthetic_labelled
 
 
 def planted(n=600, d=32, seed=0, scale_dims=True):
@@ -86,18 +87,7 @@ def test_probe_module_differentiable_and_equal():
 
 
 def _tiny_texts(n=120, seed=0):
-    rng = np.random.default_rng(seed)
-    bad = ["idiot", "stupid", "moron", "loser", "jerk", "trash"]
-    good = ["friend", "help", "thanks", "book", "music", "nice"]
-    filler = ["the", "a", "you", "is", "and", "very", "so", "day", "city"]
-    texts, labels = [], []
-    for i in range(n):
-        y = i % 2
-        words = list(rng.choice(filler, 4)) + list(rng.choice(bad if y else good, 2))
-        rng.shuffle(words)
-        texts.append(" ".join(words))
-        labels.append(y)
-    return LabelledTexts(texts, np.array(labels), "synthetic")
+    return synthetic_labelled(n, seed, n_filler=4)
 
 
 def test_sweep_on_tiny_model(tiny):
