@@ -79,6 +79,19 @@ def check_hooks(model: HookedTransformer, hook_names: Sequence[str]) -> None:
         raise MechtoxError(f"unknown hook name(s) {bad}; examples: blocks.0.hook_resid_post, blocks.0.mlp.hook_post, {FINAL_HOOK}")
 
 
+def pool(act: Float[Tensor, "batch pos d"], mask: Tensor, pooling: str = "mean") -> Float[Tensor, "batch d"]:
+    """Pool per-token activations over the real tokens of a right-padded batch: their mean, or
+    the last one. ``mask`` is 1 on real tokens (the attention mask, possibly with skipped
+    positions zeroed)."""
+    if pooling == "last":
+        last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)  # right padding: the last 1
+        return act[torch.arange(act.shape[0], device=act.device), last]
+    if pooling != "mean":
+        raise MechtoxError(f"unknown pooling {pooling!r}; use mean or last")
+    m = mask.unsqueeze(-1).to(act.dtype)
+    return (act * m).sum(1) / m.sum(1).clamp_min(1)
+
+
 @dataclass(frozen=True)
 class Activations:
     """Pooled activations per hook name (CPU float32).
@@ -162,15 +175,10 @@ def collect_activations(
         mask = state["mask"]
         idx = state["idx"]
         act = act.float()
-        if pooling == "mean":
-            m = mask.unsqueeze(-1).to(act.dtype)
-            pooled = (act * m).sum(1) / m.sum(1)
-        elif pooling == "last":
-            last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)  # right padding: last 1
-            pooled = act[torch.arange(act.shape[0], device=act.device), last]
-        else:
+        if pooling == "tokens":
             tok_chunks[hook.name].append(act[mask.bool()].cpu())
             return
+        pooled = pool(act, mask, pooling)
         if hook.name not in out:
             out[hook.name] = torch.empty((n,) + tuple(pooled.shape[1:]), dtype=torch.float32)
         out[hook.name][idx] = pooled.cpu()

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from mechtox.data import shared_file
 from mechtox.errors import MechtoxError
 from mechtox.specs import SPEC_FORMS
 
@@ -180,24 +181,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _default_labelled() -> str:
-    from mechtox.data import shared_data_dir
-
-    d = shared_data_dir()
-    if d is not None and (d / "jigsaw_balanced.csv").is_file():
-        return str(d / "jigsaw_balanced.csv")
-    return "builtin:toxicity"
-
-
-def _shared_or_builtin(name: str, builtin: str | None) -> str | None:
-    from mechtox.data import shared_data_dir
-
-    d = shared_data_dir()
-    if d is not None and (d / name).is_file():
-        return str(d / name)
-    return builtin
-
-
 def _seed(seed: int) -> None:
     import random
 
@@ -310,7 +293,7 @@ def cmd_probe(args) -> int:
 
     check_name(args.out, "probe name")
     model = _load(ws, args.model, args)
-    fit_and_save_probe(ws, model, args, args.data or _default_labelled(), args.out, args.n_train, args.n_test)
+    fit_and_save_probe(ws, model, args, args.data or shared_file("jigsaw_balanced.csv", "builtin:toxicity"), args.out, args.n_train, args.n_test)
     return 0
 
 
@@ -394,9 +377,9 @@ def cmd_eval(args) -> int:
     ws = _workspace(args)
     _seed(args.seed)
     check_name(args.out, "run name")
-    prompts = load_prompts(args.prompts or _shared_or_builtin("rtp_challenge.jsonl", "builtin:prompts"), limit=args.limit)
-    text_src = args.text or _shared_or_builtin("wikitext2_test.raw", "builtin:text")
-    wiki_src = args.wiki or _shared_or_builtin("wiki_samples.jsonl", None)
+    prompts = load_prompts(args.prompts or shared_file("rtp_challenge.jsonl", "builtin:prompts"), limit=args.limit)
+    text_src = args.text or shared_file("wikitext2_test.raw", "builtin:text")
+    wiki_src = args.wiki or shared_file("wiki_samples.jsonl", None)
     if args.probe:
         ws.require_direction(args.probe)
     model = _load(ws, args.model, args)

@@ -59,6 +59,12 @@ def shared_data_dir() -> Path | None:
     return None
 
 
+def shared_file(name: str, fallback: str | None) -> str | None:
+    """``name`` in the real data folder (:func:`shared_data_dir`) when it is there, else ``fallback``."""
+    d = shared_data_dir()
+    return str(d / name) if d is not None and (d / name).is_file() else fallback
+
+
 def _resolve(source: str | os.PathLike[str]) -> Path | None:
     """A local path for ``source`` or None when it should be an HF id."""
     s = str(source)

@@ -33,7 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from mechtox.activations import collect_activations, parse_layers
+from mechtox.activations import collect_activations, parse_layers, pool
 from mechtox.data import LabelledTexts, encode
 from mechtox.errors import MechtoxError
 from mechtox.neurons import unembed_basis
@@ -207,9 +207,7 @@ def gradient_direction(model: HookedTransformer, texts: Sequence[str], hook_name
             logp = logits.float().log_softmax(-1)
             obj = (logp[..., tox_idx].logsumexp(-1) * mask).sum()
         else:
-            x = store["probe_act"].float()
-            pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
-            obj = probe.logits(pooled).sum()
+            obj = probe.logits(pool(store["probe_act"].float(), mask, "mean")).sum()
         obj.backward()
         g = store["act"].grad.float()
         total += (g * mask[..., None]).sum((0, 1)).detach().cpu()

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox import _io
-from mechtox.activations import FINAL_HOOK, Pooling, collect_activations, parse_layers
+from mechtox.activations import FINAL_HOOK, Pooling, collect_activations, parse_layers, pool
 from mechtox.data import LabelledTexts
 from mechtox.errors import IncompatibleError, MechtoxError
 
@@ -140,13 +140,7 @@ class ProbeModule(nn.Module):
 
     def pooled(self, acts: Float[Tensor, "batch pos d_model"], mask: Tensor) -> Float[Tensor, " batch"]:
         """P(toxic) of per-token activations pooled as the probe was trained (mean or last)."""
-        m = mask.to(acts.dtype).unsqueeze(-1)
-        if self.pooling == "last":
-            last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)
-            x = acts[torch.arange(acts.shape[0], device=acts.device), last]
-        else:
-            x = (acts * m).sum(1) / m.sum(1).clamp_min(1)
-        return self(x)
+        return self(pool(acts, mask, self.pooling))
 
 
 class ProbeScorer:
