@@ -120,12 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paradetox", default=None, help="convert this ParaDetox TSV instead of generating")
     p.add_argument("--out", default="pairs", help="name of the pair set")
 
-    p = sub.add_parser("train", help="fine-tune a model (DPO, probe-guided SFT, probe-ranked DPO) into a named model")
+    p = sub.add_parser("train", help="fine-tune a model (DPO, SFT, probe-guided SFT, probe-ranked DPO, SAP) into a "
+                                     "named model")
     _common(p)
-    p.add_argument("objective", choices=["dpo", "sft-probe", "dpo-probe"])
+    p.add_argument("objective", choices=["dpo", "sft", "sft-probe", "dpo-probe", "sap"])
     p.add_argument("--model", default="base")
-    p.add_argument("--pairs", default="pairs", help="pair set name or a .jsonl/.tsv path")
-    p.add_argument("--limit", type=int, default=None, help="use the first N pairs")
+    p.add_argument("--pairs", default="pairs", help="pair set name or a .jsonl/.tsv path (for sap: the safety pairs, "
+                                                   "chosen = safe, rejected = harmful)")
+    p.add_argument("--task", default=None,
+                   help="sft and sap: the benign task, a {prompt, gold} JSONL (default: shared wiki_samples.jsonl when "
+                        "present) or a pair set whose chosen texts are the targets")
+    p.add_argument("--limit", type=int, default=None, help="use the first N pairs (and N task examples)")
     p.add_argument("--probe", default=None, help="probe(s) trained against (sft-probe) or ranking the pairs (dpo-probe)")
     p.add_argument("--held-out", default=None, help="probe(s) never trained against, measured after training")
     p.add_argument("--steps", type=int, default=40)
@@ -143,6 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, default=10)
     p.add_argument("--lee-et-al", action="store_true", help="Lee et al.'s settings (lr 1e-6, RMSprop, batch 4, 150 warm-up)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run with the same settings")
+    p.add_argument("--sap-layers", default="auto", help="sap: blocks that get the safety-aware vector ('auto': 10%% "
+                                                         "and 28%% of the depth)")
+    p.add_argument("--sap-rho", type=float, default=1e-3, help="sap: harmful weight perturbation / weight norm")
+    p.add_argument("--sap-eps", type=float, default=0.25, help="sap: vector coordinate / median |activation|")
     p.add_argument("--goodhart-n", type=int, default=800,
                    help="labelled texts for the probe accuracy before/after/retrained check (0: skip)")
     p.add_argument("--out", default=None, help="name of the trained model (default: the objective)")
@@ -447,7 +456,8 @@ def cmd_train(args) -> int:
     ws = _workspace(args)
     _seed(args.seed)
     args.out = args.out or args.objective
-    ws.require_pairs(args.pairs)
+    if args.objective != "sft" or args.task is None:
+        ws.require_pairs(args.pairs)
     model = _load(ws, args.model, args)
     run_training(ws, model, args)
     return 0

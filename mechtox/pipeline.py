@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -217,6 +218,26 @@ def make_pairs(ws, model, args) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- training
 
 
+def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str], list[str], str]:
+    """The benign task of ``train sft`` / ``train sap``: prompts, targets and where they came from.
+    ``task`` is a ``{prompt, gold}`` JSONL, or a pair set (name or path) whose chosen texts are the
+    targets; None means the pairs already loaded."""
+    from mechtox.data import load_pairs, load_wiki_samples
+
+    if task is None:
+        if pairs is None:
+            raise MechtoxError("no task data: pass --task PATH (a {prompt, gold} JSONL or a pair set)")
+        return list(pairs.prompt)[:limit], list(pairs.chosen)[:limit], pairs.source
+    path = Path(task)
+    if path.suffix == ".jsonl" and path.is_file():
+        first = next((ln for ln in path.read_text().splitlines() if ln.strip()), "")
+        if '"gold"' in first:
+            prompts, golds = load_wiki_samples(path, limit=limit)
+            return prompts, golds, str(path)
+    p = load_pairs(ws.require_pairs(task), limit=limit)
+    return list(p.prompt), list(p.chosen), p.source
+
+
 def run_training(ws, model, args) -> dict[str, Any]:
     """``mechtox train OBJECTIVE``: train, save the named model, curves and the probe check."""
     from mechtox.data import load_pairs
@@ -225,6 +246,8 @@ def run_training(ws, model, args) -> dict[str, Any]:
     from mechtox.training import (
         DPOObjective,
         ProbeSFTObjective,
+        SAPObjective,
+        SFTObjective,
         TrainConfig,
         lee_et_al_config,
         rank_pairs_by_probe,
@@ -235,12 +258,16 @@ def run_training(ws, model, args) -> dict[str, Any]:
     check_name(args.out, "model name")
     if args.out == "base":
         raise MechtoxError("--out base would hide the base model; choose another name")
-    pairs = load_pairs(ws.require_pairs(args.pairs), limit=args.limit)
+    task = getattr(args, "task", None)
+    if args.objective in ("sft", "sap") and task is None:
+        task = shared_file("wiki_samples.jsonl", None)
+    pairs = None if args.objective == "sft" and task else load_pairs(ws.require_pairs(args.pairs), limit=args.limit)
     kw = dict(objective=args.objective, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
               grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, max_steps=args.steps, clip=args.clip,
               beta=args.beta, dtype=args.dtype, eval_every=args.eval_every, patience=args.patience,
               checkpoint_every=args.checkpoint_every, seed=args.seed, probe_lambda=args.probe_lambda,
-              max_completion_tokens=args.max_completion_tokens)
+              max_completion_tokens=args.max_completion_tokens, sap_layers=getattr(args, "sap_layers", "auto"),
+              sap_rho=getattr(args, "sap_rho", 1e-3), sap_eps=getattr(args, "sap_eps", 0.25))
     if args.lee_et_al:
         cfg = lee_et_al_config(**{k: v for k, v in kw.items() if k in ("objective", "seed", "eval_every", "dtype",
                                                                           "checkpoint_every", "patience")})
@@ -258,15 +285,23 @@ def run_training(ws, model, args) -> dict[str, Any]:
         if not probes:
             raise MechtoxError("train sft-probe needs --probe NAME[,NAME...] (the probes trained against)")
         objective = ProbeSFTObjective(model, pairs.prompt, pairs.chosen, probes, cfg)
+    elif cfg.objective in ("sft", "sap"):
+        t_prompts, t_targets, t_source = load_task(ws, task, pairs, args.limit)
+        if cfg.objective == "sft":
+            objective = SFTObjective(model, t_prompts, t_targets, cfg)
+        else:
+            objective = SAPObjective(model, t_prompts, t_targets, pairs, cfg)
+            print(f"sap: task {t_source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
     else:
         objective = DPOObjective(model, pairs, cfg)
+    source = pairs.source if pairs is not None else t_source
     state = ws.root / "training" / args.out
-    print(f"train {cfg.objective}: {len(objective)} examples from {pairs.source}, {cfg.max_steps} steps x "
+    print(f"train {cfg.objective}: {len(objective)} examples from {source}, {cfg.max_steps} steps x "
           f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} ({cfg.optimizer}), {cfg.dtype}, device {model.cfg.device}")
     res = train(model, objective, cfg, state, resume=args.resume, progress=progress)
     hist = res.history
     save_checkpoint(model, ws.model_dir(args.out), extra={
-        "trained_from": args.model, "objective": cfg.objective, "pairs": pairs.source,
+        "trained_from": args.model, "objective": cfg.objective, "data": source,
         "config": dataclasses.asdict(cfg), "steps": res.steps, "stopped_early": res.stopped_early,
         "final_loss": hist[-1]["loss"] if hist else None, "best_val_loss": res.best_val,
         "probes": [p.name for p in probes], "held_out_probes": [p.name for p in held_out]})

@@ -1,4 +1,4 @@
-"""A hooked training loop for HookedTransformer: DPO, probe-guided SFT, probe-ranked DPO.
+"""A hooked training loop for HookedTransformer: DPO, SFT, probe-guided SFT, probe-ranked DPO, SAP.
 
 Objectives may read (and differentiate through) activations at hook points: the probe-SFT
 loss adds the probe's score of the policy's OWN activations at the probe's hook, attached
@@ -42,7 +42,7 @@ from mechtox.errors import MechtoxError
 class TrainConfig:
     """Settings of a training run (saved with every checkpoint; never mutated by the loop)."""
 
-    objective: Literal["dpo", "sft-probe", "dpo-probe"] = "dpo"
+    objective: Literal["dpo", "sft", "sft-probe", "dpo-probe", "sap"] = "dpo"
     """what to optimise"""
     lr: float = 5e-6
     """peak learning rate (after warm-up)"""
@@ -80,9 +80,18 @@ class TrainConfig:
     """weight of the probe term in sft-probe"""
     compile: bool = False
     """torch.compile the model (CUDA)"""
+    sap_layers: str = "auto"
+    """SAP: blocks whose output (``hook_resid_post``) gets the safety-aware vector; 'auto' = at 10%
+    and 28% of the depth (layers 3 and 9 of Llama-2-7B's 32, as in Wu et al.)"""
+    sap_rho: float = 1e-3
+    """SAP: size of the harmful weight perturbation relative to the norm of the weights"""
+    sap_eps: float = 0.25
+    """SAP: size of each coordinate of the vector relative to the median |activation| at its layer"""
+    sap_temperature: float = 1.0
+    """SAP: temperature T of the safety loss ``-log sigmoid((log p(safe) - log p(harmful)) / T)``"""
 
     def __post_init__(self) -> None:
-        if self.objective not in ("dpo", "sft-probe", "dpo-probe"):
+        if self.objective not in ("dpo", "sft", "sft-probe", "dpo-probe", "sap"):
             raise MechtoxError(f"unknown objective {self.objective!r}")
         if self.optimizer not in ("adamw", "rmsprop"):
             raise MechtoxError(f"unknown optimizer {self.optimizer!r}; use adamw or rmsprop")
@@ -219,7 +228,43 @@ class DPOObjective:
         return sum(len(self.chosen[i][0]) + len(self.rejected[i][0]) for i in idx)
 
 
-class ProbeSFTObjective:
+class SFTObjective:
+    """Language-modelling loss on the completions (the targets) of prompt / target examples."""
+
+    name = "sft"
+
+    def __init__(self, model: HookedTransformer, prompts: Sequence[str], targets: Sequence[str], cfg: TrainConfig):
+        self.cfg = cfg
+        self.pid = pad_id(model)
+        self.seqs = build_sequences(model, prompts, targets, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        self.n_tokens = sum(len(s) for s, _ in self.seqs)
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def prepare(self, model, progress) -> None:
+        return None
+
+    def _batch(self, model, idx) -> SeqBatch:
+        return collate([self.seqs[i] for i in idx], self.pid).to(model.cfg.device)
+
+    def lm_loss(self, model, batch: SeqBatch, fwd_hooks=()) -> Tensor:
+        """Mean next-token loss over the target tokens, with ``fwd_hooks`` attached."""
+        with _autocast(model, self.cfg.dtype), model.hooks(fwd_hooks=list(fwd_hooks)):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        logp = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.tokens[:, 1:, None]).squeeze(-1)
+        m = batch.label_mask[:, :-1].float()
+        return -(logp * m).sum() / m.sum()
+
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+        lm = self.lm_loss(model, self._batch(model, idx))
+        return lm, {"lm_loss": float(lm.detach())}
+
+    def tokens(self, idx) -> int:
+        return sum(len(self.seqs[i][0]) for i in idx)
+
+
+class ProbeSFTObjective(SFTObjective):
     """LM loss on non-toxic targets + ``lambda * mean P(toxic)`` of the policy's own activations
     at each probe's hook (averaged over the probes trained against)."""
 
@@ -229,40 +274,149 @@ class ProbeSFTObjective:
                  cfg: TrainConfig):
         if not probes:
             raise MechtoxError("sft-probe needs at least one probe to train against")
-        self.cfg = cfg
-        self.pid = pad_id(model)
-        self.seqs = build_sequences(model, prompts, targets, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        super().__init__(model, prompts, targets, cfg)
         self.modules = [p.module().to(model.cfg.device) for p in probes]
-        self.n_tokens = sum(len(s) for s, _ in self.seqs)
-
-    def __len__(self) -> int:
-        return len(self.seqs)
-
-    def prepare(self, model, progress) -> None:
-        return None
 
     def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
-        batch = collate([self.seqs[i] for i in idx], self.pid).to(model.cfg.device)
+        batch = self._batch(model, idx)
         store: dict[str, Tensor] = {}
 
         def grab(act, hook):
             store[hook.name] = act
             return act
 
-        hooks = [(m.hook_name, grab) for m in self.modules]
-        with _autocast(model, self.cfg.dtype), model.hooks(fwd_hooks=hooks):
-            logits = model(batch.tokens, attention_mask=batch.attention_mask)
-        logp = logits[:, :-1].float().log_softmax(-1).gather(-1, batch.tokens[:, 1:, None]).squeeze(-1)
-        m = batch.label_mask[:, :-1].float()
-        lm = -(logp * m).sum() / m.sum()
+        lm = self.lm_loss(model, batch, [(m.hook_name, grab) for m in self.modules])
         # the probe reads the whole text as it was trained (mean over real tokens)
         scores = torch.stack([mod.pooled(store[mod.hook_name].float(), batch.attention_mask) for mod in self.modules])
         probe = scores.mean()
         loss = lm + self.cfg.probe_lambda * probe
         return loss, {"lm_loss": float(lm.detach()), "probe_score": float(probe.detach())}
 
+
+def safety_loss(safe_logps: Tensor, harmful_logps: Tensor, temperature: float = 1.0) -> Tensor:
+    """SAP's contrastive safety loss ``mean(-log sigmoid((log p(safe|x) - log p(harmful|x)) / T))``."""
+    return -F.logsigmoid((safe_logps - harmful_logps) / temperature).mean()
+
+
+@torch.no_grad()
+def pair_margins(model: HookedTransformer, pairs: PreferencePairs, batch_size: int = 8, max_prompt_tokens: int = 32,
+                 max_completion_tokens: int = 32) -> Float[Tensor, " n_pairs"]:
+    """``log p(chosen|prompt) - log p(rejected|prompt)`` per pair (summed completion log-probs).
+    With chosen = safe, ``-log sigmoid(margin / T)`` is SAP's safety loss and ``margin > 0`` the
+    share of pairs the model prefers the safe way."""
+    pid = pad_id(model)
+    c = build_sequences(model, pairs.prompt, pairs.chosen, max_prompt_tokens, max_completion_tokens)
+    r = build_sequences(model, pairs.prompt, pairs.rejected, max_prompt_tokens, max_completion_tokens)
+    out = []
+    for s in range(0, len(c), batch_size):
+        batch = collate(c[s: s + batch_size] + r[s: s + batch_size], pid).to(model.cfg.device)
+        lp = sequence_logps(model(batch.tokens, attention_mask=batch.attention_mask), batch).float().cpu()
+        n = len(c[s: s + batch_size])
+        out.append(lp[:n] - lp[n:])
+    return torch.cat(out)
+
+
+def sap_layers(spec: str, n_layers: int) -> list[int]:
+    """``'auto'`` (10% and 28% of the depth) or comma-separated block indices."""
+    if spec == "auto":
+        return sorted({min(n_layers - 1, round(0.1 * n_layers)), min(n_layers - 1, round(0.28 * n_layers))})
+    try:
+        layers = sorted({int(x) for x in spec.split(",") if x.strip()})
+    except ValueError:
+        raise MechtoxError(f"sap_layers must be 'auto' or comma-separated block numbers, not {spec!r}") from None
+    bad = [x for x in layers if not 0 <= x < n_layers]
+    if not layers or bad:
+        raise MechtoxError(f"sap_layers {spec!r}: the model has blocks 0-{n_layers - 1}")
+    return layers
+
+
+class SAPObjective(SFTObjective):
+    """Safety-aware probing (Wu et al. 2025) while fine-tuning on a benign task.
+
+    Each training step, for a batch of task examples and a batch of safety pairs:
+
+    1. the harmful direction: the gradient ``g`` of the safety loss on the pairs with respect to
+       the weights, normalised over all of them; the weights move to ``theta + rho * |theta| * g/|g|``
+       (the model a harmful fine-tuning step would produce);
+    2. the safety-aware probe: under those perturbed weights, the gradient of the TASK loss with
+       respect to a vector added to the residual stream after the chosen blocks; the vector is
+       one signed step along it, ``eps * median|h| * sign(grad)`` per block (the direction in which
+       the harmful perturbation hurts the task most). The weights are restored exactly;
+    3. the returned loss is the task loss with that vector added: the task gradient is taken
+       through the probed hidden states.
+
+    Without gradients (validation) the loss is the plain task loss. The metrics add the safety
+    loss of the batch (before the step) and the size of the vectors.
+    """
+
+    name = "sap"
+
+    def __init__(self, model: HookedTransformer, prompts: Sequence[str], targets: Sequence[str],
+                 safety: PreferencePairs, cfg: TrainConfig):
+        super().__init__(model, prompts, targets, cfg)
+        if len(safety) < 1:
+            raise MechtoxError("sap needs safety pairs (chosen = safe, rejected = harmful)")
+        self.safe = build_sequences(model, safety.prompt, safety.chosen, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        self.harmful = build_sequences(model, safety.prompt, safety.rejected, cfg.max_prompt_tokens,
+                                       cfg.max_completion_tokens)
+        self.layers = sap_layers(cfg.sap_layers, model.cfg.n_layers)
+        self.hooks = [f"blocks.{layer}.hook_resid_post" for layer in self.layers]
+
+    def safety_batch(self, idx) -> list[int]:
+        """The safety pairs that go with task examples ``idx`` (a fixed function of idx, so a
+        resumed run sees the same ones)."""
+        return [(i * 7919 + 13) % len(self.safe) for i in idx]
+
+    def safety_loss(self, model, sidx) -> Tensor:
+        batch = collate([self.safe[i] for i in sidx] + [self.harmful[i] for i in sidx], self.pid).to(model.cfg.device)
+        with _autocast(model, self.cfg.dtype):
+            logits = model(batch.tokens, attention_mask=batch.attention_mask)
+        lp = sequence_logps(logits, batch)
+        return safety_loss(lp[: len(sidx)], lp[len(sidx):], self.cfg.sap_temperature)
+
+    def probe_vectors(self, model, batch: SeqBatch, sidx) -> tuple[dict[str, Tensor], float]:
+        """Steps 1-2: perturb the weights along the harmful gradient, find the vectors, restore."""
+        params = [p for p in model.parameters() if p.requires_grad]
+        s_loss = self.safety_loss(model, sidx)
+        grads = torch.autograd.grad(s_loss, params, allow_unused=True)
+        pairs = [(p, g) for p, g in zip(params, grads, strict=True) if g is not None]
+        g_norm = torch.sqrt(sum((g.float() ** 2).sum() for _, g in pairs))
+        w_norm = torch.sqrt(sum((p.detach().float() ** 2).sum() for p, _ in pairs))
+        saved = [p.detach().clone() for p, _ in pairs]
+        scale = self.cfg.sap_rho * w_norm / (g_norm + 1e-12)
+        vecs = {h: torch.zeros(model.cfg.d_model, device=batch.tokens.device, requires_grad=True) for h in self.hooks}
+        mags: dict[str, Tensor] = {}
+
+        def add(act, hook):
+            mags[hook.name] = act.detach().abs().float().median()
+            return act + vecs[hook.name].to(act.dtype)
+
+        try:
+            with torch.no_grad():
+                for p, g in pairs:
+                    p.add_((scale * g).to(p.dtype))
+            task = self.lm_loss(model, batch, [(h, add) for h in self.hooks])
+            v_grads = torch.autograd.grad(task, [vecs[h] for h in self.hooks])
+        finally:
+            with torch.no_grad():
+                for (p, _), w in zip(pairs, saved, strict=True):
+                    p.copy_(w)
+        out = {h: (self.cfg.sap_eps * mags[h] * torch.sign(g)).detach() for h, g in zip(self.hooks, v_grads, strict=True)}
+        return out, float(s_loss.detach())
+
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+        batch = self._batch(model, idx)
+        if not torch.is_grad_enabled():
+            lm = self.lm_loss(model, batch)
+            return lm, {"lm_loss": float(lm)}
+        vecs, s_loss = self.probe_vectors(model, batch, self.safety_batch(idx))
+        lm = self.lm_loss(model, batch, [(h, lambda act, hook: act + vecs[hook.name].to(act.dtype)) for h in self.hooks])
+        v_norm = float(torch.stack([v.norm() for v in vecs.values()]).mean())
+        return lm, {"lm_loss": float(lm.detach()), "safety_loss": s_loss, "sap_vector_norm": v_norm}
+
     def tokens(self, idx) -> int:
-        return sum(len(self.seqs[i][0]) for i in idx)
+        s = self.safety_batch(idx)
+        return super().tokens(idx) * 2 + sum(len(self.safe[i][0]) + len(self.harmful[i][0]) for i in s)
 
 
 def rank_pairs_by_probe(pairs: PreferencePairs, scorer) -> tuple[PreferencePairs, int]:

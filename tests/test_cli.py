@@ -87,3 +87,31 @@ def test_every_help_page_renders(command, capsys):
         main([command, "--help"])
     assert e.value.code == 0
     assert "usage: mechtox" in capsys.readouterr().out
+
+
+def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys):
+    from tests.test_training import pairs
+
+    p = pairs(12)
+    pair_file = tmp_path / "safety.jsonl"
+    pair_file.write_text("".join(json.dumps({"prompt": a, "chosen": b, "rejected": c}) + "\n"
+                                 for a, b, c in zip(p.prompt, p.chosen, p.rejected, strict=True)))
+    task = tmp_path / "task.jsonl"
+    task.write_text("".join(json.dumps({"prompt": "the city is", "gold": f" a good place number {i}"}) + "\n"
+                            for i in range(10)))
+    common = ["-w", ws, "-q", "--model", "tiny", "--steps", "2", "--batch-size", "4", "--goodhart-n", "0"]
+    assert main(["train", "sft", *common, "--task", str(task), "--out", "sft"]) == 0
+    assert main(["train", "sap", *common, "--task", str(task), "--pairs", str(pair_file), "--sap-layers", "1",
+                 "--out", "sap"]) == 0
+    out = capsys.readouterr().out
+    assert "vectors after blocks [1]" in out and f"task {task}" in out
+    meta = json.loads((tmp_path / "ws" / "models" / "sap" / "config.json").read_text())
+    assert meta["objective"] == "sap" and meta["config"]["sap_layers"] == "1"
+    metrics = (tmp_path / "ws" / "runs" / "train-sap" / "metrics.jsonl").read_text().splitlines()
+    assert len(metrics) == 2 and "safety_loss" in metrics[0]
+    # the trained models are named models every command accepts
+    assert main(["eval", "-w", ws, "-q", "--model", "sap", "--prompts", "builtin:prompts", "--limit", "2",
+                 "--max-new-tokens", "2", "--ppl-tokens", "50"]) == 0
+    assert main(["train", "sap", *common, "--task", str(task), "--pairs", str(pair_file), "--sap-layers", "9",
+                 "--out", "bad"]) == 2
+    assert "sap_layers '9'" in capsys.readouterr().err
