@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-texts", type=int, default=2000, help="labelled texts for token statistics and the probe")
     p.add_argument("--k-tokens", type=int, default=50, help="size of the toxic / non-toxic token sets")
     p.add_argument("--toxic-words", default=None, help="comma-separated words overriding the data-derived toxic set")
-    p.add_argument("--n-gen-prompts", type=int, default=200, help="prompts generated from for gen-diffmean")
+    p.add_argument("--n-gen-prompts", type=int, default=200,
+                   help="prompts generated from for gen-diffmean and the contrast (the ones after the evaluation prompts)")
+    p.add_argument("--contrast", default="unembed",
+                   help="methods also ranked by contrast, (a_toxic - a_nontoxic) * (v . w) on the model's own "
+                        "generations ('' for none)")
     p.add_argument("--n-eval-prompts", type=int, default=100, help="prompts for the causal check (0: skip it)")
     p.add_argument("--ks", default="10,100,1000", help="top-k sizes ablated")
     p.add_argument("--random-draws", type=int, default=3, help="random neuron sets per method for k=100")

@@ -13,6 +13,11 @@ provenance), usable wherever a probe is accepted (ranking, interventions, attrib
 * ``gradient`` — the average gradient, with respect to the stream, of a toxicity objective
   (log-probability that the next token is toxic, or a probe's score).
 
+Neurons can also be ranked by *contrast* (:func:`activation_contrast`): ``(a_toxic - a_nontoxic)
+* (v . w)``, how much more a neuron writes along ``w`` at the model's own generated positions of
+toxic than of non-toxic continuations. It respects the sign of the activation (a gated MLP's
+``hook_post`` is often negative), which a cosine ranking cannot see.
+
 Value-vector cosines can be taken in a metric not dominated by massive dimensions
 (:func:`metric_scale`): vectors are divided and covectors multiplied by a per-dimension scale,
 which keeps every dot product and changes only the norms.
@@ -138,26 +143,76 @@ def unembedding_direction(model: HookedTransformer, sets: TokenSets, name: str =
     return Direction(d / d.norm(), final_resid_hook(model), "unembed", model.cfg.model_name, name=name, provenance=prov)
 
 
-def generation_diffmean_direction(model: HookedTransformer, prompts: Sequence[str], scorer, hook_name: str | None = None,
-                                  max_new_tokens: int = 20, batch_size: int = 25, toxic_threshold: float = 0.5,
-                                  nontoxic_threshold: float = 0.1, name: str = "gen-diffmean", progress: bool = True,
-                                  generations=None) -> Direction:
-    """Mean stream at the model's own generated positions of toxic continuations (score >=
-    ``toxic_threshold``) minus that of non-toxic ones (score < ``nontoxic_threshold``)."""
+def _generations(model, prompts, max_new_tokens, batch_size, progress, generations):
     from mechtox.generation import generate
 
-    hook_name = hook_name or final_resid_hook(model)
-    gens = generations or generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)
+    return generations or generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)
+
+
+def split_generations(gens, scorer, toxic_threshold: float = 0.5, nontoxic_threshold: float = 0.1
+                      ) -> tuple[list[int], list[int]]:
+    """Indices of the non-empty continuations scored toxic (>= ``toxic_threshold``) and
+    non-toxic (< ``nontoxic_threshold``); at least 3 of each."""
     scores = np.asarray(scorer(gens.continuations))
     keep = [i for i, c in enumerate(gens.continuation_ids) if len(c) > 0]
     tox = [i for i in keep if scores[i] >= toxic_threshold]
     non = [i for i in keep if scores[i] < nontoxic_threshold]
     if len(tox) < 3 or len(non) < 3:
         raise MechtoxError(f"only {len(tox)} toxic and {len(non)} non-toxic continuations; use more or more toxic prompts")
-    seqs = [gens.prompt_ids[i] + gens.continuation_ids[i] for i in tox + non]
-    starts = [len(gens.prompt_ids[i]) for i in tox + non]
-    acts = collect_activations(model, seqs, [hook_name], "mean", batch_size=16, max_length=10_000,
-                               progress=progress, skip_first=starts)[hook_name]
+    return tox, non
+
+
+def _generated_means(model, gens, idx: Sequence[int], hooks: Sequence[str], progress: bool) -> dict[str, Tensor]:
+    """Per sequence, the mean activation at each hook over its GENERATED positions only."""
+    seqs = [gens.prompt_ids[i] + gens.continuation_ids[i] for i in idx]
+    starts = [len(gens.prompt_ids[i]) for i in idx]
+    return collect_activations(model, seqs, list(hooks), "mean", batch_size=16, max_length=10_000,
+                               progress=progress, skip_first=starts).acts
+
+
+@dataclass(frozen=True)
+class ActivationContrast:
+    """Mean activation of every neuron at the model's own generated positions of toxic and of
+    non-toxic continuations (``[n_layers, d_mlp]`` each)."""
+
+    toxic: Float[Tensor, "n_layers d_mlp"]
+    nontoxic: Float[Tensor, "n_layers d_mlp"]
+    n_toxic: int
+    n_nontoxic: int
+
+    @property
+    def diff(self) -> Float[Tensor, "n_layers d_mlp"]:
+        return self.toxic - self.nontoxic
+
+
+def activation_contrast(model: HookedTransformer, prompts: Sequence[str], scorer, max_new_tokens: int = 20,
+                        batch_size: int = 25, toxic_threshold: float = 0.5, nontoxic_threshold: float = 0.1,
+                        progress: bool = True, generations=None) -> ActivationContrast:
+    """Neuron activations on toxic vs non-toxic generations. With a direction ``w``, the
+    *contrast* ranking orders neurons by ``(a_toxic - a_nontoxic) * (v . w)``: how much more the
+    neuron writes along ``w`` when the model is being toxic. It accounts for the sign of the
+    activation (a gated MLP's neurons are often negative), which cosine ranking ignores; pass
+    ``diff`` as ``mean_acts`` to :func:`mechtox.neurons.rank_neurons` and sort by ``act_proj``."""
+    from mechtox.neurons import mlp_post_hook
+
+    gens = _generations(model, prompts, max_new_tokens, batch_size, progress, generations)
+    tox, non = split_generations(gens, scorer, toxic_threshold, nontoxic_threshold)
+    hooks = [mlp_post_hook(layer) for layer in range(model.cfg.n_layers)]
+    acts = _generated_means(model, gens, tox + non, hooks, progress)
+    A = torch.stack([acts[h] for h in hooks], 1)  # [n, L, M]
+    return ActivationContrast(A[: len(tox)].mean(0), A[len(tox):].mean(0), len(tox), len(non))
+
+
+def generation_diffmean_direction(model: HookedTransformer, prompts: Sequence[str], scorer, hook_name: str | None = None,
+                                  max_new_tokens: int = 20, batch_size: int = 25, toxic_threshold: float = 0.5,
+                                  nontoxic_threshold: float = 0.1, name: str = "gen-diffmean", progress: bool = True,
+                                  generations=None) -> Direction:
+    """Mean stream at the model's own generated positions of toxic continuations (score >=
+    ``toxic_threshold``) minus that of non-toxic ones (score < ``nontoxic_threshold``)."""
+    hook_name = hook_name or final_resid_hook(model)
+    gens = _generations(model, prompts, max_new_tokens, batch_size, progress, generations)
+    tox, non = split_generations(gens, scorer, toxic_threshold, nontoxic_threshold)
+    acts = _generated_means(model, gens, tox + non, [hook_name], progress)[hook_name]
     d = acts[: len(tox)].mean(0) - acts[len(tox):].mean(0)
     prov = {"n_toxic": len(tox), "n_nontoxic": len(non), "n_prompts": len(prompts), "scorer": scorer.name,
             "toxic_threshold": toxic_threshold, "nontoxic_threshold": nontoxic_threshold}

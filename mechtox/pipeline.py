@@ -28,6 +28,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     from mechtox.data import load_labelled, load_prompts, load_text
     from mechtox.directions import (
         DIRECTION_METHODS,
+        activation_contrast,
         final_resid_hook,
         generation_diffmean_direction,
         gradient_direction,
@@ -71,6 +72,26 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     print(f"non-toxic token set ({len(sets.nontoxic)}): {' | '.join(sets.strings(model, 'nontoxic')[:15])} ...")
 
     hook = final_resid_hook(model)
+    # Generation-based methods fit on prompts AFTER the ones the causal check evaluates on.
+    n_eval = args.n_eval_prompts
+    gen_prompts = prompts.prompts[n_eval: n_eval + args.n_gen_prompts]
+    if len(gen_prompts) < 20:
+        gen_prompts = prompts.prompts[: args.n_gen_prompts]
+        print(f"  note: {prompts.source} has {len(prompts)} prompts, too few to keep the {n_eval} evaluation prompts "
+              "apart from the generation prompts: they overlap")
+    gens_cache: list = []
+
+    def generations():
+        if not gens_cache:
+            from mechtox.generation import generate
+
+            gens_cache.append(generate(model, gen_prompts, 20, 32, 25, progress=progress))
+        return gens_cache[0]
+
+    contrast_methods = [m.strip() for m in (getattr(args, "contrast", "") or "").split(",") if m.strip()]
+    unknown = [m for m in contrast_methods if m not in methods]
+    if unknown:
+        raise MechtoxError(f"--contrast {unknown}: not among --methods {methods}")
     dirs: dict[str, Direction] = {}
     for m in methods:
         t = time.perf_counter()
@@ -84,8 +105,8 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
         elif m == "unembed":
             dirs[m] = unembedding_direction(model, sets)
         elif m == "gen-diffmean":
-            dirs[m] = generation_diffmean_direction(model, prompts.prompts[: args.n_gen_prompts], scorer, hook,
-                                                    progress=progress)
+            dirs[m] = generation_diffmean_direction(model, gen_prompts, scorer, hook, progress=progress,
+                                                    generations=generations())
         elif m == "gradient":
             neutral = [x for x, y in zip(data.texts, data.labels, strict=True) if y == 0][:200]
             dirs[m] = gradient_direction(model, neutral, hook, "toxic_tokens", sets.toxic, progress=progress)
@@ -98,16 +119,29 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
 
     scale = metric_scale(model, args.metric, data.texts[:200], progress=progress)
     rankings = {m: rank_neurons(model, d, name=m, scale=scale) for m, d in dirs.items()}
+    if contrast_methods:
+        t = time.perf_counter()
+        contrast = activation_contrast(model, gen_prompts, scorer, progress=progress, generations=generations())
+        print(f"  activation contrast: {contrast.n_toxic} toxic / {contrast.n_nontoxic} non-toxic generations "
+              f"({time.perf_counter() - t:.0f} s)")
+        for m in contrast_methods:
+            r = rank_neurons(model, dirs[m], mean_acts=contrast.diff, name=f"{m} (contrast)", scale=scale, chance_draws=0)
+            tab = r.table.sort_values(["act_proj", "layer", "neuron"], ascending=[False, True, True], kind="stable")
+            tab = tab.assign(score=tab["act_proj"], rank=np.arange(len(tab))).reset_index(drop=True)
+            rankings[r.direction_name] = dataclasses.replace(r, table=tab, chance_range=rankings[m].chance_range)
+            _io.write_text(run / f"ranking-{m}-contrast.csv", tab.head(1000).to_csv(index=False))
     rows, tops = [], []
     n_vec = model.cfg.n_layers * model.cfg.d_mlp
     for m, r in rankings.items():
-        rows.append({"method": m, "hook": dirs[m].hook_name, "metric": args.metric,
+        base_m = m.removesuffix(" (contrast)")
+        rows.append({"method": m, "hook": dirs[base_m].hook_name, "metric": args.metric,
+                     "ranked_by": "contrast" if m != base_m else "cosine",
                      "top_cosine": float(r.table["cosine"].iloc[0]), "chance_max_high": r.chance_range[1],
                      "above_chance": r.above_chance,
                      "precision@20": precision_at_k(model, r.table, sets.toxic, 20),
                      "precision@100": precision_at_k(model, r.table, sets.toxic, 100),
-                     "cos_with_probe": float(dirs[m].vector @ dirs["probe"].vector) if "probe" in dirs else float("nan")})
-        top = decode_neurons(model, r.top(10), 8)
+                     "cos_with_probe": float(dirs[base_m].vector @ dirs["probe"].vector) if "probe" in dirs else float("nan")})
+        top = decode_neurons(model, r.table.head(10), 8)
         top.insert(0, "method", m)
         tops.append(top)
     table = pd.DataFrame(rows)
@@ -439,7 +473,7 @@ def torch_means(table: pd.DataFrame, n_layers: int, d_mlp: int, col: str):
 SIZES: dict[str, dict[str, Any]] = {
     # 2 CPU cores: about 15-20 minutes in all (measured: see docs/results.md)
     "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=50, dir_draws=2, pairs=400, steps=24,
-                  batch=8, lr=2e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
+                  batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
                   methods="probe,unembed,gen-diffmean", gen_prompts=100),
     # a GPU: the papers' sizes
     "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
@@ -504,12 +538,13 @@ def main_job(ws, args) -> dict[str, Any]:
                                                               batch_size=16, save="final", text_col=None, label_col=None),
                                     labelled, "probe", S["n_train"], S["n_test"]))
     step("2 direction methods compared (probe vs unembedding...)",
-         {"n": S["dir_texts"], "methods": S["methods"], "eval": S["dir_eval_prompts"]},
+         {"n": S["dir_texts"], "methods": S["methods"], "eval": S["dir_eval_prompts"], "contrast": "unembed"},
          lambda: compare_directions(ws, model(args.model), ns(
              data=labelled, prompts=prompts, methods=S["methods"], probe="probe", n_texts=S["dir_texts"],
              k_tokens=S.get("k_tokens", 50),
              toxic_words=None, n_gen_prompts=S["gen_prompts"], n_eval_prompts=S["dir_eval_prompts"], ks="100",
-             random_draws=S["dir_draws"], metric="raw", ppl_tokens=S["ppl_tokens"], out=f"{args.out}-directions")))
+             random_draws=S["dir_draws"], metric="raw", ppl_tokens=S["ppl_tokens"], contrast="unembed",
+             out=f"{args.out}-directions")))
     step("3 toxic neurons along the probe (Lee et al.) and the generation diff-of-means", {"top": 20},
          lambda: [rank_and_save(ws, model(args.model), ns(), d, f"{args.out}-rank-{d}", 20) for d in ("probe", "gen-diffmean")])
     # Real human-written pairs when present (ParaDetox: toxic sentence vs its non-toxic paraphrase);

@@ -35,11 +35,13 @@ def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Seq
 
 
 def agreement(rankings: dict[str, pd.DataFrame], k: int = 100) -> pd.DataFrame:
-    """Pairwise overlap of top-k (|A ∩ B| / k) and Spearman correlation of cosines over all neurons."""
+    """Pairwise overlap of top-k (|A ∩ B| / k) and Spearman correlation, over all neurons, of the
+    scores the rankings sort by (``score`` when a table has it, else ``cosine``)."""
     from scipy.stats import spearmanr
 
     names = list(rankings)
-    keyed = {n: rankings[n].set_index(["layer", "neuron"])["cosine"].sort_index() for n in names}
+    keyed = {n: rankings[n].set_index(["layer", "neuron"])["score" if "score" in rankings[n] else "cosine"].sort_index()
+             for n in names}
     tops = {n: set(map(tuple, rankings[n].head(k)[["layer", "neuron"]].to_numpy().tolist())) for n in names}
     rows = []
     for i, a in enumerate(names):
@@ -60,29 +62,35 @@ class AblationComparison:
 def causal_validation(model: HookedTransformer, rankings: dict[str, pd.DataFrame], prompts: Sequence[str], scorer,
                       ks: Sequence[int] = (10, 100, 1000), random_ks: Sequence[int] = (100,), draws: int = 3,
                       text: str | None = None, ppl_tokens: int = 4000, mode: str = "zero", seed: int = 0,
-                      max_new_tokens: int = 20, batch_size: int = 25, progress: bool = True) -> AblationComparison:
+                      max_new_tokens: int = 20, batch_size: int = 25, progress: bool = True,
+                      means: torch.Tensor | None = None) -> AblationComparison:
     """For each ranking and k: generation toxicity with its top-k neurons ablated, the drop from
     the unablated model, and (for k in ``random_ks``) the drop from ``draws`` random sets with
-    the same per-layer counts (paired: same prompts), with mean and standard deviation."""
+    the same per-layer counts (paired: same prompts), with mean and standard deviation, and the
+    random sets' mean perplexity. ``mode="mean"`` sets neurons to ``means[layer, neuron]``."""
     base = toxicity(model, prompts, scorer, NOOP, max_new_tokens, batch_size=batch_size, progress=progress)
     base_ppl = perplexity(model, text, NOOP, max_tokens=ppl_tokens, progress=progress)["ppl"] if text else float("nan")
     rows = []
     for name, table in rankings.items():
         for k in ks:
             top = table.head(k)[["layer", "neuron"]]
-            t = toxicity(model, prompts, scorer, ablate(top, mode), max_new_tokens, batch_size=batch_size, progress=progress)
-            ppl = perplexity(model, text, ablate(top, mode), max_tokens=ppl_tokens, progress=progress)["ppl"] if text else float("nan")
+            t = toxicity(model, prompts, scorer, ablate(top, mode, means), max_new_tokens, batch_size=batch_size,
+                         progress=progress)
+            ppl = perplexity(model, text, ablate(top, mode, means), max_tokens=ppl_tokens, progress=progress)["ppl"] if text else float("nan")
             row = {"method": name, "k": k, "toxicity": t.mean, "drop": base.mean - t.mean, "toxic_frac": t.frac_toxic,
                    "ppl": ppl}
             if k in random_ks:
-                drops = []
+                drops, ppls = [], []
                 for dr in range(draws):
                     rnd = random_like(top, model.cfg.d_mlp, seed + 1000 * dr + k, exclude=top)
-                    tr = toxicity(model, prompts, scorer, ablate(rnd, mode), max_new_tokens, batch_size=batch_size,
-                                  progress=progress)
+                    tr = toxicity(model, prompts, scorer, ablate(rnd, mode, means), max_new_tokens,
+                                  batch_size=batch_size, progress=progress)
                     drops.append(base.mean - tr.mean)
+                    if text:
+                        ppls.append(perplexity(model, text, ablate(rnd, mode, means), max_tokens=ppl_tokens,
+                                               progress=progress)["ppl"])
                 row |= {"random_drop_mean": float(np.mean(drops)), "random_drop_std": float(np.std(drops, ddof=1)) if draws > 1 else 0.0,
-                        "random_drops": drops,
+                        "random_drops": drops, "random_ppl_mean": float(np.mean(ppls)) if ppls else float("nan"),
                         "ratio_vs_random": (base.mean - t.mean) / np.mean(drops) if np.mean(drops) > 0 else float("inf")}
             rows.append(row)
     return AblationComparison(pd.DataFrame(rows), {"toxicity": base.mean, "toxic_frac": base.frac_toxic, "ppl": base_ppl})

@@ -36,7 +36,7 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "precision@20" in out
     table = json.loads((tmp_path / "ws" / "runs" / "d" / "directions.json").read_text())
-    assert {r["method"] for r in table["rows"]} == {"probe", "unembed", "gen-diffmean", "gradient"}
+    assert {r["method"] for r in table["rows"]} == {"probe", "unembed", "gen-diffmean", "gradient", "unembed (contrast)"}
     # the saved directions are usable by every command that takes a probe
     assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "unembed", "--top", "3", "--svd-top", "8"]) == 0
 

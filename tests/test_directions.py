@@ -6,6 +6,7 @@ import torch
 from mechtox.activations import collect_activations
 from mechtox.data import encode
 from mechtox.directions import (
+    activation_contrast,
     final_resid_hook,
     generation_diffmean_direction,
     gradient_direction,
@@ -119,6 +120,51 @@ def test_generation_diffmean_matches_hand_computation_and_finds_neuron(planted):
     torch.testing.assert_close(d.vector, ref / ref.norm(), atol=1e-5, rtol=1e-4)
     assert d.provenance["n_toxic"] == 3
     assert top_neuron(m, d)[0] == (1, 5)
+
+
+def test_activation_contrast_matches_hand_computation_and_ranks_planted_neuron_first(planted):
+    m, bad, good = planted
+    prompts = ["the city is", "you are a", "the day is", "so very", "a book and", "the music"]
+    conts = ["stupid idiot", "moron loser", "jerk trash", "nice friend", "thanks help", "good book"]
+    p_ids, c_ids = encode(m, prompts), encode(m, conts)
+    gens = Generations(prompts, conts, p_ids, c_ids)
+
+    class Scorer:
+        name = "words"
+
+        def __call__(self, texts):
+            return np.array([1.0 if any(b in t for b in BAD) else 0.0 for t in texts])
+
+    c = activation_contrast(m, prompts, Scorer(), generations=gens, progress=False)
+    assert (c.n_toxic, c.n_nontoxic) == (3, 3)
+    h = "blocks.1.mlp.hook_post"
+    means = []
+    for p, q in zip(p_ids, c_ids, strict=True):
+        _, cache = m.run_with_cache(torch.tensor([p + q]), names_filter=h)
+        means.append(cache[h][0, len(p):].mean(0))
+    torch.testing.assert_close(c.toxic[1], torch.stack(means[:3]).mean(0), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(c.diff[1], torch.stack(means[:3]).mean(0) - torch.stack(means[3:]).mean(0),
+                               atol=1e-5, rtol=1e-4)
+    u = unembedding_direction(m, token_sets_for(bad, good))
+    r = rank_neurons(m, u, mean_acts=c.diff, chance_draws=0)
+    top = r.table.sort_values("act_proj", ascending=False).iloc[0]
+    assert (int(top.layer), int(top.neuron)) == (1, 5)
+    # the neuron's sign is respected: flipping its output AND its activation keeps it on top
+    with torch.no_grad():
+        m.blocks[1].mlp.W_out[5] *= -1
+        m.blocks[1].mlp.W_in[:, 5] *= -1
+    c2 = activation_contrast(m, prompts, Scorer(), generations=gens, progress=False)
+    assert float(c2.diff[1, 5]) < 0
+    r2 = rank_neurons(m, u, mean_acts=c2.diff, chance_draws=0)
+    top2 = r2.table.sort_values("act_proj", ascending=False).iloc[0]
+    assert (int(top2.layer), int(top2.neuron)) == (1, 5)
+    assert r2.table.set_index(["layer", "neuron"]).loc[(1, 5), "cosine"] < 0  # cosine ranking would put it last
+
+
+def token_sets_for(bad, good):
+    from mechtox.directions import TokenSets
+
+    return TokenSets(list(bad), list(good))
 
 
 def test_gradient_direction_finds_planted_neuron(planted):
