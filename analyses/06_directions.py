@@ -3,7 +3,9 @@
 # The GPT-2 recipe (probe cosine) ranks noise on SmolLM2. This compares the probe, the
 # unembedding direction, the generation difference of means and the gradient direction by
 # toxic-token precision@k, the drop in toxicity when their top-k neurons are ablated vs random
-# neurons of the same layers, and agreement. Same as `mechtox directions`.
+# neurons of the same layers, and agreement; the unembedding and gradient directions are also
+# ranked by contrast, (a_toxic - a_nontoxic) * (v . w) on the model's own generations. Same as
+# `mechtox directions`.
 
 # %%
 import sys
@@ -22,5 +24,5 @@ args = SimpleNamespace(
     k_tokens=N["k_tokens"], toxic_words=None, n_gen_prompts=30 if SIZE == "ci" else N["prompts"],
     n_eval_prompts=N["prompts"] // 2,
     ks="10,100" if SIZE == "ci" else "10,100,1000", random_draws=2 if SIZE == "ci" else 3, metric="raw",
-    ppl_tokens=N["ppl_tokens"] // 5, out="06_directions", seed=0, quiet=not sys.stdout.isatty())
+    ppl_tokens=N["ppl_tokens"] // 5, contrast="unembed,gradient", out="06_directions", seed=0, quiet=not sys.stdout.isatty())
 result = compare_directions(ws, model, args)
