@@ -96,21 +96,27 @@ def test_probe_finds_planted_neuron(planted):
     assert top_neuron(m, p)[0] == (1, 5)
 
 
-def test_generation_diffmean_matches_hand_computation_and_finds_neuron(planted):
-    m, bad, good = planted
+class WordScorer:
+    """1 for a text with a toxic word of the tiny vocabulary, else 0."""
+
+    name = "words"
+
+    def __call__(self, texts):
+        return np.array([1.0 if any(b in t for b in BAD) else 0.0 for t in texts])
+
+
+def fixed_generations(m):
+    """Three toxic and three non-toxic 'generated' continuations."""
     prompts = ["the city is", "you are a", "the day is", "so very", "a book and", "the music"]
     conts = ["stupid idiot", "moron loser", "jerk trash", "nice friend", "thanks help", "good book"]
-    p_ids = encode(m, prompts)
-    c_ids = encode(m, conts)
-    gens = Generations(prompts, conts, p_ids, c_ids)
+    p_ids, c_ids = encode(m, prompts), encode(m, conts)
+    return prompts, p_ids, c_ids, Generations(prompts, conts, p_ids, c_ids)
 
-    class Scorer:
-        name = "words"
 
-        def __call__(self, texts):
-            return np.array([1.0 if any(b in t for b in BAD) else 0.0 for t in texts])
-
-    d = generation_diffmean_direction(m, prompts, Scorer(), generations=gens, progress=False)
+def test_generation_diffmean_matches_hand_computation_and_finds_neuron(planted):
+    m, bad, good = planted
+    prompts, p_ids, c_ids, gens = fixed_generations(m)
+    d = generation_diffmean_direction(m, prompts, WordScorer(), generations=gens, progress=False)
     h = final_resid_hook(m)
     means = []
     for p, c in zip(p_ids, c_ids, strict=True):
@@ -124,18 +130,8 @@ def test_generation_diffmean_matches_hand_computation_and_finds_neuron(planted):
 
 def test_activation_contrast_matches_hand_computation_and_ranks_planted_neuron_first(planted):
     m, bad, good = planted
-    prompts = ["the city is", "you are a", "the day is", "so very", "a book and", "the music"]
-    conts = ["stupid idiot", "moron loser", "jerk trash", "nice friend", "thanks help", "good book"]
-    p_ids, c_ids = encode(m, prompts), encode(m, conts)
-    gens = Generations(prompts, conts, p_ids, c_ids)
-
-    class Scorer:
-        name = "words"
-
-        def __call__(self, texts):
-            return np.array([1.0 if any(b in t for b in BAD) else 0.0 for t in texts])
-
-    c = activation_contrast(m, prompts, Scorer(), generations=gens, progress=False)
+    prompts, p_ids, c_ids, gens = fixed_generations(m)
+    c = activation_contrast(m, prompts, WordScorer(), generations=gens, progress=False)
     assert (c.n_toxic, c.n_nontoxic) == (3, 3)
     h = "blocks.1.mlp.hook_post"
     means = []
@@ -153,7 +149,7 @@ def test_activation_contrast_matches_hand_computation_and_ranks_planted_neuron_f
     with torch.no_grad():
         m.blocks[1].mlp.W_out[5] *= -1
         m.blocks[1].mlp.W_in[:, 5] *= -1
-    c2 = activation_contrast(m, prompts, Scorer(), generations=gens, progress=False)
+    c2 = activation_contrast(m, prompts, WordScorer(), generations=gens, progress=False)
     assert float(c2.diff[1, 5]) < 0
     r2 = rank_neurons(m, u, mean_acts=c2.diff, chance_draws=0)
     top2 = r2.table.sort_values("act_proj", ascending=False).iloc[0]
