@@ -173,11 +173,19 @@ def logit_lens(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], k:
     return [[model.tokenizer.decode([t]) for t in row] for row in logit_lens_ids(model, vectors, k, bottom)]
 
 
-def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8) -> pd.DataFrame:
-    """``table`` (with ``layer``, ``neuron``) plus a ``tokens`` column of logit-lens tokens."""
+def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8, signed: bool = False) -> pd.DataFrame:
+    """``table`` (with ``layer``, ``neuron``) plus a ``tokens`` column of logit-lens tokens.
+
+    ``signed``: decode ``sign(mean_act) * W_out[l, i]`` (what the neuron adds when its activation
+    moves the way the table's ``mean_act`` column says, e.g. the toxic-minus-non-toxic contrast),
+    not the raw value vector."""
     if len(table) == 0:
         return table.assign(tokens=[])
     V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in table.itertuples()])
+    if signed:
+        if "mean_act" not in table:
+            raise MechtoxError("signed decoding needs a mean_act column (rank_neurons with mean_acts)")
+        V = V * torch.where(torch.as_tensor(table["mean_act"].to_numpy()) < 0, -1.0, 1.0).to(V)[:, None]
     out = table.copy()
     out["tokens"] = [" | ".join(repr(t)[1:-1] for t in toks) for toks in logit_lens(model, V, k)]
     return out

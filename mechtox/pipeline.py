@@ -141,7 +141,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
                      "precision@20": precision_at_k(model, r.table, sets.toxic, 20),
                      "precision@100": precision_at_k(model, r.table, sets.toxic, 100),
                      "cos_with_probe": float(dirs[base_m].vector @ dirs["probe"].vector) if "probe" in dirs else float("nan")})
-        top = decode_neurons(model, r.table.head(10), 8)
+        top = decode_neurons(model, r.table.head(10), 8, signed=m != base_m)
         top.insert(0, "method", m)
         tops.append(top)
     table = pd.DataFrame(rows)

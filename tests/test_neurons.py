@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from mechtox.errors import IncompatibleError
+from mechtox.errors import IncompatibleError, MechtoxError
 from mechtox.neurons import (
     decode_neurons,
     expected_max_cosine,
@@ -79,6 +79,14 @@ def test_logit_lens_finds_planted_token(tiny_llama):
 
     df = decode_neurons(tiny_llama, pd.DataFrame({"layer": [0], "neuron": [7]}), k=3)
     assert df["tokens"].iloc[0].split(" | ")[0] == "idiot"
+    # signed: a neuron whose activation goes negative writes -v, whose top token is not "idiot"
+    with torch.no_grad():
+        tiny_llama.blocks[0].mlp.W_out[7] = -10 * v
+    neg = pd.DataFrame({"layer": [0], "neuron": [7], "mean_act": [-0.5]})
+    assert decode_neurons(tiny_llama, neg, k=1, signed=True)["tokens"].iloc[0] == "idiot"
+    assert decode_neurons(tiny_llama, neg, k=1)["tokens"].iloc[0] != "idiot"
+    with pytest.raises(MechtoxError, match="mean_act"):
+        decode_neurons(tiny_llama, neg.drop(columns="mean_act"), signed=True)
 
 
 def test_chance_range_matches_theory():
