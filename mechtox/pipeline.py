@@ -328,7 +328,7 @@ def run_training(ws, model, args) -> dict[str, Any]:
             print(f"sap: task {t_source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
     else:
         objective = DPOObjective(model, pairs, cfg)
-    source = pairs.source if pairs is not None else t_source
+    source = t_source if cfg.objective in ("sft", "sap") else pairs.source
     state = ws.root / "training" / args.out
     print(f"train {cfg.objective}: {len(objective)} examples from {source}, {cfg.max_steps} steps x "
           f"{cfg.batch_size * cfg.grad_accum}, lr {cfg.lr:g} ({cfg.optimizer}), {cfg.dtype}, device {model.cfg.device}")

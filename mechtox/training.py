@@ -100,6 +100,8 @@ class TrainConfig:
                 raise MechtoxError(f"{name} must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MechtoxError("lr must be a positive number")
+        if not (self.sap_rho >= 0 and self.sap_eps >= 0 and self.sap_temperature > 0):
+            raise MechtoxError("sap_rho and sap_eps must be >= 0 and sap_temperature > 0")
 
 
 def lee_et_al_config(**overrides: Any) -> TrainConfig:

@@ -145,6 +145,8 @@ def test_config_validation():
         TrainConfig(optimizer="sgd")
     with pytest.raises(MechtoxError, match="batch_size"):
         TrainConfig(batch_size=0)
+    with pytest.raises(MechtoxError, match="sap_temperature"):
+        TrainConfig(objective="sap", sap_temperature=0.0)
 
 
 def test_probe_goodhart_table(tiny):
