@@ -455,12 +455,12 @@ def cmd_pairs(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from mechtox.pipeline import run_training
+    from mechtox.pipeline import needs_pairs, run_training
 
     ws = _workspace(args)
     _seed(args.seed)
     args.out = args.out or args.objective
-    if args.objective != "sft" or args.task is None:
+    if needs_pairs(args):  # before the model loads: a missing pair set is a quick error
         ws.require_pairs(args.pairs)
     model = _load(ws, args.model, args)
     run_training(ws, model, args)

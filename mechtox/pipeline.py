@@ -252,6 +252,19 @@ def make_pairs(ws, model, args) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- training
 
 
+def training_task(args) -> str | None:
+    """The benign task of ``train sft`` / ``train sap``: ``--task``, else the shared
+    wiki_samples.jsonl when present; None for the other objectives (or when there is neither)."""
+    if args.objective not in ("sft", "sap"):
+        return None
+    return getattr(args, "task", None) or shared_file("wiki_samples.jsonl", None)
+
+
+def needs_pairs(args) -> bool:
+    """Every objective trains on pairs except ``sft`` with a task of its own."""
+    return not (args.objective == "sft" and training_task(args))
+
+
 def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str], list[str], str]:
     """The benign task of ``train sft`` / ``train sap``: prompts, targets and where they came from.
     ``task`` is a ``{prompt, gold}`` JSONL, or a pair set (name or path) whose chosen texts are the
@@ -292,10 +305,8 @@ def run_training(ws, model, args) -> dict[str, Any]:
     check_name(args.out, "model name")
     if args.out == "base":
         raise MechtoxError("--out base would hide the base model; choose another name")
-    task = getattr(args, "task", None)
-    if args.objective in ("sft", "sap") and task is None:
-        task = shared_file("wiki_samples.jsonl", None)
-    pairs = None if args.objective == "sft" and task else load_pairs(ws.require_pairs(args.pairs), limit=args.limit)
+    task = training_task(args)
+    pairs = load_pairs(ws.require_pairs(args.pairs), limit=args.limit) if needs_pairs(args) else None
     kw = dict(objective=args.objective, lr=args.lr, optimizer=args.optimizer, batch_size=args.batch_size,
               grad_accum=args.grad_accum, warmup_steps=args.warmup_steps, max_steps=args.steps, clip=args.clip,
               beta=args.beta, dtype=args.dtype, eval_every=args.eval_every, patience=args.patience,

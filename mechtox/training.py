@@ -164,6 +164,17 @@ def sequence_logps(logits: Float[Tensor, "batch pos vocab"], batch: SeqBatch) ->
     return (tok_logp * batch.label_mask[:, :-1]).sum(-1)
 
 
+def pair_logps(model: HookedTransformer, chosen: Sequence[tuple[list[int], int]], rejected: Sequence[tuple[list[int], int]],
+               pid: int, dtype: str = "float32") -> tuple[Tensor, Tensor]:
+    """Summed completion log-probs of the chosen and of the rejected sequences, in one forward
+    pass over both (``dtype``: autocast precision)."""
+    batch = collate(list(chosen) + list(rejected), pid).to(model.cfg.device)
+    with _autocast(model, dtype):
+        logits = model(batch.tokens, attention_mask=batch.attention_mask)
+    lp = sequence_logps(logits, batch)
+    return lp[: len(chosen)], lp[len(chosen):]
+
+
 def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
              beta: float) -> tuple[Tensor, dict[str, float]]:
     """TRL's sigmoid DPO loss and metrics (names as TRL logs them)."""
@@ -214,11 +225,7 @@ class DPOObjective:
             self.ref_rejected[idx] = r.float().cpu()
 
     def _logps(self, model, idx) -> tuple[Tensor, Tensor]:
-        batch = collate([self.chosen[i] for i in idx] + [self.rejected[i] for i in idx], self.pid).to(model.cfg.device)
-        with _autocast(model, self.cfg.dtype):
-            logits = model(batch.tokens, attention_mask=batch.attention_mask)
-        lp = sequence_logps(logits, batch)
-        return lp[: len(idx)], lp[len(idx):]
+        return pair_logps(model, [self.chosen[i] for i in idx], [self.rejected[i] for i in idx], self.pid, self.cfg.dtype)
 
     def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
         c, r = self._logps(model, idx)
@@ -311,10 +318,8 @@ def pair_margins(model: HookedTransformer, pairs: PreferencePairs, batch_size: i
     r = build_sequences(model, pairs.prompt, pairs.rejected, max_prompt_tokens, max_completion_tokens)
     out = []
     for s in range(0, len(c), batch_size):
-        batch = collate(c[s: s + batch_size] + r[s: s + batch_size], pid).to(model.cfg.device)
-        lp = sequence_logps(model(batch.tokens, attention_mask=batch.attention_mask), batch).float().cpu()
-        n = len(c[s: s + batch_size])
-        out.append(lp[:n] - lp[n:])
+        lp_c, lp_r = pair_logps(model, c[s: s + batch_size], r[s: s + batch_size], pid)
+        out.append((lp_c - lp_r).float().cpu())
     return torch.cat(out)
 
 
@@ -370,11 +375,9 @@ class SAPObjective(SFTObjective):
         return [(i * 7919 + 13) % len(self.safe) for i in idx]
 
     def safety_loss(self, model, sidx) -> Tensor:
-        batch = collate([self.safe[i] for i in sidx] + [self.harmful[i] for i in sidx], self.pid).to(model.cfg.device)
-        with _autocast(model, self.cfg.dtype):
-            logits = model(batch.tokens, attention_mask=batch.attention_mask)
-        lp = sequence_logps(logits, batch)
-        return safety_loss(lp[: len(sidx)], lp[len(sidx):], self.cfg.sap_temperature)
+        safe, harmful = pair_logps(model, [self.safe[i] for i in sidx], [self.harmful[i] for i in sidx], self.pid,
+                                   self.cfg.dtype)
+        return safety_loss(safe, harmful, self.cfg.sap_temperature)
 
     def probe_vectors(self, model, batch: SeqBatch, sidx) -> tuple[dict[str, Tensor], float]:
         """Steps 1-2: perturb the weights along the harmful gradient, find the vectors, restore."""
