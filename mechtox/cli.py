@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrast", default="unembed",
                    help="methods also ranked by contrast, (a_toxic - a_nontoxic) * (v . w) on the model's own "
                         "generations ('' for none)")
+    p.add_argument("--attribution", action="store_true",
+                   help="also rank neurons by attribution patching of the model's own toxic words (no direction)")
     p.add_argument("--n-eval-prompts", type=int, default=100, help="prompts for the causal check (0: skip it)")
     p.add_argument("--ks", default="10,100,1000", help="top-k sizes ablated")
     p.add_argument("--random-draws", type=int, default=3, help="random neuron sets per method for k=100")

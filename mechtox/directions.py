@@ -18,6 +18,11 @@ Neurons can also be ranked by *contrast* (:func:`activation_contrast`): ``(a_tox
 toxic than of non-toxic continuations. It respects the sign of the activation (a gated MLP's
 ``hook_post`` is often negative), which a cosine ranking cannot see.
 
+Without any direction, :func:`neuron_attribution` ranks neurons by attribution patching: how
+much the log-probability of the model's own toxic words (at its generated positions) depends on
+each neuron, to first order. :func:`copy_stats` says how much of that toxicity repeats words of
+the prompt (copying, which MLP value vectors do not do).
+
 Value-vector cosines can be taken in a metric not dominated by massive dimensions
 (:func:`metric_scale`): vectors are divided and covectors multiplied by a per-dimension scale,
 which keeps every dot product and changes only the norms.
@@ -201,6 +206,156 @@ def activation_contrast(model: HookedTransformer, prompts: Sequence[str], scorer
     acts = _generated_means(model, gens, tox + non, hooks, progress)
     A = torch.stack([acts[h] for h in hooks], 1)  # [n, L, M]
     return ActivationContrast(A[: len(tox)].mean(0), A[len(tox):].mean(0), len(tox), len(non))
+
+
+_WORD_START = re.compile(r"[A-Za-z']")
+
+
+def word_spans(model: HookedTransformer, token_ids: Sequence[int]) -> list[tuple[list[int], str]]:
+    """Group a continuation's tokens into words: a word starts at a token that begins with
+    whitespace or does not begin with a letter. Returns ``(token positions, word text)``."""
+    ids = [int(t) for t in token_ids]
+    prefixes = [model.tokenizer.decode(ids[:j]) for j in range(len(ids) + 1)]  # the text each piece adds, in context
+    pieces = [prefixes[j + 1][len(prefixes[j]):] if prefixes[j + 1].startswith(prefixes[j]) else
+              model.tokenizer.decode([ids[j]]) for j in range(len(ids))]
+    spans: list[list[int]] = []
+    for j, p in enumerate(pieces):
+        if not spans or p[:1].isspace() or not _WORD_START.match(p.strip()[:1] or " "):
+            spans.append([j])
+        else:
+            spans[-1].append(j)
+    return [(s, "".join(pieces[j] for j in s).strip()) for s in spans]
+
+
+def toxic_word_mask(model: HookedTransformer, token_ids: Sequence[int], scorer, threshold: float = 0.5) -> np.ndarray:
+    """Which tokens of a continuation belong to a word that ``scorer`` scores ``>= threshold``
+    on its own (all pieces of a split word: ``' f'`` and ``'uck'``)."""
+    spans = [(s, w) for s, w in word_spans(model, token_ids) if w]
+    mask = np.zeros(len(token_ids), dtype=bool)
+    if spans:
+        for (pos, _), v in zip(spans, np.asarray(scorer([w for _, w in spans])), strict=True):
+            if v >= threshold:
+                mask[pos] = True
+    return mask
+
+
+@dataclass(frozen=True)
+class CopyStats:
+    """Of the toxic continuations: how many contain a word the scorer flags on its own, and how
+    many of those repeat a flagged word (case-insensitively) that is already in the prompt."""
+
+    n_toxic: int
+    n_flagged: int
+    n_copied: int
+
+    @property
+    def copied_share(self) -> float:
+        return self.n_copied / self.n_flagged if self.n_flagged else float("nan")
+
+
+def copy_stats(gens, idx: Sequence[int], scorer, threshold: float = 0.5) -> CopyStats:
+    """How much of the generated toxicity is repetition of the prompt's own words. When most of
+    it is, the toxic words come from copying (attention), and ablating MLP neurons that write
+    toxic tokens cannot be expected to remove them."""
+    flagged = copied = 0
+    for i in idx:
+        words = re.findall(r"[A-Za-z']+", gens.continuations[i])
+        if not words:
+            continue
+        bad = {w.lower() for w, v in zip(words, np.asarray(scorer(words)), strict=True) if v >= threshold}
+        if bad:
+            flagged += 1
+            copied += bool(bad & {w.lower() for w in re.findall(r"[A-Za-z']+", gens.prompts[i])})
+    return CopyStats(len(idx), flagged, copied)
+
+
+@dataclass(frozen=True)
+class NeuronAttribution:
+    """Attribution-patching scores ``[n_layers, d_mlp]`` and mean activations at the scored
+    (toxic-word) positions."""
+
+    scores: Float[Tensor, "n_layers d_mlp"]
+    mean_act: Float[Tensor, "n_layers d_mlp"]
+    n_sequences: int
+    n_tokens: int
+
+    def table(self) -> pd.DataFrame:
+        """All neurons, highest score first: ``layer, neuron, score, mean_act, rank``."""
+        L, M = self.scores.shape
+        order = torch.argsort(self.scores.flatten(), descending=True, stable=True)
+        return pd.DataFrame({"layer": (order // M).numpy(), "neuron": (order % M).numpy(),
+                             "score": self.scores.flatten()[order].numpy(),
+                             "mean_act": self.mean_act.flatten()[order].numpy(), "rank": np.arange(L * M)})
+
+
+def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], scorer,
+                       reference: Float[Tensor, "n_layers d_mlp"] | None = None, threshold: float = 0.5,
+                       progress: bool = True) -> NeuronAttribution:
+    """Rank neurons by how much the model's OWN toxic words depend on them (attribution patching).
+
+    Objective, per continuation in ``idx``: the log-probability of its tokens that belong to
+    words ``scorer`` flags (:func:`toxic_word_mask`). Score of neuron ``i``: the average over
+    continuations of ``sum_t (a_t - r) * d objective / d a_t`` over all positions, the
+    first-order estimate of how much setting the neuron to ``r`` (``reference``; 0 = zero
+    ablation) everywhere lowers that log-probability. Unlike a value-vector ranking it sees
+    indirect paths, but it also finds neurons every word depends on: read it beside perplexity.
+    """
+    from mechtox.neurons import mlp_post_hook
+
+    L, M = model.cfg.n_layers, model.cfg.d_mlp
+    hooks = [mlp_post_hook(layer) for layer in range(L)]
+    ref = torch.zeros(L, M) if reference is None else reference.detach().float().cpu()
+    total, act_sum = torch.zeros(L, M), torch.zeros(L, M)
+    n_seq = n_tok = 0
+    store: dict[str, Tensor] = {}
+
+    def grab(act, hook):
+        act.retain_grad()
+        store[hook.name] = act
+        return act
+
+    was = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        for i in tqdm(idx, desc="attribution", disable=not progress, leave=False):
+            cont = gens.continuation_ids[i]
+            m = toxic_word_mask(model, cont, scorer, threshold)
+            if not m.any():
+                continue
+            s0 = len(gens.prompt_ids[i])
+            toks = torch.tensor([gens.prompt_ids[i] + list(cont)], device=model.cfg.device)
+            with torch.enable_grad(), model.hooks(fwd_hooks=[(h, _requires_grad_hook(grab)) for h in hooks]):
+                logits = model(toks)
+                logp = logits[0, :-1].float().log_softmax(-1).gather(-1, toks[0, 1:, None])[:, 0]
+                mask = torch.zeros(logp.shape[0], dtype=torch.bool, device=logp.device)
+                mask[s0 - 1:] = torch.as_tensor(m, device=logp.device)
+                logp[mask].sum().backward()
+            for layer, h in enumerate(hooks):
+                a = store[h][0].detach().float().cpu()
+                total[layer] += ((a - ref[layer]) * store[h].grad[0].float().cpu()).sum(0)
+                act_sum[layer] += a[:-1][mask.cpu()].sum(0)
+            n_seq += 1
+            n_tok += int(mask.sum())
+            store.clear()
+    finally:
+        for p, w in zip(model.parameters(), was, strict=True):
+            p.requires_grad_(w)
+    if n_seq == 0:
+        raise MechtoxError("no continuation has a word the scorer flags on its own; use more or more toxic prompts")
+    scores = total / n_seq
+    if not torch.isfinite(scores).all():
+        raise MechtoxError("attribution scores are not finite (NaN/inf in the model's activations or gradients)")
+    return NeuronAttribution(scores, act_sum / n_tok, n_seq, n_tok)
+
+
+def _requires_grad_hook(fn):
+    def hook(act, hook):
+        if not act.requires_grad:
+            act.requires_grad_(True)
+        return fn(act, hook)
+
+    return hook
 
 
 def generation_diffmean_direction(model: HookedTransformer, prompts: Sequence[str], scorer, hook_name: str | None = None,

@@ -185,7 +185,7 @@ def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8, si
     if signed:
         if "mean_act" not in table:
             raise MechtoxError("signed decoding needs a mean_act column (rank_neurons with mean_acts)")
-        V = V * torch.where(torch.as_tensor(table["mean_act"].to_numpy()) < 0, -1.0, 1.0).to(V)[:, None]
+        V = V * torch.where(torch.tensor(table["mean_act"].to_numpy(dtype=float)) < 0, -1.0, 1.0).to(V)[:, None]
     out = table.copy()
     out["tokens"] = [" | ".join(repr(t)[1:-1] for t in toks) for toks in logit_lens(model, V, k)]
     return out

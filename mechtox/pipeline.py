@@ -29,12 +29,15 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     from mechtox.directions import (
         DIRECTION_METHODS,
         activation_contrast,
+        copy_stats,
         final_resid_hook,
         generation_diffmean_direction,
         gradient_direction,
         metric_scale,
+        neuron_attribution,
         outlier_dims,
         token_log_odds,
+        split_generations,
         token_sets,
         unembedding_direction,
         words_to_tokens,
@@ -42,7 +45,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     from mechtox.neurons import decode_neurons, expected_max_cosine, rank_neurons
     from mechtox.probe import Direction, fit_probe, split_indices
     from mechtox.scorers import get_scorer
-    from mechtox.validation import agreement, causal_validation, precision_at_k
+    from mechtox.validation import agreement, causal_validation, goal_check, precision_at_k
     from mechtox.workspace import check_name
 
     check_name(args.out, "run name")
@@ -130,24 +133,45 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
             tab = tab.assign(score=tab["act_proj"], rank=np.arange(len(tab))).reset_index(drop=True)
             rankings[r.direction_name] = dataclasses.replace(r, table=tab, chance_range=rankings[m].chance_range)
             _io.write_text(run / f"ranking-{m}-contrast.csv", tab.head(1000).to_csv(index=False))
+    tables = {m: r.table for m, r in rankings.items()}
+    copies = None
+    if gens_cache or getattr(args, "attribution", False):
+        tox_idx, _ = split_generations(generations(), scorer)
+        copies = copy_stats(generations(), tox_idx, scorer)
+        print(f"  of {copies.n_toxic} toxic continuations, {copies.n_flagged} contain a word the scorer flags alone; "
+              f"{copies.n_copied} ({copies.copied_share:.0%}) repeat such a word from their prompt")
+        if getattr(args, "attribution", False):
+            t = time.perf_counter()
+            att = neuron_attribution(model, generations(), tox_idx, scorer, progress=progress)
+            tables["attribution"] = att.table()
+            _io.write_text(run / "ranking-attribution.csv", tables["attribution"].head(1000).to_csv(index=False))
+            print(f"  attribution: {att.n_sequences} continuations, {att.n_tokens} toxic-word tokens "
+                  f"({time.perf_counter() - t:.0f} s)")
     rows, tops = [], []
     n_vec = model.cfg.n_layers * model.cfg.d_mlp
-    for m, r in rankings.items():
+    for m, tab in tables.items():
         base_m = m.removesuffix(" (contrast)")
-        rows.append({"method": m, "hook": dirs[base_m].hook_name, "metric": args.metric,
-                     "ranked_by": "contrast" if m != base_m else "cosine",
-                     "top_cosine": float(r.table["cosine"].iloc[0]), "chance_max_high": r.chance_range[1],
-                     "above_chance": r.above_chance,
-                     "precision@20": precision_at_k(model, r.table, sets.toxic, 20),
-                     "precision@100": precision_at_k(model, r.table, sets.toxic, 100),
-                     "cos_with_probe": float(dirs[base_m].vector @ dirs["probe"].vector) if "probe" in dirs else float("nan")})
-        top = decode_neurons(model, r.table.head(10), 8, signed=m != base_m)
+        signed = m != base_m or m == "attribution"
+        row = {"method": m, "hook": dirs[base_m].hook_name if base_m in dirs else "mlp.hook_post (all layers)",
+               "metric": args.metric, "ranked_by": "attribution" if m == "attribution" else "contrast" if m != base_m else "cosine",
+               "top_cosine": float("nan"), "chance_max_high": float("nan"), "above_chance": float("nan"),
+               "precision@20": precision_at_k(model, tab, sets.toxic, 20, signed=signed),
+               "precision@100": precision_at_k(model, tab, sets.toxic, 100, signed=signed),
+               "cos_with_probe": float("nan")}
+        if m in rankings:
+            r = rankings[m]
+            row |= {"top_cosine": float(tab["cosine"].iloc[0]), "chance_max_high": r.chance_range[1],
+                    "above_chance": r.above_chance}
+            if "probe" in dirs:
+                row["cos_with_probe"] = float(dirs[base_m].vector @ dirs["probe"].vector)
+        rows.append(row)
+        top = decode_neurons(model, tab.head(10), 8, signed=signed)
         top.insert(0, "method", m)
         tops.append(top)
     table = pd.DataFrame(rows)
     top_df = pd.concat(tops)
     _io.write_text(run / "top_neurons.csv", top_df.to_csv(index=False))
-    agree = agreement({m: r.table for m, r in rankings.items()}, k=100) if len(rankings) > 1 else pd.DataFrame()
+    agree = agreement(tables, k=100) if len(tables) > 1 else pd.DataFrame()
     _io.write_text(run / "agreement.csv", agree.to_csv(index=False))
     outl = outlier_dims(model, data.texts[:100], progress=progress)
     _io.write_text(run / "outliers.csv", outl.to_csv(index=False))
@@ -158,19 +182,25 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     if args.n_eval_prompts:
         print(f"causal check: ablating top-k neurons, k in {ks}, on {args.n_eval_prompts} prompts "
               f"({args.random_draws} random draws at k=100)")
-        abl = causal_validation(model, {m: r.table for m, r in rankings.items()}, prompts.prompts[: args.n_eval_prompts],
+        abl = causal_validation(model, tables, prompts.prompts[: args.n_eval_prompts],
                                 scorer, ks=ks, random_ks=[100] if 100 in ks else ks[:1], draws=args.random_draws,
                                 text=text, ppl_tokens=args.ppl_tokens, seed=args.seed, progress=progress)
         k100 = abl.table[abl.table["k"] == (100 if 100 in ks else ks[0])].set_index("method")
-        for col in ("drop", "random_drop_mean", "random_drop_std", "ppl"):
+        for col in ("drop", "random_drop_mean", "random_drop_std", "ppl", "random_ppl_mean"):
             table[f"{col}@100"] = table["method"].map(k100[col]) if col in k100 else np.nan
+        if "random_drop_mean" in k100:
+            checks = [goal_check(r["precision@20"], r["drop@100"], r["random_drop_mean@100"], r["random_drop_std@100"],
+                                 r["ppl@100"], r["random_ppl_mean@100"]) for r in table.to_dict("records")]
+            for part in ("precise", "causal", "specific", "goal"):
+                table[part] = [c[part] for c in checks]
         cols = [c for c in abl.table.columns if c != "random_drops"]
         _write_table(run, "ablation", abl.table[cols], {"baseline": abl.baseline, "n_prompts": args.n_eval_prompts,
                                                          "scorer": scorer.name, "metric": args.metric, "mode": "zero"})
         plotting.save_figure(plotting.ablation_figure(abl.table), run / "ablation.html")
 
     meta = {"model": model.cfg.model_name, "data": data.source, "prompts": prompts.source, "metric": args.metric,
-            "k_tokens": args.k_tokens, "toxic_tokens": sets.strings(model), "expected_max_cosine": expected_max_cosine(model.cfg.d_model, n_vec),
+            "k_tokens": args.k_tokens, "toxic_tokens": sets.strings(model),
+            "copies": dataclasses.asdict(copies) | {"copied_share": copies.copied_share} if copies else None, "expected_max_cosine": expected_max_cosine(model.cfg.d_model, n_vec),
             "baseline": abl.baseline if abl else None, "seconds": time.perf_counter() - t0}
     _write_table(run, "directions", table, meta)
     print("\n" + markdown(table))

@@ -5,6 +5,10 @@
 2. causal: ablate the top-k neurons and compare the drop in generation toxicity with the drop
    from k random neurons drawn with the same layer distribution (several draws: mean, spread);
 3. agreement between methods: overlap of their top-k and rank correlation of their cosines.
+
+:func:`goal_check` states whether a method passes: precision@20 of at least 0.5, and a top-100
+drop at least 3x that of random neurons (their mean, or their spread when that is larger) at a
+perplexity within 10% of the random sets' (a drop bought by breaking the model does not count).
 """
 
 from __future__ import annotations
@@ -17,19 +21,28 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
+from mechtox.errors import MechtoxError
 from mechtox.evaluate import perplexity, toxicity
 from mechtox.interventions import NOOP, ablate, random_like
 from mechtox.neurons import logit_lens_ids
 
 
 def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Sequence[int], k: int = 20,
-                   lens_k: int = 10) -> float:
+                   lens_k: int = 10, signed: bool = False) -> float:
     """Fraction of the first ``k`` rows of ``table`` (layer, neuron) whose top-``lens_k``
-    logit-lens tokens contain a token of ``toxic_ids``."""
+    logit-lens tokens contain a token of ``toxic_ids``.
+
+    ``signed``: decode ``sign(mean_act) * W_out[l, i]``, what the neuron adds with the sign
+    its activation has in the table's ``mean_act`` column (for contrast and attribution
+    rankings, whose neurons may matter through a negative activation)."""
     top = table.head(k)
     if len(top) == 0:
         return float("nan")
-    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)] for r in top.itertuples()])
+    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in top.itertuples()])
+    if signed:
+        if "mean_act" not in top:
+            raise MechtoxError("signed precision needs a mean_act column")
+        V = V * torch.where(torch.tensor(top["mean_act"].to_numpy(dtype=float)) < 0, -1.0, 1.0).to(V)[:, None]
     toxic = {int(t) for t in toxic_ids}
     return float(np.mean([bool(toxic & set(row)) for row in logit_lens_ids(model, V, lens_k)]))
 
@@ -94,3 +107,18 @@ def causal_validation(model: HookedTransformer, rankings: dict[str, pd.DataFrame
                         "ratio_vs_random": (base.mean - t.mean) / np.mean(drops) if np.mean(drops) > 0 else float("inf")}
             rows.append(row)
     return AblationComparison(pd.DataFrame(rows), {"toxicity": base.mean, "toxic_frac": base.frac_toxic, "ppl": base_ppl})
+
+
+def goal_check(precision20: float, drop: float, random_mean: float, random_std: float, ppl: float, random_ppl: float,
+               min_precision: float = 0.5, min_ratio: float = 3.0, ppl_tolerance: float = 1.10) -> dict[str, bool]:
+    """The three parts of the goal, each a bool, and ``goal`` (all three).
+
+    ``causal``: ``drop >= min_ratio * max(random_mean, random_std)`` and ``drop > 0``: a random
+    baseline at or below zero does not make any positive drop pass, its spread sets the bar.
+    ``specific``: ``ppl <= ppl_tolerance * random_ppl`` (NaN perplexities fail).
+    """
+    bar = min_ratio * max(random_mean, random_std)
+    causal = bool(drop > 0 and drop >= bar)
+    specific = bool(np.isfinite(ppl) and np.isfinite(random_ppl) and ppl <= ppl_tolerance * random_ppl)
+    precise = bool(np.isfinite(precision20) and precision20 >= min_precision)
+    return {"precise": precise, "causal": causal, "specific": specific, "goal": precise and causal and specific}

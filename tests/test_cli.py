@@ -32,11 +32,17 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
     assert rows[-1]["intervention"].startswith("subtract:p:") and rows[-1]["intervention"].endswith("(auto)")
     assert main(["directions", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--prompts",
                  "builtin:prompts", "--k-tokens", "5", "--n-gen-prompts", "30", "--n-eval-prompts", "6", "--ks", "5",
-                 "--random-draws", "2", "--ppl-tokens", "100", "--out", "d"]) == 0
+                 "--random-draws", "2", "--ppl-tokens", "100", "--attribution", "--out", "d"]) == 0
     out = capsys.readouterr().out
-    assert "precision@20" in out
+    assert "precision@20" in out and "repeat such a word from their prompt" in out
     table = json.loads((tmp_path / "ws" / "runs" / "d" / "directions.json").read_text())
-    assert {r["method"] for r in table["rows"]} == {"probe", "unembed", "gen-diffmean", "gradient", "unembed (contrast)"}
+    assert {r["method"] for r in table["rows"]} == {"probe", "unembed", "gen-diffmean", "gradient", "unembed (contrast)",
+                                                    "attribution"}
+    assert all(isinstance(r["goal"], bool) and r["goal"] == (r["precise"] and r["causal"] and r["specific"])
+               for r in table["rows"])
+    c = table["copies"]
+    assert 0 <= c["n_copied"] <= c["n_flagged"] <= c["n_toxic"]
+    assert (tmp_path / "ws" / "runs" / "d" / "ranking-attribution.csv").is_file()
     # the saved directions are usable by every command that takes a probe
     assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "unembed", "--top", "3", "--svd-top", "8"]) == 0
 

@@ -245,3 +245,85 @@ def test_unembed_metric_is_logit_zscore(tiny_llama):
     z = (logits[:, tox].mean(1) - logits.mean(1)) / logits.std(1, unbiased=False)
     ratio = torch.tensor(r["cosine"].to_numpy()) / z
     assert torch.allclose(ratio, ratio[0].expand_as(ratio), rtol=1e-4)
+
+
+
+def test_word_spans_and_toxic_word_mask(tiny_llama):
+    from mechtox.directions import toxic_word_mask, word_spans
+
+    m = tiny_llama
+    ids = encode(m, ["the stupid day"], prepend_bos=False)[0]
+    spans = word_spans(m, ids)
+    assert [w for _, w in spans] == ["the", "stupid", "day"]
+    mask = toxic_word_mask(m, ids, WordScorer())
+    assert mask.tolist() == [w == "stupid" for pos, w in spans for _ in pos]
+
+
+def test_copy_stats_counts_repeated_prompt_words():
+    from mechtox.directions import copy_stats
+
+    gens = Generations(["you stupid", "the day", "a city"], ["stupid idiot", "moron", "nice"], [[1]] * 3, [[1]] * 3)
+    c = copy_stats(gens, [0, 1, 2], WordScorer())
+    assert (c.n_toxic, c.n_flagged, c.n_copied) == (3, 2, 1)
+    assert c.copied_share == 0.5
+
+
+def test_neuron_attribution_is_the_first_order_ablation_effect_and_finds_planted_neuron(planted):
+    """The score of a neuron equals d/d(alpha) of the objective with the neuron's activation set
+    to r + alpha * (a - r), at alpha = 1 (checked by autograd on a scaling hook)."""
+    from mechtox.directions import neuron_attribution
+
+    m, bad, good = planted
+    with torch.no_grad():  # out of saturation: at full strength the toxic tokens' log-probs are already ~0
+        m.blocks[1].mlp.W_out[5] *= 0.01
+    prompts, p_ids, c_ids, gens = fixed_generations(m)
+    ref = torch.randn(m.cfg.n_layers, m.cfg.d_mlp) * 0.1
+    att = neuron_attribution(m, gens, [0, 1, 2], WordScorer(), reference=ref, progress=False)
+    assert att.n_sequences == 3 and att.n_tokens == sum(len(c) for c in c_ids[:3])
+    assert tuple(att.table().iloc[0][["layer", "neuron"]].astype(int)) == (1, 5)
+    for layer, n in [(1, 5), (0, 3), (1, 17)]:
+        total = 0.0
+        for i in range(3):
+            alpha = torch.ones((), requires_grad=True)
+
+            def scale(act, hook, n=n, layer=layer):
+                r = ref[layer, n]
+                act = act.clone()
+                act[..., n] = r + alpha * (act[..., n] - r)
+                return act
+
+            toks = torch.tensor([p_ids[i] + c_ids[i]])
+            logits = m.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", scale)])
+            logp = logits[0, :-1].log_softmax(-1).gather(-1, toks[0, 1:, None])[:, 0]
+            (g,) = torch.autograd.grad(logp[len(p_ids[i]) - 1:].sum(), alpha)
+            total += float(g)
+        assert float(att.scores[layer, n]) == pytest.approx(total / 3, rel=1e-3, abs=1e-5)
+    assert all(p.requires_grad for p in m.parameters())  # restored
+    with pytest.raises(MechtoxError, match="flags"):
+        neuron_attribution(m, gens, [3, 4, 5], WordScorer(), progress=False)
+
+
+def test_signed_precision_uses_the_activation_sign(tiny_llama):
+    m = tiny_llama
+    B = unembed_basis(m)
+    target = m.tokenizer.convert_tokens_to_ids("idiot")
+    with torch.no_grad():
+        m.blocks[0].mlp.W_out[4] = -50 * B[:, target] / B[:, target].norm()
+    table = pd.DataFrame({"layer": [0], "neuron": [4], "mean_act": [-2.0]})
+    assert precision_at_k(m, table, [target], k=1, lens_k=1) == 0.0
+    assert precision_at_k(m, table, [target], k=1, lens_k=1, signed=True) == 1.0
+    with pytest.raises(MechtoxError, match="mean_act"):
+        precision_at_k(m, table.drop(columns="mean_act"), [target], k=1, signed=True)
+
+
+def test_goal_check():
+    from mechtox.validation import goal_check
+
+    ok = goal_check(0.6, 0.09, 0.01, 0.02, 39.0, 38.0)
+    assert ok == {"precise": True, "causal": True, "specific": True, "goal": True}
+    # a random baseline below zero does not let a drop within its spread pass
+    assert not goal_check(0.6, 0.05, -0.03, 0.03, 39.0, 38.0)["causal"]
+    # a drop bought with a broken model is not specific
+    assert goal_check(0.6, 0.2, 0.0, 0.01, 90.0, 38.0) == {"precise": True, "causal": True, "specific": False,
+                                                            "goal": False}
+    assert not goal_check(0.45, 0.2, 0.0, 0.01, 38.0, 38.0)["goal"]
