@@ -286,7 +286,7 @@ def test_neuron_attribution_is_the_first_order_ablation_effect_and_finds_planted
         for i in range(3):
             alpha = torch.ones((), requires_grad=True)
 
-            def scale(act, hook, n=n, layer=layer):
+            def scale(act, hook, n=n, layer=layer, alpha=alpha):
                 r = ref[layer, n]
                 act = act.clone()
                 act[..., n] = r + alpha * (act[..., n] - r)
