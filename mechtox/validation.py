@@ -104,9 +104,17 @@ def causal_validation(model: HookedTransformer, rankings: dict[str, pd.DataFrame
                                                progress=progress)["ppl"])
                 row |= {"random_drop_mean": float(np.mean(drops)), "random_drop_std": float(np.std(drops, ddof=1)) if draws > 1 else 0.0,
                         "random_drops": drops, "random_ppl_mean": float(np.mean(ppls)) if ppls else float("nan"),
-                        "ratio_vs_random": (base.mean - t.mean) / np.mean(drops) if np.mean(drops) > 0 else float("inf")}
+                        "ratio_vs_random": _ratio(base.mean - t.mean, drops)}
             rows.append(row)
     return AblationComparison(pd.DataFrame(rows), {"toxicity": base.mean, "toxic_frac": base.frac_toxic, "ppl": base_ppl})
+
+
+def _ratio(drop: float, random_drops: Sequence[float]) -> float:
+    """``drop / max(mean, sd)`` of the random drops (the bar of :func:`goal_check`); NaN when
+    both are zero or below (no scale to compare with)."""
+    sd = float(np.std(random_drops, ddof=1)) if len(random_drops) > 1 else 0.0
+    bar = max(float(np.mean(random_drops)), sd)
+    return drop / bar if bar > 0 else float("nan")
 
 
 def goal_check(precision20: float, drop: float, random_mean: float, random_std: float, ppl: float, random_ppl: float,

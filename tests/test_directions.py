@@ -327,3 +327,11 @@ def test_goal_check():
     assert goal_check(0.6, 0.2, 0.0, 0.01, 90.0, 38.0) == {"precise": True, "causal": True, "specific": False,
                                                             "goal": False}
     assert not goal_check(0.45, 0.2, 0.0, 0.01, 38.0, 38.0)["goal"]
+
+
+def test_ratio_vs_random_uses_the_spread_when_the_random_mean_is_not_positive():
+    from mechtox.validation import _ratio
+
+    assert _ratio(0.09, [0.01, 0.02, 0.03]) == pytest.approx(0.09 / 0.02)
+    assert _ratio(0.08, [-0.04, -0.03, -0.02]) == pytest.approx(0.08 / 0.01)
+    assert np.isnan(_ratio(0.08, [-0.02]))
