@@ -209,6 +209,7 @@ def activation_contrast(model: HookedTransformer, prompts: Sequence[str], scorer
 
 
 _WORD_START = re.compile(r"[A-Za-z']")
+_WORDS = re.compile(r"[A-Za-z']+")
 
 
 def word_spans(model: HookedTransformer, token_ids: Sequence[int]) -> list[tuple[list[int], str]]:
@@ -259,13 +260,13 @@ def copy_stats(gens, idx: Sequence[int], scorer, threshold: float = 0.5) -> Copy
     toxic tokens cannot be expected to remove them."""
     flagged = copied = 0
     for i in idx:
-        words = re.findall(r"[A-Za-z']+", gens.continuations[i])
+        words = _WORDS.findall(gens.continuations[i])
         if not words:
             continue
         bad = {w.lower() for w, v in zip(words, np.asarray(scorer(words)), strict=True) if v >= threshold}
         if bad:
             flagged += 1
-            copied += bool(bad & {w.lower() for w in re.findall(r"[A-Za-z']+", gens.prompts[i])})
+            copied += bool(bad & {w.lower() for w in _WORDS.findall(gens.prompts[i])})
     return CopyStats(len(idx), flagged, copied)
 
 
@@ -310,6 +311,8 @@ def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], score
     store: dict[str, Tensor] = {}
 
     def grab(act, hook):
+        if not act.requires_grad:  # the first hooked activation, with the weights frozen below
+            act.requires_grad_(True)
         act.retain_grad()
         store[hook.name] = act
         return act
@@ -325,7 +328,7 @@ def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], score
                 continue
             s0 = len(gens.prompt_ids[i])
             toks = torch.tensor([gens.prompt_ids[i] + list(cont)], device=model.cfg.device)
-            with torch.enable_grad(), model.hooks(fwd_hooks=[(h, _requires_grad_hook(grab)) for h in hooks]):
+            with torch.enable_grad(), model.hooks(fwd_hooks=[(h, grab) for h in hooks]):
                 logits = model(toks)
                 logp = logits[0, :-1].float().log_softmax(-1).gather(-1, toks[0, 1:, None])[:, 0]
                 mask = torch.zeros(logp.shape[0], dtype=torch.bool, device=logp.device)
@@ -347,15 +350,6 @@ def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], score
     if not torch.isfinite(scores).all():
         raise MechtoxError("attribution scores are not finite (NaN/inf in the model's activations or gradients)")
     return NeuronAttribution(scores, act_sum / n_tok, n_seq, n_tok)
-
-
-def _requires_grad_hook(fn):
-    def hook(act, hook):
-        if not act.requires_grad:
-            act.requires_grad_(True)
-        return fn(act, hook)
-
-    return hook
 
 
 def generation_diffmean_direction(model: HookedTransformer, prompts: Sequence[str], scorer, hook_name: str | None = None,

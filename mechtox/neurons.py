@@ -173,6 +173,17 @@ def logit_lens(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], k:
     return [[model.tokenizer.decode([t]) for t in row] for row in logit_lens_ids(model, vectors, k, bottom)]
 
 
+def table_value_vectors(model: HookedTransformer, table: pd.DataFrame, signed: bool = False) -> Float[Tensor, "n d_model"]:
+    """``W_out[l, i]`` for each row (``layer``, ``neuron``) of ``table``; ``signed``: times the
+    sign of the row's ``mean_act`` (what the neuron adds when its activation moves that way)."""
+    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in table.itertuples()])
+    if signed:
+        if "mean_act" not in table:
+            raise MechtoxError("signed decoding needs a mean_act column (rank_neurons with mean_acts)")
+        V = V * torch.where(torch.tensor(table["mean_act"].to_numpy(dtype=float)) < 0, -1.0, 1.0).to(V)[:, None]
+    return V
+
+
 def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8, signed: bool = False) -> pd.DataFrame:
     """``table`` (with ``layer``, ``neuron``) plus a ``tokens`` column of logit-lens tokens.
 
@@ -181,11 +192,7 @@ def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8, si
     not the raw value vector."""
     if len(table) == 0:
         return table.assign(tokens=[])
-    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in table.itertuples()])
-    if signed:
-        if "mean_act" not in table:
-            raise MechtoxError("signed decoding needs a mean_act column (rank_neurons with mean_acts)")
-        V = V * torch.where(torch.tensor(table["mean_act"].to_numpy(dtype=float)) < 0, -1.0, 1.0).to(V)[:, None]
+    V = table_value_vectors(model, table, signed)
     out = table.copy()
     out["tokens"] = [" | ".join(repr(t)[1:-1] for t in toks) for toks in logit_lens(model, V, k)]
     return out

@@ -135,12 +135,13 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
             _io.write_text(run / f"ranking-{m}-contrast.csv", tab.head(1000).to_csv(index=False))
     tables = {m: r.table for m, r in rankings.items()}
     copies = None
-    if gens_cache or getattr(args, "attribution", False):
+    with_attribution = getattr(args, "attribution", False)
+    if gens_cache or with_attribution:
         tox_idx, _ = split_generations(generations(), scorer)
         copies = copy_stats(generations(), tox_idx, scorer)
         print(f"  of {copies.n_toxic} toxic continuations, {copies.n_flagged} contain a word the scorer flags alone; "
               f"{copies.n_copied} ({copies.copied_share:.0%}) repeat such a word from their prompt")
-        if getattr(args, "attribution", False):
+        if with_attribution:
             t = time.perf_counter()
             att = neuron_attribution(model, generations(), tox_idx, scorer, progress=progress)
             tables["attribution"] = att.table()

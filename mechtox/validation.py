@@ -21,10 +21,9 @@ import pandas as pd
 import torch
 from transformer_lens import HookedTransformer
 
-from mechtox.errors import MechtoxError
 from mechtox.evaluate import perplexity, toxicity
 from mechtox.interventions import NOOP, ablate, random_like
-from mechtox.neurons import logit_lens_ids
+from mechtox.neurons import logit_lens_ids, table_value_vectors
 
 
 def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Sequence[int], k: int = 20,
@@ -38,11 +37,7 @@ def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Seq
     top = table.head(k)
     if len(top) == 0:
         return float("nan")
-    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in top.itertuples()])
-    if signed:
-        if "mean_act" not in top:
-            raise MechtoxError("signed precision needs a mean_act column")
-        V = V * torch.where(torch.tensor(top["mean_act"].to_numpy(dtype=float)) < 0, -1.0, 1.0).to(V)[:, None]
+    V = table_value_vectors(model, top, signed)
     toxic = {int(t) for t in toxic_ids}
     return float(np.mean([bool(toxic & set(row)) for row in logit_lens_ids(model, V, lens_k)]))
 
