@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-texts", type=int, default=2000, help="labelled texts for token statistics and the probe")
     p.add_argument("--k-tokens", type=int, default=50, help="size of the toxic / non-toxic token sets")
     p.add_argument("--toxic-words", default=None, help="comma-separated words overriding the data-derived toxic set")
+    p.add_argument("--prompt-filter", default="all", choices=["all", "unflagged"],
+                   help="unflagged: keep only prompts with no word the scorer flags, so that toxic continuations "
+                        "are written by the model, not copied from the prompt")
     p.add_argument("--n-gen-prompts", type=int, default=200,
                    help="prompts generated from for gen-diffmean and the contrast (the ones after the evaluation prompts)")
     p.add_argument("--contrast", default="unembed",

@@ -245,12 +245,20 @@ class PromptSet:
     def head(self, n: int | None) -> PromptSet:
         if n is None or n >= len(self):
             return self
+        return self.subset(range(n))
 
-        def cut(x):
-            return None if x is None else x[:n]
+    def subset(self, idx: Sequence[int], note: str | None = None) -> PromptSet:
+        """The prompts at ``idx`` (with their scores); ``note`` is appended to the source."""
+        idx = list(idx)
 
-        return PromptSet(self.prompts[:n], self.source, cut(self.prompt_toxicity), cut(self.continuations),
-                         cut(self.continuation_toxicity), cut(self.continuation_scores))
+        def pick(x):
+            if x is None:
+                return None
+            return x[idx] if isinstance(x, np.ndarray) else [x[i] for i in idx]
+
+        return PromptSet(pick(self.prompts), f"{self.source} [{note}]" if note else self.source,
+                         pick(self.prompt_toxicity), pick(self.continuations), pick(self.continuation_toxicity),
+                         pick(self.continuation_scores))
 
 
 def _score(d: Any, key: str = "toxicity") -> float:

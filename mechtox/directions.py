@@ -270,6 +270,24 @@ def copy_stats(gens, idx: Sequence[int], scorer, threshold: float = 0.5) -> Copy
     return CopyStats(len(idx), flagged, copied)
 
 
+def unflagged_prompts(prompts: Sequence[str], scorer, threshold: float = 0.5) -> list[int]:
+    """Indices of the prompts with no word that ``scorer`` flags on its own.
+
+    Toxic continuations of these prompts cannot be copies of the prompt's words, so their
+    toxicity is written by the model itself: the case where ablating toxic neurons can be
+    expected to work (see :func:`copy_stats`). Every word of every prompt is scored in one call.
+    """
+    words = [_WORDS.findall(p) for p in prompts]
+    flat = [w for ws in words for w in ws]
+    scores = np.asarray(scorer(flat), dtype=float) if flat else np.zeros(0)
+    keep, start = [], 0
+    for i, ws in enumerate(words):
+        if not (scores[start: start + len(ws)] >= threshold).any():
+            keep.append(i)
+        start += len(ws)
+    return keep
+
+
 @dataclass(frozen=True)
 class NeuronAttribution:
     """Attribution-patching scores ``[n_layers, d_mlp]`` and mean activations at the scored

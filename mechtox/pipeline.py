@@ -40,6 +40,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
         token_log_odds,
         token_sets,
         unembedding_direction,
+        unflagged_prompts,
         words_to_tokens,
     )
     from mechtox.neurons import decode_neurons, expected_max_cosine, rank_neurons
@@ -63,6 +64,17 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     prompts = load_prompts(args.prompts or shared_file("rtp_challenge.jsonl", "builtin:prompts"))
     text = load_text(shared_file("wikitext2_test.raw", "builtin:text"))
     scorer = get_scorer("profanity")
+    prompt_filter = getattr(args, "prompt_filter", "all")
+    if prompt_filter == "unflagged":
+        keep = unflagged_prompts(prompts.prompts, scorer)
+        if not keep:
+            raise MechtoxError(f"--prompt-filter unflagged: every prompt of {prompts.source} has a word the scorer "
+                               "flags; give other prompts (--prompts) or use --prompt-filter all")
+        print(f"prompt filter: {len(keep)} of {len(prompts)} prompts have no word the scorer flags (their toxic "
+              "continuations are not copies)")
+        prompts = prompts.subset(keep, "unflagged")
+    elif prompt_filter != "all":
+        raise MechtoxError(f"unknown --prompt-filter {prompt_filter!r}; use all or unflagged")
     run = ws.run_dir(args.out)
 
     print(f"directions: {len(data)} labelled texts from {data.source}; prompts from {prompts.source}; metric {args.metric}")
@@ -141,6 +153,10 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
         copies = copy_stats(generations(), tox_idx, scorer)
         print(f"  of {copies.n_toxic} toxic continuations, {copies.n_flagged} contain a word the scorer flags alone; "
               f"{copies.n_copied} ({copies.copied_share:.0%}) repeat such a word from their prompt")
+        if prompt_filter == "all" and copies.copied_share > 0.5:
+            print("  note: most of this toxicity is copied from the prompts (attention), which ablating neurons that "
+                  "write toxic tokens cannot remove; --prompt-filter unflagged tests those neurons on toxicity the "
+                  "model writes itself")
         if with_attribution:
             t = time.perf_counter()
             att = neuron_attribution(model, generations(), tox_idx, scorer, progress=progress)
@@ -199,12 +215,20 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
                                                          "scorer": scorer.name, "metric": args.metric, "mode": "zero"})
         plotting.save_figure(plotting.ablation_figure(abl.table), run / "ablation.html")
 
-    meta = {"model": model.cfg.model_name, "data": data.source, "prompts": prompts.source, "metric": args.metric,
-            "k_tokens": args.k_tokens, "toxic_tokens": sets.strings(model),
+    meta = {"model": model.cfg.model_name, "data": data.source, "prompts": prompts.source, "prompt_filter": prompt_filter,
+            "metric": args.metric, "k_tokens": args.k_tokens, "toxic_tokens": sets.strings(model),
             "copies": dataclasses.asdict(copies) | {"copied_share": copies.copied_share} if copies else None, "expected_max_cosine": expected_max_cosine(model.cfg.d_model, n_vec),
             "baseline": abl.baseline if abl else None, "seconds": time.perf_counter() - t0}
     _write_table(run, "directions", table, meta)
     print("\n" + markdown(table))
+    if "goal" in table:
+        passing = table.loc[table["goal"], "method"].tolist()
+        print(f"\nmethods passing the goal (precision@20 >= 0.5, top-100 drop >= 3x random, PPL within 10% of "
+              f"random) on {args.n_eval_prompts} prompts with {args.random_draws} random draws: "
+              f"{', '.join(passing) if passing else 'none'}")
+        if passing and args.random_draws < 8:
+            print("  few random draws estimate the random spread poorly: confirm a pass with --random-draws 8 and "
+                  "more --n-eval-prompts before trusting it (see docs/results.md)")
     if len(agree):
         print("\nagreement of top-100 lists and of all cosines:\n" + markdown(agree))
     if len(summary):

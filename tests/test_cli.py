@@ -34,7 +34,7 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
                  "builtin:prompts", "--k-tokens", "5", "--n-gen-prompts", "30", "--n-eval-prompts", "6", "--ks", "5",
                  "--random-draws", "2", "--ppl-tokens", "100", "--attribution", "--out", "d"]) == 0
     out = capsys.readouterr().out
-    assert "precision@20" in out and "repeat such a word from their prompt" in out
+    assert "precision@20" in out and "repeat such a word from their prompt" in out and "methods passing the goal" in out
     table = json.loads((tmp_path / "ws" / "runs" / "d" / "directions.json").read_text())
     assert {r["method"] for r in table["rows"]} == {"probe", "unembed", "gen-diffmean", "gradient", "unembed (contrast)",
                                                     "attribution"}
@@ -43,6 +43,11 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
     c = table["copies"]
     assert 0 <= c["n_copied"] <= c["n_flagged"] <= c["n_toxic"]
     assert (tmp_path / "ws" / "runs" / "d" / "ranking-attribution.csv").is_file()
+    assert main(["directions", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--prompts",
+                 "builtin:prompts", "--prompt-filter", "unflagged", "--methods", "unembed", "--k-tokens", "5",
+                 "--contrast", "", "--n-eval-prompts", "0", "--out", "d2"]) == 0
+    meta = json.loads((tmp_path / "ws" / "runs" / "d2" / "directions.json").read_text())
+    assert meta["prompt_filter"] == "unflagged" and meta["prompts"].endswith("[unflagged]")
     # the saved directions are usable by every command that takes a probe
     assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "unembed", "--top", "3", "--svd-top", "8"]) == 0
 
@@ -70,6 +75,11 @@ def test_missing_direction_and_bad_data(ws, capsys, tmp_path):
     bad.write_text("text,label\nhi,0\nho,0\n")
     assert main(["probe", "-w", ws, "--model", "tiny", "--data", str(bad)]) == 2
     assert "only one class" in capsys.readouterr().err
+    profane = tmp_path / "profane.txt"
+    profane.write_text("you fucking idiot\nwhat a stupid shit\n")
+    assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--prompts", str(profane),
+                 "--prompt-filter", "unflagged"]) == 2
+    assert "every prompt of" in capsys.readouterr().err
 
 
 def test_probe_of_other_dimension_is_one_line(ws, tmp_path, capsys):

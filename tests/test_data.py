@@ -90,6 +90,10 @@ def test_rtp_prompts_with_scores(tmp_path):
     np.testing.assert_allclose(ps.continuation_toxicity, [0.9, 0.02])
     assert ps.continuation_scores[0]["insult"] == 0.95
     assert len(ps.head(1)) == 1 and ps.head(1).continuation_toxicity.shape == (1,)
+    sub = ps.subset([1], "clean")
+    assert sub.prompts == ["The river"] and sub.continuations == [" flows"] and sub.source.endswith("[clean]")
+    np.testing.assert_allclose(sub.prompt_toxicity, [0.01])
+    assert sub.continuation_scores[0]["toxicity"] == 0.02
     plain = write(tmp_path / "p.jsonl", '{"prompt": "Hello"}\n')
     assert D.load_prompts(plain).prompt_toxicity is None
     with pytest.raises(DataError, match=r":1: no prompt text"):

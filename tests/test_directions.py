@@ -268,6 +268,23 @@ def test_copy_stats_counts_repeated_prompt_words():
     assert c.copied_share == 0.5
 
 
+def test_unflagged_prompts_keeps_prompts_without_a_flagged_word_in_one_scorer_call():
+    from mechtox.directions import unflagged_prompts
+
+    calls = []
+
+    class Counting(WordScorer):
+        def __call__(self, texts):
+            calls.append(len(texts))
+            return super().__call__(texts)
+
+    prompts = ["you stupid", "the day", "", "a city of morons", "nice", "idiot"]
+    assert unflagged_prompts(prompts, Counting()) == [1, 2, 4]
+    assert calls == [10]  # every word of every prompt at once
+    assert unflagged_prompts(["", "..."], Counting()) == [0, 1]
+    assert calls == [10]  # no words, no call
+
+
 def test_neuron_attribution_is_the_first_order_ablation_effect_and_finds_planted_neuron(planted):
     """The score of a neuron equals d/d(alpha) of the objective with the neuron's activation set
     to r + alpha * (a - r), at alpha = 1 (checked by autograd on a scaling hook)."""
