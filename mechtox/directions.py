@@ -254,19 +254,29 @@ class CopyStats:
         return self.n_copied / self.n_flagged if self.n_flagged else float("nan")
 
 
+def _flagged_words(texts: Sequence[str], scorer, threshold: float) -> list[set[str]]:
+    """Per text, the lower-cased words that ``scorer`` scores ``>= threshold`` on their own
+    (every word of every text scored in one call)."""
+    words = [_WORDS.findall(t) for t in texts]
+    flat = [w for ws in words for w in ws]
+    scores = np.asarray(scorer(flat), dtype=float) if flat else np.zeros(0)
+    out, start = [], 0
+    for ws in words:
+        out.append({w.lower() for w, v in zip(ws, scores[start: start + len(ws)], strict=True) if v >= threshold})
+        start += len(ws)
+    return out
+
+
 def copy_stats(gens, idx: Sequence[int], scorer, threshold: float = 0.5) -> CopyStats:
     """How much of the generated toxicity is repetition of the prompt's own words. When most of
     it is, the toxic words come from copying (attention), and ablating MLP neurons that write
     toxic tokens cannot be expected to remove them."""
+    bad = _flagged_words([gens.continuations[i] for i in idx], scorer, threshold)
     flagged = copied = 0
-    for i in idx:
-        words = _WORDS.findall(gens.continuations[i])
-        if not words:
-            continue
-        bad = {w.lower() for w, v in zip(words, np.asarray(scorer(words)), strict=True) if v >= threshold}
-        if bad:
+    for i, b in zip(idx, bad, strict=True):
+        if b:
             flagged += 1
-            copied += bool(bad & {w.lower() for w in _WORDS.findall(gens.prompts[i])})
+            copied += bool(b & {w.lower() for w in _WORDS.findall(gens.prompts[i])})
     return CopyStats(len(idx), flagged, copied)
 
 
@@ -277,15 +287,7 @@ def unflagged_prompts(prompts: Sequence[str], scorer, threshold: float = 0.5) ->
     toxicity is written by the model itself: the case where ablating toxic neurons can be
     expected to work (see :func:`copy_stats`). Every word of every prompt is scored in one call.
     """
-    words = [_WORDS.findall(p) for p in prompts]
-    flat = [w for ws in words for w in ws]
-    scores = np.asarray(scorer(flat), dtype=float) if flat else np.zeros(0)
-    keep, start = [], 0
-    for i, ws in enumerate(words):
-        if not (scores[start: start + len(ws)] >= threshold).any():
-            keep.append(i)
-        start += len(ws)
-    return keep
+    return [i for i, bad in enumerate(_flagged_words(prompts, scorer, threshold)) if not bad]
 
 
 @dataclass(frozen=True)
