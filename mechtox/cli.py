@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt-filter", default="all", choices=["all", "unflagged"],
                    help="unflagged: keep only prompts with no word the scorer flags, so that toxic continuations "
                         "are written by the model, not copied from the prompt")
+    p.add_argument("--fit-prompts", default="rest", choices=["rest", "flagged"],
+                   help="prompts the generation-based methods fit on: rest = the ones after the evaluation prompts; "
+                        "flagged = (with --prompt-filter unflagged) the prompts the filter removed, words copied from "
+                        "the prompt left out of the attribution, so every unflagged prompt is held out")
     p.add_argument("--n-gen-prompts", type=int, default=200,
                    help="prompts generated from for gen-diffmean and the contrast (the ones after the evaluation prompts)")
     p.add_argument("--contrast", default="unembed",
@@ -92,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "generations ('' for none)")
     p.add_argument("--attribution", action="store_true",
                    help="also rank neurons by attribution patching of the model's own toxic words (no direction)")
+    p.add_argument("--rerank", default="",
+                   help="methods whose top --rerank-top neurons by cosine are also ranked by attribution patching "
+                        "of the model's own toxic words (specific to the direction, ordered by use)")
+    p.add_argument("--rerank-top", type=int, default=1000, help="cosine candidates kept by --rerank")
     p.add_argument("--n-eval-prompts", type=int, default=100, help="prompts for the causal check (0: skip it)")
     p.add_argument("--ks", default="10,100,1000", help="top-k sizes ablated")
     p.add_argument("--random-draws", type=int, default=3, help="random neuron sets per method for k=100")

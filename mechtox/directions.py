@@ -290,6 +290,17 @@ def unflagged_prompts(prompts: Sequence[str], scorer, threshold: float = 0.5) ->
     return [i for i, bad in enumerate(_flagged_words(prompts, scorer, threshold)) if not bad]
 
 
+def _copied_mask(model: HookedTransformer, token_ids: Sequence[int], prompt: str) -> np.ndarray:
+    """Which tokens of a continuation belong to a word (as :func:`word_spans` groups them) that
+    also occurs in ``prompt``, case-insensitively."""
+    seen = {w.lower() for w in _WORDS.findall(prompt)}
+    mask = np.zeros(len(token_ids), dtype=bool)
+    for pos, word in word_spans(model, token_ids):
+        if any(w.lower() in seen for w in _WORDS.findall(word)):
+            mask[pos] = True
+    return mask
+
+
 @dataclass(frozen=True)
 class NeuronAttribution:
     """Attribution-patching scores ``[n_layers, d_mlp]`` and mean activations at the scored
@@ -311,7 +322,7 @@ class NeuronAttribution:
 
 def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], scorer,
                        reference: Float[Tensor, "n_layers d_mlp"] | None = None, threshold: float = 0.5,
-                       progress: bool = True) -> NeuronAttribution:
+                       skip_copied: bool = False, progress: bool = True) -> NeuronAttribution:
     """Rank neurons by how much the model's OWN toxic words depend on them (attribution patching).
 
     Objective, per continuation in ``idx``: the log-probability of its tokens that belong to
@@ -320,6 +331,10 @@ def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], score
     first-order estimate of how much setting the neuron to ``r`` (``reference``; 0 = zero
     ablation) everywhere lowers that log-probability. Unlike a value-vector ranking it sees
     indirect paths, but it also finds neurons every word depends on: read it beside perplexity.
+
+    ``skip_copied``: leave out flagged words that already occur in the continuation's prompt
+    (case-insensitively), so the objective is the toxicity the model writes rather than copies
+    (copying is attention's work); continuations left with no token are skipped.
     """
     from mechtox.neurons import mlp_post_hook
 
@@ -344,6 +359,8 @@ def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], score
         for i in tqdm(idx, desc="attribution", disable=not progress, leave=False):
             cont = gens.continuation_ids[i]
             m = toxic_word_mask(model, cont, scorer, threshold)
+            if skip_copied and m.any():
+                m = m & ~_copied_mask(model, cont, gens.prompts[i])
             if not m.any():
                 continue
             s0 = len(gens.prompt_ids[i])
@@ -365,11 +382,35 @@ def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], score
         for p, w in zip(model.parameters(), was, strict=True):
             p.requires_grad_(w)
     if n_seq == 0:
-        raise MechtoxError("no continuation has a word the scorer flags on its own; use more or more toxic prompts")
+        raise MechtoxError("no continuation has a word the scorer flags on its own"
+                           + (" that is not copied from its prompt" if skip_copied else "")
+                           + "; use more or more toxic prompts")
     scores = total / n_seq
     if not torch.isfinite(scores).all():
         raise MechtoxError("attribution scores are not finite (NaN/inf in the model's activations or gradients)")
     return NeuronAttribution(scores, act_sum / n_tok, n_seq, n_tok)
+
+
+def rerank_by_attribution(table: pd.DataFrame, att: NeuronAttribution, top_n: int = 1000) -> pd.DataFrame:
+    """A direction's candidates ordered by how much the model's toxic words use them.
+
+    Keeps the first ``top_n`` rows of a cosine ranking ``table`` (neurons that write along the
+    direction), adds the attribution ``score`` and ``mean_act`` of ``att``, and orders them by
+    score, dropping those whose score is not positive (zero-ablating them would not lower the
+    objective to first order). ``cosine_rank`` keeps the neuron's place in ``table``. The cosine
+    filter keeps the neurons specific to the direction (harmless to perplexity); the attribution
+    orders them by use, which cosine alone ignores (most of a cosine top are silent when the model
+    is toxic). Precision of the result should be read signed (``mean_act`` gives the sign).
+    """
+    if top_n < 1:
+        raise MechtoxError("top_n must be at least 1")
+    top = table.head(top_n)
+    layer = torch.as_tensor(top["layer"].to_numpy(dtype=np.int64).copy())
+    neuron = torch.as_tensor(top["neuron"].to_numpy(dtype=np.int64).copy())
+    out = top.assign(score=att.scores[layer, neuron].numpy(), mean_act=att.mean_act[layer, neuron].numpy(),
+                     cosine_rank=top["rank"].to_numpy() if "rank" in top else np.arange(len(top)))
+    out = out[out["score"] > 0].sort_values(["score", "layer", "neuron"], ascending=[False, True, True], kind="stable")
+    return out.assign(rank=np.arange(len(out))).reset_index(drop=True)
 
 
 def generation_diffmean_direction(model: HookedTransformer, prompts: Sequence[str], scorer, hook_name: str | None = None,

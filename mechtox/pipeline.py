@@ -36,6 +36,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
         metric_scale,
         neuron_attribution,
         outlier_dims,
+        rerank_by_attribution,
         split_generations,
         token_log_odds,
         token_sets,
@@ -65,6 +66,13 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     text = load_text(shared_file("wikitext2_test.raw", "builtin:text"))
     scorer = get_scorer("profanity")
     prompt_filter = getattr(args, "prompt_filter", "all")
+    fit_prompts = getattr(args, "fit_prompts", "rest")
+    if fit_prompts not in ("rest", "flagged"):
+        raise MechtoxError(f"unknown --fit-prompts {fit_prompts!r}; use rest or flagged")
+    if fit_prompts == "flagged" and prompt_filter != "unflagged":
+        raise MechtoxError("--fit-prompts flagged fits on the prompts --prompt-filter unflagged removes; "
+                           "add --prompt-filter unflagged")
+    removed: list[str] = []
     if prompt_filter == "unflagged":
         keep = unflagged_prompts(prompts.prompts, scorer)
         if not keep:
@@ -72,6 +80,8 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
                                "flags; give other prompts (--prompts) or use --prompt-filter all")
         print(f"prompt filter: {len(keep)} of {len(prompts)} prompts have no word the scorer flags (their toxic "
               "continuations are not copies)")
+        kept = set(keep)
+        removed = [p for i, p in enumerate(prompts.prompts) if i not in kept]
         prompts = prompts.subset(keep, "unflagged")
     elif prompt_filter != "all":
         raise MechtoxError(f"unknown --prompt-filter {prompt_filter!r}; use all or unflagged")
@@ -90,7 +100,13 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     # Generation-based methods fit on prompts AFTER the ones the causal check evaluates on.
     n_eval = args.n_eval_prompts
     gen_prompts = prompts.prompts[n_eval: n_eval + args.n_gen_prompts]
-    if len(gen_prompts) < 20:
+    if fit_prompts == "flagged":
+        gen_prompts = removed[: args.n_gen_prompts]
+        if not gen_prompts:
+            raise MechtoxError("--fit-prompts flagged: the filter removed no prompt; use --fit-prompts rest")
+        print(f"generation-based methods fit on {len(gen_prompts)} prompts the filter removed (attribution leaves out "
+              "words copied from the prompt); the causal check uses the unflagged prompts")
+    elif len(gen_prompts) < 20:
         gen_prompts = prompts.prompts[: args.n_gen_prompts]
         print(f"  note: {prompts.source} has {len(prompts)} prompts, too few to keep the {n_eval} evaluation prompts "
               "apart from the generation prompts: they overlap")
@@ -104,9 +120,11 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
         return gens_cache[0]
 
     contrast_methods = [m.strip() for m in (getattr(args, "contrast", "") or "").split(",") if m.strip()]
-    unknown = [m for m in contrast_methods if m not in methods]
-    if unknown:
-        raise MechtoxError(f"--contrast {unknown}: not among --methods {methods}")
+    rerank_methods = [m.strip() for m in (getattr(args, "rerank", "") or "").split(",") if m.strip()]
+    for flag, chosen in (("--contrast", contrast_methods), ("--rerank", rerank_methods)):
+        unknown = [m for m in chosen if m not in methods]
+        if unknown:
+            raise MechtoxError(f"{flag} {unknown}: not among --methods {methods}")
     dirs: dict[str, Direction] = {}
     for m in methods:
         t = time.perf_counter()
@@ -148,7 +166,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     tables = {m: r.table for m, r in rankings.items()}
     copies = None
     with_attribution = getattr(args, "attribution", False)
-    if gens_cache or with_attribution:
+    if gens_cache or with_attribution or rerank_methods:
         tox_idx, _ = split_generations(generations(), scorer)
         copies = copy_stats(generations(), tox_idx, scorer)
         print(f"  of {copies.n_toxic} toxic continuations, {copies.n_flagged} contain a word the scorer flags alone; "
@@ -157,20 +175,30 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
             print("  note: most of this toxicity is copied from the prompts (attention), which ablating neurons that "
                   "write toxic tokens cannot remove; --prompt-filter unflagged tests those neurons on toxicity the "
                   "model writes itself")
-        if with_attribution:
+        if with_attribution or rerank_methods:
             t = time.perf_counter()
-            att = neuron_attribution(model, generations(), tox_idx, scorer, progress=progress)
-            tables["attribution"] = att.table()
-            _io.write_text(run / "ranking-attribution.csv", tables["attribution"].head(1000).to_csv(index=False))
+            att = neuron_attribution(model, generations(), tox_idx, scorer, skip_copied=fit_prompts == "flagged",
+                                     progress=progress)
             print(f"  attribution: {att.n_sequences} continuations, {att.n_tokens} toxic-word tokens "
                   f"({time.perf_counter() - t:.0f} s)")
+            if with_attribution:
+                tables["attribution"] = att.table()
+                _io.write_text(run / "ranking-attribution.csv", tables["attribution"].head(1000).to_csv(index=False))
+            for m in rerank_methods:
+                tab = rerank_by_attribution(rankings[m].table, att, args.rerank_top)
+                tables[f"{m} (reranked)"] = tab
+                _io.write_text(run / f"ranking-{m}-reranked.csv", tab.to_csv(index=False))
+                print(f"  {m} (reranked): {len(tab)} of its top {args.rerank_top} by cosine have a positive "
+                      "attribution score")
     rows, tops = [], []
     n_vec = model.cfg.n_layers * model.cfg.d_mlp
     for m, tab in tables.items():
-        base_m = m.removesuffix(" (contrast)")
+        base_m = m.removesuffix(" (contrast)").removesuffix(" (reranked)")
         signed = m != base_m or m == "attribution"
+        ranked_by = ("attribution" if m == "attribution" else "contrast" if m.endswith(" (contrast)") else
+                     f"cosine top-{args.rerank_top} by attribution" if m.endswith(" (reranked)") else "cosine")
         row = {"method": m, "hook": dirs[base_m].hook_name if base_m in dirs else "mlp.hook_post (all layers)",
-               "metric": args.metric, "ranked_by": "attribution" if m == "attribution" else "contrast" if m != base_m else "cosine",
+               "metric": args.metric, "ranked_by": ranked_by,
                "top_cosine": float("nan"), "chance_max_high": float("nan"), "above_chance": float("nan"),
                "precision@20": precision_at_k(model, tab, sets.toxic, 20, signed=signed),
                "precision@100": precision_at_k(model, tab, sets.toxic, 100, signed=signed),
@@ -216,6 +244,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
         plotting.save_figure(plotting.ablation_figure(abl.table), run / "ablation.html")
 
     meta = {"model": model.cfg.model_name, "data": data.source, "prompts": prompts.source, "prompt_filter": prompt_filter,
+            "fit_prompts": fit_prompts, "rerank": rerank_methods,
             "metric": args.metric, "k_tokens": args.k_tokens, "toxic_tokens": sets.strings(model),
             "copies": dataclasses.asdict(copies) | {"copied_share": copies.copied_share} if copies else None, "expected_max_cosine": expected_max_cosine(model.cfg.d_model, n_vec),
             "baseline": abl.baseline if abl else None, "seconds": time.perf_counter() - t0}

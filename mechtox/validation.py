@@ -43,8 +43,9 @@ def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Seq
 
 
 def agreement(rankings: dict[str, pd.DataFrame], k: int = 100) -> pd.DataFrame:
-    """Pairwise overlap of top-k (|A ∩ B| / k) and Spearman correlation, over all neurons, of the
-    scores the rankings sort by (``score`` when a table has it, else ``cosine``)."""
+    """Pairwise overlap of top-k (|A ∩ B| / k) and Spearman correlation, over the neurons both
+    tables hold (all of them for full rankings), of the scores the rankings sort by (``score``
+    when a table has it, else ``cosine``)."""
     from scipy.stats import spearmanr
 
     names = list(rankings)
@@ -54,7 +55,8 @@ def agreement(rankings: dict[str, pd.DataFrame], k: int = 100) -> pd.DataFrame:
     rows = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            rho = spearmanr(keyed[a].to_numpy(), keyed[b].to_numpy()).statistic
+            common = keyed[a].index.intersection(keyed[b].index)  # a re-ranked table holds a subset
+            rho = spearmanr(keyed[a][common].to_numpy(), keyed[b][common].to_numpy()).statistic if len(common) > 1 else np.nan
             rows.append({"a": a, "b": b, f"overlap@{k}": len(tops[a] & tops[b]) / k, "spearman": float(rho)})
     return pd.DataFrame(rows)
 

@@ -48,6 +48,21 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
                  "--contrast", "", "--n-eval-prompts", "0", "--out", "d2"]) == 0
     meta = json.loads((tmp_path / "ws" / "runs" / "d2" / "directions.json").read_text())
     assert meta["prompt_filter"] == "unflagged" and meta["prompts"].endswith("[unflagged]")
+    mixed = tmp_path / "mixed.txt"  # 40 prompts with a flagged word (fit), 10 without (evaluation)
+    mixed.write_text("".join(f"the {w} people {i}\n" for i in range(20) for w in ("stupid", "idiot"))
+                     + "".join(f"the good day {i}\n" for i in range(10)))
+    assert main(["directions", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--prompts",
+                 str(mixed), "--prompt-filter", "unflagged", "--fit-prompts", "flagged", "--methods", "unembed",
+                 "--rerank", "unembed", "--rerank-top", "500", "--k-tokens", "5", "--contrast", "", "--ks", "5",
+                 "--n-eval-prompts", "4", "--random-draws", "2", "--ppl-tokens", "100", "--out", "d3"]) == 0
+    out = capsys.readouterr().out
+    assert "prompts the filter removed" in out and "unembed (reranked)" in out
+    meta = json.loads((tmp_path / "ws" / "runs" / "d3" / "directions.json").read_text())
+    assert meta["fit_prompts"] == "flagged" and meta["rerank"] == ["unembed"]
+    row = {r["method"]: r for r in meta["rows"]}["unembed (reranked)"]
+    assert row["ranked_by"] == "cosine top-500 by attribution" and isinstance(row["goal"], bool)
+    reranked = (tmp_path / "ws" / "runs" / "d3" / "ranking-unembed-reranked.csv").read_text().splitlines()
+    assert reranked[0].startswith("layer,neuron") and 1 < len(reranked) <= 501
     # the saved directions are usable by every command that takes a probe
     assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "unembed", "--top", "3", "--svd-top", "8"]) == 0
 
@@ -80,6 +95,9 @@ def test_missing_direction_and_bad_data(ws, capsys, tmp_path):
     assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--prompts", str(profane),
                  "--prompt-filter", "unflagged"]) == 2
     assert "every prompt of" in capsys.readouterr().err
+    assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--fit-prompts",
+                 "flagged"]) == 2
+    assert "add --prompt-filter unflagged" in capsys.readouterr().err
 
 
 def test_probe_of_other_dimension_is_one_line(ws, tmp_path, capsys):

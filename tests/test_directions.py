@@ -320,6 +320,41 @@ def test_neuron_attribution_is_the_first_order_ablation_effect_and_finds_planted
         neuron_attribution(m, gens, [3, 4, 5], WordScorer(), progress=False)
 
 
+def test_attribution_can_leave_out_words_copied_from_the_prompt(planted):
+    from mechtox.directions import neuron_attribution
+
+    m, bad, good = planted
+    prompts = ["you stupid", "the moron", "a jerk day"]
+    conts = ["stupid idiot", "moron loser", "jerk trash"]
+    p_ids, c_ids = encode(m, prompts), encode(m, conts)
+    gens = Generations(prompts, conts, p_ids, c_ids)
+    full = neuron_attribution(m, gens, [0, 1, 2], WordScorer(), progress=False)
+    kept = neuron_attribution(m, gens, [0, 1, 2], WordScorer(), skip_copied=True, progress=False)
+    copied = sum(len(encode(m, [w])[0]) for w in ["stupid", "moron", "jerk"])
+    assert full.n_tokens == sum(len(c) for c in c_ids) and kept.n_tokens == full.n_tokens - copied
+    assert not torch.allclose(full.scores, kept.scores)
+    only_copies = Generations(["you stupid"], ["stupid"], encode(m, ["you stupid"]), encode(m, ["stupid"]))
+    with pytest.raises(MechtoxError, match="not copied from its prompt"):
+        neuron_attribution(m, only_copies, [0], WordScorer(), skip_copied=True, progress=False)
+
+
+def test_rerank_by_attribution_keeps_the_cosine_top_and_orders_it_by_score():
+    from mechtox.directions import NeuronAttribution, rerank_by_attribution
+
+    scores = torch.tensor([[0.5, -1.0, 2.0], [0.1, 3.0, 0.0]])
+    att = NeuronAttribution(scores, torch.tensor([[1.0, 2.0, -3.0], [4.0, 5.0, 6.0]]), 2, 7)
+    table = pd.DataFrame({"layer": [0, 1, 0, 1, 0, 1], "neuron": [1, 0, 0, 2, 2, 1],
+                          "cosine": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "rank": range(6)})
+    out = rerank_by_attribution(table, att, top_n=4)
+    # (0,1) has a negative score, (1,2) zero; (0,2) and (1,1) are beyond the cosine top 4
+    assert list(zip(out.layer, out.neuron)) == [(0, 0), (1, 0)]
+    assert out.score.tolist() == pytest.approx([0.5, 0.1]) and out.mean_act.tolist() == [1.0, 4.0]
+    assert out.cosine_rank.tolist() == [2, 1] and out["rank"].tolist() == [0, 1]
+    assert list(zip(*[rerank_by_attribution(table, att, 6)[c] for c in ("layer", "neuron")])) == [(1, 1), (0, 2), (0, 0), (1, 0)]
+    with pytest.raises(MechtoxError, match="top_n"):
+        rerank_by_attribution(table, att, 0)
+
+
 def test_signed_precision_uses_the_activation_sign(tiny_llama):
     m = tiny_llama
     B = unembed_basis(m)
