@@ -228,10 +228,17 @@ def word_spans(model: HookedTransformer, token_ids: Sequence[int]) -> list[tuple
     return [(s, "".join(pieces[j] for j in s).strip()) for s in spans]
 
 
-def toxic_word_mask(model: HookedTransformer, token_ids: Sequence[int], scorer, threshold: float = 0.5) -> np.ndarray:
+def _word_set(text: str) -> set[str]:
+    """The lower-cased words of ``text``."""
+    return {w.lower() for w in _WORDS.findall(text)}
+
+
+def toxic_word_mask(model: HookedTransformer, token_ids: Sequence[int], scorer, threshold: float = 0.5,
+                    skip_words: set[str] = frozenset()) -> np.ndarray:
     """Which tokens of a continuation belong to a word that ``scorer`` scores ``>= threshold``
-    on its own (all pieces of a split word: ``' f'`` and ``'uck'``)."""
-    spans = [(s, w) for s, w in word_spans(model, token_ids) if w]
+    on its own (all pieces of a split word: ``' f'`` and ``'uck'``), leaving out words with a
+    part in ``skip_words`` (lower-cased; e.g. the prompt's words, :func:`_word_set`)."""
+    spans = [(s, w) for s, w in word_spans(model, token_ids) if w and not (_word_set(w) & skip_words)]
     mask = np.zeros(len(token_ids), dtype=bool)
     if spans:
         for (pos, _), v in zip(spans, np.asarray(scorer([w for _, w in spans])), strict=True):
@@ -276,7 +283,7 @@ def copy_stats(gens, idx: Sequence[int], scorer, threshold: float = 0.5) -> Copy
     for i, b in zip(idx, bad, strict=True):
         if b:
             flagged += 1
-            copied += bool(b & {w.lower() for w in _WORDS.findall(gens.prompts[i])})
+            copied += bool(b & _word_set(gens.prompts[i]))
     return CopyStats(len(idx), flagged, copied)
 
 
@@ -288,17 +295,6 @@ def unflagged_prompts(prompts: Sequence[str], scorer, threshold: float = 0.5) ->
     expected to work (see :func:`copy_stats`). Every word of every prompt is scored in one call.
     """
     return [i for i, bad in enumerate(_flagged_words(prompts, scorer, threshold)) if not bad]
-
-
-def _copied_mask(model: HookedTransformer, token_ids: Sequence[int], prompt: str) -> np.ndarray:
-    """Which tokens of a continuation belong to a word (as :func:`word_spans` groups them) that
-    also occurs in ``prompt``, case-insensitively."""
-    seen = {w.lower() for w in _WORDS.findall(prompt)}
-    mask = np.zeros(len(token_ids), dtype=bool)
-    for pos, word in word_spans(model, token_ids):
-        if any(w.lower() in seen for w in _WORDS.findall(word)):
-            mask[pos] = True
-    return mask
 
 
 @dataclass(frozen=True)
@@ -358,9 +354,8 @@ def neuron_attribution(model: HookedTransformer, gens, idx: Sequence[int], score
     try:
         for i in tqdm(idx, desc="attribution", disable=not progress, leave=False):
             cont = gens.continuation_ids[i]
-            m = toxic_word_mask(model, cont, scorer, threshold)
-            if skip_copied and m.any():
-                m = m & ~_copied_mask(model, cont, gens.prompts[i])
+            m = toxic_word_mask(model, cont, scorer, threshold,
+                                skip_words=_word_set(gens.prompts[i]) if skip_copied else frozenset())
             if not m.any():
                 continue
             s0 = len(gens.prompt_ids[i])

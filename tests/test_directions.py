@@ -347,10 +347,10 @@ def test_rerank_by_attribution_keeps_the_cosine_top_and_orders_it_by_score():
                           "cosine": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "rank": range(6)})
     out = rerank_by_attribution(table, att, top_n=4)
     # (0,1) has a negative score, (1,2) zero; (0,2) and (1,1) are beyond the cosine top 4
-    assert list(zip(out.layer, out.neuron)) == [(0, 0), (1, 0)]
+    assert list(zip(out.layer, out.neuron, strict=True)) == [(0, 0), (1, 0)]
     assert out.score.tolist() == pytest.approx([0.5, 0.1]) and out.mean_act.tolist() == [1.0, 4.0]
     assert out.cosine_rank.tolist() == [2, 1] and out["rank"].tolist() == [0, 1]
-    assert list(zip(*[rerank_by_attribution(table, att, 6)[c] for c in ("layer", "neuron")])) == [(1, 1), (0, 2), (0, 0), (1, 0)]
+    assert list(zip(*[rerank_by_attribution(table, att, 6)[c] for c in ("layer", "neuron")], strict=True)) == [(1, 1), (0, 2), (0, 0), (1, 0)]
     with pytest.raises(MechtoxError, match="top_n"):
         rerank_by_attribution(table, att, 0)
 
