@@ -98,8 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also rank neurons by attribution patching of the model's own toxic words (no direction)")
     p.add_argument("--rerank", default="",
                    help="methods whose top --rerank-top neurons by cosine are also ranked by attribution patching "
-                        "of the model's own toxic words (specific to the direction, ordered by use)")
+                        "of the model's own toxic words (specific to the direction, ordered by use); 'lens' takes "
+                        "instead every neuron whose signed logit lens has a toxic token (no direction needed)")
     p.add_argument("--rerank-top", type=int, default=1000, help="cosine candidates kept by --rerank")
+    p.add_argument("--benign-tokens", type=int, default=4096,
+                   help="Wikitext-2 tokens (after the --ppl-tokens ones) whose own use of each neuron --rerank "
+                        "subtracts, per token, so neurons every word needs rank low (0: rank by use alone, "
+                        "per continuation)")
     p.add_argument("--n-eval-prompts", type=int, default=100, help="prompts for the causal check (0: skip it)")
     p.add_argument("--ks", default="10,100,1000", help="top-k sizes ablated")
     p.add_argument("--random-draws", type=int, default=3, help="random neuron sets per method for k=100")

@@ -29,6 +29,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     from mechtox.directions import (
         DIRECTION_METHODS,
         activation_contrast,
+        benign_attribution,
         copy_stats,
         final_resid_hook,
         generation_diffmean_direction,
@@ -40,6 +41,7 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
         split_generations,
         token_log_odds,
         token_sets,
+        toxic_lens_neurons,
         unembedding_direction,
         unflagged_prompts,
         words_to_tokens,
@@ -55,6 +57,12 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     bad = [m for m in methods if m not in DIRECTION_METHODS]
     if bad:
         raise MechtoxError(f"unknown direction method(s) {bad}; use {', '.join(DIRECTION_METHODS)}")
+    contrast_methods = [m.strip() for m in (getattr(args, "contrast", "") or "").split(",") if m.strip()]
+    rerank_methods = [m.strip() for m in (getattr(args, "rerank", "") or "").split(",") if m.strip()]
+    for flag, chosen in (("--contrast", contrast_methods), ("--rerank", rerank_methods)):
+        unknown = [m for m in chosen if m not in methods and not (flag == "--rerank" and m == "lens")]
+        if unknown:
+            raise MechtoxError(f"{flag} {unknown}: not among --methods {methods}")
     ks = [int(k) for k in str(args.ks).split(",")]
     t0 = time.perf_counter()
     progress = not args.quiet
@@ -72,6 +80,9 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     if fit_prompts == "flagged" and prompt_filter != "unflagged":
         raise MechtoxError("--fit-prompts flagged fits on the prompts --prompt-filter unflagged removes; "
                            "add --prompt-filter unflagged")
+    benign_tokens = getattr(args, "benign_tokens", 4096)
+    if benign_tokens < 0:
+        raise MechtoxError("--benign-tokens must be 0 or more")
     removed: list[str] = []
     if prompt_filter == "unflagged":
         keep = unflagged_prompts(prompts.prompts, scorer)
@@ -119,12 +130,6 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
             gens_cache.append(generate(model, gen_prompts, 20, 32, 25, progress=progress))
         return gens_cache[0]
 
-    contrast_methods = [m.strip() for m in (getattr(args, "contrast", "") or "").split(",") if m.strip()]
-    rerank_methods = [m.strip() for m in (getattr(args, "rerank", "") or "").split(",") if m.strip()]
-    for flag, chosen in (("--contrast", contrast_methods), ("--rerank", rerank_methods)):
-        unknown = [m for m in chosen if m not in methods]
-        if unknown:
-            raise MechtoxError(f"{flag} {unknown}: not among --methods {methods}")
     dirs: dict[str, Direction] = {}
     for m in methods:
         t = time.perf_counter()
@@ -184,19 +189,34 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
             if with_attribution:
                 tables["attribution"] = att.table()
                 _io.write_text(run / "ranking-attribution.csv", tables["attribution"].head(1000).to_csv(index=False))
+            use = att
+            if rerank_methods and benign_tokens > 0:
+                t = time.perf_counter()
+                use = att.specific(benign_attribution(model, text, benign_tokens, start=args.ppl_tokens,
+                                                      progress=progress))
+                print(f"  benign attribution: {benign_tokens} Wikitext-2 tokens after the perplexity ones "
+                      f"({time.perf_counter() - t:.0f} s); --rerank scores = per-token use minus benign use")
             for m in rerank_methods:
-                tab = rerank_by_attribution(rankings[m].table, att, args.rerank_top)
+                if m == "lens":
+                    cands = toxic_lens_neurons(model, sets.toxic, att.mean_act)
+                    tab = rerank_by_attribution(cands, use, None)
+                    print(f"  lens (reranked): {len(tab)} of the {len(cands)} neurons whose signed logit lens has a "
+                          "toxic token have a positive score")
+                else:
+                    tab = rerank_by_attribution(rankings[m].table, use, args.rerank_top)
+                    print(f"  {m} (reranked): {len(tab)} of its top {args.rerank_top} by cosine have a positive score")
                 tables[f"{m} (reranked)"] = tab
                 _io.write_text(run / f"ranking-{m}-reranked.csv", tab.to_csv(index=False))
-                print(f"  {m} (reranked): {len(tab)} of its top {args.rerank_top} by cosine have a positive "
-                      "attribution score")
     rows, tops = [], []
     n_vec = model.cfg.n_layers * model.cfg.d_mlp
     for m, tab in tables.items():
         base_m = m.removesuffix(" (contrast)").removesuffix(" (reranked)")
         signed = m != base_m or m == "attribution"
         ranked_by = ("attribution" if m == "attribution" else "contrast" if m.endswith(" (contrast)") else
+                     "toxic-lens neurons by attribution" if m == "lens (reranked)" else
                      f"cosine top-{args.rerank_top} by attribution" if m.endswith(" (reranked)") else "cosine")
+        if m.endswith(" (reranked)") and benign_tokens > 0:
+            ranked_by += " minus benign use"
         row = {"method": m, "hook": dirs[base_m].hook_name if base_m in dirs else "mlp.hook_post (all layers)",
                "metric": args.metric, "ranked_by": ranked_by,
                "top_cosine": float("nan"), "chance_max_high": float("nan"), "above_chance": float("nan"),
@@ -239,12 +259,15 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
             for part in ("precise", "causal", "specific", "goal"):
                 table[part] = [c[part] for c in checks]
         cols = [c for c in abl.table.columns if c != "random_drops"]
+        draws = {f"{r['method']}@{r['k']}": [float(x) for x in r["random_drops"]]
+                 for r in abl.table.to_dict("records") if isinstance(r.get("random_drops"), list)}
         _write_table(run, "ablation", abl.table[cols], {"baseline": abl.baseline, "n_prompts": args.n_eval_prompts,
-                                                         "scorer": scorer.name, "metric": args.metric, "mode": "zero"})
+                                                         "scorer": scorer.name, "metric": args.metric, "mode": "zero",
+                                                         "random_drops": draws})
         plotting.save_figure(plotting.ablation_figure(abl.table), run / "ablation.html")
 
     meta = {"model": model.cfg.model_name, "data": data.source, "prompts": prompts.source, "prompt_filter": prompt_filter,
-            "fit_prompts": fit_prompts, "rerank": rerank_methods,
+            "fit_prompts": fit_prompts, "rerank": rerank_methods, "benign_tokens": benign_tokens if rerank_methods else None,
             "metric": args.metric, "k_tokens": args.k_tokens, "toxic_tokens": sets.strings(model),
             "copies": dataclasses.asdict(copies) | {"copied_share": copies.copied_share} if copies else None, "expected_max_cosine": expected_max_cosine(model.cfg.d_model, n_vec),
             "baseline": abl.baseline if abl else None, "seconds": time.perf_counter() - t0}

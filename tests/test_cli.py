@@ -53,16 +53,22 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
                      + "".join(f"the good day {i}\n" for i in range(10)))
     assert main(["directions", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--prompts",
                  str(mixed), "--prompt-filter", "unflagged", "--fit-prompts", "flagged", "--methods", "unembed",
-                 "--rerank", "unembed", "--rerank-top", "500", "--k-tokens", "5", "--contrast", "", "--ks", "5",
+                 "--rerank", "unembed,lens", "--rerank-top", "500", "--k-tokens", "5", "--contrast", "", "--ks", "5",
                  "--n-eval-prompts", "4", "--random-draws", "2", "--ppl-tokens", "100", "--out", "d3"]) == 0
     out = capsys.readouterr().out
     assert "prompts the filter removed" in out and "unembed (reranked)" in out
     meta = json.loads((tmp_path / "ws" / "runs" / "d3" / "directions.json").read_text())
-    assert meta["fit_prompts"] == "flagged" and meta["rerank"] == ["unembed"]
-    row = {r["method"]: r for r in meta["rows"]}["unembed (reranked)"]
-    assert row["ranked_by"] == "cosine top-500 by attribution" and isinstance(row["goal"], bool)
+    assert meta["fit_prompts"] == "flagged" and meta["rerank"] == ["unembed", "lens"] and meta["benign_tokens"] == 4096
+    rows = {r["method"]: r for r in meta["rows"]}
+    assert rows["unembed (reranked)"]["ranked_by"] == "cosine top-500 by attribution minus benign use"
+    assert rows["lens (reranked)"]["ranked_by"] == "toxic-lens neurons by attribution minus benign use"
+    assert rows["lens (reranked)"]["precision@20"] == 1.0  # every candidate is a toxic-lens neuron
+    assert all(isinstance(r["goal"], bool) for r in rows.values())
     reranked = (tmp_path / "ws" / "runs" / "d3" / "ranking-unembed-reranked.csv").read_text().splitlines()
     assert reranked[0].startswith("layer,neuron") and 1 < len(reranked) <= 501
+    abl = json.loads((tmp_path / "ws" / "runs" / "d3" / "ablation.json").read_text())
+    assert {k: len(v) for k, v in abl["random_drops"].items()} == {"unembed@5": 2, "unembed (reranked)@5": 2,
+                                                                    "lens (reranked)@5": 2}
     # the saved directions are usable by every command that takes a probe
     assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "unembed", "--top", "3", "--svd-top", "8"]) == 0
 
@@ -98,6 +104,11 @@ def test_missing_direction_and_bad_data(ws, capsys, tmp_path):
     assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--fit-prompts",
                  "flagged"]) == 2
     assert "add --prompt-filter unflagged" in capsys.readouterr().err
+    assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--methods", "unembed",
+                 "--rerank", "probe"]) == 2
+    assert "--rerank ['probe']: not among --methods" in capsys.readouterr().err
+    assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--benign-tokens", "-1"]) == 2
+    assert "--benign-tokens must be 0 or more" in capsys.readouterr().err
 
 
 def test_probe_of_other_dimension_is_one_line(ws, tmp_path, capsys):

@@ -387,3 +387,88 @@ def test_ratio_vs_random_uses_the_spread_when_the_random_mean_is_not_positive():
     assert _ratio(0.09, [0.01, 0.02, 0.03]) == pytest.approx(0.09 / 0.02)
     assert _ratio(0.08, [-0.04, -0.03, -0.02]) == pytest.approx(0.08 / 0.01)
     assert np.isnan(_ratio(0.08, [-0.02]))
+
+
+def test_token_scores_are_per_toxic_token(planted):
+    from mechtox.directions import neuron_attribution
+
+    m, bad, good = planted
+    prompts, p_ids, c_ids, gens = fixed_generations(m)
+    one = neuron_attribution(m, gens, [0], WordScorer(), progress=False)
+    assert torch.allclose(one.token_scores, one.scores / one.n_tokens)
+    both = neuron_attribution(m, gens, [0, 1], WordScorer(), progress=False)
+    per = [neuron_attribution(m, gens, [i], WordScorer(), progress=False).token_scores for i in (0, 1)]
+    assert torch.allclose(both.token_scores, (per[0] + per[1]) / 2, atol=1e-6)
+
+
+def test_benign_attribution_is_the_per_token_first_order_ablation_effect(tiny_llama):
+    """Equals d/d(alpha) of the mean log-prob of the text's tokens with the neuron's activation
+    scaled by alpha, at alpha = 1 (zero ablation is alpha = 0)."""
+    from mechtox.directions import benign_attribution
+
+    m = tiny_llama
+    rng = np.random.default_rng(0)
+    text = " ".join(rng.choice(GOOD + ["the", "a", "day", "city"], 200))
+    ids = encode(m, [text], prepend_bos=False)[0]
+    got = benign_attribution(m, text, n_tokens=40, start=5, window=11, batch_size=3, progress=False)
+    assert all(p.requires_grad for p in m.parameters())  # restored
+    bos = [m.tokenizer.bos_token_id] if m.cfg.default_prepend_bos else []
+    step = 11 - len(bos)
+    chunks = [bos + ids[5 + i: 5 + i + step] for i in range(0, 40 - step + 1, step)]  # whole chunks only
+    for layer, n in [(0, 3), (1, 17)]:
+        alpha = torch.ones((), requires_grad=True)
+
+        def scale(act, hook, n=n, alpha=alpha):
+            act = act.clone()
+            act[..., n] = alpha * act[..., n].clone()
+            return act
+
+        toks = torch.tensor(chunks)
+        logits = m.run_with_hooks(toks, fwd_hooks=[(f"blocks.{layer}.mlp.hook_post", scale)])
+        logp = logits[:, :-1].log_softmax(-1).gather(-1, toks[:, 1:, None])[..., 0]
+        (g,) = torch.autograd.grad(logp.mean(), alpha)
+        assert float(got[layer, n]) == pytest.approx(float(g), rel=1e-3, abs=1e-6)
+    with pytest.raises(MechtoxError, match="fewer than"):
+        benign_attribution(m, "the day", start=0, window=64, progress=False)
+
+
+def test_specific_scores_subtract_only_what_ordinary_text_needs():
+    from mechtox.directions import NeuronAttribution
+
+    att = NeuronAttribution(torch.tensor([[9.0, 9.0, 9.0]]), torch.zeros(1, 3), 2, 4, torch.tensor([[0.5, 0.2, -0.1]]))
+    spec = att.specific(torch.tensor([[0.1, 0.4, -0.3]]))
+    # benign use 0.1 and 0.4 are subtracted; a neuron whose ablation would help ordinary text is not rewarded
+    assert spec.scores.tolist()[0] == pytest.approx([0.4, -0.2, -0.1])
+    assert spec.n_tokens == 4 and torch.equal(spec.token_scores, att.token_scores)
+    with pytest.raises(MechtoxError, match="same model"):
+        att.specific(torch.zeros(2, 3))
+    with pytest.raises(MechtoxError, match="per-token"):
+        NeuronAttribution(att.scores, att.mean_act, 2, 4).specific(torch.zeros(1, 3))
+
+
+def test_toxic_lens_neurons_read_the_value_vector_with_the_activation_sign(tiny_llama):
+    from mechtox.directions import NeuronAttribution, rerank_by_attribution, toxic_lens_neurons
+
+    m = tiny_llama
+    B = unembed_basis(m)
+    target = m.tokenizer.convert_tokens_to_ids("idiot")
+    with torch.no_grad():
+        m.blocks[0].mlp.W_out[4] = -50 * B[:, target] / B[:, target].norm()
+        m.blocks[1].mlp.W_out[7] = 50 * B[:, target] / B[:, target].norm()
+    mean_act = torch.ones(m.cfg.n_layers, m.cfg.d_mlp)
+    found = set(zip(*[toxic_lens_neurons(m, [target], mean_act, lens_k=1, chunk=7)[c] for c in ("layer", "neuron")],
+                    strict=True))
+    assert (1, 7) in found and (0, 4) not in found
+    mean_act[0, 4] = -2.0
+    cands = toxic_lens_neurons(m, [target], mean_act, lens_k=1)
+    found = set(zip(cands.layer, cands.neuron, strict=True))
+    assert {(0, 4), (1, 7)} <= found
+    assert precision_at_k(m, cands, [target], k=len(cands), lens_k=1, signed=True) == 1.0
+    scores = torch.zeros(m.cfg.n_layers, m.cfg.d_mlp)
+    scores[1, 7], scores[0, 4] = 0.5, 2.0
+    out = rerank_by_attribution(cands, NeuronAttribution(scores, mean_act, 1, 1), None)
+    assert list(zip(out.layer, out.neuron, strict=True)) == [(0, 4), (1, 7)] and "cosine_rank" not in out
+    with pytest.raises(MechtoxError, match="empty"):
+        toxic_lens_neurons(m, [], mean_act)
+    with pytest.raises(MechtoxError, match="shape"):
+        toxic_lens_neurons(m, [target], mean_act[:1])
