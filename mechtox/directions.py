@@ -327,7 +327,8 @@ class NeuronAttribution:
         the log-probability a zero-ablation takes from a toxic-word token minus what it takes from
         an ordinary token (:func:`benign_attribution`). Neurons every word needs (a layer-0 neuron
         whose ablation alone raises SmolLM2's perplexity by 17%) score low; neurons whose ablation
-        would help ordinary text are not rewarded for it."""
+        would help ordinary text are not rewarded for it. ``benign`` is for zero ablation: compute
+        this attribution with the default ``reference`` (zero) to compare like with like."""
         if self.token_scores is None:
             raise MechtoxError("this attribution has no per-token scores; recompute it with neuron_attribution")
         if benign.shape != self.token_scores.shape:
