@@ -91,9 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the prompt left out of the attribution, so every unflagged prompt is held out")
     p.add_argument("--n-gen-prompts", type=int, default=200,
                    help="prompts generated from for gen-diffmean and the contrast (the ones after the evaluation prompts)")
-    p.add_argument("--contrast", default="unembed",
+    p.add_argument("--contrast", default=None,
                    help="methods also ranked by contrast, (a_toxic - a_nontoxic) * (v . w) on the model's own "
-                        "generations ('' for none)")
+                        "generations ('' for none; default: unembed when it is among --methods)")
     p.add_argument("--attribution", action="store_true",
                    help="also rank neurons by attribution patching of the model's own toxic words (no direction)")
     p.add_argument("--rerank", default="",

@@ -57,7 +57,10 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     bad = [m for m in methods if m not in DIRECTION_METHODS]
     if bad:
         raise MechtoxError(f"unknown direction method(s) {bad}; use {', '.join(DIRECTION_METHODS)}")
-    contrast_methods = [m.strip() for m in (getattr(args, "contrast", "") or "").split(",") if m.strip()]
+    contrast = getattr(args, "contrast", None)
+    if contrast is None:  # the default follows --methods
+        contrast = "unembed" if "unembed" in methods else ""
+    contrast_methods = [m.strip() for m in contrast.split(",") if m.strip()]
     rerank_methods = [m.strip() for m in (getattr(args, "rerank", "") or "").split(",") if m.strip()]
     for flag, chosen in (("--contrast", contrast_methods), ("--rerank", rerank_methods)):
         unknown = [m for m in chosen if m not in methods and not (flag == "--rerank" and m == "lens")]

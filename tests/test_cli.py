@@ -48,6 +48,12 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
                  "--contrast", "", "--n-eval-prompts", "0", "--out", "d2"]) == 0
     meta = json.loads((tmp_path / "ws" / "runs" / "d2" / "directions.json").read_text())
     assert meta["prompt_filter"] == "unflagged" and meta["prompts"].endswith("[unflagged]")
+    # the default --contrast (unembed) follows --methods
+    assert main(["directions", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--prompts",
+                 "builtin:prompts", "--methods", "gradient", "--k-tokens", "5", "--n-eval-prompts", "0",
+                 "--out", "d4"]) == 0
+    meta = json.loads((tmp_path / "ws" / "runs" / "d4" / "directions.json").read_text())
+    assert [r["method"] for r in meta["rows"]] == ["gradient"]
     mixed = tmp_path / "mixed.txt"  # 40 prompts with a flagged word (fit), 10 without (evaluation)
     mixed.write_text("".join(f"the {w} people {i}\n" for i in range(20) for w in ("stupid", "idiot"))
                      + "".join(f"the good day {i}\n" for i in range(10)))
@@ -107,6 +113,9 @@ def test_missing_direction_and_bad_data(ws, capsys, tmp_path):
     assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--methods", "unembed",
                  "--rerank", "probe"]) == 2
     assert "--rerank ['probe']: not among --methods" in capsys.readouterr().err
+    assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--methods", "gradient",
+                 "--contrast", "unembed"]) == 2
+    assert "--contrast ['unembed']: not among --methods" in capsys.readouterr().err
     assert main(["directions", "-w", ws, "--model", "tiny", "--data", "builtin:toxicity", "--benign-tokens", "-1"]) == 2
     assert "--benign-tokens must be 0 or more" in capsys.readouterr().err
 
