@@ -425,14 +425,14 @@ def benign_attribution(model: HookedTransformer, text: str, n_tokens: int = 4096
     averaged over predicted tokens), on ``n_tokens`` tokens from token ``start`` on, in
     ``window``-token chunks. Start after the tokens a perplexity check uses, to keep them held out.
     The units are those of :attr:`NeuronAttribution.token_scores`."""
-    ids = encode(model, [text], prepend_bos=False)[0][start: start + n_tokens]
-    bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos and model.tokenizer is not None else None
-    step = min(window, model.cfg.n_ctx) - (1 if bos is not None else 0)
-    chunks = [([bos] if bos is not None else []) + ids[i: i + step] for i in range(0, len(ids), step)]
-    chunks = [c for c in chunks if len(c) == step + (1 if bos is not None else 0)]
-    if not chunks:
-        raise MechtoxError(f"benign attribution: the text has fewer than {start + step} tokens; give a longer text "
-                           "or a smaller start")
+    from mechtox.evaluate import text_chunks
+
+    chunks = text_chunks(model, text, window, start, n_tokens)
+    size = max(map(len, chunks), default=0)
+    chunks = [c for c in chunks if len(c) == size]  # whole chunks only, to batch them unpadded
+    if size < min(window, model.cfg.n_ctx):
+        raise MechtoxError(f"benign attribution: the text has fewer than {start} + one {window}-token window of "
+                           "tokens; give a longer text or a smaller start")
     L, M = model.cfg.n_layers, model.cfg.d_mlp
     total, count = torch.zeros(L, M), 0
     with _mlp_grads(model) as (hooks, store):
@@ -457,18 +457,15 @@ def toxic_lens_neurons(model: HookedTransformer, toxic_ids: Sequence[int], mean_
     ``toxic_ids`` among its top-``lens_k`` logit-lens tokens (the neurons
     :func:`~mechtox.validation.precision_at_k` counts as precise), as ``layer, neuron, mean_act``
     in layer order: candidates for :func:`rerank_by_attribution` that need no direction."""
-    from mechtox.neurons import logit_lens_ids, value_vectors
+    from mechtox.neurons import activation_sign, lens_hits, value_vectors
 
     L, M = model.cfg.n_layers, model.cfg.d_mlp
     if tuple(mean_act.shape) != (L, M):
         raise MechtoxError(f"mean_act has shape {tuple(mean_act.shape)}, the model's MLPs ({L}, {M})")
-    toxic = {int(t) for t in toxic_ids}
-    if not toxic:
+    if not len(toxic_ids):
         raise MechtoxError("the toxic token set is empty")
-    sign = torch.where(mean_act.detach().float().cpu() < 0, -1.0, 1.0)
-    V = (value_vectors(model).cpu() * sign[..., None]).reshape(L * M, -1)
-    hit = [bool(toxic & set(row)) for s in range(0, L * M, chunk) for row in logit_lens_ids(model, V[s: s + chunk], lens_k)]
-    flat = np.flatnonzero(hit)
+    V = (value_vectors(model).cpu() * activation_sign(mean_act.detach().float().cpu())[..., None]).reshape(L * M, -1)
+    flat = np.flatnonzero(lens_hits(model, V, toxic_ids, lens_k, chunk))
     return pd.DataFrame({"layer": flat // M, "neuron": flat % M, "mean_act": mean_act.flatten()[flat].numpy()})
 
 

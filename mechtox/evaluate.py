@@ -60,18 +60,26 @@ def toxicity(model: HookedTransformer, prompts: Sequence[str], scorer, intervent
     return ToxicityResult(float(scores.mean()), float((scores > 0.5).mean()), scores, gens, scorer.name, pm, ps)
 
 
-@torch.inference_mode()
-def perplexity(model: HookedTransformer, text: str, interventions: Intervention | Sequence[Intervention] = NOOP,
-               window: int = 256, max_tokens: int | None = 20_000, batch_size: int = 8, progress: bool = True) -> dict[str, float]:
-    """``exp(mean NLL)`` over non-overlapping ``window``-token chunks of ``text``."""
+def text_chunks(model: HookedTransformer, text: str, window: int = 256, start: int = 0,
+                max_tokens: int | None = None) -> list[list[int]]:
+    """Tokens ``start .. start + max_tokens`` of ``text`` (all of them with ``None`` or 0) in
+    non-overlapping chunks of ``window`` tokens (at most ``n_ctx``), each led by BOS when the model
+    prepends one; chunks with a single text token (nothing to predict) are left out."""
     window = min(window, model.cfg.n_ctx)
-    ids = encode(model, [text], prepend_bos=False)[0]
+    ids = encode(model, [text], prepend_bos=False)[0][start:]
     if max_tokens:
         ids = ids[:max_tokens]
     bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos and model.tokenizer is not None else None
     step = window - (1 if bos is not None else 0)
     chunks = [ids[i: i + step] for i in range(0, len(ids), step)]
-    chunks = [([bos] if bos is not None else []) + c for c in chunks if len(c) > 1]
+    return [([bos] if bos is not None else []) + c for c in chunks if len(c) > 1]
+
+
+@torch.inference_mode()
+def perplexity(model: HookedTransformer, text: str, interventions: Intervention | Sequence[Intervention] = NOOP,
+               window: int = 256, max_tokens: int | None = 20_000, batch_size: int = 8, progress: bool = True) -> dict[str, float]:
+    """``exp(mean NLL)`` over non-overlapping ``window``-token chunks of ``text``."""
+    chunks = text_chunks(model, text, window, 0, max_tokens)
     if not chunks:
         raise MechtoxError("the text is too short for perplexity")
     total, count = 0.0, 0

@@ -173,6 +173,21 @@ def logit_lens(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], k:
     return [[model.tokenizer.decode([t]) for t in row] for row in logit_lens_ids(model, vectors, k, bottom)]
 
 
+def lens_hits(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], token_ids, k: int = 10,
+              chunk: int = 4096) -> np.ndarray:
+    """For each vector, whether a token of ``token_ids`` is among its top-``k`` logit-lens tokens
+    (computed ``chunk`` vectors at a time)."""
+    ids = {int(t) for t in token_ids}
+    return np.array([bool(ids & set(row)) for s in range(0, len(vectors), chunk)
+                     for row in logit_lens_ids(model, vectors[s: s + chunk], k)], dtype=bool)
+
+
+def activation_sign(mean_act: Tensor) -> Tensor:
+    """``-1`` where ``mean_act < 0``, else ``+1``: the sign that reads a value vector the way its
+    neuron writes it."""
+    return torch.where(torch.as_tensor(mean_act) < 0, -1.0, 1.0)
+
+
 def table_value_vectors(model: HookedTransformer, table: pd.DataFrame, signed: bool = False) -> Float[Tensor, "n d_model"]:
     """``W_out[l, i]`` for each row (``layer``, ``neuron``) of ``table``; ``signed``: times the
     sign of the row's ``mean_act`` (what the neuron adds when its activation moves that way)."""
@@ -180,7 +195,7 @@ def table_value_vectors(model: HookedTransformer, table: pd.DataFrame, signed: b
     if signed:
         if "mean_act" not in table:
             raise MechtoxError("signed decoding needs a mean_act column (rank_neurons with mean_acts)")
-        V = V * torch.where(torch.tensor(table["mean_act"].to_numpy(dtype=float)) < 0, -1.0, 1.0).to(V)[:, None]
+        V = V * activation_sign(torch.tensor(table["mean_act"].to_numpy(dtype=float))).to(V)[:, None]
     return V
 
 

@@ -23,7 +23,7 @@ from transformer_lens import HookedTransformer
 
 from mechtox.evaluate import perplexity, toxicity
 from mechtox.interventions import NOOP, ablate, random_like
-from mechtox.neurons import logit_lens_ids, table_value_vectors
+from mechtox.neurons import lens_hits, table_value_vectors
 
 
 def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Sequence[int], k: int = 20,
@@ -37,9 +37,7 @@ def precision_at_k(model: HookedTransformer, table: pd.DataFrame, toxic_ids: Seq
     top = table.head(k)
     if len(top) == 0:
         return float("nan")
-    V = table_value_vectors(model, top, signed)
-    toxic = {int(t) for t in toxic_ids}
-    return float(np.mean([bool(toxic & set(row)) for row in logit_lens_ids(model, V, lens_k)]))
+    return float(np.mean(lens_hits(model, table_value_vectors(model, top, signed), toxic_ids, lens_k)))
 
 
 def agreement(rankings: dict[str, pd.DataFrame], k: int = 100) -> pd.DataFrame:

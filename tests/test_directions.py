@@ -355,12 +355,19 @@ def test_rerank_by_attribution_keeps_the_cosine_top_and_orders_it_by_score():
         rerank_by_attribution(table, att, 0)
 
 
+def plant_lens_token(m, token: str, neurons: dict[tuple[int, int], float]) -> int:
+    """Set ``W_out[l, i] = scale * (unit unembedding of token)`` for each ``(l, i): scale``; the token id."""
+    B = unembed_basis(m)
+    target = m.tokenizer.convert_tokens_to_ids(token)
+    with torch.no_grad():
+        for (layer, n), scale in neurons.items():
+            m.blocks[layer].mlp.W_out[n] = scale * B[:, target] / B[:, target].norm()
+    return target
+
+
 def test_signed_precision_uses_the_activation_sign(tiny_llama):
     m = tiny_llama
-    B = unembed_basis(m)
-    target = m.tokenizer.convert_tokens_to_ids("idiot")
-    with torch.no_grad():
-        m.blocks[0].mlp.W_out[4] = -50 * B[:, target] / B[:, target].norm()
+    target = plant_lens_token(m, "idiot", {(0, 4): -50})
     table = pd.DataFrame({"layer": [0], "neuron": [4], "mean_act": [-2.0]})
     assert precision_at_k(m, table, [target], k=1, lens_k=1) == 0.0
     assert precision_at_k(m, table, [target], k=1, lens_k=1, signed=True) == 1.0
@@ -450,11 +457,7 @@ def test_toxic_lens_neurons_read_the_value_vector_with_the_activation_sign(tiny_
     from mechtox.directions import NeuronAttribution, rerank_by_attribution, toxic_lens_neurons
 
     m = tiny_llama
-    B = unembed_basis(m)
-    target = m.tokenizer.convert_tokens_to_ids("idiot")
-    with torch.no_grad():
-        m.blocks[0].mlp.W_out[4] = -50 * B[:, target] / B[:, target].norm()
-        m.blocks[1].mlp.W_out[7] = 50 * B[:, target] / B[:, target].norm()
+    target = plant_lens_token(m, "idiot", {(0, 4): -50, (1, 7): 50})
     mean_act = torch.ones(m.cfg.n_layers, m.cfg.d_mlp)
     found = set(zip(*[toxic_lens_neurons(m, [target], mean_act, lens_k=1, chunk=7)[c] for c in ("layer", "neuron")],
                     strict=True))
