@@ -1,0 +1,370 @@
+"""A small mutation check: do the fast tests notice a one-line slip in the core modules?
+
+Each mutant below replaces one exact snippet of a core module (it must occur exactly once) with a
+plausible bug: an off-by-one mask, the wrong model's weights, a dropped sign, a missing
+normalisation. The mutants were written from reading the code, before the tests meant to catch
+them. For each mutant, a temporary copy of the tree gets the change and the fast tests of that
+module run there (``pytest -m "not slow" -x``): a failing run catches the mutant, a passing run
+lets it survive. The working tree is never modified.
+
+    python tools/mutate.py                 # every mutant (about 30-40 minutes on 2 cores)
+    python tools/mutate.py --only training # mutants of one module (or any substring of their id)
+    python tools/mutate.py --list          # the mutants, without running anything
+
+The last line reads ``mutation score: CAUGHT/TOTAL (P%)``. A developer tool, not part of CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    module: str  # file under mechtox/
+    old: str
+    new: str
+    why: str
+
+
+TESTS = {  # the fast test files of each module
+    "attribution.py": ["tests/test_attribution.py"],
+    "training.py": ["tests/test_training.py"],
+    "probe.py": ["tests/test_probe.py"],
+    "interventions.py": ["tests/test_interventions.py"],
+    "neurons.py": ["tests/test_neurons.py"],
+    "evaluate.py": ["tests/test_evaluate.py"],
+    "activations.py": ["tests/test_activations.py"],
+    "generation.py": ["tests/test_generation.py"],
+    "directions.py": ["tests/test_directions.py"],
+    "validation.py": ["tests/test_directions.py", "tests/test_validation.py"],
+}
+
+M = Mutant
+MUTANTS = [
+    # ------------------------------------------------------------------ attribution
+    M("attribution-groups-from-v-after", "attribution.py",
+      "cos_b = (d_b / norm_b.clamp_min(1e-12))", "cos_b = (d_a / norm_b.clamp_min(1e-12))",
+      "T/A grouping from cos(v_after, w) instead of cos(v_before, w)"),
+    M("attribution-after-mean-by-before-count", "attribution.py",
+      "a_a = sa.act / sa.n_tokens", "a_a = sa.act / sb.n_tokens",
+      "the after model's mean activations divided by the before model's token count"),
+    M("attribution-after-value-vectors-from-before", "attribution.py",
+      "d_a, _ = _d(after, w, L)", "d_a, _ = _d(before, w, L)",
+      "the after model's value vectors taken from the before model"),
+    M("attribution-mask-off-by-one", "attribution.py",
+      "mask[r, starts[i] - 1: len(seqs[i]) - 1] = 1.0", "mask[r, starts[i]: len(seqs[i])] = 1.0",
+      "evaluation positions are the generated tokens, not the positions that predict them"),
+    M("attribution-P-from-after", "attribution.py",
+      "P = act_before >= 0", "P = act_after >= 0",
+      "P/N grouping from the after model's activation sign"),
+    M("attribution-net-share-over-gross", "attribution.py",
+      '"share_of_net": c / neuron_sum', '"share_of_net": c / gross',
+      "share of the net change divided by the gross reduction"),
+    M("attribution-resid-pre-layer", "attribution.py",
+      'return layer if m.group(2) == "post" else layer - 1', "return layer",
+      "a hook_resid_pre/mid direction attributed through its own block"),
+    # ------------------------------------------------------------------ training
+    M("training-sft-loss-per-sequence", "training.py",
+      "return -(logp * m).sum() / m.sum()", "return -((logp * m).sum(-1) / m.sum(-1)).mean()",
+      "SFT loss averaged per sequence instead of per target token"),
+    M("training-labels-off-by-one", "training.py",
+      "lab[i, p - 1: len(s) - 1] = 1", "lab[i, p: len(s) - 1] = 1",
+      "the first completion token is not a label"),
+    M("training-dpo-wrong-reference", "training.py",
+      "rejected_rewards = beta * (rejected_logps - ref_rejected_logps)",
+      "rejected_rewards = beta * (rejected_logps - ref_chosen_logps)",
+      "the rejected reward against the chosen reference log-prob"),
+    M("training-dpo-accuracy-ties", "training.py",
+      'float((cr > rr).float().mean())', 'float((cr >= rr).float().mean())',
+      "rewards/accuracies counts ties as correct (1.0 at the start)"),
+    M("training-prompt-keeps-first-tokens", "training.py",
+      "encode(model, prompts, max_prompt_tokens, truncate=\"left\") if any(prompts)",
+      "encode(model, prompts, max_prompt_tokens, truncate=\"right\") if any(prompts)",
+      "long prompts keep their first tokens, not the ones next to the completion"),
+    M("training-probe-sft-sums-probes", "training.py",
+      "probe = scores.mean()", "probe = scores.sum(0).mean()",
+      "probe-SFT sums the probe scores instead of averaging over probes"),
+    M("training-probe-sft-pools-labels", "training.py",
+      "mod.pooled(store[mod.hook_name].float(), batch.attention_mask)",
+      "mod.pooled(store[mod.hook_name].float(), batch.label_mask)",
+      "probe-SFT pools over the target positions only, not the whole text the probe was fitted on"),
+    M("training-sap-safe-perturbation", "training.py",
+      "scale = self.cfg.sap_rho * w_norm / (g_norm + 1e-12)", "scale = -self.cfg.sap_rho * w_norm / (g_norm + 1e-12)",
+      "SAP perturbs the weights toward safety instead of harm"),
+    M("training-sap-vector-sign", "training.py",
+      "(self.cfg.sap_eps * mags[h] * torch.sign(g))", "(self.cfg.sap_eps * mags[h] * -torch.sign(g))",
+      "SAP's vector steps against the task-loss gradient"),
+    M("training-warmup-starts-at-zero", "training.py",
+      "min(1.0, (step + 1) / warmup)", "min(1.0, step / warmup)",
+      "the first warm-up step has learning rate 0"),
+    M("training-grad-accum-not-divided", "training.py",
+      "(loss / cfg.grad_accum).backward()", "loss.backward()",
+      "accumulated gradients are summed, not averaged"),
+    M("training-logps-mean", "training.py",
+      "return (tok_logp * batch.label_mask[:, :-1]).sum(-1)", "return (tok_logp * batch.label_mask[:, :-1]).mean(-1)",
+      "sequence log-prob averaged over all positions instead of summed over completion tokens"),
+    M("training-rank-pairs-swapped", "training.py",
+      "swap = sc > sr", "swap = sc < sr",
+      "probe-ranked DPO prefers the completion the probe finds MORE toxic"),
+    M("training-safety-temperature", "training.py",
+      "(safe_logps - harmful_logps) / temperature", "(safe_logps - harmful_logps) * temperature",
+      "SAP's safety loss multiplies by the temperature"),
+    # ------------------------------------------------------------------ probe
+    M("probe-svm-weight-not-mapped-back", "probe.py",
+      "d = svm.coef_[0] / sigma", "d = svm.coef_[0]",
+      "the linear SVM's weight left in standardised coordinates"),
+    M("probe-logreg-bias-not-mapped-back", "probe.py",
+      "return w, float(clf.intercept_[0] - mu @ w)", "return w, float(clf.intercept_[0])",
+      "the logistic-regression bias left in standardised coordinates"),
+    M("probe-diffmean-no-contrast", "probe.py",
+      "d = X[y == 1].mean(0) - X[y == 0].mean(0)", "d = X[y == 1].mean(0)",
+      "the difference-of-means direction is the toxic mean alone"),
+    M("probe-best-by-min", "probe.py",
+      "best = str(table.loc[table[select_on].idxmax(), \"hook\"])", "best = str(table.loc[table[select_on].idxmin(), \"hook\"])",
+      "the sweep picks the worst layer"),
+    M("probe-module-bias-sign", "probe.py",
+      "acts @ self.weight.to(acts.dtype) + self.bias.to(acts.dtype)", "acts @ self.weight.to(acts.dtype) - self.bias.to(acts.dtype)",
+      "the differentiable probe subtracts its bias"),
+    M("probe-test-metrics-on-train", "probe.py",
+      'metrics |= {f"test_{k}": v for k, v in _metrics(y[te], Xn[te] @ w + b).items()}',
+      'metrics |= {f"test_{k}": v for k, v in _metrics(y[tr], Xn[tr] @ w + b).items()}',
+      "held-out metrics computed on the training rows"),
+    # ------------------------------------------------------------------ interventions
+    M("interventions-newest-is-first", "interventions.py",
+      "act[:, -1] = act[:, -1] + v", "act[:, 0] = act[:, 0] + v",
+      "newest_only steering adds to the first position"),
+    M("interventions-subtract-drops-newest", "interventions.py",
+      "return make_add_hook(direction, -alpha, newest_only)", "return make_add_hook(direction, -alpha)",
+      "subtract ignores newest_only"),
+    M("interventions-value-vector-axis", "interventions.py",
+      "p.index_fill_(0, ii.to(p.device), 0.0)", "p.index_fill_(1, ii.to(p.device), 0.0)",
+      "zeroing value vectors zeroes residual dimensions instead"),
+    M("interventions-restore-after-second-edit", "interventions.py",
+      "            if name not in saved:\n", "            if True:\n",
+      "a parameter edited twice is restored to its once-edited value"),
+    M("interventions-random-not-excluding", "interventions.py",
+      "pool = np.setdiff1d(np.arange(d_mlp), np.asarray(excl.get(layer, []), dtype=int))", "pool = np.arange(d_mlp)",
+      "random baseline neurons may include the ablated ones"),
+    M("interventions-mean-ablation-layer0", "interventions.py",
+      "vals = means[layer, idx].float()", "vals = means[0, idx].float()",
+      "mean ablation takes every layer's means from layer 0"),
+    M("interventions-patch-noop", "interventions.py",
+      "            return src.clone()\n", "            return act\n",
+      "a whole-activation patch leaves the activation unchanged"),
+    # ------------------------------------------------------------------ neurons
+    M("neurons-lens-ignores-norm-weight", "neurons.py",
+      "W_U = w.detach().float().unsqueeze(1) * W_U", "W_U = W_U",
+      "the logit lens ignores the final norm's weight"),
+    M("neurons-lens-no-centring", "neurons.py",
+      "vecs = vecs - vecs.mean(-1, keepdim=True)", "vecs = vecs",
+      "LayerNorm models' logit lens does not centre"),
+    M("neurons-rank-by-dot", "neurons.py",
+      "cos = dot / norm.clamp_min(1e-12)", "cos = dot",
+      "the ranking uses dot products, not cosines"),
+    M("neurons-svd-unsigned", "neurons.py",
+      "signs = torch.sign(vecs @ w)", "signs = torch.ones(vecs.shape[0])",
+      "SVD singular vectors keep an arbitrary sign"),
+    M("neurons-activation-sign-flipped", "neurons.py",
+      "torch.where(torch.as_tensor(mean_act) < 0, -1.0, 1.0)", "torch.where(torch.as_tensor(mean_act) > 0, -1.0, 1.0)",
+      "signed decoding flips positive neurons"),
+    M("neurons-mean-is-sum", "neurons.py",
+      "return torch.stack([acts[h].mean(0) for h in hooks])", "return torch.stack([acts[h].sum(0) for h in hooks])",
+      "mean activations are sums"),
+    M("neurons-diag-metric-inverted", "neurons.py",
+      "cos = dot / ((V / s).norm(dim=-1).clamp_min(1e-12) * (w * s).norm())",
+      "cos = dot / ((V * s).norm(dim=-1).clamp_min(1e-12) * (w * s).norm())",
+      "a diagonal metric scales value vectors the wrong way"),
+    # ------------------------------------------------------------------ evaluate
+    M("evaluate-chunks-without-bos", "evaluate.py",
+      "return [([bos] if bos is not None else []) + c for c in chunks if len(c) > 1]",
+      "return [c for c in chunks if len(c) > 1]",
+      "perplexity chunks no longer start with BOS"),
+    M("evaluate-ppl-mask-shift", "evaluate.py",
+      "m = mask[:, 1:].bool()", "m = mask[:, :-1].bool()",
+      "perplexity counts the prediction of padding after the last real token"),
+    M("evaluate-ppl-is-nll", "evaluate.py",
+      'return {"ppl": math.exp(nll), "nll": nll, "tokens": count}', 'return {"ppl": nll, "nll": nll, "tokens": count}',
+      "'perplexity' that is really mean NLL"),
+    M("evaluate-f1-half", "evaluate.py",
+      "return 2 * prec * rec / (prec + rec)", "return prec * rec / (prec + rec)",
+      "F1 without the factor 2"),
+    M("evaluate-chunk-step", "evaluate.py",
+      "step = window - (1 if bos is not None else 0)", "step = window",
+      "chunks with BOS are one token longer than the window"),
+    # ------------------------------------------------------------------ activations
+    M("activations-mean-over-padding", "activations.py",
+      "return (act * m).sum(1) / m.sum(1).clamp_min(1)", "return (act * m).sum(1) / m.shape[1]",
+      "mean pooling divides by the padded length"),
+    M("activations-last-is-pad", "activations.py",
+      "last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)", "last = torch.full((mask.shape[0],), mask.shape[1] - 1)",
+      "last-token pooling takes the last position, padding included"),
+    M("activations-skip-first-of-first", "activations.py",
+      "mask[row, : skips[i]] = 0", "mask[row, : skips[b[0]]] = 0",
+      "per-sequence skip counts all taken from the batch's first sequence"),
+    M("activations-negative-layers", "activations.py",
+      "layers = [int(x) + (n_layers if int(x) < 0 else 0) for x in layers]", "layers = [int(x) for x in layers]",
+      "negative layer numbers are not counted from the end"),
+    M("activations-token-index-batch-row", "activations.py",
+      "tok_index.append(torch.stack([torch.as_tensor(b)[rows.cpu()], cols.cpu()], 1))",
+      "tok_index.append(torch.stack([rows.cpu(), cols.cpu()], 1))",
+      "token pooling's index gives the batch row, not the text"),
+    # ------------------------------------------------------------------ generation
+    M("generation-right-padding", "generation.py",
+      'batch = pad([ids[i] for i in b], pid, "left").to(device)', 'batch = pad([ids[i] for i in b], pid, "right").to(device)',
+      "generation batches padded on the right"),
+    M("generation-keeps-eos", "generation.py",
+      "toks = toks[: toks.index(eos)]", "toks = toks[: toks.index(eos) + 1]",
+      "continuations keep their EOS token"),
+    M("generation-prompt-keeps-first", "generation.py",
+      'ids = encode(model, prompts, max_prompt_tokens, truncate="left")', 'ids = encode(model, prompts, max_prompt_tokens, truncate="right")',
+      "long prompts keep their first tokens"),
+    # ------------------------------------------------------------------ directions
+    M("directions-gradient-counts-pads", "directions.py",
+      "obj = (logp[..., tox_idx].logsumexp(-1) * mask).sum()", "obj = logp[..., tox_idx].logsumexp(-1).sum()",
+      "the gradient direction's objective includes pad positions"),
+    M("directions-token-scores-per-continuation-length", "directions.py",
+      "per_token[layer] += contrib / int(mask.sum())", "per_token[layer] += contrib / len(cont)",
+      "token_scores divided by the continuation length, not the toxic-word tokens"),
+    M("directions-attribution-act-at-token", "directions.py",
+      "act_sum[layer] += a[:-1][mask.cpu()].sum(0)", "act_sum[layer] += a[1:][mask.cpu()].sum(0)",
+      "attribution mean_act read at the toxic token instead of the position that predicts it"),
+    M("directions-log-ratio-not-odds", "directions.py",
+      "lo = np.log(yt / (n_t - tox[keep] + alpha)) - np.log(yn / (n_n - non[keep] + alpha))",
+      "lo = np.log(yt / (n_t + alpha)) - np.log(yn / (n_n + alpha))",
+      "token statistics: log ratio of proportions instead of log-odds"),
+    M("directions-nontoxic-set-least-specific", "directions.py",
+      'non["token_id"].tail(kn)', 'non["token_id"].head(kn)',
+      "the non-toxic token set takes the least non-toxic tokens"),
+    M("directions-unembed-baseline-swapped", "directions.py",
+      'base = B.mean(1) if baseline == "vocab" else B[:, sets.nontoxic].mean(1)',
+      'base = B[:, sets.nontoxic].mean(1) if baseline == "vocab" else B.mean(1)',
+      "the unembedding direction's baseline options swapped"),
+    M("directions-nontoxic-threshold", "directions.py",
+      "non = [i for i in keep if scores[i] < nontoxic_threshold]", "non = [i for i in keep if scores[i] < toxic_threshold]",
+      "non-toxic generations are everything below the toxic threshold"),
+    M("directions-benign-count-all-tokens", "directions.py",
+      "count += logp.numel()", "count += toks.numel()",
+      "benign attribution divides by the tokens, not the predicted tokens"),
+    M("directions-specific-no-clamp", "directions.py",
+      "self.token_scores - benign.detach().float().cpu().clamp(min=0)", "self.token_scores - benign.detach().float().cpu()",
+      "neurons whose ablation would help ordinary text are rewarded"),
+    M("directions-gen-diffmean-no-contrast", "directions.py",
+      "d = acts[: len(tox)].mean(0) - acts[len(tox):].mean(0)", "d = acts[: len(tox)].mean(0)",
+      "the generation diff-of-means is the toxic mean alone"),
+    M("directions-final-norm-scale", "directions.py",
+      "        return 1.0 / g\n", "        return g\n",
+      "the final_norm metric scales by g instead of 1/g"),
+    M("directions-copied-words-not-skipped", "directions.py",
+      "if w and not (_word_set(w) & skip_words)]", "if w]",
+      "skip_copied keeps the words copied from the prompt"),
+    M("directions-copy-stats-any-flag", "directions.py",
+      "copied += bool(b & _word_set(gens.prompts[i]))", "copied += bool(b)",
+      "every flagged continuation counts as copied"),
+    # ------------------------------------------------------------------ validation
+    M("validation-precision-unsigned", "validation.py",
+      "lens_hits(model, table_value_vectors(model, top, signed), toxic_ids, lens_k)",
+      "lens_hits(model, table_value_vectors(model, top, False), toxic_ids, lens_k)",
+      "signed precision reads the raw value vectors"),
+    M("validation-drop-sign", "validation.py",
+      '"drop": base.mean - t.mean', '"drop": t.mean - base.mean',
+      "the drop in toxicity has the wrong sign"),
+    M("validation-random-not-excluding-top", "validation.py",
+      "seed + 1000 * dr + k, exclude=top)", "seed + 1000 * dr + k, exclude=None)",
+      "random draws may contain the ranked neurons"),
+    M("validation-ratio-ignores-spread", "validation.py",
+      "bar = max(float(np.mean(random_drops)), sd)", "bar = float(np.mean(random_drops))",
+      "the random bar ignores the spread of the draws"),
+    M("validation-goal-negative-drop", "validation.py",
+      "causal = bool(drop > 0 and drop >= bar)", "causal = bool(drop >= bar)",
+      "a negative drop passes against a negative random baseline"),
+    M("validation-agreement-union", "validation.py",
+      'f"overlap@{k}": len(tops[a] & tops[b]) / k', 'f"overlap@{k}": len(tops[a] | tops[b]) / k',
+      "top-k overlap counts the union"),
+]
+
+
+def apply(text: str, m: Mutant) -> str:
+    n = text.count(m.old)
+    if n != 1:
+        raise SystemExit(f"mutant {m.id}: its snippet occurs {n} times in mechtox/{m.module}; update the mutant")
+    return text.replace(m.old, m.new)
+
+
+def copy_tree(dst: Path) -> None:
+    for name in ("mechtox", "tests"):
+        shutil.copytree(ROOT / name, dst / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", dst / "pyproject.toml")
+
+
+def run_tests(tree: Path, files: list[str], timeout: float) -> tuple[bool, float]:
+    """True when the tests pass (the mutant survives)."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "TQDM_DISABLE": "1"}
+    shared = ROOT.parent / "shared" / "data"
+    if "MECHTOX_DATA" not in env and shared.is_dir():
+        env["MECHTOX_DATA"] = str(shared)  # the copy has no shared/ beside it
+    files = [f for f in files if (tree / f).is_file()]
+    t = time.perf_counter()
+    try:
+        r = subprocess.run([sys.executable, "-m", "pytest", "-m", "not slow", "-x", "-q", "-p", "no:cacheprovider",
+                            *files], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return False, time.perf_counter() - t  # a mutant that hangs the tests is caught
+    return r.returncode == 0, time.perf_counter() - t
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=None, help="run the mutants whose id or module contains this")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per test run")
+    args = ap.parse_args()
+    mutants = [m for m in MUTANTS if args.only is None or args.only in m.id or args.only in m.module]
+    for m in mutants:  # every snippet must still be in the code
+        apply((ROOT / "mechtox" / m.module).read_text(), m)
+    if args.list:
+        for m in mutants:
+            print(f"{m.id:50s} {m.why}")
+        print(f"{len(mutants)} mutants")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="mechtox-mutate-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        modules = sorted({m.module for m in mutants})
+        files = sorted({f for mod in modules for f in TESTS[mod]})
+        ok, secs = run_tests(tree, files, args.timeout)
+        if not ok:
+            print(f"mutate: the unmutated tests fail ({' '.join(files)}); fix them first", file=sys.stderr)
+            return 2
+        print(f"baseline: {len(files)} test files pass unmutated ({secs:.0f} s)", flush=True)
+        caught, survivors = 0, []
+        for m in mutants:
+            path = tree / "mechtox" / m.module
+            original = path.read_text()
+            path.write_text(apply(original, m))
+            try:
+                survived, secs = run_tests(tree, TESTS[m.module], args.timeout)
+            finally:
+                path.write_text(original)
+            caught += not survived
+            if survived:
+                survivors.append(m)
+            print(f"{'SURVIVED' if survived else 'caught  '}  {m.id:50s} ({secs:.0f} s)  {m.why}", flush=True)
+        print(f"\nsurvivors: {', '.join(m.id for m in survivors) or 'none'}")
+        print(f"mutation score: {caught}/{len(mutants)} ({100 * caught / len(mutants):.0f}%)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
