@@ -1,8 +1,11 @@
 """Data: labelled toxicity text, prompt sets, preference pairs, raw text; tokenisation.
 
-Every loader takes a local path (CSV / TSV / JSONL / JSON / plain text), an HF ``datasets``
-id (for users with the hub), or ``builtin:NAME`` for the small data set shipped with mechtox
-(template-built, enough for the main job on a fresh machine; never for reported results).
+Every loader takes a local path (CSV / TSV / JSONL / JSON / plain text, each optionally
+gzipped), an HF ``datasets`` id (for users with the hub), ``data:NAME`` for a real data file found
+by :func:`data_file`, or ``builtin:NAME`` for the template-built toy data (unit tests on the tiny
+model only). Without a source, each loader reads its real default (:data:`DEFAULT_FILES`): from
+``$MECHTOX_DATA``, else ``shared/data`` beside the project, else the bundle shipped in
+``mechtox/resources/data``, and says once, in one line, which folder that is.
 Malformed input raises :class:`~mechtox.errors.DataError` naming the file and line.
 
 Tokenisation, padding side and attention masks live in :func:`tokenize` only.
@@ -11,13 +14,17 @@ Tokenisation, padding side and attention masks live in :func:`tokenize` only.
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import os
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
+from unittest import mock
 
 import numpy as np
 import torch
@@ -42,42 +49,163 @@ _HF_COLUMNS = {
 
 
 def builtin_path(name: str) -> Path:
-    """Path of a data file shipped in ``mechtox/resources``."""
+    """Path of a template-built toy file in ``mechtox/resources`` (tests on the tiny model only)."""
     if name not in BUILTIN:
         raise DataError(f"no builtin data {name!r}; builtins are {sorted(BUILTIN)}")
     return Path(str(resources.files("mechtox") / "resources" / BUILTIN[name]))
 
 
+# ----------------------------------------------------------------------------- where the real data comes from
+
+#: The real data files every default reads, by role. All of them are shipped (gzipped) in
+#: ``mechtox/resources/data``, so the defaults serve on any machine.
+DEFAULT_FILES = {
+    "labelled": "jigsaw_balanced.csv",
+    "prompts": "rtp_challenge.jsonl",
+    "nontoxic_prompts": "rtp_nontoxic.jsonl",
+    "pairs": "paradetox.tsv",
+    "text": "wikitext2_test.raw",
+    "wiki_samples": "wiki_samples.jsonl",
+}
+
+# The template-built toy files standing in for the real ones where a test asks for them
+# (``data_dir="builtin"``): the tiny random model's tokenizer knows only their words.
+_TOY = {"jigsaw_balanced.csv": "builtin:toxicity", "rtp_challenge.jsonl": "builtin:prompts",
+        "rtp_nontoxic.jsonl": "builtin:prompts", "wikitext2_test.raw": "builtin:text"}
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """A folder of real data files and why it was chosen (``origin``)."""
+
+    path: Path
+    origin: str
+
+    def describe(self) -> str:
+        return f"{self.path} ({self.origin})"
+
+
+def bundled_data_dir() -> Path:
+    """The real-data bundle shipped inside the package (see its ``SOURCES.md``)."""
+    return Path(str(resources.files("mechtox") / "resources" / "data"))
+
+
+def _beside_project() -> list[Path]:
+    """``shared/data`` beside (or inside) the source checkout the package is imported from.
+
+    Found from the package's own location, never from the working directory, so a notebook in
+    ``docs/`` and a shell in the repository see the same data. An installed wheel has no checkout.
+    """
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "pyproject.toml").is_file():
+        return []
+    return [root.parent / "shared" / "data", root / "shared" / "data"]
+
+
+def data_dirs(override: str | os.PathLike[str] | None = None) -> list[DataDir]:
+    """The folders searched for a real data file, first first.
+
+    ``override`` (a flag such as ``mechtox run --data-dir``), then ``$MECHTOX_DATA``, then
+    ``shared/data`` beside the project, then the bundle shipped with mechtox.
+    """
+    out = []
+    for value, origin in ((override, "--data-dir"), (os.environ.get("MECHTOX_DATA") or None, "$MECHTOX_DATA")):
+        if value is None:
+            continue
+        p = Path(value).expanduser()
+        if not p.is_dir():
+            raise DataError(f"{origin} {p} is not a folder; point it at a folder of data files, or unset it to use "
+                            f"the data shipped with mechtox ({bundled_data_dir()})")
+        out.append(DataDir(p, origin))
+    out += [DataDir(p, "shared/data beside the project") for p in _beside_project() if p.is_dir()]
+    out.append(DataDir(bundled_data_dir(), "the real-data bundle shipped with mechtox"))
+    return out
+
+
+_ANNOUNCED: set[str] = set()
+
+
+def announce(what: str) -> None:
+    """Say once per process, in one line, which data is used."""
+    if what not in _ANNOUNCED:
+        _ANNOUNCED.add(what)
+        print(f"data: {what}", flush=True)
+
+
+def find_data_file(name: str, override: str | os.PathLike[str] | None = None) -> tuple[Path, DataDir]:
+    """``name`` (e.g. ``jigsaw_balanced.csv``; also found gzipped) in the first folder of
+    :func:`data_dirs` that has it."""
+    dirs = data_dirs(override)
+    for d in dirs:
+        for candidate in (d.path / name, d.path / f"{name}.gz"):
+            if candidate.is_file():
+                return candidate, d
+    raise DataError(f"no data file {name!r} in {', '.join(d.describe() for d in dirs)}; pass its path, or put it "
+                    "in a folder named by $MECHTOX_DATA")
+
+
+def data_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """The path of the real data file ``name`` (see :func:`data_dirs`), announced once.
+
+    ``data_dir="builtin"`` gives the template-built toy file instead (tests on the tiny model).
+    """
+    if str(data_dir) == "builtin":
+        if name not in _TOY:
+            raise DataError(f"the builtin toy data has no stand-in for {name!r}")
+        announce("builtin template-built toy data (for tests on the tiny model; not for results)")
+        return _TOY[name]
+    path, d = find_data_file(name, data_dir)
+    announce(d.describe())
+    return str(path)
+
+
 def shared_data_dir() -> Path | None:
-    """The real data folder (``$MECHTOX_DATA``, else ``../shared/data`` or ``./shared/data``), if any."""
-    env = os.environ.get("MECHTOX_DATA")
-    candidates = [Path(env)] if env else []
-    candidates += [Path.cwd().parent / "shared" / "data", Path.cwd() / "shared" / "data"]
-    for c in candidates:
-        if (c / "SOURCES.md").is_file() or (c / "jigsaw_balanced.csv").is_file():
-            return c
-    return None
+    """The first real data folder other than the shipped bundle ($MECHTOX_DATA or shared/data
+    beside the project), if any."""
+    dirs = data_dirs()
+    return dirs[0].path if len(dirs) > 1 else None
 
 
-def shared_file(name: str, fallback: str | None) -> str | None:
-    """``name`` in the real data folder (:func:`shared_data_dir`) when it is there, else ``fallback``."""
-    d = shared_data_dir()
-    return str(d / name) if d is not None and (d / name).is_file() else fallback
+def _default(role: str, source: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+    return data_file(DEFAULT_FILES[role]) if source is None else source
 
 
 def _resolve(source: str | os.PathLike[str]) -> Path | None:
     """A local path for ``source`` or None when it should be an HF id."""
     s = str(source)
     if s.startswith("builtin:"):
+        announce("builtin template-built toy data (for tests on the tiny model; not for results)")
         return builtin_path(s.split(":", 1)[1])
+    if s.startswith("data:"):
+        return Path(data_file(s.split(":", 1)[1]))
     p = Path(s).expanduser()
     if p.exists():
         if p.is_dir():
             raise DataError(f"{p} is a directory; pass a data file")
         return p
-    if p.suffix.lower() in (".csv", ".tsv", ".jsonl", ".json", ".txt", ".raw") or os.sep in s and not _looks_like_hf_id(s):
+    if _format(p) in (".csv", ".tsv", ".jsonl", ".json", ".txt", ".raw") or os.sep in s and not _looks_like_hf_id(s):
         raise DataError(f"no such data file: {p}")
     return None
+
+
+def _format(path: Path) -> str:
+    """The data format of ``path`` from its suffix, looking through a ``.gz``."""
+    suffixes = [x.lower() for x in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+def _read_text(path: Path) -> str:
+    """The whole text of a (possibly gzipped) UTF-8 file; binary or non-UTF-8 input is a DataError."""
+    try:
+        raw = path.read_bytes()
+        if path.suffix.lower() == ".gz":
+            raw = gzip.decompress(raw)
+        return raw.decode("utf-8")
+    except (UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile) as e:
+        raise DataError(f"{path} is not readable UTF-8 text ({type(e).__name__}); pass a CSV/TSV/JSONL/JSON or "
+                        "text file") from None
 
 
 def _looks_like_hf_id(s: str) -> bool:
@@ -87,38 +215,39 @@ def _looks_like_hf_id(s: str) -> bool:
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV / TSV / JSONL / JSON file as dicts; errors name file and line."""
-    suffix = path.suffix.lower()
+    suffix = _format(path)
+    if suffix not in (".csv", ".tsv", ".jsonl", ".json"):
+        raise DataError(f"{path}: unknown format {suffix!r}; use .csv, .tsv, .jsonl or .json (optionally .gz)")
+    text = _read_text(path)
     rows: list[dict[str, Any]] = []
     if suffix in (".csv", ".tsv"):
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+        try:
+            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
             if reader.fieldnames is None:
                 raise DataError(f"{path} is empty")
-            for row in reader:
-                rows.append(row)
+            rows.extend(reader)
+        except csv.Error as e:
+            raise DataError(f"{path}:{reader.line_num}: malformed {suffix[1:].upper()} ({e})") from None
     elif suffix == ".jsonl":
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{i}: bad JSON line ({e.msg})") from None
-                if not isinstance(obj, dict):
-                    raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
-                obj["__line__"] = i
-                rows.append(obj)
-    elif suffix == ".json":
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{i}: bad JSON line ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path}:{i}: expected a JSON object, got {type(obj).__name__}")
+            obj["__line__"] = i
+            rows.append(obj)
+    else:
         try:
-            obj = json.loads(path.read_text(encoding="utf-8"))
+            obj = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{e.lineno}: bad JSON ({e.msg})") from None
         if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
             raise DataError(f"{path}: expected a JSON list of objects")
         rows = obj
-    else:
-        raise DataError(f"{path}: unknown format {suffix!r}; use .csv, .tsv, .jsonl or .json")
     if not rows:
         raise DataError(f"{path} has no data rows")
     return rows
@@ -160,13 +289,15 @@ def _to_label(value: Any, where: str, threshold: float) -> int:
     return int(x >= threshold)
 
 
-def load_labelled(source: str | os.PathLike[str], text_col: str | None = None, label_col: str | None = None,
+def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | None = None, label_col: str | None = None,
                   split: str = "train", limit: int | None = None, threshold: float = 0.5) -> LabelledTexts:
     """Load binary-labelled text from a file or an HF data set.
 
     Labels may be 0/1, scores in [0, 1] (thresholded at ``threshold``), booleans or the words
-    toxic / non-toxic. Both classes must be present.
+    toxic / non-toxic. Both classes must be present. Without ``source``: the Jigsaw slice
+    (``jigsaw_balanced.csv``, found as :func:`data_file` says).
     """
+    source = _default("labelled", source)
     path = _resolve(source)
     if path is not None:
         rows = _read_rows(path)
@@ -202,7 +333,7 @@ def _load_labelled_hf(name: str, text_col: str | None, label_col: str | None, sp
                       threshold: float) -> tuple[list[str], list[int], str]:
     default = _HF_COLUMNS.get(name, ("text", "label"))
     text_col, label_col = text_col or default[0], label_col or default[1]
-    ds = _hf_load(name, split)
+    ds = _hf_load(name, split, role="labelled")
     for c in (text_col, label_col):
         if c not in ds.column_names:
             raise DataError(f"HF data set {name}: no column {c!r} (columns: {', '.join(ds.column_names)})")
@@ -211,18 +342,43 @@ def _load_labelled_hf(name: str, text_col: str | None, label_col: str | None, sp
     return texts, labels, f"hf:{name}:{split}"
 
 
-def _hf_load(name: str, split: str, config: str | None = None):
+def _hub_reachable() -> bool:
+    """Whether the HF hub answers (a 3 s TCP check; False when ``HF_HUB_OFFLINE`` is set)."""
+    from urllib.parse import urlparse
+
+    import huggingface_hub.constants as hub
+
+    if hub.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(hub.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+    except OSError:
+        return False
+    return True
+
+
+def _hf_load(name: str, split: str, config: str | None = None, role: str = "labelled"):
+    """``datasets.load_dataset``; with no hub in reach, from the local HF cache only (no retries)."""
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is a dependency
         raise DataError("loading from the HF hub needs the datasets package") from e
+    online = _hub_reachable()
+    hint = (f"pass a local CSV/TSV/JSONL path, or leave the flag out for the default {DEFAULT_FILES[role]} "
+            "(shipped with mechtox)")
     try:
-        return datasets.load_dataset(name, config, split=split)
+        if online:
+            return datasets.load_dataset(name, config, split=split)
+        with mock.patch.object(datasets.config, "HF_HUB_OFFLINE", True):
+            return datasets.load_dataset(name, config, split=split)
     except Exception as e:  # noqa: BLE001 - the hub raises many kinds
-        raise DataError(
-            f"{name!r} is no local file and could not be loaded from the HF hub ({type(e).__name__}: "
-            f"{str(e).splitlines()[0][:160] if str(e) else ''}); pass a local CSV/TSV/JSONL path"
-        ) from None
+        if not online:
+            raise DataError(f"{name!r} is no local file, the HF hub cannot be reached (offline) and it is not in "
+                            f"the local HF cache; {hint}") from None
+        first = str(e).splitlines()[0][:160] if str(e) else ""
+        raise DataError(f"{name!r} is no local file and could not be loaded from the HF hub "
+                        f"({type(e).__name__}: {first}); {hint}") from None
 
 
 # ----------------------------------------------------------------------------- prompts
@@ -267,18 +423,20 @@ def _score(d: Any, key: str = "toxicity") -> float:
     return float("nan")
 
 
-def load_prompts(source: str | os.PathLike[str], limit: int | None = None, prompt_key: str = "prompt") -> PromptSet:
+def load_prompts(source: str | os.PathLike[str] | None = None, limit: int | None = None, prompt_key: str = "prompt") -> PromptSet:
     """Load prompts: RealToxicityPrompts JSONL (``{"prompt": {"text", "toxicity", ...},
     "continuation": {...}}``), plain JSONL (``{"prompt": "..."}``), a CSV/TSV with a prompt
     column, a text file (one prompt per line) or an HF id (``allenai/real-toxicity-prompts``).
+    Without ``source``: the RealToxicityPrompts challenge prompts (``rtp_challenge.jsonl``).
     """
+    source = _default("prompts", source)
     path = _resolve(source)
     if path is None:
-        ds = _hf_load(str(source), "train")
+        ds = _hf_load(str(source), "train", role="prompts")
         rows = [dict(r, __line__=i) for i, r in enumerate(ds.select(range(min(limit or len(ds), len(ds)))))]
         src = f"hf:{source}"
-    elif path.suffix.lower() in (".txt", ".raw"):
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    elif _format(path) in (".txt", ".raw"):
+        lines = [ln.strip() for ln in _read_text(path).splitlines() if ln.strip()]
         if not lines:
             raise DataError(f"{path} has no prompts")
         return PromptSet(lines, str(path)).head(limit)
@@ -345,20 +503,31 @@ class PreferencePairs:
         return rows
 
 
-def load_pairs(source: str | os.PathLike[str], limit: int | None = None) -> PreferencePairs:
-    """Load preference pairs: TRL JSONL (``prompt``/``chosen``/``rejected``) or ParaDetox TSV
+_HF_PAIR_COLUMNS = {"en_toxic_comment": "toxic", "en_neutral_comment": "neutral1"}  # s-nlp/paradetox on the hub
+
+
+def load_pairs(source: str | os.PathLike[str] | None = None, limit: int | None = None) -> PreferencePairs:
+    """Load preference pairs: TRL JSONL (``prompt``/``chosen``/``rejected``), ParaDetox TSV
     (``toxic``, ``neutral1``...: chosen = first non-empty neutral paraphrase, rejected =
-    the toxic sentence, empty prompt)."""
+    the toxic sentence, empty prompt) or an HF id with either layout (``s-nlp/paradetox``).
+    Without ``source``: ParaDetox (``paradetox.tsv``)."""
+    source = _default("pairs", source)
     path = _resolve(source)
     if path is None:
-        raise DataError(f"no such pairs file: {source}")
-    rows = _read_rows(path)
+        ds = _hf_load(str(source), "train", role="pairs")
+        rows = [{_HF_PAIR_COLUMNS.get(k, k): v for k, v in r.items()} | {"__line__": i} for i, r in enumerate(ds)]
+        if not rows:
+            raise DataError(f"HF data set {source} has no rows")
+        src, paradetox = f"hf:{source}", "toxic" in rows[0] and "prompt" not in rows[0]
+    else:
+        rows = _read_rows(path)
+        src, paradetox = str(path), _format(path) == ".tsv" and "toxic" in rows[0]
     prompt, chosen, rejected, extra = [], [], [], []
-    cols = set(rows[0])
-    if path.suffix.lower() == ".tsv" and "toxic" in cols:
+    cols = set(rows[0]) - {"__line__"}
+    if paradetox:
         neutral = sorted(c for c in cols if c.startswith("neutral"))
         if not neutral:
-            raise DataError(f"{path}: a ParaDetox TSV needs neutral1.. columns (has {', '.join(sorted(cols))})")
+            raise DataError(f"{src}: a ParaDetox TSV needs neutral1.. columns (has {', '.join(sorted(cols))})")
         for r in rows:
             tox = (r.get("toxic") or "").strip()
             good = next((r[c].strip() for c in neutral if r.get(c) and r[c].strip()), "")
@@ -371,21 +540,22 @@ def load_pairs(source: str | os.PathLike[str], limit: int | None = None) -> Pref
     else:
         for c in ("prompt", "chosen", "rejected"):
             if c not in cols:
-                raise DataError(f"{path}: no column {c!r}; pairs need prompt, chosen, rejected (TRL format)")
+                raise DataError(f"{src}: no column {c!r} (columns: {', '.join(sorted(cols))}); pairs need "
+                                "prompt, chosen, rejected (TRL format) or a ParaDetox layout")
         for i, r in enumerate(rows):
             line = r.get("__line__", i + 2)
             vals = [r.get("prompt"), r.get("chosen"), r.get("rejected")]
             if not all(isinstance(v, str) for v in vals) or not vals[1] or not vals[2]:
-                raise DataError(f"{path}:{line}: prompt/chosen/rejected must be strings and chosen/rejected non-empty")
+                raise DataError(f"{src}:{line}: prompt/chosen/rejected must be strings and chosen/rejected non-empty")
             prompt.append(vals[0])
             chosen.append(vals[1])
             rejected.append(vals[2])
             extra.append({k: v for k, v in r.items() if k not in ("prompt", "chosen", "rejected", "__line__")})
     if not prompt:
-        raise DataError(f"{path} has no usable pairs")
-    pairs = PreferencePairs(prompt, chosen, rejected, str(path), extra)
+        raise DataError(f"{src} has no usable pairs")
+    pairs = PreferencePairs(prompt, chosen, rejected, src, extra)
     if limit is not None and limit < len(pairs):
-        pairs = PreferencePairs(prompt[:limit], chosen[:limit], rejected[:limit], str(path), extra[:limit])
+        pairs = PreferencePairs(prompt[:limit], chosen[:limit], rejected[:limit], src, extra[:limit])
     return pairs
 
 
@@ -399,16 +569,18 @@ def save_pairs(pairs: PreferencePairs, path: str | os.PathLike[str]) -> Path:
 # ----------------------------------------------------------------------------- raw text
 
 
-def load_text(source: str | os.PathLike[str], limit_chars: int | None = None) -> str:
+def load_text(source: str | os.PathLike[str] | None = None, limit_chars: int | None = None) -> str:
     """Raw text for perplexity: a ``.raw`` / ``.txt`` file or an HF id (``wikitext`` =
-    ``wikitext-2-raw-v1`` test split)."""
+    ``wikitext-2-raw-v1`` test split). Without ``source``: the Wikitext-2 test split
+    (``wikitext2_test.raw``)."""
+    source = _default("text", source)
     path = _resolve(source)
     if path is not None:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     else:
         name = str(source)
         config = "wikitext-2-raw-v1" if name in ("wikitext", "Salesforce/wikitext") else None
-        ds = _hf_load(name, "test", config)
+        ds = _hf_load(name, "test", config, role="text")
         col = "text" if "text" in ds.column_names else ds.column_names[0]
         text = "\n".join(t for t in ds[col] if t.strip())
     if not text.strip():
@@ -416,8 +588,27 @@ def load_text(source: str | os.PathLike[str], limit_chars: int | None = None) ->
     return text[:limit_chars] if limit_chars else text
 
 
-def load_wiki_samples(source: str | os.PathLike[str], limit: int | None = None) -> tuple[list[str], list[str]]:
-    """``{"prompt", "gold"}`` JSONL (dpo_toxic's Wikitext-2 F1 samples): prompts and gold continuations."""
+def is_wiki_samples(source: str | os.PathLike[str]) -> bool:
+    """Whether ``source`` is a local ``{"prompt", "gold"}`` JSONL file (possibly gzipped)."""
+    try:
+        path = _resolve(source)
+    except DataError:
+        return False
+    if path is None or _format(path) != ".jsonl":
+        return False
+    first = next((ln for ln in _read_text(path).splitlines() if ln.strip()), "")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(row, dict) and isinstance(row.get("gold"), str) and isinstance(row.get("prompt"), str)
+
+
+def load_wiki_samples(source: str | os.PathLike[str] | None = None,
+                      limit: int | None = None) -> tuple[list[str], list[str]]:
+    """``{"prompt", "gold"}`` JSONL (dpo_toxic's Wikitext-2 F1 samples): prompts and gold
+    continuations. Without ``source``: ``wiki_samples.jsonl``."""
+    source = _default("wiki_samples", source)
     path = _resolve(source)
     if path is None:
         raise DataError(f"no such file: {source}")

@@ -1,6 +1,6 @@
-"""Regenerate mechtox/resources/*: the small default data set written for mechtox.
+"""Regenerate mechtox/resources/*_small.*: the template-built toy data of the unit tests.
 
-It exists so that the main job runs on a fresh machine without any download. It is
+It is for unit tests on the tiny random model only (whose tokenizer knows its words). It is
 template-built, small and easy: use real data (Jigsaw, RealToxicityPrompts, Wikitext-2) for
 any result you report. Run: python tools/make_default_data.py
 """
