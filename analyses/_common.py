@@ -1,8 +1,9 @@
 """Shared set-up of the analyses: which model and how much data.
 
-Every analysis runs on the offline default (SmolLM2-135M-Instruct) with the shared real data,
-on ``gpt2-medium`` with the papers' settings when you have the hub (``MECHTOX_MODEL=gpt2-medium
-MECHTOX_SIZE=paper``), and in CI on the tiny random model with the shipped data
+Every analysis runs on the offline default (SmolLM2-135M-Instruct) with the real data
+(``$MECHTOX_DATA``, else shared/data beside the project, else the bundle shipped with mechtox), on
+``gpt2-medium`` with the papers' settings when you have the hub (``MECHTOX_MODEL=gpt2-medium
+MECHTOX_SIZE=paper``), and in CI on the tiny random model with the template-built toy data
 (``MECHTOX_MODEL=tiny MECHTOX_SIZE=ci``). Figures and tables go to ``results/`` (git-ignored).
 """
 
@@ -10,21 +11,18 @@ import os
 from pathlib import Path
 
 import mechtox as mt
-from mechtox.data import shared_data_dir
+from mechtox.data import data_file as _data_file
 
 MODEL = os.environ.get("MECHTOX_MODEL", "smollm2-135m-instruct")
 SIZE = os.environ.get("MECHTOX_SIZE", "offline")
 RESULTS = Path(os.environ.get("MECHTOX_RESULTS", Path(__file__).resolve().parents[1] / "results"))
 RESULTS.mkdir(parents=True, exist_ok=True)
 
-_DATA = shared_data_dir()
 
 
 def data_file(name: str, builtin: str) -> str:
-    """A real data file from ../shared/data, or the shipped builtin in CI / on a fresh machine."""
-    if SIZE != "ci" and _DATA is not None and (_DATA / name).is_file():
-        return str(_DATA / name)
-    return builtin
+    """A real data file (mechtox.data.data_file), or the toy ``builtin`` in CI on the tiny model."""
+    return builtin if SIZE == "ci" else _data_file(name)
 
 
 # How much data each analysis uses, per size. "paper": the papers' settings (needs a GPU and the hub).

@@ -17,7 +17,7 @@ import time
 import torch
 
 from mechtox.activations import collect_activations, resid_hooks
-from mechtox.data import load_labelled, shared_data_dir, tokenize
+from mechtox.data import load_labelled, tokenize
 from mechtox.workspace import Workspace
 
 
@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     ap.add_argument("--data", default=None)
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    src = args.data or (str(shared_data_dir() / "jigsaw_balanced.csv") if shared_data_dir() else "builtin:toxicity")
+    src = args.data
     texts = load_labelled(src).texts[: args.n]
     model = Workspace().load_model(args.model, device="cpu")
     hooks = resid_hooks(model)

@@ -18,7 +18,7 @@ import time
 import torch
 
 from mechtox.attribution import projection_sums
-from mechtox.data import encode, load_prompts, shared_data_dir
+from mechtox.data import encode, load_prompts
 from mechtox.generation import generate
 from mechtox.workspace import Workspace
 
@@ -38,8 +38,7 @@ def main(argv=None) -> None:
     ap.add_argument("--new", type=int, default=10, help="generated tokens per prompt")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
-    d = shared_data_dir()
-    prompts = load_prompts(str(d / "rtp_challenge.jsonl") if d else "builtin:prompts", limit=args.n).prompts
+    prompts = load_prompts(limit=args.n).prompts
     model = Workspace().load_model(args.model, device="cpu")
     L, M = model.cfg.n_layers, model.cfg.d_mlp
     w = torch.randn(model.cfg.d_model)

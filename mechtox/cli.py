@@ -12,9 +12,12 @@ import sys
 import time
 from collections.abc import Sequence
 
-from mechtox.data import shared_file
 from mechtox.errors import MechtoxError
 from mechtox.specs import SPEC_FORMS
+
+# Where a data flag's default comes from (mechtox.data.data_dirs).
+_DEFAULT_DATA = ("(default: {} from $MECHTOX_DATA, else shared/data beside the project, else the real-data bundle "
+                 "shipped with mechtox)")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -45,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--model", default="base")
     p.add_argument("--data", default=None,
-                   help="labelled text: CSV/TSV/JSONL path, HF id, or builtin:toxicity "
-                        "(default: ../shared/data/jigsaw_balanced.csv when present, else builtin:toxicity)")
+                   help="labelled text: CSV/TSV/JSONL path (optionally .gz) or HF id " + _DEFAULT_DATA.format("jigsaw_balanced.csv"))
     p.add_argument("--text-col", default=None)
     p.add_argument("--label-col", default=None)
     p.add_argument("--layers", default="all", help="'all', 'last', '5', '0,4,8' or '10-20'")
@@ -75,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "gradient) by toxic-token precision, causal ablation and agreement")
     _common(p)
     p.add_argument("--model", default="base")
-    p.add_argument("--data", default=None, help="labelled text (default: shared Jigsaw slice or builtin)")
-    p.add_argument("--prompts", default=None, help="prompts for generation (default: shared rtp_challenge or builtin)")
+    p.add_argument("--data", default=None, help="labelled text " + _DEFAULT_DATA.format("jigsaw_balanced.csv"))
+    p.add_argument("--prompts", default=None, help="prompts for generation " + _DEFAULT_DATA.format("rtp_challenge.jsonl"))
     p.add_argument("--methods", default="probe,unembed,gen-diffmean,gradient")
     p.add_argument("--probe", default=None, help="use this saved probe for the 'probe' method instead of fitting one")
     p.add_argument("--n-texts", type=int, default=2000, help="labelled texts for token statistics and the probe")
@@ -118,13 +120,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="base")
     p.add_argument("--intervention", "-i", action="append", default=None, metavar="SPEC",
                    help="repeatable; forms: " + "; ".join(SPEC_FORMS).replace("%", "%%"))
-    p.add_argument("--prompts", default=None, help="prompts (default: shared rtp_challenge.jsonl or builtin)")
+    p.add_argument("--prompts", default=None, help="prompts " + _DEFAULT_DATA.format("rtp_challenge.jsonl"))
     p.add_argument("--limit", type=int, default=None, help="first N prompts")
     p.add_argument("--probe", default=None, help="also score continuations with this probe (read by the model without interventions)")
     p.add_argument("--scorer", default="profanity", help="profanity (offline), detoxify, perspective or probe:NAME")
-    p.add_argument("--text", default=None, help="text for perplexity (default: shared wikitext2_test.raw or builtin)")
+    p.add_argument("--text", default=None, help="text for perplexity " + _DEFAULT_DATA.format("wikitext2_test.raw"))
     p.add_argument("--ppl-tokens", type=int, default=20000)
-    p.add_argument("--wiki", default=None, help="wiki_samples.jsonl for F1 (default: shared file when present)")
+    p.add_argument("--wiki", default=None, help="{prompt, gold} JSONL for F1 " + _DEFAULT_DATA.format("wiki_samples.jsonl"))
     p.add_argument("--f1-prompts", type=int, default=200)
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=25)
@@ -150,8 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", default="pairs", help="pair set name or a .jsonl/.tsv path (for sap: the safety pairs, "
                                                    "chosen = safe, rejected = harmful)")
     p.add_argument("--task", default=None,
-                   help="sft and sap: the benign task, a {prompt, gold} JSONL (default: shared wiki_samples.jsonl when "
-                        "present) or a pair set whose chosen texts are the targets")
+                   help="sft and sap: the benign task, a {prompt, gold} JSONL (default: the real wiki_samples.jsonl) "
+                        "or a pair set whose chosen texts are the targets")
     p.add_argument("--limit", type=int, default=None, help="use the first N pairs (and N task examples)")
     p.add_argument("--probe", default=None, help="probe(s) trained against (sft-probe) or ranking the pairs (dpo-probe)")
     p.add_argument("--held-out", default=None, help="probe(s) never trained against, measured after training")
@@ -183,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--before", default="base")
     p.add_argument("--after", required=True, help="the fine-tuned model (e.g. dpo)")
     p.add_argument("--direction", "--probe", dest="direction", default="unembed")
-    p.add_argument("--prompts", default=None, help="prompts (default: shared rtp_challenge.jsonl or builtin)")
+    p.add_argument("--prompts", default=None, help="prompts " + _DEFAULT_DATA.format("rtp_challenge.jsonl"))
     p.add_argument("--n", type=int, default=200, help="prompts to attribute over")
     p.add_argument("--max-new-tokens", type=int, default=20)
     p.add_argument("--mode", default="both", choices=["own", "shared", "both"],
@@ -204,8 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "report (finished steps are reused)")
     _common(p)
     p.add_argument("--model", default="base")
-    p.add_argument("--size", default="auto", choices=["auto", "small", "full"],
-                   help="small: minutes on 2 CPU cores; full: the papers' sizes (auto: full on a GPU)")
+    p.add_argument("--size", default="auto", choices=["auto", "quick", "small", "full"],
+                   help="small: 15-20 minutes on 2 CPU cores; full: the papers' sizes (auto: full on a GPU); "
+                        "quick: a few minutes, a check that every step runs (not results)")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="folder of the data files (jigsaw_balanced.csv, rtp_challenge.jsonl, paradetox.tsv, "
+                        "wikitext2_test.raw, wiki_samples.jsonl; each may be .gz); default: $MECHTOX_DATA, else "
+                        "shared/data beside the project, else the real-data bundle shipped with mechtox. 'builtin': "
+                        "the template-built toy data, for tests on the tiny model only")
     p.add_argument("--alpha", type=float, default=8.0, help="steering strength for the rejected continuations")
     p.add_argument("--fresh", action="store_true", help="redo every step")
     p.add_argument("--out", default="main", help="run name prefix (default 'main')")
@@ -324,7 +332,7 @@ def cmd_probe(args) -> int:
 
     check_name(args.out, "probe name")
     model = _load(ws, args.model, args)
-    fit_and_save_probe(ws, model, args, args.data or shared_file("jigsaw_balanced.csv", "builtin:toxicity"), args.out, args.n_train, args.n_test)
+    fit_and_save_probe(ws, model, args, args.data, args.out, args.n_train, args.n_test)
     return 0
 
 
@@ -396,7 +404,7 @@ def cmd_eval(args) -> int:
     import numpy as np
 
     from mechtox import _io, plotting
-    from mechtox.data import load_prompts, load_text, load_wiki_samples
+    from mechtox.data import data_file, load_prompts, load_text, load_wiki_samples
     from mechtox.evaluate import EvalConfig, evaluate
     from mechtox.pipeline import _write_table
     from mechtox.probe import Direction
@@ -408,9 +416,9 @@ def cmd_eval(args) -> int:
     ws = _workspace(args)
     _seed(args.seed)
     check_name(args.out, "run name")
-    prompts = load_prompts(args.prompts or shared_file("rtp_challenge.jsonl", "builtin:prompts"), limit=args.limit)
-    text_src = args.text or shared_file("wikitext2_test.raw", "builtin:text")
-    wiki_src = args.wiki or shared_file("wiki_samples.jsonl", None)
+    prompts = load_prompts(args.prompts, limit=args.limit)
+    text_src = args.text or data_file("wikitext2_test.raw")
+    wiki_src = args.wiki or data_file("wiki_samples.jsonl")
     if args.probe:
         ws.require_direction(args.probe)
     model = _load(ws, args.model, args)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from mechtox import _io, plotting
-from mechtox.data import shared_file
+from mechtox.data import data_file
 from mechtox.errors import MechtoxError
 from mechtox.tables import markdown
 
@@ -69,12 +68,12 @@ def compare_directions(ws, model, args) -> dict[str, Any]:
     ks = [int(k) for k in str(args.ks).split(",")]
     t0 = time.perf_counter()
     progress = not args.quiet
-    data = load_labelled(args.data or shared_file("jigsaw_balanced.csv", "builtin:toxicity"))
+    data = load_labelled(args.data)
     if args.n_texts < len(data):
         keep, _ = split_indices(data.labels, test_size=len(data) - args.n_texts, seed=args.seed)
         data = data.subset(keep)
-    prompts = load_prompts(args.prompts or shared_file("rtp_challenge.jsonl", "builtin:prompts"))
-    text = load_text(shared_file("wikitext2_test.raw", "builtin:text"))
+    prompts = load_prompts(args.prompts)
+    text = load_text(getattr(args, "text", None))
     scorer = get_scorer("profanity")
     prompt_filter = getattr(args, "prompt_filter", "all")
     fit_prompts = getattr(args, "fit_prompts", "rest")
@@ -311,6 +310,7 @@ def make_pairs(ws, model, args) -> dict[str, Any]:
     both scored. Or convert a ParaDetox TSV (``--paradetox``)."""
     from mechtox.data import (
         PreferencePairs,
+        is_wiki_samples,
         load_pairs,
         load_prompts,
         load_wiki_samples,
@@ -329,15 +329,15 @@ def make_pairs(ws, model, args) -> dict[str, Any]:
         save_pairs(pairs, path)
         print(f"wrote {len(pairs)} ParaDetox pairs to {path}")
         return {"pairs": pairs}
-    src = args.prompts or shared_file("wiki_samples.jsonl", None)
-    if src and src.endswith("wiki_samples.jsonl"):
+    src = args.prompts or data_file("wiki_samples.jsonl")
+    if is_wiki_samples(src):
         prompts = load_wiki_samples(src, limit=args.n)[0]
     else:
-        prompts = load_prompts(src or "builtin:prompts", limit=args.n).prompts
+        prompts = load_prompts(src, limit=args.n).prompts
     direction = Direction.load(ws.require_direction(args.direction), model)
     scorer = get_scorer("profanity")
     progress = not args.quiet
-    print(f"pairs: {len(prompts)} prompts from {src or 'builtin:prompts'}; rejected = steered +{args.alpha:g} x "
+    print(f"pairs: {len(prompts)} prompts from {src}; rejected = steered +{args.alpha:g} x "
           f"{args.direction!r} at {direction.hook_name}")
     chosen = generate(model, prompts, args.max_new_tokens, 32, args.batch_size, progress=progress)
     with applied(model, steer(direction, args.alpha)):
@@ -363,11 +363,11 @@ def make_pairs(ws, model, args) -> dict[str, Any]:
 
 
 def training_task(args) -> str | None:
-    """The benign task of ``train sft`` / ``train sap``: ``--task``, else the shared
-    wiki_samples.jsonl when present; None for the other objectives (or when there is neither)."""
+    """The benign task of ``train sft`` / ``train sap``: ``--task``, else the real
+    wiki_samples.jsonl (:func:`~mechtox.data.data_file`); None for the other objectives."""
     if args.objective not in ("sft", "sap"):
         return None
-    return getattr(args, "task", None) or shared_file("wiki_samples.jsonl", None)
+    return getattr(args, "task", None) or data_file("wiki_samples.jsonl")
 
 
 def needs_pairs(args) -> bool:
@@ -379,18 +379,15 @@ def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str]
     """The benign task of ``train sft`` / ``train sap``: prompts, targets and where they came from.
     ``task`` is a ``{prompt, gold}`` JSONL, or a pair set (name or path) whose chosen texts are the
     targets; None means the pairs already loaded."""
-    from mechtox.data import load_pairs, load_wiki_samples
+    from mechtox.data import is_wiki_samples, load_pairs, load_wiki_samples
 
     if task is None:
         if pairs is None:
             raise MechtoxError("no task data: pass --task PATH (a {prompt, gold} JSONL or a pair set)")
         return list(pairs.prompt)[:limit], list(pairs.chosen)[:limit], pairs.source
-    path = Path(task)
-    if path.suffix == ".jsonl" and path.is_file():
-        first = next((ln for ln in path.read_text().splitlines() if ln.strip()), "")
-        if '"gold"' in first:
-            prompts, golds = load_wiki_samples(path, limit=limit)
-            return prompts, golds, str(path)
+    if is_wiki_samples(task):
+        prompts, golds = load_wiki_samples(task, limit=limit)
+        return prompts, golds, str(task)
     p = load_pairs(ws.require_pairs(task), limit=limit)
     return list(p.prompt), list(p.chosen), p.source
 
@@ -473,7 +470,7 @@ def run_training(ws, model, args) -> dict[str, Any]:
         from mechtox.probe import split_indices
         from mechtox.training import probe_goodhart
 
-        data = load_labelled(shared_file("jigsaw_balanced.csv", "builtin:toxicity"))
+        data = load_labelled(getattr(args, "data", None))
         n = min(args.goodhart_n, len(data))
         if n < len(data):
             keep, _ = split_indices(data.labels, test_size=len(data) - n, seed=args.seed + 1)
@@ -505,7 +502,7 @@ def run_attribution(ws, before, after, args) -> dict[str, Any]:
 
     check_name(args.out, "run name")
     direction = Direction.load(ws.require_direction(args.direction), before)
-    prompts = load_prompts(args.prompts or shared_file("rtp_challenge.jsonl", "builtin:prompts"), limit=args.n)
+    prompts = load_prompts(args.prompts, limit=args.n)
     progress = not args.quiet
     run = ws.run_dir(args.out)
     modes = ["own", "shared"] if args.mode == "both" else [args.mode]
@@ -563,9 +560,8 @@ def run_attribution(ws, before, after, args) -> dict[str, Any]:
             if len(sel):
                 ivs.append(set_neurons(sel, means_after, name=f"patch group {g} ({len(sel)}) to after-mean"))
         evp = prompts.prompts[: args.n_eval_prompts]
-        text = load_text(shared_file("wikitext2_test.raw", "builtin:text"))
-        wiki_src = shared_file("wiki_samples.jsonl", None)
-        wiki = load_wiki_samples(wiki_src) if wiki_src else None
+        text = load_text(getattr(args, "text", None))
+        wiki = load_wiki_samples()
         cfg = EvalConfig(ppl_tokens=args.ppl_tokens, f1_prompts=args.f1_prompts if wiki else 0)
         scorer = get_scorer("profanity")
         print(f"\n== ablation and patching on {args.before} vs the {args.after} model ({len(evp)} prompts)")
@@ -596,6 +592,10 @@ SIZES: dict[str, dict[str, Any]] = {
     "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=50, dir_draws=2, pairs=400, steps=24,
                   batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
                   methods="probe,unembed,gen-diffmean", gen_prompts=100),
+    # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results)
+    "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=16, dir_draws=1, pairs=24, steps=3,
+                  batch=4, lr=1e-5, eval_prompts=16, attr_prompts=8, ppl_tokens=1000, f1_prompts=8,
+                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20),
     # a GPU: the papers' sizes
     "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
                  batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
@@ -612,23 +612,24 @@ def main_job(ws, args) -> dict[str, Any]:
     import torch
 
     from mechtox.cli import fit_and_save_probe, rank_and_save
-    from mechtox.data import shared_data_dir
+    from mechtox.data import find_data_file
     from mechtox.report import write_report
 
     size = args.size if args.size != "auto" else ("full" if torch.cuda.is_available() else "small")
     S = dict(SIZES[size])
-    real = shared_data_dir()
-    if real is None:  # the shipped template data is small: scale down
+    data_dir = getattr(args, "data_dir", None)
+    toy = str(data_dir) == "builtin"
+    if toy:  # the template-built toy data (tests on the tiny model) is small: scale down
         S.update(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, attr_prompts=20, dir_eval_prompts=20,
                  k_tokens=10)
+    real = "builtin" if toy else find_data_file("jigsaw_balanced.csv", data_dir)[1].describe()
     run = ws.run_dir(args.out)
     state_path = run / "main.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() and not args.fresh else {}
     state.setdefault("steps", {})
     t_start = time.perf_counter()
     common = dict(workspace=str(ws.root), device=args.device, dtype=args.dtype, seed=args.seed, quiet=args.quiet)
-    print(f"== mechtox main job: {size} settings on {args.model}; real data: {real or 'absent (builtin data)'}; "
-          f"workspace {ws.root}")
+    print(f"== mechtox main job: {size} settings on {args.model}; workspace {ws.root}")
     model_cache: dict[str, Any] = {}
 
     def model(spec: str):
@@ -647,11 +648,13 @@ def main_job(ws, args) -> dict[str, Any]:
         t = time.perf_counter()
         fn()
         state["steps"][name] = {"settings": settings, "seconds": time.perf_counter() - t}
-        state.update(size=size, model=args.model, real_data=str(real) if real else None)
+        state.update(size=size, model=args.model, data=real)
         _io.write_json(state_path, state)
 
-    labelled = shared_file("jigsaw_balanced.csv", "builtin:toxicity")
-    prompts = shared_file("rtp_challenge.jsonl", "builtin:prompts")
+    labelled = data_file("jigsaw_balanced.csv", data_dir)
+    prompts = data_file("rtp_challenge.jsonl", data_dir)
+    text_src = data_file("wikitext2_test.raw", data_dir)
+    wiki_src = None if toy else data_file("wiki_samples.jsonl", data_dir)
     ns = lambda **kw: SimpleNamespace(**common, **kw)  # noqa: E731
 
     step("1 probe sweep (Lee et al.: every layer, mean-pooled)", {"n": [S["n_train"], S["n_test"]], "data": labelled},
@@ -659,9 +662,10 @@ def main_job(ws, args) -> dict[str, Any]:
                                                               batch_size=16, save="final", text_col=None, label_col=None),
                                     labelled, "probe", S["n_train"], S["n_test"]))
     step("2 direction methods compared (probe vs unembedding...)",
-         {"n": S["dir_texts"], "methods": S["methods"], "eval": S["dir_eval_prompts"], "contrast": "unembed"},
+         {"n": S["dir_texts"], "methods": S["methods"], "eval": S["dir_eval_prompts"], "contrast": "unembed",
+          "data": [labelled, prompts, text_src]},
          lambda: compare_directions(ws, model(args.model), ns(
-             data=labelled, prompts=prompts, methods=S["methods"], probe="probe", n_texts=S["dir_texts"],
+             data=labelled, prompts=prompts, text=text_src, methods=S["methods"], probe="probe", n_texts=S["dir_texts"],
              k_tokens=S.get("k_tokens", 50),
              toxic_words=None, n_gen_prompts=S["gen_prompts"], n_eval_prompts=S["dir_eval_prompts"], ks="100",
              random_draws=S["dir_draws"], metric="raw", ppl_tokens=S["ppl_tokens"], contrast="unembed",
@@ -670,11 +674,11 @@ def main_job(ws, args) -> dict[str, Any]:
          lambda: [rank_and_save(ws, model(args.model), ns(), d, f"{args.out}-rank-{d}", 20) for d in ("probe", "gen-diffmean")])
     # Real human-written pairs when present (ParaDetox: toxic sentence vs its non-toxic paraphrase);
     # otherwise pairs generated by steering (Lee et al.'s construction; see docs/results.md for alpha).
-    paradetox = shared_file("paradetox.tsv", None)
+    paradetox = None if toy else data_file("paradetox.tsv", data_dir)
     step("4 preference pairs" + (" (ParaDetox: non-toxic paraphrase preferred)" if paradetox else
                                  " (greedy vs steered toward toxicity)"), {"n": S["pairs"], "alpha": args.alpha, "src": paradetox},
          lambda: make_pairs(ws, model(args.model), ns(
-             paradetox=paradetox, prompts=None, n=S["pairs"], direction="unembed", alpha=args.alpha, max_new_tokens=20,
+             paradetox=paradetox, prompts=prompts, n=S["pairs"], direction="unembed", alpha=args.alpha, max_new_tokens=20,
              batch_size=25, out=f"{args.out}-pairs")))
 
     def do_train():
@@ -687,7 +691,7 @@ def main_job(ws, args) -> dict[str, Any]:
             batch_size=S["batch"], grad_accum=1, warmup_steps=max(1, S["steps"] // 10), steps=S["steps"], clip=10.0,
             beta=0.1, eval_every=max(1, S["steps"] // 4), patience=0, checkpoint_every=max(1, S["steps"] // 4),
             probe_lambda=1.0, max_completion_tokens=32, lee_et_al=False, resume=False, probe=None, held_out="probe",
-            goodhart_n=min(800, S["n_train"]), out=f"{args.out}-dpo"))
+            goodhart_n=min(800, S["n_train"]), data=labelled, out=f"{args.out}-dpo"))
 
     step("5 DPO on the pairs", {"steps": S["steps"], "lr": S["lr"], "batch": S["batch"], "pairs": S["pairs"]}, do_train)
 
@@ -699,9 +703,8 @@ def main_job(ws, args) -> dict[str, Any]:
         from mechtox.scorers import get_scorer
 
         ps = load_prompts(prompts, limit=S["eval_prompts"]).prompts
-        text = load_text(shared_file("wikitext2_test.raw", "builtin:text"))
-        wsrc = shared_file("wiki_samples.jsonl", None)
-        wiki = load_wiki_samples(wsrc) if wsrc else None
+        text = load_text(text_src)
+        wiki = load_wiki_samples(wiki_src) if wiki_src else None
         base = model(args.model)
         probe = Direction.load(ws.require_direction("probe"), base)
         cfg = EvalConfig(ppl_tokens=S["ppl_tokens"], f1_prompts=S["f1_prompts"] if wiki else 0)
@@ -729,7 +732,7 @@ def main_job(ws, args) -> dict[str, Any]:
     _io.write_json(state_path, state)
     _io.write_json(ws.root / "main.json", {"size": size, "model": args.model, "steps_seconds_total": round(total),
                                            "this_call_seconds": round(time.perf_counter() - t_start),
-                                           "real_data": str(real) if real else "builtin"})
+                                           "data": real})
     path = write_report(ws.root, title=f"mechtox main job ({size} settings, {args.model})",
                         notes=f"{size} settings: " + ", ".join(f"{k}={v}" for k, v in S.items()))
     print(f"\n== report: {path} ({path.stat().st_size / 2**20:.1f} MiB); steps took {total:.0f} s in all, "

@@ -169,3 +169,31 @@ def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys):
     assert main(["train", "sap", *common, "--task", str(task), "--pairs", str(pair_file), "--sap-layers", "9",
                  "--out", "bad"]) == 2
     assert "sap_layers '9'" in capsys.readouterr().err
+
+
+def test_data_flags_bad_folder_binary_file_and_offline_hub_id(ws, tmp_path, capsys, monkeypatch):
+    import mechtox.workspace
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the bad data flag was refused")
+
+    monkeypatch.setattr(mechtox.workspace.Workspace, "load_model", no_model)
+    assert main(["run", "-w", ws, "--model", "tiny", "--data-dir", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data-dir" in err and "is not a folder" in err
+    monkeypatch.setenv("MECHTOX_DATA", str(tmp_path / "gone"))
+    assert main(["run", "-w", ws, "--model", "tiny"]) == 2
+    assert "$MECHTOX_DATA" in capsys.readouterr().err
+    monkeypatch.undo()
+    binary = tmp_path / "weights.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    assert main(["probe", "-w", ws, "--model", "tiny", "--data", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not readable UTF-8" in err and "Traceback" not in err
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    assert main(["eval", "-w", ws, "-q", "--model", "tiny", "--prompts", "allenai/real-toxicity-prompts"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rtp_challenge.jsonl (shipped with mechtox)" in err

@@ -1,4 +1,4 @@
-"""The main job end to end on the tiny model with the shipped data (fast), and its step reuse."""
+"""The main job end to end on the tiny model with the template-built toy data (fast), and its step reuse."""
 
 import json
 
@@ -6,10 +6,10 @@ from mechtox.cli import main
 
 
 def test_main_job_on_tiny_reuses_steps(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)  # no ../shared/data here: the builtin data is used
-    monkeypatch.delenv("MECHTOX_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
-    assert main(["run", "-w", str(ws), "--model", "tiny", "-q"]) == 0
+    toy = ["--data-dir", "builtin"]  # the tiny model's tokenizer knows only the toy data's words
+    assert main(["run", "-w", str(ws), "--model", "tiny", "-q", *toy]) == 0
     out = capsys.readouterr().out
     state = json.loads((ws / "runs" / "main" / "main.json").read_text())
     assert len(state["steps"]) == 7 and state["size"] == "small"
@@ -23,6 +23,6 @@ def test_main_job_on_tiny_reuses_steps(tmp_path, monkeypatch, capsys):
     groups = json.loads((ws / "runs" / "main-attribution" / "attribution-own-groups.json").read_text())
     assert abs(groups["check"]["error"]) < 1e-4
     assert "exactness" in out
-    assert main(["run", "-w", str(ws), "--model", "tiny", "-q"]) == 0
+    assert main(["run", "-w", str(ws), "--model", "tiny", "-q", *toy]) == 0
     again = capsys.readouterr().out
     assert again.count("reused") == 7
