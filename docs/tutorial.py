@@ -22,16 +22,13 @@ import os
 import tempfile
 
 import mechtox as mt
-from mechtox.data import shared_data_dir
 
 MODEL = os.environ.get("MECHTOX_MODEL", "smollm2-135m-instruct")
 SMALL = MODEL == "tiny"
-DATA = shared_data_dir()
-
-
-def data(name, builtin):
-    return str(DATA / name) if DATA and not SMALL and (DATA / name).is_file() else builtin
-
+# Given no source, each loader reads its real default (Jigsaw, RealToxicityPrompts, Wikitext-2...)
+# from $MECHTOX_DATA, else shared/data beside the project, else the bundle shipped inside mechtox,
+# and prints once which. The tiny random test model knows only the template-built toy data's words.
+TOY = {"labelled": "builtin:toxicity", "prompts": "builtin:prompts"} if SMALL else {}
 
 model = mt.load_model(MODEL)
 print(model.cfg.model_name, model.cfg.n_layers, "layers; neurons per layer:", model.cfg.d_mlp)
@@ -42,9 +39,12 @@ print(model.cfg.model_name, model.cfg.n_layers, "layers; neurons per layer:", mo
 # batch (hook names `blocks.{l}.hook_resid_post`), then fits a logistic-regression probe per layer.
 
 # %%
-texts = mt.load_labelled(data("jigsaw_balanced.csv", "builtin:toxicity"))
+texts = mt.load_labelled(TOY.get("labelled"))
 texts = texts.subset(range(0, len(texts), max(1, len(texts) // 600)))  # ~600 texts: a minute on a laptop CPU
 sweep = mt.probe_sweep(model, texts, test_size=0.25)
+best = sweep.table.loc[sweep.table.test_auroc.idxmax()]
+print(f"{len(texts)} texts from {texts.source}; best layer {best.hook}: held-out accuracy "
+      f"{best.test_accuracy:.3f}, AUROC {best.test_auroc:.3f}")
 sweep.table[["hook", "test_accuracy", "test_auroc"]]
 
 # %%
@@ -79,7 +79,7 @@ from mechtox.evaluate import toxicity
 from mechtox.interventions import NOOP, ablate, applied, subtract
 from mechtox.scorers import get_scorer
 
-prompts = mt.load_prompts(data("rtp_challenge.jsonl", "builtin:prompts"), limit=8 if SMALL else 40).prompts
+prompts = mt.load_prompts(TOY.get("prompts"), limit=8 if SMALL else 40).prompts
 scorer = get_scorer("profanity")
 ranking = mt.rank_neurons(model, unembed)
 for iv in (NOOP, subtract(unembed, 8.0), ablate(ranking.top(100))):
@@ -97,7 +97,7 @@ from mechtox.generation import generate
 from mechtox.interventions import steer
 from mechtox.training import DPOObjective, TrainConfig, train
 
-pair_prompts = mt.load_prompts(data("rtp_nontoxic.jsonl", "builtin:prompts"), limit=16 if SMALL else 48).prompts
+pair_prompts = mt.load_prompts(TOY.get("prompts", "data:rtp_nontoxic.jsonl"), limit=16 if SMALL else 48).prompts
 good = generate(model, pair_prompts, 8 if SMALL else 20, progress=False)
 with applied(model, steer(unembed, 8.0)):
     bad = generate(model, pair_prompts, 8 if SMALL else 20, progress=False)
