@@ -40,7 +40,7 @@ print(model.cfg.model_name, model.cfg.n_layers, "layers; neurons per layer:", mo
 
 # %%
 texts = mt.load_labelled(TOY.get("labelled"))
-texts = texts.subset(range(0, len(texts), max(1, len(texts) // 600)))  # ~600 texts: a minute on a laptop CPU
+texts = texts.subset(range(0, len(texts), max(1, len(texts) // 400)))  # ~400 texts: under a minute on a laptop CPU
 sweep = mt.probe_sweep(model, texts, test_size=0.25)
 best = sweep.table.loc[sweep.table.test_auroc.idxmax()]
 print(f"{len(texts)} texts from {texts.source}; best layer {best.hook}: held-out accuracy "
@@ -79,7 +79,7 @@ from mechtox.evaluate import toxicity
 from mechtox.interventions import NOOP, ablate, applied, subtract
 from mechtox.scorers import get_scorer
 
-prompts = mt.load_prompts(TOY.get("prompts"), limit=8 if SMALL else 40).prompts
+prompts = mt.load_prompts(TOY.get("prompts"), limit=8 if SMALL else 25).prompts  # one generation batch
 scorer = get_scorer("profanity")
 ranking = mt.rank_neurons(model, unembed)
 for iv in (NOOP, subtract(unembed, 8.0), ablate(ranking.top(100))):
@@ -97,7 +97,7 @@ from mechtox.generation import generate
 from mechtox.interventions import steer
 from mechtox.training import DPOObjective, TrainConfig, train
 
-pair_prompts = mt.load_prompts(TOY.get("prompts", "data:rtp_nontoxic.jsonl"), limit=16 if SMALL else 48).prompts
+pair_prompts = mt.load_prompts(TOY.get("prompts", "data:rtp_nontoxic.jsonl"), limit=16 if SMALL else 25).prompts
 good = generate(model, pair_prompts, 8 if SMALL else 20, progress=False)
 with applied(model, steer(unembed, 8.0)):
     bad = generate(model, pair_prompts, 8 if SMALL else 20, progress=False)
@@ -105,7 +105,7 @@ keep = [i for i in range(len(pair_prompts)) if good.continuations[i].strip() and
 pairs = PreferencePairs([pair_prompts[i] for i in keep], [good.continuations[i] for i in keep],
                         [bad.continuations[i] for i in keep], "tutorial")
 after = copy.deepcopy(model)
-cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=3 if SMALL else 12, warmup_steps=1, eval_every=0, val_fraction=0.0)
+cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=3 if SMALL else 6, warmup_steps=1, eval_every=0, val_fraction=0.0)
 
 
 result = train(after, DPOObjective(after, pairs, cfg), cfg, tempfile.mkdtemp(), progress=False)

@@ -591,7 +591,7 @@ SIZES: dict[str, dict[str, Any]] = {
     # 2 CPU cores: about 15-20 minutes in all (measured: see docs/results.md)
     "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=50, dir_draws=2, pairs=400, steps=24,
                   batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=100),
+                  methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=400),
     # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results)
     "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=16, dir_draws=1, pairs=24, steps=3,
                   batch=4, lr=1e-5, eval_prompts=16, attr_prompts=8, ppl_tokens=1000, f1_prompts=8,
@@ -599,7 +599,7 @@ SIZES: dict[str, dict[str, Any]] = {
     # a GPU: the papers' sizes
     "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
                  batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
-                 methods="probe,unembed,gen-diffmean,gradient", gen_prompts=400),
+                 methods="probe,unembed,gen-diffmean,gradient", gen_prompts=400, goodhart_n=800),
 }
 
 
@@ -691,7 +691,7 @@ def main_job(ws, args) -> dict[str, Any]:
             batch_size=S["batch"], grad_accum=1, warmup_steps=max(1, S["steps"] // 10), steps=S["steps"], clip=10.0,
             beta=0.1, eval_every=max(1, S["steps"] // 4), patience=0, checkpoint_every=max(1, S["steps"] // 4),
             probe_lambda=1.0, max_completion_tokens=32, lee_et_al=False, resume=False, probe=None, held_out="probe",
-            goodhart_n=min(800, S["n_train"]), data=labelled, out=f"{args.out}-dpo"))
+            goodhart_n=S.get("goodhart_n", S["n_train"]), data=labelled, out=f"{args.out}-dpo"))
 
     step("5 DPO on the pairs", {"steps": S["steps"], "lr": S["lr"], "batch": S["batch"], "pairs": S["pairs"]}, do_train)
 

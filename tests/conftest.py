@@ -29,8 +29,36 @@ def tiny():
 def tiny_llama():
     from mechtox.models import tiny_model
 
-    return tiny_model(gated_mlp=True, normalization_type="RMS", act_fn="silu", positional_embedding_type="rotary",
-                      n_key_value_heads=2, rotary_dim=16, original_architecture="LlamaForCausalLM", final_rms=True)
+    return tiny_model(**LLAMA)
+
+
+def randomize_norms_and_biases(model, seed: int = 0, scale: float = 0.5):
+    """Every norm weight ``1 + scale * N(0, 1)`` and every bias (norms', attention's, MLPs',
+    the unembedding's) ``0.2 * scale * N(0, 1)``, in place: tests must not rely on a norm
+    weight of 1 or on zero biases."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            last = name.rsplit(".", 1)[-1]
+            if last == "w":
+                p.copy_(1 + scale * torch.randn(p.shape, generator=g))
+            elif last.startswith("b"):
+                p.copy_(0.2 * scale * torch.randn(p.shape, generator=g))
+    return model
+
+
+LLAMA = dict(gated_mlp=True, normalization_type="RMS", act_fn="silu", positional_embedding_type="rotary",
+             n_key_value_heads=2, rotary_dim=16, original_architecture="LlamaForCausalLM", final_rms=True)
+
+
+@pytest.fixture(params=["gpt2", "llama"])
+def rich(request):
+    """A tiny model of each architecture (GPT-2-like; Llama-like with GQA) with BOS prepended and
+    randomised norm weights and biases."""
+    from mechtox.models import tiny_model
+
+    kw = LLAMA if request.param == "llama" else {}
+    return randomize_norms_and_biases(tiny_model(default_prepend_bos=True, **kw), seed=7)
 
 
 @pytest.fixture

@@ -78,3 +78,15 @@ def test_parse_layers():
         parse_layers("7", 4)
     with pytest.raises(MechtoxError, match="bad layers"):
         parse_layers("x", 4)
+
+
+def test_per_sequence_skip_counts_in_one_batch(rich):
+    """Different skip counts per sequence (e.g. prompt lengths) in the same padded batch: each
+    mean is over that sequence's own kept positions."""
+    h = "blocks.1.hook_resid_post"
+    seqs = [[1, 5, 6, 7, 8, 9], [1, 10, 11, 12], [1, 13, 14, 15, 16, 17, 18]]
+    skips = [3, 1, 5]
+    got = collect_activations(rich, seqs, [h], "mean", batch_size=3, skip_first=skips, progress=False)[h]
+    for i, (s, k) in enumerate(zip(seqs, skips, strict=True)):
+        _, cache = rich.run_with_cache(torch.tensor([s]))
+        torch.testing.assert_close(got[i], cache[h][0, k:].mean(0), atol=1e-5, rtol=1e-5)

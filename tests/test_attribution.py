@@ -86,3 +86,91 @@ def test_errors(tiny, tiny_llama):
         attribute(tiny, tiny_llama, torch.randn(64), PROMPTS, progress=False)
     with pytest.raises(IncompatibleError, match="dimension 32"):
         attribute(tiny, tiny, torch.randn(32), PROMPTS, progress=False)
+
+
+# ----------------------------------------------------------------------------- conditions
+# Each model reads its OWN tokens (sequences of unequal length, a different number of tokens per
+# model), the models differ in weights AND activations, norm weights and biases are random.
+
+
+def _gens(model, seed, n_tokens):
+    from mechtox.generation import Generations
+
+    g = torch.Generator().manual_seed(seed)
+    prompts, conts = [], []
+    for i, k in enumerate(n_tokens):
+        prompts.append(torch.randint(3, model.cfg.d_vocab, (2 + i % 3,), generator=g).tolist())
+        conts.append(torch.randint(3, model.cfg.d_vocab, (k,), generator=g).tolist())
+    return Generations(["p"] * len(n_tokens), ["c"] * len(n_tokens), prompts, conts)
+
+
+def _direct_means(model, gens, layer):
+    """Per neuron, the mean activation over the positions that predict each continuation token
+    (one unpadded forward pass per sequence), and the mean projection of the stream at ``layer``."""
+    acts, n = 0, 0
+    for p, c in zip(gens.prompt_ids, gens.continuation_ids, strict=True):
+        _, cache = model.run_with_cache(torch.tensor([p + c]))
+        sl = slice(len(p) - 1, len(p) + len(c) - 1)
+        acts = acts + torch.stack([cache[f"blocks.{l}.mlp.hook_post"][0, sl].sum(0) for l in range(layer + 1)])
+        n += len(c)
+    return acts / n, n
+
+
+def test_own_tokens_of_unequal_length_equal_a_direct_computation(rich):
+    before = rich
+    after = perturbed(before, seed=3, scale=0.2, w_out=True)
+    gb, ga = _gens(before, 0, [3, 5, 2, 6]), _gens(before, 1, [4, 1, 7])  # 16 vs 12 tokens
+    w = torch.randn(before.cfg.d_model)
+    w_hat = w / w.norm()
+    res = attribute(before, after, w, mode="own", generations={"before": gb, "after": ga}, progress=False)
+    a_b, n_b = _direct_means(before, gb, 1)
+    a_a, n_a = _direct_means(after, ga, 1)
+    assert res.n_tokens == {"before": n_b, "after": n_a} == {"before": 16, "after": 12}
+    V_b = torch.stack([before.blocks[l].mlp.W_out.detach() for l in range(2)])
+    V_a = torch.stack([after.blocks[l].mlp.W_out.detach() for l in range(2)])
+    d_b, d_a = V_b @ w_hat, V_a @ w_hat
+    t = res.neurons
+    np.testing.assert_allclose(t["act_before"], a_b.detach().numpy().ravel(), atol=1e-5)
+    np.testing.assert_allclose(t["act_after"], a_a.detach().numpy().ravel(), atol=1e-5)
+    np.testing.assert_allclose(t["d_after"], d_a.numpy().ravel(), atol=1e-6)
+    cos_b = (d_b / V_b.norm(dim=-1)).numpy().ravel()
+    np.testing.assert_allclose(t["cos_before"], cos_b, atol=1e-6)
+    delta = (a_b * d_b - a_a * d_a).detach().numpy().ravel()
+    np.testing.assert_allclose(t["delta"], delta, atol=1e-5)
+    # groups, from the direct values: T/A by cos(v_before), P/N by the mean activation BEFORE
+    ab, aa = a_b.detach().numpy().ravel(), a_a.detach().numpy().ravel()
+    for name, sel in {"TP-": (cos_b > 0) & (ab >= 0) & (aa <= ab), "TN+": (cos_b > 0) & (ab < 0) & (aa <= ab),
+                      "AP+": (cos_b <= 0) & (ab >= 0) & (aa > ab), "AN-": (cos_b <= 0) & (ab < 0) & (aa > ab)}.items():
+        assert set(np.flatnonzero(t["group"].to_numpy() == name)) == set(np.flatnonzero(sel)), name
+        row = res.groups.set_index("group").loc[name]
+        assert row["contribution"] == pytest.approx(float(delta[sel].sum()), abs=1e-4)
+        assert row["share_of_net"] == pytest.approx(float(delta[sel].sum() / delta.sum()), rel=1e-4)
+    assert abs(res.check["error"]) < 1e-4
+    assert {"TN+", "AN-"} <= set(t["group"])  # negative activations are exercised (gated MLP or not)
+
+
+def test_a_resid_pre_direction_is_attributed_to_the_blocks_before_it(rich):
+    from transformer_lens.utils import get_act_name
+
+    before = rich
+    after = perturbed(before, seed=4, scale=0.2, w_out=True)
+    gb = _gens(before, 2, [3, 4])
+    w = torch.randn(before.cfg.d_model)
+    hook = get_act_name("resid_pre", 1)
+
+    class D:
+        vector, hook_name, name = w, hook, "pre"
+
+    res = attribute(before, after, D(), mode="shared", generations={"before": gb}, progress=False)
+    assert set(res.neurons["layer"]) == {0}  # block 1's neurons write after blocks.1.hook_resid_pre
+    w_hat = w / w.norm()
+
+    def mean_proj(model):
+        tot, n = 0.0, 0
+        for p, c in zip(gb.prompt_ids, gb.continuation_ids, strict=True):
+            _, cache = model.run_with_cache(torch.tensor([p + c]))
+            tot += float((cache[hook][0, len(p) - 1: len(p) + len(c) - 1] @ w_hat).sum())
+            n += len(c)
+        return tot / n
+
+    assert res.check["total_change"] == pytest.approx(mean_proj(before) - mean_proj(after), abs=1e-4)

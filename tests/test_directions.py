@@ -475,3 +475,103 @@ def test_toxic_lens_neurons_read_the_value_vector_with_the_activation_sign(tiny_
         toxic_lens_neurons(m, [], mean_act)
     with pytest.raises(MechtoxError, match="shape"):
         toxic_lens_neurons(m, [target], mean_act[:1])
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def test_token_scores_and_mean_act_on_continuations_mixing_toxic_and_other_words(planted):
+    from mechtox.directions import neuron_attribution
+
+    m, bad, good = planted
+    prompts = ["the city is", "you are a"]
+    conts = ["the stupid city and idiot", "a moron day"]
+    p_ids, c_ids = encode(m, prompts), encode(m, conts)
+    gens = Generations(prompts, conts, p_ids, c_ids)
+    both = neuron_attribution(m, gens, [0, 1], WordScorer(), progress=False)
+    singles = [neuron_attribution(m, gens, [i], WordScorer(), progress=False) for i in (0, 1)]
+    assert [s.n_tokens for s in singles] == [2, 1] and both.n_tokens == 3  # of 5 and 3 tokens
+    expected = (singles[0].scores / 2 + singles[1].scores / 1) / 2
+    torch.testing.assert_close(both.token_scores, expected, atol=1e-6, rtol=1e-5)
+    # mean_act: at the positions that PREDICT a toxic-word token, over all of them
+    acts = []
+    for p, c in zip(p_ids, c_ids, strict=True):
+        _, cache = m.run_with_cache(torch.tensor([p + c]))
+        for j, t in enumerate(c):
+            if t in bad:
+                acts.append(torch.stack([cache[f"blocks.{l}.mlp.hook_post"][0, len(p) - 1 + j] for l in range(2)]))
+    assert len(acts) == 3
+    torch.testing.assert_close(both.mean_act, torch.stack(acts).mean(0).detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_gradient_direction_equals_per_text_gradients_over_real_tokens(rich):
+    texts = ["you stupid idiot", "the city river and the book is nice", "thanks"]
+    tox = [rich.tokenizer.convert_tokens_to_ids(w) for w in BAD]
+    h = "blocks.1.hook_resid_post"
+    d = gradient_direction(rich, texts, h, toxic_ids=tox, batch_size=3, progress=False)
+    total, n = torch.zeros(rich.cfg.d_model), 0
+    for ids in encode(rich, texts):  # one unpadded text at a time
+        store = {}
+
+        def grab(act, hook):
+            act.retain_grad()
+            store["a"] = act
+            return act
+
+        logits = rich.run_with_hooks(torch.tensor([ids]), fwd_hooks=[(h, grab)])
+        logits.log_softmax(-1)[0][:, tox].logsumexp(-1).sum().backward()
+        total += store["a"].grad[0].sum(0)
+        n += len(ids)
+        rich.zero_grad(set_to_none=True)
+    ref = total / n
+    torch.testing.assert_close(d.vector, ref / ref.norm(), atol=1e-5, rtol=1e-4)
+    assert d.provenance["n_tokens"] == n
+
+
+def test_token_log_odds_and_sets_by_hand(tiny):
+    data = labelled(120, seed=2)
+    stats = token_log_odds(tiny, data, min_docs=5)
+    ids = encode(tiny, data.texts, prepend_bos=False)
+    n_t, n_n = int(data.labels.sum()), int((1 - data.labels).sum())
+    row = stats.iloc[0]
+    t = int(row.token_id)
+    k_t = sum(t in set(x) for x, y in zip(ids, data.labels, strict=True) if y == 1)
+    k_n = sum(t in set(x) for x, y in zip(ids, data.labels, strict=True) if y == 0)
+    lo = np.log((k_t + 0.5) / (n_t - k_t + 0.5)) - np.log((k_n + 0.5) / (n_n - k_n + 0.5))
+    assert (row.toxic_docs, row.nontoxic_docs) == (k_t, k_n)
+    assert row.log_odds == pytest.approx(lo, rel=1e-9)
+    sets = token_sets(stats, k=3, min_log_odds=1.0)
+    neg = stats[stats.log_odds <= -1.0].sort_values("z")
+    assert set(sets.nontoxic) == set(neg.token_id.head(3))  # the three most non-toxic by z
+    pos = stats[stats.log_odds >= 1.0].sort_values("z", ascending=False)
+    assert sets.toxic == pos.token_id.head(3).tolist()
+
+
+def test_unembedding_direction_baselines_by_hand(rich):
+    from mechtox.directions import TokenSets
+
+    sets = TokenSets([10, 20, 30], [40, 50])
+    with torch.no_grad():
+        B = rich.W_U.detach() * rich.ln_final.w.detach()[:, None]
+    for baseline, base in (("vocab", B.mean(1)), ("nontoxic", B[:, [40, 50]].mean(1))):
+        d = B[:, [10, 20, 30]].mean(1) - base
+        if rich.cfg.normalization_type == "LN":
+            d = d - d.mean()
+        got = unembedding_direction(rich, sets, baseline=baseline).vector
+        torch.testing.assert_close(got, d / d.norm(), atol=1e-5, rtol=1e-4)
+
+
+def test_split_generations_leaves_out_the_scores_between_the_thresholds(tiny):
+    from mechtox.directions import split_generations
+
+    scores = [0.9, 0.6, 0.3, 0.05, 0.0, 0.09, 0.5, 0.2, 0.01]
+
+    class Fixed:
+        name = "fixed"
+
+        def __call__(self, texts):
+            return np.array(scores)
+
+    gens = Generations(["p"] * 9, ["c"] * 9, [[3]] * 9, [[4]] * 9)
+    tox, non = split_generations(gens, Fixed(), 0.5, 0.1)
+    assert tox == [0, 1, 6] and non == [3, 4, 5, 8]

@@ -61,3 +61,39 @@ def test_evaluate_table_under_interventions(tiny):
     assert {"toxicity", "toxic_frac", "ppl", "f1"} <= set(table.columns)
     assert set(raw) == {"none", "ablate 2 neurons (zero)"}
     assert f1(tiny, PROMPTS, ["a"] * 4, max_new_tokens=3, progress=False) >= 0
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def test_perplexity_with_bos_chunks_of_unequal_length_in_one_batch(rich):
+    """A model that prepends BOS: every window starts with BOS and holds window - 1 text tokens;
+    the shorter last chunk shares a padded batch with full ones."""
+    from mechtox.data import encode
+    from mechtox.evaluate import text_chunks
+
+    text = " ".join(["the river and the city is good and the book is nice"] * 4)
+    ids = encode(rich, [text], prepend_bos=False)[0]
+    bos = rich.tokenizer.bos_token_id
+    chunks = text_chunks(rich, text, window=10)
+    assert all(c[0] == bos and len(c) <= 10 for c in chunks) and len({len(c) for c in chunks}) > 1
+    assert [t for c in chunks for t in c[1:]] == ids[: sum(len(c) - 1 for c in chunks)]
+    res = perplexity(rich, text, window=10, max_tokens=None, batch_size=8, progress=False)
+    nll, n = 0.0, 0
+    for i in range(0, len(ids), 9):  # by hand: BOS + 9 text tokens, one unpadded pass each
+        c = [bos] + ids[i: i + 9]
+        if len(c) < 3:
+            continue
+        t = torch.tensor([c])
+        with torch.no_grad():
+            logp = rich(t).log_softmax(-1)[0, :-1].gather(-1, t[0, 1:, None])[:, 0]
+        nll -= float(logp.sum())
+        n += len(c) - 1
+    assert res["tokens"] == n
+    assert res["ppl"] == pytest.approx(math.exp(nll / n), rel=1e-5)
+    assert res["nll"] == pytest.approx(nll / n, rel=1e-5)
+
+
+def test_word_f1_by_hand():
+    # prediction 4 words, gold 3, 2 in common: precision 1/2, recall 2/3, F1 = 4/7
+    assert word_f1("The cat sat down", "a cat sat") == pytest.approx(4 / 7)

@@ -40,3 +40,21 @@ def test_bad_inputs(tiny):
         generate(tiny, [], progress=False)
     with pytest.raises(MechtoxError, match="empty prompt"):
         generate(tiny, [""], progress=False)
+
+
+def test_continuations_end_before_eos(tiny):
+    eos = tiny.tokenizer.eos_token_id
+    calls = {"n": 0}
+
+    def force_eos_third(act, hook):  # the third forward call (third new token) predicts EOS
+        calls["n"] += 1
+        if calls["n"] == 3:
+            act[:, -1] = 50.0 * tiny.W_U[:, eos].detach() / tiny.W_U[:, eos].norm()
+        return act
+
+    hooks = [("ln_final.hook_normalized", force_eos_third)]
+    cut = generate(tiny, ["the city is"], 5, fwd_hooks=hooks, progress=False)
+    calls["n"] = 0
+    full = generate(tiny, ["the city is"], 5, fwd_hooks=hooks, stop_at_eos=False, progress=False)
+    assert full.continuation_ids[0][2] == eos and len(full.continuation_ids[0]) == 5
+    assert cut.continuation_ids[0] == full.continuation_ids[0][:2]

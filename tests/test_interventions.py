@@ -130,3 +130,60 @@ def test_random_like_keeps_layer_counts():
     assert not set(map(tuple, rnd.to_numpy().tolist())) & set(map(tuple, top.to_numpy().tolist()))
     assert rnd.equals(random_like(top, 128, seed=0, exclude=top))
     assert not rnd.equals(random_like(top, 128, seed=1, exclude=top))
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+@pytest.mark.parametrize("kind", ["steer", "subtract"])
+def test_newest_only_changes_the_last_position_alone(kind):
+    from mechtox.probe import Direction
+
+    w = torch.randn(8)
+    d = Direction(w / w.norm(), "blocks.0.hook_resid_post", "x")
+    iv = (steer if kind == "steer" else subtract)(d, 3.0, newest_only=True)
+    (_, hook), = iv.fwd_hooks
+    act = torch.randn(2, 5, 8)
+    out = hook(act.clone(), None)
+    sign = 1 if kind == "steer" else -1
+    torch.testing.assert_close(out[:, :-1], act[:, :-1])
+    torch.testing.assert_close(out[:, -1], act[:, -1] + sign * 3.0 * d.vector)
+
+
+def test_a_parameter_edited_twice_is_restored_to_its_original(tiny):
+    from mechtox.interventions import edited_weights
+
+    orig = tiny.blocks[0].mlp.W_out.detach().clone()
+    edits = [("blocks.0.mlp.W_out", lambda p: p.mul_(2.0)), ("blocks.0.mlp.W_out", lambda p: p.add_(1.0))]
+    with edited_weights(tiny, edits):
+        torch.testing.assert_close(tiny.blocks[0].mlp.W_out.detach(), orig * 2 + 1)
+    assert torch.equal(tiny.blocks[0].mlp.W_out.detach(), orig)
+
+
+def test_random_neurons_never_include_the_excluded_ones():
+    top = pd.DataFrame({"layer": [0, 0], "neuron": [0, 1]})
+    exclude = pd.DataFrame({"layer": [0] * 126, "neuron": list(range(126))})
+    for seed in range(3):  # only neurons 126 and 127 are allowed
+        assert sorted(random_like(top, 128, seed, exclude=exclude)["neuron"]) == [126, 127]
+
+
+def test_whole_activation_patch_writes_the_source(rich):
+    t = toks(rich)
+    h = "blocks.0.hook_resid_post"
+    _, cache = rich.run_with_cache(t)
+    source = torch.randn_like(cache[h])
+    seen = {}
+
+    def spy(act, hook):
+        seen["x"] = act.detach().clone()
+
+    with rich.hooks(fwd_hooks=[(h, make_patch_hook(source)), ("blocks.1.hook_resid_pre", spy)]):
+        rich(t)
+    torch.testing.assert_close(seen["x"], source)
+    part = {}
+    with rich.hooks(fwd_hooks=[("blocks.0.mlp.hook_post", make_patch_hook(torch.zeros_like(cache["blocks.0.mlp.hook_post"]),
+                                                                          [3, 7])),
+                               ("blocks.0.mlp.hook_post", lambda a, hook: part.setdefault("a", a.detach().clone()))]):
+        rich(t)
+    assert (part["a"][..., [3, 7]] == 0).all()
+    torch.testing.assert_close(part["a"][..., :3], cache["blocks.0.mlp.hook_post"][..., :3])

@@ -98,3 +98,36 @@ def test_chance_range_matches_theory():
 def test_wrong_dimension(tiny):
     with pytest.raises(IncompatibleError, match="d_model 64"):
         rank_neurons(tiny, torch.ones(32))
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def test_logit_lens_reads_through_the_models_own_final_norm(rich):
+    from mechtox.neurons import logit_lens_ids
+
+    V = torch.randn(12, rich.cfg.d_model) * 3 + 0.5
+    got = logit_lens_ids(rich, V, k=5)
+    with torch.no_grad():
+        normed = rich.ln_final(V[None])[0]  # the model's own norm: its scale, its centring
+        if getattr(rich.ln_final, "b", None) is not None:
+            normed = normed - rich.ln_final.b  # the lens reads what the vector adds, not the norm's bias
+        expected = (normed @ rich.W_U).topk(5, dim=-1).indices.tolist()
+    assert got == expected
+    plain = (V @ rich.W_U.detach()).topk(5, dim=-1).indices.tolist()
+    assert got != plain  # the norm's weight (and centring) matters for these vectors
+
+
+def test_mean_activations_over_real_tokens_of_unequal_texts(rich):
+    from mechtox.neurons import mean_activations
+
+    texts = ["you are a stupid idiot and a fool", "thanks", "the city river book"]
+    got = mean_activations(rich, texts, batch_size=3, progress=False)
+    from mechtox.data import encode
+
+    tot, n = 0, 0
+    for ids in encode(rich, texts):
+        _, cache = rich.run_with_cache(torch.tensor([ids]))
+        tot = tot + torch.stack([cache[f"blocks.{l}.mlp.hook_post"][0].sum(0) for l in range(2)])
+        n += len(ids)
+    torch.testing.assert_close(got, tot / n, atol=1e-5, rtol=1e-4)

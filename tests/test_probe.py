@@ -99,3 +99,66 @@ def test_sweep_on_tiny_model(tiny):
     scorer = ProbeScorer(tiny, sweep.best)
     s = scorer(["you stupid idiot loser", "thanks for the nice book friend"])
     assert s[0] > 0.5 > s[1]
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def test_svm_weight_is_in_raw_coordinates():
+    """The SVM probe, read in raw coordinates, ranks texts as an SVM fitted on standardised
+    features does (its logit is an increasing affine map of that SVM's decision)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    X, y, _ = planted()
+    tr, te = split_indices(y, 0.25, 0)
+    p = fit_probe(X, y, "h", method="svm", split=(tr, te))
+    ref = make_pipeline(StandardScaler(), LinearSVC(C=0.01, max_iter=20000, random_state=0)).fit(X[tr], y[tr])
+    ours = p.logits(torch.tensor(X[te], dtype=torch.float32)).numpy()
+    dec = ref.decision_function(X[te])
+    slope, icpt = np.polyfit(dec, ours, 1)
+    assert slope > 0 and np.abs(ours - (slope * dec + icpt)).max() < 1e-2 * np.abs(ours).max()
+    w_ref = ref[-1].coef_[0] / ref[0].scale_
+    assert float(p.vector @ torch.tensor(w_ref / np.linalg.norm(w_ref), dtype=torch.float32)) > 0.999
+
+
+def test_diffmean_direction_is_the_difference_of_class_means():
+    X, y, _ = planted()
+    tr, te = split_indices(y, 0.25, 0)
+    p = fit_probe(X, y, "h", method="diffmean", split=(tr, te))
+    d = X[tr][y[tr] == 1].mean(0) - X[tr][y[tr] == 0].mean(0)
+    assert float(p.vector @ torch.tensor(d / np.linalg.norm(d), dtype=torch.float32)) > 0.9999
+
+
+@pytest.mark.parametrize("method", ["logreg", "diffmean", "svm"])
+def test_held_out_metrics_are_computed_on_the_held_out_rows(method):
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    X, y, _ = planted(n=300, d=40, seed=3)
+    y = np.where(np.random.default_rng(1).random(len(y)) < 0.15, 1 - y, y)  # label noise: train != test
+    tr, te = split_indices(y, 0.3, 0)
+    p = fit_probe(X, y, "h", method=method, split=(tr, te))
+    logits = p.logits(torch.tensor(X, dtype=torch.float64).float()).numpy()
+    assert p.metrics["test_auroc"] == pytest.approx(roc_auc_score(y[te], logits[te]), abs=1e-4)
+    assert p.metrics["test_accuracy"] == pytest.approx(accuracy_score(y[te], logits[te] > 0), abs=1e-2)
+    assert p.metrics["train_accuracy"] != p.metrics["test_accuracy"]
+
+
+def test_probe_module_adds_a_nonzero_bias():
+    X, y, _ = planted(d=16)
+    p = fit_probe(X, y, "h")
+    assert abs(p.bias) > 0.1
+    x = torch.tensor(X[:7], dtype=torch.float32)
+    expected = 1 / (1 + np.exp(-(X[:7] @ p.weight.numpy().astype(np.float64) + p.bias)))
+    np.testing.assert_allclose(p.module()(x).numpy(), expected, atol=1e-5)
+
+
+def test_sweep_keeps_the_layer_with_the_highest_held_out_auroc(rich):
+    data = synthetic_labelled(160, 3, n_filler=10)
+    flip = np.random.default_rng(0).random(len(data)) < 0.25
+    data = type(data)(data.texts, np.where(flip, 1 - data.labels, data.labels), "noisy")
+    sweep = probe_sweep(rich, data, test_size=60, seed=0, progress=False)
+    aurocs = sweep.table.set_index("hook")["test_auroc"]
+    assert aurocs.nunique() == len(aurocs)  # no ties: the choice is informative
+    assert sweep.best_hook == aurocs.idxmax()

@@ -260,3 +260,96 @@ def test_sap_run_lowers_task_loss_and_resumes_exactly(tmp_path):
     train(c, SAPObjective(c, p.prompt, p.chosen, p, cfg), cfg, tmp_path / "b", resume=True, progress=False)
     for (k, va), vc in zip(a.state_dict().items(), c.state_dict().values(), strict=True):
         assert torch.equal(va, vc), k
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+def _unequal_examples():
+    prompts = ["the city is very big and", "you", "my friend said that the"]
+    targets = [" good", " a stupid idiot and a fool", " thanks for the help"]
+    return prompts, targets
+
+
+def test_sft_loss_is_the_mean_over_target_tokens_of_unequal_examples(rich):
+    prompts, targets = _unequal_examples()
+    cfg = TrainConfig(objective="sft", max_prompt_tokens=4, max_completion_tokens=8)
+    obj = SFTObjective(rich, prompts, targets, cfg)
+    loss, _ = obj.loss(rich, [0, 1, 2])
+    nll, n = 0.0, 0  # one unpadded pass per example
+    for ids, plen in obj.seqs:
+        with torch.no_grad():
+            lp = F.log_softmax(rich(torch.tensor([ids]))[0], -1)
+        for t in range(plen, len(ids)):
+            nll -= float(lp[t - 1, ids[t]])
+            n += 1
+    assert n == sum(len(s) - p for s, p in obj.seqs) and len({len(s) - p for s, p in obj.seqs}) == 3
+    assert float(loss.detach()) == pytest.approx(nll / n, rel=1e-5)
+
+
+def test_long_prompts_keep_the_tokens_next_to_the_completion(tiny):
+    from mechtox.data import encode
+
+    (ids, plen), = build_sequences(tiny, ["the city is very big"], [" good"], 2, 32)
+    assert plen == 2 and ids[:2] == encode(tiny, ["very big"])[0]
+
+
+def test_probe_sft_averages_two_probes_over_whole_texts_of_unequal_length(rich):
+    from mechtox.probe import fit_probe
+
+    prompts, targets = _unequal_examples()
+    rng = np.random.default_rng(0)
+    probes = []
+    for h in ("blocks.0.hook_resid_post", "blocks.1.hook_resid_post"):
+        X = rng.normal(size=(40, rich.cfg.d_model))
+        probes.append(fit_probe(X, (X[:, 0] + X[:, 1] > 0).astype(int), h))
+    cfg = TrainConfig(objective="sft-probe", probe_lambda=2.0, max_prompt_tokens=6, max_completion_tokens=8)
+    obj = ProbeSFTObjective(rich, prompts, targets, probes, cfg)
+    loss, m = obj.loss(rich, [0, 1, 2])
+    lm = SFTObjective(rich, prompts, targets, cfg).loss(rich, [0, 1, 2])[0]
+    scores = []
+    for p in probes:  # the probe reads each whole text (prompt + target), alone, mean-pooled
+        per_text = []
+        for ids, _ in obj.seqs:
+            _, cache = rich.run_with_cache(torch.tensor([ids]))
+            per_text.append(float(torch.sigmoid(cache[p.hook_name][0].mean(0) @ p.weight + p.bias)))
+        scores.append(np.mean(per_text))
+    assert m["probe_score"] == pytest.approx(float(np.mean(scores)), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(lm.detach()) + 2.0 * float(np.mean(scores)), rel=1e-5)
+
+
+def test_first_dpo_step_metrics_at_equal_policy_and_reference(tiny):
+    cfg = TrainConfig(batch_size=4, max_steps=1)
+    obj = DPOObjective(tiny, pairs(8), cfg)
+    obj.prepare(tiny, progress=False)
+    _, m = obj.loss(tiny, [0, 1, 2, 3])
+    assert m["rewards/accuracies"] == 0.0  # TRL counts chosen > rejected strictly: ties are not wins
+    assert m["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_gradient_accumulation_equals_one_large_batch(tmp_path):
+    from mechtox.models import tiny_model
+
+    runs = {}
+    for bs, acc in ((4, 1), (2, 2)):
+        m = tiny_model()
+        cfg = TrainConfig(lr=1e-3, batch_size=bs, grad_accum=acc, max_steps=2, warmup_steps=1, eval_every=0,
+                          val_fraction=0.0, clip=0.0)
+        res = train(m, DPOObjective(m, pairs(8), cfg), cfg, tmp_path / f"r{bs}", progress=False)
+        runs[bs] = res.history
+    # the same examples per step: the averaged gradient (its norm, before clipping) and the loss agree
+    # (weights after AdamW are not compared: it amplifies float noise in near-zero gradients)
+    for h4, h2 in zip(runs[4], runs[2], strict=True):
+        assert h4["grad_norm"] == pytest.approx(h2["grad_norm"], rel=1e-4)
+        assert h4["loss"] == pytest.approx(h2["loss"], rel=1e-5)
+
+
+def test_warmup_gives_the_first_step_a_share_of_the_learning_rate(tmp_path):
+    from mechtox.models import tiny_model
+
+    m = tiny_model()
+    start = {k: v.clone() for k, v in m.state_dict().items()}
+    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=1, warmup_steps=4, eval_every=0, val_fraction=0.0)
+    res = train(m, DPOObjective(m, pairs(8), cfg), cfg, tmp_path / "w", progress=False)
+    assert any(not torch.equal(v, start[k]) for k, v in m.state_dict().items())  # step 1 trains (lr/4)
+    assert res.history[0]["lr"] == pytest.approx(2 * 1e-3 / 4)  # the rate set for the next step
