@@ -513,7 +513,7 @@ def test_gradient_direction_equals_per_text_gradients_over_real_tokens(rich):
     for ids in encode(rich, texts):  # one unpadded text at a time
         store = {}
 
-        def grab(act, hook):
+        def grab(act, hook, store=store):
             act.retain_grad()
             store["a"] = act
             return act
