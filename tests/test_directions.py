@@ -507,7 +507,8 @@ def test_token_scores_and_mean_act_on_continuations_mixing_toxic_and_other_words
 def test_gradient_direction_equals_per_text_gradients_over_real_tokens(rich):
     texts = ["you stupid idiot", "the city river and the book is nice", "thanks"]
     tox = [rich.tokenizer.convert_tokens_to_ids(w) for w in BAD]
-    h = "blocks.1.hook_resid_post"
+    # a middle layer: a pad position's objective would reach real positions through block 1's attention
+    h = "blocks.0.hook_resid_post"
     d = gradient_direction(rich, texts, h, toxic_ids=tox, batch_size=3, progress=False)
     total, n = torch.zeros(rich.cfg.d_model), 0
     for ids in encode(rich, texts):  # one unpadded text at a time
@@ -575,3 +576,22 @@ def test_split_generations_leaves_out_the_scores_between_the_thresholds(tiny):
     gens = Generations(["p"] * 9, ["c"] * 9, [[3]] * 9, [[4]] * 9)
     tox, non = split_generations(gens, Fixed(), 0.5, 0.1)
     assert tox == [0, 1, 6] and non == [3, 4, 5, 8]
+
+
+def test_final_norm_metric_compares_vectors_as_the_norm_passes_them_on(rich):
+    g = rich.ln_final.w.detach().float()
+    assert g.std() > 0.1  # a norm weight that is not 1
+    w = torch.randn(rich.cfg.d_model)
+    r = rank_neurons(rich, w, scale=metric_scale(rich, "final_norm"), chance_draws=0).table.sort_values(["layer", "neuron"])
+    V = torch.stack([b.mlp.W_out.detach() for b in rich.blocks]).reshape(-1, rich.cfg.d_model)
+    gg = g.abs().clamp_min(1e-3)
+    cos = torch.nn.functional.cosine_similarity(V * gg, (w / gg)[None], dim=-1)  # v as the norm scales it
+    np.testing.assert_allclose(r["cosine"].to_numpy(), cos.numpy(), atol=1e-5)
+
+
+def test_goal_check_no_drop_does_not_pass_a_zero_random_bar():
+    from mechtox.validation import goal_check
+
+    # random draws that never lower toxicity (mean -0.01, spread 0) set a bar of 0: a drop of 0 is no effect
+    assert not goal_check(1.0, 0.0, -0.01, 0.0, 30.0, 30.0)["causal"]
+    assert goal_check(1.0, 0.001, -0.01, 0.0, 30.0, 30.0)["causal"]

@@ -131,3 +131,14 @@ def test_mean_activations_over_real_tokens_of_unequal_texts(rich):
         tot = tot + torch.stack([cache[f"blocks.{l}.mlp.hook_post"][0].sum(0) for l in range(2)])
         n += len(ids)
     torch.testing.assert_close(got, tot / n, atol=1e-5, rtol=1e-4)
+
+
+def test_ranking_in_a_diagonal_metric_by_hand(rich):
+    g = torch.Generator().manual_seed(3)
+    w = torch.randn(rich.cfg.d_model, generator=g)
+    s = torch.rand(rich.cfg.d_model, generator=g) * 3 + 0.2
+    r = rank_neurons(rich, w, scale=s, chance_draws=0).table.sort_values(["layer", "neuron"])
+    V = torch.stack([b.mlp.W_out.detach() for b in rich.blocks]).reshape(-1, rich.cfg.d_model)
+    cos = torch.nn.functional.cosine_similarity(V / s, (w / w.norm() * s)[None], dim=-1)
+    np.testing.assert_allclose(r["cosine"].to_numpy(), cos.numpy(), atol=1e-5)
+    np.testing.assert_allclose(r["dot"].to_numpy(), (V @ (w / w.norm())).numpy(), atol=1e-5)
