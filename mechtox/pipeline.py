@@ -592,10 +592,11 @@ SIZES: dict[str, dict[str, Any]] = {
     "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=50, dir_draws=2, pairs=400, steps=24,
                   batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
                   methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=400),
-    # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results)
-    "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=16, dir_draws=1, pairs=24, steps=3,
+    # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results):
+    # no causal ablation check of the directions and no Goodhart check, the two slowest parts
+    "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=0, dir_draws=1, pairs=24, steps=3,
                   batch=4, lr=1e-5, eval_prompts=16, attr_prompts=8, ppl_tokens=1000, f1_prompts=8,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20),
+                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20, goodhart_n=0),
     # a GPU: the papers' sizes
     "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
                  batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
