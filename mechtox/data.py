@@ -72,6 +72,7 @@ DEFAULT_FILES = {
 # (``data_dir="builtin"``): the tiny random model's tokenizer knows only their words.
 _TOY = {"jigsaw_balanced.csv": "builtin:toxicity", "rtp_challenge.jsonl": "builtin:prompts",
         "rtp_nontoxic.jsonl": "builtin:prompts", "wikitext2_test.raw": "builtin:text"}
+_TOY_LINE = "builtin template-built toy data (for tests on the tiny model; not for results)"
 
 
 @dataclass(frozen=True)
@@ -152,18 +153,11 @@ def data_file(name: str, data_dir: str | os.PathLike[str] | None = None) -> str:
     if str(data_dir) == "builtin":
         if name not in _TOY:
             raise DataError(f"the builtin toy data has no stand-in for {name!r}")
-        announce("builtin template-built toy data (for tests on the tiny model; not for results)")
+        announce(_TOY_LINE)
         return _TOY[name]
     path, d = find_data_file(name, data_dir)
     announce(d.describe())
     return str(path)
-
-
-def shared_data_dir() -> Path | None:
-    """The first real data folder other than the shipped bundle ($MECHTOX_DATA or shared/data
-    beside the project), if any."""
-    dirs = data_dirs()
-    return dirs[0].path if len(dirs) > 1 else None
 
 
 def _default(role: str, source: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
@@ -174,7 +168,7 @@ def _resolve(source: str | os.PathLike[str]) -> Path | None:
     """A local path for ``source`` or None when it should be an HF id."""
     s = str(source)
     if s.startswith("builtin:"):
-        announce("builtin template-built toy data (for tests on the tiny model; not for results)")
+        announce(_TOY_LINE)
         return builtin_path(s.split(":", 1)[1])
     if s.startswith("data:"):
         return Path(data_file(s.split(":", 1)[1]))
