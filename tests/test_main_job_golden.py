@@ -1,0 +1,78 @@
+"""The main job's outputs on the tiny model, toy data and seed 0, against a snapshot recorded
+before the application layer was refactored (issue 17): the refactor must change nothing a user
+sees. Numbers are compared at 6 significant digits; times, dates and the workspace path are left out.
+
+Rerecord (only for an intended change of results, and say so in the commit):
+``python -m tests.test_main_job_golden --write``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+import sys
+from pathlib import Path
+
+SNAPSHOT = Path(__file__).parent / "golden" / "main_tiny.json.gz"
+_FLOAT = re.compile(r"-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+")
+_VOLATILE = re.compile(r"second|saved_at|_at$|elapsed|tok_per|per_second")
+
+
+def _num(s: str) -> str:
+    return f"{float(s):.6g}"
+
+
+def _clean(obj):
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items() if not _VOLATILE.search(k)}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, float):
+        return float(f"{obj:.6g}")
+    return obj
+
+
+def snapshot(ws: Path) -> dict[str, object]:
+    """Every table and record the main job writes (not figures, weights or optimizer state)."""
+    out: dict[str, object] = {}
+    root = str(ws)
+    for p in sorted(ws.rglob("*")):
+        rel = p.relative_to(ws).as_posix()
+        if not p.is_file() or "/state/" in rel or p.suffix not in (".csv", ".json", ".jsonl", ".md"):
+            continue
+        text = p.read_text().replace(root, "<ws>")
+        if p.suffix == ".json":
+            out[rel] = _clean(json.loads(text))
+        elif p.suffix == ".jsonl":
+            out[rel] = [_clean(json.loads(line)) for line in text.splitlines() if line.strip()]
+        else:
+            out[rel] = _FLOAT.sub(lambda m: _num(m.group()), text)
+    return out
+
+
+def run_tiny_main_job(ws: Path) -> None:
+    from mechtox.cli import main
+
+    assert main(["run", "-w", str(ws), "--model", "tiny", "-q", "--data-dir", "builtin", "--seed", "0"]) == 0
+
+
+def test_main_job_outputs_unchanged(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    ws = tmp_path / "ws"
+    run_tiny_main_job(ws)
+    got = snapshot(ws)
+    want = json.loads(gzip.decompress(SNAPSHOT.read_bytes()))
+    assert sorted(got) == sorted(want), set(got) ^ set(want)
+    for name in want:
+        assert got[name] == want[name], name
+
+
+if __name__ == "__main__" and "--write" in sys.argv:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        run_tiny_main_job(Path(d) / "ws")
+        snap = snapshot(Path(d) / "ws")
+    SNAPSHOT.write_bytes(gzip.compress(json.dumps(snap, sort_keys=True).encode(), mtime=0))
+    print(f"wrote {SNAPSHOT} ({len(snap)} files)")
