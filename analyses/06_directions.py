@@ -9,20 +9,17 @@
 
 # %%
 import sys
-from types import SimpleNamespace
 
 from _common import MODEL, RESULTS, SIZE, N, data_file
 
-import mechtox as mt
-from mechtox.pipeline import compare_directions
+from mechtox.jobs import Context, directions, execute
 
-ws = mt.Workspace(RESULTS / "workspace")
-model = ws.load_model(MODEL)
-args = SimpleNamespace(
+ctx = Context(workspace=str(RESULTS / "workspace"), seed=0, quiet=not sys.stdout.isatty())
+model = ctx.load(MODEL)
+cfg = directions.DirectionsConfig(
     data=data_file("jigsaw_balanced.csv", "builtin:toxicity"), prompts=data_file("rtp_challenge.jsonl", "builtin:prompts"),
-    methods="probe,unembed,gen-diffmean,gradient", probe=None, n_texts=min(2000, N["train"] + N["test"]),
-    k_tokens=N["k_tokens"], toxic_words=None, n_gen_prompts=30 if SIZE == "ci" else N["prompts"],
-    n_eval_prompts=N["prompts"] // 2,
+    methods="probe,unembed,gen-diffmean,gradient", n_texts=min(2000, N["train"] + N["test"]),
+    k_tokens=N["k_tokens"], n_gen_prompts=30 if SIZE == "ci" else N["prompts"], n_eval_prompts=N["prompts"] // 2,
     ks="10,100" if SIZE == "ci" else "10,100,1000", random_draws=2 if SIZE == "ci" else 3, metric="raw",
-    ppl_tokens=N["ppl_tokens"] // 5, contrast="unembed,gradient", out="06_directions", seed=0, quiet=not sys.stdout.isatty())
-result = compare_directions(ws, model, args)
+    ppl_tokens=N["ppl_tokens"] // 5, contrast="unembed,gradient", out="06_directions")
+result = execute(directions, cfg, ctx, model=model)

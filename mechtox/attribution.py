@@ -243,3 +243,37 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     per_layer = per_layer.reindex(columns=[g for g in REDUCING + INCREASING if g in per_layer.columns]).reset_index()
     return Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
                        getattr(direction, "name", "") or "direction")
+
+
+def after_means(neurons: pd.DataFrame, n_layers: int, d_mlp: int, col: str = "act_after") -> Tensor:
+    """A [n_layers, d_mlp] tensor of ``neurons[col]`` (neurons not in the table: 0)."""
+    out = torch.zeros(n_layers, d_mlp)
+    rows = torch.tensor(neurons["layer"].to_numpy(dtype="int64", copy=True))
+    cols = torch.tensor(neurons["neuron"].to_numpy(dtype="int64", copy=True))
+    out[rows, cols] = torch.tensor(neurons[col].to_numpy(dtype="float32", copy=True))
+    return out
+
+
+def ablation_vs_patching(neurons: pd.DataFrame, n_layers: int, d_mlp: int, ks: Sequence[int] = (100, 200, 1000)) -> list:
+    """Yang et al.'s comparison on the before model: zero-ablating the top-k toxic neurons (by
+    cosine; and only those with a positive activation) against patching each reducing group's
+    neurons to their mean activation in the after model. ``neurons`` is an attribution's
+    neuron table; the list starts with the no-op."""
+    import dataclasses
+
+    from mechtox.interventions import NOOP, ablate, set_neurons
+
+    by_cos = neurons.sort_values("cos_before", ascending=False)
+    pos = by_cos[by_cos["act_before"] > 0]
+    means = after_means(neurons, n_layers, d_mlp)
+    ivs = [NOOP]
+    for k in ks:
+        ivs.append(dataclasses.replace(ablate(by_cos.head(k)), name=f"ablate top-{k} toxic (cosine)"))
+        ivs.append(dataclasses.replace(ablate(pos.head(k)), name=f"ablate top-{k} toxic with positive activation"))
+    damp = neurons[neurons["group"] == "TP-"]
+    ivs.append(set_neurons(damp, means, name=f"patch {len(damp)} dampened toxic neurons (TP-) to after-mean"))
+    for g in REDUCING[1:]:  # TP- is the dampened-toxic patch above
+        sel = neurons[neurons["group"] == g]
+        if len(sel):
+            ivs.append(set_neurons(sel, means, name=f"patch group {g} ({len(sel)}) to after-mean"))
+    return ivs

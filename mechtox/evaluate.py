@@ -189,3 +189,16 @@ def calibrate_alpha(model: HookedTransformer, make, text: str, max_rise: float =
     if best == 0.0:
         raise MechtoxError(f"even alpha {start:g} raises perplexity by more than {max_rise:.0%}; pass a smaller alpha")
     return best, trace
+
+
+def scorer_agreement(prompts, scorer) -> tuple[float, int] | None:
+    """Spearman correlation of ``scorer`` with the Perspective TOXICITY of the human-written
+    continuations that come with the prompts (RealToxicityPrompts), and how many it used; None
+    when the prompts carry no such scores."""
+    from scipy.stats import spearmanr
+
+    if prompts.continuation_toxicity is None:
+        return None
+    ok = np.isfinite(prompts.continuation_toxicity)
+    human = scorer([c for c, k in zip(prompts.continuations, ok, strict=True) if k])
+    return float(spearmanr(human, prompts.continuation_toxicity[ok]).statistic), int(ok.sum())

@@ -22,6 +22,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -226,11 +227,19 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
     gguf = Path(path) if path is not None else smollm2_gguf_path()
     if not gguf.is_file():
         raise ModelNotFoundError(f"no GGUF file at {gguf}")
+    with open(gguf, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise ModelNotFoundError(f"{gguf} is no GGUF file (it does not start with the GGUF magic bytes); give a "
+                                     ".gguf model file, a mechtox checkpoint directory or a model name")
     name = DEFAULT_MODEL if path is None else gguf.stem
     cached = cache_dir() / f"{name}-{_hash_file(gguf)}-ctx{n_ctx}"
     if use_cache and (cached / _CKPT_WEIGHTS).is_file():
         return load_checkpoint(cached, device=device, dtype=dtype)
-    model = _convert_gguf(gguf, name, n_ctx)
+    try:
+        model = _convert_gguf(gguf, name, n_ctx)
+    except (ValueError, KeyError, OSError, EOFError, struct.error) as e:  # a truncated or unsupported GGUF file
+        raise ModelNotFoundError(f"{gguf} cannot be read as a Llama-architecture GGUF model ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     if use_cache:
         save_checkpoint(model, cached, extra={"source": str(gguf)})
     return _finish(model, device, dtype)

@@ -182,6 +182,14 @@ def split_indices(labels: np.ndarray, test_size: float | int = 0.25, seed: int =
     return np.sort(tr), np.sort(te)
 
 
+def stratified_subset(data: LabelledTexts, n: int, seed: int = 0) -> LabelledTexts:
+    """A stratified, seeded subset of ``n`` rows of ``data`` (all of it when ``n >= len(data)``)."""
+    if n >= len(data):
+        return data
+    keep, _ = split_indices(data.labels, test_size=len(data) - n, seed=seed)
+    return data.subset(keep)
+
+
 def _metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
@@ -261,6 +269,22 @@ class ProbeSweep:
     def best(self) -> Probe:
         return self.probes[self.best_hook]
 
+    def choose(self, save: str = "best") -> str:
+        """The hook of the probe to keep: ``"best"`` (by the sweep's selection metric), ``"final"``
+        (the last hook swept) or a layer number."""
+        if save == "best":
+            return self.best_hook
+        if save == "final":
+            return str(self.table["hook"].iloc[-1])
+        try:
+            layer = int(save)
+        except ValueError:
+            raise MechtoxError(f"--save must be 'best', 'final' or a layer number, not {save!r}") from None
+        rows = self.table[self.table["layer"] == layer]
+        if rows.empty:
+            raise MechtoxError(f"--save {layer}: no probe at that layer (layers swept: {sorted(set(self.table['layer']))})")
+        return str(rows["hook"].iloc[0])
+
 
 def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Sequence[int] = "all",
                 site: str = "resid_post", include_final: bool = True, method: Method = "logreg",
@@ -271,7 +295,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
 
     The best hook is chosen by ``select_on`` (held-out AUROC by default; the table shows all).
     """
-    from transformer_lens.utils import get_act_name
+    from transformer_lens.utilities import get_act_name
 
     layer_ids = parse_layers(layers, model.cfg.n_layers)
     hooks = [get_act_name(site, layer) for layer in layer_ids]

@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from mechtox import _io, plotting
+from mechtox import artifacts as A
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
@@ -56,13 +57,13 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
 
     root = Path(root)
     parts: list[str] = []
-    meta = _read_json(root / "main.json")
+    meta = _read_json(root / A.MAIN_SUMMARY)
     if meta:
         parts.append("<h2>Run</h2>" + _table(pd.DataFrame([{k: v for k, v in meta.items() if not isinstance(v, (dict, list))}])))
     if notes:
         parts.append(f"<p class='note'>{html.escape(notes)}</p>")
 
-    for d in sorted((root / "directions").glob("*/sweep.csv")) if (root / "directions").is_dir() else []:
+    for d in sorted((root / "directions").glob("*/" + A.SWEEP)) if (root / "directions").is_dir() else []:
         sweep = pd.read_csv(d)
         parts.append(f"<h2>Probe sweep: {html.escape(d.parent.name)}</h2>")
         parts.append(_fig(plotting.probe_sweep_figure(sweep)))
@@ -70,39 +71,39 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
 
     runs = root / "runs"
     for run in sorted(runs.iterdir()) if runs.is_dir() else []:
-        if (run / "top_neurons.csv").is_file() and (run / "ranking.csv").is_file():
-            top = pd.read_csv(run / "top_neurons.csv")
+        if (run / A.TOP_NEURONS).is_file() and (run / A.RANKING).is_file():
+            top = pd.read_csv(run / A.TOP_NEURONS)
             parts.append(f"<h2>Neuron ranking: {html.escape(run.name)}</h2>")
             parts.append(_fig(plotting.top_neurons_figure(top.head(30))))
             parts.append(_table(top[[c for c in ("layer", "neuron", "cosine", "norm", "mean_act", "tokens") if c in top]], 20))
-        dj = _read_json(run / "directions.json")
+        dj = _read_json(run / f"{A.DIRECTIONS}.json")
         if dj:
             parts.append(f"<h2>Direction methods: {html.escape(run.name)}</h2>")
             parts.append(f"<p class='note'>metric {html.escape(str(dj.get('metric')))}; toxic tokens: "
                          f"{html.escape(' | '.join(dj.get('toxic_tokens', [])[:40]))}</p>")
             parts.append(_table(pd.DataFrame(dj["rows"])))
-            abl = _read_csv(run / "ablation.csv")
+            abl = _read_csv(run / f"{A.ABLATION}.csv")
             if abl is not None:
                 parts.append(_fig(plotting.ablation_figure(abl)))
                 parts.append(_table(abl))
-            top = _read_csv(run / "top_neurons.csv")
+            top = _read_csv(run / A.TOP_NEURONS)
             if top is not None:
                 parts.append(_table(top[["method", "layer", "neuron", "cosine", "tokens"]], 40))
-        ev = _read_json(run / "eval.json")
+        ev = _read_json(run / f"{A.EVAL}.json")
         if ev:
             t = pd.DataFrame(ev["rows"])
             parts.append(f"<h2>Evaluation: {html.escape(run.name)}</h2><p class='note'>{html.escape(ev.get('toxicity', ''))}; "
                          f"{ev.get('n_prompts')} prompts from {html.escape(str(ev.get('prompts')))}</p>")
             parts.append(_fig(plotting.eval_figure(t)) + _table(t))
-        if (run / "metrics.jsonl").is_file() and run.name.startswith("train-"):
-            hist = pd.read_json(run / "metrics.jsonl", lines=True)
-            parts.append(f"<h2>Training: {html.escape(run.name[6:])}</h2>")
+        if (run / A.METRICS).is_file() and run.name.startswith(A.TRAIN_PREFIX):
+            hist = pd.read_json(run / A.METRICS, lines=True)
+            parts.append(f"<h2>Training: {html.escape(run.name[len(A.TRAIN_PREFIX):])}</h2>")
             parts.append(_fig(plotting.training_figure(hist)))
-            gh = _read_csv(run / "probe-goodhart.csv")
+            gh = _read_csv(run / f"{A.GOODHART}.csv")
             if gh is not None:
                 parts.append("<p>Probe accuracy before / after / retrained</p>" + _table(gh))
-        for mode in ("own", "shared"):
-            gj = _read_json(run / f"attribution-{mode}-groups.json")
+        for mode in A.ATTRIBUTION_MODES:
+            gj = _read_json(run / f"{A.attribution(mode, 'groups')}.json")
             if not gj:
                 continue
             groups = pd.DataFrame(gj["rows"])
@@ -111,14 +112,14 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
                          f"<p class='note'>{html.escape(gj.get('mode_meaning', ''))}; {gj.get('n_tokens')} tokens; "
                          f"exactness error {c.get('error', float('nan')):.2e} of a total change {c.get('total_change', float('nan')):.4g}</p>")
             parts.append(_fig(plotting.attribution_groups_figure(groups)))
-            per_layer = _read_csv(run / f"attribution-{mode}-per-layer.csv")
+            per_layer = _read_csv(run / A.attribution(mode, "per-layer.csv"))
             if per_layer is not None:
                 parts.append(_fig(plotting.attribution_layers_figure(per_layer)))
             parts.append(_table(groups.drop(columns=["meaning"], errors="ignore")))
-            top = _read_csv(run / f"attribution-{mode}-top-neurons.csv")
+            top = _read_csv(run / A.attribution(mode, "top-neurons.csv"))
             if top is not None:
                 parts.append(_table(top[["layer", "neuron", "group", "cos_before", "act_before", "act_after", "delta", "tokens"]], 15))
-        ab = _read_json(run / "ablation-vs-after.json")
+        ab = _read_json(run / f"{A.ABLATION_VS_AFTER}.json")
         if ab:
             parts.append(f"<h2>Ablation is not enough: {html.escape(run.name)}</h2>" + _table(pd.DataFrame(ab["rows"])))
     if not parts:
@@ -130,5 +131,5 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
 
 def write_report(root: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **kw) -> Path:
     """Write the report of the workspace ``root`` (default ``root/report.html``), atomically."""
-    path = Path(out) if out else Path(root) / "report.html"
+    path = Path(out) if out else Path(root) / A.REPORT
     return _io.write_text(path, build_report(root, **kw))

@@ -44,7 +44,7 @@ class TrainConfig:
 
     objective: Literal["dpo", "sft", "sft-probe", "dpo-probe", "sap"] = "dpo"
     """what to optimise"""
-    lr: float = 5e-6
+    lr: float = 1e-5
     """peak learning rate (after warm-up)"""
     optimizer: Literal["adamw", "rmsprop"] = "adamw"
     """AdamW (fused on CUDA) or RMSprop (Lee et al.)"""
@@ -53,9 +53,9 @@ class TrainConfig:
     """pairs (or texts) per micro-batch"""
     grad_accum: int = 1
     """micro-batches per optimizer step"""
-    warmup_steps: int = 10
+    warmup_steps: int = 5
     """linear warm-up from 0 to lr, then constant"""
-    max_steps: int = 100
+    max_steps: int = 40
     """optimizer steps"""
     clip: float = 10.0
     """gradient-norm clipping (0: off)"""
@@ -485,6 +485,55 @@ class TrainResult:
     val_history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective) -> tuple[int, list, list, float, int]:
+    """Weights, reference log-probs and loop state of an interrupted run in ``out/state``."""
+    state_dir = out / "state"
+    if not (state_dir / "trainer.json").is_file():
+        raise MechtoxError(f"nothing to resume in {out}: no checkpoint (state/trainer.json); run without --resume")
+    meta = json.loads((state_dir / "trainer.json").read_text())
+    saved_cfg = meta["config"]
+    # settings that do not change the trajectory up to the checkpoint may differ
+    free = {"max_steps", "eval_every", "checkpoint_every", "patience"}
+    diff = [k for k in saved_cfg if k not in free and saved_cfg[k] != dataclasses.asdict(cfg).get(k)]
+    if diff:
+        raise MechtoxError(f"cannot resume {out}: the config differs in {diff}; use the same settings")
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(state_dir / "weights.safetensors"), device=str(model.cfg.device)), strict=False)
+    ref = torch.load(state_dir / "reference.pt", map_location="cpu") if (state_dir / "reference.pt").is_file() else None
+    if ref is not None:
+        objective.ref_chosen, objective.ref_rejected = ref["chosen"], ref["rejected"]
+    return meta["step"], meta["history"], meta["val_history"], meta["best_val"], meta["bad_evals"]
+
+
+def _accumulate(fwd_model, objective, ex: list[int], cfg: TrainConfig, opt, step: int) -> tuple[float, dict[str, float], int]:
+    """Zero the gradients, then forward and backward ``cfg.grad_accum`` micro-batches of ``ex``:
+    (mean loss, mean metrics, tokens)."""
+    opt.zero_grad(set_to_none=True)
+    agg: dict[str, float] = {}
+    total, n_tok = 0.0, 0
+    for a in range(cfg.grad_accum):
+        idx = ex[a * cfg.batch_size: (a + 1) * cfg.batch_size]
+        loss, metrics = objective.loss(fwd_model, idx)
+        if not torch.isfinite(loss):
+            raise MechtoxError(f"the loss became {float(loss.detach())} at step {step}; lower the learning rate")
+        (loss / cfg.grad_accum).backward()
+        total += float(loss.detach()) / cfg.grad_accum
+        for k, v in metrics.items():
+            agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+        n_tok += objective.tokens(idx)
+    return total, agg, n_tok
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False,
           progress: bool = True, val_idx: Sequence[int] | None = None, train_idx: Sequence[int] | None = None,
           stop_after: int | None = None) -> TrainResult:
@@ -512,23 +561,7 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     step, history, val_history = 0, [], []
     best_val, bad_evals = float("inf"), 0
     if resume:
-        if not (state_dir / "trainer.json").is_file():
-            raise MechtoxError(f"nothing to resume in {out}: no checkpoint (state/trainer.json); run without --resume")
-        meta = json.loads((state_dir / "trainer.json").read_text())
-        saved_cfg = meta["config"]
-        # settings that do not change the trajectory up to the checkpoint may differ
-        free = {"max_steps", "eval_every", "checkpoint_every", "patience"}
-        diff = [k for k in saved_cfg if k not in free and saved_cfg[k] != dataclasses.asdict(cfg).get(k)]
-        if diff:
-            raise MechtoxError(f"cannot resume {out}: the config differs in {diff}; use the same settings")
-        from safetensors.torch import load_file
-
-        model.load_state_dict(load_file(str(state_dir / "weights.safetensors"), device=str(model.cfg.device)), strict=False)
-        ref = torch.load(state_dir / "reference.pt", map_location="cpu") if (state_dir / "reference.pt").is_file() else None
-        if ref is not None:
-            objective.ref_chosen, objective.ref_rejected = ref["chosen"], ref["rejected"]
-        step, history, val_history = meta["step"], meta["history"], meta["val_history"]
-        best_val, bad_evals = meta["best_val"], meta["bad_evals"]
+        step, history, val_history, best_val, bad_evals = _restore(out, cfg, model, objective)
     else:
         if (state_dir / "trainer.json").is_file():
             raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
@@ -583,19 +616,8 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {objective.name}", disable=not progress)
     while step < cfg.max_steps:
         ex = [train_idx[i] for i in _order(len(train_idx), cfg.seed, step * eff, eff)]
-        opt.zero_grad(set_to_none=True)
-        agg: dict[str, float] = {}
-        total = 0.0
-        for a in range(cfg.grad_accum):
-            idx = ex[a * cfg.batch_size: (a + 1) * cfg.batch_size]
-            loss, metrics = objective.loss(fwd_model, idx)
-            if not torch.isfinite(loss):
-                raise MechtoxError(f"the loss became {float(loss.detach())} at step {step}; lower the learning rate")
-            (loss / cfg.grad_accum).backward()
-            total += float(loss.detach()) / cfg.grad_accum
-            for k, v in metrics.items():
-                agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
-            tokens_done += objective.tokens(idx)
+        total, agg, n_tok = _accumulate(fwd_model, objective, ex, cfg, opt, step)
+        tokens_done += n_tok
         gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else float("inf")))
         opt.step()
         sched.step()
@@ -661,3 +683,44 @@ def probe_goodhart(before: HookedTransformer, after: HookedTransformer, probes: 
                      "acc_retrained": refit.metrics["test_accuracy"], "auroc_before": mb["auroc"],
                      "auroc_after": ma["auroc"], "auroc_retrained": refit.metrics["test_auroc"]})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- data and objectives
+
+
+def steered_pairs(model: HookedTransformer, prompts: Sequence[str], direction, alpha: float, scorer,
+                  max_new_tokens: int = 20, batch_size: int = 25, source: str = "", direction_name: str = "",
+                  progress: bool = True) -> PreferencePairs:
+    """Lee et al.'s pair construction, done with activation steering: chosen = the greedy
+    continuation, rejected = the greedy continuation with ``alpha`` x the unit ``direction`` added
+    at its hook. Pairs with an empty or identical side are dropped; both sides are scored."""
+    from mechtox.generation import generate
+    from mechtox.interventions import applied, steer
+
+    chosen = generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)
+    with applied(model, steer(direction, alpha)):
+        rejected = generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)
+    sc, sr = scorer(chosen.continuations), scorer(rejected.continuations)
+    keep = [i for i in range(len(prompts)) if chosen.continuations[i].strip() and rejected.continuations[i].strip()
+            and chosen.continuations[i] != rejected.continuations[i]]
+    extra = [{"chosen_score": float(sc[i]), "rejected_score": float(sr[i]), "scorer": scorer.name,
+              "direction": direction_name, "alpha": alpha} for i in keep]
+    return PreferencePairs([prompts[i] for i in keep], [chosen.continuations[i] for i in keep],
+                           [rejected.continuations[i] for i in keep], source, extra)
+
+
+def make_objective(model: HookedTransformer, cfg: TrainConfig, pairs: PreferencePairs | None,
+                   probes: Sequence = (), task: tuple[Sequence[str], Sequence[str]] | None = None):
+    """The objective ``cfg.objective`` names, on its data: pairs (dpo, dpo-probe, sft-probe; sap's
+    safety pairs), probes (sft-probe) and the benign task's (prompts, targets) (sft, sap)."""
+    if cfg.objective == "sft-probe":
+        if not probes:
+            raise MechtoxError("train sft-probe needs --probe NAME[,NAME...] (the probes trained against)")
+        return ProbeSFTObjective(model, pairs.prompt, pairs.chosen, list(probes), cfg)
+    if cfg.objective in ("sft", "sap"):
+        if task is None:
+            raise MechtoxError("no task data: pass --task PATH (a {prompt, gold} JSONL or a pair set)")
+        if cfg.objective == "sft":
+            return SFTObjective(model, task[0], task[1], cfg)
+        return SAPObjective(model, task[0], task[1], pairs, cfg)
+    return DPOObjective(model, pairs, cfg)

@@ -150,7 +150,7 @@ def test_own_tokens_of_unequal_length_equal_a_direct_computation(rich):
 
 
 def test_a_resid_pre_direction_is_attributed_to_the_blocks_before_it(rich):
-    from transformer_lens.utils import get_act_name
+    from transformer_lens.utilities import get_act_name
 
     before = rich
     after = perturbed(before, seed=4, scale=0.2, w_out=True)

@@ -25,8 +25,9 @@ def render() -> str:
             continue
         out += [f"## `{name}`", "", inspect.cleandoc(mod.__doc__ or ""), ""]
         for attr, obj in vars(mod).items():
-            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
-                continue
+            home = getattr(obj, "__module__", None) or ""
+            if attr.startswith("_") or not (home == name or (hasattr(mod, "__path__") and home.startswith(name + "."))):
+                continue  # a package documents what its modules define and it re-exports
             if not (inspect.isfunction(obj) or inspect.isclass(obj)):
                 continue
             try:

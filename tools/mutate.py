@@ -47,9 +47,16 @@ TESTS = {  # the fast test files of each module
     "evaluate.py": ["tests/test_evaluate.py"],
     "activations.py": ["tests/test_activations.py"],
     "generation.py": ["tests/test_generation.py"],
-    "directions.py": ["tests/test_directions.py"],
+    "directions.py": ["tests/test_directions.py"],  # every module of the mechtox/directions package
     "validation.py": ["tests/test_directions.py", "tests/test_validation.py"],
 }
+
+
+
+def tests_of(module: str) -> list[str]:
+    """The fast test files of a module (a module of a package: those of the package)."""
+    return TESTS.get(module) or TESTS[module.split("/")[0] + ".py"]
+
 
 M = Mutant
 MUTANTS = [
@@ -231,45 +238,45 @@ MUTANTS = [
       'ids = encode(model, prompts, max_prompt_tokens, truncate="left")', 'ids = encode(model, prompts, max_prompt_tokens, truncate="right")',
       "long prompts keep their first tokens"),
     # ------------------------------------------------------------------ directions
-    M("directions-gradient-counts-pads", "directions.py",
+    M("directions-gradient-counts-pads", "directions/methods.py",
       "obj = (logp[..., tox_idx].logsumexp(-1) * mask).sum()", "obj = logp[..., tox_idx].logsumexp(-1).sum()",
       "the gradient direction's objective includes pad positions"),
-    M("directions-token-scores-per-continuation-length", "directions.py",
+    M("directions-token-scores-per-continuation-length", "directions/patching.py",
       "per_token[layer] += contrib / int(mask.sum())", "per_token[layer] += contrib / len(cont)",
       "token_scores divided by the continuation length, not the toxic-word tokens"),
-    M("directions-attribution-act-at-token", "directions.py",
+    M("directions-attribution-act-at-token", "directions/patching.py",
       "act_sum[layer] += a[:-1][mask.cpu()].sum(0)", "act_sum[layer] += a[1:][mask.cpu()].sum(0)",
       "attribution mean_act read at the toxic token instead of the position that predicts it"),
-    M("directions-log-ratio-not-odds", "directions.py",
+    M("directions-log-ratio-not-odds", "directions/tokens.py",
       "lo = np.log(yt / (n_t - tox[keep] + alpha)) - np.log(yn / (n_n - non[keep] + alpha))",
       "lo = np.log(yt / (n_t + alpha)) - np.log(yn / (n_n + alpha))",
       "token statistics: log ratio of proportions instead of log-odds"),
-    M("directions-nontoxic-set-least-specific", "directions.py",
+    M("directions-nontoxic-set-least-specific", "directions/tokens.py",
       'non["token_id"].tail(kn)', 'non["token_id"].head(kn)',
       "the non-toxic token set takes the least non-toxic tokens"),
-    M("directions-unembed-baseline-swapped", "directions.py",
+    M("directions-unembed-baseline-swapped", "directions/methods.py",
       'base = B.mean(1) if baseline == "vocab" else B[:, sets.nontoxic].mean(1)',
       'base = B[:, sets.nontoxic].mean(1) if baseline == "vocab" else B.mean(1)',
       "the unembedding direction's baseline options swapped"),
-    M("directions-nontoxic-threshold", "directions.py",
+    M("directions-nontoxic-threshold", "directions/generations.py",
       "non = [i for i in keep if scores[i] < nontoxic_threshold]", "non = [i for i in keep if scores[i] < toxic_threshold]",
       "non-toxic generations are everything below the toxic threshold"),
-    M("directions-benign-count-all-tokens", "directions.py",
+    M("directions-benign-count-all-tokens", "directions/patching.py",
       "count += logp.numel()", "count += toks.numel()",
       "benign attribution divides by the tokens, not the predicted tokens"),
-    M("directions-specific-no-clamp", "directions.py",
+    M("directions-specific-no-clamp", "directions/patching.py",
       "self.token_scores - benign.detach().float().cpu().clamp(min=0)", "self.token_scores - benign.detach().float().cpu()",
       "neurons whose ablation would help ordinary text are rewarded"),
-    M("directions-gen-diffmean-no-contrast", "directions.py",
+    M("directions-gen-diffmean-no-contrast", "directions/methods.py",
       "d = acts[: len(tox)].mean(0) - acts[len(tox):].mean(0)", "d = acts[: len(tox)].mean(0)",
       "the generation diff-of-means is the toxic mean alone"),
-    M("directions-final-norm-scale", "directions.py",
+    M("directions-final-norm-scale", "directions/metrics.py",
       "        return 1.0 / g\n", "        return g\n",
       "the final_norm metric scales by g instead of 1/g"),
-    M("directions-copied-words-not-skipped", "directions.py",
+    M("directions-copied-words-not-skipped", "directions/generations.py",
       "if w and not (_word_set(w) & skip_words)]", "if w]",
       "skip_copied keeps the words copied from the prompt"),
-    M("directions-copy-stats-any-flag", "directions.py",
+    M("directions-copy-stats-any-flag", "directions/generations.py",
       "copied += bool(b & _word_set(gens.prompts[i]))", "copied += bool(b)",
       "every flagged continuation counts as copied"),
     # ------------------------------------------------------------------ validation
@@ -342,7 +349,7 @@ def main() -> int:
         tree = Path(tmp)
         copy_tree(tree)
         modules = sorted({m.module for m in mutants})
-        files = sorted({f for mod in modules for f in TESTS[mod]})
+        files = sorted({f for mod in modules for f in tests_of(mod)})
         ok, secs = run_tests(tree, files, args.timeout)
         if not ok:
             print(f"mutate: the unmutated tests fail ({' '.join(files)}); fix them first", file=sys.stderr)
@@ -354,7 +361,7 @@ def main() -> int:
             original = path.read_text()
             path.write_text(apply(original, m))
             try:
-                survived, secs = run_tests(tree, TESTS[m.module], args.timeout)
+                survived, secs = run_tests(tree, tests_of(m.module), args.timeout)
             finally:
                 path.write_text(original)
             caught += not survived

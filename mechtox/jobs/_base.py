@@ -1,0 +1,185 @@
+"""What every job shares: its options declared once on a frozen config dataclass, the common
+context (workspace, device, dtype, seed, quiet) and small parsers that fail as one-line errors.
+
+A config field made with :func:`option` carries its command-line flags and help text; the CLI
+builds each command's arguments from its config class, so defaults and help live in one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mechtox.errors import MechtoxError
+
+# Where a data flag's default comes from (mechtox.data.data_dirs).
+DEFAULT_DATA = ("(default: {} from $MECHTOX_DATA, else shared/data beside the project, else the real-data bundle "
+                "shipped with mechtox)")
+
+
+def option(default: Any = None, help: str | None = None, *, flags: Sequence[str] | None = None,
+           type: Any = None, choices: Sequence[str] | None = None, metavar: str | None = None,
+           required: bool = False, positional: bool = False, append: bool = False) -> Any:
+    """A config field and its command-line option (``--name-with-dashes`` unless ``flags``)."""
+    meta = dict(help=help, flags=tuple(flags) if flags else None, type=type, choices=choices, metavar=metavar,
+                required=required, positional=positional, append=append)
+    return dataclasses.field(default=default, metadata={"cli": meta})
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Add an argparse option for every :func:`option` field of the dataclass ``cls``, in order."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata.get("cli")
+        if meta is None:
+            continue
+        kw: dict[str, Any] = {}
+        if meta["help"] is not None:
+            kw["help"] = meta["help"]
+        if meta["positional"]:
+            parser.add_argument(f.name, choices=meta["choices"], **kw)
+            continue
+        flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
+        if flags[0].lstrip("-").replace("-", "_") != f.name:
+            kw["dest"] = f.name
+        if isinstance(f.default, bool):
+            parser.add_argument(*flags, action="store_true", **kw)
+            continue
+        typ = meta["type"] or (type(f.default) if isinstance(f.default, (int, float)) else None)
+        if typ is not None:
+            kw["type"] = typ
+        for k in ("choices", "metavar"):
+            if meta[k] is not None:
+                kw[k] = meta[k]
+        if meta["required"]:
+            kw["required"] = True
+        else:
+            kw["default"] = f.default
+        if meta["append"]:
+            kw["action"] = "append"
+        parser.add_argument(*flags, **kw)
+
+
+def from_args(cls: type, args: argparse.Namespace, **override: Any) -> Any:
+    """An instance of the config class ``cls`` from parsed arguments (validated by its ``__post_init__``)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    return cls(**{n: override[n] if n in override else getattr(args, n) for n in names if n in override or hasattr(args, n)})
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def ints(text: str | Sequence[int], what: str) -> tuple[int, ...]:
+    """``"10,100"`` -> ``(10, 100)``; anything else is a one-line error naming the flag."""
+    if not isinstance(text, str):
+        return tuple(int(x) for x in text)
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise MechtoxError(f"{what} {text!r}: give comma-separated whole numbers, e.g. 10,100") from None
+    if not out or any(k <= 0 for k in out):
+        raise MechtoxError(f"{what} {text!r}: give one or more positive whole numbers, e.g. 10,100")
+    return out
+
+
+def names(text: str | None) -> list[str]:
+    """``"a, b,"`` -> ``["a", "b"]``."""
+    return [m.strip() for m in (text or "").split(",") if m.strip()]
+
+
+def positive(value: int | None, what: str, zero_ok: bool = False) -> None:
+    if value is not None and (value < 0 or (value == 0 and not zero_ok)):
+        raise MechtoxError(f"{what} {value}: must be {'0 or more' if zero_ok else 'at least 1'}")
+
+
+def check_out(name: str | None, what: str) -> None:
+    from mechtox.workspace import check_name
+
+    if name is not None:
+        check_name(name, what)
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise MechtoxError(f"--device {device!r} is no torch device; use cpu, cuda, cuda:1 or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise MechtoxError(f"--device {device}: CUDA is not available on this machine (torch {torch.__version__}); "
+                               "leave --device out to use the CPU")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise MechtoxError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise MechtoxError(f"--device {device}: MPS is not available on this machine; leave --device out")
+
+
+def _check_workspace(root: Path) -> None:
+    if root.exists() and not root.is_dir():
+        raise MechtoxError(f"--workspace {root} is a file, not a folder; give a folder")
+    parent = root
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MechtoxError(f"--workspace {root} cannot be created: {parent} is a file; give another folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MechtoxError(f"--workspace {root} cannot be written: no write permission in {parent}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Context:
+    """The options every command takes: where results go and how models run."""
+
+    workspace: str | None = option(None, "workspace directory (default: $MECHTOX_HOME or ./mechtox-runs)",
+                                   flags=("--workspace", "-w"))
+    device: str | None = option(None, "torch device (default: cuda when available, else cpu)")
+    dtype: str = option("float32", choices=["float32", "bfloat16", "float16"])
+    seed: int = option(0, "seed for every random choice (default 0)")
+    quiet: bool = option(False, "no progress bars", flags=("--quiet", "-q"))
+
+    def __post_init__(self) -> None:
+        _check_workspace(self.ws.root)
+        _check_device(self.device)
+
+    @property
+    def ws(self):
+        from mechtox.workspace import Workspace
+
+        return Workspace(self.workspace)
+
+    @property
+    def progress(self) -> bool:
+        return not self.quiet
+
+    def seed_all(self) -> None:
+        from mechtox.training import seed_everything
+
+        seed_everything(self.seed)
+
+    def load(self, spec: str, announce: bool = True):
+        """The model ``spec`` as a HookedTransformer (and one line saying what was loaded)."""
+        t = time.perf_counter()
+        model = self.ws.load_model(spec, device=self.device, dtype=self.dtype)
+        if announce:
+            print(f"loaded {spec} ({model.cfg.model_name}, {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
+                  f"d_mlp {model.cfg.d_mlp}) on {model.cfg.device} in {time.perf_counter() - t:.1f} s", flush=True)
+        return model
+
+
+def execute(job, config, ctx: Context, **models) -> Any:
+    """Run ``job`` (a module of :mod:`mechtox.jobs`) with ``config``, write its files, print its
+    summary; return its result. ``models`` passes already-loaded models (``model=``, ``before=``,
+    ``after=``)."""
+    res = job.run(config, ctx, **models)
+    job.write(res, ctx)
+    print(job.summary(res, ctx), flush=True)
+    return res

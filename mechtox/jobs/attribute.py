@@ -1,0 +1,167 @@
+"""``mechtox attribute``: attribute the change from --before to --after to individual neurons."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, ints, option, positive
+
+HELP = "attribute the change from --before to --after to individual neurons"
+
+
+@dataclass(frozen=True)
+class AttributeConfig:
+    before: str = option("base")
+    after: str = option(None, "the fine-tuned model (e.g. dpo)", required=True)
+    direction: str = option("probe", "the direction projected onto (default: the probe, as `mechtox probe` saves it)",
+                            flags=("--direction", "--probe"))
+    prompts: str | None = option(None, "prompts " + DEFAULT_DATA.format("rtp_challenge.jsonl"))
+    n: int = option(200, "prompts to attribute over")
+    max_new_tokens: int = option(20)
+    mode: str = option("both", "own: each model's own continuations; shared: both read the before model's",
+                       choices=["own", "shared", "both"])
+    top: int = option(20)
+    n_eval_prompts: int = option(100, "prompts for the ablation-vs-after table (0: skip)")
+    ablate_ks: str = option("100,200,1000")
+    ppl_tokens: int = option(8000)
+    f1_prompts: int = option(100)
+    out: str | None = option(None, "run name (default attribute-<before>-<after>)")
+    text: str | None = None   # Wikitext-2 text for perplexity (default: the shipped one); not a flag
+
+    def __post_init__(self) -> None:
+        check_out(self.out, "run name")
+        ints(self.ablate_ks, "--ablate-ks")
+        for name in ("n", "max_new_tokens", "top"):
+            positive(getattr(self, name), "--" + name.replace("_", "-"))
+        for name in ("n_eval_prompts", "ppl_tokens", "f1_prompts"):
+            positive(getattr(self, name), "--" + name.replace("_", "-"), zero_ok=True)
+
+    @property
+    def run_name(self) -> str:
+        return self.out or f"attribute-{self.before}-{self.after}"
+
+
+@dataclass
+class AttributeResult:
+    config: AttributeConfig
+    results: dict               # mode -> mechtox.attribution.Attribution
+    tops: dict                  # mode -> top neurons with their tokens
+    n_prompts: int
+    ablation: Any = None        # the ablation-vs-after table
+    n_eval: int = 0
+    seconds: float = 0.0
+    meta: dict = field(default_factory=dict)
+
+
+def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> AttributeResult:
+    import time
+
+    from mechtox.attribution import attribute
+    from mechtox.data import load_prompts
+    from mechtox.generation import generate
+    from mechtox.models import same_architecture
+    from mechtox.neurons import decode_neurons
+    from mechtox.probe import Direction
+
+    ws = ctx.ws
+    ws.resolve_model(cfg.after)
+    ws.require_direction(cfg.direction)
+    prompts = load_prompts(cfg.prompts, limit=cfg.n)
+    before = before if before is not None else ctx.load(cfg.before)
+    after = after if after is not None else ctx.load(cfg.after)
+    same_architecture(before, after)
+    direction = Direction.load(ws.require_direction(cfg.direction), before)
+    modes = ["own", "shared"] if cfg.mode == "both" else [cfg.mode]
+    t0 = time.perf_counter()
+    gens = {"before": generate(before, prompts.prompts, cfg.max_new_tokens, 32, 25, stop_at_eos=False,
+                               progress=ctx.progress)}
+    if "own" in modes:
+        gens["after"] = generate(after, prompts.prompts, cfg.max_new_tokens, 32, 25, stop_at_eos=False,
+                                 progress=ctx.progress)
+    results, tops = {}, {}
+    for mode in modes:
+        res = attribute(before, after, direction, mode=mode, generations=dict(gens), progress=ctx.progress)
+        results[mode] = res
+        top = res.neurons.reindex(res.neurons["delta"].abs().sort_values(ascending=False).index).head(cfg.top)
+        tops[mode] = decode_neurons(before, top, 8)
+    out = AttributeResult(cfg, results, tops, len(prompts))
+    if cfg.n_eval_prompts:
+        _ablation_vs_after(out, ctx, before, after, prompts.prompts[: cfg.n_eval_prompts])
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: list[str]) -> None:
+    """Yang et al.'s table: ablating or patching neurons of the before model vs the after model."""
+    import pandas as pd
+
+    from mechtox.attribution import ablation_vs_patching
+    from mechtox.data import load_text, load_wiki_samples
+    from mechtox.evaluate import EvalConfig, evaluate
+    from mechtox.interventions import NOOP
+    from mechtox.scorers import get_scorer
+
+    cfg = out.config
+    res = out.results.get("own") or next(iter(out.results.values()))
+    ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ints(cfg.ablate_ks, "--ablate-ks"))
+    text = load_text(cfg.text)
+    wiki = load_wiki_samples()
+    ecfg = EvalConfig(ppl_tokens=cfg.ppl_tokens, f1_prompts=cfg.f1_prompts if wiki else 0)
+    scorer = get_scorer("profanity")
+    print(f"\n== ablation and patching on {cfg.before} vs the {cfg.after} model ({len(evp)} prompts)")
+    tb, _ = evaluate(before, ivs, evp, scorer, text, wiki, ecfg, progress=ctx.progress, model_label=cfg.before)
+    ta, _ = evaluate(after, [NOOP], evp, scorer, text, wiki, ecfg, progress=ctx.progress, model_label=cfg.after)
+    out.ablation = pd.concat([tb, ta], ignore_index=True)
+    out.n_eval = len(evp)
+    out.meta = {"n_prompts": len(evp), "scorer": scorer.name}
+
+
+def write(res: AttributeResult, ctx: Context):
+    from mechtox import _io, artifacts, plotting
+
+    cfg = res.config
+    run = ctx.ws.run_dir(cfg.run_name)
+    for mode, r in res.results.items():
+        def a(part: str, mode: str = mode) -> str:
+            return artifacts.attribution(mode, part)
+
+        _io.write_text(run / a("neurons.csv"), r.neurons.to_csv(index=False))
+        _io.write_text(run / a("per-layer.csv"), r.per_layer.to_csv(index=False))
+        artifacts.write_table(run, a("groups"), r.groups, {
+            "mode": mode, "mode_meaning": "each model's own greedy continuations" if mode == "own"
+            else "both models read the before model's continuations",
+            "direction": cfg.direction, "before": cfg.before, "after": cfg.after, "n_prompts": res.n_prompts,
+            "n_tokens": r.n_tokens, "check": r.check,
+            "denominators": "share_of_gross: / sum of the reducing groups; share_of_net: / sum over all neurons"})
+        _io.write_text(run / a("top-neurons.csv"), res.tops[mode].to_csv(index=False))
+        plotting.save_figure(plotting.attribution_groups_figure(r.groups, f"Contributions by group ({mode} tokens)"),
+                             run / a("groups.html"))
+        plotting.save_figure(plotting.attribution_layers_figure(r.per_layer, f"Per-layer contributions ({mode} tokens)"),
+                             run / a("layers.html"))
+        plotting.save_figure(plotting.attribution_scatter(r.neurons, f"Activation change vs cosine ({mode} tokens)"),
+                             run / a("scatter.html"))
+    if res.ablation is not None:
+        artifacts.write_table(run, artifacts.ABLATION_VS_AFTER, res.ablation, res.meta)
+    return run
+
+
+def summary(res: AttributeResult, ctx: Context) -> str:
+    from mechtox.tables import markdown
+
+    cfg, lines = res.config, []
+    for mode, r in res.results.items():
+        c = r.check
+        lines += [f"\n== attribution of {cfg.before} -> {cfg.after} along {cfg.direction!r}, {mode} tokens "
+                  f"({r.n_tokens['before']} / {r.n_tokens['after']} tokens)",
+                  markdown(r.groups, ["group", "n", "contribution", "from_activation", "from_weights",
+                                      "share_of_gross", "share_of_net"], digits=4),
+                  f"exactness: change of the residual projection {c['total_change']:.6f} = neurons {c['neurons']:.6f} "
+                  f"+ rest {c['total_change'] - c['neurons'] - c['error']:.6f}; error {c['error']:.2e}",
+                  markdown(res.tops[mode], ["layer", "neuron", "group", "cos_before", "act_before", "act_after",
+                                            "delta", "tokens"], digits=4, max_rows=10)]
+    if res.ablation is not None:
+        lines.append(f"\nablation and patching on {cfg.before} vs the {cfg.after} model ({res.n_eval} prompts):\n"
+                     + markdown(res.ablation, digits=4))
+    lines.append(f"\nwrote {ctx.ws.run_dir(cfg.run_name)} in {res.seconds:.0f} s")
+    return "\n".join(lines)

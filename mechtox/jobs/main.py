@@ -1,0 +1,300 @@
+"""``mechtox run``, the main job: probe -> directions -> ranking -> pairs -> DPO -> evaluation ->
+attribution -> report, on the base model, at one of three sizes.
+
+Each step is one or more jobs with their configs. A finished step is reused when its key (a hash
+of its configs, the shared settings and the keys of the steps it depends on) is the one recorded
+in ``runs/<out>/main.json`` and its outputs still exist: changing a setting reruns that step and
+everything downstream of it, and nothing else.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from mechtox.errors import MechtoxError
+from mechtox.jobs import attribute, directions, pairs, probe, rank, report, train
+from mechtox.jobs._base import Context, check_out, execute, option
+
+HELP = ("the main job: probe, directions, neurons, pairs, DPO, evaluation, attribution, report (finished steps "
+        "are reused)")
+
+SIZES: dict[str, dict[str, Any]] = {
+    # 2 CPU cores: about 15-20 minutes in all (measured: see docs/results.md)
+    "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=25, dir_draws=2, pairs=400, steps=24,
+                  batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
+                  methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=400, dir_ppl_tokens=2000),
+    # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results):
+    # no causal ablation check of the directions and no Goodhart check, the two slowest parts
+    "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=0, dir_draws=1, pairs=24, steps=3,
+                  batch=4, lr=1e-5, eval_prompts=16, attr_prompts=8, ppl_tokens=1000, f1_prompts=8,
+                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20, goodhart_n=0),
+    # a GPU: the papers' sizes
+    "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
+                 batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
+                 methods="probe,unembed,gen-diffmean,gradient", gen_prompts=400, goodhart_n=800),
+}
+# the template-built toy data (tests on the tiny model) is small: scale down
+_TOY = dict(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, attr_prompts=20, dir_eval_prompts=20,
+            k_tokens=10)
+
+
+@dataclass(frozen=True)
+class MainConfig:
+    model: str = option("base")
+    size: str = option("auto", "small: 15-20 minutes on 2 CPU cores; full: the papers' sizes (auto: full on a GPU); "
+                               "quick: a few minutes, a check that every step runs (not results)",
+                       choices=["auto", "quick", "small", "full"])
+    data_dir: str | None = option(None, "folder of the data files (jigsaw_balanced.csv, rtp_challenge.jsonl, "
+                                        "paradetox.tsv, wikitext2_test.raw, wiki_samples.jsonl; each may be .gz); "
+                                        "default: $MECHTOX_DATA, else shared/data beside the project, else the "
+                                        "real-data bundle shipped with mechtox. 'builtin': the template-built toy "
+                                        "data, for tests on the tiny model only", metavar="DIR")
+    alpha: float = option(8.0, "steering strength for the rejected continuations")
+    fresh: bool = option(False, "redo every step")
+    out: str = option("main", "run name prefix (default 'main')")
+
+    def __post_init__(self) -> None:
+        from mechtox.data import data_dirs
+
+        check_out(self.out, "run name prefix")
+        if self.size not in ("auto", *SIZES):
+            raise MechtoxError(f"unknown --size {self.size!r}; use auto, {', '.join(SIZES)}")
+        if self.data_dir is not None and self.data_dir != "builtin":
+            data_dirs(self.data_dir)  # a missing folder is a one-line error now, not after the model loads
+
+    @property
+    def toy(self) -> bool:
+        return self.data_dir == "builtin"
+
+
+@dataclass(frozen=True)
+class CompareEvalConfig:
+    """Step 6: the base and the trained model evaluated alike (toxicity, probe score read by the
+    base model, perplexity, F1)."""
+
+    models: tuple[str, ...]
+    prompts: str
+    text: str
+    wiki: str | None
+    n: int
+    ppl_tokens: int
+    f1_prompts: int
+    probe: str = "probe"
+    out: str = "main-eval"
+
+
+@dataclass
+class Step:
+    name: str
+    jobs: list[tuple[Any, Any]]           # (job module or function, config)
+    deps: list[str] = field(default_factory=list)
+    title: str = ""
+
+
+def size_of(cfg: MainConfig) -> str:
+    import torch
+
+    return cfg.size if cfg.size != "auto" else ("full" if torch.cuda.is_available() else "small")
+
+
+def settings(cfg: MainConfig) -> dict[str, Any]:
+    S = dict(SIZES[size_of(cfg)])
+    if cfg.toy:
+        S.update(_TOY)
+    return S
+
+
+def plan(cfg: MainConfig) -> list[Step]:
+    """The seven steps with their configs and dependencies."""
+    from mechtox.data import data_file
+
+    S, M, out, dd = settings(cfg), cfg.model, cfg.out, cfg.data_dir
+    labelled, prompts = data_file("jigsaw_balanced.csv", dd), data_file("rtp_challenge.jsonl", dd)
+    text, wiki = data_file("wikitext2_test.raw", dd), None if cfg.toy else data_file("wiki_samples.jsonl", dd)
+    # Real human-written pairs when present (ParaDetox: toxic sentence vs its non-toxic paraphrase);
+    # otherwise pairs generated by steering (Lee et al.'s construction; see docs/results.md for alpha).
+    paradetox = None if cfg.toy else data_file("paradetox.tsv", dd)
+    steps = S["steps"]
+    return [
+        Step("probe", [(probe, probe.ProbeConfig(model=M, data=labelled, n_train=S["n_train"], n_test=S["n_test"],
+                                                 save="final", out="probe"))],
+             title="1 probe sweep (Lee et al.: every layer, mean-pooled)"),
+        Step("directions", [(directions, directions.DirectionsConfig(
+            model=M, data=labelled, prompts=prompts, text=text, methods=S["methods"], probe="probe",
+            n_texts=S["dir_texts"], k_tokens=S.get("k_tokens", 50), n_gen_prompts=S["gen_prompts"],
+            n_eval_prompts=S["dir_eval_prompts"], ks="100", random_draws=S["dir_draws"], metric="raw",
+            ppl_tokens=S.get("dir_ppl_tokens", S["ppl_tokens"]), contrast="unembed", out=f"{out}-directions"))], ["probe"],
+             "2 direction methods compared (probe vs unembedding...)"),
+        Step("rank", [(rank, rank.RankConfig(model=M, probe=d, top=20, out=f"{out}-rank-{d}"))
+                      for d in ("probe", "gen-diffmean")], ["probe", "directions"],
+             "3 toxic neurons along the probe (Lee et al.) and the generation diff-of-means"),
+        Step("pairs", [(pairs, pairs.PairsConfig(model=M, paradetox=paradetox, prompts=prompts, n=S["pairs"],
+                                                 direction="unembed", alpha=cfg.alpha, out=f"{out}-pairs"))],
+             [] if paradetox else ["directions"],
+             "4 preference pairs" + (" (ParaDetox: non-toxic paraphrase preferred)" if paradetox else
+                                     " (greedy vs steered toward toxicity)")),
+        Step("train", [(train, train.TrainJobConfig(
+            objective="dpo", model=M, pairs=f"{out}-pairs", lr=S["lr"], batch_size=S["batch"],
+            warmup_steps=max(1, steps // 10), steps=steps, clip=10.0, beta=0.1, eval_every=max(1, steps // 4),
+            checkpoint_every=max(1, steps // 4), max_completion_tokens=32, held_out="probe",
+            goodhart_n=S.get("goodhart_n", S["n_train"]), data=labelled, out=f"{out}-dpo"))], ["pairs", "probe"],
+             "5 DPO on the pairs"),
+        Step("eval", [(compare_eval, CompareEvalConfig((M, f"{out}-dpo"), prompts, text, wiki, S["eval_prompts"],
+                                                       S["ppl_tokens"], S["f1_prompts"] if wiki else 0,
+                                                       out=f"{out}-eval"))], ["train", "probe"],
+             "6 evaluation: base vs DPO (toxicity, probe, perplexity, F1)"),
+        Step("attribution", [(attribute, attribute.AttributeConfig(
+            before=M, after=f"{out}-dpo", direction="probe", prompts=prompts, n=S["attr_prompts"], mode="both",
+            top=20, n_eval_prompts=0, ablate_ks="100", ppl_tokens=S["ppl_tokens"], f1_prompts=0,
+            out=f"{out}-attribution"))], ["train", "probe"], "7 attribution of the DPO change to neurons"),
+    ]
+
+
+def step_key(step: Step, ctx: Context, keys: dict[str, str]) -> str:
+    """A hash of the step's configs, the settings every step shares and its dependencies' keys."""
+    blob = {"jobs": [[getattr(j, "__name__", str(j)), dataclasses.asdict(c)] for j, c in step.jobs],
+            "dtype": ctx.dtype, "seed": ctx.seed, "deps": {d: keys[d] for d in step.deps}}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def compare_eval(cfg: CompareEvalConfig, ctx: Context, models: dict):
+    """Step 6 (see :class:`CompareEvalConfig`); writes ``runs/<out>/eval.*`` and returns the table."""
+    import pandas as pd
+
+    from mechtox import artifacts
+    from mechtox.data import load_prompts, load_text, load_wiki_samples
+    from mechtox.evaluate import EvalConfig, evaluate
+    from mechtox.interventions import NOOP
+    from mechtox.probe import Direction
+    from mechtox.scorers import get_scorer
+
+    ps = load_prompts(cfg.prompts, limit=cfg.n).prompts
+    text = load_text(cfg.text)
+    wiki = load_wiki_samples(cfg.wiki) if cfg.wiki else None
+    base = models[cfg.models[0]]
+    probe_dir = Direction.load(ctx.ws.require_direction(cfg.probe), base)
+    ecfg = EvalConfig(ppl_tokens=cfg.ppl_tokens, f1_prompts=cfg.f1_prompts if wiki else 0)
+    scorer = get_scorer("profanity")
+    rows = [evaluate(models[spec], [NOOP], ps, scorer, text, wiki, ecfg, probe=probe_dir, judge=base,
+                     progress=ctx.progress, model_label=spec)[0] for spec in cfg.models]
+    table = pd.concat(rows, ignore_index=True)
+    artifacts.write_table(ctx.ws.run_dir(cfg.out), artifacts.EVAL, table, {
+        "n_prompts": len(ps), "prompts": cfg.prompts, "scorer": scorer.name, "probe": "probe (read by the base model)",
+        "toxicity": "mean profanity-check probability of the continuation scored alone; toxic_frac: share > 0.5"})
+    return table
+
+
+class _Models(dict):
+    """Models loaded once per main job, by spec."""
+
+    def __init__(self, ctx: Context):
+        super().__init__()
+        self.ctx = ctx
+
+    def __missing__(self, spec: str):
+        t = time.perf_counter()
+        self[spec] = self.ctx.ws.load_model(spec, device=self.ctx.device, dtype=self.ctx.dtype)
+        print(f"   loaded {spec} in {time.perf_counter() - t:.1f} s")
+        return self[spec]
+
+
+def _run_step(step: Step, ctx: Context, models: _Models) -> None:
+    import shutil
+
+    from mechtox.tables import markdown
+
+    for job, cfg in step.jobs:
+        if job is compare_eval:
+            print(markdown(compare_eval(cfg, ctx, models), digits=4))
+        elif job is train:
+            shutil.rmtree(ctx.ws.root / "training" / cfg.name, ignore_errors=True)
+            models.pop(cfg.name, None)
+            fresh = ctx.ws.load_model(cfg.model, device=ctx.device, dtype=ctx.dtype)  # training changes weights in place
+            execute(job, cfg, ctx, model=fresh)
+        elif job is attribute:
+            execute(job, cfg, ctx, before=models[cfg.before], after=models[cfg.after])
+        else:
+            execute(job, cfg, ctx, model=models[cfg.model])
+
+
+def _outputs_exist(step: Step, ctx: Context) -> bool:
+    ws = ctx.ws
+    for job, cfg in step.jobs:
+        if job is probe and not (ws.direction_dir(cfg.out) / "direction.json").is_file():
+            return False
+        if job is pairs and not ws.pairs_path(cfg.out).is_file():
+            return False
+        if job is train and not (ws.model_dir(cfg.name) / "config.json").is_file():
+            return False
+        if job in (directions, rank, attribute, compare_eval):
+            name = getattr(cfg, "run_name", None) or cfg.out
+            if not ws.run_dir(name).is_dir():
+                return False
+    return True
+
+
+@dataclass
+class MainResult:
+    size: str
+    state: dict
+    ran: list[str]
+    reused: list[str]
+    seconds: float
+    report: Any = None
+
+
+def run(cfg: MainConfig, ctx: Context) -> MainResult:
+    from mechtox import _io
+    from mechtox.data import find_data_file
+
+    ws = ctx.ws
+    ws.resolve_model(cfg.model)
+    size, S = size_of(cfg), settings(cfg)
+    real = "builtin" if cfg.toy else find_data_file("jigsaw_balanced.csv", cfg.data_dir)[1].describe()
+    steps = plan(cfg)
+    state_path = ws.run_dir(cfg.out) / "main.json"
+    state = json.loads(state_path.read_text()) if state_path.is_file() and not cfg.fresh else {}
+    state.setdefault("steps", {})
+    t_start = time.perf_counter()
+    print(f"== mechtox main job: {size} settings on {cfg.model}; workspace {ws.root}")
+    models, keys, ran, reused = _Models(ctx), {}, [], []
+    for step in steps:
+        keys[step.name] = key = step_key(step, ctx, keys)
+        rec = state["steps"].get(step.title)
+        if rec and rec.get("key") == key and _outputs_exist(step, ctx):
+            print(f"\n== {step.title}: done before ({rec['seconds']:.0f} s), reused")
+            reused.append(step.name)
+            continue
+        print(f"\n== {step.title}")
+        t = time.perf_counter()
+        _run_step(step, ctx, models)
+        state["steps"][step.title] = {"key": key, "deps": step.deps, "seconds": time.perf_counter() - t,
+                                      "settings": [dataclasses.asdict(c) for _, c in step.jobs]}
+        state.update(size=size, model=cfg.model, data=real)
+        _io.write_json(state_path, state)
+        ran.append(step.name)
+    total = sum(v["seconds"] for k, v in state["steps"].items() if k in {s.title for s in steps})
+    state["total_seconds_of_steps"] = total
+    _io.write_json(state_path, state)
+    _io.write_json(ws.root / "main.json", {"size": size, "model": cfg.model, "steps_seconds_total": round(total),
+                                           "this_call_seconds": round(time.perf_counter() - t_start), "data": real})
+    res = MainResult(size, state, ran, reused, time.perf_counter() - t_start)
+    res.report = report.run(report.ReportConfig(title=f"mechtox main job ({size} settings, {cfg.model})",
+                                                notes=f"{size} settings: " + ", ".join(f"{k}={v}" for k, v in S.items())),
+                            ctx).path
+    return res
+
+
+def write(res: MainResult, ctx: Context):
+    return res.report  # every step wrote its outputs when it ran; the report was rebuilt last
+
+
+def summary(res: MainResult, ctx: Context) -> str:
+    total = res.state["total_seconds_of_steps"]
+    return (f"\n== report: {res.report} ({res.report.stat().st_size / 2**20:.1f} MiB); steps took {total:.0f} s in all, "
+            f"this call {res.seconds:.0f} s; steps run now: {', '.join(res.ran) or 'none'}")

@@ -1,0 +1,211 @@
+"""``mechtox train OBJECTIVE``: fine-tune a model into a named model, with curves and the probe check."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mechtox.errors import MechtoxError
+from mechtox.jobs._base import Context, check_out, names, option, positive
+from mechtox.training import TrainConfig
+
+HELP = "fine-tune a model (DPO, SFT, probe-guided SFT, probe-ranked DPO, SAP) into a named model"
+OBJECTIVES = ["dpo", "sft", "sft-probe", "dpo-probe", "sap"]
+_T = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # the library's defaults, stated once
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    objective: str = option("dpo", positional=True, choices=OBJECTIVES)
+    model: str = option("base")
+    pairs: str = option("pairs", "pair set name or a .jsonl/.tsv path (for sap: the safety pairs, chosen = safe, "
+                                 "rejected = harmful)")
+    task: str | None = option(None, "sft and sap: the benign task, a {prompt, gold} JSONL (default: the real "
+                                    "wiki_samples.jsonl) or a pair set whose chosen texts are the targets")
+    limit: int | None = option(None, "use the first N pairs (and N task examples)", type=int)
+    probe: str | None = option(None, "probe(s) trained against (sft-probe) or ranking the pairs (dpo-probe)")
+    held_out: str | None = option(None, "probe(s) never trained against, measured after training")
+    steps: int = option(_T["max_steps"])
+    lr: float = option(_T["lr"])
+    optimizer: str = option(_T["optimizer"], choices=["adamw", "rmsprop"])
+    batch_size: int = option(_T["batch_size"])
+    grad_accum: int = option(_T["grad_accum"])
+    warmup_steps: int = option(_T["warmup_steps"])
+    clip: float = option(_T["clip"])
+    beta: float = option(_T["beta"])
+    probe_lambda: float = option(_T["probe_lambda"])
+    max_completion_tokens: int = option(_T["max_completion_tokens"])
+    eval_every: int = option(_T["eval_every"])
+    patience: int = option(_T["patience"], "early stopping after N evaluations without improvement")
+    checkpoint_every: int = option(_T["checkpoint_every"])
+    lee_et_al: bool = option(False, "Lee et al.'s settings (lr 1e-6, RMSprop, batch 4, 150 warm-up)")
+    resume: bool = option(False, "continue an interrupted run with the same settings")
+    sap_layers: str = option(_T["sap_layers"], "sap: blocks that get the safety-aware vector ('auto': 10%% and 28%% "
+                                               "of the depth)")
+    sap_rho: float = option(_T["sap_rho"], "sap: harmful weight perturbation / weight norm")
+    sap_eps: float = option(_T["sap_eps"], "sap: vector coordinate / median |activation|")
+    goodhart_n: int = option(800, "labelled texts for the probe accuracy before/after/retrained check (0: skip)")
+    data: str | None = None   # labelled texts of the probe check (default: the Jigsaw file); not a flag
+    out: str | None = option(None, "name of the trained model (default: the objective)")
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise MechtoxError(f"unknown objective {self.objective!r}; use {', '.join(OBJECTIVES)}")
+        check_out(self.name, "model name")
+        if self.name == "base":
+            raise MechtoxError("--out base would hide the base model; choose another name")
+        positive(self.limit, "--limit")
+        positive(self.goodhart_n, "--goodhart-n", zero_ok=True)
+        if self.objective == "dpo-probe" and not self.probe:
+            raise MechtoxError("train dpo-probe needs --probe NAME (the probe that ranks the pairs)")
+        if self.objective == "sft-probe" and not self.probe:
+            raise MechtoxError("train sft-probe needs --probe NAME[,NAME...] (the probes trained against)")
+        self.train_config(dtype="float32")  # TrainConfig checks its own fields (steps, lr, batch...)
+
+    @property
+    def name(self) -> str:
+        return self.out or self.objective
+
+    @property
+    def task_source(self) -> str | None:
+        """The benign task of sft / sap: --task, else the real wiki_samples.jsonl; None for the others."""
+        from mechtox.data import data_file
+
+        if self.objective not in ("sft", "sap"):
+            return None
+        return self.task or data_file("wiki_samples.jsonl")
+
+    @property
+    def needs_pairs(self) -> bool:
+        """Every objective trains on pairs except sft with a task of its own."""
+        return not (self.objective == "sft" and self.task_source)
+
+    def train_config(self, dtype: str, seed: int = 0) -> TrainConfig:
+        kw = dict(objective=self.objective, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
+                  grad_accum=self.grad_accum, warmup_steps=self.warmup_steps, max_steps=self.steps, clip=self.clip,
+                  beta=self.beta, dtype=dtype, eval_every=self.eval_every, patience=self.patience,
+                  checkpoint_every=self.checkpoint_every, seed=seed, probe_lambda=self.probe_lambda,
+                  max_completion_tokens=self.max_completion_tokens, sap_layers=self.sap_layers, sap_rho=self.sap_rho,
+                  sap_eps=self.sap_eps)
+        if self.lee_et_al:
+            from mechtox.training import lee_et_al_config
+
+            keep = ("objective", "seed", "eval_every", "dtype", "checkpoint_every", "patience")
+            return lee_et_al_config(**{k: v for k, v in kw.items() if k in keep})
+        return TrainConfig(**kw)
+
+
+@dataclass
+class TrainJobResult:
+    config: TrainJobConfig
+    train_config: TrainConfig
+    result: Any         # mechtox.training.TrainResult
+    model: Any          # the trained HookedTransformer
+    source: str
+    probes: list
+    held_out: list
+    goodhart: Any = None
+    goodhart_meta: dict | None = None
+
+
+def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str], list[str], str]:
+    """The benign task of ``train sft`` / ``train sap``: prompts, targets and where they came from.
+    ``task`` is a ``{prompt, gold}`` JSONL, or a pair set (name or path) whose chosen texts are the
+    targets; None means the pairs already loaded."""
+    from mechtox.data import is_wiki_samples, load_pairs, load_wiki_samples
+
+    if task is None:
+        if pairs is None:
+            raise MechtoxError("no task data: pass --task PATH (a {prompt, gold} JSONL or a pair set)")
+        return list(pairs.prompt)[:limit], list(pairs.chosen)[:limit], pairs.source
+    if is_wiki_samples(task):
+        prompts, golds = load_wiki_samples(task, limit=limit)
+        return prompts, golds, str(task)
+    p = load_pairs(ws.require_pairs(task), limit=limit)
+    return list(p.prompt), list(p.chosen), p.source
+
+
+def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
+    from mechtox.data import load_pairs
+    from mechtox.probe import Direction, ProbeScorer
+    from mechtox.training import make_objective, rank_pairs_by_probe, train
+
+    ws = ctx.ws
+    if cfg.needs_pairs:  # before the model loads: a missing pair set is a quick error
+        ws.require_pairs(cfg.pairs)
+    for n in names(cfg.probe) + names(cfg.held_out):
+        ws.require_direction(n)
+    model = model if model is not None else ctx.load(cfg.model)
+    tcfg = cfg.train_config(ctx.dtype, ctx.seed)
+    pairs = load_pairs(ws.require_pairs(cfg.pairs), limit=cfg.limit) if cfg.needs_pairs else None
+    probes = [Direction.load(ws.require_direction(n), model) for n in names(cfg.probe)]
+    held_out = [Direction.load(ws.require_direction(n), model) for n in names(cfg.held_out)]
+    if tcfg.objective == "dpo-probe":
+        pairs, swapped = rank_pairs_by_probe(pairs, ProbeScorer(model, probes[0]))
+        print(f"ranked {len(pairs)} pairs by probe {probes[0].name!r}: {swapped} swapped")
+    task, source = None, pairs.source if pairs is not None else ""
+    if tcfg.objective in ("sft", "sap"):
+        t_prompts, t_targets, source = load_task(ws, cfg.task_source, pairs, cfg.limit)
+        task = (t_prompts, t_targets)
+    objective = make_objective(model, tcfg, pairs, probes, task)
+    if tcfg.objective == "sap":
+        print(f"sap: task {source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
+    print(f"train {tcfg.objective}: {len(objective)} examples from {source}, {tcfg.max_steps} steps x "
+          f"{tcfg.batch_size * tcfg.grad_accum}, lr {tcfg.lr:g} ({tcfg.optimizer}), {tcfg.dtype}, device {model.cfg.device}")
+    res = train(model, objective, tcfg, ws.root / "training" / cfg.name, resume=cfg.resume, progress=ctx.progress)
+    out = TrainJobResult(cfg, tcfg, res, model, source, probes, held_out)
+    if (probes or held_out) and cfg.goodhart_n:
+        _goodhart(out, ctx)
+    return out
+
+
+def _goodhart(out: TrainJobResult, ctx: Context) -> None:
+    """The probes' accuracy read by the model before and after training, and retrained on the after model."""
+    from mechtox.data import load_labelled
+    from mechtox.probe import stratified_subset
+    from mechtox.training import probe_goodhart
+
+    cfg = out.config
+    data = load_labelled(cfg.data)
+    data = stratified_subset(data, min(cfg.goodhart_n, len(data)), ctx.seed + 1)
+    before = ctx.ws.load_model(cfg.model, device=ctx.device, dtype=ctx.dtype)
+    out.goodhart = probe_goodhart(before, out.model, out.probes, data, out.held_out, test_size=0.25, seed=ctx.seed,
+                                  progress=ctx.progress)
+    out.goodhart_meta = {"data": data.source, "n_texts": len(data), "split": "stratified 75/25, seed " + str(ctx.seed)}
+
+
+def write(res: TrainJobResult, ctx: Context):
+    import json
+
+    import pandas as pd
+
+    from mechtox import _io, artifacts, plotting
+    from mechtox.models import save_checkpoint
+
+    cfg, hist = res.config, res.result.history
+    save_checkpoint(res.model, ctx.ws.model_dir(cfg.name), extra={
+        "trained_from": cfg.model, "objective": res.train_config.objective, "data": res.source,
+        "config": dataclasses.asdict(res.train_config), "steps": res.result.steps,
+        "stopped_early": res.result.stopped_early, "final_loss": hist[-1]["loss"] if hist else None,
+        "best_val_loss": res.result.best_val, "probes": [p.name for p in res.probes],
+        "held_out_probes": [p.name for p in res.held_out]})
+    run = ctx.ws.run_dir(artifacts.train_run(cfg.name))
+    _io.write_text(run / artifacts.METRICS, "".join(json.dumps(h) + "\n" for h in hist))
+    plotting.save_figure(plotting.training_figure(pd.DataFrame(hist)), run / "curves.html")
+    if res.goodhart is not None:
+        artifacts.write_table(run, artifacts.GOODHART, res.goodhart, res.goodhart_meta)
+    return ctx.ws.model_dir(cfg.name)
+
+
+def summary(res: TrainJobResult, ctx: Context) -> str:
+    from mechtox.tables import markdown
+
+    r = res.result
+    last = r.history[-1] if r.history else {}
+    lines = [f"saved model {res.config.name!r} to {ctx.ws.model_dir(res.config.name)} after {r.steps} steps in "
+             f"{r.seconds:.0f} s ({r.tokens_per_second:.0f} tok/s); final loss {last.get('loss', float('nan')):.4f}, "
+             f"best val {r.best_val:.4f}{' (stopped early)' if r.stopped_early else ''}"]
+    if res.goodhart is not None:
+        lines.append("probe accuracy before / after / retrained (Goodhart):\n" + markdown(res.goodhart, digits=3))
+    return "\n".join(lines)

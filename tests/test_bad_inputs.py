@@ -1,0 +1,124 @@
+"""Every bad input is one line on stderr and exit status 2, without a traceback, and a bad flag is
+refused before any model loads (issue 17). The model loader is replaced by one that fails, so a
+command that reaches it before checking its flags fails these tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from mechtox.cli import main
+
+
+@pytest.fixture()
+def no_loading(monkeypatch):
+    from mechtox.workspace import Workspace
+
+    def fail(self, spec, device=None, dtype="float32"):
+        raise AssertionError(f"the model loader was reached for {spec!r}")
+
+    monkeypatch.setattr(Workspace, "load_model", fail)
+
+
+def _one_line_error(capsys, argv, match: str) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, (argv, err)
+    assert err.count("\n") == 1 and err.startswith("mechtox: error: "), err
+    assert "Traceback" not in err and "loader was reached" not in err
+    assert match in err, (match, err)
+    return err
+
+
+def _binary(tmp_path):
+    p = tmp_path / "binary.csv"
+    p.write_bytes(bytes(range(256)) * 40)
+    return str(p)
+
+
+BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a scratch folder
+    (["models", "--set-base", "no-such-model"], "no model 'no-such-model'"),
+    (["probe", "--model", "tiny", "--data", "{binary}"], "UTF-8"),
+    (["probe", "--model", "tiny", "--save", "top"], "--save must be"),
+    (["probe", "--model", "tiny", "--n-train", "0"], "--n-train 0"),
+    (["probe", "--model", "tiny", "--out", "a/b"], "invalid probe name"),
+    (["rank", "--model", "tiny", "--probe", "missing"], "no direction or probe 'missing'"),
+    (["rank", "--model", "tiny", "--top", "-1"], "--top -1"),
+    (["directions", "--model", "tiny", "--ks", "10,x"], "--ks '10,x'"),
+    (["directions", "--model", "tiny", "--methods", "probe,nope"], "unknown direction method(s) ['nope']"),
+    (["directions", "--model", "tiny", "--methods", "probe", "--contrast", "gradient"], "--contrast ['gradient']"),
+    (["directions", "--model", "tiny", "--rerank", "gradient", "--methods", "probe"], "--rerank ['gradient']"),
+    (["directions", "--model", "tiny", "--fit-prompts", "flagged"], "add --prompt-filter unflagged"),
+    (["directions", "--model", "tiny", "--benign-tokens", "-1"], "--benign-tokens"),
+    (["eval", "--model", "tiny", "--limit", "-5"], "--limit -5"),
+    (["eval", "--model", "tiny", "--limit", "0"], "--limit 0"),
+    (["eval", "--model", "tiny", "--probe", "missing"], "no direction or probe 'missing'"),
+    (["pairs", "--model", "tiny", "--out", "a/b"], "invalid pairs name"),
+    (["pairs", "--model", "tiny", "--direction", "missing"], "no direction or probe 'missing'"),
+    (["train", "dpo", "--model", "tiny", "--out", "a/b"], "invalid model name"),
+    (["train", "dpo", "--model", "tiny", "--out", "base"], "--out base"),
+    (["train", "dpo", "--model", "tiny", "--limit", "0"], "--limit 0"),
+    (["train", "dpo", "--model", "tiny", "--pairs", "missing"], "no pairs 'missing'"),
+    (["train", "dpo-probe", "--model", "tiny"], "needs --probe"),
+    (["train", "dpo", "--model", "tiny", "--batch-size", "0"], "batch_size"),
+    (["attribute", "--before", "tiny", "--after", "tiny", "--ablate-ks", "100,x"], "--ablate-ks '100,x'"),
+    (["attribute", "--before", "tiny", "--after", "nope"], "no model 'nope'"),
+    (["attribute", "--before", "tiny", "--after", "tiny"], "no direction or probe 'probe'"),
+    (["report"], "no workspace at"),
+    (["run", "--model", "tiny", "--data-dir", "{tmp}/no-such-folder"], "--data-dir"),
+    (["run", "--model", "tiny", "--out", "a/b"], "invalid run name prefix"),
+    (["probe", "--model", "nope-model"], "no model 'nope-model'"),
+]
+
+
+@pytest.mark.parametrize(("argv", "match"), BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, capsys, no_loading):
+    argv = [a.format(tmp=tmp_path, binary=_binary(tmp_path) if "{binary}" in a else "") for a in argv]
+    _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), *argv[1:]], match)
+
+
+def test_workspace_that_cannot_be_created(tmp_path, capsys, no_loading):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for cmd in (["models"], ["probe", "--model", "tiny"], ["run", "--model", "tiny"]):
+        _one_line_error(capsys, [*cmd, "-w", str(blocker / "ws")], "cannot be created")
+        _one_line_error(capsys, [*cmd, "-w", str(blocker)], "is a file")
+
+
+def test_device_that_is_not_there(tmp_path, capsys, no_loading):
+    import torch
+
+    _one_line_error(capsys, ["probe", "-w", str(tmp_path), "--model", "tiny", "--device", "tpu-9"], "no torch device")
+    if not torch.cuda.is_available():
+        _one_line_error(capsys, ["probe", "-w", str(tmp_path), "--model", "tiny", "--device", "cuda"],
+                        "CUDA is not available")
+    else:
+        n = torch.cuda.device_count()
+        _one_line_error(capsys, ["probe", "-w", str(tmp_path), "--model", "tiny", "--device", f"cuda:{n}"],
+                        "CUDA device(s)")
+
+
+def test_gguf_path_that_is_no_gguf(tmp_path, capsys):
+    fake = tmp_path / "model.gguf"
+    fake.write_bytes(b"PK\x03\x04 this is a zip, not a model" * 10)
+    err = _one_line_error(capsys, ["probe", "-w", str(tmp_path / "ws"), "--model", str(fake)], "is no GGUF file")
+    assert str(fake) in err
+    truncated = tmp_path / "cut.gguf"
+    truncated.write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 7)  # the magic, then a header cut short
+    _one_line_error(capsys, ["probe", "-w", str(tmp_path / "ws"), "--model", str(truncated)], "cannot be read")
+
+
+def test_unexpected_error_is_one_line_unless_debugging(tmp_path, capsys, monkeypatch):
+    from mechtox.jobs import models
+
+    def boom(cfg, ctx):
+        raise RuntimeError("something inside broke\nsecond line")
+
+    monkeypatch.setattr(models, "run", boom)
+    monkeypatch.delenv("MECHTOX_DEBUG", raising=False)
+    assert main(["models", "-w", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "RuntimeError: something inside broke" in err
+    assert "MECHTOX_DEBUG=1" in err and "Traceback" not in err
+    monkeypatch.setenv("MECHTOX_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="something inside broke"):
+        main(["models", "-w", str(tmp_path)])
