@@ -19,14 +19,16 @@ $(BIN)/.installed: pyproject.toml
 main: $(BIN)/.installed  ## the main job on the offline default model
 	$(BIN)/mechtox run
 
-test: $(BIN)/.installed  ## the whole test suite (unit + slow integration on SmolLM2)
+test: $(BIN)/.installed  ## lint, then the whole test suite (unit + slow integration on SmolLM2)
+	$(BIN)/ruff check mechtox tests benchmarks analyses tools
 	$(BIN)/python -m pytest
 
 test-fast: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not slow"
 
-lint: $(BIN)/.installed
-	$(BIN)/ruff check mechtox tests benchmarks analyses
+lint: $(BIN)/.installed  ## ruff, and mypy against its listed baseline (tools/mypy_baseline.txt)
+	$(BIN)/ruff check mechtox tests benchmarks analyses tools
+	$(BIN)/python tools/mypy_check.py
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/activations.py

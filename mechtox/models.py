@@ -154,6 +154,71 @@ def is_official_name(name: str) -> bool:
     return True
 
 
+# ----------------------------------------------------------------------------- transformers directories
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
+
+
+def is_hf_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a ``transformers`` model directory (``config.json`` and weights)."""
+    p = Path(path)
+    return (p / "config.json").is_file() and any((p / f).is_file() for f in HF_WEIGHT_FILES)
+
+
+def load_hf_dir(path: str | os.PathLike[str], device: str | None = None, dtype: str | torch.dtype = "float32",
+                n_ctx: int | None = None) -> HookedTransformer:
+    """A ``transformers`` directory (what ``save_pretrained``, TRL and the hub write: config, weights
+    as safetensors or a torch file, sharded or not, and tokenizer files) as a HookedTransformer,
+    without weight processing, with its own tokenizer. Llama-family and GPT-2 models."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    p = Path(path)
+    try:
+        model_type = json.loads((p / "config.json").read_text()).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelNotFoundError(f"{p / 'config.json'} is not valid JSON ({e}); rewrite it with save_pretrained") from None
+    if model_type not in HF_ARCHITECTURES:
+        raise IncompatibleError(f"{p} holds a {model_type!r} model; mechtox converts these transformers architectures: "
+                                f"{', '.join(HF_ARCHITECTURES.values())}")
+    hf_logging.set_verbosity_error()
+    try:
+        hf_model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+    except Exception as e:  # noqa: BLE001 (truncated or mismatched weights: safetensors, torch and transformers raise many kinds)
+        raise ModelNotFoundError(f"{p}: transformers cannot load these weights ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(p))
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{p} has no usable tokenizer files ({type(e).__name__}); save the tokenizer "
+                                 "beside the weights (tokenizer.save_pretrained(DIR))") from None
+    cfg, state_dict = _hf_to_tl(hf_model, p, n_ctx)
+    model = _attach_tokenizer(_build(cfg, state_dict), tokenizer)
+    return _finish(model, device, dtype)
+
+
+def _hf_to_tl(hf_model: Any, path: Path, n_ctx: int | None) -> tuple[HookedTransformerConfig, dict]:
+    """TransformerLens' own conversions: the config and the state dict of an HF Llama or GPT-2 model."""
+    if hf_model.config.model_type == "llama":
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+        cfg = llama_config_from_hf(hf_model.config, path.name, n_ctx or SMOLLM2_N_CTX)
+        return cfg, convert_llama_weights(hf_model, cfg)
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    c = hf_model.config  # TransformerLens' GPT-2 branch, read from the config (not from a hub name)
+    cfg = HookedTransformerConfig(
+        d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
+        n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
+        act_fn=c.activation_function, normalization_type="LN", positional_embedding_type="standard",
+        original_architecture="GPT2LMHeadModel", model_name=path.name)
+    state_dict = convert_gpt2_weights(hf_model, cfg)
+    state_dict.setdefault("unembed.b_U", torch.zeros(cfg.d_vocab))  # GPT-2 has no unembedding bias
+    return cfg, state_dict
+
+
 # ----------------------------------------------------------------------------- GGUF / SmolLM2
 
 
@@ -398,7 +463,38 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,
 
         hf_logging.set_verbosity_error()
         _attach_tokenizer(model, AutoTokenizer.from_pretrained(str(tok_dir)))
+    foreign = foreign_parameters_in_use(model)
+    if foreign:
+        import warnings
+
+        warnings.warn(f"{path}: {len(foreign)} non-zero parameters that {model.cfg.original_architecture} does not have "
+                      f"(e.g. {foreign[0]}, as training left them before 0.2): its HuggingFace export cannot be exact",
+                      stacklevel=2)
     return _finish(model, device, dtype)
+
+
+def architecture_parameters(model: HookedTransformer) -> list[str]:
+    """Names of the parameters the model's original architecture has: the ones training may change.
+
+    TransformerLens gives every Llama block zero biases (``b_Q, b_K, b_V, b_O, b_in, b_out``, and
+    ``b_U``) and GPT-2 a zero unembedding bias, which the HuggingFace models do not have; trained,
+    they would move away from zero and the exported model would no longer be the trained one.
+    Models of other (or no) original architecture keep every parameter.
+    """
+    arch = model.cfg.original_architecture
+    names = [n for n, _ in model.named_parameters()]
+    if arch == "LlamaForCausalLM":
+        return [n for n in names if not n.rsplit(".", 1)[-1].startswith(("b_", "_b_"))]
+    if arch == "GPT2LMHeadModel":
+        return [n for n in names if n != "unembed.b_U"]
+    return names
+
+
+def foreign_parameters_in_use(model: HookedTransformer) -> list[str]:
+    """The parameters the original architecture lacks (:func:`architecture_parameters`) that are
+    not zero: an export of this model cannot be exact."""
+    keep = set(architecture_parameters(model))
+    return [n for n, p in model.named_parameters() if n not in keep and bool(p.detach().abs().max() > 0)]
 
 
 def same_architecture(a: HookedTransformer, b: HookedTransformer) -> None:
@@ -494,5 +590,15 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str]) -> Path
         save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp / "model.safetensors"))
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
+            _generation_config(model.tokenizer).save_pretrained(tmp)
 
     return _io.write_with(out_dir, write)
+
+
+def _generation_config(tokenizer):
+    """Greedy decoding with the tokenizer's special tokens (what mechtox's generation does)."""
+    from transformers import GenerationConfig
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=pad, do_sample=False)

@@ -555,8 +555,11 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     train_idx, val_idx = list(train_idx), list(val_idx)
     torch.manual_seed(cfg.seed)
     model.train()
-    for p in model.parameters():
-        p.requires_grad_(True)
+    from mechtox.models import architecture_parameters
+
+    trainable = set(architecture_parameters(model))  # not the zero biases TransformerLens adds (Llama)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in trainable)
 
     step, history, val_history = 0, [], []
     best_val, bad_evals = float("inf"), 0

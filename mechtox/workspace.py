@@ -49,7 +49,7 @@ class ModelRef:
     """Where a model spec points: how to load it and what to call it."""
 
     spec: str
-    kind: Literal["checkpoint", "gguf", "default", "pretrained", "tiny"]
+    kind: Literal["checkpoint", "gguf", "hf", "default", "pretrained", "tiny"]
     location: str
     name: str
 
@@ -153,7 +153,10 @@ class Workspace:
                 return ModelRef(spec, "gguf", str(p), p.stem)
             if M.is_checkpoint(p):
                 return ModelRef(spec, "checkpoint", str(p), p.name)
-            raise ModelNotFoundError(f"{spec} is neither a mechtox checkpoint directory nor a .gguf file")
+            if M.is_hf_dir(p):
+                return ModelRef(spec, "hf", str(p), p.name)
+            raise ModelNotFoundError(f"{spec} is neither a mechtox checkpoint directory, a transformers directory "
+                                     "(config.json + model.safetensors or pytorch_model.bin) nor a .gguf file")
         if M.is_official_name(spec):
             return ModelRef(spec, "pretrained", spec, spec)
         have = ", ".join(self.models())
@@ -173,6 +176,8 @@ class Workspace:
             model = M.load_checkpoint(ref.location, device=device, dtype=dtype)
         elif ref.kind == "gguf":
             model = M.load_gguf(ref.location, device=device, dtype=dtype)
+        elif ref.kind == "hf":
+            model = M.load_hf_dir(ref.location, device=device, dtype=dtype)
         elif ref.kind == "default":
             model = M.load_gguf(None, device=device, dtype=dtype)
         elif ref.kind == "tiny":

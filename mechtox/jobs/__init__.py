@@ -19,6 +19,7 @@ from mechtox.jobs import (
     attribute,
     directions,
     evaluate,
+    export,
     main,
     models,
     pairs,
@@ -39,6 +40,7 @@ COMMANDS: dict[str, tuple[Any, type]] = {
     "pairs": (pairs, pairs.PairsConfig),
     "train": (train, train.TrainJobConfig),
     "attribute": (attribute, attribute.AttributeConfig),
+    "export": (export, export.ExportConfig),
     "report": (report, report.ReportConfig),
     "run": (main, main.MainConfig),
 }

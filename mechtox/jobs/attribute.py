@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, ints, option, positive
 
@@ -19,7 +19,7 @@ class AttributeConfig:
     prompts: str | None = option(None, "prompts " + DEFAULT_DATA.format("rtp_challenge.jsonl"))
     n: int = option(200, "prompts to attribute over")
     max_new_tokens: int = option(20)
-    mode: str = option("both", "own: each model's own continuations; shared: both read the before model's",
+    mode: Literal["own", "shared", "both"] = option("both", "own: each model's own continuations; shared: both read the before model's",
                        choices=["own", "shared", "both"])
     top: int = option(20)
     n_eval_prompts: int = option(100, "prompts for the ablation-vs-after table (0: skip)")
@@ -72,7 +72,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     after = after if after is not None else ctx.load(cfg.after)
     same_architecture(before, after)
     direction = Direction.load(ws.require_direction(cfg.direction), before)
-    modes = ["own", "shared"] if cfg.mode == "both" else [cfg.mode]
+    modes: list[Literal["own", "shared"]] = ["own", "shared"] if cfg.mode == "both" else [cfg.mode]
     t0 = time.perf_counter()
     gens = {"before": generate(before, prompts.prompts, cfg.max_new_tokens, 32, 25, stop_at_eos=False,
                                progress=ctx.progress)}

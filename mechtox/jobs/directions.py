@@ -57,7 +57,7 @@ class DirectionsConfig:
     n_eval_prompts: int = option(100, "prompts for the causal check (0: skip it)")
     ks: str = option("10,100,1000", "top-k sizes ablated")
     random_draws: int = option(3, "random neuron sets per method for k=100")
-    metric: str = option("raw", "metric of the value-vector cosines (recorded in every output)",
+    metric: Literal["raw", "final_norm", "whitened"] = option("raw", "metric of the value-vector cosines (recorded in every output)",
                          choices=["raw", "final_norm", "whitened"])
     ppl_tokens: int = option(4000, "Wikitext-2 tokens for perplexity beside each ablation")
     out: str = option("directions", "run name; directions are saved as their method names")

@@ -262,7 +262,8 @@ def run(cfg: MainConfig, ctx: Context) -> MainResult:
     state.setdefault("steps", {})
     t_start = time.perf_counter()
     print(f"== mechtox main job: {size} settings on {cfg.model}; workspace {ws.root}")
-    models, keys, ran, reused = _Models(ctx), {}, [], []
+    models, ran, reused = _Models(ctx), [], []
+    keys: dict[str, str] = {}
     for step in steps:
         keys[step.name] = key = step_key(step, ctx, keys)
         rec = state["steps"].get(step.title)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, option, positive
@@ -20,8 +20,8 @@ class ProbeConfig:
     text_col: str | None = option(None)
     label_col: str | None = option(None)
     layers: str = option("all", "'all', 'last', '5', '0,4,8' or '10-20'")
-    method: str = option("logreg", choices=["logreg", "diffmean", "svm"])
-    pooling: str = option("mean", choices=["mean", "last"])
+    method: Literal["logreg", "diffmean", "svm"] = option("logreg", choices=["logreg", "diffmean", "svm"])
+    pooling: Literal["mean", "last"] = option("mean", choices=["mean", "last"])
     n_train: int = option(3000, "training texts (stratified; default 3000)")
     n_test: int = option(1000, "held-out texts (default 1000)")
     max_length: int = option(64, "tokens per text (default 64)")

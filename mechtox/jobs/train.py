@@ -82,7 +82,7 @@ class TrainJobConfig:
         return not (self.objective == "sft" and self.task_source)
 
     def train_config(self, dtype: str, seed: int = 0) -> TrainConfig:
-        kw = dict(objective=self.objective, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
+        kw: dict[str, Any] = dict(objective=self.objective, lr=self.lr, optimizer=self.optimizer, batch_size=self.batch_size,
                   grad_accum=self.grad_accum, warmup_steps=self.warmup_steps, max_steps=self.steps, clip=self.clip,
                   beta=self.beta, dtype=dtype, eval_every=self.eval_every, patience=self.patience,
                   checkpoint_every=self.checkpoint_every, seed=seed, probe_lambda=self.probe_lambda,
@@ -142,6 +142,7 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
     probes = [Direction.load(ws.require_direction(n), model) for n in names(cfg.probe)]
     held_out = [Direction.load(ws.require_direction(n), model) for n in names(cfg.held_out)]
     if tcfg.objective == "dpo-probe":
+        assert pairs is not None  # dpo-probe needs pairs
         pairs, swapped = rank_pairs_by_probe(pairs, ProbeScorer(model, probes[0]))
         print(f"ranked {len(pairs)} pairs by probe {probes[0].name!r}: {swapped} swapped")
     task, source = None, pairs.source if pairs is not None else ""
@@ -149,7 +150,7 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
         t_prompts, t_targets, source = load_task(ws, cfg.task_source, pairs, cfg.limit)
         task = (t_prompts, t_targets)
     objective = make_objective(model, tcfg, pairs, probes, task)
-    if tcfg.objective == "sap":
+    if tcfg.objective == "sap" and pairs is not None:
         print(f"sap: task {source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
     print(f"train {tcfg.objective}: {len(objective)} examples from {source}, {tcfg.max_steps} steps x "
           f"{tcfg.batch_size * tcfg.grad_accum}, lr {tcfg.lr:g} ({tcfg.optimizer}), {tcfg.dtype}, device {model.cfg.device}")
@@ -194,7 +195,7 @@ def write(res: TrainJobResult, ctx: Context):
     _io.write_text(run / artifacts.METRICS, "".join(json.dumps(h) + "\n" for h in hist))
     plotting.save_figure(plotting.training_figure(pd.DataFrame(hist)), run / "curves.html")
     if res.goodhart is not None:
-        artifacts.write_table(run, artifacts.GOODHART, res.goodhart, res.goodhart_meta)
+        artifacts.write_table(run, artifacts.GOODHART, res.goodhart, res.goodhart_meta or {})
     return ctx.ws.model_dir(cfg.name)
 
 

@@ -1,0 +1,152 @@
+"""Models to and from the ecosystem: transformers directories as model specs, `mechtox export`,
+and training that changes only the parameters the architecture has (so the export is the model)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mechtox import models as M
+from mechtox.cli import main
+from mechtox.errors import IncompatibleError, ModelNotFoundError
+from tests.conftest import LLAMA, randomize_norms_and_biases
+
+
+def _gpt2_like():
+    model = randomize_norms_and_biases(M.tiny_model(), seed=3)
+    model.cfg.original_architecture = "GPT2LMHeadModel"  # the tiny default is GPT-2-shaped (LN, gelu_new, positions)
+    return model
+
+
+def _llama_like():
+    return randomize_norms_and_biases(M.tiny_model(**LLAMA), seed=3)
+
+
+def _zero_foreign(model):
+    """Zero what the architecture lacks (the randomised fixture gives Llama biases and GPT-2 a b_U)."""
+    keep = set(M.architecture_parameters(model))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n not in keep:
+                p.zero_()
+    return model
+
+
+def _same_logits(a, b, tol=1e-4):
+    toks = torch.randint(3, a.cfg.d_vocab, (2, 9))
+    with torch.no_grad():
+        assert (a(toks) - b(toks)).abs().max() < tol
+
+
+@pytest.mark.parametrize("make", [_gpt2_like, _llama_like], ids=["gpt2", "llama-gqa"])
+def test_hf_directory_round_trip(make, tmp_path):
+    model = _zero_foreign(make())
+    out = M.export_hf(model, tmp_path / "hf")
+    assert M.is_hf_dir(out) and (out / "generation_config.json").is_file()
+    back = M.load_hf_dir(out)
+    assert back.cfg.original_architecture == model.cfg.original_architecture
+    _same_logits(model, back)
+    text = "you are a stupid idiot"
+    assert back.to_str_tokens(text, prepend_bos=False) == model.to_str_tokens(text, prepend_bos=False)
+
+
+def test_hf_directory_with_only_a_torch_file_and_as_a_cli_model(tmp_path, capsys):
+    import transformers
+
+    model = _zero_foreign(_llama_like())
+    hf = transformers.LlamaForCausalLM.from_pretrained(M.export_hf(model, tmp_path / "st"))
+    bin_dir = tmp_path / "bin"  # what older transformers and many released models have: a pickled torch file
+    hf.config.save_pretrained(bin_dir)
+    torch.save(hf.state_dict(), bin_dir / "pytorch_model.bin")
+    model.tokenizer.save_pretrained(bin_dir)
+    assert [p.name for p in bin_dir.glob("*.bin")] == ["pytorch_model.bin"] and not list(bin_dir.glob("*.safetensors"))
+    _same_logits(model, M.load_hf_dir(bin_dir))
+    ws = tmp_path / "ws"
+    assert main(["models", "-w", str(ws), "--set-base", str(bin_dir)]) == 0
+    assert main(["probe", "-w", str(ws), "-q", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "40",
+                 "--layers", "last"]) == 0
+    assert "saved probe 'probe'" in capsys.readouterr().out
+
+
+def test_bad_hf_directories_are_one_line(tmp_path, capsys):
+    model = _zero_foreign(_llama_like())
+    cut = M.export_hf(model, tmp_path / "cut")
+    w = cut / "model.safetensors"
+    w.write_bytes(w.read_bytes()[:1000])
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert", "architectures": ["BertForMaskedLM"]}))
+    (bert / "model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(ModelNotFoundError, match="cannot load these weights"):
+        M.load_hf_dir(cut)
+    with pytest.raises(IncompatibleError, match="LlamaForCausalLM, GPT2LMHeadModel"):
+        M.load_hf_dir(bert)
+    for d, match in ((cut, "cannot load these weights"), (bert, "'bert' model")):
+        argv = ["probe", "-w", str(tmp_path / "ws"), "--model", str(d), "--data", "builtin:toxicity", "--n-train", "60",
+                "--n-test", "40"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err and "Traceback" not in err
+
+
+def _pairs(n=12):
+    from mechtox.data import PreferencePairs
+
+    return PreferencePairs(["you are"] * n, ["a good friend"] * n, ["a stupid idiot"] * n, "test")
+
+
+@pytest.mark.parametrize("make", [_gpt2_like, _llama_like], ids=["gpt2", "llama-gqa"])
+def test_trained_model_exports_exactly(make, tmp_path):
+    """20 steps at lr 1e-2 train only what the architecture has: the export gives the trained logits."""
+    from mechtox.training import DPOObjective, TrainConfig, train
+
+    model = _zero_foreign(make())
+    cfg = TrainConfig(lr=1e-2, max_steps=20, batch_size=4, warmup_steps=0, eval_every=0, checkpoint_every=20)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, DPOObjective(model, _pairs(), cfg), cfg, tmp_path / "run", progress=False)
+    keep = set(M.architecture_parameters(model))
+    moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert moved and moved <= keep and keep - moved <= {"pos_embed.W_pos"} | {n for n in keep if "W_E" in n}
+    assert M.foreign_parameters_in_use(model) == []
+    _same_logits(model, M.load_hf_dir(M.export_hf(model, tmp_path / "hf")))
+
+
+def test_checkpoint_with_foreign_biases_warns(tmp_path):
+    model = _llama_like()  # randomised biases, which Llama does not have
+    path = M.save_checkpoint(model, tmp_path / "ckpt")
+    with pytest.warns(UserWarning, match="export cannot be exact"):
+        M.load_checkpoint(path)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        M.load_checkpoint(M.save_checkpoint(_zero_foreign(_llama_like()), tmp_path / "clean"))
+
+
+def test_export_command(tmp_path, capsys):
+    """`mechtox export NAME --hf DIR`: transformers loads it and generates the workspace model's greedy text."""
+    import transformers
+
+    from mechtox.generation import generate
+
+    ws = tmp_path / "ws"
+    model = _zero_foreign(_llama_like())
+    M.save_checkpoint(model, ws / "models" / "mine")
+    out = tmp_path / "hf"
+    out.mkdir()
+    (out / "keep.txt").write_text("user file")
+    assert main(["export", "mine", "-w", str(ws), "--hf", str(out)]) == 2
+    assert "not empty; pass --force" in capsys.readouterr().err
+    assert main(["export", "mine", "-w", str(ws), "--hf", str(out), "--force"]) == 0
+    assert "logits differ from 'mine' by at most" in capsys.readouterr().out
+    assert not (out / "keep.txt").exists() and M.is_hf_dir(out)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    prompts = ["you are a", "the history of"]
+    ours = generate(model, prompts, 6, 32, 2, stop_at_eos=False, progress=False).continuations
+    for p, c in zip(prompts, ours, strict=True):
+        ids = model.to_tokens(p, prepend_bos=model.cfg.default_prepend_bos)
+        g = hf.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6)
+        assert tok.decode(g[0, ids.shape[1]:]) == c
