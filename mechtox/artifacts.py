@@ -17,6 +17,9 @@ from mechtox.tables import markdown
 # directions/<probe>/
 SWEEP = "sweep.csv"                      # one row per layer of a probe sweep
 SWEEP_FIGURE = "sweep.html"
+# runs/probe-eval-<probe>/
+PROBE_EVAL = "probe-eval"                # table stem: accuracy, F1, AUROC with bootstrap intervals
+RELIABILITY = "reliability.csv"
 # runs/<rank run>/
 RANKING = "ranking.csv"                  # every neuron, by cosine with the direction
 TOP_NEURONS = "top_neurons.csv"          # rank: the top neurons; directions: the top 10 of each method

@@ -144,3 +144,15 @@ def attribution_scatter(neurons: pd.DataFrame, title: str = "Activation change v
     fig.update_layout(title=title, xaxis_title="cos(v_before, w)", yaxis_title="mean activation after - before",
                       template="plotly_white")
     return fig
+
+
+def reliability_figure(table: pd.DataFrame, title: str = "Probe calibration (reliability)") -> go.Figure:
+    """Mean predicted P(toxic) against the fraction of toxic texts, per bin (the diagonal is perfect)."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfectly calibrated",
+                             line=dict(dash="dash", color="grey")))
+    fig.add_trace(go.Scatter(x=table["mean_predicted"], y=table["fraction_toxic"], mode="lines+markers",
+                             name="probe", text=[f"{n} texts" for n in table["n"]]))
+    fig.update_layout(title=title, xaxis_title="mean predicted P(toxic)", yaxis_title="fraction toxic",
+                      xaxis_range=[0, 1], yaxis_range=[0, 1], height=420)
+    return fig

@@ -236,21 +236,55 @@ def fit_direction_weights(X: np.ndarray, y: np.ndarray, method: Method = "logreg
     return d * scale, float(cal.intercept_[0])
 
 
+CV_CS = (1e-3, 1e-2, 1e-1, 1.0)
+"""The regularization strengths ``C="cv"`` chooses among (on standardised features)."""
+
+
+def cv_scores(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5) -> dict[float, float]:
+    """Mean held-out AUROC of each C of :data:`CV_CS` in stratified ``folds``-fold cross-validation
+    on ``(X, y)`` (each fold standardised on its own training part, as a probe is)."""
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+
+    folds = max(2, min(folds, int(np.bincount(y).min())))
+    scores = {}
+    for c in CV_CS:
+        aucs = []
+        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
+            w, b = fit_direction_weights(X[tr], y[tr], method, c, seed)
+            aucs.append(roc_auc_score(y[va], X[va] @ w + b))
+        scores[c] = float(np.mean(aucs))
+    return scores
+
+
+def choose_C(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5) -> float:
+    """The C of :data:`CV_CS` with the best :func:`cv_scores` on the training texts (ties: the
+    stronger regularization)."""
+    scores = cv_scores(X, y, method, seed, folds)
+    return max(CV_CS, key=lambda c: (scores[c], -c))
+
+
 def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_name: str,
               method: Method = "logreg", test_size: float | int = 0.25, seed: int = 0,
-              train_size: int | None = None, C: float = 1.0, model_name: str = "", pooling: str = "mean",
+              train_size: int | None = None, C: float | str = 1.0, model_name: str = "", pooling: str = "mean",
               name: str = "", provenance: dict[str, Any] | None = None,
               split: tuple[np.ndarray, np.ndarray] | None = None) -> Probe:
     """Fit a probe on pooled activations ``X`` with labels ``y``; held-out metrics with a
-    stratified, seeded split (accuracy, F1 and AUROC on train and test)."""
+    stratified, seeded split (accuracy, F1 and AUROC on train and test). ``C="cv"`` chooses the
+    regularization by cross-validation on the training texts (:func:`choose_C`; in the metrics)."""
     Xn = X.numpy() if isinstance(X, Tensor) else np.asarray(X)
     Xn = Xn.astype(np.float64)
     y = np.asarray(y).astype(int)
     tr, te = split if split is not None else split_indices(y, test_size, seed, train_size)
-    w, b = fit_direction_weights(Xn[tr], y[tr], method, C, seed)
+    chosen = C == "cv"
+    if chosen:
+        C = choose_C(Xn[tr], y[tr], method, seed) if method != "diffmean" else 1.0
+    elif isinstance(C, str):
+        raise MechtoxError(f"C must be a number or 'cv', not {C!r}")
+    w, b = fit_direction_weights(Xn[tr], y[tr], method, float(C), seed)
     metrics = {f"train_{k}": v for k, v in _metrics(y[tr], Xn[tr] @ w + b).items()}
     metrics |= {f"test_{k}": v for k, v in _metrics(y[te], Xn[te] @ w + b).items()}
-    metrics |= {"n_train": int(len(tr)), "n_test": int(len(te))}
+    metrics |= {"n_train": int(len(tr)), "n_test": int(len(te))} | ({"C_by_cv": float(C)} if chosen else {})
     wt = torch.as_tensor(w, dtype=torch.float32)
     return Probe(vector=wt / wt.norm(), hook_name=hook_name, method=method, model_name=model_name,
                  pooling=pooling, name=name, metrics=metrics,
@@ -290,10 +324,13 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
                 site: str = "resid_post", include_final: bool = True, method: Method = "logreg",
                 pooling: Pooling = "mean", max_length: int = 64, batch_size: int = 16,
                 test_size: float | int = 0.25, train_size: int | None = None, seed: int = 0,
-                C: float = 1.0, progress: bool = True, select_on: str = "test_auroc") -> ProbeSweep:
+                C: float | str = 1.0, progress: bool = True, select_on: str = "test_auroc",
+                transfer: LabelledTexts | None = None) -> ProbeSweep:
     """Fit a probe at every requested layer (and the final normalised stream) from ONE pass.
 
     The best hook is chosen by ``select_on`` (held-out AUROC by default; the table shows all).
+    With ``transfer`` (labelled texts of another source), the table also has each layer's
+    ``transfer_auroc`` there, so ``select_on="transfer_auroc"`` picks the layer that transfers.
     """
     from transformer_lens.utilities import get_act_name
 
@@ -311,6 +348,46 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
         probes[h] = p
         layer = layer_ids[i] if i < len(layer_ids) else model.cfg.n_layers
         rows.append({"hook": h, "layer": layer, **p.metrics})
+    if transfer is not None:
+        t_acts = collect_activations(model, transfer.texts, hooks, pooling, batch_size, max_length, progress)
+        for row, h in zip(rows, hooks, strict=True):
+            row["transfer_auroc"] = _metrics(transfer.labels, probes[h].logits(t_acts[h]).numpy())["auroc"]
     table = pd.DataFrame(rows)
     best = str(table.loc[table[select_on].idxmax(), "hook"])
     return ProbeSweep(table, probes, best)
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+def bootstrap_metrics(labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int = 0,
+                      threshold: float = 0.5) -> pd.DataFrame:
+    """Accuracy, F1 and AUROC of probabilities ``probs`` for binary ``labels``, each with a
+    percentile bootstrap 95% interval over ``n_boot`` resamples of the texts (seeded; the same
+    resamples for every metric and, with the same seed and size, for every scorer)."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
+    if len(y) != len(p) or len(y) < 2 or len(set(y.tolist())) < 2:
+        raise MechtoxError("scoring a probe needs texts of both labels")
+    fns = {"accuracy": lambda y, p: accuracy_score(y, p > threshold),
+           "f1": lambda y, p: f1_score(y, p > threshold, zero_division=0.0),
+           "auroc": roc_auc_score}
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    rows = []
+    for name, fn in fns.items():
+        boots = [fn(y[i], p[i]) for i in idx if len(set(y[i].tolist())) > 1]
+        lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan)
+        rows.append({"metric": name, "value": float(fn(y, p)), "ci_low": float(lo), "ci_high": float(hi)})
+    return pd.DataFrame(rows)
+
+
+def reliability_table(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> pd.DataFrame:
+    """Texts binned by predicted probability (equal-width bins): mean prediction, fraction toxic, count."""
+    y, p = np.asarray(labels).astype(float), np.asarray(probs, dtype=np.float64)
+    b = np.minimum((p * bins).astype(int), bins - 1)
+    rows = [{"bin": k, "lower": k / bins, "upper": (k + 1) / bins, "n": int((b == k).sum()),
+             "mean_predicted": float(p[b == k].mean()), "fraction_toxic": float(y[b == k].mean())}
+            for k in range(bins) if (b == k).any()]
+    return pd.DataFrame(rows)

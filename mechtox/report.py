@@ -89,6 +89,14 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
             top = _read_csv(run / A.TOP_NEURONS)
             if top is not None:
                 parts.append(_table(top[["method", "layer", "neuron", "cosine", "tokens"]], 40))
+        pe = _read_json(run / f"{A.PROBE_EVAL}.json")
+        if pe:
+            parts.append(f"<h2>Probe transfer: {html.escape(str(pe.get('probe')))} on {html.escape(str(pe.get('data')))}"
+                         f"</h2><p class='note'>{pe.get('n_texts')} texts ({pe.get('n_toxic')} toxic); "
+                         f"{html.escape(str(pe.get('intervals')))}</p>" + _table(pd.DataFrame(pe["rows"])))
+            rel = _read_csv(run / A.RELIABILITY)
+            if rel is not None:
+                parts.append(_fig(plotting.reliability_figure(rel)))
         ev = _read_json(run / f"{A.EVAL}.json")
         if ev:
             t = pd.DataFrame(ev["rows"])

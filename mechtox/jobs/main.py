@@ -25,9 +25,9 @@ HELP = ("the main job: probe, directions, neurons, pairs, DPO, evaluation, attri
 
 SIZES: dict[str, dict[str, Any]] = {
     # 2 CPU cores: about 15-20 minutes in all (measured: see docs/results.md)
-    "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=25, dir_draws=2, pairs=400, steps=24,
-                  batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=50,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=400, dir_ppl_tokens=1000),
+    "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=20, dir_draws=2, pairs=400, steps=24,
+                  batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=25,
+                  methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=200, dir_ppl_tokens=1000),
     # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results):
     # no causal ablation check of the directions and no Goodhart check, the two slowest parts
     "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=0, dir_draws=1, pairs=24, steps=3,

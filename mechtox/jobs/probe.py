@@ -22,17 +22,40 @@ class ProbeConfig:
     layers: str = option("all", "'all', 'last', '5', '0,4,8' or '10-20'")
     method: Literal["logreg", "diffmean", "svm"] = option("logreg", choices=["logreg", "diffmean", "svm"])
     pooling: Literal["mean", "last"] = option("mean", choices=["mean", "last"])
-    n_train: int = option(3000, "training texts (stratified; default 3000)")
+    n_train: int | str = option(3000, "training texts (stratified; default 3000; 'all': every text not held out)",
+                                type=lambda v: v if v == "all" else int(v))
     n_test: int = option(1000, "held-out texts (default 1000)")
     max_length: int = option(64, "tokens per text (default 64)")
     batch_size: int = option(16)
     save: str = option("best", "which probe to save: 'best' (held-out AUROC), 'final' or a layer number")
     out: str = option("probe", "name of the saved probe (default 'probe')")
+    eval: str | None = option(None, "score this saved probe on --data instead of fitting one: accuracy, F1 and AUROC "
+                                    "with bootstrap 95%% intervals, the offline scorer's AUROC on the same texts and a "
+                                    "calibration figure (run probe-eval-NAME)", metavar="NAME")
+    limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
+                                     "(default: all)", type=int)
+    C: str = option("1", "inverse regularization of the logistic probe on standardised features, or 'cv': chosen "
+                         "by 5-fold cross-validation on the training texts among 0.001, 0.01, 0.1, 1 (reported)",
+                    flags=("--C",))
+    eval_data: str | None = option(None, "labelled texts of another source: the sweep also reports each layer's "
+                                         "transfer AUROC there")
+    select_on: str = option("test_auroc", "what --save best maximises: held-out or transfer AUROC",
+                            choices=["test_auroc", "transfer_auroc"])
 
     def __post_init__(self) -> None:
         check_out(self.out, "probe name")
-        for name in ("n_train", "n_test", "max_length", "batch_size"):
+        check_out(self.eval, "probe name")
+        positive(self.limit, "--limit")
+        for name in ("n_test", "max_length", "batch_size") + (() if self.n_train == "all" else ("n_train",)):
             positive(getattr(self, name), "--" + name.replace("_", "-"))
+        if self.C != "cv":
+            try:
+                if float(self.C) <= 0:
+                    raise ValueError
+            except ValueError:
+                raise MechtoxError(f"--C {self.C!r}: give a positive number or 'cv'") from None
+        if self.select_on == "transfer_auroc" and not self.eval_data:
+            raise MechtoxError("--select-on transfer_auroc needs --eval-data FILE")
         if self.save not in ("best", "final") and not self.save.lstrip("-").isdigit():
             raise MechtoxError(f"--save must be 'best', 'final' or a layer number, not {self.save!r}")
 
@@ -47,28 +70,85 @@ class ProbeResult:
     source: str
 
 
-def run(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
+def run(cfg: ProbeConfig, ctx: Context, model=None):
+    return evaluate_saved(cfg, ctx, model) if cfg.eval else fit(cfg, ctx, model)
+
+
+def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     from mechtox.data import load_labelled
     from mechtox.probe import probe_sweep, stratified_subset
 
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)
-    if cfg.n_train + cfg.n_test > len(data):
+    n_train = len(data) - cfg.n_test if cfg.n_train == "all" else int(cfg.n_train)
+    if n_train + cfg.n_test > len(data) or n_train < 2:
         raise MechtoxError(f"{data.source} has {len(data)} rows, fewer than --n-train {cfg.n_train} + --n-test {cfg.n_test}")
+    transfer = None
+    if cfg.eval_data:
+        transfer = load_labelled(cfg.eval_data)
+        transfer = stratified_subset(transfer, cfg.limit, ctx.seed) if cfg.limit else transfer
     model = model if model is not None else ctx.load(cfg.model)
     # A stratified subset of n_train + n_test rows, then a stratified split of it.
-    data = stratified_subset(data, cfg.n_train + cfg.n_test, ctx.seed)
-    print(f"probe: {len(data)} texts from {data.source} ({cfg.n_train} train / {cfg.n_test} test, "
-          f"{cfg.max_length} tokens, {cfg.pooling} pooling)", flush=True)
+    data = stratified_subset(data, n_train + cfg.n_test, ctx.seed)
+    print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {cfg.n_test} test, "
+          f"{cfg.max_length} tokens, {cfg.pooling} pooling, C {cfg.C})"
+          + (f"; transfer AUROC on {len(transfer)} texts from {transfer.source}" if transfer else ""), flush=True)
     sweep = probe_sweep(model, data, layers=cfg.layers, method=cfg.method, pooling=cfg.pooling,
                         max_length=cfg.max_length, batch_size=cfg.batch_size, test_size=cfg.n_test,
-                        train_size=cfg.n_train, seed=ctx.seed, progress=ctx.progress)
+                        train_size=n_train, seed=ctx.seed, progress=ctx.progress,
+                        C=cfg.C if cfg.C == "cv" else float(cfg.C), select_on=cfg.select_on, transfer=transfer)
     hook = sweep.choose(cfg.save)
     probe = dataclasses.replace(sweep.probes[hook], name=cfg.out)
     return ProbeResult(cfg, sweep, probe, hook, len(data), data.source)
 
 
-def write(res: ProbeResult, ctx: Context):
+@dataclass
+class ProbeEvalResult:
+    config: ProbeConfig
+    metrics: Any        # DataFrame: metric, value, ci_low, ci_high (probe rows, then the scorer's AUROC)
+    reliability: Any    # DataFrame: per bin of predicted probability
+    meta: dict
+
+    @property
+    def run_name(self) -> str:
+        return f"probe-eval-{self.config.eval}"
+
+
+def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResult:
+    """A saved probe scored on another labelled set (transfer), beside the offline scorer."""
+    import pandas as pd
+
+    from mechtox.data import load_labelled
+    from mechtox.probe import Direction, ProbeScorer, bootstrap_metrics, reliability_table, stratified_subset
+    from mechtox.scorers import get_scorer
+
+    ctx.ws.require_direction(cfg.eval)
+    data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)
+    if cfg.limit:
+        data = stratified_subset(data, cfg.limit, ctx.seed)
+    model = model if model is not None else ctx.load(cfg.model)
+    probe = Direction.load(ctx.ws.require_direction(cfg.eval), model)
+    print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({int(data.labels.sum())} toxic)", flush=True)
+    p = ProbeScorer(model, probe, batch_size=cfg.batch_size, max_length=cfg.max_length)(data.texts)
+    metrics = bootstrap_metrics(data.labels, p, seed=ctx.seed).assign(scorer=f"probe:{cfg.eval}")
+    scorer = get_scorer("profanity")
+    other = bootstrap_metrics(data.labels, scorer(data.texts), seed=ctx.seed).assign(scorer=scorer.name)
+    table = pd.concat([metrics, other[other["metric"] == "auroc"]], ignore_index=True)
+    table = table[["scorer", "metric", "value", "ci_low", "ci_high"]]
+    meta = {"probe": cfg.eval, "hook": probe.hook_name, "data": data.source, "n_texts": len(data),
+            "n_toxic": int(data.labels.sum()), "probe_data": probe.provenance.get("data"),
+            "intervals": "percentile bootstrap over texts, 1000 resamples, seed " + str(ctx.seed)}
+    return ProbeEvalResult(cfg, table, reliability_table(data.labels, p), meta)
+
+
+def write(res, ctx: Context):
     from mechtox import _io, artifacts, plotting
+
+    if isinstance(res, ProbeEvalResult):
+        run = ctx.ws.run_dir(res.run_name)
+        artifacts.write_table(run, artifacts.PROBE_EVAL, res.metrics, res.meta)
+        _io.write_text(run / artifacts.RELIABILITY, res.reliability.to_csv(index=False))
+        plotting.save_figure(plotting.reliability_figure(res.reliability), run / "reliability.html")
+        return run
 
     d = ctx.ws.direction_dir(res.config.out)
     res.probe.save(d)
@@ -77,10 +157,16 @@ def write(res: ProbeResult, ctx: Context):
     return d
 
 
-def summary(res: ProbeResult, ctx: Context) -> str:
+def summary(res, ctx: Context) -> str:
     from mechtox.tables import markdown
 
+    if isinstance(res, ProbeEvalResult):
+        return (markdown(res.metrics, digits=3) + f"\nwrote {ctx.ws.run_dir(res.run_name)}: probe-eval.md/csv/json, "
+                f"{res.meta['n_texts']} texts from {res.meta['data']}, reliability.csv, reliability.html")
+
     m = res.probe.metrics
-    return (markdown(res.sweep.table, ["hook", "test_accuracy", "test_f1", "test_auroc", "train_accuracy"]) + "\n"
+    cols = ["hook", "test_accuracy", "test_f1", "test_auroc", "train_accuracy"]
+    cols += [c for c in ("transfer_auroc", "C_by_cv") if c in res.sweep.table]
+    return (markdown(res.sweep.table, cols) + "\n"
             f"saved probe {res.config.out!r} at {res.hook} (held-out accuracy {m['test_accuracy']:.3f}, "
             f"AUROC {m['test_auroc']:.3f}) to {ctx.ws.direction_dir(res.config.out)}")

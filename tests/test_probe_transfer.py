@@ -1,0 +1,99 @@
+"""A saved probe scored on other labelled data: bootstrap intervals, calibration, the command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mechtox.cli import main
+from mechtox.probe import bootstrap_metrics, reliability_table
+
+
+def test_bootstrap_interval_of_an_uninformative_score_matches_the_null_variance():
+    """AUROC of a random score on 1,000 + 1,000 texts: 0.5, and the interval's width is what the
+    Mann-Whitney variance under the null gives, 2 x 1.96 x sqrt((n1 + n0 + 1) / (12 n1 n0)) = 0.051."""
+    rng = np.random.default_rng(1)
+    y = np.r_[np.ones(1000), np.zeros(1000)]
+    t = bootstrap_metrics(y, rng.random(2000), n_boot=400, seed=0).set_index("metric")
+    width = t.loc["auroc", "ci_high"] - t.loc["auroc", "ci_low"]
+    assert abs(t.loc["auroc", "value"] - 0.5) < 0.04 and 0.040 < width < 0.062
+    assert t.loc["auroc", "ci_low"] < 0.5 < t.loc["auroc", "ci_high"]
+    assert (t["ci_low"] <= t["value"]).all() and (t["value"] <= t["ci_high"]).all()
+
+
+def test_bootstrap_values_by_hand():
+    y = np.array([1, 1, 0, 0, 1, 0])
+    p = np.array([0.9, 0.4, 0.2, 0.6, 0.8, 0.1])
+    t = bootstrap_metrics(y, p, n_boot=50).set_index("metric")["value"]
+    assert t["accuracy"] == pytest.approx(4 / 6)           # wrong: 0.4 (toxic) and 0.6 (not)
+    assert t["f1"] == pytest.approx(2 / 3)                 # precision 2/3, recall 2/3
+    assert t["auroc"] == pytest.approx(8 / 9)              # 8 of the 9 toxic/non-toxic pairs ordered right
+    with pytest.raises(Exception, match="both labels"):
+        bootstrap_metrics(np.ones(4), np.ones(4))
+
+
+def test_reliability_table_by_hand():
+    y = np.array([1, 0, 1, 1, 0])
+    p = np.array([0.05, 0.15, 0.55, 0.95, 0.99])
+    t = reliability_table(y, p, bins=2)
+    assert t["n"].tolist() == [2, 3]
+    assert t["mean_predicted"].tolist() == pytest.approx([0.1, (0.55 + 0.95 + 0.99) / 3])
+    assert t["fraction_toxic"].tolist() == pytest.approx([0.5, 2 / 3])
+
+
+def test_probe_eval_command_on_tiny(tmp_path, capsys):
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "120", "--n-test", "60",
+                 "--layers", "last"]) == 0
+    capsys.readouterr()
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "probe-eval-probe" in out
+    run = tmp_path / "ws" / "runs" / "probe-eval-probe"
+    meta = json.loads((run / "probe-eval.json").read_text())
+    rows = {(r["scorer"], r["metric"]): r for r in meta["rows"]}
+    assert meta["n_texts"] == 100 and set(rows) == {("probe:probe", "accuracy"), ("probe:probe", "f1"),
+                                                    ("probe:probe", "auroc"), ("profanity-check", "auroc")}
+    assert all(0 <= r["ci_low"] <= r["value"] <= r["ci_high"] <= 1 for r in rows.values())
+    assert (run / "reliability.html").is_file() and (run / "reliability.csv").is_file()
+    assert main(["report", "-w", str(tmp_path / "ws")]) == 0
+    assert "Probe transfer: probe" in (tmp_path / "ws" / "report.html").read_text()
+    assert main(["probe", *ws, "--eval", "nope", "--data", "builtin:toxicity"]) == 2
+
+
+@pytest.mark.parametrize("n_informative", [2, 40])
+def test_cv_scores_agree_with_sklearn_cross_validation(n_informative):
+    """Our fold AUROCs per C (each fold standardised on its own training part) against sklearn's
+    LogisticRegressionCV on the same folds (which standardises nothing: the features here are
+    already standard normal), for a sparse and a dense signal; choose_C takes the best of ours."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.model_selection import StratifiedKFold
+
+    from mechtox.probe import CV_CS, choose_C, cv_scores
+
+    rng = np.random.default_rng(n_informative)
+    X = rng.standard_normal((300, 60))
+    y = (X[:, :n_informative].sum(1) + rng.standard_normal(300) * 2 > 0).astype(int)
+    ref = LogisticRegressionCV(Cs=list(CV_CS), cv=StratifiedKFold(5, shuffle=True, random_state=0),
+                               scoring="roc_auc", max_iter=2000, l1_ratios=(0.0,)).fit(X, y)
+    theirs = ref.scores_[1].mean(0).ravel()
+    ours = cv_scores(X, y, seed=0)
+    assert [ours[c] for c in CV_CS] == pytest.approx(theirs.tolist(), abs=0.01)
+    assert choose_C(X, y, seed=0) == max(CV_CS, key=lambda c: (ours[c], -c))
+    if n_informative == 40:  # a dense signal: weak regularization clearly wins for both
+        assert choose_C(X, y, seed=0) == CV_CS[int(np.argmax(theirs))]
+
+
+def test_sweep_with_cv_and_transfer_on_tiny(tmp_path, capsys):
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "all", "--n-test", "60", "--C", "cv",
+                 "--eval-data", "builtin:toxicity", "--limit", "80", "--select-on", "transfer_auroc"]) == 0
+    out = capsys.readouterr().out
+    assert "transfer_auroc" in out and "C_by_cv" in out and "180 train / 60 test" in out
+    sweep = (tmp_path / "ws" / "directions" / "probe" / "sweep.csv").read_text().splitlines()
+    assert "transfer_auroc" in sweep[0] and "C_by_cv" in sweep[0]
+    for bad, match in ((["--C", "x"], "--C 'x'"), (["--select-on", "transfer_auroc"], "needs --eval-data")):
+        assert main(["probe", *ws, "--data", "builtin:toxicity", *bad]) == 2
+        assert match in capsys.readouterr().err
