@@ -118,7 +118,13 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     import pandas as pd
 
     from mechtox.data import load_labelled
-    from mechtox.probe import Direction, ProbeScorer, bootstrap_metrics, reliability_table, stratified_subset
+    from mechtox.probe import (
+        Direction,
+        ProbeScorer,
+        bootstrap_metrics,
+        reliability_table,
+        stratified_subset,
+    )
     from mechtox.scorers import get_scorer
 
     ctx.ws.require_direction(cfg.eval)
