@@ -83,7 +83,7 @@ prompts = mt.load_prompts(TOY.get("prompts"), limit=8 if SMALL else 25).prompts 
 scorer = get_scorer("profanity")
 ranking = mt.rank_neurons(model, unembed)
 for iv in (NOOP, subtract(unembed, 8.0), ablate(ranking.top(100))):
-    res = toxicity(model, prompts, scorer, iv, max_new_tokens=5 if SMALL else 20, progress=False)
+    res = toxicity(model, prompts, scorer, iv, max_new_tokens=5 if SMALL else 12, progress=False)
     print(f"{iv.name:35s} toxicity {res.mean:.3f}  ({res.frac_toxic:.0%} above 0.5)")
 assert all(len(h.fwd_hooks) == 0 for h in model.hook_dict.values())  # nothing left attached
 
@@ -98,14 +98,14 @@ from mechtox.interventions import steer
 from mechtox.training import DPOObjective, TrainConfig, train
 
 pair_prompts = mt.load_prompts(TOY.get("prompts", "data:rtp_nontoxic.jsonl"), limit=16 if SMALL else 25).prompts
-good = generate(model, pair_prompts, 8 if SMALL else 20, progress=False)
+good = generate(model, pair_prompts, 8 if SMALL else 12, progress=False)
 with applied(model, steer(unembed, 8.0)):
-    bad = generate(model, pair_prompts, 8 if SMALL else 20, progress=False)
+    bad = generate(model, pair_prompts, 8 if SMALL else 12, progress=False)
 keep = [i for i in range(len(pair_prompts)) if good.continuations[i].strip() and bad.continuations[i].strip()]
 pairs = PreferencePairs([pair_prompts[i] for i in keep], [good.continuations[i] for i in keep],
                         [bad.continuations[i] for i in keep], "tutorial")
 after = copy.deepcopy(model)
-cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=3 if SMALL else 6, warmup_steps=1, eval_every=0, val_fraction=0.0)
+cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=3 if SMALL else 4, warmup_steps=1, eval_every=0, val_fraction=0.0)
 
 
 result = train(after, DPOObjective(after, pairs, cfg), cfg, tempfile.mkdtemp(), progress=False)
@@ -114,7 +114,7 @@ print("DPO loss:", round(result.history[0]["loss"], 4), "->", round(result.histo
 # %%
 from mechtox.attribution import attribute
 
-att = attribute(model, after, unembed, prompts, mode="own", max_new_tokens=5 if SMALL else 20, progress=False)
+att = attribute(model, after, unembed, prompts, mode="own", max_new_tokens=5 if SMALL else 12, progress=False)
 print("exactness check:", {k: round(v, 6) for k, v in att.check.items()})
 att.groups[["group", "n", "contribution", "share_of_gross", "share_of_net"]]
 

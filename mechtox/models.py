@@ -363,6 +363,34 @@ def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor]) ->
     return model
 
 
+# parameter -> the permutation of a contiguous tensor it becomes a view of (see fast_layout)
+_LAYOUT = {"W_U": (1, 0), "W_in": (1, 0), "W_gate": (1, 0), "W_out": (1, 0),
+           "W_Q": (0, 2, 1), "W_K": (0, 2, 1), "W_V": (0, 2, 1), "_W_K": (0, 2, 1), "_W_V": (0, 2, 1),
+           "W_O": (2, 0, 1)}
+
+
+def fast_layout(model: HookedTransformer) -> HookedTransformer:
+    """Store the weights in the memory layout TransformerLens' forward reads them in, in place.
+
+    TransformerLens 3.x computes ``F.linear(x, W.T.contiguous())`` for the unembedding and the MLP
+    and rearranges the attention weights to ``(head d_head) d_model`` on every forward, which
+    copies every large matrix at every call (113 MB for SmolLM2's unembedding alone, per
+    generated token). Each parameter here becomes a view, with the same shape and values, of a
+    contiguous tensor in the layout the forward wants, so those copies are no-ops. The values,
+    shapes, names and state dict are unchanged (only strides differ), so every computation gives
+    the same result.
+    """
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            perm = _LAYOUT.get(name.rsplit(".", 1)[-1])
+            if perm is None or p.dim() != len(perm):
+                continue
+            inv = [perm.index(i) for i in range(len(perm))]
+            stored = p.detach().permute(*perm).contiguous()  # the layout the forward reads
+            p.data = stored.permute(*inv)
+    return model
+
+
 def _finish(model: HookedTransformer, device: str | None, dtype: str | torch.dtype) -> HookedTransformer:
     device = device or default_device()
     model.cfg.device = device
@@ -371,6 +399,7 @@ def _finish(model: HookedTransformer, device: str | None, dtype: str | torch.dty
     if dt != torch.float32:
         model.to(dt, print_details=False)
         model.cfg.dtype = dt
+    fast_layout(model)
     model.eval()
     return model
 

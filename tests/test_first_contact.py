@@ -45,7 +45,17 @@ def test_main_job_on_smollm2_with_the_shipped_data(users_machine, capsys):
     assert sweep["test_auroc"].max() > 0.75  # ... and it is learnable
     state = json.loads((ws / "runs" / "main" / "main.json").read_text())
     assert len(state["steps"]) == 7 and state["data"] == BUNDLE_LINE.removeprefix("data: ")
-    assert "resources/data/jigsaw_balanced.csv.gz" in state["steps"][next(iter(state["steps"]))]["settings"]["data"]
+    assert "resources/data/jigsaw_balanced.csv.gz" in state["steps"][next(iter(state["steps"]))]["settings"][0]["data"]
+    # the probe and rank commands on SmolLM2 and real Jigsaw text (steps 1 and 3)
+    from mechtox.probe import Direction
+
+    probe = Direction.load(ws / "directions" / "probe")
+    assert probe.hook_name == "ln_final.hook_normalized" and probe.metrics["n_train"] == 160
+    assert (ws / "directions" / "probe" / "sweep.html").is_file()
+    assert "random vectors in 576 dims" in out
+    run = ws / "runs" / "main-rank-probe"
+    assert len(pd.read_csv(run / "ranking.csv")) == 30 * 1536
+    assert (run / "top_neurons.html").is_file() and (run / "cosine_hist.html").is_file()
     ev = pd.read_csv(ws / "runs" / "main-eval" / "eval.csv")
     assert len(ev) == 2 and ev["toxicity"].notna().all() and (ev["ppl"] > 1).all()
     assert (ws / "report.html").stat().st_size > 1_000_000

@@ -58,10 +58,12 @@ def run_tiny_main_job(ws: Path) -> None:
     assert main(["run", "-w", str(ws), "--model", "tiny", "-q", "--data-dir", "builtin", "--seed", "0"]) == 0
 
 
-def test_main_job_outputs_unchanged(tmp_path, monkeypatch):
+def test_main_job_outputs_unchanged(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
     run_tiny_main_job(ws)
+    assert "exactness" in capsys.readouterr().out
+    _check_report(ws)
     got = snapshot(ws)
     want = json.loads(gzip.decompress(SNAPSHOT.read_bytes()))
     assert sorted(got) == sorted(want), set(got) ^ set(want)
@@ -73,6 +75,16 @@ def test_main_job_outputs_unchanged(tmp_path, monkeypatch):
 
 
 STATE = "runs/main/main.json"
+
+
+def _check_report(ws: Path) -> None:
+    assert (ws / "models" / "main-dpo" / "model.safetensors").is_file()
+    report = (ws / "report.html").read_text()
+    assert len(report) > 1_000_000  # plotly.js is embedded: the file opens offline
+    for heading in ("Probe sweep: probe", "Direction methods: main-directions", "Training: main-dpo",
+                    "Attribution (own tokens)", "Attribution (shared tokens)", "Evaluation: main-eval"):
+        assert heading in report, heading
+    assert '<script src="http' not in report and "<script src='http" not in report  # nothing fetched
 
 
 def _steps(state: dict) -> tuple:

@@ -3,8 +3,6 @@
 import pytest
 import torch
 
-from mechtox.cli import main
-
 from .conftest import shared_file
 
 pytestmark = pytest.mark.slow
@@ -43,29 +41,6 @@ def test_batched_generation_is_batch_independent(smollm2):
     for i in (0, 5):
         alone = generate(smollm2, [prompts[i]], max_new_tokens=8, stop_at_eos=False, progress=False)
         assert alone.continuation_ids[0] == batched.continuation_ids[i]
-
-
-def test_cli_probe_and_rank_on_jigsaw(tmp_path, capsys):
-    data = shared_file("jigsaw_balanced.csv")
-    ws = str(tmp_path / "ws")
-    assert main(["probe", "-w", ws, "-q", "--data", str(data), "--n-train", "400", "--n-test", "200",
-                 "--layers", "5,29", "--save", "final", "--out", "p"]) == 0
-    out = capsys.readouterr().out
-    assert "saved probe 'p' at ln_final.hook_normalized" in out
-    from mechtox.probe import Direction
-
-    probe = Direction.load(tmp_path / "ws" / "directions" / "p")
-    assert probe.metrics["test_auroc"] > 0.85 and probe.metrics["n_train"] == 400
-    assert (tmp_path / "ws" / "directions" / "p" / "sweep.html").is_file()
-    assert main(["rank", "-w", ws, "-q", "--probe", "p", "--top", "10"]) == 0
-    out = capsys.readouterr().out
-    assert "random vectors in 576 dims" in out
-    run = tmp_path / "ws" / "runs" / "rank-p"
-    import pandas as pd
-
-    ranking = pd.read_csv(run / "ranking.csv")
-    assert len(ranking) == 30 * 1536
-    assert (run / "top_neurons.html").is_file() and (run / "cosine_hist.html").is_file()
 
 
 def test_dpo_then_attribution_on_smollm2(smollm2, tmp_path):

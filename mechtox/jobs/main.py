@@ -40,7 +40,7 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 # the template-built toy data (tests on the tiny model) is small: scale down
 _TOY = dict(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, attr_prompts=20, dir_eval_prompts=20,
-            k_tokens=10)
+            k_tokens=10, goodhart_n=400)
 
 
 @dataclass(frozen=True)
