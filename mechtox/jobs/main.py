@@ -16,8 +16,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import mechtox.jobs.attribute as attribute
+import mechtox.jobs.directions as directions
+import mechtox.jobs.pairs as pairs
+import mechtox.jobs.probe as probe
+import mechtox.jobs.rank as rank
+import mechtox.jobs.report as report
+import mechtox.jobs.train as train
 from mechtox.errors import MechtoxError
-from mechtox.jobs import attribute, directions, pairs, probe, rank, report, train
 from mechtox.jobs._base import Context, check_out, execute, option
 
 HELP = ("the main job: probe, directions, neurons, pairs, DPO, evaluation, attribution, report (finished steps "
