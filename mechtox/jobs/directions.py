@@ -141,7 +141,6 @@ class Inputs:
     text: str
     scorer: Any
     gen_prompts: list[str]
-    notes: list[str] = field(default_factory=list)
     gens: list = field(default_factory=list)   # the generations from gen_prompts, made when first needed
 
     def generations(self, model, progress: bool):
@@ -195,7 +194,6 @@ def inputs(cfg: DirectionsConfig, ctx: Context) -> Inputs:
     text = load_text(cfg.text)
     scorer = get_scorer("profanity")
     removed: list[str] = []
-    notes: list[str] = []
     if cfg.prompt_filter == "unflagged":
         keep = unflagged_prompts(prompts.prompts, scorer)
         if not keep:
@@ -218,7 +216,7 @@ def inputs(cfg: DirectionsConfig, ctx: Context) -> Inputs:
         gen_prompts = prompts.prompts[: cfg.n_gen_prompts]
         print(f"  note: {prompts.source} has {len(prompts)} prompts, too few to keep the {n_eval} evaluation prompts "
               "apart from the generation prompts: they overlap")
-    return Inputs(data, prompts, removed, text, scorer, list(gen_prompts), notes)
+    return Inputs(data, prompts, removed, text, scorer, list(gen_prompts))
 
 
 def fit_directions(cfg: DirectionsConfig, ctx: Context, model, inp: Inputs, sets) -> dict:
