@@ -30,8 +30,10 @@ lint: $(BIN)/.installed  ## ruff, and mypy against its listed baseline (tools/my
 	$(BIN)/ruff check mechtox tests benchmarks analyses tools
 	$(BIN)/python tools/mypy_check.py
 
-bench: $(BIN)/.installed
+bench: $(BIN)/.installed  ## the CPU benchmarks (the training one needs the bench extra: TRL)
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[bench]'
 	$(BIN)/python benchmarks/activations.py
+	$(BIN)/python benchmarks/train_throughput.py --batch 8 --seq 64 --steps 3
 
 clean:
 	rm -rf $(VENV) mechtox-runs results

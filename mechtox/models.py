@@ -544,10 +544,15 @@ def to_hf_state_dict(model: HookedTransformer) -> dict[str, torch.Tensor]:
 
     Only raw (unprocessed) weights round-trip; this is why mechtox loads without processing.
     """
+    return tl_to_hf(model.state_dict(), model.cfg)
+
+
+def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+    """:func:`to_hf_state_dict` on any dict with TransformerLens names and shapes (weights, or
+    their gradients): fp32 CPU tensors with HuggingFace names and layouts."""
     import einops
 
-    cfg = model.cfg
-    sd = {k: v.detach().cpu().float() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().float() for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     arch = cfg.original_architecture
     if arch == "LlamaForCausalLM":
@@ -588,29 +593,60 @@ def to_hf_state_dict(model: HookedTransformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a HuggingFace directory that ``transformers`` can load.
-
-    Llama models are written as ``LlamaForCausalLM`` with untied embeddings (training may
-    untie them); GPT-2 models as ``GPT2LMHeadModel``.
-    """
+def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
+    """The ``transformers`` config of a Llama or GPT-2 HookedTransformer config (untied
+    embeddings: training may untie them). ``dropout`` overrides GPT-2's dropout rates."""
     from transformers import GPT2Config, LlamaConfig
 
-    cfg = model.cfg
-    sd = to_hf_state_dict(model)
     if cfg.original_architecture == "LlamaForCausalLM":
-        hf_cfg = LlamaConfig(
+        return LlamaConfig(
             vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
             num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, head_dim=cfg.d_head,
             max_position_embeddings=cfg.n_ctx, rms_norm_eps=cfg.eps, hidden_act=cfg.act_fn,
             rope_theta=cfg.rotary_base, tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
         )
-    else:
-        hf_cfg = GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
-                            n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
-                            layer_norm_epsilon=cfg.eps, tie_word_embeddings=False,
-                            architectures=["GPT2LMHeadModel"])
+    if cfg.original_architecture == "GPT2LMHeadModel":
+        drop = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+        return GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
+                          n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
+                          layer_norm_epsilon=cfg.eps, activation_function=cfg.act_fn, tie_word_embeddings=False,
+                          architectures=["GPT2LMHeadModel"], **drop)
+    raise MechtoxError(f"export to HuggingFace supports Llama and GPT-2 models, not {cfg.original_architecture!r}")
+
+
+def to_hf_model(model: HookedTransformer, attn_implementation: str = "sdpa"):
+    """The same weights as a ``transformers`` model (fp32, on the model's device, dropout off):
+    what the hf training backend runs."""
+    from transformers import AutoModelForCausalLM
+
+    hf_cfg = hf_config(model.cfg, dropout=0.0)
+    hf_cfg._attn_implementation = attn_implementation
+    with torch.device(model.cfg.device):
+        hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
+    hf.load_state_dict(to_hf_state_dict(model), strict=True)
+    return hf
+
+
+def hf_to_tl_state_dict(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+    """TransformerLens' own conversion of a ``transformers`` Llama or GPT-2 model's weights."""
+    if cfg.original_architecture == "LlamaForCausalLM":
+        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
+
+        return convert_llama_weights(hf_model, cfg)
+    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
+
+    return convert_gpt2_weights(hf_model, cfg)
+
+
+def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``model`` as a HuggingFace directory that ``transformers`` can load.
+
+    Llama models are written as ``LlamaForCausalLM`` with untied embeddings (training may
+    untie them); GPT-2 models as ``GPT2LMHeadModel``.
+    """
+    hf_cfg = hf_config(model.cfg)
+    sd = to_hf_state_dict(model)
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:

@@ -80,6 +80,17 @@ class TrainConfig:
     """weight of the probe term in sft-probe"""
     compile: bool = False
     """torch.compile the model (CUDA)"""
+    backend: Literal["auto", "hf", "hooked"] = "auto"
+    """where the step runs: ``hf`` (the transformers model with the same weights, SDPA attention,
+    hooks at TransformerLens names), ``hooked`` (the HookedTransformer) or ``auto`` (hf when the
+    architecture converts and every hook the objective needs is mapped)"""
+    lora_r: int = 0
+    """LoRA rank (0: full fine-tuning); LoRA runs on the hf backend, through peft"""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is ``alpha / r * B A``)"""
+    lora_dropout: float = 0.0
+    lora_targets: str = "q,v"
+    """modules that get adapters: q, k, v, o, gate, up, down (GPT-2: q/k/v = c_attn, o, up, down)"""
     sap_layers: str = "auto"
     """SAP: blocks whose output (``hook_resid_post``) gets the safety-aware vector; 'auto' = at 10%
     and 28% of the depth (layers 3 and 9 of Llama-2-7B's 32, as in Wu et al.)"""
@@ -93,6 +104,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.objective not in ("dpo", "sft", "sft-probe", "dpo-probe", "sap"):
             raise MechtoxError(f"unknown objective {self.objective!r}")
+        if self.backend not in ("auto", "hf", "hooked"):
+            raise MechtoxError(f"unknown backend {self.backend!r}; use auto, hf or hooked")
         if self.optimizer not in ("adamw", "rmsprop"):
             raise MechtoxError(f"unknown optimizer {self.optimizer!r}; use adamw or rmsprop")
         for name in ("batch_size", "grad_accum", "max_steps"):
@@ -100,6 +113,8 @@ class TrainConfig:
                 raise MechtoxError(f"{name} must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MechtoxError("lr must be a positive number")
+        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
+            raise MechtoxError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
         if not (self.sap_rho >= 0 and self.sap_eps >= 0 and self.sap_temperature > 0):
             raise MechtoxError("sap_rho and sap_eps must be >= 0 and sap_temperature > 0")
 
@@ -176,20 +191,20 @@ def pair_logps(model: HookedTransformer, chosen: Sequence[tuple[list[int], int]]
 
 
 def dpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
-             beta: float) -> tuple[Tensor, dict[str, float]]:
+             beta: float) -> tuple[Tensor, dict[str, Tensor]]:
     """TRL's sigmoid DPO loss and metrics (names as TRL logs them)."""
     chosen_rewards = beta * (chosen_logps - ref_chosen_logps)
     rejected_rewards = beta * (rejected_logps - ref_rejected_logps)
     logits = chosen_rewards - rejected_rewards
     loss = -F.logsigmoid(logits).mean()
     cr, rr = chosen_rewards.detach(), rejected_rewards.detach()
-    metrics = {
-        "rewards/chosen": float(cr.mean()),
-        "rewards/rejected": float(rr.mean()),
-        "rewards/margins": float((cr - rr).mean()),
-        "rewards/accuracies": float((cr > rr).float().mean()),
-        "logps/chosen": float(chosen_logps.detach().mean()),
-        "logps/rejected": float(rejected_logps.detach().mean()),
+    metrics = {  # 0-d tensors: the loop reads them from the device once per step
+        "rewards/chosen": cr.mean(),
+        "rewards/rejected": rr.mean(),
+        "rewards/margins": (cr - rr).mean(),
+        "rewards/accuracies": (cr > rr).float().mean(),
+        "logps/chosen": chosen_logps.detach().mean(),
+        "logps/rejected": rejected_logps.detach().mean(),
     }
     return loss, metrics
 
@@ -201,6 +216,8 @@ class DPOObjective:
     """DPO on preference pairs; reference log-probs precomputed with the initial weights."""
 
     name = "dpo"
+    hook_names: tuple[str, ...] = ()
+    """TransformerLens hooks the loss reads or writes (the hf backend must map them)"""
 
     def __init__(self, model: HookedTransformer, pairs: PreferencePairs, cfg: TrainConfig):
         self.cfg = cfg
@@ -227,7 +244,7 @@ class DPOObjective:
     def _logps(self, model, idx) -> tuple[Tensor, Tensor]:
         return pair_logps(model, [self.chosen[i] for i in idx], [self.rejected[i] for i in idx], self.pid, self.cfg.dtype)
 
-    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, Tensor]]:
         c, r = self._logps(model, idx)
         dev = c.device
         ii = torch.as_tensor(idx)
@@ -241,6 +258,7 @@ class SFTObjective:
     """Language-modelling loss on the completions (the targets) of prompt / target examples."""
 
     name = "sft"
+    hook_names: tuple[str, ...] = ()
 
     def __init__(self, model: HookedTransformer, prompts: Sequence[str], targets: Sequence[str], cfg: TrainConfig):
         self.cfg = cfg
@@ -265,9 +283,9 @@ class SFTObjective:
         m = batch.label_mask[:, :-1].float()
         return -(logp * m).sum() / m.sum()
 
-    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, Tensor]]:
         lm = self.lm_loss(model, self._batch(model, idx))
-        return lm, {"lm_loss": float(lm.detach())}
+        return lm, {"lm_loss": lm.detach()}
 
     def tokens(self, idx) -> int:
         return sum(len(self.seqs[i][0]) for i in idx)
@@ -285,8 +303,9 @@ class ProbeSFTObjective(SFTObjective):
             raise MechtoxError("sft-probe needs at least one probe to train against")
         super().__init__(model, prompts, targets, cfg)
         self.modules = [p.module().to(model.cfg.device) for p in probes]
+        self.hook_names = tuple(dict.fromkeys(m.hook_name for m in self.modules))
 
-    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, Tensor]]:
         batch = self._batch(model, idx)
         store: dict[str, Tensor] = {}
 
@@ -299,7 +318,7 @@ class ProbeSFTObjective(SFTObjective):
         scores = torch.stack([mod.pooled(store[mod.hook_name].float(), batch.attention_mask) for mod in self.modules])
         probe = scores.mean()
         loss = lm + self.cfg.probe_lambda * probe
-        return loss, {"lm_loss": float(lm.detach()), "probe_score": float(probe.detach())}
+        return loss, {"lm_loss": lm.detach(), "probe_score": probe.detach()}
 
 
 def safety_loss(safe_logps: Tensor, harmful_logps: Tensor, temperature: float = 1.0) -> Tensor:
@@ -347,7 +366,8 @@ class SAPObjective(SFTObjective):
        (the model a harmful fine-tuning step would produce);
     2. the safety-aware probe: under those perturbed weights, the gradient of the TASK loss with
        respect to a vector added to the residual stream after the chosen blocks; the vector is
-       one signed step along it, ``eps * median|h| * sign(grad)`` per block (the direction in which
+       one signed step along it, ``eps * median|h| * sign(grad)`` per block (median over the real
+       tokens of the batch) (the direction in which
        the harmful perturbation hurts the task most). The weights are restored exactly;
     3. the returned loss is the task loss with that vector added: the task gradient is taken
        through the probed hidden states.
@@ -368,6 +388,7 @@ class SAPObjective(SFTObjective):
                                        cfg.max_completion_tokens)
         self.layers = sap_layers(cfg.sap_layers, model.cfg.n_layers)
         self.hooks = [f"blocks.{layer}.hook_resid_post" for layer in self.layers]
+        self.hook_names = tuple(self.hooks)
 
     def safety_batch(self, idx) -> list[int]:
         """The safety pairs that go with task examples ``idx`` (a fixed function of idx, so a
@@ -379,7 +400,7 @@ class SAPObjective(SFTObjective):
                                    self.cfg.dtype)
         return safety_loss(safe, harmful, self.cfg.sap_temperature)
 
-    def probe_vectors(self, model, batch: SeqBatch, sidx) -> tuple[dict[str, Tensor], float]:
+    def probe_vectors(self, model, batch: SeqBatch, sidx) -> tuple[dict[str, Tensor], Tensor]:
         """Steps 1-2: perturb the weights along the harmful gradient, find the vectors, restore."""
         params = [p for p in model.parameters() if p.requires_grad]
         s_loss = self.safety_loss(model, sidx)
@@ -392,8 +413,10 @@ class SAPObjective(SFTObjective):
         vecs = {h: torch.zeros(model.cfg.d_model, device=batch.tokens.device, requires_grad=True) for h in self.hooks}
         mags: dict[str, Tensor] = {}
 
+        real = batch.attention_mask.bool()
+
         def add(act, hook):
-            mags[hook.name] = act.detach().abs().float().median()
+            mags[hook.name] = act.detach()[real].abs().float().median()  # over real tokens, not padding
             return act + vecs[hook.name].to(act.dtype)
 
         try:
@@ -407,17 +430,17 @@ class SAPObjective(SFTObjective):
                 for (p, _), w in zip(pairs, saved, strict=True):
                     p.copy_(w)
         out = {h: (self.cfg.sap_eps * mags[h] * torch.sign(g)).detach() for h, g in zip(self.hooks, v_grads, strict=True)}
-        return out, float(s_loss.detach())
+        return out, s_loss.detach()
 
-    def loss(self, model, idx) -> tuple[Tensor, dict[str, float]]:
+    def loss(self, model, idx) -> tuple[Tensor, dict[str, Tensor]]:
         batch = self._batch(model, idx)
         if not torch.is_grad_enabled():
             lm = self.lm_loss(model, batch)
-            return lm, {"lm_loss": float(lm)}
+            return lm, {"lm_loss": lm.detach()}
         vecs, s_loss = self.probe_vectors(model, batch, self.safety_batch(idx))
         lm = self.lm_loss(model, batch, [(h, lambda act, hook: act + vecs[hook.name].to(act.dtype)) for h in self.hooks])
-        v_norm = float(torch.stack([v.norm() for v in vecs.values()]).mean())
-        return lm, {"lm_loss": float(lm.detach()), "safety_loss": s_loss, "sap_vector_norm": v_norm}
+        v_norm = torch.stack([v.norm() for v in vecs.values()]).mean()
+        return lm, {"lm_loss": lm.detach(), "safety_loss": s_loss, "sap_vector_norm": v_norm}
 
     def tokens(self, idx) -> int:
         s = self.safety_batch(idx)
@@ -448,11 +471,10 @@ def _autocast(model, dtype: str):
     return contextlib.nullcontext()
 
 
-def _optimizer(model, cfg: TrainConfig):
-    params = [p for p in model.parameters() if p.requires_grad]
+def _optimizer(params: list, cfg: TrainConfig, device):
     if cfg.optimizer == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fused = torch.device(model.cfg.device).type == "cuda"
+    fused = torch.device(device).type == "cuda"
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
@@ -483,45 +505,72 @@ class TrainResult:
     tokens_per_second: float
     out_dir: Path
     val_history: list[dict[str, Any]] = field(default_factory=list)
+    backend: str = "hooked"
+    backend_reason: str = ""
+    trainable_params: int = 0
 
 
-def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective) -> tuple[int, list, list, float, int]:
-    """Weights, reference log-probs and loop state of an interrupted run in ``out/state``."""
+def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
+             base_print: list[float]) -> tuple[int, list, list, float, int]:
+    """Weights, reference log-probs and loop state of an interrupted run in ``out/state``. A LoRA
+    run keeps its base weights: only the adapters are restored (after the backend is built)."""
     state_dir = out / "state"
     if not (state_dir / "trainer.json").is_file():
         raise MechtoxError(f"nothing to resume in {out}: no checkpoint (state/trainer.json); run without --resume")
     meta = json.loads((state_dir / "trainer.json").read_text())
     saved_cfg = meta["config"]
     # settings that do not change the trajectory up to the checkpoint may differ
-    free = {"max_steps", "eval_every", "checkpoint_every", "patience"}
+    free = {"max_steps", "eval_every", "checkpoint_every", "patience", "compile"}
     diff = [k for k in saved_cfg if k not in free and saved_cfg[k] != dataclasses.asdict(cfg).get(k)]
     if diff:
         raise MechtoxError(f"cannot resume {out}: the config differs in {diff}; use the same settings")
     from safetensors.torch import load_file
 
-    model.load_state_dict(load_file(str(state_dir / "weights.safetensors"), device=str(model.cfg.device)), strict=False)
+    if cfg.lora_r:
+        saved = meta.get("base_model")
+        if saved is not None and not np.allclose(saved, base_print, rtol=1e-9, atol=1e-6):
+            raise MechtoxError(f"cannot resume {out}: it trained LoRA adapters on another base model; resume with the "
+                               "model it started from")
+    else:
+        model.load_state_dict(load_file(str(state_dir / "weights.safetensors"), device=str(model.cfg.device)),
+                              strict=False)
     ref = torch.load(state_dir / "reference.pt", map_location="cpu") if (state_dir / "reference.pt").is_file() else None
     if ref is not None:
         objective.ref_chosen, objective.ref_rejected = ref["chosen"], ref["rejected"]
     return meta["step"], meta["history"], meta["val_history"], meta["best_val"], meta["bad_evals"]
 
 
-def _accumulate(fwd_model, objective, ex: list[int], cfg: TrainConfig, opt, step: int) -> tuple[float, dict[str, float], int]:
+def _accumulate(fwd_model, objective, ex: list[int], cfg: TrainConfig, opt, step: int, params: list | None = None,
+                world: int = 1) -> tuple[float, dict[str, float], int]:
     """Zero the gradients, then forward and backward ``cfg.grad_accum`` micro-batches of ``ex``:
-    (mean loss, mean metrics, tokens)."""
+    (mean loss, mean metrics, tokens). Losses and metrics stay on the device until the end of
+    the step, where they are read in one transfer. Under data parallel (``world`` > 1) the
+    gradients and metrics are averaged and the tokens summed over the ranks."""
+    from mechtox import distributed
+
     opt.zero_grad(set_to_none=True)
-    agg: dict[str, float] = {}
-    total, n_tok = 0.0, 0
+    sums: dict[str, Tensor] = {}
+    n_tok = 0
     for a in range(cfg.grad_accum):
         idx = ex[a * cfg.batch_size: (a + 1) * cfg.batch_size]
         loss, metrics = objective.loss(fwd_model, idx)
-        if not torch.isfinite(loss):
-            raise MechtoxError(f"the loss became {float(loss.detach())} at step {step}; lower the learning rate")
         (loss / cfg.grad_accum).backward()
-        total += float(loss.detach()) / cfg.grad_accum
-        for k, v in metrics.items():
-            agg[k] = agg.get(k, 0.0) + v / cfg.grad_accum
+        for k, v in {"loss": loss.detach(), **metrics}.items():
+            v = torch.as_tensor(v, device=loss.device).float() / cfg.grad_accum
+            sums[k] = sums[k] + v if k in sums else v
         n_tok += objective.tokens(idx)
+    keys = list(sums)
+    stacked = torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_tok), device=sums["loss"].device)])
+    if world > 1:
+        distributed.average_gradients(params or [], world)
+        stacked = distributed.all_sum(stacked, world)
+        stacked[:-1] /= world
+    *values, n_all = stacked.tolist()
+    n_tok = int(n_all)
+    agg = dict(zip(keys, values, strict=True))
+    total = agg.pop("loss")
+    if not math.isfinite(total):
+        raise MechtoxError(f"the loss became {total} at step {step}; lower the learning rate")
     return total, agg, n_tok
 
 
@@ -554,63 +603,61 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         val_idx, train_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
     train_idx, val_idx = list(train_idx), list(val_idx)
     torch.manual_seed(cfg.seed)
-    model.train()
+    from mechtox import distributed
+    from mechtox.hf_backend import choose_backend
     from mechtox.models import architecture_parameters
 
+    backend, why = choose_backend(cfg.backend, model.cfg, getattr(objective, "hook_names", ()), lora=cfg.lora_r > 0)
+    rank, world = distributed.setup(str(model.cfg.device))
+    progress = progress and rank == 0
+    if world > 1 and progress:
+        print(f"data parallel: {world} processes, {cfg.batch_size * cfg.grad_accum} examples each per step", flush=True)
+    if progress:
+        print(f"training backend: {backend} ({why})", flush=True)
     trainable = set(architecture_parameters(model))  # not the zero biases TransformerLens adds (Llama)
+    was = {name: p.requires_grad for name, p in model.named_parameters()}
     for name, p in model.named_parameters():
-        p.requires_grad_(name in trainable)
+        p.requires_grad_(name in trainable and backend == "hooked")
 
     step, history, val_history = 0, [], []
     best_val, bad_evals = float("inf"), 0
+    base_print = _fingerprint(model)
     if resume:
-        step, history, val_history, best_val, bad_evals = _restore(out, cfg, model, objective)
-    else:
-        if (state_dir / "trainer.json").is_file():
-            raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-        model.eval()
-        objective.prepare(model, progress)
-        model.train()
+        step, history, val_history, best_val, bad_evals = _restore(out, cfg, model, objective, base_print)
+    elif (state_dir / "trainer.json").is_file():
+        raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    fwd_model = _step_model(model, backend, cfg)
+    if resume and cfg.lora_r:
+        from safetensors.torch import load_file
 
-    opt = _optimizer(model, cfg)
+        fwd_model.load_adapters(load_file(str(state_dir / "adapter.safetensors"), device=str(model.cfg.device)))
+    if not resume:
+        fwd_model.eval()
+        objective.prepare(fwd_model, progress)
+    fwd_model.train()
+    params = [p for p in fwd_model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    if progress:
+        total = sum(p.numel() for p in fwd_model.parameters())
+        print(f"trainable parameters: {n_trainable:,} of {total:,}"
+              f"{f' (LoRA r {cfg.lora_r} on {cfg.lora_targets})' if cfg.lora_r else ''}", flush=True)
+
+    opt = _optimizer(params, cfg, model.cfg.device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
     if resume:
         opt.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=model.cfg.device, weights_only=False))
         sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
-    fwd_model = torch.compile(model) if cfg.compile else model
 
     def evaluate_val() -> float:
-        if not val_idx:
-            return float("nan")
-        model.eval()
-        tot, cnt = 0.0, 0
-        with torch.no_grad():
-            for s in range(0, len(val_idx), cfg.batch_size):
-                idx = val_idx[s: s + cfg.batch_size]
-                loss, _ = objective.loss(fwd_model, idx)
-                tot += float(loss.detach()) * len(idx)
-                cnt += len(idx)
-        model.train()
-        return tot / cnt
+        return _validation_loss(fwd_model, objective, val_idx[rank::world], cfg.batch_size, world)
 
     def checkpoint() -> None:
-        from safetensors.torch import save_file
-
-        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-
-        def write(tmp: Path) -> None:
-            tmp.mkdir(parents=True)
-            save_file(sd, str(tmp / "weights.safetensors"))
-            torch.save(opt.state_dict(), tmp / "optimizer.pt")
-            torch.save(sched.state_dict(), tmp / "scheduler.pt")
-            if hasattr(objective, "ref_chosen"):
-                torch.save({"chosen": objective.ref_chosen, "rejected": objective.ref_rejected}, tmp / "reference.pt")
-            (tmp / "trainer.json").write_text(json.dumps({
-                "step": step, "history": history, "val_history": val_history, "best_val": best_val,
-                "bad_evals": bad_evals, "config": dataclasses.asdict(cfg)}, default=float))
-
-        _io.write_with(state_dir, write)
-        _io.write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in history))
+        _write_back(fwd_model, model)
+        loop = {"step": step, "history": history, "val_history": val_history, "best_val": best_val,
+                "bad_evals": bad_evals, "config": dataclasses.asdict(cfg), "base_model": base_print}
+        if rank == 0:  # one writer; the others wait so that a resume finds the checkpoint complete
+            _save_state(out, model, fwd_model, objective, opt, sched, loop, lora=cfg.lora_r > 0)
+        distributed.barrier(world)
 
     eff = cfg.batch_size * cfg.grad_accum
     t0, tokens_done = time.perf_counter(), 0
@@ -618,15 +665,18 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     this_call = 0
     bar = tqdm(total=cfg.max_steps, initial=step, desc=f"train {objective.name}", disable=not progress)
     while step < cfg.max_steps:
-        ex = [train_idx[i] for i in _order(len(train_idx), cfg.seed, step * eff, eff)]
-        total, agg, n_tok = _accumulate(fwd_model, objective, ex, cfg, opt, step)
+        t_step = time.perf_counter()
+        ex = [train_idx[i] for i in _order(len(train_idx), cfg.seed, step * eff * world, eff * world)]
+        ex = ex[rank * eff: (rank + 1) * eff]  # this rank's share of the global batch
+        total, agg, n_tok = _accumulate(fwd_model, objective, ex, cfg, opt, step, params, world)
         tokens_done += n_tok
-        gnorm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip if cfg.clip > 0 else float("inf")))
+        gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else float("inf"))
         opt.step()
         sched.step()
         step += 1
         this_call += 1
-        rec = {"step": step, "loss": total, "grad_norm": gnorm, "lr": sched.get_last_lr()[0], **agg}
+        rec = {"step": step, "loss": total, "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0], **agg,
+               "tokens": n_tok, "seconds": time.perf_counter() - t_step}
         if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.max_steps:
             v = evaluate_val()
             rec["val_loss"] = v
@@ -645,10 +695,84 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         if stopped_early or (stop_after is not None and this_call >= stop_after):
             break
     bar.close()
+    _write_back(fwd_model, model)
+    for name, p in model.named_parameters():
+        p.requires_grad_(was[name] and name in trainable)
     model.eval()
     secs = time.perf_counter() - t0
     return TrainResult(history, step, best_val, stopped_early, secs, tokens_done / secs if secs > 0 else 0.0, out,
-                       val_history)
+                       val_history, backend, why, n_trainable)
+
+
+def _validation_loss(fwd_model, objective, mine: list[int], batch_size: int, world: int) -> float:
+    """Mean loss over the validation examples; each rank passes its share (``mine``) and the sums
+    are reduced."""
+    from mechtox import distributed
+
+    if not mine and world == 1:
+        return float("nan")
+    fwd_model.eval()
+    dev = fwd_model.cfg.device
+    tot = torch.zeros(2, dtype=torch.float64, device=dev)
+    with torch.no_grad():
+        for s in range(0, len(mine), batch_size):
+            idx = mine[s: s + batch_size]
+            loss, _ = objective.loss(fwd_model, idx)
+            tot += torch.stack([loss.detach().double() * len(idx), torch.tensor(float(len(idx)), device=dev,
+                                                                                dtype=torch.float64)])
+    fwd_model.train()
+    tot = distributed.all_sum(tot, world)
+    return float(tot[0] / tot[1]) if float(tot[1]) > 0 else float("nan")
+
+
+def _save_state(out: Path, model: HookedTransformer, fwd_model, objective, opt, sched, loop: dict,
+                lora: bool) -> None:
+    """The resumable checkpoint ``out/state`` (weights, optimizer, schedule, reference log-probs,
+    LoRA adapters, loop state), written atomically, and ``out/metrics.jsonl``."""
+    from safetensors.torch import save_file
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+    def write(tmp: Path) -> None:
+        tmp.mkdir(parents=True)
+        save_file(sd, str(tmp / "weights.safetensors"))
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        if lora:
+            save_file({k: v.cpu().contiguous() for k, v in fwd_model.adapter_state_dict().items()},
+                      str(tmp / "adapter.safetensors"))
+        torch.save(sched.state_dict(), tmp / "scheduler.pt")
+        if hasattr(objective, "ref_chosen"):
+            torch.save({"chosen": objective.ref_chosen, "rejected": objective.ref_rejected}, tmp / "reference.pt")
+        (tmp / "trainer.json").write_text(json.dumps(loop, default=float))
+
+    _io.write_with(out / "state", write)
+    _io.write_text(out / "metrics.jsonl", "".join(json.dumps(h) + "\n" for h in loop["history"]))
+
+
+def _step_model(model: HookedTransformer, backend: str, cfg: TrainConfig):
+    """What the objectives call: the HookedTransformer itself, or the hf backend built from it
+    (with LoRA adapters when ``cfg.lora_r``)."""
+    if backend == "hf":
+        from mechtox.hf_backend import HFBackend, LoraSpec
+
+        lora = LoraSpec(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets, cfg.seed) if cfg.lora_r else None
+        fwd = HFBackend(model, lora=lora)
+        if cfg.compile:
+            fwd.compile_forward()
+        return fwd
+    return torch.compile(model) if cfg.compile else model
+
+
+@torch.no_grad()
+def _fingerprint(model: HookedTransformer) -> list[float]:
+    """A few sums of the weights training starts from: a LoRA run resumes only on the same base."""
+    return [float(p.detach().double().sum()) for _, p in list(model.named_parameters())[:4]]
+
+
+def _write_back(fwd_model, model: HookedTransformer) -> None:
+    """Put the trained weights into ``model`` (a no-op when the step ran on it)."""
+    if hasattr(fwd_model, "write_back"):
+        fwd_model.write_back(model)
 
 
 def probe_goodhart(before: HookedTransformer, after: HookedTransformer, probes: Sequence, data, held_out: Sequence = (),

@@ -222,7 +222,7 @@ def test_sap_vectors_follow_the_task_gradient_under_the_harmful_perturbation(tin
     ref = copy.deepcopy(tiny)
     params = list(ref.parameters())
     loss = obj.safety_loss(ref, sidx)
-    assert float(loss.detach()) == pytest.approx(s_loss, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(s_loss), rel=1e-6)
     grads = torch.autograd.grad(loss, params)
     g_norm = torch.sqrt(sum((g ** 2).sum() for g in grads))
     w_norm = torch.sqrt(sum((q.detach() ** 2).sum() for q in params))
@@ -233,7 +233,7 @@ def test_sap_vectors_follow_the_task_gradient_under_the_harmful_perturbation(tin
     med = {}
 
     def add(act, hook):
-        med[hook.name] = act.detach().abs().median()
+        med[hook.name] = act.detach()[batch.attention_mask.bool()].abs().median()
         return act + zero[hook.name]
 
     task = obj.lm_loss(ref, batch, [(h, add) for h in obj.hooks])

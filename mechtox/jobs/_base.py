@@ -167,19 +167,33 @@ class Context:
 
     def load(self, spec: str, announce: bool = True):
         """The model ``spec`` as a HookedTransformer (and one line saying what was loaded)."""
+        from mechtox.distributed import local_device
+        from mechtox.models import default_device
+
         t = time.perf_counter()
-        model = self.ws.load_model(spec, device=self.device, dtype=self.dtype)
-        if announce:
+        device = local_device(self.device or default_device())  # under torchrun: this rank's GPU
+        model = self.ws.load_model(spec, device=device, dtype=self.dtype)
+        if announce and is_main_process():
             print(f"loaded {spec} ({model.cfg.model_name}, {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
                   f"d_mlp {model.cfg.d_mlp}) on {model.cfg.device} in {time.perf_counter() - t:.1f} s", flush=True)
         return model
+
+
+def is_main_process() -> bool:
+    from mechtox.distributed import is_main
+
+    return is_main()
 
 
 def execute(job, config, ctx: Context, **models) -> Any:
     """Run ``job`` (a module of :mod:`mechtox.jobs`) with ``config``, write its files, print its
     summary; return its result. ``models`` passes already-loaded models (``model=``, ``before=``,
     ``after=``)."""
+    from mechtox.distributed import is_main
+
     res = job.run(config, ctx, **models)
+    if not is_main():  # under torchrun, rank 0 writes and prints
+        return res
     job.write(res, ctx)
     print(job.summary(res, ctx), flush=True)
     return res

@@ -39,6 +39,17 @@ class TrainJobConfig:
     eval_every: int = option(_T["eval_every"])
     patience: int = option(_T["patience"], "early stopping after N evaluations without improvement")
     checkpoint_every: int = option(_T["checkpoint_every"])
+    backend: str = option(_T["backend"], "where the step runs: hf (the transformers model with the same weights, "
+                                         "hooks at TransformerLens names), hooked (the HookedTransformer), auto (hf "
+                                         "when every hook the objective needs is mapped)",
+                          choices=["auto", "hf", "hooked"])
+    compile: bool = option(False, "torch.compile the model's forward (worth it on a GPU)")
+    lora_r: int = option(_T["lora_r"], "LoRA rank (0: full fine-tuning); adapters through peft on the hf backend, "
+                                       "merged into the saved model")
+    lora_alpha: float = option(_T["lora_alpha"], "LoRA scale numerator (update = alpha / r * B A)")
+    lora_dropout: float = option(_T["lora_dropout"])
+    lora_targets: str = option(_T["lora_targets"], "modules with adapters: q, k, v, o, gate, up, down (GPT-2 also "
+                                                   "c_attn, attn.c_proj, c_fc, mlp.c_proj)")
     lee_et_al: bool = option(False, "Lee et al.'s settings (lr 1e-6, RMSprop, batch 4, 150 warm-up)")
     resume: bool = option(False, "continue an interrupted run with the same settings")
     sap_layers: str = option(_T["sap_layers"], "sap: blocks that get the safety-aware vector ('auto': 10%% and 28%% "
@@ -87,11 +98,14 @@ class TrainJobConfig:
                   beta=self.beta, dtype=dtype, eval_every=self.eval_every, patience=self.patience,
                   checkpoint_every=self.checkpoint_every, seed=seed, probe_lambda=self.probe_lambda,
                   max_completion_tokens=self.max_completion_tokens, sap_layers=self.sap_layers, sap_rho=self.sap_rho,
-                  sap_eps=self.sap_eps)
+                  sap_eps=self.sap_eps, backend=self.backend, compile=self.compile,
+                  lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                  lora_targets=self.lora_targets)
         if self.lee_et_al:
             from mechtox.training import lee_et_al_config
 
-            keep = ("objective", "seed", "eval_every", "dtype", "checkpoint_every", "patience")
+            keep = ("objective", "seed", "eval_every", "dtype", "checkpoint_every", "patience", "backend", "compile", "lora_r",
+                    "lora_alpha", "lora_dropout", "lora_targets")
             return lee_et_al_config(**{k: v for k, v in kw.items() if k in keep})
         return TrainConfig(**kw)
 
@@ -128,9 +142,11 @@ def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str]
 
 def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
     from mechtox.data import load_pairs
+    from mechtox.distributed import is_main
     from mechtox.probe import Direction, ProbeScorer
     from mechtox.training import make_objective, rank_pairs_by_probe, train
 
+    say = print if is_main() else (lambda *a, **k: None)  # under torchrun, rank 0 prints
     ws = ctx.ws
     if cfg.needs_pairs:  # before the model loads: a missing pair set is a quick error
         ws.require_pairs(cfg.pairs)
@@ -144,19 +160,19 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
     if tcfg.objective == "dpo-probe":
         assert pairs is not None  # dpo-probe needs pairs
         pairs, swapped = rank_pairs_by_probe(pairs, ProbeScorer(model, probes[0]))
-        print(f"ranked {len(pairs)} pairs by probe {probes[0].name!r}: {swapped} swapped")
+        say(f"ranked {len(pairs)} pairs by probe {probes[0].name!r}: {swapped} swapped")
     task, source = None, pairs.source if pairs is not None else ""
     if tcfg.objective in ("sft", "sap"):
         t_prompts, t_targets, source = load_task(ws, cfg.task_source, pairs, cfg.limit)
         task = (t_prompts, t_targets)
     objective = make_objective(model, tcfg, pairs, probes, task)
     if tcfg.objective == "sap" and pairs is not None:
-        print(f"sap: task {source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
-    print(f"train {tcfg.objective}: {len(objective)} examples from {source}, {tcfg.max_steps} steps x "
+        say(f"sap: task {source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
+    say(f"train {tcfg.objective}: {len(objective)} examples from {source}, {tcfg.max_steps} steps x "
           f"{tcfg.batch_size * tcfg.grad_accum}, lr {tcfg.lr:g} ({tcfg.optimizer}), {tcfg.dtype}, device {model.cfg.device}")
     res = train(model, objective, tcfg, ws.root / "training" / cfg.name, resume=cfg.resume, progress=ctx.progress)
     out = TrainJobResult(cfg, tcfg, res, model, source, probes, held_out)
-    if (probes or held_out) and cfg.goodhart_n:
+    if (probes or held_out) and cfg.goodhart_n and is_main():
         _goodhart(out, ctx)
     return out
 

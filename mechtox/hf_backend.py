@@ -1,0 +1,373 @@
+"""The hf training backend: the step runs on the ``transformers`` model with the same weights
+(SDPA attention), and the objectives' hooks are registered at TransformerLens hook names.
+
+:class:`HFBackend` looks like a HookedTransformer to the objectives in :mod:`mechtox.training`:
+``backend(tokens, attention_mask=mask)`` returns logits, ``backend.hooks(fwd_hooks=[(name, fn)])``
+attaches ``fn(activation, hook)`` at a TransformerLens hook name (``hook.name`` is that name;
+returning a tensor replaces the activation, returning ``None`` keeps it), and ``backend.cfg`` is
+the HookedTransformer's config. The objectives have no backend-specific code.
+
+The adapter (:data:`HOOK_SITES`) maps each supported name to where the same activation is in the
+HuggingFace module tree, for Llama-family models (SmolLM2, Llama, Mistral, Qwen2 convert to
+``LlamaForCausalLM`` in TransformerLens' config) and GPT-2:
+
+========================== ======================================= =================================
+TransformerLens name        Llama                                   GPT-2
+========================== ======================================= =================================
+blocks.L.hook_resid_pre     input of ``model.layers.L``             input of ``transformer.h.L``
+blocks.L.attn.hook_z        input of ``self_attn.o_proj``, per head input of ``attn.c_proj``, per head
+blocks.L.hook_attn_out      output of ``self_attn.o_proj``          output of ``attn.c_proj``
+blocks.L.hook_resid_mid     resid_pre + attn_out                    resid_pre + attn_out
+blocks.L.mlp.hook_post      input of ``mlp.down_proj``              input of ``mlp.c_proj``
+blocks.L.hook_mlp_out       output of ``mlp.down_proj``             output of ``mlp.c_proj``
+blocks.L.hook_resid_post    output of ``model.layers.L``            output of ``transformer.h.L``
+ln_final.hook_normalized    ``model.norm``'s input, normalised      ``transformer.ln_f``'s, normalised
+========================== ======================================= =================================
+
+``hook_resid_mid`` has no module of its own in HuggingFace's blocks (the residual is a local
+variable): it is read as resid_pre + attn_out at the attention output, and a replacement ``new``
+is written as the attention output ``new - resid_pre``. ``ln_final.hook_normalized`` is the
+normalised vector before the norm's weight (as in TransformerLens' unprocessed models); a
+replacement is multiplied by the weight (and for GPT-2 shifted by the bias).
+
+The PyTorch hooks are registered once, when the backend is built, and read the functions to call
+from mutable slots; ``hooks()`` only fills and empties the slots, so a compiled model keeps its
+graphs across steps. Dropout is off (as in HookedTransformer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformer_lens import HookedTransformer
+
+from mechtox.errors import MechtoxError
+
+ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
+
+_LAYER_NAMES = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
+                "hook_resid_post")
+_NAME = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(n) for n in _LAYER_NAMES) + r")$")
+
+# per architecture: the modules (relative to the block) whose input / output carry each activation
+_MODULES = {
+    "LlamaForCausalLM": {"blocks": "model.layers", "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj",
+                         "final_norm": "model.norm"},
+    "GPT2LMHeadModel": {"blocks": "transformer.h", "attn_out": "attn.c_proj", "mlp_out": "mlp.c_proj",
+                        "final_norm": "transformer.ln_f"},
+}
+
+
+def supported_hook(name: str, cfg) -> bool:
+    """Whether the hf backend can read and write TransformerLens hook ``name`` for ``cfg``'s model."""
+    if cfg.original_architecture not in ARCHITECTURES:
+        return False
+    if name == "ln_final.hook_normalized":
+        return True
+    m = _NAME.match(name)
+    return bool(m) and int(m.group(1)) < cfg.n_layers
+
+
+def unsupported_reason(cfg, hook_names: Sequence[str]) -> str | None:
+    """Why the hf backend cannot run a step that needs ``hook_names`` (``None``: it can)."""
+    if cfg.original_architecture not in ARCHITECTURES:
+        return (f"the hf backend converts {' and '.join(ARCHITECTURES)} models; this one is "
+                f"{cfg.original_architecture or 'not from transformers'}")
+    missing = [h for h in hook_names if not supported_hook(h, cfg)]
+    if missing:
+        return f"the objective needs hook {missing[0]}, which the hf backend does not map"
+    return None
+
+
+@dataclass(frozen=True)
+class _HookRef:
+    """What a hook function gets as its ``hook`` argument (TransformerLens passes the HookPoint)."""
+
+    name: str
+
+
+def _first(x):
+    return x[0] if isinstance(x, tuple) else x
+
+
+def _replace_first(x, new):
+    return (new, *x[1:]) if isinstance(x, tuple) else new
+
+
+class HFBackend(nn.Module):
+    """A ``transformers`` model with a HookedTransformer's call and ``hooks()`` interface."""
+
+    def __init__(self, model: HookedTransformer, lora: LoraSpec | None = None):
+        super().__init__()
+        from mechtox.models import to_hf_model
+
+        arch = model.cfg.original_architecture
+        if arch not in ARCHITECTURES:
+            raise MechtoxError(unsupported_reason(model.cfg, ()))
+        self.cfg = model.cfg
+        self.tokenizer = model.tokenizer
+        self.hf = to_hf_model(model)
+        self.lora = lora
+        if lora is not None:
+            self._inject_lora(lora)  # before the hooks: they must sit on the LoRA-wrapped modules
+        object.__setattr__(self, "_run", self.hf)  # not a submodule: the same weights, once
+        self._slots: dict[str, list[Callable]] = {}
+        self._resid_pre: dict[int, Tensor] = {}
+        self._handles: list[Any] = []
+        self._register(_MODULES[arch])
+
+    # ------------------------------------------------------------------ the call and the hooks
+
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+        return self._run(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
+
+    def compile_forward(self) -> None:
+        """``torch.compile`` the HuggingFace model's forward (the hooks stay registered inside)."""
+        object.__setattr__(self, "_run", torch.compile(self.hf))
+
+    @contextlib.contextmanager
+    def hooks(self, fwd_hooks: Sequence[tuple[str, Callable]] = ()) -> Iterator[HFBackend]:
+        """Attach ``(name, fn)`` pairs for the duration of the block (TransformerLens' signature)."""
+        added = []
+        try:
+            for name, fn in fwd_hooks:
+                if not supported_hook(name, self.cfg):
+                    raise MechtoxError(f"the hf backend has no hook {name!r}; train with --backend hooked")
+                self._slots.setdefault(name, []).append(fn)
+                added.append((name, fn))
+            yield self
+        finally:
+            for name, fn in added:
+                self._slots[name].remove(fn)
+                if not self._slots[name]:
+                    del self._slots[name]
+            self._resid_pre.clear()
+
+    def _call(self, name: str, act: Tensor) -> Tensor | None:
+        """Run the functions in slot ``name`` on ``act``; ``None`` when none changed it."""
+        fns = self._slots.get(name)
+        if not fns:
+            return None
+        out, hook = act, _HookRef(name)
+        for fn in fns:
+            res = fn(out, hook)
+            if res is not None:
+                out = res
+        return None if out is act else out
+
+    def _module(self, path: str) -> nn.Module:
+        return self.hf.get_submodule(path)
+
+    def _register(self, mods: dict[str, str]) -> None:
+        """One PyTorch hook per site, for the whole life of the backend."""
+        n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
+        for layer in range(self.cfg.n_layers):
+            block = f"{mods['blocks']}.{layer}"
+            p = f"blocks.{layer}."
+            self._handles += [
+                self._module(block).register_forward_pre_hook(self._pre_block(layer, p), with_kwargs=True),
+                self._module(block).register_forward_hook(self._post_simple(p + "hook_resid_post")),
+                self._module(f"{block}.{mods['attn_out']}").register_forward_pre_hook(
+                    self._pre_heads(p + "attn.hook_z", n_heads, d_head), with_kwargs=True),
+                self._module(f"{block}.{mods['attn_out']}").register_forward_hook(self._post_attn(layer, p)),
+                self._module(f"{block}.{mods['mlp_out']}").register_forward_pre_hook(
+                    self._pre_simple(p + "mlp.hook_post"), with_kwargs=True),
+                self._module(f"{block}.{mods['mlp_out']}").register_forward_hook(self._post_simple(p + "hook_mlp_out")),
+            ]
+        self._handles.append(self._module(mods["final_norm"]).register_forward_hook(self._final_norm))
+
+    def _pre_simple(self, name: str):
+        def hook(module, args, kwargs):
+            if name not in self._slots:
+                return None
+            new = self._call(name, args[0] if args else kwargs["hidden_states"])
+            if new is None:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+        return hook
+
+    def _pre_block(self, layer: int, p: str):
+        name, mid = p + "hook_resid_pre", p + "hook_resid_mid"
+
+        def hook(module, args, kwargs):
+            if name not in self._slots and mid not in self._slots:
+                return None
+            x = args[0] if args else kwargs["hidden_states"]
+            new = self._call(name, x)
+            if mid in self._slots:
+                self._resid_pre[layer] = x if new is None else new
+            if new is None:
+                return None
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+        return hook
+
+    def _pre_heads(self, name: str, n_heads: int, d_head: int):
+        def hook(module, args, kwargs):
+            if name not in self._slots:
+                return None
+            x = args[0] if args else kwargs["input"]
+            new = self._call(name, x.unflatten(-1, (n_heads, d_head)))
+            if new is None:
+                return None
+            new = new.flatten(-2)
+            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "input": new})
+        return hook
+
+    def _post_simple(self, name: str):
+        def hook(module, args, output):
+            if name not in self._slots:
+                return None
+            new = self._call(name, _first(output))
+            return None if new is None else _replace_first(output, new)
+        return hook
+
+    def _post_attn(self, layer: int, p: str):
+        name, mid = p + "hook_attn_out", p + "hook_resid_mid"
+
+        def hook(module, args, output):
+            if name not in self._slots and mid not in self._slots:
+                return None
+            out = _first(output)
+            new = self._call(name, out)
+            attn = out if new is None else new
+            if mid in self._slots:
+                pre = self._resid_pre.pop(layer)
+                resid_mid = pre + attn
+                new_mid = self._call(mid, resid_mid)
+                if new_mid is not None:
+                    attn = new_mid - pre
+            return None if attn is out else _replace_first(output, attn)
+        return hook
+
+    def _final_norm(self, module, args, output):
+        name = "ln_final.hook_normalized"
+        if name not in self._slots:
+            return None
+        x = args[0]
+        if isinstance(module, nn.LayerNorm):
+            normed = F.layer_norm(x, module.normalized_shape, None, None, module.eps)
+            new = self._call(name, normed)
+            return None if new is None else new * module.weight + module.bias
+        eps = getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6))
+        xf = x.float()
+        normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+        new = self._call(name, normed)
+        return None if new is None else module.weight * new
+
+    # ------------------------------------------------------------------ LoRA
+
+    def _inject_lora(self, spec: LoraSpec) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        gpt2 = self.cfg.original_architecture == "GPT2LMHeadModel"
+        conf = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout, bias="none",
+                          target_modules=lora_target_modules(self.cfg.original_architecture, spec.targets),
+                          fan_in_fan_out=gpt2, init_lora_weights=True)
+        torch.manual_seed(spec.seed)  # LoRA's A matrices are random: seeded, so a run is repeatable
+        inject_adapter_in_model(conf, self.hf)
+        self.hf.to(self.cfg.device)
+        for name, p in self.hf.named_parameters():
+            p.requires_grad_("lora_" in name)  # only the adapters train (and have optimizer state)
+
+    def _lora_layers(self) -> list[nn.Module]:
+        return [m for m in self.hf.modules() if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer")]
+
+    def adapter_state_dict(self) -> dict[str, Tensor]:
+        """The LoRA weights (what a resumed run needs besides the base model)."""
+        return {n: p.detach() for n, p in self.hf.named_parameters() if "lora_" in n}
+
+    @torch.no_grad()
+    def load_adapters(self, state: dict[str, Tensor]) -> None:
+        params = dict(self.hf.named_parameters())
+        missing = set(k for k in params if "lora_" in k) - set(state)
+        if missing:
+            raise MechtoxError(f"the saved adapters do not fit this LoRA setting (missing {sorted(missing)[:2]})")
+        for k, v in state.items():
+            params[k].copy_(v)
+
+    # ------------------------------------------------------------------ weights
+
+    @torch.no_grad()
+    def tl_state_dict(self) -> dict[str, Tensor]:
+        """The current weights with TransformerLens names (TransformerLens' own conversion); with
+        LoRA, the adapters merged in (computed beside the base weights, which are left exactly as
+        they were)."""
+        from mechtox.models import hf_to_tl_state_dict
+
+        layers = self._lora_layers()
+        saved = [m.base_layer.weight.detach().clone() for m in layers]
+        try:
+            for m in layers:
+                m.base_layer.weight.add_(m.get_delta_weight("default").to(m.base_layer.weight.dtype))
+            return {k: v.detach().clone() for k, v in hf_to_tl_state_dict(self.hf, self.cfg).items()}
+        finally:
+            for m, w in zip(layers, saved, strict=True):
+                m.base_layer.weight.copy_(w)
+
+    @torch.no_grad()
+    def write_back(self, model: HookedTransformer) -> None:
+        """Copy the trained weights into ``model`` (in place: its tensors keep their layout)."""
+        sd = self.tl_state_dict()
+        own = model.state_dict()
+        for k, v in sd.items():
+            if k in own:
+                own[k].copy_(v.to(own[k].dtype))
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA adapters (through ``peft``) on the hf backend."""
+
+    r: int
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: str = "q,v"
+    seed: int = 0
+
+
+# accepted --lora-targets names -> the transformers modules they adapt
+LORA_NAMES = {
+    "LlamaForCausalLM": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
+                         "up": "up_proj", "down": "down_proj"},
+    # GPT-2 computes q, k and v with one fused module (c_attn): q, k or v adapt all three
+    "GPT2LMHeadModel": {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj", "up": "c_fc",
+                        "down": "mlp.c_proj", "c_attn": "c_attn", "attn.c_proj": "attn.c_proj", "c_fc": "c_fc",
+                        "mlp.c_proj": "mlp.c_proj"},
+}
+
+
+def lora_target_modules(arch: str, spec: str) -> list[str]:
+    """The module names ``peft`` adapts for a ``--lora-targets`` list such as ``q,v``."""
+    table = LORA_NAMES.get(arch)
+    if table is None:
+        raise MechtoxError(f"LoRA runs on the hf backend, which converts {' and '.join(ARCHITECTURES)} models")
+    names = [x.strip() for x in spec.split(",") if x.strip()]
+    bad = [x for x in names if x not in table]
+    if not names or bad:
+        raise MechtoxError(f"--lora-targets {spec!r}: use comma-separated names from {', '.join(table)}")
+    return sorted(dict.fromkeys(table[x] for x in names))
+
+
+def choose_backend(requested: str, cfg, hook_names: Sequence[str], lora: bool = False) -> tuple[str, str]:
+    """``(backend, why)``: ``requested`` is ``auto``, ``hf`` or ``hooked``. ``auto`` takes hf when
+    the architecture converts and every hook the objective needs is mapped. LoRA needs hf."""
+    reason = unsupported_reason(cfg, hook_names)
+    if lora and (requested == "hooked" or reason):
+        raise MechtoxError(f"LoRA runs on the hf backend only: {reason or 'drop --backend hooked'}")
+    if requested == "hooked":
+        return "hooked", "asked for (--backend hooked)"
+    if requested == "hf":
+        if reason:
+            raise MechtoxError(f"--backend hf: {reason}; use --backend hooked")
+        return "hf", "asked for (--backend hf)"
+    if reason:
+        return "hooked", reason
+    needs = f"the hooks it needs ({', '.join(hook_names)}) are mapped" if hook_names else "it needs no hooks"
+    return "hf", f"{cfg.original_architecture} converts to transformers and {needs}"

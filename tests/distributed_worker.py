@@ -1,0 +1,27 @@
+"""One rank of the 2-process data-parallel test (tests/test_distributed.py), started by torchrun:
+trains the tiny Llama-like model on the hf backend and, on rank 0, saves its weights.
+
+python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT_DIR BATCH [STOP_AFTER|resume]
+"""
+
+import sys
+
+import torch
+
+from mechtox.training import DPOObjective, train
+from tests.test_distributed import config, model_and_pairs
+
+
+def main() -> None:
+    out, batch = sys.argv[1], int(sys.argv[2])
+    mode = sys.argv[3] if len(sys.argv) > 3 else ""
+    model, pairs = model_and_pairs()
+    cfg = config(batch)
+    res = train(model, DPOObjective(model, pairs, cfg), cfg, out, progress=False, resume=mode == "resume",
+                stop_after=int(mode) if mode.isdigit() else None)
+    if torch.distributed.get_rank() == 0:
+        torch.save({"weights": model.state_dict(), "history": res.history}, f"{out}/result.pt")
+
+
+if __name__ == "__main__":
+    main()

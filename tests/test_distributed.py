@@ -1,0 +1,71 @@
+"""Data parallel on 2 CPU processes (torchrun, gloo): the same weights as 1 process on the same
+global batch, and a 2-process run that resumes to the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def model_and_pairs():
+    from tests.test_hf_backend import _make, _pairs
+
+    return _make("llama"), _pairs(24)
+
+
+def config(batch: int):
+    from mechtox.training import TrainConfig
+
+    return TrainConfig(lr=3e-3, batch_size=batch, max_steps=4, warmup_steps=0, eval_every=2, checkpoint_every=2,
+                       val_fraction=0.25, backend="hf")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(out: Path, batch: int, mode: str = "") -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), str(REPO / "tests" / "distributed_worker.py"), str(out), str(batch)]
+    proc = subprocess.run(cmd + ([mode] if mode else []), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out / "result.pt", weights_only=False)
+
+
+@pytest.mark.slow
+def test_distributed_two_processes_equal_one_on_the_same_global_batch(tmp_path):
+    from mechtox.training import DPOObjective, train
+
+    two = _torchrun(tmp_path / "two", batch=4)  # 2 ranks x 4 pairs per step
+    model, pairs = model_and_pairs()
+    cfg = config(8)  # 1 process x 8 pairs per step: the same examples in each step
+    one = train(model, DPOObjective(model, pairs, cfg), cfg, tmp_path / "one", progress=False)
+    for a, b in zip(one.history, two["history"], strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["tokens"] == b["tokens"]  # the global batch's tokens, summed over the ranks
+        if "val_loss" in a:
+            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+    # AdamW moves a weight by up to lr = 3e-3 per step; padding to each rank's longest sequence and
+    # the order of the sums differ from one process by rounding only
+    for k, v in model.named_parameters():
+        assert (v.detach() - two["weights"][k]).abs().max() < 1e-4, k
+    start = model_and_pairs()[0].state_dict()
+    assert sum(not torch.equal(two["weights"][k], start[k]) for k, _ in model.named_parameters()) > 10
+
+    _torchrun(tmp_path / "resumed", batch=4, mode="2")  # interrupted after 2 of 4 steps
+    resumed = _torchrun(tmp_path / "resumed", batch=4, mode="resume")
+    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
+    for k, _ in model.named_parameters():
+        assert torch.equal(two["weights"][k], resumed["weights"][k]), k

@@ -1,0 +1,197 @@
+"""The hf training backend against the HookedTransformer: the same activations at every mapped
+TransformerLens hook name, the same effect of writing them, and the same training step (loss,
+gradients of every weight, weights after 3 steps) for DPO, probe-SFT and SAP, fp32, on tiny
+GPT-2-like and Llama-like (GQA) models with non-trivial norm weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mechtox import models as M
+from mechtox.errors import MechtoxError
+from mechtox.hf_backend import HFBackend, choose_backend
+from mechtox.training import (
+    DPOObjective,
+    ProbeSFTObjective,
+    SAPObjective,
+    TrainConfig,
+    collate,
+    train,
+)
+from tests.conftest import LLAMA, randomize_norms_and_biases
+
+
+def _zero_foreign(model):
+    keep = set(M.architecture_parameters(model))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n not in keep:
+                p.zero_()
+    return model
+
+
+def _make(arch: str, seed: int = 5):
+    torch.manual_seed(seed)
+    if arch == "llama":
+        model = M.tiny_model(default_prepend_bos=True, **LLAMA)
+    else:
+        model = M.tiny_model(default_prepend_bos=True)
+        model.cfg.original_architecture = "GPT2LMHeadModel"
+    return _zero_foreign(randomize_norms_and_biases(model, seed=seed))
+
+
+ARCHS = ["gpt2", "llama"]
+LAYER_NAMES = ["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
+               "hook_resid_post"]
+
+
+def _names(model):
+    return [f"blocks.{L}.{n}" for L in range(model.cfg.n_layers) for n in LAYER_NAMES] + ["ln_final.hook_normalized"]
+
+
+def _batch(model):
+    texts = ["you are a good friend", "the city is very nice and the river is big", "shut up"]
+    seqs = [(model.tokenizer.encode(t), 1) for t in texts]
+    return collate(seqs, 0)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_each_hook_name_reads_the_hooked_transformer_activation(arch):
+    model = _make(arch)
+    hf = HFBackend(model)
+    b = _batch(model)
+    names = _names(model)
+    with torch.no_grad():
+        _, cache = model.run_with_cache(b.tokens, attention_mask=b.attention_mask, names_filter=names)
+        got = {}
+        with hf.hooks([(n, lambda a, hook: got.__setitem__(hook.name, a.clone())) for n in names]):
+            hf(b.tokens, attention_mask=b.attention_mask)
+    real = b.attention_mask.bool()
+    for n in names:
+        assert got[n].shape == cache[n].shape, n
+        diff = (got[n] - cache[n])[real].abs().max()
+        assert diff < 2e-5, (n, float(diff))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("layer_name", LAYER_NAMES + ["ln_final.hook_normalized"])
+def test_writing_a_hook_changes_the_logits_as_in_the_hooked_transformer(arch, layer_name):
+    model = _make(arch)
+    hf = HFBackend(model)
+    b = _batch(model)
+    name = layer_name if layer_name.startswith("ln_final") else f"blocks.0.{layer_name}"  # read again by block 1
+    shift = 0.3 * torch.randn(model.cfg.d_head if "hook_z" in name else model.cfg.d_model if "hook_post" not in name
+                              else model.cfg.d_mlp, generator=torch.Generator().manual_seed(2))
+
+    def edit(act, hook):
+        return act * 1.5 + shift
+
+    with torch.no_grad():
+        plain = model(b.tokens, attention_mask=b.attention_mask)
+        with model.hooks(fwd_hooks=[(name, edit)]):
+            want = model(b.tokens, attention_mask=b.attention_mask)
+        with hf.hooks([(name, edit)]):
+            got = hf(b.tokens, attention_mask=b.attention_mask)
+        after = hf(b.tokens, attention_mask=b.attention_mask)  # the slot is empty again
+    real = b.attention_mask.bool()
+    assert (want - plain)[real].abs().max() > 1e-2, "the edit must matter"
+    assert (got - want)[real].abs().max() < 1e-4
+    assert (after - plain)[real].abs().max() < 1e-4
+
+
+def _pairs(n=12):
+    from mechtox.data import PreferencePairs
+
+    good = ["a good friend", "very nice and kind", "thanks for the help", "a great day"]
+    bad = ["a stupid idiot", "shut up loser", "ugly dumb jerk", "trash fool"]
+    return PreferencePairs(["you are", "the team is", "my friend said"] * (n // 3), [good[i % 4] for i in range(n)],
+                           [bad[(i + 1) % 4] for i in range(n)], "test")
+
+
+def _probe(model, layer: int):
+    from mechtox.probe import fit_probe
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(40, model.cfg.d_model))
+    return fit_probe(X, (X[:, 0] - X[:, 3] > 0).astype(int), f"blocks.{layer}.hook_resid_post")
+
+
+def _objective(kind: str, model, cfg):
+    p = _pairs()
+    if kind == "dpo":
+        return DPOObjective(model, p, cfg)
+    if kind == "sft-probe":
+        return ProbeSFTObjective(model, p.prompt, p.chosen, [_probe(model, 0)], cfg)
+    return SAPObjective(model, p.prompt, p.chosen, p, cfg)
+
+
+def _cfg(kind, backend, **kw):
+    base = dict(objective=kind, lr=3e-3, batch_size=4, max_steps=3, warmup_steps=0, eval_every=0, checkpoint_every=3,
+                backend=backend, sap_layers="0", sap_rho=0.01, val_fraction=0.2)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["dpo", "sft-probe", "sap"])
+def test_same_step_on_both_backends(arch, kind, tmp_path):
+    """One loss and backward on each backend: the same loss and the same gradient of every weight."""
+    a = _make(arch)
+    hf = HFBackend(_make(arch))
+    cfg = _cfg(kind, "hooked")
+    oa, ob = _objective(kind, a, cfg), _objective(kind, a, cfg)
+    oa.prepare(a, False)
+    ob.prepare(hf, False)
+    keep = set(M.architecture_parameters(a))
+    for n, p in a.named_parameters():
+        p.requires_grad_(n in keep)
+    idx = [0, 3, 5, 7]
+    la, _ = oa.loss(a, idx)
+    lb, _ = ob.loss(hf, idx)
+    assert float(la) == pytest.approx(float(lb), rel=1e-5)
+    la.backward()
+    lb.backward()
+    ga = M.tl_to_hf({n: p.grad for n, p in a.named_parameters() if n in keep}, a.cfg)
+    gb = {n: p.grad for n, p in hf.hf.named_parameters()}
+    assert set(ga) == set(gb)
+    for n in gb:
+        scale = float(gb[n].abs().max()) + 1e-8
+        assert (ga[n] - gb[n]).abs().max() / scale < 1e-4, n
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("kind", ["dpo", "sft-probe", "sap"])
+def test_three_steps_give_the_same_weights_on_both_backends(arch, kind, tmp_path):
+    a, b = _make(arch), _make(arch)
+    ra = train(a, _objective(kind, a, _cfg(kind, "hooked")), _cfg(kind, "hooked"), tmp_path / "a", progress=False)
+    rb = train(b, _objective(kind, b, _cfg(kind, "hf")), _cfg(kind, "hf"), tmp_path / "b", progress=False)
+    assert (ra.backend, rb.backend) == ("hooked", "hf")
+    for x, y in zip(ra.history, rb.history, strict=True):
+        assert x["loss"] == pytest.approx(y["loss"], rel=1e-5)
+    sa, sb = a.state_dict(), b.state_dict()
+    moved = 0
+    for n in M.architecture_parameters(a):
+        if n.endswith("attn.b_K"):
+            # softmax ignores a key bias (it adds one constant per query row): its exact gradient is
+            # 0, so each backend's is rounding noise, which AdamW scales up to lr-sized steps
+            continue
+        # AdamW moves each weight by up to lr = 3e-3 per step; rounding differences of small
+        # gradients change a step by a few percent of that at most
+        assert (sa[n] - sb[n]).abs().max() < 1e-4, n
+        moved += int(not torch.equal(sb[n], _make(arch).state_dict()[n]))
+    assert moved > 10  # the hf run's weights were written back into the HookedTransformer
+
+
+def test_the_default_backend_says_why():
+    llama = _make("llama")
+    assert choose_backend("auto", llama.cfg, ("blocks.1.hook_resid_post",))[0] == "hf"
+    backend, why = choose_backend("auto", llama.cfg, ("blocks.0.ln1.hook_scale",))
+    assert backend == "hooked" and "blocks.0.ln1.hook_scale" in why
+    tiny = M.tiny_model()  # no original architecture
+    assert choose_backend("auto", tiny.cfg, ())[0] == "hooked"
+    with pytest.raises(MechtoxError, match="--backend hooked"):
+        choose_backend("hf", tiny.cfg, ())
+    with pytest.raises(MechtoxError, match="unknown backend"):
+        TrainConfig(backend="fast")
