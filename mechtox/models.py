@@ -172,31 +172,134 @@ def load_hf_dir(path: str | os.PathLike[str], device: str | None = None, dtype: 
     """A ``transformers`` directory (what ``save_pretrained``, TRL and the hub write: config, weights
     as safetensors or a torch file, sharded or not, and tokenizer files) as a HookedTransformer,
     without weight processing, with its own tokenizer. Llama-family and GPT-2 models."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
     p = Path(path)
     try:
         model_type = json.loads((p / "config.json").read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ModelNotFoundError(f"{p / 'config.json'} is not valid JSON ({e}); rewrite it with save_pretrained") from None
+    _check_model_type(model_type, str(p))
+    return _load_transformers(str(p), p.name, device, dtype, n_ctx)
+
+
+def _check_model_type(model_type: str | None, where: str) -> None:
     if model_type not in HF_ARCHITECTURES:
-        raise IncompatibleError(f"{p} holds a {model_type!r} model; mechtox converts these transformers architectures: "
-                                f"{', '.join(HF_ARCHITECTURES.values())}")
+        raise IncompatibleError(f"{where} holds a {model_type!r} model; mechtox converts these transformers "
+                                f"architectures: {', '.join(HF_ARCHITECTURES.values())}")
+
+
+def _load_transformers(source: str, name: str, device: str | None, dtype: str | torch.dtype,
+                       n_ctx: int | None) -> HookedTransformer:
+    """A directory or hub id through ``transformers``, converted with TransformerLens' conversion."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
     hf_logging.set_verbosity_error()
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     except Exception as e:  # noqa: BLE001 (truncated or mismatched weights: safetensors, torch and transformers raise many kinds)
-        raise ModelNotFoundError(f"{p}: transformers cannot load these weights ({type(e).__name__}: "
+        raise ModelNotFoundError(f"{source}: transformers cannot load these weights ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(p))
+        tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
-        raise ModelNotFoundError(f"{p} has no usable tokenizer files ({type(e).__name__}); save the tokenizer "
+        raise ModelNotFoundError(f"{source} has no usable tokenizer files ({type(e).__name__}); save the tokenizer "
                                  "beside the weights (tokenizer.save_pretrained(DIR))") from None
-    cfg, state_dict = _hf_to_tl(hf_model, p, n_ctx)
+    cfg, state_dict = _hf_to_tl(hf_model, Path(name), n_ctx)
     model = _attach_tokenizer(_build(cfg, state_dict), tokenizer)
     return _finish(model, device, dtype)
+
+
+def load_hub(model_id: str, device: str | None = None, dtype: str | torch.dtype = "float32",
+             n_ctx: int | None = None) -> HookedTransformer:
+    """``hf:ID``: a hub model TransformerLens does not list (a fine-tuned gpt2-medium, say), read by
+    ``transformers`` (from the hub, or its local cache) and converted on the TransformerLens config
+    of its architecture (Llama family, GPT-2). Offline and not cached, a one-line error."""
+    from transformers import AutoConfig
+
+    try:
+        conf = AutoConfig.from_pretrained(model_id)
+    except (OSError, ValueError) as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelNotFoundError(f"hf:{model_id}: not in the local Hugging Face cache and the hub is not reachable or "
+                                 f"has no such model ({first[:160]}); download it where there is internet "
+                                 "(huggingface-cli download ID) or pass a local directory") from None
+    _check_model_type(conf.model_type, f"hf:{model_id}")
+    return _load_transformers(model_id, model_id.rsplit("/", 1)[-1], device, dtype, n_ctx)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """A state dict file: safetensors, or a torch file read with ``weights_only=True``."""
+    p = Path(path)
+    if not p.is_file():
+        raise ModelNotFoundError(f"no weights file {p}")
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(p))
+        else:
+            sd = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 (a truncated or foreign file: safetensors, pickle and zip raise many kinds)
+        raise ModelNotFoundError(f"{p} is no readable state dict ({type(e).__name__}: "
+                                 f"{(str(e).splitlines() or ['no detail'])[0][:160]})") from None
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ModelNotFoundError(f"{p} holds no state dict (a mapping of names to tensors)")
+    return {k.removeprefix("module."): v for k, v in sd.items()}  # DDP-saved files prefix "module."
+
+
+def apply_weights(model: HookedTransformer, path: str | os.PathLike[str]) -> HookedTransformer:
+    """Load a released state dict over ``model`` (in place): TransformerLens names, or the
+    ``transformers`` names of its architecture (``*ForCausalLM``; converted with TransformerLens'
+    conversion). Missing or unexpected keys and mismatched shapes are a one-line error."""
+    sd = read_state_dict(path)
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
+    if not set(sd) & set(own):
+        sd = _hf_weights_to_tl(model, sd, Path(path))
+    missing = sorted(set(own) - set(sd) - (set(own) - set(architecture_parameters(model))))
+    unexpected = sorted(set(sd) - set(own))
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
+              if sd[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+                 f"shapes {shapes[:2]}" if shapes else ""]
+        raise IncompatibleError(f"{path} does not fit {model.cfg.model_name}: " + "; ".join(x for x in parts if x))
+    with torch.no_grad():
+        for k, v in sd.items():
+            own[k].copy_(v.to(own[k].dtype))
+    model.cfg.model_name = f"{model.cfg.model_name}+{Path(path).stem}"
+    return model
+
+
+def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    if model.cfg.original_architecture not in HF_ARCHITECTURES.values():
+        raise IncompatibleError(f"{path}: its keys ({list(sd)[:2]}) are not TransformerLens names, and "
+                                f"{model.cfg.model_name} is no {' or '.join(HF_ARCHITECTURES.values())} model to read "
+                                "transformers names for")
+    hf = to_hf_model(model)
+    buffers = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, in files of older transformers
+    want = {k for k in hf.state_dict() if not k.endswith(buffers)}
+    sd = {k: v for k, v in sd.items() if not k.endswith(buffers)}
+    if model.cfg.original_architecture == "GPT2LMHeadModel" and not any(k.startswith("transformer.") for k in sd):
+        sd = {("lm_head.weight" if k == "lm_head.weight" else f"transformer.{k}"): v for k, v in sd.items()}
+    if "lm_head.weight" not in sd:  # tied embeddings are saved once
+        emb = "model.embed_tokens.weight" if "model.embed_tokens.weight" in want else "transformer.wte.weight"
+        if emb in sd:
+            sd = {**sd, "lm_head.weight": sd[emb]}
+    missing, unexpected = sorted(want - set(sd)), sorted(set(sd) - want)
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(hf.state_dict()[k].shape)}" for k in sorted(want & set(sd))
+              if sd[k].shape != hf.state_dict()[k].shape]
+    if missing or unexpected or shapes:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+                 f"shapes {shapes[:2]}" if shapes else ""]
+        raise IncompatibleError(f"{path} does not fit {model.cfg.model_name} (read as transformers names): "
+                                + "; ".join(x for x in parts if x))
+    hf.load_state_dict(sd, strict=False)
+    return {k: v for k, v in hf_to_tl_state_dict(hf, model.cfg).items() if k in set(model.state_dict())}
 
 
 def _hf_to_tl(hf_model: Any, path: Path, n_ctx: int | None) -> tuple[HookedTransformerConfig, dict]:

@@ -49,7 +49,7 @@ class ModelRef:
     """Where a model spec points: how to load it and what to call it."""
 
     spec: str
-    kind: Literal["checkpoint", "gguf", "hf", "default", "pretrained", "tiny"]
+    kind: Literal["checkpoint", "gguf", "hf", "hub", "weights", "default", "pretrained", "tiny"]
     location: str
     name: str
 
@@ -143,6 +143,16 @@ class Workspace:
             return ModelRef(spec, ref.kind, ref.location, ref.name if ref.kind != "default" else "base")
         if spec == "tiny":
             return ModelRef(spec, "tiny", "", "tiny")
+        if spec.startswith("hf:"):
+            if not spec[3:]:
+                raise ModelNotFoundError("hf: needs a hub id, e.g. hf:someone/gpt2-medium-dpo")
+            return ModelRef(spec, "hub", spec[3:], spec[3:].rsplit("/", 1)[-1])
+        base, at, weights = spec.rpartition("@")
+        if at and base and Path(weights).suffix in M.WEIGHT_SUFFIXES:
+            if not Path(weights).expanduser().is_file():
+                raise ModelNotFoundError(f"{spec}: no weights file {weights} (BASE@FILE loads a state dict over BASE)")
+            inner = self.resolve_model(base)  # the base must resolve too, before anything loads
+            return ModelRef(spec, "weights", spec, f"{inner.name}+{Path(weights).stem}")  # location: BASE@FILE
         if _NAME_RE.match(spec) and M.is_checkpoint(self.root / "models" / spec):
             return ModelRef(spec, "checkpoint", str(self.root / "models" / spec), spec)
         if spec.lower() in (M.DEFAULT_MODEL, "smollm2", "smollm2-135m"):
@@ -178,6 +188,11 @@ class Workspace:
             model = M.load_gguf(ref.location, device=device, dtype=dtype)
         elif ref.kind == "hf":
             model = M.load_hf_dir(ref.location, device=device, dtype=dtype)
+        elif ref.kind == "hub":
+            model = M.load_hub(ref.location, device=device, dtype=dtype)
+        elif ref.kind == "weights":
+            base_spec, _, weights = ref.location.rpartition("@")
+            model = M.apply_weights(self.load_model(base_spec, device=device, dtype=dtype), Path(weights).expanduser())
         elif ref.kind == "default":
             model = M.load_gguf(None, device=device, dtype=dtype)
         elif ref.kind == "tiny":

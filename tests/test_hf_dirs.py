@@ -150,3 +150,69 @@ def test_export_command(tmp_path, capsys):
         ids = model.to_tokens(p, prepend_bos=model.cfg.default_prepend_bos)
         g = hf.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6)
         assert tok.decode(g[0, ids.shape[1]:]) == c
+
+
+def test_hub_id_spec_loads_through_transformers_and_is_one_line_offline(tmp_path, monkeypatch, capsys):
+    from mechtox.workspace import Workspace
+
+    model = _zero_foreign(_gpt2_like())
+    out = M.export_hf(model, tmp_path / "released")
+    ws = Workspace(tmp_path / "ws")
+    assert ws.resolve_model(f"hf:{out}").kind == "hub"
+    _same_logits(model, ws.load_model(f"hf:{out}"))  # transformers reads a local path where it takes a hub id
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotFoundError, match="not in the local Hugging Face cache"):
+        ws.load_model("hf:nobody-here/gpt2-medium-dpo-never-cached")
+    capsys.readouterr()
+    assert main(["probe", "-w", str(tmp_path / "ws"), "--model", "hf:nobody-here/never-cached", "--data",
+                 "builtin:toxicity", "--n-train", "60", "--n-test", "40"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hf:nobody-here/never-cached" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("names", ["transformerlens", "transformers"])
+def test_released_state_dict_over_a_base_model(names, tmp_path, capsys):
+    """BASE@FILE: Lee et al. released their DPO gpt2-medium as a state-dict file over the base."""
+    from mechtox.training import DPOObjective, TrainConfig, train
+    from mechtox.workspace import Workspace
+
+    base = _zero_foreign(_gpt2_like())
+    ws = Workspace(tmp_path / "ws")
+    M.save_checkpoint(base, ws.model_dir("gpt2ish"))
+    trained = M.load_checkpoint(ws.model_dir("gpt2ish"))
+    cfg = TrainConfig(lr=1e-2, max_steps=4, batch_size=4, warmup_steps=0, eval_every=0, checkpoint_every=4)
+    train(trained, DPOObjective(trained, _pairs(), cfg), cfg, tmp_path / "run", progress=False)
+    if names == "transformers":  # a transformers GPT2LMHeadModel state dict, as torch.save writes it
+        f = tmp_path / "dpo.pt"
+        torch.save({k.removeprefix("transformer."): v for k, v in M.to_hf_state_dict(trained).items()}, f)
+    else:
+        from safetensors.torch import save_file
+
+        f = tmp_path / "dpo.safetensors"
+        save_file({k: v.contiguous() for k, v in trained.state_dict().items() if "IGNORE" not in k and "mask" not in k},
+                  str(f))
+    loaded = ws.load_model(f"gpt2ish@{f}")
+    _same_logits(trained, loaded)
+    capsys.readouterr()
+    assert main(["models", "-w", str(ws.root), "--set-base", f"gpt2ish@{f}"]) == 0
+    assert main(["probe", "-w", str(ws.root), "-q", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "40",
+                 "--layers", "last"]) == 0
+    out = capsys.readouterr().out
+    assert "saved probe 'probe'" in out
+
+
+def test_bad_weight_files_are_one_line(tmp_path, capsys):
+    from mechtox.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    M.save_checkpoint(_zero_foreign(_llama_like()), ws.model_dir("llamaish"))
+    other = _zero_foreign(M.tiny_model(**{**LLAMA, "d_mlp": 96}))
+    wrong = tmp_path / "wrong.pt"
+    torch.save(M.to_hf_state_dict(other), wrong)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a safetensors file")
+    for f, match in ((wrong, "shapes"), (junk, "no readable state dict"), (tmp_path / "absent.pt", "no weights file")):
+        assert main(["probe", "-w", str(ws.root), "--model", f"llamaish@{f}", "--data", "builtin:toxicity",
+                     "--n-train", "60", "--n-test", "40"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err and "Traceback" not in err, err
