@@ -30,8 +30,8 @@ def save_figure(fig: go.Figure, path: str | os.PathLike[str]) -> Path:
 
 def probe_sweep_figure(table: pd.DataFrame, title: str = "Probe accuracy and AUROC per layer") -> go.Figure:
     """Held-out accuracy / AUROC (and train accuracy) per layer of a probe sweep."""
-    x = [str(h).replace("blocks.", "L").replace(".hook_resid_post", "") if "blocks." in str(h) else "final"
-         for h in table["hook"]]
+    x = ["together" if "+" in str(h) else str(h).replace("blocks.", "L").replace(".hook_resid_post", "")
+         if "blocks." in str(h) else "final" for h in table["hook"]]
     fig = go.Figure()
     for col, dash in (("test_accuracy", None), ("test_auroc", None), ("train_accuracy", "dot")):
         if col in table:

@@ -51,8 +51,14 @@ class Direction:
     bias: float = 0.0
 
     @property
+    def hooks(self) -> tuple[str, ...]:
+        """The hook points read: one, or several for a probe fitted on layers together (``hook_name``
+        joins them with ``+``; its weights are over their pooled activations concatenated)."""
+        return tuple(self.hook_name.split("+"))
+
+    @property
     def d_model(self) -> int:
-        return int(self.vector.shape[0])
+        return int(self.vector.shape[0]) // len(self.hooks)
 
     @property
     def is_probe(self) -> bool:
@@ -72,8 +78,10 @@ class Direction:
                 f"direction {self.name or self.method!r} has d_model {self.d_model} but model "
                 f"{model.cfg.model_name!r} has d_model {model.cfg.d_model}; fit it on this model"
             )
-        if self.hook_name not in model.hook_dict:
-            raise IncompatibleError(f"direction {self.name!r} lives at {self.hook_name}, which model {model.cfg.model_name!r} does not have")
+        for h in self.hooks:
+            if h not in model.hook_dict:
+                raise IncompatibleError(f"direction {self.name!r} lives at {h}, which model {model.cfg.model_name!r} "
+                                        "does not have")
 
     # -- persistence: safetensors + JSON
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -95,8 +103,11 @@ class Direction:
         return _io.write_with(path, write)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str], model: HookedTransformer | None = None) -> Direction:
-        """Load a saved direction or probe; with ``model``, check it fits (d_model, hook)."""
+    def load(cls, path: str | os.PathLike[str], model: HookedTransformer | None = None,
+             several_layers_ok: bool = False) -> Direction:
+        """Load a saved direction or probe; with ``model``, check it fits (d_model, hook). A probe
+        over several layers loads only where ``several_layers_ok`` (scoring texts): ranking
+        neurons, attribution and training need one direction at one hook."""
         from safetensors.torch import load_file
 
         path = Path(path)
@@ -109,6 +120,10 @@ class Direction:
         meta.pop("d_model", None)
         klass = Probe if kind == "probe" else Direction
         d = klass(vector=t["vector"], weight=t.get("weight"), **meta)
+        if len(d.hooks) > 1 and not several_layers_ok:
+            raise IncompatibleError(f"probe {d.name!r} reads {len(d.hooks)} layers together ({d.hook_name}); only "
+                                    "scoring texts takes it (mechtox probe --eval, eval --probe); neurons, attribution "
+                                    "and training need a probe at one layer")
         if model is not None:
             d.check_model(model)
         return d
@@ -156,9 +171,11 @@ class ProbeScorer:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         texts = [t if t.strip() else " " for t in texts]
-        acts = collect_activations(self.model, texts, [self.probe.hook_name], self.probe.pooling,
-                                   self.batch_size, self.max_length, progress=False)
-        return torch.sigmoid(self.probe.logits(acts[self.probe.hook_name])).numpy().astype(np.float64)
+        hooks = list(self.probe.hooks)
+        acts = collect_activations(self.model, texts, hooks, self.probe.pooling, self.batch_size, self.max_length,
+                                   progress=False)
+        x = torch.cat([acts[h] for h in hooks], dim=-1)  # one hook, or several layers side by side
+        return torch.sigmoid(self.probe.logits(x)).numpy().astype(np.float64)
 
 
 def _json_default(o: Any) -> Any:
@@ -305,11 +322,16 @@ class ProbeSweep:
 
     def choose(self, save: str = "best") -> str:
         """The hook of the probe to keep: ``"best"`` (by the sweep's selection metric), ``"final"``
-        (the last hook swept) or a layer number."""
+        (the last hook swept), ``"together"`` (the probe over all swept layers) or a layer number."""
         if save == "best":
             return self.best_hook
         if save == "final":
-            return str(self.table["hook"].iloc[-1])
+            return str(self.table[self.table["layer"] >= 0]["hook"].iloc[-1])
+        if save == "together":
+            rows = self.table[self.table["layer"] == -1]
+            if rows.empty:
+                raise MechtoxError("--save together needs --together (a probe fitted on the layers together)")
+            return str(rows["hook"].iloc[0])
         try:
             layer = int(save)
         except ValueError:
@@ -325,12 +347,14 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
                 pooling: Pooling = "mean", max_length: int = 64, batch_size: int = 16,
                 test_size: float | int = 0.25, train_size: int | None = None, seed: int = 0,
                 C: float | str = 1.0, progress: bool = True, select_on: str = "test_auroc",
-                transfer: LabelledTexts | None = None) -> ProbeSweep:
+                transfer: LabelledTexts | None = None, together: bool = False) -> ProbeSweep:
     """Fit a probe at every requested layer (and the final normalised stream) from ONE pass.
 
     The best hook is chosen by ``select_on`` (held-out AUROC by default; the table shows all).
     With ``transfer`` (labelled texts of another source), the table also has each layer's
     ``transfer_auroc`` there, so ``select_on="transfer_auroc"`` picks the layer that transfers.
+    With ``together``, one more probe is fitted on the swept layers' pooled activations side by
+    side (its row has layer -1 and the hooks joined with ``+``).
     """
     from transformer_lens.utilities import get_act_name
 
@@ -338,7 +362,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     hooks = [get_act_name(site, layer) for layer in layer_ids]
     if include_final and model.cfg.normalization_type is not None:
         hooks.append(FINAL_HOOK)
-    acts = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
+    acts = dict(collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress).acts)
     split = split_indices(data.labels, test_size, seed, train_size)
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
@@ -348,9 +372,18 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
         probes[h] = p
         layer = layer_ids[i] if i < len(layer_ids) else model.cfg.n_layers
         rows.append({"hook": h, "layer": layer, **p.metrics})
+    joint = "+".join(hooks)
+    if together and len(hooks) > 1:
+        acts[joint] = torch.cat([acts[h] for h in hooks], dim=-1)
+        probes[joint] = fit_probe(acts[joint], data.labels, joint, method, seed=seed, C=C,
+                                  model_name=model.cfg.model_name, pooling=pooling, provenance=prov, split=split)
+        rows.append({"hook": joint, "layer": -1, **probes[joint].metrics})
     if transfer is not None:
-        t_acts = collect_activations(model, transfer.texts, hooks, pooling, batch_size, max_length, progress)
-        for row, h in zip(rows, hooks, strict=True):
+        t_acts = dict(collect_activations(model, transfer.texts, hooks, pooling, batch_size, max_length, progress).acts)
+        if joint in probes:
+            t_acts[joint] = torch.cat([t_acts[h] for h in hooks], dim=-1)
+        for row in rows:
+            h = row["hook"]
             row["transfer_auroc"] = _metrics(transfer.labels, probes[h].logits(t_acts[h]).numpy())["auroc"]
     table = pd.DataFrame(rows)
     best = str(table.loc[table[select_on].idxmax(), "hook"])

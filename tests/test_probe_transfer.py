@@ -97,3 +97,36 @@ def test_sweep_with_cv_and_transfer_on_tiny(tmp_path, capsys):
     for bad, match in ((["--C", "x"], "--C 'x'"), (["--select-on", "transfer_auroc"], "needs --eval-data")):
         assert main(["probe", *ws, "--data", "builtin:toxicity", *bad]) == 2
         assert match in capsys.readouterr().err
+
+
+def test_probe_on_several_layers_together(tmp_path, capsys):
+    """--together: one probe on the layers side by side; it scores texts like a probe whose
+    activations are concatenated by hand, and the commands that need one layer refuse it."""
+    import torch
+
+    from mechtox.activations import collect_activations
+    from mechtox.models import tiny_model
+    from mechtox.probe import Direction, ProbeScorer
+
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "120", "--n-test", "60", "--layers", "0,1",
+                 "--together", "--save", "together", "--out", "both", "--eval-data", "builtin:toxicity",
+                 "--limit", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "blocks.0.hook_resid_post+blocks.1.hook_resid_post+ln_final.hook_normalized" in out
+    sweep = (tmp_path / "ws" / "directions" / "both" / "sweep.csv").read_text()
+    assert ",-1," in sweep
+    model = tiny_model()
+    probe = Direction.load(tmp_path / "ws" / "directions" / "both", model, several_layers_ok=True)
+    assert probe.d_model == model.cfg.d_model and len(probe.hooks) == 3 and probe.weight.shape[0] == 3 * 64
+    texts = ["you stupid idiot", "thanks for the help , friend"]
+    acts = collect_activations(model, texts, list(probe.hooks), "mean", progress=False)
+    by_hand = torch.sigmoid(torch.cat([acts[h] for h in probe.hooks], -1) @ probe.weight + probe.bias).numpy()
+    assert np.allclose(ProbeScorer(model, probe)(texts), by_hand, atol=1e-6)
+    assert main(["probe", *ws, "--eval", "both", "--data", "builtin:toxicity", "--limit", "60"]) == 0
+    capsys.readouterr()
+    assert main(["rank", *ws, "--probe", "both"]) == 2
+    err = capsys.readouterr().err
+    assert "reads 3 layers together" in err and err.count("\n") == 1
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--save", "together"]) == 2
+    assert "--save together needs --together" in capsys.readouterr().err

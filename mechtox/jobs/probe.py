@@ -27,7 +27,10 @@ class ProbeConfig:
     n_test: int = option(1000, "held-out texts (default 1000)")
     max_length: int = option(64, "tokens per text (default 64)")
     batch_size: int = option(16)
-    save: str = option("best", "which probe to save: 'best' (held-out AUROC), 'final' or a layer number")
+    save: str = option("best", "which probe to save: 'best' (by --select-on), 'final', 'together' (with "
+                               "--together) or a layer number")
+    together: bool = option(False, "also fit one probe on all the --layers together (their pooled activations side "
+                                   "by side); it scores texts (probe --eval, eval --probe), not neurons")
     out: str = option("probe", "name of the saved probe (default 'probe')")
     eval: str | None = option(None, "score this saved probe on --data instead of fitting one: accuracy, F1 and AUROC "
                                     "with bootstrap 95%% intervals, the offline scorer's AUROC on the same texts and a "
@@ -56,8 +59,10 @@ class ProbeConfig:
                 raise MechtoxError(f"--C {self.C!r}: give a positive number or 'cv'") from None
         if self.select_on == "transfer_auroc" and not self.eval_data:
             raise MechtoxError("--select-on transfer_auroc needs --eval-data FILE")
-        if self.save not in ("best", "final") and not self.save.lstrip("-").isdigit():
-            raise MechtoxError(f"--save must be 'best', 'final' or a layer number, not {self.save!r}")
+        if self.save not in ("best", "final", "together") and not self.save.lstrip("-").isdigit():
+            raise MechtoxError(f"--save must be 'best', 'final', 'together' or a layer number, not {self.save!r}")
+        if self.save == "together" and not self.together:
+            raise MechtoxError("--save together needs --together")
 
 
 @dataclass
@@ -95,7 +100,8 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     sweep = probe_sweep(model, data, layers=cfg.layers, method=cfg.method, pooling=cfg.pooling,
                         max_length=cfg.max_length, batch_size=cfg.batch_size, test_size=cfg.n_test,
                         train_size=n_train, seed=ctx.seed, progress=ctx.progress,
-                        C=cfg.C if cfg.C == "cv" else float(cfg.C), select_on=cfg.select_on, transfer=transfer)
+                        C=cfg.C if cfg.C == "cv" else float(cfg.C), select_on=cfg.select_on, transfer=transfer,
+                        together=cfg.together)
     hook = sweep.choose(cfg.save)
     probe = dataclasses.replace(sweep.probes[hook], name=cfg.out)
     return ProbeResult(cfg, sweep, probe, hook, len(data), data.source)
@@ -132,7 +138,7 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     if cfg.limit:
         data = stratified_subset(data, cfg.limit, ctx.seed)
     model = model if model is not None else ctx.load(cfg.model)
-    probe = Direction.load(ctx.ws.require_direction(cfg.eval), model)
+    probe = Direction.load(ctx.ws.require_direction(cfg.eval), model, several_layers_ok=True)
     print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({int(data.labels.sum())} toxic)", flush=True)
     p = ProbeScorer(model, probe, batch_size=cfg.batch_size, max_length=cfg.max_length)(data.texts)
     metrics = bootstrap_metrics(data.labels, p, seed=ctx.seed).assign(scorer=f"probe:{cfg.eval}")
