@@ -48,7 +48,8 @@ REPORT = "report.html"
 
 def attribution(mode: str, part: str) -> str:
     """``attribution-<mode>-<part>``: part is groups (table stem), neurons.csv, per-layer.csv,
-    top-neurons.csv, groups.html, layers.html or scatter.html."""
+    top-neurons.csv, groups.html, layers.html, scatter.html, heads.csv, head-groups (table stem),
+    kinds-per-layer.csv or kinds.html."""
     return f"attribution-{mode}-{part}"
 
 

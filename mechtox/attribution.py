@@ -8,10 +8,19 @@ activations ``a`` and its OWN value vectors ``v``. The neuron's contribution to 
 split exactly into an activation part ``(mean a_before - mean a_after) * d_before`` and a weight
 part ``mean a_after * (d_before - d_after)`` with ``d = v . w``.
 
-Only per-neuron SUMS are accumulated over batches (no activation cache is kept), so memory does
-not grow with the number of tokens. The neurons plus the rest (embeddings, attention outputs,
-MLP output biases) add up to the change of the residual stream's projection at the direction's
-layer; :attr:`Attribution.check` reports the error.
+Attention heads are attributed the same way: head ``h`` of layer ``l`` writes
+``p[l, h] = mean over tokens of (z[l, h] W_O[l, h]) . w = mean z[l, h] . u[l, h]`` with
+``u = W_O w``, each model with its own ``z`` and ``W_O``; ``delta = p_before - p_after`` splits
+exactly into a pattern/value part ``(mean z_before - mean z_after) . u_before`` and a weight part
+``mean z_after . (u_before - u_after)``.
+
+Only per-neuron and per-head SUMS are accumulated over batches (no activation cache is kept), so
+memory does not grow with the number of tokens. The exactness check (:attr:`Attribution.check`)
+closes over everything, each part computed on its own: embeddings (their projection sums) +
+every head (its z sums and W_O) + the attention output biases (``b_O . w``) + every neuron (its
+activation sums and value vectors) + the MLP output biases (``b_out . w``) = the change of the
+residual stream's projection at the direction's layer (its own projection sums). No part is
+defined as what the others leave, so a wrong neuron or head term shows in the error.
 
 Token modes: ``own`` — each model's own greedy continuations, evaluated at the positions that
 generated them (as in the paper); ``shared`` — both models read the same text (the before
@@ -68,7 +77,8 @@ class _Sums:
     act: Tensor  # [L, M] sum of activations over evaluation tokens
     n_tokens: int
     resid: float  # sum of projection of the target residual stream
-    parts: dict[str, float] = field(default_factory=dict)  # sums of projections of each component
+    parts: dict[str, float] = field(default_factory=dict)  # sums of projections of the embeddings
+    z: Tensor | None = None  # [L, H, d_head] sum of each head's z over evaluation tokens
 
 
 @torch.inference_mode()
@@ -80,6 +90,7 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
     dev = model.cfg.device
     w = w.to(dev, torch.float32)
     act = torch.zeros(L, M, dtype=torch.float64, device=dev)
+    zsum = torch.zeros(L, model.cfg.n_heads, model.cfg.d_head, dtype=torch.float64, device=dev)
     parts: dict[str, float] = {}
     state: dict[str, Tensor] = {}
 
@@ -94,12 +105,15 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
     def part_hook(x, hook):
         add_part(hook.name, x)
 
+    def z_hook(z, hook):
+        l_ = int(hook.name.split(".")[1])
+        zsum[l_] += (z.float() * state["mask"][..., None, None]).sum((0, 1)).double()
+
     hooks = [(f"blocks.{i}.mlp.hook_post", mlp_hook) for i in range(L)]
+    hooks += [(f"blocks.{i}.attn.hook_z", z_hook) for i in range(L)]
     hooks += [("hook_embed", part_hook)]
     if "hook_pos_embed" in model.hook_dict and model.cfg.positional_embedding_type == "standard":
         hooks.append(("hook_pos_embed", part_hook))
-    hooks += [(f"blocks.{i}.hook_attn_out", part_hook) for i in range(L)]
-    hooks += [(f"blocks.{i}.hook_mlp_out", part_hook) for i in range(L)]
     hooks += [(f"blocks.{layer}.hook_resid_post", part_hook)]
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     n_tok = 0
@@ -115,7 +129,7 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
         with model.hooks(fwd_hooks=hooks):
             model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=layer + 1)
     resid = parts.pop(f"blocks.{layer}.hook_resid_post")
-    return _Sums(act.float().cpu(), n_tok, resid, parts)
+    return _Sums(act.float().cpu(), n_tok, resid, parts, zsum.cpu())
 
 
 @dataclass(frozen=True)
@@ -130,10 +144,70 @@ class Attribution:
     per_layer: pd.DataFrame
     """contribution per layer and group"""
     check: dict[str, float]
-    """total change of the residual projection, neuron sum, rest, and the error"""
+    """total change of the residual projection, each part (embeddings, heads, attention biases,
+    neurons, MLP biases) computed on its own, and the error"""
     mode: str
     n_tokens: dict[str, int]
     direction: str
+    heads: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """layer, head, p_before, p_after, delta, delta_pattern_value, delta_weight, group"""
+    head_groups: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """per head group: n, contribution, share_of_gross, share_of_net (as for neurons)"""
+    layers: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """per layer: neurons, heads, attention_bias, mlp_bias (the check's parts by layer)"""
+    z_after: Tensor | None = None
+    """[L, H, d_head]: each head's mean z in the after model (to patch heads to)"""
+
+
+HEAD_GROUPS = {
+    "T-": "writes toward the direction, less after (lowers the projection)",
+    "A+": "writes away from it, more so after (lowers the projection)",
+    "T+": "writes toward the direction, more after (raises it)",
+    "A-": "writes away from it, less so after (raises it)",
+}
+
+
+def _u(model: HookedTransformer, w: Tensor, L: int) -> Tensor:
+    """``W_O[l, h] @ w`` per layer and head: [L, H, d_head]."""
+    return torch.stack([model.blocks[i].attn.W_O.detach().float().cpu() @ w for i in range(L)])
+
+
+def _bias_proj(model: HookedTransformer, w: Tensor, L: int, which: str) -> Tensor:
+    """``b . w`` per layer for the attention (``b_O``) or MLP (``b_out``) output biases: [L]."""
+    out = []
+    for i in range(L):
+        b = model.blocks[i].attn.b_O if which == "attn" else model.blocks[i].mlp.b_out
+        out.append(b.detach().float().cpu() @ w)
+    return torch.stack(out)
+
+
+def _head_table(zb: Tensor, za: Tensor, ub: Tensor, ua: Tensor) -> pd.DataFrame:
+    p_b, p_a = (zb * ub).sum(-1), (za * ua).sum(-1)
+    L, H = p_b.shape
+    t = pd.DataFrame({
+        "layer": np.repeat(np.arange(L), H), "head": np.tile(np.arange(H), L),
+        "p_before": p_b.numpy().ravel(), "p_after": p_a.numpy().ravel(), "delta": (p_b - p_a).numpy().ravel(),
+        "delta_pattern_value": ((zb - za) * ub).sum(-1).numpy().ravel(),
+        "delta_weight": (za * (ub - ua)).sum(-1).numpy().ravel(),
+    })
+    toward, lower = t["p_before"] >= 0, t["delta"] > 0
+    t["group"] = np.where(toward, np.where(lower, "T-", "T+"), np.where(lower, "A+", "A-"))
+    return t
+
+
+def _group_table(table: pd.DataFrame, order: Sequence[str], reducing: Sequence[str], meaning: dict[str, str],
+                 parts: tuple[str, str]) -> pd.DataFrame:
+    gross = float(table.loc[table["group"].isin(reducing), "delta"].sum())
+    net = float(table["delta"].sum())
+    rows = []
+    for g in order:
+        sel = table[table["group"] == g]
+        c = float(sel["delta"].sum())
+        rows.append({"group": g, "reduces": g in reducing, "n": len(sel), "contribution": c,
+                     parts[0]: float(sel[parts[0]].sum()), parts[1]: float(sel[parts[1]].sum()),
+                     "share_of_gross": c / gross if gross else float("nan"),
+                     "share_of_net": c / net if net else float("nan"), "meaning": meaning[g]})
+    return pd.DataFrame(rows)
 
 
 def _d(model: HookedTransformer, w: Tensor, L: int) -> Tensor:
@@ -212,37 +286,31 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     })
     table["group"] = classify(table["cos_before"].to_numpy(), table["act_before"].to_numpy(), table["act_after"].to_numpy())
 
-    # exactness: neurons + rest = change of the residual projection (means over each model's tokens)
+    # heads: each model's own mean z and W_O
+    ub, ua = _u(before, w, L), _u(after, w, L)
+    heads = _head_table(sb.z / sb.n_tokens, sa.z / sa.n_tokens, ub, ua)
+    head_groups = _group_table(heads, ("T-", "A+", "T+", "A-"), ("T-", "A+"), HEAD_GROUPS,
+                               ("delta_pattern_value", "delta_weight"))
+    # exactness: every part on its own (means over each model's tokens)
+    attn_bias = _bias_proj(before, w, L, "attn") - _bias_proj(after, w, L, "attn")
+    mlp_bias = _bias_proj(before, w, L, "mlp") - _bias_proj(after, w, L, "mlp")
+    emb = sum(sb.parts[k] / sb.n_tokens - sa.parts[k] / sa.n_tokens for k in sb.parts)
     total = sb.resid / sb.n_tokens - sa.resid / sa.n_tokens
     neuron_sum = float(delta.sum())
-    rest = {}
-    for k in sb.parts:
-        if ".hook_mlp_out" in k:  # the MLP output minus its neurons: the output bias
-            l_ = int(k.split(".")[1])
-            rest_b = sb.parts[k] / sb.n_tokens - float(p_b[l_].sum())
-            rest_a = sa.parts[k] / sa.n_tokens - float(p_a[l_].sum())
-            rest["mlp_bias"] = rest.get("mlp_bias", 0.0) + rest_b - rest_a
-        else:
-            key = "attention" if "attn_out" in k else "embeddings"
-            rest[key] = rest.get(key, 0.0) + sb.parts[k] / sb.n_tokens - sa.parts[k] / sa.n_tokens
-    rest_sum = sum(rest.values())
-    check = {"total_change": total, "neurons": neuron_sum, **{f"rest_{k}": v for k, v in rest.items()},
-             "error": total - neuron_sum - rest_sum}
+    head_sum = float(heads["delta"].sum())
+    check = {"total_change": total, "embeddings": emb, "heads": head_sum, "attention_biases": float(attn_bias.sum()),
+             "neurons": neuron_sum, "mlp_biases": float(mlp_bias.sum())}
+    check["error"] = total - sum(v for k, v in check.items() if k != "total_change")
+    layers = pd.DataFrame({"layer": np.arange(L), "neurons": delta.sum(1).numpy(),
+                           "heads": heads.groupby("layer")["delta"].sum().to_numpy(),
+                           "attention_bias": attn_bias.numpy(), "mlp_bias": mlp_bias.numpy()})
 
-    gross = float(table.loc[table["group"].isin(REDUCING), "delta"].sum())
-    rows = []
-    for g in REDUCING + INCREASING:
-        sel = table[table["group"] == g]
-        c = float(sel["delta"].sum())
-        rows.append({"group": g, "reduces": g in REDUCING, "n": len(sel), "contribution": c,
-                     "from_activation": float(sel["delta_act"].sum()), "from_weights": float(sel["delta_weight"].sum()),
-                     "share_of_gross": c / gross if gross else float("nan"),
-                     "share_of_net": c / neuron_sum if neuron_sum else float("nan"), "meaning": GROUP_MEANING[g]})
-    groups = pd.DataFrame(rows)
+    groups = _group_table(table, REDUCING + INCREASING, REDUCING, GROUP_MEANING, ("delta_act", "delta_weight"))
+    groups = groups.rename(columns={"delta_act": "from_activation", "delta_weight": "from_weights"})
     per_layer = table.pivot_table(index="layer", columns="group", values="delta", aggfunc="sum", fill_value=0.0)
     per_layer = per_layer.reindex(columns=[g for g in REDUCING + INCREASING if g in per_layer.columns]).reset_index()
     return Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
-                       getattr(direction, "name", "") or "direction")
+                       getattr(direction, "name", "") or "direction", heads, head_groups, layers, (sa.z / sa.n_tokens).float())
 
 
 def after_means(neurons: pd.DataFrame, n_layers: int, d_mlp: int, col: str = "act_after") -> Tensor:
@@ -254,14 +322,18 @@ def after_means(neurons: pd.DataFrame, n_layers: int, d_mlp: int, col: str = "ac
     return out
 
 
-def ablation_vs_patching(neurons: pd.DataFrame, n_layers: int, d_mlp: int, ks: Sequence[int] = (100, 200, 1000)) -> list:
+def ablation_vs_patching(neurons: pd.DataFrame, n_layers: int, d_mlp: int, ks: Sequence[int] = (100, 200, 1000),
+                         heads: pd.DataFrame | None = None, z_after: Tensor | None = None,
+                         head_ks: Sequence[int] = (10,)) -> list:
     """Yang et al.'s comparison on the before model: zero-ablating the top-k toxic neurons (by
     cosine; and only those with a positive activation) against patching each reducing group's
-    neurons to their mean activation in the after model. ``neurons`` is an attribution's
-    neuron table; the list starts with the no-op."""
+    neurons to their mean activation in the after model. With ``heads`` and ``z_after`` (from an
+    :class:`Attribution`), also the top-k reducing heads patched to the after model's mean z,
+    every reducing head, and all reducing heads and neurons together. ``neurons`` is an
+    attribution's neuron table; the list starts with the no-op."""
     import dataclasses
 
-    from mechtox.interventions import NOOP, ablate, set_neurons
+    from mechtox.interventions import NOOP, ablate, combined, set_heads, set_neurons
 
     by_cos = neurons.sort_values("cos_before", ascending=False)
     pos = by_cos[by_cos["act_before"] > 0]
@@ -276,4 +348,15 @@ def ablation_vs_patching(neurons: pd.DataFrame, n_layers: int, d_mlp: int, ks: S
         sel = neurons[neurons["group"] == g]
         if len(sel):
             ivs.append(set_neurons(sel, means, name=f"patch group {g} ({len(sel)}) to after-mean"))
+    if heads is not None and z_after is not None:
+        red = heads[heads["delta"] > 0].sort_values("delta", ascending=False)
+        for k in head_ks:
+            if 0 < k < len(red):
+                ivs.append(set_heads(red.head(k), z_after, name=f"patch top-{k} reducing heads to after-mean z"))
+        if len(red):
+            all_heads = set_heads(red, z_after, name=f"patch all {len(red)} reducing heads to after-mean z")
+            ivs.append(all_heads)
+            red_n = neurons[neurons["group"].isin(REDUCING)]
+            ivs.append(combined(f"patch all reducing heads ({len(red)}) and neurons ({len(red_n)}) to after-means",
+                                all_heads, set_neurons(red_n, means)))
     return ivs

@@ -122,9 +122,9 @@ def edited_weights(model: HookedTransformer, edits: Sequence[tuple[str, Callable
                 params[name].copy_(orig)
 
 
-def _by_layer(neurons: pd.DataFrame | Sequence[tuple[int, int]]) -> dict[int, list[int]]:
+def _by_layer(neurons: pd.DataFrame | Sequence[tuple[int, int]], col: str = "neuron") -> dict[int, list[int]]:
     if isinstance(neurons, pd.DataFrame):
-        pairs = zip(neurons["layer"].astype(int), neurons["neuron"].astype(int), strict=True)
+        pairs = zip(neurons["layer"].astype(int), neurons[col].astype(int), strict=True)
     else:
         pairs = ((int(a), int(b)) for a, b in neurons)
     out: dict[int, list[int]] = {}
@@ -237,6 +237,31 @@ def set_neurons(neurons, values: Float[Tensor, "n_layers d_mlp"], name: str = "p
     """Set each neuron to the constant ``values[layer, neuron]`` (e.g. the after-model's mean
     activation: Yang et al.'s patching of dampened neurons)."""
     return ablate(neurons, "mean", values, name=name)
+
+
+def set_heads(heads: pd.DataFrame, values: Float[Tensor, "n_layers n_heads d_head"],
+              name: str = "patch heads to constants") -> Intervention:
+    """Set each head's output ``z`` (``blocks.L.attn.hook_z``, before ``W_O``) to the constant
+    ``values[layer, head]`` at every position (e.g. the after model's mean z)."""
+    hooks = []
+    for layer, idx in sorted(_by_layer(heads, "head").items()):
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        v = values[layer, idx_t].detach().float()
+
+        def hook(z, hook, idx_t=idx_t, v=v):
+            z = z.clone()
+            z[..., idx_t, :] = v.to(z.device, z.dtype)
+            return z
+
+        hooks.append((f"blocks.{layer}.attn.hook_z", hook))
+    return Intervention(name, fwd_hooks=hooks, params={"n_heads": len(heads)})
+
+
+def combined(name: str, *interventions: Intervention) -> Intervention:
+    """One intervention with the hooks and weight edits of all of ``interventions``."""
+    return Intervention(name, fwd_hooks=[h for iv in interventions for h in iv.fwd_hooks],
+                        weight_edits=[e for iv in interventions for e in iv.weight_edits],
+                        params={iv.name: iv.params for iv in interventions})
 
 
 def scale_keys(neurons, factor: float, name: str | None = None) -> Intervention:

@@ -116,9 +116,14 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
                 continue
             groups = pd.DataFrame(gj["rows"])
             c = gj.get("check", {})
+            split = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in c.items() if k not in ("total_change", "error"))
             parts.append(f"<h2>Attribution ({mode} tokens): {html.escape(run.name)}</h2>"
                          f"<p class='note'>{html.escape(gj.get('mode_meaning', ''))}; {gj.get('n_tokens')} tokens; "
-                         f"exactness error {c.get('error', float('nan')):.2e} of a total change {c.get('total_change', float('nan')):.4g}</p>")
+                         f"change of the projection {c.get('total_change', float('nan')):.4g} = {split}; exactness "
+                         f"error {c.get('error', float('nan')):.2e}</p>")
+            kinds = _read_csv(run / A.attribution(mode, "kinds-per-layer.csv"))
+            if kinds is not None:
+                parts.append(_fig(plotting.attribution_layers_figure(kinds, "Neurons vs heads per layer")))
             parts.append(_fig(plotting.attribution_groups_figure(groups)))
             per_layer = _read_csv(run / A.attribution(mode, "per-layer.csv"))
             if per_layer is not None:
@@ -127,6 +132,14 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
             top = _read_csv(run / A.attribution(mode, "top-neurons.csv"))
             if top is not None:
                 parts.append(_table(top[["layer", "neuron", "group", "cos_before", "act_before", "act_after", "delta", "tokens"]], 15))
+            hg = _read_json(run / f"{A.attribution(mode, 'head-groups')}.json")
+            heads = _read_csv(run / A.attribution(mode, "heads.csv"))
+            if hg and heads is not None:
+                parts.append("<p>Attention heads</p>" + _table(pd.DataFrame(hg["rows"]).drop(columns=["meaning"],
+                                                                                              errors="ignore")))
+                top_h = heads.reindex(heads["delta"].abs().sort_values(ascending=False).index)
+                parts.append(_table(top_h[["layer", "head", "group", "p_before", "p_after", "delta",
+                                           "delta_pattern_value", "delta_weight"]], 10))
         ab = _read_json(run / f"{A.ABLATION_VS_AFTER}.json")
         if ab:
             parts.append(f"<h2>Ablation is not enough: {html.escape(run.name)}</h2>" + _table(pd.DataFrame(ab["rows"])))

@@ -174,3 +174,117 @@ def test_a_resid_pre_direction_is_attributed_to_the_blocks_before_it(rich):
         return tot / n
 
     assert res.check["total_change"] == pytest.approx(mean_proj(before) - mean_proj(after), abs=1e-4)
+
+
+def _perturb_heads(model, seed=5, scale=0.3):
+    """W_Q, W_O and b_O changed: head patterns, values' write and the attention bias all move."""
+    other = perturbed(model, seed=seed, scale=scale, w_out=True)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for b in other.blocks:
+            b.attn.W_Q.add_(scale * torch.randn(b.attn.W_Q.shape, generator=g))
+            b.attn.b_O.add_(0.1 * torch.randn(b.attn.b_O.shape, generator=g))
+            b.mlp.b_out.add_(0.1 * torch.randn(b.mlp.b_out.shape, generator=g))
+    return other
+
+
+def test_head_attribution_equals_direct_computation(rich):
+    """Per head: mean over each model's own tokens of (z_h W_O,h) . w_hat, from run_with_cache, one
+    unpadded sequence at a time (GPT-2-like, and Llama-like with grouped-query attention)."""
+    before = rich
+    after = _perturb_heads(before)
+    gb, ga = _gens(before, 3, [3, 5, 2]), _gens(before, 4, [4, 2, 6])  # own tokens, unequal counts
+    w = torch.randn(before.cfg.d_model)
+    w_hat = w / w.norm()
+    res = attribute(before, after, w, mode="own", generations={"before": gb, "after": ga}, progress=False)
+
+    def per_head(model, gens):
+        tot, n = 0, 0
+        for p, c in zip(gens.prompt_ids, gens.continuation_ids, strict=True):
+            _, cache = model.run_with_cache(torch.tensor([p + c]))
+            sl = slice(len(p) - 1, len(p) + len(c) - 1)
+            writes = torch.stack([torch.einsum("thd,hdm->thm", cache[f"blocks.{l}.attn.hook_z"][0, sl],
+                                               model.blocks[l].attn.W_O) for l in range(2)])  # [L, t, H, d_model]
+            tot = tot + (writes @ w_hat).sum(1)
+            n += len(c)
+        return (tot / n).detach()
+
+    direct = per_head(before, gb) - per_head(after, ga)
+    np.testing.assert_allclose(res.heads["delta"].to_numpy(), direct.numpy().ravel(), atol=1e-5)
+    np.testing.assert_allclose(res.heads["delta"], res.heads["delta_pattern_value"] + res.heads["delta_weight"],
+                               atol=1e-6)
+    assert len(res.heads) == 2 * before.cfg.n_heads and res.head_groups["n"].sum() == len(res.heads)
+    assert abs(res.check["error"]) < 1e-4, res.check
+    assert abs(res.check["heads"]) > 1e-3 and abs(res.check["attention_biases"]) > 1e-3
+    layers = res.layers.set_index("layer")
+    np.testing.assert_allclose(layers["heads"].sum(), res.check["heads"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(layers["neurons"].sum(), res.check["neurons"], rtol=1e-6, atol=1e-7)
+
+
+def test_exactness_check_exposes_a_wrong_neuron_term(rich, monkeypatch):
+    """The two bugs the old check could not see: the after model's mean activations divided by the
+    before model's token count, and the after model's value vectors taken from the before model."""
+    import mechtox.attribution as A
+
+    before = rich
+    after = _perturb_heads(before)
+    gb, ga = _gens(before, 3, [3, 5, 2]), _gens(before, 4, [4, 2, 6])
+    w = torch.randn(before.cfg.d_model)
+    run = lambda: attribute(before, after, w, mode="own", generations={"before": gb, "after": ga},  # noqa: E731
+                            progress=False).check
+    good = run()
+    assert abs(good["error"]) < 1e-4
+    real = A.projection_sums
+    counts = {}
+
+    def wrong_count(model, seqs, starts, *a, **k):
+        s = real(model, seqs, starts, *a, **k)
+        counts[model is before] = s.n_tokens
+        if model is after:  # act / n_before where act / n_after belongs
+            s.act = s.act * s.n_tokens / counts[True]
+        return s
+
+    monkeypatch.setattr(A, "projection_sums", wrong_count)
+    assert abs(run()["error"]) > 100 * max(abs(good["error"]), 1e-6)
+    monkeypatch.setattr(A, "projection_sums", real)
+    real_d = A._d
+    monkeypatch.setattr(A, "_d", lambda model, w_, L: real_d(before, w_, L))  # the after model's v from before
+    assert abs(run()["error"]) > 100 * max(abs(good["error"]), 1e-6)
+
+
+def test_heads_of_a_model_against_itself_are_zero(tiny_llama):
+    res = attribute(tiny_llama, copy.deepcopy(tiny_llama), torch.randn(64), PROMPTS, mode="own", max_new_tokens=4,
+                    progress=False)
+    assert np.abs(res.heads["delta"].to_numpy()).max() == 0.0
+    assert res.check["heads"] == 0.0 and res.check["attention_biases"] == 0.0 and res.check["error"] == 0.0
+
+
+def test_patching_heads_to_the_after_models_mean_z(rich):
+    from mechtox.attribution import ablation_vs_patching
+    from mechtox.interventions import applied
+
+    before = rich
+    after = _perturb_heads(before)
+    gb, ga = _gens(before, 3, [3, 5, 2]), _gens(before, 4, [4, 2, 6])
+    res = attribute(before, after, torch.randn(before.cfg.d_model), mode="own",
+                    generations={"before": gb, "after": ga}, progress=False)
+    zsum, n = 0, 0  # the after model's mean z over its own tokens, by hand
+    for p, c in zip(ga.prompt_ids, ga.continuation_ids, strict=True):
+        _, cache = after.run_with_cache(torch.tensor([p + c]))
+        zsum = zsum + torch.stack([cache[f"blocks.{l}.attn.hook_z"][0, len(p) - 1: len(p) + len(c) - 1].sum(0)
+                                   for l in range(2)])
+        n += len(c)
+    torch.testing.assert_close(res.z_after, (zsum / n).detach(), atol=1e-5, rtol=1e-5)
+    ivs = ablation_vs_patching(res.neurons, 2, before.cfg.d_mlp, ks=(5,), heads=res.heads, z_after=res.z_after,
+                               head_ks=(1,))
+    names = [iv.name for iv in ivs]
+    assert (res.heads["delta"] > 0).sum() >= 2, "the perturbation must leave several reducing heads"
+    top = ivs[names.index("patch top-1 reducing heads to after-mean z")]
+    assert any("reducing heads" in x and "neurons" in x for x in names)
+    red = res.heads[res.heads["delta"] > 0].sort_values("delta", ascending=False).head(1)
+    toks = torch.tensor([gb.prompt_ids[0] + gb.continuation_ids[0]])
+    with applied(before, top):
+        _, cache = before.run_with_cache(toks)
+    for r in red.itertuples():
+        z = cache[f"blocks.{r.layer}.attn.hook_z"][0, :, r.head]
+        torch.testing.assert_close(z, res.z_after[r.layer, r.head].expand_as(z))

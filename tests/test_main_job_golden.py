@@ -74,7 +74,8 @@ def test_main_job_outputs_unchanged(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     ws = tmp_path / "ws"
     run_tiny_main_job(ws)
-    assert "exactness" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "exactness" in out and "attention heads:" in out and "+ heads" in out  # the check closes over both
     _check_report(ws)
     got = _paths(snapshot(ws))
     want = _paths(json.loads(gzip.decompress(SNAPSHOT.read_bytes())))

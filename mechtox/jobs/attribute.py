@@ -104,7 +104,8 @@ def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: l
 
     cfg = out.config
     res = out.results.get("own") or next(iter(out.results.values()))
-    ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ints(cfg.ablate_ks, "--ablate-ks"))
+    ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ints(cfg.ablate_ks, "--ablate-ks"),
+                               heads=res.heads, z_after=res.z_after)
     text = load_text(cfg.text)
     wiki = load_wiki_samples()
     ecfg = EvalConfig(ppl_tokens=cfg.ppl_tokens, f1_prompts=cfg.f1_prompts if wiki else 0)
@@ -135,6 +136,13 @@ def write(res: AttributeResult, ctx: Context):
             "n_tokens": r.n_tokens, "check": r.check,
             "denominators": "share_of_gross: / sum of the reducing groups; share_of_net: / sum over all neurons"})
         _io.write_text(run / a("top-neurons.csv"), res.tops[mode].to_csv(index=False))
+        _io.write_text(run / a("heads.csv"), r.heads.to_csv(index=False))
+        _io.write_text(run / a("kinds-per-layer.csv"), r.layers.to_csv(index=False))
+        artifacts.write_table(run, a("head-groups"), r.head_groups, {
+            "mode": mode, "direction": cfg.direction, "before": cfg.before, "after": cfg.after, "check": r.check,
+            "denominators": "share_of_gross: / sum of the reducing head groups; share_of_net: / sum over all heads"})
+        plotting.save_figure(plotting.attribution_layers_figure(r.layers, f"Neurons vs heads per layer ({mode} tokens)"),
+                             run / a("kinds.html"))
         plotting.save_figure(plotting.attribution_groups_figure(r.groups, f"Contributions by group ({mode} tokens)"),
                              run / a("groups.html"))
         plotting.save_figure(plotting.attribution_layers_figure(r.per_layer, f"Per-layer contributions ({mode} tokens)"),
@@ -156,10 +164,17 @@ def summary(res: AttributeResult, ctx: Context) -> str:
                   f"({r.n_tokens['before']} / {r.n_tokens['after']} tokens)",
                   markdown(r.groups, ["group", "n", "contribution", "from_activation", "from_weights",
                                       "share_of_gross", "share_of_net"], digits=4),
-                  f"exactness: change of the residual projection {c['total_change']:.6f} = neurons {c['neurons']:.6f} "
-                  f"+ rest {c['total_change'] - c['neurons'] - c['error']:.6f}; error {c['error']:.2e}",
                   markdown(res.tops[mode], ["layer", "neuron", "group", "cos_before", "act_before", "act_after",
-                                            "delta", "tokens"], digits=4, max_rows=10)]
+                                            "delta", "tokens"], digits=4, max_rows=10),
+                  "attention heads:",
+                  markdown(r.head_groups, ["group", "n", "contribution", "delta_pattern_value", "delta_weight",
+                                           "share_of_gross", "share_of_net"], digits=4),
+                  markdown(r.heads.reindex(r.heads["delta"].abs().sort_values(ascending=False).index),
+                           ["layer", "head", "group", "p_before", "p_after", "delta", "delta_pattern_value",
+                            "delta_weight"], digits=4, max_rows=10),
+                  f"exactness: change of the residual projection {c['total_change']:.6f} = embeddings "
+                  f"{c['embeddings']:.6f} + heads {c['heads']:.6f} + attention biases {c['attention_biases']:.6f} "
+                  f"+ neurons {c['neurons']:.6f} + MLP biases {c['mlp_biases']:.6f}; error {c['error']:.2e}"]
     if res.ablation is not None:
         lines.append(f"\nablation and patching on {cfg.before} vs the {cfg.after} model ({res.n_eval} prompts):\n"
                      + markdown(res.ablation, digits=4))
