@@ -274,25 +274,24 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if args.variant:
         return child(args)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"{dev}, {args.model}, DPO step, {args.batch} pairs x {args.seq} tokens, {args.dtype}, compile={args.compile}, "
+          f"{args.steps} timed steps after 1 warm-up")
+    print(f"{'implementation':28s} {'real tok/s':>10s} {'ms/step':>8s} {'peak GiB':>9s}  first DPO loss", flush=True)
     results = {}
-    for v in args.only.split(","):
+    for v in args.only.split(","):  # each row as soon as it is measured (a time limit keeps what finished)
         cmd = [sys.executable, os.path.abspath(__file__), "--variant", v, "--model", args.model, "--batch",
                str(args.batch), "--seq", str(args.seq), "--steps", str(args.steps), "--dtype", args.dtype]
         if args.compile and v != "mechtox-hooked":
             cmd.append("--compile")
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-        results[v] = json.loads(line[-1][7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
-    dev = next((r["device"] for r in results.values() if "device" in r), "?")
-    print(f"{dev}, {args.model}, DPO step, {args.batch} pairs x {args.seq} tokens, {args.dtype}, compile={args.compile}, "
-          f"{args.steps} timed steps after 1 warm-up")
-    print(f"{'implementation':28s} {'real tok/s':>10s} {'ms/step':>8s} {'peak GiB':>9s}  first DPO loss")
-    for v, r in results.items():
+        r = results[v] = json.loads(line[-1][7:]) if line else {"error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
         if "error" in r:
-            print(f"{LABELS[v]:28s} failed: {r['error']}")
+            print(f"{LABELS[v]:28s} failed: {r['error']}", flush=True)
             continue
         fl = f"{r['first_loss']:.4f}" if r.get("first_loss") is not None else "-"
-        print(f"{LABELS[v]:28s} {r['tok_s']:10.0f} {r['ms']:8.0f} {r['peak_gib']:9.2f}  {fl}")
+        print(f"{LABELS[v]:28s} {r['tok_s']:10.0f} {r['ms']:8.0f} {r['peak_gib']:9.2f}  {fl}", flush=True)
     mt = results.get("mechtox-hf", {}).get("tok_s")
     if "tok_s" in results.get("mechtox-hooked", {}) and "tok_s" in results.get("hf", {}):
         print(f"ratio mechtox(hooked, hooks on) / HF = {results['mechtox-hooked']['tok_s'] / results['hf']['tok_s']:.2f}x")

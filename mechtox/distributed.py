@@ -75,12 +75,10 @@ def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
     if world == 1:
         return
-    grads = [p.grad for p in params if p.grad is not None]
-    if len(grads) != len(params):
-        for p in params:  # a parameter unused on this rank still takes part in the mean
-            if p.grad is None:
-                p.grad = torch.zeros_like(p)
-        grads = [p.grad for p in params]
+    for p in params:  # a parameter unused on this rank still takes part in the mean
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    grads: list[Tensor] = [p.grad for p in params if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= world

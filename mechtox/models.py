@@ -710,11 +710,11 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
             rope_theta=cfg.rotary_base, tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
         )
     if cfg.original_architecture == "GPT2LMHeadModel":
-        drop = {} if dropout is None else dict(resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout)
+        drop = 0.1 if dropout is None else dropout  # 0.1: GPT-2's own rates
         return GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
                           n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
                           layer_norm_epsilon=cfg.eps, activation_function=cfg.act_fn, tie_word_embeddings=False,
-                          architectures=["GPT2LMHeadModel"], **drop)
+                          architectures=["GPT2LMHeadModel"], resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
     raise MechtoxError(f"export to HuggingFace supports Llama and GPT-2 models, not {cfg.original_architecture!r}")
 
 
@@ -725,7 +725,7 @@ def to_hf_model(model: HookedTransformer, attn_implementation: str = "sdpa"):
 
     hf_cfg = hf_config(model.cfg, dropout=0.0)
     hf_cfg._attn_implementation = attn_implementation
-    with torch.device(model.cfg.device):
+    with torch.device(model.cfg.device or "cpu"):
         hf = AutoModelForCausalLM.from_config(hf_cfg, dtype=torch.float32)
     hf.load_state_dict(to_hf_state_dict(model), strict=True)
     return hf
