@@ -188,19 +188,19 @@ def _check_model_type(model_type: str | None, where: str) -> None:
 
 
 def _load_transformers(source: str, name: str, device: str | None, dtype: str | torch.dtype,
-                       n_ctx: int | None) -> HookedTransformer:
+                       n_ctx: int | None, local_only: bool = False) -> HookedTransformer:
     """A directory or hub id through ``transformers``, converted with TransformerLens' conversion."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
     try:
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local_only)
     except Exception as e:  # noqa: BLE001 (truncated or mismatched weights: safetensors, torch and transformers raise many kinds)
         raise ModelNotFoundError(f"{source}: transformers cannot load these weights ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"{source} has no usable tokenizer files ({type(e).__name__}); save the tokenizer "
                                  "beside the weights (tokenizer.save_pretrained(DIR))") from None
@@ -216,15 +216,25 @@ def load_hub(model_id: str, device: str | None = None, dtype: str | torch.dtype 
     of its architecture (Llama family, GPT-2). Offline and not cached, a one-line error."""
     from transformers import AutoConfig
 
-    try:
-        conf = AutoConfig.from_pretrained(model_id)
-    except (OSError, ValueError) as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ModelNotFoundError(f"hf:{model_id}: not in the local Hugging Face cache and the hub is not reachable or "
-                                 f"has no such model ({first[:160]}); download it where there is internet "
-                                 "(huggingface-cli download ID) or pass a local directory") from None
+    from mechtox.data import _hub_reachable
+
+    how = "download it where there is internet (huggingface-cli download ID) or pass a local directory"
+    local = True
+    try:  # the local cache first: offline, no retries against an unreachable hub
+        conf = AutoConfig.from_pretrained(model_id, local_files_only=True)
+    except (OSError, ValueError):
+        local = False
+        if not _hub_reachable():
+            raise ModelNotFoundError(f"hf:{model_id}: not in the local Hugging Face cache and the hub is not "
+                                     f"reachable; {how}") from None
+        try:
+            conf = AutoConfig.from_pretrained(model_id)
+        except (OSError, ValueError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ModelNotFoundError(f"hf:{model_id}: not in the local Hugging Face cache, and the hub has no such "
+                                     f"model or refused it ({first[:160]}); {how}") from None
     _check_model_type(conf.model_type, f"hf:{model_id}")
-    return _load_transformers(model_id, model_id.rsplit("/", 1)[-1], device, dtype, n_ctx)
+    return _load_transformers(model_id, model_id.rsplit("/", 1)[-1], device, dtype, n_ctx, local_only=local)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")

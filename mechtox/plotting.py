@@ -71,6 +71,10 @@ def eval_figure(table: pd.DataFrame, title: str = "Toxicity and perplexity under
 
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     labels = table["intervention"].astype(str)
+    if "model" in table and table["model"].nunique() > 1:  # one bar per model and intervention, never on top of another
+        labels = table["model"].astype(str) + (" · " + labels).where(labels != "none", "")
+    if labels.duplicated().any():
+        labels = labels + [f" ({i + 1})" for i in range(len(labels))]
     fig.add_trace(go.Bar(x=labels, y=table["toxicity"], name="toxicity (mean score)"), secondary_y=False)
     if "toxic_frac" in table:
         fig.add_trace(go.Bar(x=labels, y=table["toxic_frac"], name="share > 0.5"), secondary_y=False)
@@ -107,7 +111,8 @@ def training_figure(history: pd.DataFrame, title: str = "Training curves") -> go
         fig.add_trace(go.Scatter(x=v["step"], y=v["val_loss"], name="val_loss", mode="lines+markers"), row=1, col=1)
     for c in extra:
         fig.add_trace(go.Scatter(x=history["step"], y=history[c], name=c), row=2, col=1)
-    fig.update_layout(title=title, template="plotly_white", xaxis_title="step")
+    fig.update_layout(title=title, template="plotly_white")
+    fig.update_xaxes(title_text="step", row=1 + bool(extra), col=1)  # under the bottom plot, not between the two
     return fig
 
 

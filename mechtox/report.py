@@ -21,6 +21,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:11
 h1{font-size:1.7em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:.8em 0}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
 th{background:#f4f4f4}td.t{text-align:left;font-family:monospace;white-space:pre}.note{color:#555;font-size:.9em}
+table{display:block;max-width:100%;overflow-x:auto}ul.summary li{margin:.4em 0;line-height:1.4}
 """
 
 
@@ -51,103 +52,207 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+ORDER = ("probe", "directions", "neurons", "interventions", "training", "evaluation", "attribution")
+"""The report's sections, in the order of the work (after the summary)."""
+PAPER_SHARES = {"TP-": 0.318, "TN+": 0.239, "AP+": 0.070, "AN-": 0.373}
+"""Yang et al. 2024's shares of the gross reduction on GPT-2 medium (../shared/DESIGN.md)."""
+
+
+def _h2(text: str, anchor: str) -> str:
+    return f"<h2 id='{html.escape(anchor)}'>{html.escape(text)}</h2>"
+
+
 def build_report(root: str | os.PathLike[str], title: str = "mechtox report", notes: str = "") -> str:
-    """The HTML of a report over the workspace at ``root``."""
+    """The HTML of a report over the workspace at ``root``: a summary of the findings, then one
+    section per kind of result in the order of the work (:data:`ORDER`)."""
     from plotly.offline import get_plotlyjs
 
     root = Path(root)
-    parts: list[str] = []
-    meta = _read_json(root / A.MAIN_SUMMARY)
-    if meta:
-        parts.append("<h2>Run</h2>" + _table(pd.DataFrame([{k: v for k, v in meta.items() if not isinstance(v, (dict, list))}])))
-    if notes:
-        parts.append(f"<p class='note'>{html.escape(notes)}</p>")
-
+    sec: dict[str, list[str]] = {k: [] for k in ORDER}
     for d in sorted((root / "directions").glob("*/" + A.SWEEP)) if (root / "directions").is_dir() else []:
         sweep = pd.read_csv(d)
-        parts.append(f"<h2>Probe sweep: {html.escape(d.parent.name)}</h2>")
-        parts.append(_fig(plotting.probe_sweep_figure(sweep)))
-        parts.append(_table(sweep[["hook", "test_accuracy", "test_f1", "test_auroc", "train_accuracy"]]))
-
+        sec["probe"].append(_h2(f"Probe sweep: {d.parent.name}", f"probe-{d.parent.name}"))
+        sec["probe"].append(_fig(plotting.probe_sweep_figure(sweep)))
+        cols = [c for c in ("hook", "test_accuracy", "test_f1", "test_auroc", "transfer_auroc", "C_by_cv") if c in sweep]
+        if len(sweep) > 12:  # the figure shows every layer; the table only the best and the last
+            sweep = pd.concat([sweep.nlargest(5, "test_auroc"), sweep.tail(1)]).drop_duplicates("hook")
+        sec["probe"].append(_table(sweep[cols].rename(columns=_LABELS)))
     runs = root / "runs"
     for run in sorted(runs.iterdir()) if runs.is_dir() else []:
-        if (run / A.TOP_NEURONS).is_file() and (run / A.RANKING).is_file():
-            top = pd.read_csv(run / A.TOP_NEURONS)
-            parts.append(f"<h2>Neuron ranking: {html.escape(run.name)}</h2>")
-            parts.append(_fig(plotting.top_neurons_figure(top.head(30))))
-            parts.append(_table(top[[c for c in ("layer", "neuron", "cosine", "norm", "mean_act", "tokens") if c in top]], 20))
-        dj = _read_json(run / f"{A.DIRECTIONS}.json")
-        if dj:
-            parts.append(f"<h2>Direction methods: {html.escape(run.name)}</h2>")
-            parts.append(f"<p class='note'>metric {html.escape(str(dj.get('metric')))}; toxic tokens: "
-                         f"{html.escape(' | '.join(dj.get('toxic_tokens', [])[:40]))}</p>")
-            parts.append(_table(pd.DataFrame(dj["rows"])))
-            abl = _read_csv(run / f"{A.ABLATION}.csv")
-            if abl is not None:
-                parts.append(_fig(plotting.ablation_figure(abl)))
-                parts.append(_table(abl))
-            top = _read_csv(run / A.TOP_NEURONS)
-            if top is not None:
-                parts.append(_table(top[["method", "layer", "neuron", "cosine", "tokens"]], 40))
-        pe = _read_json(run / f"{A.PROBE_EVAL}.json")
-        if pe:
-            parts.append(f"<h2>Probe transfer: {html.escape(str(pe.get('probe')))} on {html.escape(str(pe.get('data')))}"
-                         f"</h2><p class='note'>{pe.get('n_texts')} texts ({pe.get('n_toxic')} toxic); "
-                         f"{html.escape(str(pe.get('intervals')))}</p>" + _table(pd.DataFrame(pe["rows"])))
-            rel = _read_csv(run / A.RELIABILITY)
-            if rel is not None:
-                parts.append(_fig(plotting.reliability_figure(rel)))
-        ev = _read_json(run / f"{A.EVAL}.json")
-        if ev:
-            t = pd.DataFrame(ev["rows"])
-            parts.append(f"<h2>Evaluation: {html.escape(run.name)}</h2><p class='note'>{html.escape(ev.get('toxicity', ''))}; "
-                         f"{ev.get('n_prompts')} prompts from {html.escape(str(ev.get('prompts')))}</p>")
-            parts.append(_fig(plotting.eval_figure(t)) + _table(t))
-        if (run / A.METRICS).is_file() and run.name.startswith(A.TRAIN_PREFIX):
-            hist = pd.read_json(run / A.METRICS, lines=True)
-            parts.append(f"<h2>Training: {html.escape(run.name[len(A.TRAIN_PREFIX):])}</h2>")
-            parts.append(_fig(plotting.training_figure(hist)))
-            gh = _read_csv(run / f"{A.GOODHART}.csv")
-            if gh is not None:
-                parts.append("<p>Probe accuracy before / after / retrained</p>" + _table(gh))
-        for mode in A.ATTRIBUTION_MODES:
-            gj = _read_json(run / f"{A.attribution(mode, 'groups')}.json")
-            if not gj:
-                continue
-            groups = pd.DataFrame(gj["rows"])
-            c = gj.get("check", {})
-            split = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in c.items() if k not in ("total_change", "error"))
-            parts.append(f"<h2>Attribution ({mode} tokens): {html.escape(run.name)}</h2>"
-                         f"<p class='note'>{html.escape(gj.get('mode_meaning', ''))}; {gj.get('n_tokens')} tokens; "
-                         f"change of the projection {c.get('total_change', float('nan')):.4g} = {split}; exactness "
-                         f"error {c.get('error', float('nan')):.2e}</p>")
-            kinds = _read_csv(run / A.attribution(mode, "kinds-per-layer.csv"))
-            if kinds is not None:
-                parts.append(_fig(plotting.attribution_layers_figure(kinds, "Neurons vs heads per layer")))
-            parts.append(_fig(plotting.attribution_groups_figure(groups)))
-            per_layer = _read_csv(run / A.attribution(mode, "per-layer.csv"))
-            if per_layer is not None:
-                parts.append(_fig(plotting.attribution_layers_figure(per_layer)))
-            parts.append(_table(groups.drop(columns=["meaning"], errors="ignore")))
-            top = _read_csv(run / A.attribution(mode, "top-neurons.csv"))
-            if top is not None:
-                parts.append(_table(top[["layer", "neuron", "group", "cos_before", "act_before", "act_after", "delta", "tokens"]], 15))
-            hg = _read_json(run / f"{A.attribution(mode, 'head-groups')}.json")
-            heads = _read_csv(run / A.attribution(mode, "heads.csv"))
-            if hg and heads is not None:
-                parts.append("<p>Attention heads</p>" + _table(pd.DataFrame(hg["rows"]).drop(columns=["meaning"],
-                                                                                              errors="ignore")))
-                top_h = heads.reindex(heads["delta"].abs().sort_values(ascending=False).index)
-                parts.append(_table(top_h[["layer", "head", "group", "p_before", "p_after", "delta",
-                                           "delta_pattern_value", "delta_weight"]], 10))
-        ab = _read_json(run / f"{A.ABLATION_VS_AFTER}.json")
-        if ab:
-            parts.append(f"<h2>Ablation is not enough: {html.escape(run.name)}</h2>" + _table(pd.DataFrame(ab["rows"])))
-    if not parts:
+        _run_sections(run, sec)
+    parts = [_summary(root)]
+    meta = _read_json(root / A.MAIN_SUMMARY)
+    if meta:
+        row = {_LABELS.get(k, k): v for k, v in meta.items() if not isinstance(v, (dict, list))}
+        parts.append("<h2 id='run'>Run</h2>" + _table(pd.DataFrame([row])))
+    if notes:
+        parts.append(f"<p class='note'>{html.escape(notes)}</p>")
+    for k in ORDER:
+        parts += sec[k]
+    if not any(sec.values()):
         parts.append("<p>This workspace holds no results yet.</p>")
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body><h1>{html.escape(title)}</h1>"
-            + "\n".join(parts) + "</body></html>")
+            + "\n".join(p for p in parts if p) + "</body></html>")
+
+
+_LABELS = {"steps_seconds_total": "seconds (steps, in all)", "this_call_seconds": "seconds (this call)",
+           "test_accuracy": "held-out accuracy", "test_f1": "held-out F1", "test_auroc": "held-out AUROC",
+           "transfer_auroc": "transfer AUROC", "C_by_cv": "C (by CV)", "train_accuracy": "train accuracy"}
+
+
+def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
+    """The sections of one run folder, each into its kind's list."""
+    if (run / A.TOP_NEURONS).is_file() and (run / A.RANKING).is_file():
+        top = pd.read_csv(run / A.TOP_NEURONS)
+        sec["neurons"].append(_h2(f"Neuron ranking: {run.name}", f"neurons-{run.name}"))
+        sec["neurons"].append(_fig(plotting.top_neurons_figure(top.head(30))))
+        sec["neurons"].append(_table(top[[c for c in ("layer", "neuron", "cosine", "norm", "mean_act", "tokens")
+                                          if c in top]], 20))
+    dj = _read_json(run / f"{A.DIRECTIONS}.json")
+    if dj:
+        out = sec["directions"]
+        out.append(_h2(f"Direction methods: {run.name}", f"directions-{run.name}"))
+        out.append(f"<p class='note'>metric {html.escape(str(dj.get('metric')))}; toxic tokens: "
+                   f"{html.escape(' | '.join(dj.get('toxic_tokens', [])[:40]))}</p>")
+        out.append(_table(pd.DataFrame(dj["rows"])))
+        abl = _read_csv(run / f"{A.ABLATION}.csv")
+        if abl is not None:
+            out.append(_fig(plotting.ablation_figure(abl)) + _table(abl))
+        top = _read_csv(run / A.TOP_NEURONS)
+        if top is not None:
+            out.append(_table(top[["method", "layer", "neuron", "cosine", "tokens"]], 40))
+    pe = _read_json(run / f"{A.PROBE_EVAL}.json")
+    if pe:
+        sec["probe"].append(_h2(f"Probe transfer: {pe.get('probe')} on {pe.get('data')}", f"transfer-{run.name}")
+                            + f"<p class='note'>{pe.get('n_texts')} texts ({pe.get('n_toxic')} toxic); "
+                            f"{html.escape(str(pe.get('intervals')))}</p>" + _table(pd.DataFrame(pe["rows"])))
+        rel = _read_csv(run / A.RELIABILITY)
+        if rel is not None:
+            sec["probe"].append(_fig(plotting.reliability_figure(rel)))
+    ev = _read_json(run / f"{A.EVAL}.json")
+    if ev:
+        t = pd.DataFrame(ev["rows"])
+        kind = "evaluation" if "model" in t and t["model"].nunique() > 1 else "interventions"
+        sec[kind].append(_h2(f"Evaluation: {run.name}", f"eval-{run.name}")
+                         + f"<p class='note'>{html.escape(ev.get('toxicity', ''))}; {ev.get('n_prompts')} prompts "
+                         f"from {html.escape(str(ev.get('prompts')))}</p>" + _fig(plotting.eval_figure(t)) + _table(t))
+    if (run / A.METRICS).is_file() and run.name.startswith(A.TRAIN_PREFIX):
+        name = run.name[len(A.TRAIN_PREFIX):]
+        sec["training"].append(_h2(f"Training: {name}", f"train-{name}"))
+        sec["training"].append(_fig(plotting.training_figure(pd.read_json(run / A.METRICS, lines=True))))
+        gh = _read_csv(run / f"{A.GOODHART}.csv")
+        if gh is not None:
+            sec["training"].append("<p>Probe accuracy before / after / retrained</p>" + _table(gh))
+    for mode in A.ATTRIBUTION_MODES:
+        _attribution_section(run, mode, sec["attribution"])
+    ab = _read_json(run / f"{A.ABLATION_VS_AFTER}.json")
+    if ab:
+        sec["attribution"].append(_h2(f"Ablation is not enough: {run.name}", f"ablation-{run.name}")
+                                  + _table(pd.DataFrame(ab["rows"])))
+
+
+def _attribution_section(run: Path, mode: str, out: list[str]) -> None:
+    gj = _read_json(run / f"{A.attribution(mode, 'groups')}.json")
+    if not gj:
+        return
+    groups = pd.DataFrame(gj["rows"])
+    c = gj.get("check", {})
+    split = ", ".join(f"{k.replace('_', ' ')} {v:.4g}" for k, v in c.items() if k not in ("total_change", "error"))
+    out.append(_h2(f"Attribution ({mode} tokens): {run.name}", f"attribution-{mode}-{run.name}")
+               + f"<p class='note'>{html.escape(gj.get('mode_meaning', ''))}; {gj.get('n_tokens')} tokens; "
+               f"change of the projection {c.get('total_change', float('nan')):.4g} = {split}; exactness "
+               f"error {c.get('error', float('nan')):.2e}</p>")
+    kinds = _read_csv(run / A.attribution(mode, "kinds-per-layer.csv"))
+    if kinds is not None:
+        out.append(_fig(plotting.attribution_layers_figure(kinds, "Neurons vs heads per layer")))
+    out.append(_fig(plotting.attribution_groups_figure(groups)))
+    per_layer = _read_csv(run / A.attribution(mode, "per-layer.csv"))
+    if per_layer is not None:
+        out.append(_fig(plotting.attribution_layers_figure(per_layer)))
+    out.append(_table(groups.drop(columns=["meaning"], errors="ignore")))
+    top = _read_csv(run / A.attribution(mode, "top-neurons.csv"))
+    if top is not None:
+        out.append(_table(top[["layer", "neuron", "group", "cos_before", "act_before", "act_after", "delta", "tokens"]],
+                          15))
+    hg = _read_json(run / f"{A.attribution(mode, 'head-groups')}.json")
+    heads = _read_csv(run / A.attribution(mode, "heads.csv"))
+    if hg and heads is not None:
+        out.append("<p>Attention heads</p>" + _table(pd.DataFrame(hg["rows"]).drop(columns=["meaning"], errors="ignore")))
+        top_h = heads.reindex(heads["delta"].abs().sort_values(ascending=False).index)
+        out.append(_table(top_h[["layer", "head", "group", "p_before", "p_after", "delta", "delta_pattern_value",
+                                 "delta_weight"]], 10))
+
+
+def _first(root: Path, pattern: str) -> Path | None:
+    """The first file matching ``pattern`` under runs/, the main job's runs (``main-*``) first."""
+    found = sorted((root / "runs").glob(pattern), key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
+    return found[0] if found else None
+
+
+def _summary(root: Path) -> str:
+    """The findings, one sentence each, each linked to its section."""
+    items: list[str] = []
+
+    def say(text: str, anchor: str) -> None:
+        items.append(f"<li>{text} <a href='#{html.escape(anchor)}'>(figure)</a></li>")
+
+    pj = _read_json(root / "directions" / "probe" / "direction.json")
+    if pj and "test_auroc" in pj.get("metrics", {}):
+        m = pj["metrics"]
+        say(f"<b>Probe</b>: at <code>{html.escape(pj['hook_name'])}</code>, fitted on {m.get('n_train')} texts, it "
+            f"separates held-out toxic from non-toxic texts with AUROC <b>{m['test_auroc']:.3f}</b> (accuracy "
+            f"{m.get('test_accuracy', float('nan')):.3f}).", "probe-probe")
+    dpath = _first(root, f"*/{A.DIRECTIONS}.json")
+    if dpath:
+        rows = pd.DataFrame(_read_json(dpath)["rows"])
+        for r in rows[rows["method"] == "probe"].head(1).itertuples():
+            verdict = "above" if getattr(r, "above_chance", 0) else "not above"
+            say(f"<b>Neurons along the probe</b>: the top value vector's cosine {r.top_cosine:.3f} is {verdict} what "
+                f"random directions reach ({r.chance_max_high:.3f}); {int(r.above_chance)} neurons above chance.",
+                f"directions-{dpath.parent.name}")
+        abl = _read_csv(dpath.parent / f"{A.ABLATION}.csv")
+        if abl is not None and len(abl) and "random_drop_std" in abl:
+            z = (abl["drop"] - abl["random_drop_mean"]) / abl["random_drop_std"].where(abl["random_drop_std"] > 0)
+            b = abl.loc[z.fillna(-1e9).idxmax()]
+            beats = b["drop"] > max(0.0, b["random_drop_mean"] + 2 * b["random_drop_std"])  # lowers it, beyond chance
+            change = f"lowers toxicity by {b['drop']:.3f}" if b["drop"] > 0 else f"raises toxicity by {-b['drop']:.3f}"
+            say(f"<b>Best direction's causal effect</b>: ablating the top {int(b['k'])} neurons of "
+                f"<i>{html.escape(str(b['method']))}</i> {change}; random neurons of the same layers change it by "
+                f"{-b['random_drop_mean']:+.3f} ± {b['random_drop_std']:.3f}: {'it beats' if beats else 'it does not beat'} "
+                "random draws.",
+                f"directions-{dpath.parent.name}")
+    epath = next((p for p in sorted((root / "runs").glob(f"*/{A.EVAL}.json"),
+                                    key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
+                  if pd.DataFrame(_read_json(p)["rows"]).get("model", pd.Series(dtype=str)).nunique() > 1), None)
+    if epath:
+        t = pd.DataFrame(_read_json(epath)["rows"])
+        b, a = t.iloc[0], t.iloc[-1]
+        say(f"<b>Fine-tuning</b>: {html.escape(str(a['model']))} writes toxicity {b['toxicity']:.3f} → "
+            f"<b>{a['toxicity']:.3f}</b> ({(a['toxicity'] / b['toxicity'] - 1) * 100:+.0f}%) at perplexity "
+            f"{b['ppl']:.2f} → {a['ppl']:.2f} ({(a['ppl'] / b['ppl'] - 1) * 100:+.1f}%) against "
+            f"{html.escape(str(b['model']))}.", f"eval-{epath.parent.name}")
+    gpath = _first(root, f"*/{A.attribution('own', 'groups')}.json")
+    if gpath:
+        gj = _read_json(gpath)
+        g = pd.DataFrame(gj["rows"]).set_index("group")
+        shares = ", ".join(f"{k} {g.loc[k, 'share_of_gross'] * 100:.0f}% (paper {PAPER_SHARES[k] * 100:.0f}%)"
+                           for k in PAPER_SHARES if k in g.index)
+        say(f"<b>What the fine-tuning changed, by neuron group</b> (shares of the gross reduction): {shares}.",
+            f"attribution-own-{gpath.parent.name}")
+    hpath = next((p for p in sorted((root / "runs").glob(f"*/{A.attribution('own', 'groups')}.json"),
+                                    key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
+                  if "heads" in _read_json(p).get("check", {})), None)
+    if hpath:
+        c = _read_json(hpath)["check"]
+        if c.get("total_change"):
+            tot = c["total_change"]
+            say(f"<b>Neurons vs heads</b>: of the probe projection's change {tot:.3f}, neurons give {c['neurons']:.3f} "
+                f"({c['neurons'] / tot * 100:.0f}%) and attention heads {c['heads']:.3f} ({c['heads'] / tot * 100:.0f}%); "
+                f"the parts add up to within {abs(c['error']):.1e}.", f"attribution-own-{hpath.parent.name}")
+    if not items:
+        return ""
+    return "<h2 id='summary'>Summary</h2><ul class='summary'>" + "".join(items) + "</ul>"
 
 
 def write_report(root: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, **kw) -> Path:

@@ -98,6 +98,14 @@ def _check_report(ws: Path) -> None:
                     "Attribution (own tokens)", "Attribution (shared tokens)", "Evaluation: main-eval"):
         assert heading in report, heading
     assert '<script src="http' not in report and "<script src='http" not in report  # nothing fetched
+    # it opens with the findings, then follows the order of the work
+    order = ["id='summary'", "Probe sweep: probe", "Direction methods:", "Neuron ranking:", "Training: main-dpo",
+             "Evaluation: main-eval", "Attribution (own tokens)"]
+    at = [report.index(x) for x in order]
+    assert at == sorted(at), dict(zip(order, at, strict=True))
+    summary = report[report.index("id='summary'"): report.index("</ul>", report.index("id='summary'"))]
+    for finding in ("Probe", "Neurons along the probe", "Fine-tuning", "by neuron group", "Neurons vs heads"):
+        assert finding in summary, finding
 
 
 def _steps(state: dict) -> tuple:

@@ -44,6 +44,31 @@ def check(report: Path, browser: str, timeout: int = 120) -> dict:
             "figure_divs": containers, "dom_chars": len(r.stdout)}
 
 
+_MEASURE = ("<script>window.addEventListener('load',()=>setTimeout(()=>document.body.setAttribute("
+            "'data-scroll-width',document.documentElement.scrollWidth),500))</script></body>")
+
+
+def page_width(report: Path, browser: str, width: int = 1280, timeout: int = 120) -> int:
+    """The page's scroll width in a ``width``-pixel window (more than ``width``: a horizontal scrollbar)."""
+    with tempfile.TemporaryDirectory() as d:
+        probe = Path(d) / "measure.html"
+        probe.write_text(report.read_text().replace("</body>", _MEASURE, 1))
+        r = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={d}/profile",
+                            f"--window-size={width},1000", "--virtual-time-budget=15000", "--dump-dom", probe.as_uri()],
+                           capture_output=True, text=True, timeout=timeout)
+    m = re.search(r'data-scroll-width="(\d+)"', r.stdout)
+    return int(m.group(1)) if m else -1
+
+
+def screenshot(page: Path, browser: str, out: Path, width: int = 1280, height: int = 2000, timeout: int = 120) -> int:
+    """A PNG of the top of ``page``; returns its size in bytes (a blank page compresses to very little)."""
+    with tempfile.TemporaryDirectory() as d:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={d}",
+                        f"--window-size={width},{height}", "--virtual-time-budget=15000", "--hide-scrollbars",
+                        f"--screenshot={out}", page.resolve().as_uri()], capture_output=True, text=True, timeout=timeout)
+    return out.stat().st_size if out.is_file() else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("report", type=Path)
