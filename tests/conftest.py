@@ -47,6 +47,19 @@ def randomize_norms_and_biases(model, seed: int = 0, scale: float = 0.5):
     return model
 
 
+def zero_foreign(model):
+    """Zero what the architecture lacks (the randomised fixtures give Llama biases and GPT-2 a
+    ``b_U``): what a model converted from ``transformers`` has."""
+    from mechtox.models import architecture_parameters
+
+    keep = set(architecture_parameters(model))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n not in keep:
+                p.zero_()
+    return model
+
+
 LLAMA = dict(gated_mlp=True, normalization_type="RMS", act_fn="silu", positional_embedding_type="rotary",
              n_key_value_heads=2, rotary_dim=16, original_architecture="LlamaForCausalLM", final_rms=True)
 

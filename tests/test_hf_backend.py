@@ -20,16 +20,7 @@ from mechtox.training import (
     collate,
     train,
 )
-from tests.conftest import LLAMA, randomize_norms_and_biases
-
-
-def _zero_foreign(model):
-    keep = set(M.architecture_parameters(model))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n not in keep:
-                p.zero_()
-    return model
+from tests.conftest import LLAMA, randomize_norms_and_biases, zero_foreign
 
 
 def _make(arch: str, seed: int = 5):
@@ -39,7 +30,7 @@ def _make(arch: str, seed: int = 5):
     else:
         model = M.tiny_model(default_prepend_bos=True)
         model.cfg.original_architecture = "GPT2LMHeadModel"
-    return _zero_foreign(randomize_norms_and_biases(model, seed=seed))
+    return zero_foreign(randomize_norms_and_biases(model, seed=seed))
 
 
 ARCHS = ["gpt2", "llama"]

@@ -11,7 +11,7 @@ import torch
 from mechtox import models as M
 from mechtox.cli import main
 from mechtox.errors import IncompatibleError, ModelNotFoundError
-from tests.conftest import LLAMA, randomize_norms_and_biases
+from tests.conftest import LLAMA, randomize_norms_and_biases, zero_foreign
 
 
 def _gpt2_like():
@@ -24,16 +24,6 @@ def _llama_like():
     return randomize_norms_and_biases(M.tiny_model(**LLAMA), seed=3)
 
 
-def _zero_foreign(model):
-    """Zero what the architecture lacks (the randomised fixture gives Llama biases and GPT-2 a b_U)."""
-    keep = set(M.architecture_parameters(model))
-    with torch.no_grad():
-        for n, p in model.named_parameters():
-            if n not in keep:
-                p.zero_()
-    return model
-
-
 def _same_logits(a, b, tol=1e-4):
     toks = torch.randint(3, a.cfg.d_vocab, (2, 9))
     with torch.no_grad():
@@ -42,7 +32,7 @@ def _same_logits(a, b, tol=1e-4):
 
 @pytest.mark.parametrize("make", [_gpt2_like, _llama_like], ids=["gpt2", "llama-gqa"])
 def test_hf_directory_round_trip(make, tmp_path):
-    model = _zero_foreign(make())
+    model = zero_foreign(make())
     out = M.export_hf(model, tmp_path / "hf")
     assert M.is_hf_dir(out) and (out / "generation_config.json").is_file()
     back = M.load_hf_dir(out)
@@ -55,7 +45,7 @@ def test_hf_directory_round_trip(make, tmp_path):
 def test_hf_directory_with_only_a_torch_file_and_as_a_cli_model(tmp_path, capsys):
     import transformers
 
-    model = _zero_foreign(_llama_like())
+    model = zero_foreign(_llama_like())
     hf = transformers.LlamaForCausalLM.from_pretrained(M.export_hf(model, tmp_path / "st"))
     bin_dir = tmp_path / "bin"  # what older transformers and many released models have: a pickled torch file
     hf.config.save_pretrained(bin_dir)
@@ -71,7 +61,7 @@ def test_hf_directory_with_only_a_torch_file_and_as_a_cli_model(tmp_path, capsys
 
 
 def test_bad_hf_directories_are_one_line(tmp_path, capsys):
-    model = _zero_foreign(_llama_like())
+    model = zero_foreign(_llama_like())
     cut = M.export_hf(model, tmp_path / "cut")
     w = cut / "model.safetensors"
     w.write_bytes(w.read_bytes()[:1000])
@@ -102,7 +92,7 @@ def test_trained_model_exports_exactly(make, tmp_path):
     """20 steps at lr 1e-2 train only what the architecture has: the export gives the trained logits."""
     from mechtox.training import DPOObjective, TrainConfig, train
 
-    model = _zero_foreign(make())
+    model = zero_foreign(make())
     cfg = TrainConfig(lr=1e-2, max_steps=20, batch_size=4, warmup_steps=0, eval_every=0, checkpoint_every=20)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     train(model, DPOObjective(model, _pairs(), cfg), cfg, tmp_path / "run", progress=False)
@@ -122,7 +112,7 @@ def test_checkpoint_with_foreign_biases_warns(tmp_path):
 
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        M.load_checkpoint(M.save_checkpoint(_zero_foreign(_llama_like()), tmp_path / "clean"))
+        M.load_checkpoint(M.save_checkpoint(zero_foreign(_llama_like()), tmp_path / "clean"))
 
 
 def test_export_command(tmp_path, capsys):
@@ -132,7 +122,7 @@ def test_export_command(tmp_path, capsys):
     from mechtox.generation import generate
 
     ws = tmp_path / "ws"
-    model = _zero_foreign(_llama_like())
+    model = zero_foreign(_llama_like())
     M.save_checkpoint(model, ws / "models" / "mine")
     out = tmp_path / "hf"
     out.mkdir()
@@ -155,7 +145,7 @@ def test_export_command(tmp_path, capsys):
 def test_hub_id_spec_loads_through_transformers_and_is_one_line_offline(tmp_path, capsys):
     from mechtox.workspace import Workspace
 
-    model = _zero_foreign(_gpt2_like())
+    model = zero_foreign(_gpt2_like())
     out = M.export_hf(model, tmp_path / "released")
     ws = Workspace(tmp_path / "ws")
     assert ws.resolve_model(f"hf:{out}").kind == "hub"
@@ -179,7 +169,7 @@ def test_released_state_dict_over_a_base_model(names, tmp_path, capsys):
     from mechtox.training import DPOObjective, TrainConfig, train
     from mechtox.workspace import Workspace
 
-    base = _zero_foreign(_gpt2_like())
+    base = zero_foreign(_gpt2_like())
     ws = Workspace(tmp_path / "ws")
     M.save_checkpoint(base, ws.model_dir("gpt2ish"))
     trained = M.load_checkpoint(ws.model_dir("gpt2ish"))
@@ -208,8 +198,8 @@ def test_bad_weight_files_are_one_line(tmp_path, capsys):
     from mechtox.workspace import Workspace
 
     ws = Workspace(tmp_path / "ws")
-    M.save_checkpoint(_zero_foreign(_llama_like()), ws.model_dir("llamaish"))
-    other = _zero_foreign(M.tiny_model(**{**LLAMA, "d_mlp": 96}))
+    M.save_checkpoint(zero_foreign(_llama_like()), ws.model_dir("llamaish"))
+    other = zero_foreign(M.tiny_model(**{**LLAMA, "d_mlp": 96}))
     wrong = tmp_path / "wrong.pt"
     torch.save(M.to_hf_state_dict(other), wrong)
     junk = tmp_path / "junk.safetensors"

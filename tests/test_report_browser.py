@@ -15,12 +15,17 @@ BROWSER = check_report.find_browser()
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no Chromium here (apt-get install chromium to run this check)")
 
 
-def test_report_renders_without_console_errors_and_a_broken_one_is_caught(tmp_path):
+def _tiny_report(tmp_path):
+    """The report of a workspace holding one probe sweep of the tiny model."""
     ws = tmp_path / "ws"
     assert main(["probe", "-w", str(ws), "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "120",
                  "--n-test", "60", "--out", "p"]) == 0
     assert main(["report", "-w", str(ws)]) == 0
-    report = ws / "report.html"
+    return ws / "report.html"
+
+
+def test_report_renders_without_console_errors_and_a_broken_one_is_caught(tmp_path):
+    report = _tiny_report(tmp_path)
     good = check_report.check(report, BROWSER)
     assert good["errors"] == [] and good["drawn_svgs"] > 0, good
     broken = tmp_path / "broken.html"
@@ -32,11 +37,7 @@ def test_report_renders_without_console_errors_and_a_broken_one_is_caught(tmp_pa
 
 
 def test_report_fits_1280_pixels_and_its_screenshot_is_not_blank(tmp_path):
-    ws = tmp_path / "ws"
-    assert main(["probe", "-w", str(ws), "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "120",
-                 "--n-test", "60", "--out", "p"]) == 0
-    assert main(["report", "-w", str(ws)]) == 0
-    report = ws / "report.html"
+    report = _tiny_report(tmp_path)
     assert 0 < check_report.page_width(report, BROWSER, 1280) <= 1280
     wide = tmp_path / "wide.html"  # the measurement sees an overflowing page
     wide.write_text(report.read_text().replace("<body>", "<body><div style='width:3000px'>x</div>", 1))
