@@ -101,6 +101,16 @@ def _replace_first(x, new):
     return (new, *x[1:]) if isinstance(x, tuple) else new
 
 
+def _input(args, kwargs, key: str):
+    """A module's first input, passed positionally or as ``key``."""
+    return args[0] if args else kwargs[key]
+
+
+def _with_input(args, kwargs, key: str, new):
+    """What a forward pre-hook (``with_kwargs=True``) returns to replace that input with ``new``."""
+    return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, key: new})
+
+
 class HFBackend(nn.Module):
     """A ``transformers`` model with a HookedTransformer's call and ``hooks()`` interface."""
 
@@ -187,10 +197,8 @@ class HFBackend(nn.Module):
         def hook(module, args, kwargs):
             if name not in self._slots:
                 return None
-            new = self._call(name, args[0] if args else kwargs["hidden_states"])
-            if new is None:
-                return None
-            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+            new = self._call(name, _input(args, kwargs, "hidden_states"))
+            return None if new is None else _with_input(args, kwargs, "hidden_states", new)
         return hook
 
     def _pre_block(self, layer: int, p: str):
@@ -199,25 +207,19 @@ class HFBackend(nn.Module):
         def hook(module, args, kwargs):
             if name not in self._slots and mid not in self._slots:
                 return None
-            x = args[0] if args else kwargs["hidden_states"]
+            x = _input(args, kwargs, "hidden_states")
             new = self._call(name, x)
             if mid in self._slots:
                 self._resid_pre[layer] = x if new is None else new
-            if new is None:
-                return None
-            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "hidden_states": new})
+            return None if new is None else _with_input(args, kwargs, "hidden_states", new)
         return hook
 
     def _pre_heads(self, name: str, n_heads: int, d_head: int):
         def hook(module, args, kwargs):
             if name not in self._slots:
                 return None
-            x = args[0] if args else kwargs["input"]
-            new = self._call(name, x.unflatten(-1, (n_heads, d_head)))
-            if new is None:
-                return None
-            new = new.flatten(-2)
-            return ((new, *args[1:]), kwargs) if args else (args, {**kwargs, "input": new})
+            new = self._call(name, _input(args, kwargs, "input").unflatten(-1, (n_heads, d_head)))
+            return None if new is None else _with_input(args, kwargs, "input", new.flatten(-2))
         return hook
 
     def _post_simple(self, name: str):
