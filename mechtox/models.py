@@ -270,19 +270,28 @@ def apply_weights(model: HookedTransformer, path: str | os.PathLike[str]) -> Hoo
     own = {k: v for k, v in model.state_dict().items() if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
     if not set(sd) & set(own):
         sd = _hf_weights_to_tl(model, sd, Path(path))
-    missing = sorted(set(own) - set(sd) - (set(own) - set(architecture_parameters(model))))
-    unexpected = sorted(set(sd) - set(own))
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(own[k].shape)}" for k in sorted(set(sd) & set(own))
-              if sd[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-                 f"shapes {shapes[:2]}" if shapes else ""]
-        raise IncompatibleError(f"{path} does not fit {model.cfg.model_name}: " + "; ".join(x for x in parts if x))
+    _check_fit(sd, {k: v.shape for k, v in own.items()}, f"{path} does not fit {model.cfg.model_name}",
+               may_miss=set(own) - set(architecture_parameters(model)))
     with torch.no_grad():
         for k, v in sd.items():
             own[k].copy_(v.to(own[k].dtype))
     model.cfg.model_name = f"{model.cfg.model_name}+{Path(path).stem}"
     return model
+
+
+def _check_fit(sd: dict[str, torch.Tensor], want: dict[str, torch.Size], what: str,
+               may_miss: set[str] | None = None) -> None:
+    """A one-line :class:`IncompatibleError` (``what: missing [...]; unexpected [...]; shapes
+    [...]``, the first few of each) unless ``sd`` has exactly the names and shapes of ``want``
+    (less ``may_miss``)."""
+    missing = sorted(set(want) - set(sd) - (may_miss or set()))
+    unexpected = sorted(set(sd) - set(want))
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(want[k])}" for k in sorted(set(sd) & set(want))
+              if sd[k].shape != want[k]]
+    if missing or unexpected or shapes:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
+                 f"shapes {shapes[:2]}" if shapes else ""]
+        raise IncompatibleError(f"{what}: " + "; ".join(x for x in parts if x))
 
 
 def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -300,14 +309,8 @@ def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], pat
         emb = "model.embed_tokens.weight" if "model.embed_tokens.weight" in want else "transformer.wte.weight"
         if emb in sd:
             sd = {**sd, "lm_head.weight": sd[emb]}
-    missing, unexpected = sorted(want - set(sd)), sorted(set(sd) - want)
-    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(hf.state_dict()[k].shape)}" for k in sorted(want & set(sd))
-              if sd[k].shape != hf.state_dict()[k].shape]
-    if missing or unexpected or shapes:
-        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else "",
-                 f"shapes {shapes[:2]}" if shapes else ""]
-        raise IncompatibleError(f"{path} does not fit {model.cfg.model_name} (read as transformers names): "
-                                + "; ".join(x for x in parts if x))
+    _check_fit(sd, {k: v.shape for k, v in hf.state_dict().items() if k in want},
+               f"{path} does not fit {model.cfg.model_name} (read as transformers names)")
     hf.load_state_dict(sd, strict=False)
     return {k: v for k, v in hf_to_tl_state_dict(hf, model.cfg).items() if k in set(model.state_dict())}
 
@@ -315,19 +318,15 @@ def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], pat
 def _hf_to_tl(hf_model: Any, path: Path, n_ctx: int | None) -> tuple[HookedTransformerConfig, dict]:
     """TransformerLens' own conversions: the config and the state dict of an HF Llama or GPT-2 model."""
     if hf_model.config.model_type == "llama":
-        from transformer_lens.pretrained.weight_conversions import convert_llama_weights
-
         cfg = llama_config_from_hf(hf_model.config, path.name, n_ctx or SMOLLM2_N_CTX)
-        return cfg, convert_llama_weights(hf_model, cfg)
-    from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
-
+        return cfg, hf_to_tl_state_dict(hf_model, cfg)
     c = hf_model.config  # TransformerLens' GPT-2 branch, read from the config (not from a hub name)
     cfg = HookedTransformerConfig(
         d_model=c.n_embd, d_head=c.n_embd // c.n_head, n_heads=c.n_head, d_mlp=c.n_inner or 4 * c.n_embd,
         n_layers=c.n_layer, n_ctx=c.n_positions, eps=c.layer_norm_epsilon, d_vocab=c.vocab_size,
         act_fn=c.activation_function, normalization_type="LN", positional_embedding_type="standard",
         original_architecture="GPT2LMHeadModel", model_name=path.name)
-    state_dict = convert_gpt2_weights(hf_model, cfg)
+    state_dict = hf_to_tl_state_dict(hf_model, cfg)
     state_dict.setdefault("unembed.b_U", torch.zeros(cfg.d_vocab))  # GPT-2 has no unembedding bias
     return cfg, state_dict
 

@@ -52,6 +52,11 @@ def _read_json(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
+def _load_json(path: Path) -> dict:
+    """A JSON record known to exist (found by a glob)."""
+    return json.loads(path.read_text())
+
+
 ORDER = ("probe", "directions", "neurons", "interventions", "training", "evaluation", "attribution")
 """The report's sections, in the order of the work (after the summary)."""
 PAPER_SHARES = {"TP-": 0.318, "TN+": 0.239, "AP+": 0.070, "AN-": 0.373}
@@ -184,10 +189,11 @@ def _attribution_section(run: Path, mode: str, out: list[str]) -> None:
                                  "delta_weight"]], 10))
 
 
-def _first(root: Path, pattern: str) -> Path | None:
-    """The first file matching ``pattern`` under runs/, the main job's runs (``main-*``) first."""
+def _first(root: Path, pattern: str, where=lambda path: True) -> Path | None:
+    """The first file matching ``pattern`` under runs/ for which ``where`` holds, the main job's
+    runs (``main-*``) first."""
     found = sorted((root / "runs").glob(pattern), key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
-    return found[0] if found else None
+    return next((p for p in found if where(p)), None)
 
 
 def _summary(root: Path) -> str:
@@ -205,7 +211,7 @@ def _summary(root: Path) -> str:
             f"{m.get('test_accuracy', float('nan')):.3f}).", "probe-probe")
     dpath = _first(root, f"*/{A.DIRECTIONS}.json")
     if dpath:
-        rows = pd.DataFrame(_read_json(dpath)["rows"])
+        rows = pd.DataFrame(_load_json(dpath)["rows"])
         for r in rows[rows["method"] == "probe"].head(1).itertuples():
             verdict = "above" if getattr(r, "above_chance", 0) else "not above"
             say(f"<b>Neurons along the probe</b>: the top value vector's cosine {r.top_cosine:.3f} is {verdict} what "
@@ -222,11 +228,10 @@ def _summary(root: Path) -> str:
                 f"{-b['random_drop_mean']:+.3f} ± {b['random_drop_std']:.3f}: {'it beats' if beats else 'it does not beat'} "
                 "random draws.",
                 f"directions-{dpath.parent.name}")
-    epath = next((p for p in sorted((root / "runs").glob(f"*/{A.EVAL}.json"),
-                                    key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
-                  if pd.DataFrame(_read_json(p)["rows"]).get("model", pd.Series(dtype=str)).nunique() > 1), None)
+    epath = _first(root, f"*/{A.EVAL}.json",  # an evaluation of two models or more
+                   lambda p: pd.DataFrame(_load_json(p)["rows"]).get("model", pd.Series(dtype=str)).nunique() > 1)
     if epath:
-        t = pd.DataFrame(_read_json(epath)["rows"])
+        t = pd.DataFrame(_load_json(epath)["rows"])
         b, a = t.iloc[0], t.iloc[-1]
         say(f"<b>Fine-tuning</b>: {html.escape(str(a['model']))} writes toxicity {b['toxicity']:.3f} → "
             f"<b>{a['toxicity']:.3f}</b> ({(a['toxicity'] / b['toxicity'] - 1) * 100:+.0f}%) at perplexity "
@@ -234,17 +239,16 @@ def _summary(root: Path) -> str:
             f"{html.escape(str(b['model']))}.", f"eval-{epath.parent.name}")
     gpath = _first(root, f"*/{A.attribution('own', 'groups')}.json")
     if gpath:
-        gj = _read_json(gpath)
+        gj = _load_json(gpath)
         g = pd.DataFrame(gj["rows"]).set_index("group")
         shares = ", ".join(f"{k} {g.loc[k, 'share_of_gross'] * 100:.0f}% (paper {PAPER_SHARES[k] * 100:.0f}%)"
                            for k in PAPER_SHARES if k in g.index)
         say(f"<b>What the fine-tuning changed, by neuron group</b> (shares of the gross reduction): {shares}.",
             f"attribution-own-{gpath.parent.name}")
-    hpath = next((p for p in sorted((root / "runs").glob(f"*/{A.attribution('own', 'groups')}.json"),
-                                    key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
-                  if "heads" in _read_json(p).get("check", {})), None)
+    hpath = _first(root, f"*/{A.attribution('own', 'groups')}.json",  # an attribution with heads
+                   lambda p: "heads" in _load_json(p).get("check", {}))
     if hpath:
-        c = _read_json(hpath)["check"]
+        c = _load_json(hpath)["check"]
         if c.get("total_change"):
             tot = c["total_change"]
             say(f"<b>Neurons vs heads</b>: of the probe projection's change {tot:.3f}, neurons give {c['neurons']:.3f} "

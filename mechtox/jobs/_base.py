@@ -167,22 +167,16 @@ class Context:
 
     def load(self, spec: str, announce: bool = True):
         """The model ``spec`` as a HookedTransformer (and one line saying what was loaded)."""
-        from mechtox.distributed import local_device
+        from mechtox.distributed import is_main, local_device
         from mechtox.models import default_device
 
         t = time.perf_counter()
         device = local_device(self.device or default_device())  # under torchrun: this rank's GPU
         model = self.ws.load_model(spec, device=device, dtype=self.dtype)
-        if announce and is_main_process():
+        if announce and is_main():
             print(f"loaded {spec} ({model.cfg.model_name}, {model.cfg.n_layers} layers, d_model {model.cfg.d_model}, "
                   f"d_mlp {model.cfg.d_mlp}) on {model.cfg.device} in {time.perf_counter() - t:.1f} s", flush=True)
         return model
-
-
-def is_main_process() -> bool:
-    from mechtox.distributed import is_main
-
-    return is_main()
 
 
 def execute(job, config, ctx: Context, **models) -> Any:
