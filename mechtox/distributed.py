@@ -14,6 +14,10 @@ call ``model.hooks(...)`` on the model, which the wrapper does not pass through.
 the backward pass gives DDP's result (the mean gradient over the global batch) for every
 objective; it does not overlap communication with the backward pass, which matters only when
 the interconnect, not the compute, is the bottleneck.
+
+With ``--fsdp`` the hf backend's model is sharded instead (:meth:`mechtox.hf_backend.HFBackend.shard`):
+FSDP averages the gradients itself, so :func:`average_gradients` is skipped, and every forward
+pass becomes a collective, so the validation passes run in lockstep.
 """
 
 from __future__ import annotations

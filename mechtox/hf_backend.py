@@ -263,6 +263,67 @@ class HFBackend(nn.Module):
         new = self._call(name, normed)
         return None if new is None else module.weight * new
 
+    # ------------------------------------------------------------------ FSDP
+
+    def shard(self) -> None:
+        """Shard the weights over the ranks with FSDP (``torch.distributed.fsdp.fully_shard``): each
+        block is its own unit, the embeddings, final norm and unembedding the root's. Every rank then
+        holds 1/N of the weights, gradients and optimizer state of the training copy; a block's
+        weights are gathered for its forward and backward and freed after. Gradients are averaged
+        over the ranks by FSDP's reduce-scatter. Call after the process group is set up and before
+        the optimizer is built; every rank must then run the same number of forward passes."""
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import fully_shard
+
+        if not dist.is_initialized():
+            raise MechtoxError("FSDP shards over processes: launch with torchrun --nproc_per_node N (N >= 2)")
+        mesh = init_device_mesh(torch.device(self.cfg.device).type, (dist.get_world_size(),))
+        self._hf_class = type(self.hf)  # fully_shard swaps in a subclass
+        for block in self._module(_MODULES[self.cfg.original_architecture]["blocks"]):
+            fully_shard(block, mesh=mesh)
+        fully_shard(self.hf, mesh=mesh)
+        self.sharded = True
+
+    def _full_weights(self) -> nn.Module:
+        """The model whose weights the TransformerLens conversion reads: the HuggingFace model itself,
+        or, when sharded, an unsharded copy on the CPU built from the gathered weights (every rank
+        gathers, in the same order)."""
+        if not getattr(self, "sharded", False):
+            return self.hf
+        full = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu()
+                for k, v in self.hf.state_dict().items()}
+        with torch.device("meta"):
+            shadow = self._hf_class(self.hf.config)
+        shadow.load_state_dict(full, strict=False, assign=True)
+        if getattr(self.hf.config, "tie_word_embeddings", False):
+            shadow.tie_weights()
+        return shadow
+
+    def optimizer_state(self, opt: torch.optim.Optimizer) -> dict:
+        """The optimizer's state to save: when sharded, gathered from every rank into one full state
+        keyed by parameter names (a collective; rank 0 receives it, on the CPU)."""
+        if not getattr(self, "sharded", False):
+            return opt.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        return get_optimizer_state_dict(self.hf, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict) -> None:
+        """Restore :meth:`optimizer_state`'s result (when sharded, each rank takes its shard of it)."""
+        if not getattr(self, "sharded", False):
+            opt.load_state_dict(state)
+            return
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
+
+        set_optimizer_state_dict(self.hf, opt, optim_state_dict=state, options=StateDictOptions(full_state_dict=True))
+
     # ------------------------------------------------------------------ LoRA
 
     def _inject_lora(self, spec: LoraSpec) -> None:
@@ -308,7 +369,7 @@ class HFBackend(nn.Module):
         try:
             for m in layers:
                 m.base_layer.weight.add_(m.get_delta_weight("default").to(m.base_layer.weight.dtype))
-            return {k: v.detach().clone() for k, v in hf_to_tl_state_dict(self.hf, self.cfg).items()}
+            return {k: v.detach().clone() for k, v in hf_to_tl_state_dict(self._full_weights(), self.cfg).items()}
         finally:
             for m, w in zip(layers, saved, strict=True):
                 m.base_layer.weight.copy_(w)

@@ -91,6 +91,9 @@ class TrainConfig:
     lora_dropout: float = 0.0
     lora_targets: str = "q,v"
     """modules that get adapters: q, k, v, o, gate, up, down (GPT-2: q/k/v = c_attn, o, up, down)"""
+    fsdp: bool = False
+    """under torchrun: shard the training copy's weights, gradients and optimizer state over the
+    ranks (FSDP, each block a unit) instead of replicating them (hf backend, full fine-tuning)"""
     sap_layers: str = "auto"
     """SAP: blocks whose output (``hook_resid_post``) gets the safety-aware vector; 'auto' = at 10%
     and 28% of the depth (layers 3 and 9 of Llama-2-7B's 32, as in Wu et al.)"""
@@ -117,6 +120,12 @@ class TrainConfig:
             raise MechtoxError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
         if not (self.sap_rho >= 0 and self.sap_eps >= 0 and self.sap_temperature > 0):
             raise MechtoxError("sap_rho and sap_eps must be >= 0 and sap_temperature > 0")
+        if self.fsdp and self.objective == "sap":
+            raise MechtoxError("--fsdp cannot train sap: its harmful-weight gradient (torch.autograd.grad of the weights) "
+                               "does not reach FSDP's sharded weights; use plain torchrun")
+        if self.fsdp and (self.backend == "hooked" or self.lora_r or self.compile):
+            raise MechtoxError("--fsdp shards the hf backend's full fine-tuning: drop --backend hooked, --lora-r and "
+                               "--compile (LoRA's adapters are small enough to replicate: use plain torchrun)")
 
 
 def lee_et_al_config(**overrides: Any) -> TrainConfig:
@@ -562,7 +571,8 @@ def _accumulate(fwd_model, objective, ex: list[int], cfg: TrainConfig, opt, step
     keys = list(sums)
     stacked = torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_tok), device=sums["loss"].device)])
     if world > 1:
-        distributed.average_gradients(params or [], world)
+        if not cfg.fsdp:  # FSDP's reduce-scatter has averaged them already
+            distributed.average_gradients(params or [], world)
         stacked = distributed.all_sum(stacked, world)
         stacked[:-1] /= world
     *values, n_all = stacked.tolist()
@@ -609,6 +619,9 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
 
     backend, why = choose_backend(cfg.backend, model.cfg, getattr(objective, "hook_names", ()), lora=cfg.lora_r > 0)
     rank, world = distributed.setup(str(model.cfg.device))
+    if cfg.fsdp and (world < 2 or backend != "hf"):
+        raise MechtoxError("--fsdp shards the model over processes on the hf backend: "
+                           + ("launch with torchrun --nproc_per_node N (N >= 2)" if world < 2 else why))
     progress = progress and rank == 0
     if world > 1 and progress:
         print(f"data parallel: {world} processes, {cfg.batch_size * cfg.grad_accum} examples each per step", flush=True)
@@ -633,7 +646,11 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         fwd_model.load_adapters(load_file(str(state_dir / "adapter.safetensors"), device=str(model.cfg.device)))
     if not resume:
         fwd_model.eval()
-        objective.prepare(fwd_model, progress)
+        objective.prepare(fwd_model, progress)  # every rank the same passes, before sharding
+    if cfg.fsdp:
+        fwd_model.shard()
+        if progress:
+            print(f"FSDP: weights, gradients and optimizer state sharded over {world} processes", flush=True)
     fwd_model.train()
     params = [p for p in fwd_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
@@ -645,18 +662,25 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     opt = _optimizer(params, cfg, model.cfg.device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
     if resume:
-        opt.load_state_dict(torch.load(state_dir / "optimizer.pt", map_location=model.cfg.device, weights_only=False))
+        saved_opt = torch.load(state_dir / "optimizer.pt", map_location=model.cfg.device, weights_only=False)
+        if cfg.fsdp:
+            fwd_model.load_optimizer_state(opt, saved_opt)
+        else:
+            opt.load_state_dict(saved_opt)
         sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
 
     def evaluate_val() -> float:
-        return _validation_loss(fwd_model, objective, val_idx[rank::world], cfg.batch_size, world)
+        # under FSDP every rank runs as many passes as the one with the most examples
+        lockstep = -(-len(val_idx) // world) if cfg.fsdp else 0
+        return _validation_loss(fwd_model, objective, val_idx[rank::world], cfg.batch_size, world, lockstep)
 
     def checkpoint() -> None:
         _write_back(fwd_model, model)
         loop = {"step": step, "history": history, "val_history": val_history, "best_val": best_val,
                 "bad_evals": bad_evals, "config": dataclasses.asdict(cfg), "base_model": base_print}
+        opt_state = fwd_model.optimizer_state(opt) if cfg.fsdp else opt.state_dict()  # FSDP: gathered by all
         if rank == 0:  # one writer; the others wait so that a resume finds the checkpoint complete
-            _save_state(out, model, fwd_model, objective, opt, sched, loop, lora=cfg.lora_r > 0)
+            _save_state(out, model, fwd_model, objective, opt_state, sched, loop, lora=cfg.lora_r > 0)
         distributed.barrier(world)
 
     eff = cfg.batch_size * cfg.grad_accum
@@ -675,6 +699,7 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         sched.step()
         step += 1
         this_call += 1
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a DTensor
         rec = {"step": step, "loss": total, "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0], **agg,
                "tokens": n_tok, "seconds": time.perf_counter() - t_step}
         if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.max_steps:
@@ -704,9 +729,10 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
                        val_history, backend, why, n_trainable)
 
 
-def _validation_loss(fwd_model, objective, mine: list[int], batch_size: int, world: int) -> float:
+def _validation_loss(fwd_model, objective, mine: list[int], batch_size: int, world: int, lockstep: int = 0) -> float:
     """Mean loss over the validation examples; each rank passes its share (``mine``) and the sums
-    are reduced."""
+    are reduced. ``lockstep``: the largest share; a rank with fewer examples runs passes on its
+    first one (or example 0) that count for nothing, so every rank runs as many (FSDP's gathers)."""
     from mechtox import distributed
 
     if not mine and world == 1:
@@ -715,9 +741,12 @@ def _validation_loss(fwd_model, objective, mine: list[int], batch_size: int, wor
     dev = fwd_model.cfg.device
     tot = torch.zeros(2, dtype=torch.float64, device=dev)
     with torch.no_grad():
-        for s in range(0, len(mine), batch_size):
+        for s in range(0, max(len(mine), lockstep), batch_size):
             idx = mine[s: s + batch_size]
-            loss, _ = objective.loss(fwd_model, idx)
+            filler = not idx
+            loss, _ = objective.loss(fwd_model, idx or mine[:1] or [0])
+            if filler:
+                continue
             tot += torch.stack([loss.detach().double() * len(idx), torch.tensor(float(len(idx)), device=dev,
                                                                                 dtype=torch.float64)])
     fwd_model.train()
@@ -725,7 +754,7 @@ def _validation_loss(fwd_model, objective, mine: list[int], batch_size: int, wor
     return float(tot[0] / tot[1]) if float(tot[1]) > 0 else float("nan")
 
 
-def _save_state(out: Path, model: HookedTransformer, fwd_model, objective, opt, sched, loop: dict,
+def _save_state(out: Path, model: HookedTransformer, fwd_model, objective, opt_state: dict, sched, loop: dict,
                 lora: bool) -> None:
     """The resumable checkpoint ``out/state`` (weights, optimizer, schedule, reference log-probs,
     LoRA adapters, loop state), written atomically, and ``out/metrics.jsonl``."""
@@ -736,7 +765,7 @@ def _save_state(out: Path, model: HookedTransformer, fwd_model, objective, opt, 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
         save_file(sd, str(tmp / "weights.safetensors"))
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        torch.save(opt_state, tmp / "optimizer.pt")
         if lora:
             save_file({k: v.cpu().contiguous() for k, v in fwd_model.adapter_state_dict().items()},
                       str(tmp / "adapter.safetensors"))

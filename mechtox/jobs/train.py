@@ -50,6 +50,8 @@ class TrainJobConfig:
     lora_dropout: float = option(_T["lora_dropout"])
     lora_targets: str = option(_T["lora_targets"], "modules with adapters: q, k, v, o, gate, up, down (GPT-2 also "
                                                    "c_attn, attn.c_proj, c_fc, mlp.c_proj)")
+    fsdp: bool = option(False, "under torchrun: shard the weights, gradients and optimizer state over the processes "
+                               "(FSDP; hf backend, full fine-tuning, not sap) instead of replicating them")
     lee_et_al: bool = option(False, "Lee et al.'s settings (lr 1e-6, RMSprop, batch 4, 150 warm-up)")
     resume: bool = option(False, "continue an interrupted run with the same settings")
     sap_layers: str = option(_T["sap_layers"], "sap: blocks that get the safety-aware vector ('auto': 10%% and 28%% "
@@ -73,6 +75,11 @@ class TrainJobConfig:
         if self.objective == "sft-probe" and not self.probe:
             raise MechtoxError("train sft-probe needs --probe NAME[,NAME...] (the probes trained against)")
         self.train_config(dtype="float32")  # TrainConfig checks its own fields (steps, lr, batch...)
+        from mechtox.distributed import launched
+
+        if self.fsdp and not launched():
+            raise MechtoxError("--fsdp shards the model over processes: launch with torchrun --nproc_per_node N "
+                               "-m mechtox train ... (N >= 2)")
 
     @property
     def name(self) -> str:
@@ -100,12 +107,12 @@ class TrainJobConfig:
                   max_completion_tokens=self.max_completion_tokens, sap_layers=self.sap_layers, sap_rho=self.sap_rho,
                   sap_eps=self.sap_eps, backend=self.backend, compile=self.compile,
                   lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
-                  lora_targets=self.lora_targets)
+                  lora_targets=self.lora_targets, fsdp=self.fsdp)
         if self.lee_et_al:
             from mechtox.training import lee_et_al_config
 
             keep = ("objective", "seed", "eval_every", "dtype", "checkpoint_every", "patience", "backend", "compile", "lora_r",
-                    "lora_alpha", "lora_dropout", "lora_targets")
+                    "lora_alpha", "lora_dropout", "lora_targets", "fsdp")
             return lee_et_al_config(**{k: v for k, v in kw.items() if k in keep})
         return TrainConfig(**kw)
 
