@@ -313,6 +313,69 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
                        getattr(direction, "name", "") or "direction", heads, head_groups, layers, (sa.z / sa.n_tokens).float())
 
 
+def head_sources(model: HookedTransformer, gens: Generations, heads: pd.DataFrame, keep: Sequence[int] | None = None,
+                 k: int = 5, batch_size: int = 16) -> pd.DataFrame:
+    """What each head in ``heads`` (rows with ``layer``, ``head``) attends to: its attention
+    pattern at the positions that predict the continuation tokens of ``gens`` (those listed in
+    ``keep``, default all), summed per source token id. Returns ``heads`` plus ``first_share``
+    (the share of attention on each sequence's first position, where heads rest) and
+    ``attends_to``: the ``k`` source tokens with the most attention and their shares.
+
+    GQA models share keys and values between query heads but each query head has its own
+    pattern (TransformerLens' ``hook_pattern``), which is the one read here."""
+    if len(heads) == 0:
+        return heads.assign(first_share=[], attends_to=[])
+    pairs = [(int(a), int(b)) for a, b in zip(heads["layer"], heads["head"], strict=True)]
+    share, first = source_shares(model, gens, pairs, keep, batch_size)
+    top = share.topk(min(k, share.shape[1]), dim=1)
+    out = heads.copy()
+    out["first_share"] = first.numpy()
+    out["attends_to"] = [" | ".join(f"{repr(model.to_string([t]))[1:-1]} {v:.0%}" for t, v in zip(ids, vals, strict=True) if v > 0)
+                         for ids, vals in zip(top.indices.tolist(), top.values.tolist(), strict=True)]
+    return out
+
+
+@torch.inference_mode()
+def source_shares(model: HookedTransformer, gens: Generations, heads: Sequence[tuple[int, int]],
+                  keep: Sequence[int] | None = None, batch_size: int = 16) -> tuple[Tensor, Tensor]:
+    """For each (layer, head): the share of its attention, summed over the continuation-predicting
+    positions, that lands on each source token id ([n_heads, d_vocab]), and on the first position
+    ([n_heads]). Batches are right-padded; padding gets no attention (it lies after every query)."""
+    idx = [i for i in (range(len(gens)) if keep is None else keep) if gens.continuation_ids[i]]
+    if not idx:
+        raise MechtoxError("no generated tokens to read attention patterns on")
+    dev = model.cfg.device
+    mass = torch.zeros(len(heads), model.cfg.d_vocab, dtype=torch.float64, device=dev)
+    first = torch.zeros(len(heads), dtype=torch.float64, device=dev)
+    state: dict[str, Tensor] = {}
+    by_layer: dict[int, list[tuple[int, int]]] = {}
+    for j, (layer, h) in enumerate(heads):
+        by_layer.setdefault(layer, []).append((j, h))
+
+    def pattern_hook(pat, hook):
+        q = state["mask"]                                   # [B, Tq]: the evaluation positions
+        for j, h in by_layer[int(hook.name.split(".")[1])]:
+            w = (pat[:, h].double() * q[..., None]).sum(1)  # [B, Tk]: attention summed over them
+            mass[j].scatter_add_(0, state["tokens"].reshape(-1), w.reshape(-1))
+            first[j] += w[:, 0].sum()
+
+    hooks = [(f"blocks.{layer}.attn.hook_pattern", pattern_hook) for layer in by_layer]
+    seqs = [gens.prompt_ids[i] + gens.continuation_ids[i] for i in idx]
+    starts = [len(gens.prompt_ids[i]) for i in idx]
+    pid = pad_id(model)
+    for s in range(0, len(seqs), batch_size):
+        rows = range(s, min(s + batch_size, len(seqs)))
+        batch = pad([seqs[i] for i in rows], pid, "right").to(dev)
+        mask = torch.zeros_like(batch.attention_mask, dtype=torch.float64)
+        for r, i in enumerate(rows):
+            mask[r, starts[i] - 1: len(seqs[i]) - 1] = 1.0
+        state["mask"], state["tokens"] = mask, batch.tokens
+        with model.hooks(fwd_hooks=hooks):
+            model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=max(by_layer) + 1)
+    total = mass.sum(1).clamp_min(1e-30)
+    return (mass / total[:, None]).float().cpu(), (first / total).float().cpu()
+
+
 def after_means(neurons: pd.DataFrame, n_layers: int, d_mlp: int, col: str = "act_after") -> Tensor:
     """A [n_layers, d_mlp] tensor of ``neurons[col]`` (neurons not in the table: 0)."""
     out = torch.zeros(n_layers, d_mlp)

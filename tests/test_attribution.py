@@ -252,6 +252,43 @@ def test_exactness_check_exposes_a_wrong_neuron_term(rich, monkeypatch):
     assert abs(run()["error"]) > 100 * max(abs(good["error"]), 1e-6)
 
 
+def test_head_sources_equal_a_direct_computation(rich):
+    """What a head attends to: its pattern at the continuation-predicting positions, summed per source
+    token id, from run_with_cache one unpadded sequence at a time (GPT-2-like; Llama-like with GQA,
+    whose query heads share keys but have their own patterns)."""
+    from mechtox.attribution import head_sources, source_shares
+
+    gens = _gens(rich, 3, [3, 5, 2, 4])
+    gens.prompt_ids[1][1] = gens.prompt_ids[0][0]  # a token id repeated across sequences
+    heads = [(0, 1), (1, 0), (1, rich.cfg.n_heads - 1)]
+    keep = [0, 1, 3]
+    share, first = source_shares(rich, gens, heads, keep, batch_size=2)  # padded batches of unequal lengths
+    mass = torch.zeros(len(heads), rich.cfg.d_vocab, dtype=torch.float64)
+    first_mass = torch.zeros(len(heads), dtype=torch.float64)
+    for i in keep:
+        p, c = gens.prompt_ids[i], gens.continuation_ids[i]
+        toks = torch.tensor([p + c])
+        _, cache = rich.run_with_cache(toks)
+        sl = slice(len(p) - 1, len(p) + len(c) - 1)
+        for j, (layer, h) in enumerate(heads):
+            w = cache[f"blocks.{layer}.attn.hook_pattern"][0, h, sl].sum(0).double()  # [Tk]
+            for pos, t in enumerate(toks[0].tolist()):
+                mass[j, t] += w[pos]
+            first_mass[j] += w[0]
+    total = mass.sum(1)
+    torch.testing.assert_close(share, (mass / total[:, None]).float(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(first, (first_mass / total).float(), atol=1e-6, rtol=0)
+    assert torch.allclose(share.sum(1), torch.ones(len(heads)))
+    assert not torch.allclose(share[0], share[1])  # different heads, different patterns
+    import pandas as pd
+
+    table = head_sources(rich, gens, pd.DataFrame({"layer": [h[0] for h in heads], "head": [h[1] for h in heads]}),
+                         keep, k=3)
+    best = share[0].argmax().item()
+    assert table["attends_to"][0].startswith(repr(rich.to_string([best]))[1:-1] + " ")
+    assert table["attends_to"][0].count("|") <= 2
+
+
 def test_heads_of_a_model_against_itself_are_zero(tiny_llama):
     res = attribute(tiny_llama, copy.deepcopy(tiny_llama), torch.randn(64), PROMPTS, mode="own", max_new_tokens=4,
                     progress=False)

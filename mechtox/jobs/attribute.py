@@ -48,6 +48,8 @@ class AttributeResult:
     results: dict               # mode -> mechtox.attribution.Attribution
     tops: dict                  # mode -> top neurons with their tokens
     n_prompts: int
+    head_tops: dict = field(default_factory=dict)  # mode -> top heads with the source tokens they attend to
+    toxic_continuations: tuple[int, int] = (0, 0)  # (toxic, all) before-model continuations the patterns are read on
     ablation: Any = None        # the ablation-vs-after table
     n_eval: int = 0
     seconds: float = 0.0
@@ -57,7 +59,7 @@ class AttributeResult:
 def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> AttributeResult:
     import time
 
-    from mechtox.attribution import attribute
+    from mechtox.attribution import attribute, head_sources
     from mechtox.data import load_prompts
     from mechtox.generation import generate
     from mechtox.models import same_architecture
@@ -79,17 +81,33 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     if "own" in modes:
         gens["after"] = generate(after, prompts.prompts, cfg.max_new_tokens, 32, 25, stop_at_eos=False,
                                  progress=ctx.progress)
-    results, tops = {}, {}
+    toxic = _toxic(gens["before"].continuations)
+    results, tops, head_tops = {}, {}, {}
     for mode in modes:
         res = attribute(before, after, direction, mode=mode, generations=dict(gens), progress=ctx.progress)
         results[mode] = res
         top = res.neurons.reindex(res.neurons["delta"].abs().sort_values(ascending=False).index).head(cfg.top)
         tops[mode] = decode_neurons(before, top, 8)
-    out = AttributeResult(cfg, results, tops, len(prompts))
+        # what the top heads attend to, both models reading the before model's toxic continuations
+        top_h = res.heads.reindex(res.heads["delta"].abs().sort_values(ascending=False).index).head(cfg.top)
+        src = {name: head_sources(m, gens["before"], top_h, toxic or None)
+               for name, m in (("before", before), ("after", after))}
+        head_tops[mode] = src["before"].assign(first_share_after=src["after"]["first_share"].to_numpy(),
+                                               attends_to_after=src["after"]["attends_to"].to_numpy())
+    out = AttributeResult(cfg, results, tops, len(prompts), head_tops,
+                          (len(toxic), len(gens["before"].continuations)))
     if cfg.n_eval_prompts:
         _ablation_vs_after(out, ctx, before, after, prompts.prompts[: cfg.n_eval_prompts])
     out.seconds = time.perf_counter() - t0
     return out
+
+
+def _toxic(continuations: list[str], threshold: float = 0.5) -> list[int]:
+    """Indices of the continuations the offline scorer calls toxic (may be empty)."""
+    from mechtox.scorers import get_scorer
+
+    scores = get_scorer("profanity")(continuations)
+    return [i for i, p in enumerate(scores) if p > threshold]
 
 
 def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: list[str]) -> None:
@@ -137,10 +155,13 @@ def write(res: AttributeResult, ctx: Context):
             "denominators": "share_of_gross: / sum of the reducing groups; share_of_net: / sum over all neurons"})
         _io.write_text(run / a("top-neurons.csv"), res.tops[mode].to_csv(index=False))
         _io.write_text(run / a("heads.csv"), r.heads.to_csv(index=False))
+        _io.write_text(run / a("top-heads.csv"), res.head_tops[mode].to_csv(index=False))
         _io.write_text(run / a("kinds-per-layer.csv"), r.layers.to_csv(index=False))
         artifacts.write_table(run, a("head-groups"), r.head_groups, {
             "mode": mode, "direction": cfg.direction, "before": cfg.before, "after": cfg.after, "check": r.check,
-            "denominators": "share_of_gross: / sum of the reducing head groups; share_of_net: / sum over all heads"})
+            "denominators": "share_of_gross: / sum of the reducing head groups; share_of_net: / sum over all heads",
+            "attends_to": "top-heads.csv: the source tokens each head attends to from the before model's "
+                          + _on(res.toxic_continuations) + ", read in each model"})
         plotting.save_figure(plotting.attribution_layers_figure(r.layers, f"Neurons vs heads per layer ({mode} tokens)"),
                              run / a("kinds.html"))
         plotting.save_figure(plotting.attribution_groups_figure(r.groups, f"Contributions by group ({mode} tokens)"),
@@ -152,6 +173,12 @@ def write(res: AttributeResult, ctx: Context):
     if res.ablation is not None:
         artifacts.write_table(run, artifacts.ABLATION_VS_AFTER, res.ablation, res.meta)
     return run
+
+
+def _on(counts: tuple[int, int]) -> str:
+    toxic, n = counts
+    return (f"{toxic} toxic continuations (of {n}, profanity-check > 0.5)" if toxic else
+            f"{n} continuations (none is toxic)")
 
 
 def summary(res: AttributeResult, ctx: Context) -> str:
@@ -169,9 +196,11 @@ def summary(res: AttributeResult, ctx: Context) -> str:
                   "attention heads:",
                   markdown(r.head_groups, ["group", "n", "contribution", "delta_pattern_value", "delta_weight",
                                            "share_of_gross", "share_of_net"], digits=4),
-                  markdown(r.heads.reindex(r.heads["delta"].abs().sort_values(ascending=False).index),
-                           ["layer", "head", "group", "p_before", "p_after", "delta", "delta_pattern_value",
-                            "delta_weight"], digits=4, max_rows=10),
+                  markdown(res.head_tops[mode], ["layer", "head", "group", "p_before", "p_after", "delta",
+                                                 "delta_pattern_value", "delta_weight", "attends_to"],
+                           digits=4, max_rows=10),
+                  f"(attends_to: the source tokens the head attends to from the before model's "
+                  f"{_on(res.toxic_continuations)}, with their share of its attention)",
                   f"exactness: change of the residual projection {c['total_change']:.6f} = embeddings "
                   f"{c['embeddings']:.6f} + heads {c['heads']:.6f} + attention biases {c['attention_biases']:.6f} "
                   f"+ neurons {c['neurons']:.6f} + MLP biases {c['mlp_biases']:.6f}; error {c['error']:.2e}"]
