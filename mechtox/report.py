@@ -126,7 +126,7 @@ def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
             out.append(_fig(plotting.ablation_figure(abl)) + _table(abl))
         top = _read_csv(run / A.TOP_NEURONS)
         if top is not None:
-            out.append(_table(top[["method", "layer", "neuron", "cosine", "tokens"]], 40))
+            out.append(_table(top[[c for c in ("method", "layer", "neuron", "cosine", "score", "tokens") if c in top]], 40))
     pe = _read_json(run / f"{A.PROBE_EVAL}.json")
     if pe:
         sec["probe"].append(_h2(f"Probe transfer: {pe.get('probe')} on {pe.get('data')}", f"transfer-{run.name}")
@@ -184,16 +184,25 @@ def _attribution_section(run: Path, mode: str, out: list[str]) -> None:
     heads = _read_csv(run / A.attribution(mode, "heads.csv"))
     if hg and heads is not None:
         out.append("<p>Attention heads</p>" + _table(pd.DataFrame(hg["rows"]).drop(columns=["meaning"], errors="ignore")))
-        top_h = heads.reindex(heads["delta"].abs().sort_values(ascending=False).index)
-        out.append(_table(top_h[["layer", "head", "group", "p_before", "p_after", "delta", "delta_pattern_value",
-                                 "delta_weight"]], 10))
+        cols = ["layer", "head", "group", "p_before", "p_after", "delta", "delta_pattern_value", "delta_weight"]
+        top_h = _read_csv(run / A.attribution(mode, "top-heads.csv"))
+        if top_h is not None:  # with what each head attends to
+            out.append(f"<p class='note'>attends to: {html.escape(hg.get('attends_to', ''))}</p>")
+            cols += ["attends_to", "attends_to_after"]
+        else:
+            top_h = heads.reindex(heads["delta"].abs().sort_values(ascending=False).index)
+        out.append(_table(top_h[cols], 10))
 
 
 def _first(root: Path, pattern: str, where=lambda path: True) -> Path | None:
     """The first file matching ``pattern`` under runs/ for which ``where`` holds, the main job's
     runs (``main-*``) first."""
-    found = sorted((root / "runs").glob(pattern), key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
-    return next((p for p in found if where(p)), None)
+    return next((p for p in _all(root, pattern) if where(p)), None)
+
+
+def _all(root: Path, pattern: str) -> list[Path]:
+    """Every file matching ``pattern`` under runs/, the main job's runs (``main-*``) first."""
+    return sorted((root / "runs").glob(pattern), key=lambda p: (not p.parent.name.startswith("main"), p.parent.name))
 
 
 def _summary(root: Path) -> str:
@@ -217,17 +226,23 @@ def _summary(root: Path) -> str:
             say(f"<b>Neurons along the probe</b>: the top value vector's cosine {r.top_cosine:.3f} is {verdict} what "
                 f"random directions reach ({r.chance_max_high:.3f}); {int(r.above_chance)} neurons above chance.",
                 f"directions-{dpath.parent.name}")
-        abl = _read_csv(dpath.parent / f"{A.ABLATION}.csv")
-        if abl is not None and len(abl) and "random_drop_std" in abl:
-            z = (abl["drop"] - abl["random_drop_mean"]) / abl["random_drop_std"].where(abl["random_drop_std"] > 0)
-            b = abl.loc[z.fillna(-1e9).idxmax()]
-            beats = b["drop"] > max(0.0, b["random_drop_mean"] + 2 * b["random_drop_std"])  # lowers it, beyond chance
-            change = f"lowers toxicity by {b['drop']:.3f}" if b["drop"] > 0 else f"raises toxicity by {-b['drop']:.3f}"
-            say(f"<b>Best direction's causal effect</b>: ablating the top {int(b['k'])} neurons of "
-                f"<i>{html.escape(str(b['method']))}</i> {change}; random neurons of the same layers change it by "
-                f"{-b['random_drop_mean']:+.3f} ± {b['random_drop_std']:.3f}: {'it beats' if beats else 'it does not beat'} "
-                "random draws.",
-                f"directions-{dpath.parent.name}")
+    for path in _all(root, f"*/{A.DIRECTIONS}.json"):  # the best ranking of each causal check
+        abl = _read_csv(path.parent / f"{A.ABLATION}.csv")
+        if abl is None or not len(abl) or "random_drop_std" not in abl:
+            continue
+        meta = _load_json(path)
+        z = (abl["drop"] - abl["random_drop_mean"]) / abl["random_drop_std"].where(abl["random_drop_std"] > 0)
+        if z.isna().all():
+            continue
+        b = abl.loc[z.fillna(-1e9).idxmax()]
+        beats = b["drop"] > max(0.0, b["random_drop_mean"] + 2 * b["random_drop_std"])  # lowers it, beyond chance
+        change = f"lowers toxicity by {b['drop']:.3f}" if b["drop"] > 0 else f"raises toxicity by {-b['drop']:.3f}"
+        on = ("prompts with no word the scorer flags" if meta.get("prompt_filter") == "unflagged" else "prompts")
+        n = (_read_json(path.parent / f"{A.ABLATION}.json") or {}).get("n_prompts")
+        say(f"<b>Best ranking's causal effect</b> ({n or ''} {on}): ablating the top {int(b['k'])} neurons of "
+            f"<i>{html.escape(str(b['method']))}</i> {change}; random neurons of the same layers change it by "
+            f"{-b['random_drop_mean']:+.3f} ± {b['random_drop_std']:.3f}: {'it beats' if beats else 'it does not beat'} "
+            "random draws.", f"directions-{path.parent.name}")
     epath = _first(root, f"*/{A.EVAL}.json",  # an evaluation of two models or more
                    lambda p: pd.DataFrame(_load_json(p)["rows"]).get("model", pd.Series(dtype=str)).nunique() > 1)
     if epath:
@@ -254,6 +269,12 @@ def _summary(root: Path) -> str:
             say(f"<b>Neurons vs heads</b>: of the probe projection's change {tot:.3f}, neurons give {c['neurons']:.3f} "
                 f"({c['neurons'] / tot * 100:.0f}%) and attention heads {c['heads']:.3f} ({c['heads'] / tot * 100:.0f}%); "
                 f"the parts add up to within {abs(c['error']):.1e}.", f"attribution-own-{hpath.parent.name}")
+        top_h = _read_csv(hpath.parent / A.attribution("own", "top-heads.csv"))
+        if top_h is not None and len(top_h) and "attends_to" in top_h:
+            h = top_h.iloc[0]
+            say(f"<b>The head that changed most</b>, L{int(h['layer'])}.H{int(h['head'])} (change {h['delta']:+.3f}, "
+                f"{h['delta_pattern_value']:+.3f} of it from its pattern and values), attends to "
+                f"{html.escape(str(h['attends_to']))} on the toxic continuations.", f"attribution-own-{hpath.parent.name}")
     if not items:
         return ""
     return "<h2 id='summary'>Summary</h2><ul class='summary'>" + "".join(items) + "</ul>"

@@ -94,7 +94,8 @@ def _check_report(ws: Path) -> None:
     assert (ws / "models" / "main-dpo" / "model.safetensors").is_file()
     report = (ws / "report.html").read_text()
     assert len(report) > 1_000_000  # plotly.js is embedded: the file opens offline
-    for heading in ("Probe sweep: probe", "Direction methods: main-directions", "Training: main-dpo",
+    for heading in ("Probe sweep: probe", "Direction methods: main-directions", "Direction methods: main-directions-lens",
+                    "Training: main-dpo",
                     "Attribution (own tokens)", "Attribution (shared tokens)", "Evaluation: main-eval"):
         assert heading in report, heading
     assert '<script src="http' not in report and "<script src='http" not in report  # nothing fetched
@@ -104,7 +105,8 @@ def _check_report(ws: Path) -> None:
     at = [report.index(x) for x in order]
     assert at == sorted(at), dict(zip(order, at, strict=True))
     summary = report[report.index("id='summary'"): report.index("</ul>", report.index("id='summary'"))]
-    for finding in ("Probe", "Neurons along the probe", "Fine-tuning", "by neuron group", "Neurons vs heads"):
+    for finding in ("Probe", "Neurons along the probe", "Best ranking's causal effect", "Fine-tuning", "by neuron group",
+                    "Neurons vs heads", "The head that changed most"):
         assert finding in summary, finding
 
 

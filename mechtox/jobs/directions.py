@@ -27,7 +27,8 @@ class DirectionsConfig:
     model: str = option("base")
     data: str | None = option(None, "labelled text " + DEFAULT_DATA.format("jigsaw_balanced.csv"))
     prompts: str | None = option(None, "prompts for generation " + DEFAULT_DATA.format("rtp_challenge.jsonl"))
-    methods: str = option("probe,unembed,gen-diffmean,gradient")
+    methods: str = option("probe,unembed,gen-diffmean,gradient", "direction methods ('' for none, with --rerank lens "
+                                                                  "or --attribution, which need no direction)")
     probe: str | None = option(None, "use this saved probe for the 'probe' method instead of fitting one")
     n_texts: int = option(2000, "labelled texts for token statistics and the probe")
     k_tokens: int = option(50, "size of the toxic / non-toxic token sets")
@@ -69,8 +70,10 @@ class DirectionsConfig:
         check_out(self.out, "run name")
         methods = self.method_list
         bad = [m for m in methods if m not in DIRECTION_METHODS]
-        if bad or not methods:
-            raise MechtoxError(f"unknown direction method(s) {bad or self.methods!r}; use {', '.join(DIRECTION_METHODS)}")
+        needs_none = self.attribution or "lens" in self.rerank_list  # rankings that need no direction
+        if bad or not (methods or needs_none):
+            raise MechtoxError(f"unknown direction method(s) {bad or self.methods!r}; use {', '.join(DIRECTION_METHODS)}"
+                               + ("" if bad else " (or --methods '' with --rerank lens or --attribution)"))
         for flag, chosen in (("--contrast", self.contrast_list), ("--rerank", self.rerank_list)):
             unknown = [m for m in chosen if m not in methods and not (flag == "--rerank" and m == "lens")]
             if unknown:
@@ -486,8 +489,8 @@ def summary(res: DirectionsResult, ctx: Context) -> str:
         s = outl.groupby("dim").agg(layers=("layer", "count"), max_ratio=("ratio", "max"),
                                     frac_tokens=("frac_tokens", "mean")).reset_index()
         lines.append("\nmassive residual dimensions (max |x| > 20x the median dimension's): " + markdown(s))
-    lines.append("\ntop neurons per method:\n" + markdown(res.top, ["method", "layer", "neuron", "cosine", "tokens"],
-                                                          max_rows=40))
+    cols = [c for c in ("method", "layer", "neuron", "cosine", "score", "tokens") if c in res.top]
+    lines.append("\ntop neurons per method:\n" + markdown(res.top, cols, max_rows=40))
     abl = res.ablation
     if abl is not None:
         lines.append(f"\nablation (baseline toxicity {abl.baseline['toxicity']:.4f}, PPL {abl.baseline['ppl']:.2f}):\n"

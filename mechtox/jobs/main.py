@@ -33,20 +33,23 @@ SIZES: dict[str, dict[str, Any]] = {
     # 2 CPU cores: about 15-20 minutes in all (measured: see docs/results.md)
     "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=20, dir_draws=2, pairs=400, steps=24,
                   batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=25,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=200, dir_ppl_tokens=1000),
+                  methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=200, dir_ppl_tokens=1000,
+                  lens_fit_prompts=150, lens_eval_prompts=40, benign_tokens=2048),
     # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results):
     # no causal ablation check of the directions and no Goodhart check, the two slowest parts
     "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=0, dir_draws=1, pairs=24, steps=3,
                   batch=4, lr=1e-5, eval_prompts=16, attr_prompts=8, ppl_tokens=1000, f1_prompts=8,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20, goodhart_n=0),
+                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20, goodhart_n=0,
+                  lens_fit_prompts=30, lens_eval_prompts=0, benign_tokens=512),
     # a GPU: the papers' sizes
     "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
                  batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
-                 methods="probe,unembed,gen-diffmean,gradient", gen_prompts=400, goodhart_n=800),
+                 methods="probe,unembed,gen-diffmean,gradient", gen_prompts=400, goodhart_n=800,
+                 lens_fit_prompts=915, lens_eval_prompts=281, benign_tokens=4096),
 }
 # the template-built toy data (tests on the tiny model) is small: scale down
 _TOY = dict(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, attr_prompts=20, dir_eval_prompts=20,
-            k_tokens=10, goodhart_n=400)
+            k_tokens=10, goodhart_n=400, lens_fit_prompts=20, lens_eval_prompts=10, benign_tokens=0)
 
 
 @dataclass(frozen=True)
@@ -136,8 +139,20 @@ def plan(cfg: MainConfig) -> list[Step]:
             model=M, data=labelled, prompts=prompts, text=text, methods=S["methods"], probe="probe",
             n_texts=S["dir_texts"], k_tokens=S.get("k_tokens", 50), n_gen_prompts=S["gen_prompts"],
             n_eval_prompts=S["dir_eval_prompts"], ks="100", random_draws=S["dir_draws"], metric="raw",
-            ppl_tokens=S.get("dir_ppl_tokens", S["ppl_tokens"]), contrast="unembed", out=f"{out}-directions"))], ["probe"],
-             "2 direction methods compared (probe vs unembedding...)"),
+            ppl_tokens=S.get("dir_ppl_tokens", S["ppl_tokens"]), contrast="unembed", out=f"{out}-directions")),
+            # the ranking that works (docs/results.md): neurons whose logit lens has a toxic token, ordered by how
+            # much the model's own toxic words use them beyond ordinary text, checked on prompts with no flagged
+            # word (the toxicity the model writes itself), fitted on the others (the 30 toy prompts have 2
+            # flagged ones, too few to fit on: there it runs on all prompts)
+            (directions, directions.DirectionsConfig(
+                model=M, data=labelled, prompts=prompts, text=text, methods="", contrast="", rerank="lens",
+                prompt_filter="all" if cfg.toy else "unflagged", fit_prompts="rest" if cfg.toy else "flagged",
+                n_texts=S["dir_texts"],
+                k_tokens=S.get("k_tokens", 50), n_gen_prompts=S["lens_fit_prompts"],
+                n_eval_prompts=S["lens_eval_prompts"], ks="10,100", random_draws=S["dir_draws"], metric="raw",
+                benign_tokens=S["benign_tokens"], ppl_tokens=S.get("dir_ppl_tokens", S["ppl_tokens"]),
+                out=f"{out}-directions-lens"))], ["probe"],
+             "2 direction methods compared (probe vs unembedding...; toxic-lens neurons on unflagged prompts)"),
         Step("rank", [(rank, rank.RankConfig(model=M, probe=d, top=20, out=f"{out}-rank-{d}"))
                       for d in ("probe", "gen-diffmean")], ["probe", "directions"],
              "3 toxic neurons along the probe (Lee et al.) and the generation diff-of-means"),
@@ -159,7 +174,7 @@ def plan(cfg: MainConfig) -> list[Step]:
         Step("attribution", [(attribute, attribute.AttributeConfig(
             before=M, after=f"{out}-dpo", direction="probe", prompts=prompts, n=S["attr_prompts"], mode="both",
             top=20, n_eval_prompts=0, ablate_ks="100", ppl_tokens=S["ppl_tokens"], f1_prompts=0,
-            out=f"{out}-attribution"))], ["train", "probe"], "7 attribution of the DPO change to neurons"),
+            out=f"{out}-attribution"))], ["train", "probe"], "7 attribution of the DPO change to neurons and heads"),
     ]
 
 
