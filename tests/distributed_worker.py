@@ -1,10 +1,12 @@
-"""One rank of the 2-process data-parallel test (tests/test_distributed.py), started by torchrun:
-trains the tiny Llama-like model on the hf backend and, on rank 0, saves its weights.
+"""One rank of the 2-process tests (tests/test_distributed.py), started by torchrun: in one launch,
+trains the tiny Llama-like model on the hf backend without interruption, then again stopped
+after 2 steps and resumed; every rank saves its weights after each.
 
-python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT_DIR BATCH [STOP_AFTER|resume|-] [fsdp]
+python -m torch.distributed.run --nproc_per_node 2 tests/distributed_worker.py OUT_DIR BATCH [fsdp]
 """
 
 import sys
+from pathlib import Path
 
 import torch
 
@@ -12,16 +14,22 @@ from mechtox.training import DPOObjective, train
 from tests.test_distributed import config, model_and_pairs
 
 
-def main() -> None:
-    out, batch = sys.argv[1], int(sys.argv[2])
-    mode = sys.argv[3] if len(sys.argv) > 3 else ""
+def run(out: Path, batch: int, fsdp: bool, resume: bool = False, stop_after: int | None = None) -> None:
     model, pairs = model_and_pairs()
-    cfg = config(batch, fsdp=len(sys.argv) > 4 and sys.argv[4] == "fsdp")
-    res = train(model, DPOObjective(model, pairs, cfg), cfg, out, progress=False, resume=mode == "resume",
-                stop_after=int(mode) if mode.isdigit() else None)
+    cfg = config(batch, fsdp=fsdp)
+    res = train(model, DPOObjective(model, pairs, cfg), cfg, out, progress=False, resume=resume,
+                stop_after=stop_after)
     rank = torch.distributed.get_rank()
     # every rank's model holds the trained weights (under FSDP too: gathered at write-back)
-    torch.save({"weights": model.state_dict(), "history": res.history}, f"{out}/result{'' if rank == 0 else rank}.pt")
+    torch.save({"weights": model.state_dict(), "history": res.history}, out / f"result{rank}.pt")
+
+
+def main() -> None:
+    out, batch = Path(sys.argv[1]), int(sys.argv[2])
+    fsdp = len(sys.argv) > 3 and sys.argv[3] == "fsdp"
+    run(out / "uninterrupted", batch, fsdp)
+    run(out / "resumed", batch, fsdp, stop_after=2)  # interrupted after 2 of 4 steps
+    run(out / "resumed", batch, fsdp, resume=True)
 
 
 if __name__ == "__main__":

@@ -37,26 +37,31 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, batch: int, mode: str = "", fsdp: bool = False) -> dict:
+def _torchrun(out: Path, batch: int, fsdp: bool = False) -> dict[str, dict]:
+    """One launch of 2 ranks: the uninterrupted run and the interrupted-then-resumed one, as each
+    rank saved them."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(REPO / "tests" / "distributed_worker.py"), str(out), str(batch)]
-    proc = subprocess.run(cmd + [mode or "-"] + (["fsdp"] if fsdp else []), cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(cmd + (["fsdp"] if fsdp else []), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return torch.load(out / "result.pt", weights_only=False)
+    return {f"{run}{rank}": torch.load(out / run / f"result{rank}.pt", weights_only=False)
+            for run in ("uninterrupted", "resumed") for rank in (0, 1)}
 
 
-@pytest.mark.slow
-def test_distributed_two_processes_equal_one_on_the_same_global_batch(tmp_path):
+def _check(tmp_path, fsdp: bool) -> None:
     from mechtox.training import DPOObjective, train
 
-    two = _torchrun(tmp_path / "two", batch=4)  # 2 ranks x 4 pairs per step
+    runs = _torchrun(tmp_path / "two", batch=4, fsdp=fsdp)  # 2 ranks x 4 pairs per step
+    two = runs["uninterrupted0"]
     model, pairs = model_and_pairs()
-    cfg = config(8)  # 1 process x 8 pairs per step: the same examples in each step
+    cfg = dataclasses.replace(config(8, fsdp=fsdp), fsdp=False)  # 1 process x 8 pairs: the same examples per step
     one = train(model, DPOObjective(model, pairs, cfg), cfg, tmp_path / "one", progress=False)
+    assert sum("val_loss" in h for h in one.history) == 2
     for a, b in zip(one.history, two["history"], strict=True):
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
         assert a["tokens"] == b["tokens"]  # the global batch's tokens, summed over the ranks
         if "val_loss" in a:
             assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
@@ -64,40 +69,26 @@ def test_distributed_two_processes_equal_one_on_the_same_global_batch(tmp_path):
     # the order of the sums differ from one process by rounding only
     for k, v in model.named_parameters():
         assert (v.detach() - two["weights"][k]).abs().max() < 1e-4, k
+        assert torch.equal(two["weights"][k], runs["uninterrupted1"]["weights"][k]), k  # both ranks
     start = model_and_pairs()[0].state_dict()
     assert sum(not torch.equal(two["weights"][k], start[k]) for k, _ in model.named_parameters()) > 10
-
-    _torchrun(tmp_path / "resumed", batch=4, mode="2")  # interrupted after 2 of 4 steps
-    resumed = _torchrun(tmp_path / "resumed", batch=4, mode="resume")
+    # interrupted after 2 of 4 steps, then resumed: exactly the uninterrupted weights
+    resumed = runs["resumed0"]
     assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
     for k, _ in model.named_parameters():
         assert torch.equal(two["weights"][k], resumed["weights"][k]), k
 
 
 @pytest.mark.slow
+def test_distributed_two_processes_equal_one_on_the_same_global_batch(tmp_path):
+    """Data parallel: gradients averaged with one all_reduce after the backward pass."""
+    _check(tmp_path, fsdp=False)
+
+
+@pytest.mark.slow
 def test_distributed_fsdp_two_processes_equal_one_and_resume(tmp_path):
-    """FSDP (each block sharded over 2 gloo processes): the same losses and weights as 1 unsharded
-    process on the same global batch; both ranks get the full trained weights back; a run
-    interrupted after 2 of 4 steps (optimizer state gathered into one file) resumes to the same."""
-    from mechtox.training import DPOObjective, train
-
-    two = _torchrun(tmp_path / "two", batch=4, fsdp=True)
-    other_rank = torch.load(tmp_path / "two" / "result1.pt", weights_only=False)
-    model, pairs = model_and_pairs()
-    cfg = dataclasses.replace(config(8), val_fraction=0.2)  # the FSDP run's split, one unsharded process
-    one = train(model, DPOObjective(model, pairs, cfg), cfg, tmp_path / "one", progress=False)
-    assert sum("val_loss" in h for h in one.history) == 2
-    for a, b in zip(one.history, two["history"], strict=True):
-        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
-        assert a["grad_norm"] == pytest.approx(b["grad_norm"], rel=1e-4)
-        if "val_loss" in a:
-            assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
-    for k, v in model.named_parameters():
-        assert (v.detach() - two["weights"][k]).abs().max() < 1e-4, k
-        assert torch.equal(two["weights"][k], other_rank["weights"][k]), k
-
-    _torchrun(tmp_path / "resumed", batch=4, mode="2", fsdp=True)
-    resumed = _torchrun(tmp_path / "resumed", batch=4, mode="resume", fsdp=True)
-    assert [h["step"] for h in resumed["history"]] == [1, 2, 3, 4]
-    for k, _ in model.named_parameters():
-        assert torch.equal(two["weights"][k], resumed["weights"][k]), k
+    """FSDP (each block sharded over the 2 processes; 5 validation examples, so the ranks' shares
+    differ and their passes must run in lockstep): the same losses and weights as 1 unsharded
+    process, the full weights back on both ranks, and exact resume (the optimizer state gathered
+    into one file)."""
+    _check(tmp_path, fsdp=True)

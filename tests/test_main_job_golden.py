@@ -94,8 +94,7 @@ def _check_report(ws: Path) -> None:
     assert (ws / "models" / "main-dpo" / "model.safetensors").is_file()
     report = (ws / "report.html").read_text()
     assert len(report) > 1_000_000  # plotly.js is embedded: the file opens offline
-    for heading in ("Probe sweep: probe", "Direction methods: main-directions", "Direction methods: main-directions-lens",
-                    "Training: main-dpo",
+    for heading in ("Probe sweep: probe", "Direction methods: main-directions", "Training: main-dpo",
                     "Attribution (own tokens)", "Attribution (shared tokens)", "Evaluation: main-eval"):
         assert heading in report, heading
     assert '<script src="http' not in report and "<script src='http" not in report  # nothing fetched

@@ -59,6 +59,8 @@ class AttributeResult:
 def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> AttributeResult:
     import time
 
+    import pandas as pd
+
     from mechtox.attribution import attribute, head_sources
     from mechtox.data import load_prompts
     from mechtox.generation import generate
@@ -81,19 +83,25 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     if "own" in modes:
         gens["after"] = generate(after, prompts.prompts, cfg.max_new_tokens, 32, 25, stop_at_eos=False,
                                  progress=ctx.progress)
-    toxic = _toxic(gens["before"].continuations)
-    results, tops, head_tops = {}, {}, {}
+    results, tops, top_heads = {}, {}, {}
     for mode in modes:
         res = attribute(before, after, direction, mode=mode, generations=dict(gens), progress=ctx.progress)
         results[mode] = res
         top = res.neurons.reindex(res.neurons["delta"].abs().sort_values(ascending=False).index).head(cfg.top)
         tops[mode] = decode_neurons(before, top, 8)
-        # what the top heads attend to, both models reading the before model's toxic continuations
-        top_h = res.heads.reindex(res.heads["delta"].abs().sort_values(ascending=False).index).head(cfg.top)
-        src = {name: head_sources(m, gens["before"], top_h, toxic or None)
-               for name, m in (("before", before), ("after", after))}
-        head_tops[mode] = src["before"].assign(first_share_after=src["after"]["first_share"].to_numpy(),
-                                               attends_to_after=src["after"]["attends_to"].to_numpy())
+        top_heads[mode] = res.heads.reindex(res.heads["delta"].abs().sort_values(ascending=False).index).head(cfg.top)
+    # what the top heads (of any mode) attend to, both models reading the before model's toxic continuations
+    toxic = _toxic(gens["before"].continuations)
+    union = pd.concat(top_heads.values())[["layer", "head"]].drop_duplicates()
+    src = {name: head_sources(m, gens["before"], union, toxic or None).set_index(["layer", "head"])
+           for name, m in (("before", before), ("after", after))}
+    head_tops = {}
+    for mode, t in top_heads.items():
+        key = pd.MultiIndex.from_frame(t[["layer", "head"]])
+        head_tops[mode] = t.assign(first_share=src["before"].loc[key, "first_share"].to_numpy(),
+                                   attends_to=src["before"].loc[key, "attends_to"].to_numpy(),
+                                   first_share_after=src["after"].loc[key, "first_share"].to_numpy(),
+                                   attends_to_after=src["after"].loc[key, "attends_to"].to_numpy())
     out = AttributeResult(cfg, results, tops, len(prompts), head_tops,
                           (len(toxic), len(gens["before"].continuations)))
     if cfg.n_eval_prompts:

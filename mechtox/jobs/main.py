@@ -30,26 +30,24 @@ HELP = ("the main job: probe, directions, neurons, pairs, DPO, evaluation, attri
         "are reused)")
 
 SIZES: dict[str, dict[str, Any]] = {
-    # 2 CPU cores: about 15-20 minutes in all (measured: see docs/results.md)
-    "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=20, dir_draws=2, pairs=400, steps=24,
+    # 2 CPU cores: under 20 minutes in all (measured: see docs/results.md)
+    "small": dict(n_train=800, n_test=400, dir_texts=1500, dir_eval_prompts=30, dir_draws=2, pairs=400, steps=24,
                   batch=8, lr=1e-5, eval_prompts=100, attr_prompts=40, ppl_tokens=4000, f1_prompts=25,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=100, goodhart_n=200, dir_ppl_tokens=1000,
-                  lens_fit_prompts=150, lens_eval_prompts=40, benign_tokens=2048),
+                  methods="probe,unembed,gen-diffmean", gen_prompts=150, goodhart_n=100, dir_ppl_tokens=1000,
+                  benign_tokens=2048, evals=2),
     # a check that every step runs on the real model and data (a few minutes on 2 CPU cores; not results):
     # no causal ablation check of the directions and no Goodhart check, the two slowest parts
     "quick": dict(n_train=160, n_test=160, dir_texts=300, dir_eval_prompts=0, dir_draws=1, pairs=24, steps=3,
                   batch=4, lr=1e-5, eval_prompts=16, attr_prompts=8, ppl_tokens=1000, f1_prompts=8,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20, goodhart_n=0,
-                  lens_fit_prompts=30, lens_eval_prompts=0, benign_tokens=512),
-    # a GPU: the papers' sizes
-    "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=300, dir_draws=3, pairs=2000, steps=500,
+                  methods="probe,unembed,gen-diffmean", gen_prompts=30, k_tokens=20, goodhart_n=0, benign_tokens=512),
+    # a GPU: the papers' sizes (all 281 unflagged challenge prompts checked, the 915 others fitted on)
+    "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=281, dir_draws=3, pairs=2000, steps=500,
                  batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
-                 methods="probe,unembed,gen-diffmean,gradient", gen_prompts=400, goodhart_n=800,
-                 lens_fit_prompts=915, lens_eval_prompts=281, benign_tokens=4096),
+                 methods="probe,unembed,gen-diffmean,gradient", gen_prompts=915, goodhart_n=800, benign_tokens=4096),
 }
 # the template-built toy data (tests on the tiny model) is small: scale down
 _TOY = dict(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, attr_prompts=20, dir_eval_prompts=20,
-            k_tokens=10, goodhart_n=400, lens_fit_prompts=20, lens_eval_prompts=10, benign_tokens=0)
+            k_tokens=10, goodhart_n=400, gen_prompts=100, benign_tokens=0)
 
 
 @dataclass(frozen=True)
@@ -135,24 +133,20 @@ def plan(cfg: MainConfig) -> list[Step]:
         Step("probe", [(probe, probe.ProbeConfig(model=M, data=labelled, n_train=S["n_train"], n_test=S["n_test"],
                                                  save="final", out="probe"))],
              title="1 probe sweep (Lee et al.: every layer, mean-pooled)"),
+        # every ranking side by side on the prompts with no word the scorer flags (the toxicity the model writes
+        # itself, not copies of the prompt), the generation-based ones fitted on the other prompts: the cosine
+        # rankings (probe, unembedding, generation diff-of-means), the unembedding contrast, and the ranking that
+        # works (docs/results.md): neurons whose logit lens has a toxic token, ordered by how much the model's own
+        # toxic words use them beyond ordinary text. (The 30 toy prompts have 2 flagged ones, too few to fit on:
+        # there it runs on all prompts.)
         Step("directions", [(directions, directions.DirectionsConfig(
-            model=M, data=labelled, prompts=prompts, text=text, methods=S["methods"], probe="probe",
+            model=M, data=labelled, prompts=prompts, text=text, methods=S["methods"], probe="probe", contrast="unembed",
+            rerank="lens", prompt_filter="all" if cfg.toy else "unflagged", fit_prompts="rest" if cfg.toy else "flagged",
             n_texts=S["dir_texts"], k_tokens=S.get("k_tokens", 50), n_gen_prompts=S["gen_prompts"],
             n_eval_prompts=S["dir_eval_prompts"], ks="100", random_draws=S["dir_draws"], metric="raw",
-            ppl_tokens=S.get("dir_ppl_tokens", S["ppl_tokens"]), contrast="unembed", out=f"{out}-directions")),
-            # the ranking that works (docs/results.md): neurons whose logit lens has a toxic token, ordered by how
-            # much the model's own toxic words use them beyond ordinary text, checked on prompts with no flagged
-            # word (the toxicity the model writes itself), fitted on the others (the 30 toy prompts have 2
-            # flagged ones, too few to fit on: there it runs on all prompts)
-            (directions, directions.DirectionsConfig(
-                model=M, data=labelled, prompts=prompts, text=text, methods="", contrast="", rerank="lens",
-                prompt_filter="all" if cfg.toy else "unflagged", fit_prompts="rest" if cfg.toy else "flagged",
-                n_texts=S["dir_texts"],
-                k_tokens=S.get("k_tokens", 50), n_gen_prompts=S["lens_fit_prompts"],
-                n_eval_prompts=S["lens_eval_prompts"], ks="10,100", random_draws=S["dir_draws"], metric="raw",
-                benign_tokens=S["benign_tokens"], ppl_tokens=S.get("dir_ppl_tokens", S["ppl_tokens"]),
-                out=f"{out}-directions-lens"))], ["probe"],
-             "2 direction methods compared (probe vs unembedding...; toxic-lens neurons on unflagged prompts)"),
+            benign_tokens=S["benign_tokens"], ppl_tokens=S.get("dir_ppl_tokens", S["ppl_tokens"]),
+            out=f"{out}-directions"))], ["probe"],
+             "2 direction methods compared on prompts with no flagged word (probe, unembedding, toxic-lens...)"),
         Step("rank", [(rank, rank.RankConfig(model=M, probe=d, top=20, out=f"{out}-rank-{d}"))
                       for d in ("probe", "gen-diffmean")], ["probe", "directions"],
              "3 toxic neurons along the probe (Lee et al.) and the generation diff-of-means"),
@@ -163,8 +157,9 @@ def plan(cfg: MainConfig) -> list[Step]:
                                      " (greedy vs steered toward toxicity)")),
         Step("train", [(train, train.TrainJobConfig(
             objective="dpo", model=M, pairs=f"{out}-pairs", lr=S["lr"], batch_size=S["batch"],
-            warmup_steps=max(1, steps // 10), steps=steps, clip=10.0, beta=0.1, eval_every=max(1, steps // 4),
-            checkpoint_every=max(1, steps // 4), max_completion_tokens=32, held_out="probe",
+            warmup_steps=max(1, steps // 10), steps=steps, clip=10.0, beta=0.1,
+            eval_every=max(1, steps // S.get("evals", 4)), checkpoint_every=max(1, steps // S.get("evals", 4)),
+            max_completion_tokens=32, held_out="probe",
             goodhart_n=S.get("goodhart_n", S["n_train"]), data=labelled, out=f"{out}-dpo"))], ["pairs", "probe"],
              "5 DPO on the pairs"),
         Step("eval", [(compare_eval, CompareEvalConfig((M, f"{out}-dpo"), prompts, text, wiki, S["eval_prompts"],
