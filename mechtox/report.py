@@ -226,7 +226,7 @@ def _summary(root: Path) -> str:
             say(f"<b>Neurons along the probe</b>: the top value vector's cosine {r.top_cosine:.3f} is {verdict} what "
                 f"random directions reach ({r.chance_max_high:.3f}); {int(r.above_chance)} neurons above chance.",
                 f"directions-{dpath.parent.name}")
-    for path in _all(root, f"*/{A.DIRECTIONS}.json"):  # the best ranking of each causal check
+    for path in _all(root, f"*/{A.DIRECTIONS}.json"):  # each causal check: what passes the goal, else the best
         abl = _read_csv(path.parent / f"{A.ABLATION}.csv")
         if abl is None or not len(abl) or "random_drop_std" not in abl:
             continue
@@ -234,15 +234,21 @@ def _summary(root: Path) -> str:
         z = (abl["drop"] - abl["random_drop_mean"]) / abl["random_drop_std"].where(abl["random_drop_std"] > 0)
         if z.isna().all():
             continue
-        b = abl.loc[z.fillna(-1e9).idxmax()]
+        passing = [r["method"] for r in meta["rows"] if r.get("goal")]
+        rows = abl[abl["method"].isin(passing) & z.notna()]
+        b = rows.iloc[0] if len(rows) else abl.loc[z.fillna(-1e9).idxmax()]
         beats = b["drop"] > max(0.0, b["random_drop_mean"] + 2 * b["random_drop_std"])  # lowers it, beyond chance
         change = f"lowers toxicity by {b['drop']:.3f}" if b["drop"] > 0 else f"raises toxicity by {-b['drop']:.3f}"
         on = ("prompts with no word the scorer flags" if meta.get("prompt_filter") == "unflagged" else "prompts")
-        n = (_read_json(path.parent / f"{A.ABLATION}.json") or {}).get("n_prompts")
-        say(f"<b>Best ranking's causal effect</b> ({n or ''} {on}): ablating the top {int(b['k'])} neurons of "
-            f"<i>{html.escape(str(b['method']))}</i> {change}; random neurons of the same layers change it by "
-            f"{-b['random_drop_mean']:+.3f} ± {b['random_drop_std']:.3f}: {'it beats' if beats else 'it does not beat'} "
-            "random draws.", f"directions-{path.parent.name}")
+        ameta = _read_json(path.parent / f"{A.ABLATION}.json") or {}
+        n, draws = ameta.get("n_prompts"), len(next(iter(ameta.get("random_drops", {}).values()), []))
+        what = ("<b>Ranking that meets the goal</b> (precise, causal, specific)" if len(rows)
+                else "<b>Best ranking's causal effect</b> (none meets the goal)")
+        say(f"{what} on {n or ''} {on}: ablating the top {int(b['k'])} neurons of "
+            f"<i>{html.escape(str(b['method']))}</i> {change} at perplexity {b['ppl']:.2f}; random neurons of the same "
+            f"layers change it by {-b['random_drop_mean']:+.3f} ± {b['random_drop_std']:.3f} ({draws} draws, perplexity "
+            f"{b['random_ppl_mean']:.2f}): {'it beats' if beats else 'it does not beat'} random draws"
+            + (" (few draws: confirm with more)." if draws < 8 else "."), f"directions-{path.parent.name}")
     epath = _first(root, f"*/{A.EVAL}.json",  # an evaluation of two models or more
                    lambda p: pd.DataFrame(_load_json(p)["rows"]).get("model", pd.Series(dtype=str)).nunique() > 1)
     if epath:
@@ -274,7 +280,7 @@ def _summary(root: Path) -> str:
             h = top_h.iloc[0]
             say(f"<b>The head that changed most</b>, L{int(h['layer'])}.H{int(h['head'])} (change {h['delta']:+.3f}, "
                 f"{h['delta_pattern_value']:+.3f} of it from its pattern and values), attends to "
-                f"{html.escape(str(h['attends_to']))} on the toxic continuations.", f"attribution-own-{hpath.parent.name}")
+                f"<code>{html.escape(str(h['attends_to']))}</code> on the toxic continuations.", f"attribution-own-{hpath.parent.name}")
     if not items:
         return ""
     return "<h2 id='summary'>Summary</h2><ul class='summary'>" + "".join(items) + "</ul>"

@@ -104,7 +104,7 @@ def _check_report(ws: Path) -> None:
     at = [report.index(x) for x in order]
     assert at == sorted(at), dict(zip(order, at, strict=True))
     summary = report[report.index("id='summary'"): report.index("</ul>", report.index("id='summary'"))]
-    for finding in ("Probe", "Neurons along the probe", "Best ranking's causal effect", "Fine-tuning", "by neuron group",
+    for finding in ("Probe", "Neurons along the probe", "random neurons of the same layers", "Fine-tuning", "by neuron group",
                     "Neurons vs heads", "The head that changed most"):
         assert finding in summary, finding
 
