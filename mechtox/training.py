@@ -619,9 +619,7 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
 
     backend, why = choose_backend(cfg.backend, model.cfg, getattr(objective, "hook_names", ()), lora=cfg.lora_r > 0)
     rank, world = distributed.setup(str(model.cfg.device))
-    if cfg.fsdp and (world < 2 or backend != "hf"):
-        raise MechtoxError("--fsdp shards the model over processes on the hf backend: "
-                           + ("launch with torchrun --nproc_per_node N (N >= 2)" if world < 2 else why))
+    _check_fsdp(cfg, world, backend, why)
     progress = progress and rank == 0
     if world > 1 and progress:
         print(f"data parallel: {world} processes, {cfg.batch_size * cfg.grad_accum} examples each per step", flush=True)
@@ -649,25 +647,12 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         objective.prepare(fwd_model, progress)  # every rank the same passes, before sharding
     if cfg.fsdp:
         fwd_model.shard()
-        if progress:
-            print(f"FSDP: weights, gradients and optimizer state sharded over {world} processes", flush=True)
     fwd_model.train()
     params = [p for p in fwd_model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in params)
     if progress:
-        total = sum(p.numel() for p in fwd_model.parameters())
-        print(f"trainable parameters: {n_trainable:,} of {total:,}"
-              f"{f' (LoRA r {cfg.lora_r} on {cfg.lora_targets})' if cfg.lora_r else ''}", flush=True)
-
-    opt = _optimizer(params, cfg, model.cfg.device)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
-    if resume:
-        saved_opt = torch.load(state_dir / "optimizer.pt", map_location=model.cfg.device, weights_only=False)
-        if cfg.fsdp:
-            fwd_model.load_optimizer_state(opt, saved_opt)
-        else:
-            opt.load_state_dict(saved_opt)
-        sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
+        _announce(fwd_model, cfg, n_trainable, world)
+    opt, sched = _optimizer_and_schedule(fwd_model, params, cfg, model.cfg.device, state_dir if resume else None)
 
     def evaluate_val() -> float:
         # under FSDP every rank runs as many passes as the one with the most examples
@@ -727,6 +712,35 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     secs = time.perf_counter() - t0
     return TrainResult(history, step, best_val, stopped_early, secs, tokens_done / secs if secs > 0 else 0.0, out,
                        val_history, backend, why, n_trainable)
+
+
+def _check_fsdp(cfg: TrainConfig, world: int, backend: str, why: str) -> None:
+    if cfg.fsdp and (world < 2 or backend != "hf"):
+        raise MechtoxError("--fsdp shards the model over processes on the hf backend: "
+                           + ("launch with torchrun --nproc_per_node N (N >= 2)" if world < 2 else why))
+
+
+def _announce(fwd_model, cfg: TrainConfig, n_trainable: int, world: int) -> None:
+    if cfg.fsdp:
+        print(f"FSDP: weights, gradients and optimizer state sharded over {world} processes", flush=True)
+    total = sum(p.numel() for p in fwd_model.parameters())
+    print(f"trainable parameters: {n_trainable:,} of {total:,}"
+          f"{f' (LoRA r {cfg.lora_r} on {cfg.lora_targets})' if cfg.lora_r else ''}", flush=True)
+
+
+def _optimizer_and_schedule(fwd_model, params: list, cfg: TrainConfig, device, state_dir: Path | None):
+    """The optimizer and learning-rate schedule, restored from ``state_dir`` when resuming (under
+    FSDP each rank takes its shard of the saved optimizer state)."""
+    opt = _optimizer(params, cfg, device)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
+    if state_dir is not None:
+        saved = torch.load(state_dir / "optimizer.pt", map_location=device, weights_only=False)
+        if cfg.fsdp:
+            fwd_model.load_optimizer_state(opt, saved)
+        else:
+            opt.load_state_dict(saved)
+        sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
+    return opt, sched
 
 
 def _validation_loss(fwd_model, objective, mine: list[int], batch_size: int, world: int, lockstep: int = 0) -> float:
