@@ -81,6 +81,22 @@ class _Sums:
     z: Tensor | None = None  # [L, H, d_head] sum of each head's z over evaluation tokens
 
 
+def _predicting_batches(model: HookedTransformer, seqs: Sequence[Sequence[int]], starts: Sequence[int],
+                        batch_size: int, dtype: torch.dtype, progress: bool):
+    """Right-padded batches of ``seqs`` (shortest first) on the model's device, each with a
+    [B, T] mask of ``dtype`` that is 1 at the positions ``start-1 .. len-2`` of each sequence:
+    the positions that predict tokens ``start..``."""
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    pid = pad_id(model)
+    for s in tqdm(range(0, len(order), batch_size), desc="attribution", disable=not progress, leave=False):
+        idx = order[s: s + batch_size]
+        batch = pad([list(seqs[i]) for i in idx], pid, "right").to(model.cfg.device)
+        mask = torch.zeros_like(batch.attention_mask, dtype=dtype)
+        for r, i in enumerate(idx):
+            mask[r, starts[i] - 1: len(seqs[i]) - 1] = 1.0
+        yield batch, mask
+
+
 @torch.inference_mode()
 def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], starts: Sequence[int], w: Tensor,
                     layer: int, batch_size: int = 16, progress: bool = True) -> _Sums:
@@ -115,15 +131,8 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
     if "hook_pos_embed" in model.hook_dict and model.cfg.positional_embedding_type == "standard":
         hooks.append(("hook_pos_embed", part_hook))
     hooks += [(f"blocks.{layer}.hook_resid_post", part_hook)]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
     n_tok = 0
-    pid = pad_id(model)
-    for s in tqdm(range(0, len(order), batch_size), desc="attribution", disable=not progress, leave=False):
-        idx = order[s: s + batch_size]
-        batch = pad([list(seqs[i]) for i in idx], pid, "right").to(dev)
-        mask = torch.zeros_like(batch.attention_mask, dtype=torch.float32)
-        for r, i in enumerate(idx):
-            mask[r, starts[i] - 1: len(seqs[i]) - 1] = 1.0
+    for batch, mask in _predicting_batches(model, seqs, starts, batch_size, torch.float32, progress):
         state["mask"] = mask
         n_tok += int(mask.sum())
         with model.hooks(fwd_hooks=hooks):
@@ -362,13 +371,7 @@ def source_shares(model: HookedTransformer, gens: Generations, heads: Sequence[t
     hooks = [(f"blocks.{layer}.attn.hook_pattern", pattern_hook) for layer in by_layer]
     seqs = [gens.prompt_ids[i] + gens.continuation_ids[i] for i in idx]
     starts = [len(gens.prompt_ids[i]) for i in idx]
-    pid = pad_id(model)
-    for s in range(0, len(seqs), batch_size):
-        rows = range(s, min(s + batch_size, len(seqs)))
-        batch = pad([seqs[i] for i in rows], pid, "right").to(dev)
-        mask = torch.zeros_like(batch.attention_mask, dtype=torch.float64)
-        for r, i in enumerate(rows):
-            mask[r, starts[i] - 1: len(seqs[i]) - 1] = 1.0
+    for batch, mask in _predicting_batches(model, seqs, starts, batch_size, torch.float64, progress=False):
         state["mask"], state["tokens"] = mask, batch.tokens
         with model.hooks(fwd_hooks=hooks):
             model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=max(by_layer) + 1)
