@@ -190,6 +190,11 @@ def _format(path: Path) -> str:
     return suffixes[-1] if suffixes else ""
 
 
+def _unreadable(path: Path, e: Exception) -> DataError:
+    return DataError(f"{path} is not readable UTF-8 text ({type(e).__name__}); pass a CSV/TSV/JSONL/JSON or "
+                     "text file")
+
+
 def _read_text(path: Path) -> str:
     """The whole text of a (possibly gzipped) UTF-8 file; binary or non-UTF-8 input is a DataError."""
     try:
@@ -198,8 +203,17 @@ def _read_text(path: Path) -> str:
             raw = gzip.decompress(raw)
         return raw.decode("utf-8")
     except (UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile) as e:
-        raise DataError(f"{path} is not readable UTF-8 text ({type(e).__name__}); pass a CSV/TSV/JSONL/JSON or "
-                        "text file") from None
+        raise _unreadable(path, e) from None
+
+
+def _first_line(path: Path) -> str:
+    """The first non-blank line of a (possibly gzipped) UTF-8 file, read without the rest."""
+    try:
+        opener = gzip.open if path.suffix.lower() == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            return next((ln for ln in f if ln.strip()), "")
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise _unreadable(path, e) from None
 
 
 def _looks_like_hf_id(s: str) -> bool:
@@ -590,9 +604,8 @@ def is_wiki_samples(source: str | os.PathLike[str]) -> bool:
         return False
     if path is None or _format(path) != ".jsonl":
         return False
-    first = next((ln for ln in _read_text(path).splitlines() if ln.strip()), "")
     try:
-        row = json.loads(first)
+        row = json.loads(_first_line(path))
     except json.JSONDecodeError:
         return False
     return isinstance(row, dict) and isinstance(row.get("gold"), str) and isinstance(row.get("prompt"), str)

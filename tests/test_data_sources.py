@@ -178,3 +178,14 @@ def test_hub_ids_offline_fail_in_one_line_naming_the_default(monkeypatch, tmp_pa
     with pytest.raises(DataError, match=f"cannot be reached.*default {default} \\(shipped with mechtox\\)") as e:
         loader(hub_id)
     assert "\n" not in str(e.value)
+
+
+def test_wiki_samples_are_told_by_their_first_line(tmp_path):
+    good = tmp_path / "w.jsonl.gz"
+    good.write_bytes(gzip.compress(b'\n{"prompt": "a", "gold": "b"}\n{"broken'))  # only the first row is read
+    assert D.is_wiki_samples(good)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n')
+    assert not D.is_wiki_samples(tmp_path / "p.jsonl")
+    (tmp_path / "b.jsonl").write_bytes(b"\xff\xfe\x00binary")
+    with pytest.raises(DataError, match="not readable UTF-8"):
+        D.is_wiki_samples(tmp_path / "b.jsonl")
