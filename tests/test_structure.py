@@ -21,7 +21,7 @@ MODULES = {_module(p): p for p in PKG.rglob("*.py")}
 
 def imports(path: Path) -> set[str]:
     """The mechtox modules ``path`` imports anywhere in its body (``from pkg import sub`` counts as
-    importing ``pkg.sub`` when that is a module)."""
+    importing ``pkg``, whose ``__init__`` runs first, and ``pkg.sub`` when that is a module)."""
     me = _module(path) if PKG in path.parents else "outside"
     is_pkg = path.name == "__init__.py"
     out = set()
@@ -37,10 +37,7 @@ def imports(path: Path) -> set[str]:
                 mod = node.module or ""
             if not mod.startswith("mechtox"):
                 continue
-            subs = {f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in MODULES}
-            out |= subs or {mod}
-            if len(subs) < len(node.names):
-                out.add(mod)
+            out |= {f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in MODULES} | {mod}
     out.discard(me)
     return {m for m in out if m in MODULES}
 
@@ -72,8 +69,8 @@ def _cycle() -> list[str] | None:
 
 def test_the_checker_sees_function_level_imports_and_cycles(tmp_path):
     a = tmp_path / "a.py"
-    a.write_text("def f():\n    from mechtox.cli import main\n    import mechtox.jobs.main\n")
-    assert {"mechtox.cli", "mechtox.jobs.main"} <= imports(a)
+    a.write_text("def f():\n    from mechtox.cli import main\n    import mechtox.jobs.main\n    from mechtox.directions import methods\n")
+    assert {"mechtox.cli", "mechtox.jobs.main", "mechtox.directions", "mechtox.directions.methods"} <= imports(a)
     saved = dict(GRAPH)
     try:
         GRAPH["mechtox.errors"] = GRAPH["mechtox.errors"] | {"mechtox.cli"}  # errors -> cli -> ... -> errors
