@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, ints, option, positive
@@ -144,11 +145,16 @@ def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: l
     out.meta = {"n_prompts": len(evp), "scorer": scorer.name}
 
 
+def output(cfg: AttributeConfig, ws) -> Path:
+    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    return ws.run_dir(cfg.run_name)
+
+
 def write(res: AttributeResult, ctx: Context):
     from mechtox import _io, artifacts, plotting
 
     cfg = res.config
-    run = ctx.ws.run_dir(cfg.run_name)
+    run = output(cfg, ctx.ws)
     for mode, r in res.results.items():
         def a(part: str, mode: str = mode) -> str:
             return artifacts.attribution(mode, part)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from mechtox.errors import MechtoxError
@@ -427,12 +428,17 @@ def run(cfg: DirectionsConfig, ctx: Context, model=None) -> DirectionsResult:
                             [d.name for m, d in dirs.items() if not (m == "probe" and cfg.probe)])
 
 
+def output(cfg: DirectionsConfig, ws) -> Path:
+    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    return ws.run_dir(cfg.out)
+
+
 def write(res: DirectionsResult, ctx: Context):
     import pandas as pd
 
     from mechtox import _io, artifacts, plotting
 
-    cfg, run = res.config, ctx.ws.run_dir(res.config.out)
+    cfg, run = res.config, output(res.config, ctx.ws)
     for m, d in res.directions.items():
         if not (m == "probe" and cfg.probe):
             d.save(ctx.ws.direction_dir(d.name))

@@ -241,19 +241,8 @@ def _run_step(step: Step, ctx: Context, models: _Models) -> None:
 
 
 def _outputs_exist(step: Step, ctx: Context) -> bool:
-    ws = ctx.ws
-    for job, cfg in step.jobs:
-        if job is probe and not (ws.direction_dir(cfg.out) / "direction.json").is_file():
-            return False
-        if job is pairs and not ws.pairs_path(cfg.out).is_file():
-            return False
-        if job is train and not (ws.model_dir(cfg.name) / "config.json").is_file():
-            return False
-        if job in (directions, rank, attribute, compare_eval):
-            name = getattr(cfg, "run_name", None) or cfg.out
-            if not ws.run_dir(name).is_dir():
-                return False
-    return True
+    return all((ctx.ws.run_dir(cfg.out) if job is compare_eval else job.output(cfg, ctx.ws)).exists()
+               for job, cfg in step.jobs)
 
 
 @dataclass

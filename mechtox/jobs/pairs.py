@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mechtox.jobs._base import Context, check_out, option, positive
@@ -61,10 +62,15 @@ def run(cfg: PairsConfig, ctx: Context, model=None) -> PairsResult:
     return PairsResult(cfg, pairs, "steered")
 
 
+def output(cfg: PairsConfig, ws) -> Path:
+    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    return ws.pairs_path(cfg.out)
+
+
 def write(res: PairsResult, ctx: Context):
     from mechtox.data import save_pairs
 
-    path = ctx.ws.pairs_path(res.config.out)
+    path = output(res.config, ctx.ws)
     save_pairs(res.pairs, path)
     return path
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from mechtox.errors import MechtoxError
@@ -152,6 +153,11 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     return ProbeEvalResult(cfg, table, reliability_table(data.labels, p), meta)
 
 
+def output(cfg: ProbeConfig, ws) -> Path:
+    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    return ws.direction_dir(cfg.out) / "direction.json"
+
+
 def write(res, ctx: Context):
     from mechtox import _io, artifacts, plotting
 
@@ -162,7 +168,7 @@ def write(res, ctx: Context):
         plotting.save_figure(plotting.reliability_figure(res.reliability), run / "reliability.html")
         return run
 
-    d = ctx.ws.direction_dir(res.config.out)
+    d = output(res.config, ctx.ws).parent
     res.probe.save(d)
     _io.write_text(d / artifacts.SWEEP, res.sweep.table.to_csv(index=False))
     plotting.save_figure(plotting.probe_sweep_figure(res.sweep.table), d / artifacts.SWEEP_FIGURE)

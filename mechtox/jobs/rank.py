@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mechtox.jobs._base import Context, check_out, option, positive
@@ -72,12 +73,17 @@ def run(cfg: RankConfig, ctx: Context, model=None) -> RankResult:
                       model.cfg.d_model, model.cfg.model_name)
 
 
+def output(cfg: RankConfig, ws) -> Path:
+    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    return ws.run_dir(cfg.run_name)
+
+
 def write(res: RankResult, ctx: Context):
     import pandas as pd
 
     from mechtox import _io, artifacts, plotting
 
-    run = ctx.ws.run_dir(res.config.run_name)
+    run = output(res.config, ctx.ws)
     _io.write_text(run / artifacts.RANKING, res.ranking.table.to_csv(index=False))
     _io.write_text(run / artifacts.TOP_NEURONS, res.top.to_csv(index=False))
     svd = res.svd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mechtox.errors import MechtoxError
@@ -199,6 +200,11 @@ def _goodhart(out: TrainJobResult, ctx: Context) -> None:
     out.goodhart_meta = {"data": data.source, "n_texts": len(data), "split": "stratified 75/25, seed " + str(ctx.seed)}
 
 
+def output(cfg: TrainJobConfig, ws) -> Path:
+    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    return ws.model_dir(cfg.name) / "config.json"
+
+
 def write(res: TrainJobResult, ctx: Context):
     import json
 
@@ -208,7 +214,7 @@ def write(res: TrainJobResult, ctx: Context):
     from mechtox.models import save_checkpoint
 
     cfg, hist = res.config, res.result.history
-    save_checkpoint(res.model, ctx.ws.model_dir(cfg.name), extra={
+    save_checkpoint(res.model, output(cfg, ctx.ws).parent, extra={
         "trained_from": cfg.model, "objective": res.train_config.objective, "data": res.source,
         "config": dataclasses.asdict(res.train_config), "backend": res.result.backend, "steps": res.result.steps,
         "stopped_early": res.result.stopped_early, "final_loss": hist[-1]["loss"] if hist else None,
