@@ -22,7 +22,8 @@ PROBE_EVAL = "probe-eval"                # table stem: accuracy, F1, AUROC with 
 RELIABILITY = "reliability.csv"
 # runs/<rank run>/
 RANKING = "ranking.csv"                  # every neuron, by cosine with the direction
-TOP_NEURONS = "top_neurons.csv"          # rank: the top neurons; directions: the top 10 of each method
+TOP_NEURONS = "top_neurons.csv"          # rank: the top neurons of its ranking
+TOP_BY_METHOD = "top_neurons_by_method.csv"  # directions: the top 10 of each method (a method column)
 SVD = "svd.csv"
 # runs/<directions run>/
 DIRECTIONS = "directions"                # table stem: one row per method and ranking kind

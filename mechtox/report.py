@@ -124,7 +124,7 @@ def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
         abl = _read_csv(run / f"{A.ABLATION}.csv")
         if abl is not None:
             out.append(_fig(plotting.ablation_figure(abl)) + _table(abl))
-        top = _read_csv(run / A.TOP_NEURONS)
+        top = _read_csv(run / A.TOP_BY_METHOD)
         if top is not None:
             out.append(_table(top[[c for c in ("method", "layer", "neuron", "cosine", "score", "tokens") if c in top]], 40))
     pe = _read_json(run / f"{A.PROBE_EVAL}.json")

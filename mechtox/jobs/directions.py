@@ -450,7 +450,7 @@ def write(res: DirectionsResult, ctx: Context):
             _io.write_text(run / "ranking-attribution.csv", r.table.head(1000).to_csv(index=False))
         elif r.kind == "reranked":
             _io.write_text(run / f"ranking-{r.method}-reranked.csv", r.table.to_csv(index=False))
-    _io.write_text(run / artifacts.TOP_NEURONS, res.top.to_csv(index=False))
+    _io.write_text(run / artifacts.TOP_BY_METHOD, res.top.to_csv(index=False))
     agree = res.agreement if res.agreement is not None else pd.DataFrame()
     _io.write_text(run / artifacts.AGREEMENT, agree.to_csv(index=False))
     _io.write_text(run / artifacts.OUTLIERS, res.outliers.to_csv(index=False))
