@@ -158,24 +158,47 @@ class ProbeModule(nn.Module):
         return self(pool(acts, mask, self.pooling))
 
 
+Aggregate = Literal["pooled", "max", "logsumexp"]
+AGGREGATES: tuple[str, ...] = ("pooled", "max", "logsumexp")
+
+
 class ProbeScorer:
     """Score texts with a probe on ``model``'s own activations (a toxicity scorer)."""
 
-    def __init__(self, model: HookedTransformer, probe: Direction, batch_size: int = 16, max_length: int = 64):
+    def __init__(self, model: HookedTransformer, probe: Direction, batch_size: int = 16, max_length: int = 64,
+                 aggregate: Aggregate = "pooled"):
         probe.check_model(model)
         if not probe.is_probe:
             raise MechtoxError(f"{probe.name!r} is a direction without classifier weights; a scorer needs a probe")
-        self.model, self.probe = model, probe
+        if aggregate not in AGGREGATES:
+            raise MechtoxError(f"unknown aggregate {aggregate!r}; use one of {', '.join(AGGREGATES)}")
+        self.model, self.probe, self.aggregate = model, probe, aggregate
         self.batch_size, self.max_length = batch_size, max_length
-        self.name = f"probe:{probe.name or probe.method}"
+        self.name = f"probe:{probe.name or probe.method}" + ("" if aggregate == "pooled" else f":{aggregate}")
 
-    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+    def logits(self, texts: Sequence[str]) -> np.ndarray:
+        """One logit per text: the probe on the text's pooled activations (``pooled``, as it was
+        fitted), or the probe applied to every token and the logits' ``max`` or ``logsumexp``."""
         texts = [t if t.strip() else " " for t in texts]
         hooks = list(self.probe.hooks)
-        acts = collect_activations(self.model, texts, hooks, self.probe.pooling, self.batch_size, self.max_length,
+        pooling = self.probe.pooling if self.aggregate == "pooled" else "tokens"
+        acts = collect_activations(self.model, texts, hooks, pooling, self.batch_size, self.max_length,
                                    progress=False)
         x = torch.cat([acts[h] for h in hooks], dim=-1)  # one hook, or several layers side by side
-        return torch.sigmoid(self.probe.logits(x)).numpy().astype(np.float64)
+        z = self.probe.logits(x.double())
+        if self.aggregate == "pooled":
+            return z.numpy()
+        text = acts.token_index[:, 0]
+        if self.aggregate == "max":
+            out = torch.full((len(texts),), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
+        else:  # logsumexp, stable: shift by each text's max
+            top = torch.full((len(texts),), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
+            out = top + torch.zeros_like(top).index_add(0, text, (z - top[text]).exp()).log()
+        return out.numpy()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        """Probabilities: the sigmoid of :meth:`logits` (for ``logsumexp`` a score in (0, 1), not calibrated)."""
+        return torch.sigmoid(torch.from_numpy(self.logits(texts))).numpy()
 
 
 def _json_default(o: Any) -> Any:

@@ -130,3 +130,34 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
     assert "reads 3 layers together" in err and err.count("\n") == 1
     assert main(["probe", *ws, "--data", "builtin:toxicity", "--save", "together"]) == 2
     assert "--save together needs --together" in capsys.readouterr().err
+
+
+def test_token_aggregates_equal_a_direct_computation(tmp_path, capsys):
+    """--aggregate max|logsumexp: the probe applied to every token of each text, read here from
+    one unpadded run_with_cache per text, and the logits reduced by hand."""
+    import torch
+
+    from mechtox.data import encode
+    from mechtox.models import tiny_model
+    from mechtox.probe import Direction, ProbeScorer
+
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "120", "--n-test", "60", "--layers", "0,1",
+                 "--together", "--save", "together", "--out", "both"]) == 0
+    model = tiny_model()
+    probe = Direction.load(tmp_path / "ws" / "directions" / "both", model, several_layers_ok=True)
+    texts = ["you stupid idiot , you", "thanks", "a longer and kinder text about the weather today"]
+    per_token = []
+    for ids in encode(model, texts, 64):
+        _, cache = model.run_with_cache(torch.tensor([ids]))
+        per_token.append(torch.cat([cache[h][0] for h in probe.hooks], -1).double() @ probe.weight.double() + probe.bias)
+    pooled = ProbeScorer(model, probe).logits(texts)
+    for aggregate, reduce in (("max", lambda z: z.max()), ("logsumexp", lambda z: torch.logsumexp(z, 0))):
+        got = ProbeScorer(model, probe, aggregate=aggregate).logits(texts)
+        assert np.allclose(got, torch.stack([reduce(z) for z in per_token]).numpy(), atol=1e-5), aggregate
+        assert not np.allclose(got, pooled, atol=1e-3)  # a different score than the pooled one
+    assert main(["probe", *ws, "--eval", "both", "--data", "builtin:toxicity", "--limit", "60", "--aggregate", "max"]) == 0
+    out = capsys.readouterr().out
+    assert "probe:both:max" in out and "| auroc |" in out and "| accuracy |" not in out and "AUROC only" in out
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--aggregate", "max"]) == 2
+    assert "--aggregate scores a saved probe: it needs --eval NAME" in capsys.readouterr().err

@@ -38,6 +38,10 @@ class ProbeConfig:
                                     "calibration figure (run probe-eval-NAME)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
+    aggregate: str = option("pooled", "--eval: score each text by the probe on its pooled activations (as fitted), "
+                                      "or apply the probe to every token and take the max or logsumexp of the "
+                                      "logits (a toxic word in a long text is not averaged away)",
+                            choices=["pooled", "max", "logsumexp"])
     C: str = option("1", "inverse regularization of the logistic probe on standardised features, or 'cv': chosen "
                          "by 5-fold cross-validation on the training texts among 0.001, 0.01, 0.1, 1 (reported)",
                     flags=("--C",))
@@ -62,6 +66,8 @@ class ProbeConfig:
             raise MechtoxError("--select-on transfer_auroc needs --eval-data FILE")
         if self.save not in ("best", "final", "together") and not self.save.lstrip("-").isdigit():
             raise MechtoxError(f"--save must be 'best', 'final', 'together' or a layer number, not {self.save!r}")
+        if self.aggregate != "pooled" and not self.eval:
+            raise MechtoxError("--aggregate scores a saved probe: it needs --eval NAME")
         if self.save == "together" and not self.together:
             raise MechtoxError("--save together needs --together")
 
@@ -141,15 +147,22 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     model = model if model is not None else ctx.load(cfg.model)
     probe = Direction.load(ctx.ws.require_direction(cfg.eval), model, several_layers_ok=True)
     print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({int(data.labels.sum())} toxic)", flush=True)
-    p = ProbeScorer(model, probe, batch_size=cfg.batch_size, max_length=cfg.max_length)(data.texts)
-    metrics = bootstrap_metrics(data.labels, p, seed=ctx.seed).assign(scorer=f"probe:{cfg.eval}")
+    probe_scorer = ProbeScorer(model, probe, batch_size=cfg.batch_size, max_length=cfg.max_length,
+                               aggregate=cfg.aggregate)
+    p = probe_scorer(data.texts)
+    metrics = bootstrap_metrics(data.labels, p, seed=ctx.seed).assign(scorer=probe_scorer.name)
+    if cfg.aggregate != "pooled":  # a max over tokens is not calibrated: 0.5 is no threshold for it
+        metrics = metrics[metrics["metric"] == "auroc"]
     scorer = get_scorer("profanity")
     other = bootstrap_metrics(data.labels, scorer(data.texts), seed=ctx.seed).assign(scorer=scorer.name)
     table = pd.concat([metrics, other[other["metric"] == "auroc"]], ignore_index=True)
     table = table[["scorer", "metric", "value", "ci_low", "ci_high"]]
-    meta = {"probe": cfg.eval, "hook": probe.hook_name, "data": data.source, "n_texts": len(data),
+    meta = {"probe": cfg.eval, "hook": probe.hook_name, "aggregate": cfg.aggregate, "data": data.source, "n_texts": len(data),
             "n_toxic": int(data.labels.sum()), "probe_data": probe.provenance.get("data"),
             "intervals": "percentile bootstrap over texts, 1000 resamples, seed " + str(ctx.seed)}
+    if cfg.aggregate != "pooled":
+        meta["note"] = (f"--aggregate {cfg.aggregate}: AUROC only; accuracy and F1 need a threshold, and the "
+                        "sigmoid of a token maximum is not calibrated (see the reliability figure)")
     return ProbeEvalResult(cfg, table, reliability_table(data.labels, p), meta)
 
 
@@ -179,7 +192,8 @@ def summary(res, ctx: Context) -> str:
     from mechtox.tables import markdown
 
     if isinstance(res, ProbeEvalResult):
-        return (markdown(res.metrics, digits=3) + f"\nwrote {ctx.ws.run_dir(res.run_name)}: probe-eval.md/csv/json, "
+        note = f"\n{res.meta['note']}" if "note" in res.meta else ""
+        return (markdown(res.metrics, digits=3) + note + f"\nwrote {ctx.ws.run_dir(res.run_name)}: probe-eval.md/csv/json, "
                 f"{res.meta['n_texts']} texts from {res.meta['data']}, reliability.csv, reliability.html")
 
     m = res.probe.metrics
