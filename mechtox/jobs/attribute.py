@@ -146,7 +146,7 @@ def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: l
 
 
 def output(cfg: AttributeConfig, ws) -> Path:
-    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    """The path (file or run folder) whose presence shows the job's results are written (the main job's reuse test)."""
     return ws.run_dir(cfg.run_name)
 
 

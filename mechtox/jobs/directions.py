@@ -429,7 +429,7 @@ def run(cfg: DirectionsConfig, ctx: Context, model=None) -> DirectionsResult:
 
 
 def output(cfg: DirectionsConfig, ws) -> Path:
-    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    """The path (file or run folder) whose presence shows the job's results are written (the main job's reuse test)."""
     return ws.run_dir(cfg.out)
 
 

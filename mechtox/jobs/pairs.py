@@ -63,7 +63,7 @@ def run(cfg: PairsConfig, ctx: Context, model=None) -> PairsResult:
 
 
 def output(cfg: PairsConfig, ws) -> Path:
-    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    """The path (file or run folder) whose presence shows the job's results are written (the main job's reuse test)."""
     return ws.pairs_path(cfg.out)
 
 

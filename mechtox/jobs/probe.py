@@ -167,7 +167,7 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
 
 
 def output(cfg: ProbeConfig, ws) -> Path:
-    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    """The path (file or run folder) whose presence shows the job's results are written (the main job's reuse test)."""
     return ws.direction_dir(cfg.out) / "direction.json"
 
 

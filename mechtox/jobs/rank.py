@@ -74,7 +74,7 @@ def run(cfg: RankConfig, ctx: Context, model=None) -> RankResult:
 
 
 def output(cfg: RankConfig, ws) -> Path:
-    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    """The path (file or run folder) whose presence shows the job's results are written (the main job's reuse test)."""
     return ws.run_dir(cfg.run_name)
 
 

@@ -201,7 +201,7 @@ def _goodhart(out: TrainJobResult, ctx: Context) -> None:
 
 
 def output(cfg: TrainJobConfig, ws) -> Path:
-    """The file whose presence shows the job's results are written (the main job's reuse test)."""
+    """The path (file or run folder) whose presence shows the job's results are written (the main job's reuse test)."""
     return ws.model_dir(cfg.name) / "config.json"
 
 
