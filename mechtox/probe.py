@@ -189,12 +189,10 @@ class ProbeScorer:
         if self.aggregate == "pooled":
             return z.numpy()
         text = acts.token_index[:, 0]
+        top = torch.full((len(texts),), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
         if self.aggregate == "max":
-            out = torch.full((len(texts),), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
-        else:  # logsumexp, stable: shift by each text's max
-            top = torch.full((len(texts),), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
-            out = top + torch.zeros_like(top).index_add(0, text, (z - top[text]).exp()).log()
-        return out.numpy()
+            return top.numpy()
+        return (top + torch.zeros_like(top).index_add(0, text, (z - top[text]).exp()).log()).numpy()  # stable
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         """Probabilities: the sigmoid of :meth:`logits` (for ``logsumexp`` a score in (0, 1), not calibrated)."""
