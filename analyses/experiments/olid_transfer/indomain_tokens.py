@@ -5,7 +5,6 @@ Usage: python indomain_tokens.py WORKSPACE"""
 import os
 import sys
 
-import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from mechtox.data import load_labelled
