@@ -101,7 +101,8 @@ def test_sweep_with_cv_and_transfer_on_tiny(tmp_path, capsys):
 
 def test_probe_on_several_layers_together(tmp_path, capsys):
     """--together: one probe on the layers side by side; it scores texts like a probe whose
-    activations are concatenated by hand, and the commands that need one layer refuse it."""
+    activations are concatenated by hand (pooled, and per token with --aggregate), and the
+    commands that need one layer refuse it."""
     import torch
 
     from mechtox.activations import collect_activations
@@ -123,8 +124,12 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
     acts = collect_activations(model, texts, list(probe.hooks), "mean", progress=False)
     by_hand = torch.sigmoid(torch.cat([acts[h] for h in probe.hooks], -1) @ probe.weight + probe.bias).numpy()
     assert np.allclose(ProbeScorer(model, probe)(texts), by_hand, atol=1e-6)
-    assert main(["probe", *ws, "--eval", "both", "--data", "builtin:toxicity", "--limit", "60"]) == 0
-    capsys.readouterr()
+    _token_aggregates_equal_a_direct_computation(model, probe)
+    assert main(["probe", *ws, "--eval", "both", "--data", "builtin:toxicity", "--limit", "60", "--aggregate", "max"]) == 0
+    out = capsys.readouterr().out
+    assert "probe:both:max" in out and "| auroc |" in out and "| accuracy |" not in out and "AUROC only" in out
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--aggregate", "max"]) == 2
+    assert "--aggregate scores a saved probe: it needs --eval NAME" in capsys.readouterr().err
     assert main(["rank", *ws, "--probe", "both"]) == 2
     err = capsys.readouterr().err
     assert "reads 3 layers together" in err and err.count("\n") == 1
@@ -132,20 +137,15 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
     assert "--save together needs --together" in capsys.readouterr().err
 
 
-def test_token_aggregates_equal_a_direct_computation(tmp_path, capsys):
+
+def _token_aggregates_equal_a_direct_computation(model, probe):
     """--aggregate max|logsumexp: the probe applied to every token of each text, read here from
     one unpadded run_with_cache per text, and the logits reduced by hand."""
     import torch
 
     from mechtox.data import encode
-    from mechtox.models import tiny_model
-    from mechtox.probe import Direction, ProbeScorer
+    from mechtox.probe import ProbeScorer
 
-    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
-    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "120", "--n-test", "60", "--layers", "0,1",
-                 "--together", "--save", "together", "--out", "both"]) == 0
-    model = tiny_model()
-    probe = Direction.load(tmp_path / "ws" / "directions" / "both", model, several_layers_ok=True)
     texts = ["you stupid idiot , you", "thanks", "a longer and kinder text about the weather today"]
     per_token = []
     for ids in encode(model, texts, 64):
@@ -156,8 +156,3 @@ def test_token_aggregates_equal_a_direct_computation(tmp_path, capsys):
         got = ProbeScorer(model, probe, aggregate=aggregate).logits(texts)
         assert np.allclose(got, torch.stack([reduce(z) for z in per_token]).numpy(), atol=1e-5), aggregate
         assert not np.allclose(got, pooled, atol=1e-3)  # a different score than the pooled one
-    assert main(["probe", *ws, "--eval", "both", "--data", "builtin:toxicity", "--limit", "60", "--aggregate", "max"]) == 0
-    out = capsys.readouterr().out
-    assert "probe:both:max" in out and "| auroc |" in out and "| accuracy |" not in out and "AUROC only" in out
-    assert main(["probe", *ws, "--data", "builtin:toxicity", "--aggregate", "max"]) == 2
-    assert "--aggregate scores a saved probe: it needs --eval NAME" in capsys.readouterr().err
