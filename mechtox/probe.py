@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import numpy as np
 import pandas as pd
@@ -159,7 +159,7 @@ class ProbeModule(nn.Module):
 
 
 Aggregate = Literal["pooled", "max", "logsumexp"]
-AGGREGATES: tuple[str, ...] = ("pooled", "max", "logsumexp")
+AGGREGATES: tuple[str, ...] = get_args(Aggregate)
 
 
 class ProbeScorer:
