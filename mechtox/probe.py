@@ -3,7 +3,9 @@
 :func:`fit_probe` fits one probe on pooled activations; :func:`probe_sweep` fits one per layer
 from a single activation pass. Methods: logistic regression, difference of means, linear SVM.
 Features are standardised for fitting, and the weight is mapped back so that the returned
-direction lives in residual-stream coordinates: ``logit = x @ weight + bias``.
+direction lives in residual-stream coordinates: ``logit = x @ weight + bias``. A probe fitted
+with ``pooling="tokens"`` reads every token instead: a text's logit is the log-mean-exp of its
+token logits, in the fit as in scoring (:func:`fit_token_weights`).
 """
 
 from __future__ import annotations
@@ -154,12 +156,34 @@ class ProbeModule(nn.Module):
         return torch.sigmoid(acts @ self.weight.to(acts.dtype) + self.bias.to(acts.dtype))
 
     def pooled(self, acts: Float[Tensor, "batch pos d_model"], mask: Tensor) -> Float[Tensor, " batch"]:
-        """P(toxic) of per-token activations pooled as the probe was trained (mean or last)."""
-        return self(pool(acts, mask, self.pooling))
+        """P(toxic) of per-token activations pooled as the probe was trained: the probe on their
+        mean or last one, or (``tokens``) the log-mean-exp of its logits over the real tokens."""
+        if self.pooling != "tokens":
+            return self(pool(acts, mask, self.pooling))
+        z = (acts @ self.weight.to(acts.dtype) + self.bias.to(acts.dtype)).masked_fill(mask == 0, -torch.inf)
+        return torch.sigmoid(torch.logsumexp(z, 1) - mask.sum(1).clamp_min(1).to(z.dtype).log())
 
 
-Aggregate = Literal["pooled", "max", "logsumexp"]
+Aggregate = Literal["pooled", "max", "logsumexp", "logmeanexp"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+
+
+def aggregate_tokens(z: Float[Tensor, " n_tokens"], text: Tensor, n: int, how: str) -> Float[Tensor, " n"]:
+    """Per-text reduction of token logits ``z`` (``text[i]``: the text token ``i`` belongs to):
+    ``mean``, ``max``, ``logsumexp`` or ``logmeanexp`` (logsumexp minus the log of the text's
+    token count: a smooth max that does not grow with length). Differentiable in ``z``."""
+    count = torch.bincount(text, minlength=n).to(z.dtype)
+    if how == "mean":
+        return torch.zeros(n, dtype=z.dtype).index_add(0, text, z) / count
+    top = torch.full((n,), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z.detach(), "amax")
+    if how == "max":
+        return torch.full((n,), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
+    lse = top + torch.zeros(n, dtype=z.dtype).index_add(0, text, (z - top[text]).exp()).log()  # stable
+    if how == "logsumexp":
+        return lse
+    if how == "logmeanexp":
+        return lse - count.log()
+    raise MechtoxError(f"unknown token aggregate {how!r}; use mean, max, logsumexp or logmeanexp")
 
 
 class ProbeScorer:
@@ -177,25 +201,26 @@ class ProbeScorer:
         self.name = f"probe:{probe.name or probe.method}" + ("" if aggregate == "pooled" else f":{aggregate}")
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
-        """One logit per text: the probe on the text's pooled activations (``pooled``, as it was
-        fitted), or the probe applied to every token and the logits' ``max`` or ``logsumexp``."""
+        """One logit per text: the probe as it was fitted (``pooled``: on the text's pooled
+        activations, or for a probe fitted with ``pooling="tokens"`` the log-mean-exp of its token
+        logits), or the probe applied to every token and the logits' ``max``, ``logsumexp`` or
+        ``logmeanexp``."""
         texts = [t if t.strip() else " " for t in texts]
         hooks = list(self.probe.hooks)
-        pooling = self.probe.pooling if self.aggregate == "pooled" else "tokens"
-        acts = collect_activations(self.model, texts, hooks, pooling, self.batch_size, self.max_length,
-                                   progress=False)
+        how = self.aggregate
+        if how == "pooled" and self.probe.pooling == "tokens":
+            how = "logmeanexp"
+        acts = collect_activations(self.model, texts, hooks, self.probe.pooling if how == "pooled" else "tokens",
+                                   self.batch_size, self.max_length, progress=False)
         x = torch.cat([acts[h] for h in hooks], dim=-1)  # one hook, or several layers side by side
         z = self.probe.logits(x.double())
-        if self.aggregate == "pooled":
+        if how == "pooled":
             return z.numpy()
-        text = acts.token_index[:, 0]
-        top = torch.full((len(texts),), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
-        if self.aggregate == "max":
-            return top.numpy()
-        return (top + torch.zeros_like(top).index_add(0, text, (z - top[text]).exp()).log()).numpy()  # stable
+        return aggregate_tokens(z, acts.token_index[:, 0], len(texts), how).numpy()
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        """Probabilities: the sigmoid of :meth:`logits` (for ``logsumexp`` a score in (0, 1), not calibrated)."""
+        """Probabilities: the sigmoid of :meth:`logits` (for ``max``, ``logsumexp`` and ``logmeanexp``
+        of a probe fitted on pooled activations, a score in (0, 1), not calibrated)."""
         return torch.sigmoid(torch.from_numpy(self.logits(texts))).numpy()
 
 
@@ -278,27 +303,97 @@ CV_CS = (1e-3, 1e-2, 1e-1, 1.0)
 """The regularization strengths ``C="cv"`` chooses among (on standardised features)."""
 
 
-def cv_scores(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5) -> dict[float, float]:
+def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float = 1.0) -> tuple[np.ndarray, float]:
+    """A logistic probe read on every token (multiple-instance learning): text ``i``'s logit is the
+    log-mean-exp over its tokens of ``x_t @ w + b``, and ``w, b`` minimise the texts' mean
+    cross-entropy + ``|w|^2 / (2 C n)`` (sklearn's convention for C: with one token per text this
+    is its logistic regression) on standardised features (token statistics), by L-BFGS in float64.
+
+    ``X``: token activations ``[n_tokens, d]``; ``text``: each token's text, ``0 .. n - 1``, every
+    text with at least one token. Returns ``(weight, bias)`` in raw coordinates, like
+    :func:`fit_direction_weights` (the log-mean-exp commutes with the affine map back).
+    """
+    if not np.isfinite(X).all():
+        raise MechtoxError("activations contain NaN or inf; check the model and the data (fp16 overflow?)")
+    y = np.asarray(y).astype(int)
+    if len(set(y.tolist())) < 2:
+        raise MechtoxError("a probe needs both classes in its training data")
+    n = len(y)
+    t = torch.as_tensor(np.asarray(text), dtype=torch.long)
+    if len(t) != len(X) or int(t.min()) < 0 or int(t.max()) >= n or torch.bincount(t, minlength=n).min() == 0:
+        raise MechtoxError("token probe: every text needs at least one token, and every token a text")
+    mu = X.mean(0)
+    sigma = X.std(0)
+    sigma = np.where(sigma < 1e-8, 1.0, sigma)
+    Z = torch.from_numpy(((X - mu) / sigma).astype(np.float64))
+    yt = torch.as_tensor(y, dtype=torch.float64)
+    w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    lam = 1.0 / (2.0 * C * n)
+    opt = torch.optim.LBFGS([w, b], max_iter=1000, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        z = aggregate_tokens(Z @ w + b, t, n, "logmeanexp")
+        loss = nn.functional.binary_cross_entropy_with_logits(z, yt) + lam * (w @ w)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    w_raw = w.detach().numpy() / sigma
+    return w_raw, float(b.item() - mu @ w_raw)
+
+
+def _token_subset(X: np.ndarray, text: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens of texts ``idx`` (sorted) and their text numbers renumbered ``0 .. len(idx) - 1``."""
+    keep = np.isin(text, idx)
+    renumber = np.full(int(text.max()) + 1, -1)
+    renumber[idx] = np.arange(len(idx))
+    return X[keep], renumber[text[keep]]
+
+
+def _fitter(X: np.ndarray, y: np.ndarray, method: Method, seed: int, text_index: np.ndarray | None):
+    """``fit(idx, C) -> (w, b)`` and ``logits(idx, w, b)`` over the texts ``idx``: on pooled rows of
+    ``X``, or (with ``text_index``) on token rows, each text's logit the log-mean-exp of its tokens'."""
+    if text_index is None:
+        return (lambda idx, c: fit_direction_weights(X[idx], y[idx], method, c, seed),
+                lambda idx, w, b: X[idx] @ w + b)
+    if method != "logreg":
+        raise MechtoxError(f"a probe on every token is a logistic one: pooling 'tokens' needs method logreg, not {method!r}")
+    text = np.asarray(text_index)
+
+    def logits(idx: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
+        Xs, ts = _token_subset(X, text, idx)
+        return aggregate_tokens(torch.from_numpy(Xs @ w + b), torch.from_numpy(ts), len(idx), "logmeanexp").numpy()
+
+    return (lambda idx, c: fit_token_weights(*_token_subset(X, text, idx), y[idx], c)), logits
+
+
+def cv_scores(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5,
+              text_index: np.ndarray | None = None) -> dict[float, float]:
     """Mean held-out AUROC of each C of :data:`CV_CS` in stratified ``folds``-fold cross-validation
-    on ``(X, y)`` (each fold standardised on its own training part, as a probe is)."""
+    on ``(X, y)`` (each fold standardised on its own training part, as a probe is). With
+    ``text_index``, ``X`` holds token rows and the folds split texts (:func:`fit_token_weights`)."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
+    fit, logits = _fitter(X, y, method, seed, text_index)
     folds = max(2, min(folds, int(np.bincount(y).min())))
     scores = {}
     for c in CV_CS:
         aucs = []
-        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(X, y):
-            w, b = fit_direction_weights(X[tr], y[tr], method, c, seed)
-            aucs.append(roc_auc_score(y[va], X[va] @ w + b))
+        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+            w, b = fit(tr, c)
+            aucs.append(roc_auc_score(y[va], logits(va, w, b)))
         scores[c] = float(np.mean(aucs))
     return scores
 
 
-def choose_C(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5) -> float:
+def choose_C(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5,
+             text_index: np.ndarray | None = None) -> float:
     """The C of :data:`CV_CS` with the best :func:`cv_scores` on the training texts (ties: the
     stronger regularization)."""
-    scores = cv_scores(X, y, method, seed, folds)
+    scores = cv_scores(X, y, method, seed, folds, text_index)
     return max(CV_CS, key=lambda c: (scores[c], -c))
 
 
@@ -306,22 +401,30 @@ def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_na
               method: Method = "logreg", test_size: float | int = 0.25, seed: int = 0,
               train_size: int | None = None, C: float | str = 1.0, model_name: str = "", pooling: str = "mean",
               name: str = "", provenance: dict[str, Any] | None = None,
-              split: tuple[np.ndarray, np.ndarray] | None = None) -> Probe:
+              split: tuple[np.ndarray, np.ndarray] | None = None, text_index: np.ndarray | None = None) -> Probe:
     """Fit a probe on pooled activations ``X`` with labels ``y``; held-out metrics with a
     stratified, seeded split (accuracy, F1 and AUROC on train and test). ``C="cv"`` chooses the
-    regularization by cross-validation on the training texts (:func:`choose_C`; in the metrics)."""
+    regularization by cross-validation on the training texts (:func:`choose_C`; in the metrics).
+    With ``text_index`` (``pooling="tokens"``), ``X`` holds every token's activations, ``text_index``
+    each token's text, and the probe is fitted on its token logits' log-mean-exp (:func:`fit_token_weights`)."""
     Xn = X.numpy() if isinstance(X, Tensor) else np.asarray(X)
     Xn = Xn.astype(np.float64)
     y = np.asarray(y).astype(int)
     tr, te = split if split is not None else split_indices(y, test_size, seed, train_size)
+    fit, logits = _fitter(Xn, y, method, seed, text_index)
     chosen = C == "cv"
     if chosen:
-        C = choose_C(Xn[tr], y[tr], method, seed) if method != "diffmean" else 1.0
+        if method == "diffmean":
+            C = 1.0
+        else:
+            inner = None if text_index is None else _token_subset(Xn, np.asarray(text_index), tr)
+            C = (choose_C(Xn[tr], y[tr], method, seed) if inner is None
+                 else choose_C(inner[0], y[tr], method, seed, text_index=inner[1]))
     elif isinstance(C, str):
         raise MechtoxError(f"C must be a number or 'cv', not {C!r}")
-    w, b = fit_direction_weights(Xn[tr], y[tr], method, float(C), seed)
-    metrics = {f"train_{k}": v for k, v in _metrics(y[tr], Xn[tr] @ w + b).items()}
-    metrics |= {f"test_{k}": v for k, v in _metrics(y[te], Xn[te] @ w + b).items()}
+    w, b = fit(tr, float(C))
+    metrics = {f"train_{k}": v for k, v in _metrics(y[tr], logits(tr, w, b)).items()}
+    metrics |= {f"test_{k}": v for k, v in _metrics(y[te], logits(te, w, b)).items()}
     metrics |= {"n_train": int(len(tr)), "n_test": int(len(te))} | ({"C_by_cv": float(C)} if chosen else {})
     wt = torch.as_tensor(w, dtype=torch.float32)
     return Probe(vector=wt / wt.norm(), hook_name=hook_name, method=method, model_name=model_name,
@@ -363,6 +466,18 @@ class ProbeSweep:
         return str(rows["hook"].iloc[0])
 
 
+TOKEN_MEMORY_GIB = 8.0
+"""The most memory a ``pooling="tokens"`` sweep may plan to hold in token activations."""
+
+
+def _check_token_memory(n_texts: int, max_length: int, d_model: int, n_hooks: int) -> None:
+    gib = n_texts * max_length * d_model * 4 * n_hooks / 2**30
+    if gib > TOKEN_MEMORY_GIB:
+        raise MechtoxError(f"pooling 'tokens' keeps every token's activations: up to {gib:.1f} GiB for {n_hooks} "
+                           f"hooks x {n_texts} texts x {max_length} tokens (the limit is {TOKEN_MEMORY_GIB:g}); "
+                           "sweep fewer --layers (e.g. 12,15,18) or fewer texts")
+
+
 def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Sequence[int] = "all",
                 site: str = "resid_post", include_final: bool = True, method: Method = "logreg",
                 pooling: Pooling = "mean", max_length: int = 64, batch_size: int = 16,
@@ -375,7 +490,9 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     With ``transfer`` (labelled texts of another source), the table also has each layer's
     ``transfer_auroc`` there, so ``select_on="transfer_auroc"`` picks the layer that transfers.
     With ``together``, one more probe is fitted on the swept layers' pooled activations side by
-    side (its row has layer -1 and the hooks joined with ``+``).
+    side (its row has layer -1 and the hooks joined with ``+``). ``pooling="tokens"`` fits each
+    probe on every token's activations, a text's logit the log-mean-exp of its token logits
+    (:func:`fit_token_weights`), and keeps those activations (checked against :data:`TOKEN_MEMORY_GIB`).
     """
     from transformer_lens.utilities import get_act_name
 
@@ -383,13 +500,17 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     hooks = [get_act_name(site, layer) for layer in layer_ids]
     if include_final and model.cfg.normalization_type is not None:
         hooks.append(FINAL_HOOK)
-    acts = dict(collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress).acts)
+    if pooling == "tokens":
+        _check_token_memory(len(data), max_length, model.cfg.d_model, len(hooks) * (2 if together else 1))
+    collected = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
+    acts = dict(collected.acts)
+    text_index = collected.token_index[:, 0].numpy() if pooling == "tokens" else None
     split = split_indices(data.labels, test_size, seed, train_size)
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
     for i, h in enumerate(hooks):
         p = fit_probe(acts[h], data.labels, h, method, seed=seed, C=C, model_name=model.cfg.model_name,
-                      pooling=pooling, provenance=prov, split=split)
+                      pooling=pooling, provenance=prov, split=split, text_index=text_index)
         probes[h] = p
         layer = layer_ids[i] if i < len(layer_ids) else model.cfg.n_layers
         rows.append({"hook": h, "layer": layer, **p.metrics})
@@ -397,15 +518,20 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     if together and len(hooks) > 1:
         acts[joint] = torch.cat([acts[h] for h in hooks], dim=-1)
         probes[joint] = fit_probe(acts[joint], data.labels, joint, method, seed=seed, C=C,
-                                  model_name=model.cfg.model_name, pooling=pooling, provenance=prov, split=split)
+                                  model_name=model.cfg.model_name, pooling=pooling, provenance=prov, split=split,
+                                  text_index=text_index)
         rows.append({"hook": joint, "layer": -1, **probes[joint].metrics})
     if transfer is not None:
-        t_acts = dict(collect_activations(model, transfer.texts, hooks, pooling, batch_size, max_length, progress).acts)
+        t_collected = collect_activations(model, transfer.texts, hooks, pooling, batch_size, max_length, progress)
+        t_acts = dict(t_collected.acts)
         if joint in probes:
             t_acts[joint] = torch.cat([t_acts[h] for h in hooks], dim=-1)
         for row in rows:
             h = row["hook"]
-            row["transfer_auroc"] = _metrics(transfer.labels, probes[h].logits(t_acts[h]).numpy())["auroc"]
+            z = probes[h].logits(t_acts[h].double())
+            if pooling == "tokens":
+                z = aggregate_tokens(z, t_collected.token_index[:, 0], len(transfer), "logmeanexp")
+            row["transfer_auroc"] = _metrics(transfer.labels, z.numpy())["auroc"]
     table = pd.DataFrame(rows)
     best = str(table.loc[table[select_on].idxmax(), "hook"])
     return ProbeSweep(table, probes, best)

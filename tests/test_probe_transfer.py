@@ -139,7 +139,7 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
 
 
 def _token_aggregates_equal_a_direct_computation(model, probe):
-    """--aggregate max|logsumexp: the probe applied to every token of each text, read here from
+    """--aggregate max|logsumexp|logmeanexp: the probe applied to every token of each text, read here from
     one unpadded run_with_cache per text, and the logits reduced by hand."""
     import torch
 
@@ -152,7 +152,105 @@ def _token_aggregates_equal_a_direct_computation(model, probe):
         _, cache = model.run_with_cache(torch.tensor([ids]))
         per_token.append(torch.cat([cache[h][0] for h in probe.hooks], -1).double() @ probe.weight.double() + probe.bias)
     pooled = ProbeScorer(model, probe).logits(texts)
-    for aggregate, reduce in (("max", lambda z: z.max()), ("logsumexp", lambda z: torch.logsumexp(z, 0))):
+    for aggregate, reduce in (("max", lambda z: z.max()), ("logsumexp", lambda z: torch.logsumexp(z, 0)),
+                              ("logmeanexp", lambda z: torch.logsumexp(z, 0) - np.log(len(z)))):
         got = ProbeScorer(model, probe, aggregate=aggregate).logits(texts)
         assert np.allclose(got, torch.stack([reduce(z) for z in per_token]).numpy(), atol=1e-5), aggregate
         assert not np.allclose(got, pooled, atol=1e-3)  # a different score than the pooled one
+
+
+def _token_objective(X, text, y, C, w, b):
+    """fit_token_weights' objective written out text by text (torch.logsumexp over each text's
+    tokens minus the log of their count), in raw coordinates: the penalty is on the weight that
+    standardised features would have, ``w * sigma``."""
+    import torch
+
+    X, w, b = torch.as_tensor(X), torch.as_tensor(w), torch.as_tensor(b)
+    z = X @ w + b
+    lme = torch.stack([torch.logsumexp(z[text == i], 0) - np.log((text == i).sum()) for i in range(len(y))])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(lme, torch.as_tensor(y, dtype=X.dtype))
+    return bce + ((w * torch.as_tensor(X.numpy().std(0))) ** 2).sum() / (2 * C * len(y))
+
+
+def test_token_probe_is_logistic_regression_with_one_token_per_text_and_optimal_with_many(monkeypatch):
+    """fit_token_weights against two references: with one token per text it is sklearn's
+    logistic regression (same C, same standardisation), and with 1-6 tokens per text its weights
+    zero the gradient of the log-mean-exp objective written out by hand (a logsumexp, a mean or a
+    max in the fit would leave it far from zero)."""
+    import torch
+    from sklearn.linear_model import LogisticRegression
+
+    from mechtox.probe import fit_token_weights
+
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((240, 12)) * rng.uniform(0.5, 3, 12) + rng.standard_normal(12)
+    y = (X[:, 0] - X[:, 1] + rng.standard_normal(240) > 0).astype(int)
+    for C in (0.05, 1.0):
+        w, b = fit_token_weights(X, np.arange(240), y, C)
+        mu, sd = X.mean(0), X.std(0)
+        clf = LogisticRegression(C=C, tol=1e-10, max_iter=10000).fit((X - mu) / sd, y)
+        w_ref = clf.coef_[0] / sd
+        assert np.allclose(w, w_ref, atol=2e-4) and abs(b - (clf.intercept_[0] - mu @ w_ref)) < 2e-4, C
+
+    text = np.repeat(np.arange(240), rng.integers(1, 7, 240))
+    Xt = X[text] + rng.standard_normal((len(text), 12))
+    w, b = fit_token_weights(Xt, text, y, 0.1)
+    wt = torch.tensor(w, requires_grad=True)
+    bt = torch.tensor(b, requires_grad=True)
+    _token_objective(torch.as_tensor(Xt), text, y, 0.1, wt, bt).backward()
+    assert max(wt.grad.abs().max(), bt.grad.abs()) < 1e-5
+    from mechtox import probe as probe_module
+
+    real = probe_module.aggregate_tokens
+    for how in ("logsumexp", "mean"):  # the same check fails for a fit on another aggregate
+        monkeypatch.setattr(probe_module, "aggregate_tokens", lambda z, t, n, _, how=how: real(z, t, n, how))
+        w2, b2 = fit_token_weights(Xt, text, y, 0.1)
+        wt = torch.tensor(w2, requires_grad=True)
+        bt = torch.tensor(b2, requires_grad=True)
+        _token_objective(torch.as_tensor(Xt), text, y, 0.1, wt, bt).backward()
+        assert wt.grad.abs().max() > 1e-3, how
+
+
+def test_token_probe_on_tiny(tmp_path, capsys):
+    """--pooling tokens: the saved probe scores a text by the log-mean-exp of its token logits,
+    read here from one unpadded run_with_cache per text; a padded training batch (ProbeModule)
+    gives the same; its --eval is calibrated (accuracy and F1 reported); the guards."""
+    import torch
+
+    from mechtox.data import encode
+    from mechtox.models import tiny_model
+    from mechtox.probe import TOKEN_MEMORY_GIB, Direction, ProbeScorer, _check_token_memory
+
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "120", "--n-test", "60", "--layers", "1",
+                 "--pooling", "tokens", "--C", "0.1", "--eval-data", "builtin:toxicity", "--limit", "60"]) == 0
+    assert "tokens pooling" in capsys.readouterr().out
+    model = tiny_model()
+    probe = Direction.load(tmp_path / "ws" / "directions" / "probe", model)
+    assert probe.pooling == "tokens"
+    texts = ["you stupid idiot , you", "thanks", "a longer and kinder text about the weather today"]
+    by_hand = []
+    for ids in encode(model, texts, 64):
+        _, cache = model.run_with_cache(torch.tensor([ids]))
+        z = cache[probe.hook_name][0].double() @ probe.weight.double() + probe.bias
+        by_hand.append(float(torch.logsumexp(z, 0) - np.log(len(ids))))
+    got = ProbeScorer(model, probe).logits(texts)
+    assert np.allclose(got, by_hand, atol=1e-5)
+    assert not np.allclose(got, ProbeScorer(model, probe, aggregate="logsumexp").logits(texts), atol=1e-3)
+    ids = encode(model, texts, 64)
+    width = max(map(len, ids))
+    tokens = torch.tensor([x + [0] * (width - len(x)) for x in ids])
+    mask = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids])
+    _, cache = model.run_with_cache(tokens, attention_mask=mask)
+    p = probe.module().pooled(cache[probe.hook_name], mask).detach().double()
+    assert np.allclose(p.numpy(), 1 / (1 + np.exp(-np.array(by_hand))), atol=1e-5)
+
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "60"]) == 0
+    out = capsys.readouterr().out
+    assert "| probe:probe | accuracy |" in out and "AUROC only" not in out
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--pooling", "tokens", "--method", "svm"]) == 2
+    assert "--pooling tokens fits a logistic probe" in capsys.readouterr().err
+    _check_token_memory(2600, 64, 576, 4)  # 1.4 GiB: fine
+    with pytest.raises(Exception, match=r"up to 17\.6 GiB for 32 hooks x 4000 texts x 64 tokens.*fewer --layers"):
+        _check_token_memory(4000, 64, 576, 32)
+    assert TOKEN_MEMORY_GIB < 18

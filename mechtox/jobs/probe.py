@@ -22,7 +22,11 @@ class ProbeConfig:
     label_col: str | None = option(None)
     layers: str = option("all", "'all', 'last', '5', '0,4,8' or '10-20'")
     method: Literal["logreg", "diffmean", "svm"] = option("logreg", choices=["logreg", "diffmean", "svm"])
-    pooling: Literal["mean", "last"] = option("mean", choices=["mean", "last"])
+    pooling: Literal["mean", "last", "tokens"] = option(
+        "mean", "what a text's probe logit is read from: the mean of its token activations, the last one, or "
+                "'tokens': the probe applied to every token and a text's logit the log-mean-exp of theirs, fitted "
+                "that way (a toxic word in a long text is not averaged away; keeps every token's activations, so "
+                "sweep a few --layers)", choices=["mean", "last", "tokens"])
     n_train: int | str = option(3000, "training texts (stratified; default 3000; 'all': every text not held out)",
                                 type=lambda v: v if v == "all" else int(v))
     n_test: int = option(1000, "held-out texts (default 1000)")
@@ -38,10 +42,10 @@ class ProbeConfig:
                                     "calibration figure (run probe-eval-NAME)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
-    aggregate: str = option("pooled", "--eval: score each text by the probe on its pooled activations (as fitted), "
-                                      "or apply the probe to every token and take the max or logsumexp of the "
-                                      "logits (a toxic word in a long text is not averaged away)",
-                            choices=["pooled", "max", "logsumexp"])
+    aggregate: str = option("pooled", "--eval: score each text as the probe was fitted ('pooled'), or apply the probe "
+                                      "to every token and take the max, logsumexp or logmeanexp of the logits (a "
+                                      "toxic word in a long text is not averaged away)",
+                            choices=["pooled", "max", "logsumexp", "logmeanexp"])
     C: str = option("1", "inverse regularization of the logistic probe on standardised features, or 'cv': chosen "
                          "by 5-fold cross-validation on the training texts among 0.001, 0.01, 0.1, 1 (reported)",
                     flags=("--C",))
@@ -68,6 +72,9 @@ class ProbeConfig:
             raise MechtoxError(f"--save must be 'best', 'final', 'together' or a layer number, not {self.save!r}")
         if self.aggregate != "pooled" and not self.eval:
             raise MechtoxError("--aggregate scores a saved probe: it needs --eval NAME")
+        if self.pooling == "tokens" and self.method != "logreg" and not self.eval:
+            raise MechtoxError(f"--pooling tokens fits a logistic probe on every token: it needs --method logreg, "
+                               f"not {self.method}")
         if self.save == "together" and not self.together:
             raise MechtoxError("--save together needs --together")
 
@@ -151,7 +158,7 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
                                aggregate=cfg.aggregate)
     p = probe_scorer(data.texts)
     metrics = bootstrap_metrics(data.labels, p, seed=ctx.seed).assign(scorer=probe_scorer.name)
-    if cfg.aggregate != "pooled":  # a max over tokens is not calibrated: 0.5 is no threshold for it
+    if cfg.aggregate != "pooled":  # a max over tokens of a probe not fitted so is not calibrated: 0.5 is no threshold
         metrics = metrics[metrics["metric"] == "auroc"]
     scorer = get_scorer("profanity")
     other = bootstrap_metrics(data.labels, scorer(data.texts), seed=ctx.seed).assign(scorer=scorer.name)
