@@ -303,7 +303,8 @@ CV_CS = (1e-3, 1e-2, 1e-1, 1.0)
 """The regularization strengths ``C="cv"`` chooses among (on standardised features)."""
 
 
-def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float = 1.0) -> tuple[np.ndarray, float]:
+def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float = 1.0,
+                      init: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, float]:
     """A logistic probe read on every token (multiple-instance learning): text ``i``'s logit is the
     log-mean-exp over its tokens of ``x_t @ w + b``, and ``w, b`` minimise the texts' mean
     cross-entropy + ``|w|^2 / (2 C n)`` (sklearn's convention for C: with one token per text this
@@ -311,7 +312,8 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
 
     ``X``: token activations ``[n_tokens, d]``; ``text``: each token's text, ``0 .. n - 1``, every
     text with at least one token. Returns ``(weight, bias)`` in raw coordinates, like
-    :func:`fit_direction_weights` (the log-mean-exp commutes with the affine map back).
+    :func:`fit_direction_weights` (the log-mean-exp commutes with the affine map back). ``init``:
+    a starting ``(weight, bias)`` in raw coordinates (the objective is convex: only the time changes).
     """
     if not np.isfinite(X).all():
         raise MechtoxError("activations contain NaN or inf; check the model and the data (fp16 overflow?)")
@@ -327,8 +329,9 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
     sigma = np.where(sigma < 1e-8, 1.0, sigma)
     Z = torch.from_numpy(((X - mu) / sigma).astype(np.float64))
     yt = torch.as_tensor(y, dtype=torch.float64)
-    w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    w0, b0 = (np.zeros(Z.shape[1]), 0.0) if init is None else (init[0] * sigma, init[1] + float(mu @ init[0]))
+    w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
     lam = 1.0 / (2.0 * C * n)
     opt = torch.optim.LBFGS([w, b], max_iter=1000, history_size=20, line_search_fn="strong_wolfe")
 
@@ -353,10 +356,11 @@ def _token_subset(X: np.ndarray, text: np.ndarray, idx: np.ndarray) -> tuple[np.
 
 
 def _fitter(X: np.ndarray, y: np.ndarray, method: Method, seed: int, text_index: np.ndarray | None):
-    """``fit(idx, C) -> (w, b)`` and ``logits(idx, w, b)`` over the texts ``idx``: on pooled rows of
-    ``X``, or (with ``text_index``) on token rows, each text's logit the log-mean-exp of its tokens'."""
+    """``fit(idx, C, init) -> (w, b)`` and ``logits(idx, w, b)`` over the texts ``idx``: on pooled
+    rows of ``X``, or (with ``text_index``) on token rows, each text's logit the log-mean-exp of its
+    tokens' (started from ``init``, a previous ``(w, b)``, where given)."""
     if text_index is None:
-        return (lambda idx, c: fit_direction_weights(X[idx], y[idx], method, c, seed),
+        return (lambda idx, c, init=None: fit_direction_weights(X[idx], y[idx], method, c, seed),
                 lambda idx, w, b: X[idx] @ w + b)
     if method != "logreg":
         raise MechtoxError(f"a probe on every token is a logistic one: pooling 'tokens' needs method logreg, not {method!r}")
@@ -366,7 +370,7 @@ def _fitter(X: np.ndarray, y: np.ndarray, method: Method, seed: int, text_index:
         Xs, ts = _token_subset(X, text, idx)
         return aggregate_tokens(torch.from_numpy(Xs @ w + b), torch.from_numpy(ts), len(idx), "logmeanexp").numpy()
 
-    return (lambda idx, c: fit_token_weights(*_token_subset(X, text, idx), y[idx], c)), logits
+    return (lambda idx, c, init=None: fit_token_weights(*_token_subset(X, text, idx), y[idx], c, init)), logits
 
 
 def cv_scores(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5,
@@ -379,14 +383,13 @@ def cv_scores(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int
 
     fit, logits = _fitter(X, y, method, seed, text_index)
     folds = max(2, min(folds, int(np.bincount(y).min())))
-    scores = {}
-    for c in CV_CS:
-        aucs = []
-        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-            w, b = fit(tr, c)
-            aucs.append(roc_auc_score(y[va], logits(va, w, b)))
-        scores[c] = float(np.mean(aucs))
-    return scores
+    aucs: dict[float, list[float]] = {c: [] for c in CV_CS}
+    for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+        prev = None
+        for c in sorted(CV_CS):  # strongest regularization first; each fit starts where the last ended
+            prev = fit(tr, c, prev)
+            aucs[c].append(roc_auc_score(y[va], logits(va, *prev)))
+    return {c: float(np.mean(aucs[c])) for c in CV_CS}
 
 
 def choose_C(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5,
@@ -508,7 +511,10 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     split = split_indices(data.labels, test_size, seed, train_size)
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
-    for i, h in enumerate(hooks):
+    from tqdm.auto import tqdm
+
+    slow = pooling == "tokens" or C == "cv"
+    for i, h in enumerate(tqdm(hooks, desc="fitting probes", disable=not (progress and slow), leave=False)):
         p = fit_probe(acts[h], data.labels, h, method, seed=seed, C=C, model_name=model.cfg.model_name,
                       pooling=pooling, provenance=prov, split=split, text_index=text_index)
         probes[h] = p

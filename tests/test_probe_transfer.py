@@ -67,7 +67,8 @@ def test_probe_eval_command_on_tiny(tmp_path, capsys):
 def test_cv_scores_agree_with_sklearn_cross_validation(n_informative):
     """Our fold AUROCs per C (each fold standardised on its own training part) against sklearn's
     LogisticRegressionCV on the same folds (which standardises nothing: the features here are
-    already standard normal), for a sparse and a dense signal; choose_C takes the best of ours."""
+    already standard normal), for a sparse and a dense signal; choose_C takes the best of ours; the
+    token probe's cross-validation gives the same scores when every text is one token."""
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
 
@@ -82,6 +83,9 @@ def test_cv_scores_agree_with_sklearn_cross_validation(n_informative):
     ours = cv_scores(X, y, seed=0)
     assert [ours[c] for c in CV_CS] == pytest.approx(theirs.tolist(), abs=0.01)
     assert choose_C(X, y, seed=0) == max(CV_CS, key=lambda c: (ours[c], -c))
+    if n_informative == 2:  # the token probe's CV (folds over texts, warm starts), one token per text
+        tokens = cv_scores(X, y, seed=0, text_index=np.arange(300))
+        assert [tokens[c] for c in CV_CS] == pytest.approx([ours[c] for c in CV_CS], abs=0.002)
     if n_informative == 40:  # a dense signal: weak regularization clearly wins for both
         assert choose_C(X, y, seed=0) == CV_CS[int(np.argmax(theirs))]
 
