@@ -17,7 +17,7 @@ from mechtox.tables import markdown
 # directions/<probe>/
 SWEEP = "sweep.csv"                      # one row per layer of a probe sweep
 SWEEP_FIGURE = "sweep.html"
-# runs/probe-eval-<probe>/
+# runs/probe-eval-<probe>/ (probe-eval-<probe>-<aggregate>/ when scored by token)
 PROBE_EVAL = "probe-eval"                # table stem: accuracy, F1, AUROC with bootstrap intervals
 RELIABILITY = "reliability.csv"
 # runs/<rank run>/

@@ -129,7 +129,8 @@ def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
             out.append(_table(top[[c for c in ("method", "layer", "neuron", "cosine", "score", "tokens") if c in top]], 40))
     pe = _read_json(run / f"{A.PROBE_EVAL}.json")
     if pe:
-        sec["probe"].append(_h2(f"Probe transfer: {pe.get('probe')} on {pe.get('data')}", f"transfer-{run.name}")
+        agg = "" if pe.get("aggregate", "pooled") == "pooled" else f" (by token: {pe['aggregate']})"
+        sec["probe"].append(_h2(f"Probe transfer: {pe.get('probe')}{agg} on {pe.get('data')}", f"transfer-{run.name}")
                             + f"<p class='note'>{pe.get('n_texts')} texts ({pe.get('n_toxic')} toxic); "
                             f"{html.escape(str(pe.get('intervals')))}</p>" + _table(pd.DataFrame(pe["rows"])))
         rel = _read_csv(run / A.RELIABILITY)

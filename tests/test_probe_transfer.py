@@ -132,6 +132,7 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
     assert main(["probe", *ws, "--eval", "both", "--data", "builtin:toxicity", "--limit", "60", "--aggregate", "max"]) == 0
     out = capsys.readouterr().out
     assert "probe:both:max" in out and "| auroc |" in out and "| accuracy |" not in out and "AUROC only" in out
+    assert (tmp_path / "ws" / "runs" / "probe-eval-both-max" / "probe-eval.json").is_file()  # beside the pooled run
     assert main(["probe", *ws, "--data", "builtin:toxicity", "--aggregate", "max"]) == 2
     assert "--aggregate scores a saved probe: it needs --eval NAME" in capsys.readouterr().err
     assert main(["rank", *ws, "--probe", "both"]) == 2

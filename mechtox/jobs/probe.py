@@ -39,7 +39,7 @@ class ProbeConfig:
     out: str = option("probe", "name of the saved probe (default 'probe')")
     eval: str | None = option(None, "score this saved probe on --data instead of fitting one: accuracy, F1 and AUROC "
                                     "with bootstrap 95%% intervals, the offline scorer's AUROC on the same texts and a "
-                                    "calibration figure (run probe-eval-NAME)", metavar="NAME")
+                                    "calibration figure (run probe-eval-NAME, or probe-eval-NAME-AGGREGATE)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
     aggregate: str = option("pooled", "--eval: score each text as the probe was fitted ('pooled'), or apply the probe "
@@ -130,7 +130,8 @@ class ProbeEvalResult:
 
     @property
     def run_name(self) -> str:
-        return f"probe-eval-{self.config.eval}"
+        agg = self.config.aggregate
+        return f"probe-eval-{self.config.eval}" + ("" if agg == "pooled" else f"-{agg}")
 
 
 def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResult:
