@@ -546,26 +546,50 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
 # ----------------------------------------------------------------------------- transfer
 
 
+def _resample_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Accuracy, F1 and AUROC of each row of ``[n_boot, n]`` labels ``y`` and scores ``p`` at once
+    (AUROC by the Mann-Whitney rank sum, ties at half; NaN for a row with one label only)."""
+    from scipy.stats import rankdata  # scikit-learn's own dependency
+
+    pred, pos = p > threshold, y == 1
+    tp, fp, fn = (pred & pos).sum(1), (pred & ~pos).sum(1), (~pred & pos).sum(1)
+    denom = 2 * tp + fp + fn
+    n1 = pos.sum(1).astype(np.float64)
+    n0 = y.shape[1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = ((rankdata(p, axis=1) * pos).sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return {"accuracy": (pred == pos).mean(1), "f1": np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0),
+            "auroc": auroc}
+
+
 def bootstrap_metrics(labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int = 0,
                       threshold: float = 0.5) -> pd.DataFrame:
     """Accuracy, F1 and AUROC of probabilities ``probs`` for binary ``labels``, each with a
     percentile bootstrap 95% interval over ``n_boot`` resamples of the texts (seeded; the same
-    resamples for every metric and, with the same seed and size, for every scorer)."""
+    resamples for every metric and, with the same seed and size, for every scorer; resamples with
+    one label only are left out). The resamples are scored together, in blocks (numpy), not one
+    sklearn call each."""
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     y, p = np.asarray(labels).astype(int), np.asarray(probs, dtype=np.float64)
     if len(y) != len(p) or len(y) < 2 or len(set(y.tolist())) < 2:
         raise MechtoxError("scoring a probe needs texts of both labels")
-    fns = {"accuracy": lambda y, p: accuracy_score(y, p > threshold),
-           "f1": lambda y, p: f1_score(y, p > threshold, zero_division=0.0),
-           "auroc": roc_auc_score}
+    value = {"accuracy": accuracy_score(y, p > threshold), "f1": f1_score(y, p > threshold, zero_division=0.0),
+             "auroc": roc_auc_score(y, p)}
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(n_boot, len(y)))
+    block = max(1, 2_000_000 // len(y))
+    boots: dict[str, list[np.ndarray]] = {k: [] for k in value}
+    for start in range(0, n_boot, block):
+        i = idx[start:start + block]
+        both = (y[i] == 1).any(1) & (y[i] == 0).any(1)
+        for k, v in _resample_metrics(y[i][both], p[i][both], threshold).items():
+            boots[k].append(v)
     rows = []
-    for name, fn in fns.items():
-        boots = [fn(y[i], p[i]) for i in idx if len(set(y[i].tolist())) > 1]
-        lo, hi = np.percentile(boots, [2.5, 97.5]) if boots else (np.nan, np.nan)
-        rows.append({"metric": name, "value": float(fn(y, p)), "ci_low": float(lo), "ci_high": float(hi)})
+    for name in value:
+        b = np.concatenate(boots[name])
+        lo, hi = np.percentile(b, [2.5, 97.5]) if len(b) else (np.nan, np.nan)
+        rows.append({"metric": name, "value": float(value[name]), "ci_low": float(lo), "ci_high": float(hi)})
     return pd.DataFrame(rows)
 
 

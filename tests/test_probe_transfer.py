@@ -34,6 +34,27 @@ def test_bootstrap_values_by_hand():
         bootstrap_metrics(np.ones(4), np.ones(4))
 
 
+@pytest.mark.parametrize("n", [7, 300])
+def test_bootstrap_intervals_equal_one_sklearn_call_per_resample(n):
+    """The block-vectorised resampling against sklearn's accuracy, F1 and AUROC called on each
+    resample in turn (the same seeded resamples; ties in the scores, resamples of one label and
+    F1's zero division among them at n = 7)."""
+    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+
+    rng = np.random.default_rng(n)
+    y = (rng.random(n) < 0.3).astype(int)
+    y[:2] = [0, 1]
+    p = np.round(rng.random(n) * 0.6 + 0.3 * y, 1)  # ties
+    t = bootstrap_metrics(y, p, n_boot=300, seed=5).set_index("metric")
+    idx = np.random.default_rng(5).integers(0, n, size=(300, n))
+    keep = [i for i in idx if len(set(y[i].tolist())) > 1]
+    assert len(keep) < 300 or n == 300
+    for name, fn in (("accuracy", lambda a, b: accuracy_score(a, b > 0.5)),
+                     ("f1", lambda a, b: f1_score(a, b > 0.5, zero_division=0.0)), ("auroc", roc_auc_score)):
+        ref = np.percentile([fn(y[i], p[i]) for i in keep], [2.5, 97.5])
+        assert [t.loc[name, "ci_low"], t.loc[name, "ci_high"]] == pytest.approx(ref.tolist(), abs=1e-12), name
+
+
 def test_reliability_table_by_hand():
     y = np.array([1, 0, 1, 1, 0])
     p = np.array([0.05, 0.15, 0.55, 0.95, 0.99])
