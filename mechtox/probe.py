@@ -497,6 +497,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     probe on every token's activations, a text's logit the log-mean-exp of its token logits
     (:func:`fit_token_weights`), and keeps those activations (checked against :data:`TOKEN_MEMORY_GIB`).
     """
+    from tqdm.auto import tqdm
     from transformer_lens.utilities import get_act_name
 
     layer_ids = parse_layers(layers, model.cfg.n_layers)
@@ -511,8 +512,6 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     split = split_indices(data.labels, test_size, seed, train_size)
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
-    from tqdm.auto import tqdm
-
     slow = pooling == "tokens" or C == "cv"
     for i, h in enumerate(tqdm(hooks, desc="fitting probes", disable=not (progress and slow), leave=False)):
         p = fit_probe(acts[h], data.labels, h, method, seed=seed, C=C, model_name=model.cfg.model_name,
