@@ -166,6 +166,8 @@ class ProbeModule(nn.Module):
 
 Aggregate = Literal["pooled", "max", "logsumexp", "logmeanexp"]
 AGGREGATES: tuple[str, ...] = get_args(Aggregate)
+TOKEN_AGGREGATE = "logmeanexp"
+"""How a probe fitted with ``pooling="tokens"`` turns token logits into a text's logit, in the fit and in scoring."""
 
 
 def aggregate_tokens(z: Float[Tensor, " n_tokens"], text: Tensor, n: int, how: str) -> Float[Tensor, " n"]:
@@ -175,9 +177,9 @@ def aggregate_tokens(z: Float[Tensor, " n_tokens"], text: Tensor, n: int, how: s
     count = torch.bincount(text, minlength=n).to(z.dtype)
     if how == "mean":
         return torch.zeros(n, dtype=z.dtype).index_add(0, text, z) / count
-    top = torch.full((n,), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z.detach(), "amax")
     if how == "max":
         return torch.full((n,), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z, "amax")
+    top = torch.full((n,), -torch.inf, dtype=z.dtype).scatter_reduce(0, text, z.detach(), "amax")
     lse = top + torch.zeros(n, dtype=z.dtype).index_add(0, text, (z - top[text]).exp()).log()  # stable
     if how == "logsumexp":
         return lse
@@ -209,7 +211,7 @@ class ProbeScorer:
         hooks = list(self.probe.hooks)
         how = self.aggregate
         if how == "pooled" and self.probe.pooling == "tokens":
-            how = "logmeanexp"
+            how = TOKEN_AGGREGATE
         acts = collect_activations(self.model, texts, hooks, self.probe.pooling if how == "pooled" else "tokens",
                                    self.batch_size, self.max_length, progress=False)
         x = torch.cat([acts[h] for h in hooks], dim=-1)  # one hook, or several layers side by side
@@ -337,7 +339,7 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
 
     def closure() -> Tensor:
         opt.zero_grad()
-        z = aggregate_tokens(Z @ w + b, t, n, "logmeanexp")
+        z = aggregate_tokens(Z @ w + b, t, n, TOKEN_AGGREGATE)
         loss = nn.functional.binary_cross_entropy_with_logits(z, yt) + lam * (w @ w)
         loss.backward()
         return loss
@@ -368,7 +370,7 @@ def _fitter(X: np.ndarray, y: np.ndarray, method: Method, seed: int, text_index:
 
     def logits(idx: np.ndarray, w: np.ndarray, b: float) -> np.ndarray:
         Xs, ts = _token_subset(X, text, idx)
-        return aggregate_tokens(torch.from_numpy(Xs @ w + b), torch.from_numpy(ts), len(idx), "logmeanexp").numpy()
+        return aggregate_tokens(torch.from_numpy(Xs @ w + b), torch.from_numpy(ts), len(idx), TOKEN_AGGREGATE).numpy()
 
     return (lambda idx, c, init=None: fit_token_weights(*_token_subset(X, text, idx), y[idx], c, init)), logits
 
@@ -419,10 +421,11 @@ def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_na
     if chosen:
         if method == "diffmean":
             C = 1.0
+        elif text_index is None:
+            C = choose_C(Xn[tr], y[tr], method, seed)
         else:
-            inner = None if text_index is None else _token_subset(Xn, np.asarray(text_index), tr)
-            C = (choose_C(Xn[tr], y[tr], method, seed) if inner is None
-                 else choose_C(inner[0], y[tr], method, seed, text_index=inner[1]))
+            X_tr, text_tr = _token_subset(Xn, np.asarray(text_index), tr)
+            C = choose_C(X_tr, y[tr], method, seed, text_index=text_tr)
     elif isinstance(C, str):
         raise MechtoxError(f"C must be a number or 'cv', not {C!r}")
     w, b = fit(tr, float(C))
@@ -535,7 +538,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
             h = row["hook"]
             z = probes[h].logits(t_acts[h].double())
             if pooling == "tokens":
-                z = aggregate_tokens(z, t_collected.token_index[:, 0], len(transfer), "logmeanexp")
+                z = aggregate_tokens(z, t_collected.token_index[:, 0], len(transfer), TOKEN_AGGREGATE)
             row["transfer_auroc"] = _metrics(transfer.labels, z.numpy())["auroc"]
     table = pd.DataFrame(rows)
     best = str(table.loc[table[select_on].idxmax(), "hook"])
@@ -580,9 +583,9 @@ def bootstrap_metrics(labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000,
     block = max(1, 2_000_000 // len(y))
     boots: dict[str, list[np.ndarray]] = {k: [] for k in value}
     for start in range(0, n_boot, block):
-        i = idx[start:start + block]
-        both = (y[i] == 1).any(1) & (y[i] == 0).any(1)
-        for k, v in _resample_metrics(y[i][both], p[i][both], threshold).items():
+        yb, pb = y[idx[start:start + block]], p[idx[start:start + block]]
+        both = (yb == 1).any(1) & (yb == 0).any(1)
+        for k, v in _resample_metrics(yb[both], pb[both], threshold).items():
             boots[k].append(v)
     rows = []
     for name in value:

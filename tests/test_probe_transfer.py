@@ -164,19 +164,28 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
 
 
 
+def _per_token_logits(model, probe, texts):
+    """The probe's logit at every token of each text, read from one unpadded run_with_cache per text."""
+    import torch
+
+    from mechtox.data import encode
+
+    out = []
+    for ids in encode(model, texts, 64):
+        _, cache = model.run_with_cache(torch.tensor([ids]))
+        out.append(torch.cat([cache[h][0] for h in probe.hooks], -1).double() @ probe.weight.double() + probe.bias)
+    return out
+
+
 def _token_aggregates_equal_a_direct_computation(model, probe):
     """--aggregate max|logsumexp|logmeanexp: the probe applied to every token of each text, read here from
     one unpadded run_with_cache per text, and the logits reduced by hand."""
     import torch
 
-    from mechtox.data import encode
     from mechtox.probe import ProbeScorer
 
     texts = ["you stupid idiot , you", "thanks", "a longer and kinder text about the weather today"]
-    per_token = []
-    for ids in encode(model, texts, 64):
-        _, cache = model.run_with_cache(torch.tensor([ids]))
-        per_token.append(torch.cat([cache[h][0] for h in probe.hooks], -1).double() @ probe.weight.double() + probe.bias)
+    per_token = _per_token_logits(model, probe, texts)
     pooled = ProbeScorer(model, probe).logits(texts)
     for aggregate, reduce in (("max", lambda z: z.max()), ("logsumexp", lambda z: torch.logsumexp(z, 0)),
                               ("logmeanexp", lambda z: torch.logsumexp(z, 0) - np.log(len(z)))):
@@ -255,11 +264,7 @@ def test_token_probe_on_tiny(tmp_path, capsys):
     probe = Direction.load(tmp_path / "ws" / "directions" / "probe", model)
     assert probe.pooling == "tokens"
     texts = ["you stupid idiot , you", "thanks", "a longer and kinder text about the weather today"]
-    by_hand = []
-    for ids in encode(model, texts, 64):
-        _, cache = model.run_with_cache(torch.tensor([ids]))
-        z = cache[probe.hook_name][0].double() @ probe.weight.double() + probe.bias
-        by_hand.append(float(torch.logsumexp(z, 0) - np.log(len(ids))))
+    by_hand = [float(torch.logsumexp(z, 0) - np.log(len(z))) for z in _per_token_logits(model, probe, texts)]
     got = ProbeScorer(model, probe).logits(texts)
     assert np.allclose(got, by_hand, atol=1e-5)
     assert not np.allclose(got, ProbeScorer(model, probe, aggregate="logsumexp").logits(texts), atol=1e-3)
