@@ -1,8 +1,9 @@
 """Benchmark: a DPO training step, side by side, in one run.
 
-Four implementations train the same model (SmolLM2-135M-Instruct by default) on the same pairs
+Four implementations (and a floor) train the same model (SmolLM2-135M-Instruct by default) on the same pairs
 (Wikitext-2 passages: a prompt, the true continuation as chosen, another passage's as rejected),
-with the same batch, sequence length, precision, learning rate, gradient clipping (10) and AdamW:
+with the same batch, sequence length, precision, learning rate, gradient clipping (10) and AdamW
+(torch's fused implementation, on the CPU too):
 
 - ``mechtox(hooked, hooks on)``: mechtox's training loop (``mechtox.training.train``) on the
   HookedTransformer, the DPO loss plus a probe read at a middle layer (``hook_resid_post``,
@@ -11,7 +12,10 @@ with the same batch, sequence length, precision, learning rate, gradient clippin
   model with the same weights; hooks at TransformerLens names);
 - ``HF``: a hand-written DPO step on the plain ``transformers`` model, no hooks;
 - ``TRL``: TRL's ``DPOTrainer`` on the same plain model (reference log-probs precomputed, no
-  gradient checkpointing, dropout off, no evaluation, logging or saving during the timed steps).
+  gradient checkpointing, dropout off, no evaluation, logging or saving during the timed steps);
+- ``floor``: not a DPO step but a lower bound on its cost with this model's code: the forward and
+  backward over each pair's distinct tokens (the prompt once), the LM head only at completion
+  positions, clipping and AdamW. Its ratio to TRL bounds what any implementation can reach here.
 
 Every implementation runs in its own process (so the peak memory is its own), precomputes its
 reference log-probs before the clock starts, runs one untimed warm-up step, then ``--steps``
@@ -39,8 +43,9 @@ import time
 
 import torch
 
-VARIANTS = ["mechtox-hooked", "mechtox-hf", "hf", "trl"]
-LABELS = {"mechtox-hooked": "mechtox(hooked, hooks on)", "mechtox-hf": "mechtox(hf, hooks on)", "hf": "HF", "trl": "TRL"}
+VARIANTS = ["mechtox-hooked", "mechtox-hf", "hf", "trl", "floor"]
+LABELS = {"mechtox-hooked": "mechtox(hooked, hooks on)", "mechtox-hf": "mechtox(hf, hooks on)", "hf": "HF", "trl": "TRL",
+          "floor": "floor (no step is cheaper)"}
 
 
 # ----------------------------------------------------------------------------- shared inputs
@@ -110,14 +115,14 @@ def run_mechtox(args, device: str, backend: str) -> dict:
         hook_names = (f"blocks.{mid}.hook_resid_post", *adds)
 
         def _logps(self, m, idx):
-            from mechtox.training import collate, sequence_logps
+            from mechtox.training import collate, completion_logits, sequence_logps
 
             batch = collate([self.chosen[i] for i in idx] + [self.rejected[i] for i in idx], self.pid).to(device)
             store = {}
             hooks = [(self.hook_names[0], lambda a, hook: store.__setitem__("read", a))]
             hooks += [(h, lambda a, hook: a + vec.to(a.dtype)) for h in adds]
             with _autocast(device, args.dtype), m.hooks(fwd_hooks=hooks):
-                logits = m(batch.tokens, attention_mask=batch.attention_mask)
+                logits = completion_logits(m, batch)
             mask = batch.attention_mask[..., None].to(store["read"].dtype)
             self._probe = ((store["read"] * mask).sum(1) / mask.sum(1)).float() @ probe_w
             lp = sequence_logps(logits, batch)
@@ -167,10 +172,18 @@ def _plain_model(args, device):
     return hf, tokenizer, pairs, seqs, pid
 
 
+def plain_logps(logits, b):
+    """Summed completion log-probs as hand-written DPO code computes them (ajyl/dpo_toxic, TRL
+    before 1.x): logits at every position, log_softmax, gather."""
+    logp = logits[:, :-1].float().log_softmax(-1).gather(-1, b.tokens[:, 1:, None]).squeeze(-1)
+    return (logp * b.label_mask[:, :-1]).sum(-1)
+
+
 def run_hf(args, device: str) -> dict:
     """The hand-written DPO step on the plain transformers model."""
-    from mechtox.training import collate, dpo_loss, sequence_logps
+    from mechtox.training import collate, dpo_loss
 
+    sequence_logps = plain_logps
     hf, _, _, (chosen, rejected), pid = _plain_model(args, device)
     batches = []
     for s in range(args.steps + 1):
@@ -185,7 +198,7 @@ def run_hf(args, device: str) -> dict:
                 refs.append(sequence_logps(fwd(input_ids=b.tokens, attention_mask=b.attention_mask).logits, b))
     hf.train()
     params = list(hf.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-6, fused=device == "cuda")
+    opt = torch.optim.AdamW(params, lr=1e-6, fused=True)  # as mechtox and TRL here
     reset_peak_memory(device)
     times, toks, first = [], [], None
     for b, ref in zip(batches, refs, strict=True):
@@ -205,6 +218,49 @@ def run_hf(args, device: str) -> dict:
         toks.append(int(b.attention_mask.sum()))
     secs = sum(times[1:])
     return {"tok_s": sum(toks[1:]) / secs, "ms": 1000 * secs / (len(times) - 1), "first_loss": first}
+
+
+def run_floor(args, device: str) -> dict:
+    """A lower bound on any DPO step over these pairs with this model's code: the body's forward
+    and backward over the DISTINCT tokens only (each pair's prompt once: the chosen sequence whole,
+    the rejected completion alone, so not even its attention to the prompt is paid), the LM head
+    only where a completion token is predicted, then clipping and the AdamW update. Its loss is
+    not DPO's (the rejected completion misses its prompt); only its cost is meant."""
+    from mechtox.training import collate, dpo_loss, token_logps
+
+    hf, _, _, (chosen, rejected), pid = _plain_model(args, device)
+    steps = []
+    for s in range(args.steps + 1):
+        idx = range(s * args.batch, (s + 1) * args.batch)
+        c = collate([chosen[i] for i in idx], pid).to(device)
+        r = collate([(rejected[i][0][rejected[i][1] - 1:], 1) for i in idx], pid).to(device)
+        steps.append((c, r, sum(len(chosen[i][0]) + len(rejected[i][0]) for i in idx)))
+    hf.train()
+    params = list(hf.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-6, fused=True)  # as mechtox and TRL here
+    body, head = hf.get_decoder(), hf.get_output_embeddings()
+    reset_peak_memory(device)
+    times, toks = [], []
+    for c, r, n_real in steps:
+        t = time.perf_counter()
+        lps = []
+        for b in (c, r):
+            with _autocast(device, args.dtype):
+                h = body(input_ids=b.tokens, attention_mask=b.attention_mask, use_cache=False).last_hidden_state
+                m = b.label_mask[:, :-1].bool()
+                logits = head(h[:, :-1][m])  # completion positions only
+            lp = torch.zeros(m.shape, device=h.device).masked_scatter(m, token_logps(logits, b.tokens[:, 1:][m]))
+            lps.append(lp.sum(-1))
+        loss, _ = dpo_loss(lps[0], lps[1], lps[0].detach(), lps[1].detach(), 0.1)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 10.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss)
+        times.append(time.perf_counter() - t)
+        toks.append(n_real)
+    secs = sum(times[1:])
+    return {"tok_s": sum(toks[1:]) / secs, "ms": 1000 * secs / (len(times) - 1), "first_loss": None}
 
 
 def run_trl(args, device: str) -> dict:
@@ -231,7 +287,7 @@ def run_trl(args, device: str) -> dict:
                         learning_rate=1e-6, lr_scheduler_type="constant", warmup_steps=0, beta=0.1,
                         max_grad_norm=10.0, max_length=args.seq + 8, precompute_ref_log_probs=True,
                         gradient_checkpointing=False, bf16=args.dtype == "bfloat16", use_cpu=device == "cpu",
-                        optim="adamw_torch_fused" if device == "cuda" else "adamw_torch", logging_steps=10**6,
+                        optim="adamw_torch_fused", logging_steps=10**6,
                         save_strategy="no", eval_strategy="no", report_to=[], disable_dropout=True,
                         dataloader_num_workers=0, seed=0, torch_compile=args.compile)
         trainer = DPOTrainer(model=hf, args=cfg, train_dataset=ds, processing_class=tokenizer, callbacks=[Clock()])
@@ -254,6 +310,8 @@ def child(args) -> None:
         res = run_trl(args, device)
     elif args.variant == "hf":
         res = run_hf(args, device)
+    elif args.variant == "floor":
+        res = run_floor(args, device)
     else:
         res = run_mechtox(args, device, args.variant.split("-")[1])
     res["peak_gib"] = peak_memory_gib(device)
@@ -295,6 +353,9 @@ def main(argv=None) -> None:
     mt = results.get("mechtox-hf", {}).get("tok_s")
     if "tok_s" in results.get("mechtox-hooked", {}) and "tok_s" in results.get("hf", {}):
         print(f"ratio mechtox(hooked, hooks on) / HF = {results['mechtox-hooked']['tok_s'] / results['hf']['tok_s']:.2f}x")
+    if "tok_s" in results.get("floor", {}) and "tok_s" in results.get("trl", {}):
+        print(f"bound: no DPO step with this model's code can run faster than "
+              f"{results['floor']['tok_s'] / results['trl']['tok_s']:.2f}x TRL here (the floor row)")
     for ref in ("hf", "trl"):
         if mt and "tok_s" in results.get(ref, {}):
             print(f"ratio mechtox(hf, hooks on) / {LABELS[ref]} = {mt / results[ref]['tok_s']:.2f}x")

@@ -135,8 +135,13 @@ class HFBackend(nn.Module):
 
     # ------------------------------------------------------------------ the call and the hooks
 
-    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None) -> Tensor:
-        return self._run(input_ids=tokens, attention_mask=attention_mask, use_cache=False).logits
+    keeps_logits = True
+    """the call takes ``logits_to_keep`` (``training.completion_logits`` reads this)"""
+
+    def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
+        """Logits of the last ``logits_to_keep`` positions (0: all); the LM head runs on those only."""
+        return self._run(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
+                         logits_to_keep=logits_to_keep).logits
 
     def compile_forward(self) -> None:
         """``torch.compile`` the HuggingFace model's forward (the hooks stay registered inside)."""

@@ -18,6 +18,8 @@ from mechtox.training import (
     SAPObjective,
     TrainConfig,
     collate,
+    completion_logits,
+    pair_logps,
     train,
 )
 from tests.conftest import LLAMA, randomize_norms_and_biases, zero_foreign
@@ -64,6 +66,22 @@ def test_each_hook_name_reads_the_hooked_transformer_activation(arch):
         assert got[n].shape == cache[n].shape, n
         diff = (got[n] - cache[n])[real].abs().max()
         assert diff < 2e-5, (n, float(diff))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_lm_head_runs_on_completion_positions_only_with_the_same_log_probs(arch):
+    model = _make(arch)
+    hf = HFBackend(model)
+    seqs = [(model.tokenizer.encode(t), p) for t, p in [("you are a good friend", 3), ("the city is very nice", 4)]]
+    b = collate(seqs, 0)
+    assert b.start == 2
+    with torch.no_grad():
+        kept = completion_logits(hf, b)
+        full = model(b.tokens, attention_mask=b.attention_mask)
+        assert kept.shape[1] == b.tokens.shape[1] - 2
+        assert (kept - full[:, 2:]).abs().max() < 2e-5
+        assert torch.allclose(torch.stack(pair_logps(hf, seqs[:1], seqs[1:], 0)),
+                              torch.stack(pair_logps(model, seqs[:1], seqs[1:], 0)), atol=2e-5)
 
 
 @pytest.mark.parametrize("arch", ARCHS)

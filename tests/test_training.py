@@ -15,11 +15,13 @@ from mechtox.training import (
     TrainConfig,
     build_sequences,
     collate,
+    completion_logits,
     dpo_loss,
     rank_pairs_by_probe,
     safety_loss,
     sap_layers,
     sequence_logps,
+    token_logps,
     train,
 )
 
@@ -66,6 +68,36 @@ def test_sequence_logps_counts_only_completion_tokens(tiny):
     ref = full[2, ids[3]] + full[3, ids[4]]
     assert float(lp[0]) == pytest.approx(float(ref), abs=1e-5)
     assert float(lp[1]) == pytest.approx(float(full[2, ids[3]]), abs=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_token_logps_value_and_gradient_match_autograd_log_softmax(dtype):
+    g = torch.Generator().manual_seed(3)
+    logits = (4 * torch.randn(2, 5, 97, generator=g)).to(dtype).requires_grad_()
+    target = torch.randint(0, 97, (2, 5), generator=g)
+    w = torch.randn(2, 5, generator=g)
+    mine = token_logps(logits, target)
+    (gm,) = torch.autograd.grad((mine * w).sum(), logits)
+    ref = logits.float().log_softmax(-1).gather(-1, target[..., None])[..., 0]
+    (gr,) = torch.autograd.grad((ref * w).sum(), logits)
+    assert mine.dtype == torch.float32 and gm.dtype == dtype
+    assert torch.allclose(mine, ref, atol=1e-5)
+    assert torch.allclose(gm.float(), gr.float(), atol=1e-6 if dtype == torch.float32 else 1e-2)
+
+
+def test_sequence_logps_needs_only_the_logits_from_the_first_completion_position(tiny):
+    seqs = build_sequences(tiny, ["the city is very big and", "my friend said"], [" good day", " you are kind to me"], 32, 32)
+    batch = collate(seqs, pid=0)
+    assert batch.start == min(p for _, p in seqs) - 1 > 0
+    with torch.no_grad():
+        full = tiny(batch.tokens, attention_mask=batch.attention_mask)
+        kept = completion_logits(tiny, batch)
+    assert kept.shape[1] == batch.tokens.shape[1] - batch.start
+    ref = sequence_logps(full, batch)
+    assert torch.allclose(sequence_logps(kept, batch), ref, atol=1e-6)
+    assert torch.allclose(sequence_logps(full[:, 1:], batch), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="after the first completion label"):
+        sequence_logps(full[:, batch.start + 1:], batch)
 
 
 def test_short_run_lowers_loss_and_writes_metrics(tiny, tmp_path):
