@@ -217,7 +217,7 @@ def completion_logits(model, batch: SeqBatch) -> Float[Tensor, "batch kept vocab
     return model(batch.tokens, attention_mask=batch.attention_mask)[:, batch.start:]
 
 
-def completion_token_logps(logits: Float[Tensor, "batch kept vocab"], batch: SeqBatch) -> Float[Tensor, "batch kept_1"]:
+def completion_token_logps(logits: Float[Tensor, "batch kept vocab"], batch: SeqBatch) -> Float[Tensor, "batch kept_minus_one"]:
     """Log p(next token) at each position of ``logits``, which covers the LAST ``logits.shape[1]``
     positions of the batch (all of them, or from ``batch.start`` on), times the label mask."""
     offset = batch.tokens.shape[1] - logits.shape[1]
