@@ -210,22 +210,21 @@ def token_logps(logits: Float[Tensor, "... vocab"], target: Int[Tensor, "..."]) 
 
 def completion_logits(model, batch: SeqBatch) -> Float[Tensor, "batch kept vocab"]:
     """The logits at positions ``batch.start`` onwards (the only ones a completion token is
-    predicted from). A model whose call takes ``logits_to_keep`` (the hf backend) applies the
-    LM head to those positions only; the HookedTransformer computes all and they are sliced."""
+    predicted from) when the model's call takes ``logits_to_keep`` (the hf backend: the LM head
+    runs on those positions only); a HookedTransformer's logits at every position otherwise."""
     if getattr(model, "keeps_logits", False):
         return model(batch.tokens, attention_mask=batch.attention_mask, logits_to_keep=batch.tokens.shape[1] - batch.start)
-    return model(batch.tokens, attention_mask=batch.attention_mask)[:, batch.start:]
+    return model(batch.tokens, attention_mask=batch.attention_mask)
 
 
 def completion_token_logps(logits: Float[Tensor, "batch kept vocab"], batch: SeqBatch) -> Float[Tensor, "batch kept_minus_one"]:
-    """Log p(next token) at each position of ``logits``, which covers the LAST ``logits.shape[1]``
-    positions of the batch (all of them, or from ``batch.start`` on), times the label mask."""
+    """Log p(next token) at each position of ``logits`` but the last, which cover the LAST
+    ``logits.shape[1]`` positions of the batch (all of them, or from ``batch.start`` on), times
+    the label mask."""
     offset = batch.tokens.shape[1] - logits.shape[1]
     if offset > batch.start:
         raise ValueError(f"the logits start at position {offset}, after the first completion label ({batch.start})")
-    lo = batch.start - offset
-    tok_logp = token_logps(logits[:, lo:-1], batch.tokens[:, batch.start + 1:])
-    return tok_logp * batch.label_mask[:, batch.start:-1]
+    return token_logps(logits[:, :-1], batch.tokens[:, offset + 1:]) * batch.label_mask[:, offset:-1]
 
 
 def sequence_logps(logits: Float[Tensor, "batch kept vocab"], batch: SeqBatch) -> Float[Tensor, " batch"]:

@@ -91,10 +91,9 @@ def test_sequence_logps_needs_only_the_logits_from_the_first_completion_position
     assert batch.start == min(p for _, p in seqs) - 1 > 0
     with torch.no_grad():
         full = tiny(batch.tokens, attention_mask=batch.attention_mask)
-        kept = completion_logits(tiny, batch)
-    assert kept.shape[1] == batch.tokens.shape[1] - batch.start
+    assert completion_logits(tiny, batch).shape == full.shape  # a HookedTransformer gives every position
     ref = sequence_logps(full, batch)
-    assert torch.allclose(sequence_logps(kept, batch), ref, atol=1e-6)
+    assert torch.allclose(sequence_logps(full[:, batch.start:], batch), ref, atol=1e-6)
     assert torch.allclose(sequence_logps(full[:, 1:], batch), ref, atol=1e-6)
     with pytest.raises(ValueError, match="after the first completion label"):
         sequence_logps(full[:, batch.start + 1:], batch)
