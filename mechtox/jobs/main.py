@@ -131,8 +131,8 @@ def plan(cfg: MainConfig) -> list[Step]:
     steps = cfg.dpo_steps or S["steps"]
     return [
         Step("probe", [(probe, probe.ProbeConfig(model=M, data=labelled, n_train=S["n_train"], n_test=S["n_test"],
-                                                 save="final", out="probe"))],
-             title="1 probe sweep (Lee et al.: every layer, mean-pooled)"),
+                                                 C="cv", save="final", out="probe"))],
+             title="1 probe sweep (Lee et al.: every layer, mean-pooled; C by cross-validation)"),
         # every ranking side by side on the prompts with no word the scorer flags (the toxicity the model writes
         # itself, not copies of the prompt), the generation-based ones fitted on the other prompts: the cosine
         # rankings (probe, unembedding, generation diff-of-means), the unembedding contrast, and the ranking that
