@@ -209,7 +209,7 @@ class ProbeScorer:
         ``logmeanexp``."""
         texts = [t if t.strip() else " " for t in texts]
         hooks = list(self.probe.hooks)
-        how = self.aggregate
+        how: str = self.aggregate
         if how == "pooled" and self.probe.pooling == "tokens":
             how = TOKEN_AGGREGATE
         acts = collect_activations(self.model, texts, hooks, self.probe.pooling if how == "pooled" else "tokens",

@@ -42,10 +42,10 @@ class ProbeConfig:
                                     "calibration figure (run probe-eval-NAME, or probe-eval-NAME-AGGREGATE)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
-    aggregate: str = option("pooled", "--eval: score each text as the probe was fitted ('pooled'), or apply the probe "
-                                      "to every token and take the max, logsumexp or logmeanexp of the logits (a "
-                                      "toxic word in a long text is not averaged away)",
-                            choices=["pooled", "max", "logsumexp", "logmeanexp"])
+    aggregate: Literal["pooled", "max", "logsumexp", "logmeanexp"] = option(
+        "pooled", "--eval: score each text as the probe was fitted ('pooled'), or apply the probe to every token and "
+                  "take the max, logsumexp or logmeanexp of the logits (a toxic word in a long text is not averaged "
+                  "away)", choices=["pooled", "max", "logsumexp", "logmeanexp"])
     C: str = option("1", "inverse regularization of the logistic probe on standardised features, or 'cv': chosen "
                          "by 5-fold cross-validation on the training texts among 0.001, 0.01, 0.1, 1 (reported)",
                     flags=("--C",))
