@@ -77,7 +77,8 @@ def differences(got, want, where: str = "") -> list[str]:
             out.append(f"{where} line {line}: {g!r}, want {w!r}")
         return out
     if isinstance(want, float) and isinstance(got, float):
-        same = got == want or (math.isnan(got) and math.isnan(want)) or (math.isfinite(got) and _close(got, want))
+        same = (got == want or (math.isnan(got) and math.isnan(want))
+                or (math.isfinite(got) and math.isfinite(want) and _close(got, want)))
         return [] if same else [f"{where}: {got!r}, want {want!r}"]
     return [] if type(got) is type(want) and got == want else [f"{where}: {got!r}, want {want!r}"]
 
@@ -148,6 +149,7 @@ def test_comparison_tolerates_rounding_not_changes():
     assert differences("n,5245", "n,5244") and differences({"n": 3}, {"n": 4})  # integers exactly
     assert differences("TN+,1.0", "TP-,1.0") and differences({"a": True}, {"a": 1})
     assert differences("key 836e989", "key 836e988") and differences({"x": float("nan")}, {"x": 1.0})
+    assert differences({"x": 1.0}, {"x": float("inf")}) and not differences({"x": float("nan")}, {"x": float("nan")})
     assert differences("a,0.5,b", "a,0.5") and differences([1.0], [1.0, 2.0]) and differences({"a": 1}, {"b": 1})
     # on the recorded snapshot: each file equals itself; a 0.5% change anywhere in a table is seen
     want = _paths(json.loads(gzip.decompress(SNAPSHOT.read_bytes())))
