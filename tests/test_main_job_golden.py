@@ -36,7 +36,7 @@ def _paths(obj):
     return _PKG_PATH.sub("<pkg>/resources/", obj) if isinstance(obj, str) else obj
 
 
-_NUMBER = re.compile(r"(-?\d+\.\d+(?:[eE][-+]?\d+)?|-?\d+[eE][-+]?\d+|-?\d+)")
+_NUMBER = re.compile(f"({_FLOAT.pattern}|-?\\d+)")  # _FLOAT or an integer, captured: re.split keeps them
 REL, ABS = 1e-3, 1e-5
 
 
@@ -156,8 +156,9 @@ def test_comparison_tolerates_rounding_not_changes():
     assert all(differences(want[name], want[name]) == [] for name in want)
     table = want["runs/main-eval/eval.csv"]
     first = _FLOAT.search(table)
-    changed = table[:first.start()] + _num(str(float(first.group()) * 1.005)) + table[first.end():]
-    assert differences(changed, table, "eval") == [f"eval line 2: {_num(str(float(first.group()) * 1.005))!r}, want {first.group()!r}"]
+    moved = _num(str(float(first.group()) * 1.005))
+    changed = table[:first.start()] + moved + table[first.end():]
+    assert differences(changed, table, "eval") == [f"eval line 2: {moved!r}, want {first.group()!r}"]
 
 
 def _check_report(ws: Path) -> None:

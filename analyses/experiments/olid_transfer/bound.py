@@ -26,6 +26,7 @@ from sklearn.metrics import roc_auc_score
 from mechtox.data import load_labelled
 from mechtox.probe import (
     TOKEN_AGGREGATE,
+    _token_subset,
     aggregate_tokens,
     fit_token_weights,
     split_indices,
@@ -77,13 +78,13 @@ F = dict(np.load(CACHE))
 
 
 def sub(name, h, idx=None):
-    """Token rows of texts ``idx`` of set ``name`` at hook ``h``, renumbered; and their labels."""
+    """Token rows of texts ``idx`` of set ``name`` at hook ``h`` (all of them: ``None``), renumbered;
+    and their labels."""
     X, row, y = F[f"{name}|{h}"], F[f"row|{name}"], F[f"y|{name}"]
-    idx = np.arange(len(y)) if idx is None else np.sort(idx)
-    keep = np.isin(row, idx)
-    renumber = np.full(len(y), -1)
-    renumber[idx] = np.arange(len(idx))
-    return X[keep], renumber[row[keep]], y[idx]
+    if idx is None:
+        return X, row, y
+    idx = np.sort(idx)
+    return (*_token_subset(X, row, idx), y[idx])
 
 
 def text_logits(w, b, X, row, n):
@@ -142,9 +143,10 @@ if __name__ == "__main__":
     every = np.ones(len(yp), bool)
     for h in HOOKS:
         layer = h.split(".")[1]
-        for tag, idx in (("2,800 of all", draw(every, 2800)), ("2,800 of <= 64 tokens", draw(short, 2800)),
-                         ("all 5,000", np.arange(len(yp)))):
-            for C in (0.003, 0.01, 0.03) if "<=" in tag else (0.01,):
+        for tag, idx, Cs in (("2,800 of all", draw(every, 2800), (0.01,)),
+                             ("2,800 of <= 64 tokens", draw(short, 2800), (0.003, 0.01, 0.03)),
+                             ("all 5,000", np.arange(len(yp)), (0.01,))):
+            for C in Cs:
                 X, row, y = sub("jpool", h, idx)
                 j, o = aurocs(*fit_token_weights(X, row, y, C), h)
                 print(f"L{layer} {tag:22s} C {C:<5g} jigsaw {j:.3f}  olid {o:.3f}", flush=True)
