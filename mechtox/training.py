@@ -151,7 +151,10 @@ class SeqBatch:
     start: int = 0
 
     def to(self, device) -> SeqBatch:
-        return SeqBatch(self.tokens.to(device), self.attention_mask.to(device), self.label_mask.to(device), self.start)
+        # non_blocking: a blocking host-to-GPU copy waits for all queued GPU work first; an
+        # asynchronous one from pageable memory is staged before it returns, so it is safe
+        return SeqBatch(*(t.to(device, non_blocking=True) for t in (self.tokens, self.attention_mask, self.label_mask)),
+                        self.start)
 
 
 def build_sequences(model: HookedTransformer, prompts: Sequence[str], completions: Sequence[str],
@@ -302,7 +305,8 @@ class DPOObjective:
         c, r = self._logps(model, idx)
         dev = c.device
         ii = torch.as_tensor(idx)
-        return dpo_loss(c, r, self.ref_chosen[ii].to(dev), self.ref_rejected[ii].to(dev), self.cfg.beta)
+        return dpo_loss(c, r, self.ref_chosen[ii].to(dev, non_blocking=True), self.ref_rejected[ii].to(dev, non_blocking=True),
+                        self.cfg.beta)
 
     def tokens(self, idx) -> int:
         return sum(len(self.chosen[i][0]) + len(self.rejected[i][0]) for i in idx)
@@ -595,11 +599,12 @@ def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
 
 
 def _accumulate(fwd_model, objective, ex: list[int], cfg: TrainConfig, opt, step: int, params: list | None = None,
-                world: int = 1) -> tuple[float, dict[str, float], int]:
+                world: int = 1) -> tuple[Tensor, list[str]]:
     """Zero the gradients, then forward and backward ``cfg.grad_accum`` micro-batches of ``ex``:
-    (mean loss, mean metrics, tokens). Losses and metrics stay on the device until the end of
-    the step, where they are read in one transfer. Under data parallel (``world`` > 1) the
-    gradients and metrics are averaged and the tokens summed over the ranks."""
+    the mean loss, the mean metrics and the token count stacked in one device tensor (read by
+    ``_read_step`` with the gradient norm: one host-device synchronisation per step, after the
+    backward), and their names. Under data parallel (``world`` > 1) the gradients and metrics
+    are averaged and the tokens summed over the ranks."""
     from mechtox import distributed
 
     opt.zero_grad(set_to_none=True)
@@ -614,19 +619,25 @@ def _accumulate(fwd_model, objective, ex: list[int], cfg: TrainConfig, opt, step
             sums[k] = sums[k] + v if k in sums else v
         n_tok += objective.tokens(idx)
     keys = list(sums)
-    stacked = torch.stack([sums[k] for k in keys] + [torch.tensor(float(n_tok), device=sums["loss"].device)])
+    # torch.full: a fill on the device; torch.tensor(value, device=...) would be a blocking copy
+    stacked = torch.stack([sums[k] for k in keys] + [torch.full((), float(n_tok), device=sums["loss"].device)])
     if world > 1:
         if not cfg.fsdp:  # FSDP's reduce-scatter has averaged them already
             distributed.average_gradients(params or [], world)
         stacked = distributed.all_sum(stacked, world)
         stacked[:-1] /= world
-    *values, n_all = stacked.tolist()
-    n_tok = int(n_all)
+    return stacked, keys
+
+
+def _read_step(stacked: Tensor, keys: list[str], gnorm: Tensor, step: int) -> tuple[float, dict[str, float], int, float]:
+    """(loss, metrics, tokens, gradient norm) of a step from the device, in one transfer; an
+    error before the update when the loss is not finite."""
+    *values, n_all, norm = torch.cat([stacked.float(), gnorm.detach().float().reshape(1)]).tolist()
     agg = dict(zip(keys, values, strict=True))
     total = agg.pop("loss")
     if not math.isfinite(total):
         raise MechtoxError(f"the loss became {total} at step {step}; lower the learning rate")
-    return total, agg, n_tok
+    return total, agg, int(n_all), norm
 
 
 def seed_everything(seed: int) -> None:
@@ -722,15 +733,16 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         t_step = time.perf_counter()
         ex = [train_idx[i] for i in _order(len(train_idx), cfg.seed, step * eff * world, eff * world)]
         ex = ex[rank * eff: (rank + 1) * eff]  # this rank's share of the global batch
-        total, agg, n_tok = _accumulate(fwd_model, objective, ex, cfg, opt, step, params, world)
-        tokens_done += n_tok
+        stacked, keys = _accumulate(fwd_model, objective, ex, cfg, opt, step, params, world)
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.clip if cfg.clip > 0 else float("inf"))
+        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a DTensor
+        total, agg, n_tok, norm = _read_step(stacked, keys, gnorm, step)
+        tokens_done += n_tok
         opt.step()
         sched.step()
         step += 1
         this_call += 1
-        gnorm = gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm  # FSDP: a DTensor
-        rec = {"step": step, "loss": total, "grad_norm": float(gnorm), "lr": sched.get_last_lr()[0], **agg,
+        rec = {"step": step, "loss": total, "grad_norm": norm, "lr": sched.get_last_lr()[0], **agg,
                "tokens": n_tok, "seconds": time.perf_counter() - t_step}
         if cfg.eval_every and step % cfg.eval_every == 0 or step == cfg.max_steps:
             v = evaluate_val()

@@ -1,3 +1,4 @@
+import dataclasses
 import math
 
 import numpy as np
@@ -373,6 +374,31 @@ def test_gradient_accumulation_equals_one_large_batch(tmp_path):
     for h4, h2 in zip(runs[4], runs[2], strict=True):
         assert h4["grad_norm"] == pytest.approx(h2["grad_norm"], rel=1e-4)
         assert h4["loss"] == pytest.approx(h2["loss"], rel=1e-5)
+
+
+def test_a_non_finite_loss_stops_the_run_before_its_update(tmp_path):
+    """The loop reads the loss once per step, after the backward (one host-device sync); a NaN
+    loss must still stop the run before the optimizer applies its NaN gradients."""
+    from mechtox.models import tiny_model
+
+    class NaNAtSecondStep(DPOObjective):
+        calls = 0
+
+        def loss(self, model, idx):
+            loss, metrics = super().loss(model, idx)
+            NaNAtSecondStep.calls += 1
+            return (loss * float("nan") if NaNAtSecondStep.calls == 2 else loss), metrics
+
+    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=3, warmup_steps=0, eval_every=0, val_fraction=0.0,
+                      checkpoint_every=10**6)
+    one = tiny_model()
+    train(one, DPOObjective(one, pairs(8), cfg), dataclasses.replace(cfg, max_steps=1), tmp_path / "one", progress=False)
+    m = tiny_model()
+    with pytest.raises(MechtoxError, match="the loss became nan at step 1; lower the learning rate"):
+        train(m, NaNAtSecondStep(m, pairs(8), cfg), cfg, tmp_path / "nan", progress=False)
+    after_one = one.state_dict()
+    for k, v in m.state_dict().items():  # trained in place (hooked backend): the first step's weights, no NaN
+        assert torch.equal(v, after_one[k]), k
 
 
 def test_warmup_gives_the_first_step_a_share_of_the_learning_rate(tmp_path):
