@@ -10,8 +10,8 @@
 #
 #   here, once:   bash benchmarks/gpu_check.sh prepare
 #   device call 1 (carry [".gpu"]):   bash benchmarks/gpu_check.sh stage
-#   device call 2 (carry [".gpu2"]):  bash benchmarks/gpu_check.sh run        (timeout_s 590; its parts stop at
-#                                     150 + 180 + 240 s)
+#   device call 2 (carry [".gpu2"]):  bash benchmarks/gpu_check.sh run        (timeout_s 600; its parts stop at
+#                                     120 + 200 + 250 s)
 #
 # `run` writes under $OUT: versions.txt; bench_eager.txt and bench_compile.txt (the benchmark at
 # 32 pairs x 96 tokens in bf16: mechtox on both backends with hooks on, plain HF, TRL; without and
@@ -63,11 +63,11 @@ run)
   fi
   { "$PY" -c 'import torch, transformers; print(torch.__version__, transformers.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")'
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; } | tee "$OUT/versions.txt"
-  timeout 150 "$PY" benchmarks/train_throughput.py --model "$MODEL" "${B[@]}" 2>&1 | tee "$OUT/bench_eager.txt"
-  [ -z "${GPU_CHECK_SMALL:-}" ] && timeout 180 "$PY" benchmarks/train_throughput.py --model "$MODEL" "${B[@]}" --compile \
+  timeout 120 "$PY" benchmarks/train_throughput.py --model "$MODEL" "${B[@]}" 2>&1 | tee "$OUT/bench_eager.txt"
+  [ -z "${GPU_CHECK_SMALL:-}" ] && timeout 200 "$PY" benchmarks/train_throughput.py --model "$MODEL" "${B[@]}" --compile \
     --only mechtox-hf,hf 2>&1 | tee "$OUT/bench_compile.txt"   # (on a CPU, compiling takes longer than this limit)
   ws=/tmp/gpu_check_ws
-  timeout 240 "$PY" -m mechtox run -q -w "$ws" --model "$MODEL" --size "$SIZE" --dpo-steps "$STEPS" 2>&1 \
+  timeout 250 "$PY" -m mechtox run -q -w "$ws" --model "$MODEL" --size "$SIZE" --dpo-steps "$STEPS" 2>&1 \
     | tail -60 | tee "$OUT/main.txt"
   for f in "$ws"/runs/main-eval/*.csv "$ws"/runs/main/main.json; do [ -f "$f" ] && cp "$f" "$OUT/"; done
   ls "$OUT"
