@@ -151,10 +151,16 @@ class SeqBatch:
     start: int = 0
 
     def to(self, device) -> SeqBatch:
-        # non_blocking: a blocking host-to-GPU copy waits for all queued GPU work first; an
-        # asynchronous one from pageable memory is staged before it returns, so it is safe
-        return SeqBatch(*(t.to(device, non_blocking=True) for t in (self.tokens, self.attention_mask, self.label_mask)),
-                        self.start)
+        return SeqBatch(*(to_device(t, device) for t in (self.tokens, self.attention_mask, self.label_mask)), self.start)
+
+
+def to_device(t: Tensor, device) -> Tensor:
+    """``t.to(device)`` without making the host wait for the GPU work already queued (which a
+    copy from pageable memory does): to a CUDA device through pinned memory, asynchronously. The
+    caching host allocator keeps the pinned copy alive until the transfer has run."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def build_sequences(model: HookedTransformer, prompts: Sequence[str], completions: Sequence[str],
@@ -305,8 +311,7 @@ class DPOObjective:
         c, r = self._logps(model, idx)
         dev = c.device
         ii = torch.as_tensor(idx)
-        return dpo_loss(c, r, self.ref_chosen[ii].to(dev, non_blocking=True), self.ref_rejected[ii].to(dev, non_blocking=True),
-                        self.cfg.beta)
+        return dpo_loss(c, r, to_device(self.ref_chosen[ii], dev), to_device(self.ref_rejected[ii], dev), self.cfg.beta)
 
     def tokens(self, idx) -> int:
         return sum(len(self.chosen[i][0]) + len(self.rejected[i][0]) for i in idx)
