@@ -30,7 +30,7 @@ model's continuations), so only the models differ, not the tokens.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -125,7 +125,7 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
         l_ = int(hook.name.split(".")[1])
         zsum[l_] += (z.float() * state["mask"][..., None, None]).sum((0, 1)).double()
 
-    hooks = [(f"blocks.{i}.mlp.hook_post", mlp_hook) for i in range(L)]
+    hooks: list[tuple[str | Callable, Callable]] = [(f"blocks.{i}.mlp.hook_post", mlp_hook) for i in range(L)]
     hooks += [(f"blocks.{i}.attn.hook_z", z_hook) for i in range(L)]
     hooks += [("hook_embed", part_hook)]
     if "hook_pos_embed" in model.hook_dict and model.cfg.positional_embedding_type == "standard":

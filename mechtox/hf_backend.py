@@ -283,9 +283,11 @@ class HFBackend(nn.Module):
 
         if not dist.is_initialized():
             raise MechtoxError("FSDP shards over processes: launch with torchrun --nproc_per_node N (N >= 2)")
-        mesh = init_device_mesh(torch.device(self.cfg.device).type, (dist.get_world_size(),))
+        mesh = init_device_mesh(torch.device(str(self.cfg.device)).type, (dist.get_world_size(),))
         self._hf_class = type(self.hf)  # fully_shard swaps in a subclass
-        for block in self._module(_MODULES[self.cfg.original_architecture]["blocks"]):
+        blocks = self._module(_MODULES[str(self.cfg.original_architecture)]["blocks"])
+        assert isinstance(blocks, nn.ModuleList)
+        for block in blocks:
             fully_shard(block, mesh=mesh)
         fully_shard(self.hf, mesh=mesh)
         self.sharded = True

@@ -143,6 +143,9 @@ class Probe(Direction):
 class ProbeModule(nn.Module):
     """``acts -> P(toxic)`` as a torch module with frozen buffers; differentiable in ``acts``."""
 
+    weight: Tensor
+    bias: Tensor
+
     def __init__(self, probe: Direction):
         super().__init__()
         if probe.weight is None:
@@ -218,6 +221,7 @@ class ProbeScorer:
         z = self.probe.logits(x.double())
         if how == "pooled":
             return z.numpy()
+        assert acts.token_index is not None  # collected per token
         return aggregate_tokens(z, acts.token_index[:, 0], len(texts), how).numpy()
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
@@ -511,7 +515,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
         _check_token_memory(len(data), max_length, model.cfg.d_model, len(hooks) * (2 if together else 1))
     collected = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
     acts = dict(collected.acts)
-    text_index = collected.token_index[:, 0].numpy() if pooling == "tokens" else None
+    text_index = collected.token_index[:, 0].numpy() if collected.token_index is not None else None  # per token
     split = split_indices(data.labels, test_size, seed, train_size)
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
@@ -537,7 +541,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
         for row in rows:
             h = row["hook"]
             z = probes[h].logits(t_acts[h].double())
-            if pooling == "tokens":
+            if t_collected.token_index is not None:  # per token
                 z = aggregate_tokens(z, t_collected.token_index[:, 0], len(transfer), TOKEN_AGGREGATE)
             row["transfer_auroc"] = _metrics(transfer.labels, z.numpy())["auroc"]
     table = pd.DataFrame(rows)

@@ -151,7 +151,8 @@ class SeqBatch:
     start: int = 0
 
     def to(self, device) -> SeqBatch:
-        return SeqBatch(*(to_device(t, device) for t in (self.tokens, self.attention_mask, self.label_mask)), self.start)
+        return SeqBatch(to_device(self.tokens, device), to_device(self.attention_mask, device),
+                        to_device(self.label_mask, device), self.start)
 
 
 def to_device(t: Tensor, device) -> Tensor:
