@@ -18,11 +18,10 @@ import warnings
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
-
 from bound import F, aurocs, sub, text_logits
-from mechtox.probe import TOKEN_AGGREGATE, aggregate_tokens, fit_token_weights
+from sklearn.linear_model import LogisticRegression
+
+from mechtox.probe import TOKEN_AGGREGATE, aggregate_tokens
 
 warnings.filterwarnings("ignore")
 C = 0.003
