@@ -13,8 +13,9 @@
 #   device call 2 (carry [".gpu2"]):  bash benchmarks/gpu_check.sh run        (timeout_s 600; its parts stop at
 #                                     120 + 200 + 250 s)
 #
-# `profile` (instead of `run`, timeout_s 240) measures the eager step of both mechtox backends against the
-# hand-written one and profiles mechtox(hf) and the hand-written step (cProfile, then torch.profiler).
+# `profile` (instead of `run`, timeout_s 280) times the hand-written step with mechtox's parts added one at a
+# time (gpu_profile.py --tool ladder), the eager step of both mechtox backends against the hand-written one, and
+# profiles mechtox(hf) and the hand-written step (cProfile, then torch.profiler).
 #
 # `run` writes under $OUT: versions.txt; bench_eager.txt and bench_compile.txt (the benchmark at
 # 32 pairs x 96 tokens in bf16: mechtox on both backends with hooks on, plain HF, TRL; without and
@@ -75,14 +76,16 @@ run)
   for f in "$ws"/runs/main-eval/*.csv "$ws"/runs/main/main.json; do [ -f "$f" ] && cp "$f" "$OUT/"; done
   ls "$OUT"
   ;;
-profile)  # device call 2 instead of run (carry [".gpu2"], timeout_s 240): where the eager step's time goes
+profile)  # device call 2 instead of run (carry [".gpu2"], timeout_s 280): where the eager step's time goes
   export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
   cat /tmp/smol/part_a .gpu2/part_b > "/tmp/smol/$GGUF_NAME" || exit 1
   M="/tmp/smol/$GGUF_NAME"; read -ra A <<< "${PROFILE_ARGS:---batch 32 --seq 96 --dtype bfloat16}"  # (smaller to check it on a CPU)
+  timeout 60 python3 benchmarks/gpu_profile.py --model "$M" "${A[@]}" --tool ladder 2>&1 | grep -v "GGUF\|Loading" \
+    | tee "$OUT/ladder.txt"
   timeout 80 python3 benchmarks/train_throughput.py --model "$M" "${A[@]}" --steps 10 --only mechtox-hooked,mechtox-hf,hf \
     2>&1 | tee "$OUT/bench_eager.txt"
   for tool in cprofile torch; do
-    timeout 70 python3 benchmarks/gpu_profile.py --model "$M" "${A[@]}" --tool $tool > "$OUT/profile_$tool.txt" 2>&1
+    timeout 60 python3 benchmarks/gpu_profile.py --model "$M" "${A[@]}" --tool $tool > "$OUT/profile_$tool.txt" 2>&1
     grep -v "^--\|USDT\|GGUF\|Loading" "$OUT/profile_$tool.txt" | cut -c1-170 | head -90
   done
   ;;

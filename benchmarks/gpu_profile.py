@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import cProfile
 import io
 import pstats
@@ -99,6 +100,107 @@ def report(name: str, win: Window, steps: int) -> None:
     SYNCS.clear()
 
 
+def ladder(args, device: str) -> None:
+    """The hand-written step with mechtox's parts added one at a time, each timed over
+    ``args.steps`` steps after one warm-up (one host-device sync per step, at its end), in one
+    process: which addition costs the time."""
+    import tempfile
+    import time
+
+    from mechtox.hf_backend import HFBackend
+    from mechtox.models import to_hf_model
+    from mechtox.training import (
+        DPOObjective,
+        SeqBatch,
+        TrainConfig,
+        collate,
+        completion_logits,
+        dpo_loss,
+        sequence_logps,
+        train,
+    )
+
+    model, pairs, p_len, c_len = tt.load(args, device)
+    n_steps, B = args.steps + 1, args.batch
+    cfg = TrainConfig(objective="dpo", lr=1e-6, batch_size=B, max_steps=n_steps, warmup_steps=0, clip=10.0,
+                      dtype=args.dtype, max_prompt_tokens=p_len, max_completion_tokens=c_len, eval_every=0,
+                      val_fraction=0.0, checkpoint_every=10**9, backend="hf")
+    obj = DPOObjective(model, pairs, cfg)  # the sequences as mechtox builds them
+    cpu_batches = [collate([obj.chosen[i] for i in range(s * B, (s + 1) * B)]
+                           + [obj.rejected[i] for i in range(s * B, (s + 1) * B)], obj.pid) for s in range(n_steps)]
+    dev_batches = [b.to(device) for b in cpu_batches]
+    tokens = [int(b.attention_mask.sum()) for b in cpu_batches]
+    plain = to_hf_model(model)
+    backend = HFBackend(model)
+    with torch.no_grad():
+        refs = []
+        for b in dev_batches:
+            with tt._autocast(device, args.dtype):
+                lp = sequence_logps(completion_logits(backend, b), b)
+            refs.append((lp[:B].float(), lp[B:].float()))
+    g = torch.Generator().manual_seed(0)
+    probe_w = (torch.randn(model.cfg.d_model, generator=g) / model.cfg.d_model ** 0.5).to(device)
+    vec = (0.01 * torch.randn(model.cfg.d_model, generator=g)).to(device)
+    mid = model.cfg.n_layers // 2
+
+    def blocking(b: SeqBatch) -> SeqBatch:  # the copy as the loop made it before session 15
+        return SeqBatch(b.tokens.to(device), b.attention_mask.to(device), b.label_mask.to(device), b.start)
+
+    def run(name, net, logps, batch_of, hooks=False):
+        net.train()
+        params = [p for p in net.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-6, fused=device in ("cuda", "cpu"))
+        times = []
+        store: dict = {}
+        fwd = [(f"blocks.{mid}.hook_resid_post", lambda a, hook: store.__setitem__("read", a)),
+               *((f"blocks.{layer}.hook_resid_post", lambda a, hook: a + vec.to(a.dtype)) for layer in (3, 8))]
+        for s in range(n_steps):
+            t = time.perf_counter()
+            b = batch_of(s)
+            ctx = net.hooks(fwd_hooks=fwd) if hooks else contextlib.nullcontext()
+            with tt._autocast(device, args.dtype), ctx:
+                lp = logps(net, b)
+            loss, _ = dpo_loss(lp[:B], lp[B:], *refs[s], 0.1)
+            if hooks:
+                mask = b.attention_mask[..., None].to(store["read"].dtype)
+                loss = loss + 0.1 * (((store["read"] * mask).sum(1) / mask.sum(1)).float() @ probe_w).mean()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 10.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            float(loss.detach())
+            times.append(time.perf_counter() - t)
+        secs = sum(times[1:])
+        print(f"{name:58s} {1000 * secs / args.steps:8.1f} {sum(tokens[1:]) / secs:10.0f}", flush=True)
+
+    def plain_lp(net, b):
+        return tt.plain_logps(net(input_ids=b.tokens, attention_mask=b.attention_mask).logits, b)
+
+    def mechtox_lp(net, b):
+        if isinstance(net, HFBackend):
+            return sequence_logps(completion_logits(net, b), b)
+        return sequence_logps(net(input_ids=b.tokens, attention_mask=b.attention_mask,
+                                  logits_to_keep=b.tokens.shape[1] - b.start).logits, b)
+
+    print(f"{device}, {args.batch} pairs x {args.seq} tokens, {args.dtype}, {args.steps} timed steps after 1")
+    print(f"{'step':58s} {'ms/step':>8s} {'real tok/s':>10s}")
+    on_device = dev_batches.__getitem__
+    run("1 hand-written (full logits, log_softmax + gather)", plain, plain_lp, on_device)
+    run("2 + mechtox's log-probs (LM head at completions only)", plain, mechtox_lp, on_device)
+    run("3 + through the hf backend (its hooks registered, none set)", backend, mechtox_lp, on_device)
+    run("4 + the batch copied to the device each step, blocking", backend, mechtox_lp, lambda s: blocking(cpu_batches[s]))
+    run("5   ... through pinned memory instead (SeqBatch.to now)", backend, mechtox_lp, lambda s: cpu_batches[s].to(device))
+    run("6 + probe read and two vector adds (as train_throughput)", backend, mechtox_lp, lambda s: cpu_batches[s].to(device),
+        hooks=True)
+    del plain, backend
+    with tempfile.TemporaryDirectory() as d:
+        res = train(model, DPOObjective(model, pairs, cfg), cfg, d, progress=False, val_idx=[], train_idx=list(range(len(obj))))
+    timed = res.history[1:]
+    secs = sum(h["seconds"] for h in timed)
+    print(f"{'7 mechtox.training.train, DPO alone (its own timing)':58s} {1000 * secs / len(timed):8.1f} "
+          f"{sum(h['tokens'] for h in timed) / secs:10.0f}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -106,11 +208,16 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=32)
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--only", default="mechtox-hf,hf")
-    ap.add_argument("--tool", default="torch", choices=["torch", "cprofile"],
-                    help="torch.profiler (operators, kernels, syncs) or cProfile (Python functions)")
+    ap.add_argument("--tool", default="torch", choices=["torch", "cprofile", "ladder"],
+                    help="torch.profiler (operators, kernels, syncs), cProfile (Python functions), or the ladder: "
+                         "the hand-written step with mechtox's parts added one at a time")
     args = ap.parse_args()
     args.compile, args.steps = False, 5
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.tool == "ladder":
+        args.steps = 10
+        ladder(args, device)
+        return
     warnings.showwarning = _record_sync
     warnings.simplefilter("always")
 
