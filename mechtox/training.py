@@ -789,6 +789,19 @@ def _announce(fwd_model, cfg: TrainConfig, n_trainable: int, world: int) -> None
     total = sum(p.numel() for p in fwd_model.parameters())
     print(f"trainable parameters: {n_trainable:,} of {total:,}"
           f"{f' (LoRA r {cfg.lora_r} on {cfg.lora_targets})' if cfg.lora_r else ''}", flush=True)
+    hint = compile_hint(cfg, str(next(fwd_model.parameters()).device))
+    if hint:
+        print(hint, flush=True)
+
+
+def compile_hint(cfg: TrainConfig, device: str) -> str | None:
+    """A line suggesting ``--compile`` for an eager run of many steps on a GPU, else None. On an
+    H100 the eager step of SmolLM2 took 160 ms against 43 compiled (docs/results.md); compiling
+    costs about a minute, so below a few hundred steps it does not pay."""
+    if cfg.compile or torch.device(device).type != "cuda" or cfg.max_steps < 500:
+        return None
+    return (f"hint: {cfg.max_steps} eager steps on a GPU; --compile ran this loop 3.7x faster on an H100 "
+            f"(SmolLM2-135M, after about a minute of compiling)")
 
 
 def _optimizer_and_schedule(fwd_model, params: list, cfg: TrainConfig, device, state_dir: Path | None):

@@ -401,6 +401,16 @@ def test_a_non_finite_loss_stops_the_run_before_its_update(tmp_path):
         assert torch.equal(v, after_one[k]), k
 
 
+def test_compile_hint_only_for_long_eager_runs_on_a_gpu():
+    from mechtox.training import compile_hint
+
+    long = TrainConfig(max_steps=1675)
+    assert "--compile" in compile_hint(long, "cuda:0")
+    assert compile_hint(long, "cpu") is None
+    assert compile_hint(dataclasses.replace(long, compile=True), "cuda") is None
+    assert compile_hint(TrainConfig(max_steps=100), "cuda") is None
+
+
 def test_warmup_gives_the_first_step_a_share_of_the_learning_rate(tmp_path):
     from mechtox.models import tiny_model
 
