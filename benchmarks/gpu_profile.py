@@ -236,7 +236,7 @@ def main() -> None:
         if win.n < 6:
             win.tick()  # the last step's optimizer update is outside; stop at the end
         print("mechtox-hf:", {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
-        report("mechtox(hf, hooks on)", win, 3 if win.n >= 6 else 3)
+        report("mechtox(hf, hooks on)", win, 3)
         T._accumulate = inner
 
     if "hf" in args.only.split(","):

@@ -67,11 +67,11 @@ def probs(w, b, name, h):
     return 1 / (1 + np.exp(-text_logits(w, b, X, row, len(y))))
 
 
-def mean_pooled(name, h):
-    X, row, y = sub(name, h)
-    out = np.zeros((len(y), X.shape[1]))
+def mean_pooled(X, row, n):
+    """The mean of each text's token rows (``row``: each token's text, 0 .. n - 1)."""
+    out = np.zeros((n, X.shape[1]))
     np.add.at(out, row, X)
-    return out / np.bincount(row, minlength=len(y))[:, None]
+    return out / np.bincount(row, minlength=n)[:, None]
 
 
 if __name__ == "__main__":
@@ -105,8 +105,10 @@ if __name__ == "__main__":
     print("\n## 2. Importance weighting of the Jigsaw texts by a domain classifier (held-out Jigsaw / OLID AUROC)")
     for layer in (15, 18, 21):
         h = f"blocks.{layer}.hook_resid_post"
-        Xj = mean_pooled("jpool", h)[jidx]
-        Xo = mean_pooled("otr", h)
+        X, row, y = sub("jpool", h, jidx)
+        Xj = mean_pooled(X, row, len(y))
+        X, row, y = sub("otr", h)
+        Xo = mean_pooled(X, row, len(y))
         mu, sd = Xj.mean(0), Xj.std(0) + 1e-6
         dom = LogisticRegression(C=0.01, max_iter=2000).fit(np.vstack([(Xj - mu) / sd, (Xo - mu) / sd]),
                                                             np.r_[np.zeros(len(Xj)), np.ones(len(Xo))])

@@ -14,6 +14,7 @@ Usage (from this folder): python align.py > align.log   (with bound.py's cache: 
 import warnings
 
 import numpy as np
+from adapt import mean_pooled
 from bound import F, sub, text_logits
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
@@ -22,12 +23,6 @@ from mechtox.probe import fit_token_weights
 
 warnings.filterwarnings("ignore")
 C = 0.003
-
-
-def mean_pooled(X, row, n):
-    out = np.zeros((n, X.shape[1]))
-    np.add.at(out, row, X)
-    return out / np.bincount(row, minlength=n)[:, None]
 
 
 def score(w, b, sets):
