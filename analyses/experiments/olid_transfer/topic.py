@@ -8,9 +8,11 @@ its 600 held-out Jigsaw texts and the CLI's 1,200 OLID tweets.
 
 Part 1 uses bound.py's 5,000-text pool; part 2 every Jigsaw text outside the 600 held out (11,580,
 read up to 64 tokens; activations cached in $TOPICFEATS, ~3 GB, about 6 min to collect), balanced by
-drawing, then with every toxic text kept.
+drawing, then with every toxic text kept. Part 3 keeps instead the non-toxic texts that a domain
+classifier (mean-pooled layer-15 activations, Jigsaw against bound.py's 4,000 other OLID tweets, their
+texts only) finds most tweet-like: a label-free, data-driven choice in place of the word list.
 
-Usage (from this folder, after bound.py): python topic.py > topic.log   (8 min 40 s; 3 min 53 s with its cache)"""
+Usage (from this folder, after bound.py): python topic.py > topic.log   (about 10 min; 4 min 50 s with its cache)"""
 import os
 import re
 import time
@@ -100,3 +102,22 @@ if __name__ == "__main__":
             j, o = fit_and_score(X, row, y, idx, h, C)
             print(f"L{layer} {'benign about Wikipedia left out':32s} {(y[idx] == 1).sum()}/{(y[idx] == 0).sum()} "
                   f"C {C:<5g} jigsaw {j:.3f}  olid {o:.3f}  (every toxic text kept)", flush=True)
+
+    print("\n## 3. every toxic text + the K most tweet-like non-toxic ones (a domain classifier; no OLID labels)")
+    from adapt import mean_pooled
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+    h = "blocks.15.hook_resid_post"
+    Xo, ro, _ = sub("otr", h)   # the 4,000 tweets' activations; their labels are not read
+    P = np.r_[mean_pooled(G[h], G["row"], len(y)), mean_pooled(Xo, ro, int(ro.max()) + 1)]
+    domain = np.r_[np.zeros(len(y)), np.ones(len(P) - len(y))]
+    P = StandardScaler().fit_transform(P)
+    tweet_like = LogisticRegression(C=0.01, max_iter=2000).fit(P, domain).predict_proba(P[:len(y)])[:, 1]
+    neg, pos = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+    for k in (1500, 2371, 3500):
+        kept = neg[np.argsort(-tweet_like[neg])[:k]]
+        for layer in LAYERS:
+            h = f"blocks.{layer}.hook_resid_post"
+            j, o = fit_and_score(G[h], G["row"], y, np.r_[pos, kept], h, 0.001)
+            print(f"L{layer} {k} most tweet-like non-toxic ({(~wiki[kept]).mean():.0%} not about Wikipedia) C 0.001 "
+                  f"jigsaw {j:.3f}  olid {o:.3f}", flush=True)
