@@ -10,15 +10,11 @@ Usage (from this folder, after bound.py and topic.py): python markup.py > markup
 (7 min 48 s: activations of the 11,580 cleaned texts, cached in $MARKUPFEATS, ~3 GB)."""
 import os
 import re
-import time
 import warnings
 
 import numpy as np
 from bound import F
-from topic import DATA, LAYERS, about_wikipedia, balanced, fit_and_score
-
-from mechtox.data import load_labelled
-from mechtox.probe import split_indices
+from topic import LAYERS, about_wikipedia, balanced, fit_and_score, token_features, training_texts
 
 warnings.filterwarnings("ignore")
 CACHE = os.environ.get("MARKUPFEATS", "/tmp/markup_feats.npz")
@@ -34,24 +30,12 @@ def clean(text: str) -> str:
 
 
 if __name__ == "__main__":
-    jig = load_labelled(DATA + "/jigsaw_balanced.csv")
-    yall = np.asarray(jig.labels)
-    tr, _ = split_indices(yall, test_size=600, seed=0)
-    raw, y = [jig.texts[i] for i in tr], yall[tr]
+    raw, y = training_texts()
     texts = [clean(t) for t in raw]
     changed = np.array([a != b for a, b in zip(raw, texts)])
     print(f"# {changed.mean():.0%} of the {len(texts)} training texts changed by clean() "
           f"(non-toxic {changed[y == 0].mean():.0%}, toxic {changed[y == 1].mean():.0%})")
-    hooks = [f"blocks.{layer}.hook_resid_post" for layer in LAYERS]
-    if not os.path.exists(CACHE):
-        from mechtox.activations import collect_activations
-        from mechtox.models import load_gguf
-        t0 = time.time()
-        acts = collect_activations(load_gguf(device="cpu", dtype="float32"), texts, hooks, pooling="tokens",
-                                   batch_size=16, progress=False, max_length=64)
-        np.savez(CACHE, row=acts.token_index[:, 0].numpy(), **{h: acts.numpy(h).astype(np.float32) for h in hooks})
-        print(f"# collected in {time.time() - t0:.0f} s", flush=True)
-    G = np.load(CACHE)
+    G = token_features(texts, CACHE)
     wiki = about_wikipedia(raw)
     print("\n## cleaned training texts; held-out Jigsaw (raw) / OLID AUROC")
     for layer in LAYERS:

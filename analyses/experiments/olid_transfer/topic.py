@@ -47,6 +47,28 @@ def balanced(rng, keep, y, n=None):
     return np.concatenate([rng.choice(np.flatnonzero(keep & (y == c)), n, replace=False) for c in (0, 1)]), n
 
 
+def training_texts():
+    """Every Jigsaw text outside the 600 held out (bound.py's "jte"), and its labels."""
+    jig = load_labelled(DATA + "/jigsaw_balanced.csv")
+    yall = np.asarray(jig.labels)
+    tr, _ = split_indices(yall, test_size=600, seed=0)
+    return [jig.texts[i] for i in tr], yall[tr]
+
+
+def token_features(texts, cache):
+    """Token activations of ``texts`` at ``LAYERS`` (up to 64 tokens each), collected once into ``cache``."""
+    hooks = [f"blocks.{layer}.hook_resid_post" for layer in LAYERS]
+    if not os.path.exists(cache):
+        from mechtox.activations import collect_activations
+        from mechtox.models import load_gguf
+        t0 = time.time()
+        acts = collect_activations(load_gguf(device="cpu", dtype="float32"), texts, hooks, pooling="tokens",
+                                   batch_size=16, progress=False, max_length=64)
+        np.savez(cache, row=acts.token_index[:, 0].numpy(), **{h: acts.numpy(h).astype(np.float32) for h in hooks})
+        print(f"\n# collected {len(texts)} Jigsaw texts in {time.time() - t0:.0f} s", flush=True)
+    return np.load(cache)
+
+
 VARIANTS = (("every text", lambda wiki, y: np.ones(len(y), bool)),
             ("benign about Wikipedia left out", lambda wiki, y: ~(wiki & (y == 0))),
             ("all about Wikipedia left out", lambda wiki, y: ~wiki))
@@ -67,20 +89,8 @@ if __name__ == "__main__":
                     j, o = fit_and_score(X, row, jy, idx, h, C)
                     print(f"L{layer} {tag:32s} {lim:12s} {n:4d}/class C {C:<5g} jigsaw {j:.3f}  olid {o:.3f}", flush=True)
 
-    jig = load_labelled(DATA + "/jigsaw_balanced.csv")
-    yall = np.asarray(jig.labels)
-    tr, _ = split_indices(yall, test_size=600, seed=0)   # the same 600 held out as bound.py's "jte"
-    texts, y = [jig.texts[i] for i in tr], yall[tr]
-    hooks = [f"blocks.{layer}.hook_resid_post" for layer in LAYERS]
-    if not os.path.exists(CACHE):
-        from mechtox.activations import collect_activations
-        from mechtox.models import load_gguf
-        t0 = time.time()
-        acts = collect_activations(load_gguf(device="cpu", dtype="float32"), texts, hooks, pooling="tokens",
-                                   batch_size=16, progress=False, max_length=64)
-        np.savez(CACHE, row=acts.token_index[:, 0].numpy(), **{h: acts.numpy(h).astype(np.float32) for h in hooks})
-        print(f"\n# collected {len(texts)} Jigsaw texts in {time.time() - t0:.0f} s", flush=True)
-    G = np.load(CACHE)
+    texts, y = training_texts()
+    G = token_features(texts, CACHE)
     wiki = about_wikipedia(texts)
     print(f"\n## 2. every Jigsaw text outside the 600 held out ({len(texts)}; {wiki[y == 0].mean():.0%} of the "
           f"non-toxic, {wiki[y == 1].mean():.0%} of the toxic about Wikipedia)")

@@ -13,10 +13,10 @@ import warnings
 import numpy as np
 import torch
 from bound import text_logits
-from topic import CACHE, DATA, about_wikipedia
+from topic import CACHE, DATA, about_wikipedia, token_features, training_texts
 
 from mechtox.data import load_labelled
-from mechtox.probe import _token_subset, bootstrap_metrics, fit_token_weights, split_indices
+from mechtox.probe import _token_subset, bootstrap_metrics, fit_token_weights
 
 warnings.filterwarnings("ignore")
 OLID = os.environ.get("OLIDFEATS", "/tmp/olid_all_l15.npz")
@@ -34,11 +34,8 @@ if __name__ == "__main__":
         np.savez(OLID, row=acts.token_index[:, 0].numpy(), X=acts.numpy(H).astype(np.float32))
         print(f"# collected {len(yo)} tweets in {time.time() - t0:.0f} s", flush=True)
     O = np.load(OLID)
-    jig = load_labelled(DATA + "/jigsaw_balanced.csv")
-    yall = np.asarray(jig.labels)
-    tr, _ = split_indices(yall, test_size=600, seed=0)
-    texts, y = [jig.texts[i] for i in tr], yall[tr]
-    G = np.load(CACHE)
+    texts, y = training_texts()
+    G = token_features(texts, CACHE)
     wiki = about_wikipedia(texts)
     print(f"# olid_train.csv: {len(yo)} tweets, {yo.sum()} offensive; layer 15 token probes fitted on Jigsaw")
     for tag, idx, C in (("every Jigsaw text (5,790 per class), C 0.003", np.arange(len(y)), 0.003),
