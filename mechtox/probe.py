@@ -310,7 +310,8 @@ CV_CS = (1e-3, 1e-2, 1e-1, 1.0)
 
 
 def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float = 1.0,
-                      init: tuple[np.ndarray, float] | None = None) -> tuple[np.ndarray, float]:
+                      init: tuple[np.ndarray, float] | None = None,
+                      sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """A logistic probe read on every token (multiple-instance learning): text ``i``'s logit is the
     log-mean-exp over its tokens of ``x_t @ w + b``, and ``w, b`` minimise the texts' mean
     cross-entropy + ``|w|^2 / (2 C n)`` (sklearn's convention for C: with one token per text this
@@ -320,6 +321,9 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
     text with at least one token. Returns ``(weight, bias)`` in raw coordinates, like
     :func:`fit_direction_weights` (the log-mean-exp commutes with the affine map back). ``init``:
     a starting ``(weight, bias)`` in raw coordinates (the objective is convex: only the time changes).
+    ``sample_weight``: a non-negative weight per text on its cross-entropy and on its tokens' share of
+    the standardising statistics, so that a whole-number weight ``k`` fits exactly as ``k`` copies of
+    the text would (``n`` in the penalty is then the weights' sum).
     """
     if not np.isfinite(X).all():
         raise MechtoxError("activations contain NaN or inf; check the model and the data (fp16 overflow?)")
@@ -330,21 +334,31 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
     t = torch.as_tensor(np.asarray(text), dtype=torch.long)
     if len(t) != len(X) or int(t.min()) < 0 or int(t.max()) >= n or torch.bincount(t, minlength=n).min() == 0:
         raise MechtoxError("token probe: every text needs at least one token, and every token a text")
-    mu = X.mean(0)
-    sigma = X.std(0)
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if sw.shape != (n,) or not np.isfinite(sw).all() or (sw < 0).any() or min(sw[y == 0].sum(), sw[y == 1].sum()) <= 0:
+        raise MechtoxError(f"sample_weight needs one finite, non-negative weight per text ({n}), "
+                           "and a positive total in each class")
+    if sample_weight is None:
+        mu, sigma = X.mean(0), X.std(0)
+    else:
+        v = sw[np.asarray(text)] / sw[np.asarray(text)].sum()  # each token's share of the statistics
+        mu = v @ X
+        sigma = np.sqrt(np.maximum(v @ np.square(X, dtype=np.float64) - mu**2, 0))
     sigma = np.where(sigma < 1e-8, 1.0, sigma)
     Z = torch.from_numpy(((X - mu) / sigma).astype(np.float64))
     yt = torch.as_tensor(y, dtype=torch.float64)
+    swt = torch.as_tensor(sw)
     w0, b0 = (np.zeros(Z.shape[1]), 0.0) if init is None else (init[0] * sigma, init[1] + float(mu @ init[0]))
     w = torch.tensor(w0, dtype=torch.float64, requires_grad=True)
     b = torch.tensor(b0, dtype=torch.float64, requires_grad=True)
-    lam = 1.0 / (2.0 * C * n)
+    lam = 1.0 / (2.0 * C * sw.sum())
     opt = torch.optim.LBFGS([w, b], max_iter=1000, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()
         z = aggregate_tokens(Z @ w + b, t, n, TOKEN_AGGREGATE)
-        loss = nn.functional.binary_cross_entropy_with_logits(z, yt) + lam * (w @ w)
+        bce = nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="none")
+        loss = (swt * bce).sum() / swt.sum() + lam * (w @ w)
         loss.backward()
         return loss
 

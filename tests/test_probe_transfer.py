@@ -285,3 +285,36 @@ def test_token_probe_on_tiny(tmp_path, capsys):
     with pytest.raises(Exception, match=r"up to 17\.6 GiB for 32 hooks x 4000 texts x 64 tokens.*fewer --layers"):
         _check_token_memory(4000, 64, 576, 32)
     assert TOKEN_MEMORY_GIB < 18
+
+
+def test_token_probe_sample_weight_is_duplication():
+    """fit_token_weights(sample_weight=k) against the same texts written out k times (whole-number
+    weights, a weight of 0 leaving the text out): one fit weights the cross-entropy and the
+    standardising statistics, the other only sees more rows; the probes agree. Bad weights are a
+    one-line error."""
+    from mechtox.errors import MechtoxError
+    from mechtox.probe import fit_token_weights
+
+    rng = np.random.default_rng(5)
+    n = 90
+    y = rng.integers(0, 2, n)
+    y[:2] = (0, 1)
+    count = rng.integers(1, 5, n)
+    text = np.repeat(np.arange(n), count)
+    X = rng.standard_normal((len(text), 8)) * rng.uniform(0.5, 3, 8) + 0.8 * y[text][:, None] * (np.arange(8) < 3)
+    k = rng.integers(0, 4, n)
+    k[:2] = 1
+    w, b = fit_token_weights(X, text, y, 0.1, sample_weight=k)
+    copies = np.repeat(np.arange(n), k)  # text i written out k[i] times
+    rows = np.concatenate([np.flatnonzero(text == i) for i in copies])
+    new_text = np.repeat(np.arange(len(copies)), count[copies])
+    w2, b2 = fit_token_weights(X[rows], new_text, y[copies], 0.1)
+    assert np.allclose(w, w2, atol=1e-5) and abs(b - b2) < 1e-5
+    w1, _ = fit_token_weights(X, text, y, 0.1)
+    assert not np.allclose(w, w1, atol=1e-3)  # the weights changed the fit
+    # as in sklearn, every weight doubled is every text twice: the penalty counts twice the texts (C doubled)
+    assert np.allclose(fit_token_weights(X, text, y, 0.1, sample_weight=np.full(n, 2.0))[0],
+                       fit_token_weights(X, text, y, 0.2)[0], atol=1e-5)
+    for bad in (np.ones(n - 1), -np.ones(n), np.where(y == 1, 0.0, 1.0), np.full(n, np.nan)):
+        with pytest.raises(MechtoxError, match="sample_weight"):
+            fit_token_weights(X, text, y, 0.1, sample_weight=bad)

@@ -11,7 +11,8 @@ Jigsaw-only remedies (no OLID text or label in the fit), token probes as ``--poo
 
 1. Jigsaw texts written as replies: "@user " before each training text (as OLID's tweets begin).
 2. The non-toxic texts reweighted so that each combination of the three cues (you / capitals / !)
-   is as frequent among them as among the toxic texts (weights clipped at 5); and the same with
+   is as frequent among them as among the toxic texts (weights clipped at 5, passed as
+   ``fit_token_weights(sample_weight=...)``); and the same with
    "about Wikipedia" as a fourth cue on every text, in place of the filter.
 3. A nuisance direction from 224 template sentences (no toxicity labels): praise ("She is so cute")
    minus a neutral statement about the same subject ("She is at home"), mean-pooled (first token
@@ -21,7 +22,7 @@ Scored on 600 held-out Jigsaw texts, bound.py's 1,200 tweets, and all 11,916 twe
 olid_train.csv (ceiling.py's activations).
 
 Usage (from this folder, after bound.py, topic.py and ceiling.py): python style.py > style.log
-(2 min 33 s with its caches; part 1 collects its activations first: about 6 min, cached in
+(3 min 33 s with its caches; part 1 collects its activations first: about 6 min, cached in
 $PREFIXFEATS, ~3 GB)."""
 import itertools
 import os
@@ -30,20 +31,13 @@ import time
 import warnings
 
 import numpy as np
-import torch
 from bound import aurocs, sub, text_logits, texts_and_labels
 from ceiling import olid_features
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 from topic import CACHE, LAYERS, about_wikipedia, token_features, training_texts
 
-from mechtox.probe import (
-    TOKEN_AGGREGATE,
-    _token_subset,
-    aggregate_tokens,
-    bootstrap_metrics,
-    fit_token_weights,
-)
+from mechtox.probe import _token_subset, bootstrap_metrics, fit_token_weights
 
 warnings.filterwarnings("ignore")
 PREFIX_CACHE = os.environ.get("PREFIXFEATS", "/tmp/prefix_feats.npz")
@@ -53,30 +47,6 @@ CUES = {"you": (r"\byou\b|\byour\b|\byou're\b|\bu\b", re.I), "capitals": (r"\b[A
 def has(texts, cue):
     pattern, flags = CUES[cue]
     return np.array([bool(re.search(pattern, t, flags)) for t in texts])
-
-
-def fit_weighted(X, row, y, sw, C):
-    """``fit_token_weights`` with per-text weights ``sw`` (normalised to mean 1) on the cross-entropy."""
-    n = len(y)
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    Z = torch.as_tensor((X - mu) / sd, dtype=torch.float64)
-    t, yt = torch.as_tensor(row), torch.as_tensor(y, dtype=torch.float64)
-    wt = torch.as_tensor(sw / sw.mean(), dtype=torch.float64)
-    w = torch.zeros(Z.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    lam = 1 / (2 * C * n)
-    opt = torch.optim.LBFGS([w, b], max_iter=1000, history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        z = aggregate_tokens(Z @ w + b, t, n, TOKEN_AGGREGATE)
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z, yt, reduction="none") * wt).mean() + lam * (w @ w)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w_raw = w.detach().numpy() / sd
-    return w_raw, float(b.item() - mu @ w_raw)
 
 
 def matched(cells, y, keep, clip=5.0):
@@ -176,7 +146,8 @@ if __name__ == "__main__":
                               ("every text, reweighted on Wikipedia/you/capitals/!", everything,
                                matched(style * 2 + wiki, y, everything))):
             idx = np.flatnonzero(keep)
-            report(tag, *fit_weighted(*_token_subset(G[h], G["row"], idx), y[idx], sw[idx], 0.001), h, whole=True)
+            report(tag, *fit_token_weights(*_token_subset(G[h], G["row"], idx), y[idx], 0.001,
+                                            sample_weight=sw[idx]), h, whole=True)
 
     print("\n## 3. a praise-minus-neutral direction (template sentences) projected out; topic filter, C 0.001")
     h = "blocks.15.hook_resid_post"
