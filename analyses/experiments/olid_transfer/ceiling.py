@@ -16,16 +16,17 @@ Usage (from this folder): python ceiling.py > ceiling.log
 import os
 import time
 import warnings
+from functools import partial
 
 import numpy as np
-import torch
 from bound import text_logits
+from forms import fit_mlp
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 from topic import DATA
 
 from mechtox.data import load_labelled
-from mechtox.probe import TOKEN_AGGREGATE, _token_subset, aggregate_tokens, fit_token_weights
+from mechtox.probe import _token_subset, fit_token_weights
 
 warnings.filterwarnings("ignore")
 CACHE = os.environ.get("OLIDFEATS4", "/tmp/olid_all_4layers.npz")
@@ -44,29 +45,6 @@ def olid_features():
         np.savez(CACHE, row=acts.token_index[:, 0].numpy(), **{h: acts.numpy(h).astype(np.float32) for h in HOOKS})
         print(f"# collected {len(olid.texts)} tweets at {len(HOOKS)} layers in {time.time() - t0:.0f} s", flush=True)
     return np.asarray(olid.labels), np.load(CACHE)
-
-
-def fit_mlp(X, row, y, hidden=256, weight_decay=0.1, dropout=0.5, epochs=100):
-    """forms.py's MLP on every token; returns a scorer of (X, row, n)."""
-    torch.manual_seed(0)
-    mu, sd = X.mean(0), X.std(0) + 1e-6
-    Z, r = torch.tensor((X - mu) / sd, dtype=torch.float32), torch.as_tensor(row)
-    net = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(Z.shape[1], hidden), torch.nn.GELU(),
-                              torch.nn.Linear(hidden, 1))
-    opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=weight_decay)
-    yt = torch.tensor(y, dtype=torch.float32)
-    for _ in range(epochs):
-        opt.zero_grad()
-        z = aggregate_tokens(net(Z).squeeze(-1), r, len(y), TOKEN_AGGREGATE)
-        torch.nn.functional.binary_cross_entropy_with_logits(z, yt).backward()
-        opt.step()
-    net.eval()
-
-    def score(Xs, rows, n):
-        with torch.no_grad():
-            z = net(torch.tensor((Xs - mu) / sd, dtype=torch.float32)).squeeze(-1)
-            return aggregate_tokens(z, torch.as_tensor(rows), n, TOKEN_AGGREGATE).numpy()
-    return score
 
 
 def out_of_fold(y, X, row, fit, n_train=None, seed=0):
@@ -112,7 +90,7 @@ if __name__ == "__main__":
     del Xc
     t0 = time.time()
     print(f"L15 MLP (256 hidden, dropout 0.5, weight decay 0.1, 100 steps): "
-          f"{roc_auc_score(y, out_of_fold(y, X, row, fit_mlp)):.3f}  ({time.time() - t0:.0f} s)", flush=True)
+          f"{roc_auc_score(y, out_of_fold(y, X, row, partial(fit_mlp, hidden=256, weight_decay=0.1, dropout=0.5))):.3f}  ({time.time() - t0:.0f} s)", flush=True)
 
     print("\n## 3. in sample: fitted on all 11,916 tweets, scored on the same")
     for h in HOOKS:

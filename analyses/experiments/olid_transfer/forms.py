@@ -35,9 +35,10 @@ def prep(X, row, mode):
     return X, row
 
 
-def mlp(h, hidden, weight_decay, dropout, epochs=100):
+def fit_mlp(X, row, y, hidden, weight_decay, dropout, epochs=100):
+    """A two-layer MLP read on every token (log-mean-exp over a text's tokens, as the linear token
+    probe), fitted by full-batch AdamW; returns ``score(X, row, n)``, the texts' logits."""
     torch.manual_seed(0)
-    X, row, y = sub("jpool", h, JIDX)
     mu, sd = X.mean(0), X.std(0) + 1e-6
     Z, r = torch.tensor((X - mu) / sd, dtype=torch.float32), torch.as_tensor(row)
     net = torch.nn.Sequential(torch.nn.Dropout(dropout), torch.nn.Linear(Z.shape[1], hidden), torch.nn.GELU(),
@@ -50,13 +51,20 @@ def mlp(h, hidden, weight_decay, dropout, epochs=100):
         torch.nn.functional.binary_cross_entropy_with_logits(z, yt).backward()
         opt.step()
     net.eval()
+
+    def score(Xs, rows, n):
+        with torch.no_grad():
+            z = net(torch.tensor((Xs - mu) / sd, dtype=torch.float32)).squeeze(-1)
+            return aggregate_tokens(z, torch.as_tensor(rows), n, TOKEN_AGGREGATE).numpy()
+    return score
+
+
+def mlp(h, hidden, weight_decay, dropout, epochs=100):
+    score = fit_mlp(*sub("jpool", h, JIDX), hidden, weight_decay, dropout, epochs)
     out = []
-    with torch.no_grad():
-        for k in ("jte", "olid"):
-            Xk, rk, yk = sub(k, h)
-            s = aggregate_tokens(net(torch.tensor((Xk - mu) / sd, dtype=torch.float32)).squeeze(-1),
-                                 torch.as_tensor(rk), len(yk), TOKEN_AGGREGATE)
-            out.append(roc_auc_score(yk, s.numpy()))
+    for k in ("jte", "olid"):
+        X, row, y = sub(k, h)
+        out.append(roc_auc_score(y, score(X, row, len(y))))
     return out
 
 
