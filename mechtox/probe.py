@@ -267,40 +267,132 @@ def _metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
             "auroc": float(roc_auc_score(y, logits)) if len(set(y.tolist())) > 1 else float("nan")}
 
 
+# ----------------------------------------------------------------------------- confounds in the training texts
+
+TEXT_CUES: dict[str, str] = {
+    "you": r"(?i)\b(?:you|your|you're|u)\b",
+    "capitals": r"\b[A-Z]{4,}\b",
+    "exclaim": r"!",
+}
+"""Named style cues for :func:`cue_weights` (``mechtox probe --match-cue``): second-person address,
+a word of four or more capitals, an exclamation mark. In Jigsaw each is about twice as frequent among
+the toxic texts as among the others, so a probe can learn the style as toxicity."""
+
+TOPICS: dict[str, str] = {
+    "wikipedia": r"(?i)\b(?:wiki\w*|articles?|edit\w*|page|pages|sources?|sourced|citations?|cite|cited|references?|"
+                 r"deletion|delete\w*|talk|section|image|images|copyright|vandal\w*|revert\w*|template|categor\w*|"
+                 r"notab\w*|npov|admin\w*|block\w*|user ?page|policy|policies|speedy|afd|wp)\b",
+}
+"""Named topics for :func:`matching` (``mechtox probe --drop-negatives``). ``wikipedia``: the
+platform's own business (articles, edits, sources, deletion, talk pages...), which 59% of Jigsaw's
+non-toxic texts name against 28% of its toxic ones (Nejadgholi & Kiritchenko 2020)."""
+
+
+def _pattern(pattern: str, names: dict[str, str], what: str):
+    import re
+
+    try:
+        return re.compile(names.get(pattern, pattern))
+    except re.error as e:
+        raise MechtoxError(f"{what} {pattern!r} is neither one of {', '.join(names)} nor a regular expression ({e})") from None
+
+
+def matching(texts: Sequence[str], pattern: str) -> np.ndarray:
+    """Which ``texts`` a regular expression (or a name in :data:`TOPICS` / :data:`TEXT_CUES`) finds."""
+    rx = _pattern(pattern, TOPICS | TEXT_CUES, "pattern")
+    return np.array([rx.search(t) is not None for t in texts], dtype=bool)
+
+
+def cell_weights(cells: np.ndarray, labels: np.ndarray, keep: np.ndarray | None = None, clip: float = 5.0) -> np.ndarray:
+    """Per-text weights that make every cell (any integer label per text: a combination of cues, a
+    length bin...) as frequent among the non-toxic texts as among the toxic ones. Toxic texts keep
+    weight 1; a non-toxic text gets its cell's share among the toxic texts over its share among the
+    non-toxic ones, clipped at ``clip`` (0 where no toxic text is in that cell). Texts outside
+    ``keep`` (a boolean mask) get 0 and count in neither share."""
+    y = np.asarray(labels).astype(int)
+    cells = np.asarray(cells)
+    keep = np.ones(len(y), bool) if keep is None else np.asarray(keep, dtype=bool)
+    if cells.shape != y.shape or keep.shape != y.shape:
+        raise MechtoxError(f"cell weights: {cells.shape[0]} cells, {len(y)} labels and {keep.shape[0]} keep flags differ")
+    n0, n1 = (keep & (y == 0)).sum(), (keep & (y == 1)).sum()
+    if n0 == 0 or n1 == 0:
+        raise MechtoxError("cell weights need toxic and non-toxic texts among those kept")
+    w = keep.astype(np.float64)
+    for c in np.unique(cells[keep & (y == 0)]):
+        neg = keep & (y == 0) & (cells == c)
+        share1 = (keep & (y == 1) & (cells == c)).sum() / n1
+        w[neg] = min(share1 / (neg.sum() / n0), clip)
+    return w
+
+
+def cue_weights(texts: Sequence[str], labels: np.ndarray, cues: Sequence[str], keep: np.ndarray | None = None,
+                clip: float = 5.0) -> np.ndarray:
+    """:func:`cell_weights` for the combinations of ``cues`` (names in :data:`TEXT_CUES` or
+    :data:`TOPICS`, or regular expressions) in ``texts``: so that a probe fitted with these weights
+    (``sample_weight``) cannot learn the cues as toxicity."""
+    if len(texts) != len(labels):
+        raise MechtoxError(f"cue_weights: {len(texts)} texts but {len(labels)} labels")
+    if not cues:
+        raise MechtoxError("cue_weights needs at least one cue")
+    cell = np.zeros(len(texts), dtype=np.int64)
+    for cue in cues:
+        rx = _pattern(cue, TEXT_CUES | TOPICS, "cue")
+        cell = cell * 2 + np.array([rx.search(t) is not None for t in texts])
+    return cell_weights(cell, labels, keep, clip)
+
+
+def _check_sample_weight(sample_weight: np.ndarray | None, y: np.ndarray) -> np.ndarray:
+    """Per-text weights (ones where ``None``), checked: finite, non-negative, a positive total per class."""
+    n = len(y)
+    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    if sw.shape != (n,) or not np.isfinite(sw).all() or (sw < 0).any() or min(sw[y == 0].sum(), sw[y == 1].sum()) <= 0:
+        raise MechtoxError(f"sample_weight needs one finite, non-negative weight per text ({n}), "
+                           "and a positive total in each class")
+    return sw
+
+
 def fit_direction_weights(X: np.ndarray, y: np.ndarray, method: Method = "logreg", C: float = 1.0,
-                          seed: int = 0) -> tuple[np.ndarray, float]:
+                          seed: int = 0, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Fit a linear classifier on ``X`` (raw coordinates); return ``(weight, bias)`` in raw coordinates.
 
     Standardisation is internal: the classifier sees ``(X - mu) / sigma`` and its weight is
     mapped back (``w_raw = w / sigma``, ``b_raw = b - mu @ w_raw``). Difference of means and
     SVM directions are calibrated into probabilities with a 1-D logistic fit on the projection.
+    ``sample_weight``: a non-negative weight per row, on the loss (or the class means) and on the
+    standardising statistics, so that a whole-number weight ``k`` fits as ``k`` copies of the row.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.svm import LinearSVC
 
     if not np.isfinite(X).all():
         raise MechtoxError("activations contain NaN or inf; check the model and the data (fp16 overflow?)")
+    y = np.asarray(y).astype(int)
     if len(set(y.tolist())) < 2:
         raise MechtoxError("a probe needs both classes in its training data")
-    mu = X.mean(0)
-    sigma = X.std(0)
+    sw = _check_sample_weight(sample_weight, y)
+    if sample_weight is None:
+        mu, sigma = X.mean(0), X.std(0)
+    else:
+        mu = np.average(X, axis=0, weights=sw)
+        sigma = np.sqrt(np.maximum(np.average(np.square(X - mu), axis=0, weights=sw), 0))
     sigma = np.where(sigma < 1e-8, 1.0, sigma)
     Z = (X - mu) / sigma
+    fit_kw = {} if sample_weight is None else {"sample_weight": sw}
     if method == "logreg":
         clf = LogisticRegression(C=C, max_iter=2000, random_state=seed)
-        clf.fit(Z, y)
+        clf.fit(Z, y, **fit_kw)
         w = clf.coef_[0] / sigma
         return w, float(clf.intercept_[0] - mu @ w)
     if method == "diffmean":
-        d = X[y == 1].mean(0) - X[y == 0].mean(0)
+        d = np.average(X[y == 1], axis=0, weights=sw[y == 1]) - np.average(X[y == 0], axis=0, weights=sw[y == 0])
     elif method == "svm":
         svm = LinearSVC(C=C * 0.01, max_iter=20000, random_state=seed)
-        svm.fit(Z, y)
+        svm.fit(Z, y, **fit_kw)
         d = svm.coef_[0] / sigma
     else:
         raise MechtoxError(f"unknown probe method {method!r}; use one of {', '.join(METHODS)}")
     proj = (X @ d).reshape(-1, 1)
-    cal = LogisticRegression(C=1e4, max_iter=1000).fit(proj, y)
+    cal = LogisticRegression(C=1e4, max_iter=1000).fit(proj, y, **fit_kw)
     scale = float(cal.coef_[0, 0])
     return d * scale, float(cal.intercept_[0])
 
@@ -334,10 +426,7 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
     t = torch.as_tensor(np.asarray(text), dtype=torch.long)
     if len(t) != len(X) or int(t.min()) < 0 or int(t.max()) >= n or torch.bincount(t, minlength=n).min() == 0:
         raise MechtoxError("token probe: every text needs at least one token, and every token a text")
-    sw = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-    if sw.shape != (n,) or not np.isfinite(sw).all() or (sw < 0).any() or min(sw[y == 0].sum(), sw[y == 1].sum()) <= 0:
-        raise MechtoxError(f"sample_weight needs one finite, non-negative weight per text ({n}), "
-                           "and a positive total in each class")
+    sw = _check_sample_weight(sample_weight, y)
     if sample_weight is None:
         mu, sigma = X.mean(0), X.std(0)
     else:
@@ -375,12 +464,15 @@ def _token_subset(X: np.ndarray, text: np.ndarray, idx: np.ndarray) -> tuple[np.
     return X[keep], renumber[text[keep]]
 
 
-def _fitter(X: np.ndarray, y: np.ndarray, method: Method, seed: int, text_index: np.ndarray | None):
+def _fitter(X: np.ndarray, y: np.ndarray, method: Method, seed: int, text_index: np.ndarray | None,
+            sample_weight: np.ndarray | None = None):
     """``fit(idx, C, init) -> (w, b)`` and ``logits(idx, w, b)`` over the texts ``idx``: on pooled
     rows of ``X``, or (with ``text_index``) on token rows, each text's logit the log-mean-exp of its
-    tokens' (started from ``init``, a previous ``(w, b)``, where given)."""
+    tokens' (started from ``init``, a previous ``(w, b)``, where given). ``sample_weight``: one
+    weight per text of ``y``, passed on to the fits."""
+    sw = (lambda idx: None) if sample_weight is None else (lambda idx: sample_weight[idx])
     if text_index is None:
-        return (lambda idx, c, init=None: fit_direction_weights(X[idx], y[idx], method, c, seed),
+        return (lambda idx, c, init=None: fit_direction_weights(X[idx], y[idx], method, c, seed, sw(idx)),
                 lambda idx, w, b: X[idx] @ w + b)
     if method != "logreg":
         raise MechtoxError(f"a probe on every token is a logistic one: pooling 'tokens' needs method logreg, not {method!r}")
@@ -390,33 +482,35 @@ def _fitter(X: np.ndarray, y: np.ndarray, method: Method, seed: int, text_index:
         Xs, ts = _token_subset(X, text, idx)
         return aggregate_tokens(torch.from_numpy(Xs @ w + b), torch.from_numpy(ts), len(idx), TOKEN_AGGREGATE).numpy()
 
-    return (lambda idx, c, init=None: fit_token_weights(*_token_subset(X, text, idx), y[idx], c, init)), logits
+    return (lambda idx, c, init=None: fit_token_weights(*_token_subset(X, text, idx), y[idx], c, init, sw(idx))), logits
 
 
 def cv_scores(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5,
-              text_index: np.ndarray | None = None) -> dict[float, float]:
+              text_index: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> dict[float, float]:
     """Mean held-out AUROC of each C of :data:`CV_CS` in stratified ``folds``-fold cross-validation
     on ``(X, y)`` (each fold standardised on its own training part, as a probe is). With
-    ``text_index``, ``X`` holds token rows and the folds split texts (:func:`fit_token_weights`)."""
+    ``text_index``, ``X`` holds token rows and the folds split texts (:func:`fit_token_weights`).
+    With ``sample_weight`` (one per text), the fits and the held-out AUROCs are weighted."""
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
-    fit, logits = _fitter(X, y, method, seed, text_index)
+    fit, logits = _fitter(X, y, method, seed, text_index, sample_weight)
     folds = max(2, min(folds, int(np.bincount(y).min())))
     aucs: dict[float, list[float]] = {c: [] for c in CV_CS}
     for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         prev = None
         for c in sorted(CV_CS):  # strongest regularization first; each fit starts where the last ended
             prev = fit(tr, c, prev)
-            aucs[c].append(roc_auc_score(y[va], logits(va, *prev)))
+            aucs[c].append(roc_auc_score(y[va], logits(va, *prev),
+                                         sample_weight=None if sample_weight is None else sample_weight[va]))
     return {c: float(np.mean(aucs[c])) for c in CV_CS}
 
 
 def choose_C(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int = 0, folds: int = 5,
-             text_index: np.ndarray | None = None) -> float:
+             text_index: np.ndarray | None = None, sample_weight: np.ndarray | None = None) -> float:
     """The C of :data:`CV_CS` with the best :func:`cv_scores` on the training texts (ties: the
     stronger regularization)."""
-    scores = cv_scores(X, y, method, seed, folds, text_index)
+    scores = cv_scores(X, y, method, seed, folds, text_index, sample_weight)
     return max(CV_CS, key=lambda c: (scores[c], -c))
 
 
@@ -424,26 +518,36 @@ def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_na
               method: Method = "logreg", test_size: float | int = 0.25, seed: int = 0,
               train_size: int | None = None, C: float | str = 1.0, model_name: str = "", pooling: str = "mean",
               name: str = "", provenance: dict[str, Any] | None = None,
-              split: tuple[np.ndarray, np.ndarray] | None = None, text_index: np.ndarray | None = None) -> Probe:
+              split: tuple[np.ndarray, np.ndarray] | None = None, text_index: np.ndarray | None = None,
+              sample_weight: np.ndarray | None = None) -> Probe:
     """Fit a probe on pooled activations ``X`` with labels ``y``; held-out metrics with a
     stratified, seeded split (accuracy, F1 and AUROC on train and test). ``C="cv"`` chooses the
     regularization by cross-validation on the training texts (:func:`choose_C`; in the metrics).
     With ``text_index`` (``pooling="tokens"``), ``X`` holds every token's activations, ``text_index``
-    each token's text, and the probe is fitted on its token logits' log-mean-exp (:func:`fit_token_weights`)."""
+    each token's text, and the probe is fitted on its token logits' log-mean-exp (:func:`fit_token_weights`).
+    ``sample_weight``: one non-negative weight per text, used in the fit (and the C search) only; the
+    training texts of weight 0 are left out, and the held-out texts are scored unweighted, all of them."""
     Xn = X.numpy() if isinstance(X, Tensor) else np.asarray(X)
     Xn = Xn.astype(np.float64)
     y = np.asarray(y).astype(int)
     tr, te = split if split is not None else split_indices(y, test_size, seed, train_size)
-    fit, logits = _fitter(Xn, y, method, seed, text_index)
+    if sample_weight is not None:
+        sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        if sample_weight.shape != y.shape:
+            raise MechtoxError(f"sample_weight needs one weight per text ({len(y)}), not {sample_weight.shape}")
+        tr = tr[sample_weight[tr] > 0]
+        _check_sample_weight(sample_weight[tr], y[tr])
+    fit, logits = _fitter(Xn, y, method, seed, text_index, sample_weight)
     chosen = C == "cv"
     if chosen:
+        sw_tr = None if sample_weight is None else sample_weight[tr]
         if method == "diffmean":
             C = 1.0
         elif text_index is None:
-            C = choose_C(Xn[tr], y[tr], method, seed)
+            C = choose_C(Xn[tr], y[tr], method, seed, sample_weight=sw_tr)
         else:
             X_tr, text_tr = _token_subset(Xn, np.asarray(text_index), tr)
-            C = choose_C(X_tr, y[tr], method, seed, text_index=text_tr)
+            C = choose_C(X_tr, y[tr], method, seed, text_index=text_tr, sample_weight=sw_tr)
     elif isinstance(C, str):
         raise MechtoxError(f"C must be a number or 'cv', not {C!r}")
     w, b = fit(tr, float(C))
@@ -507,7 +611,8 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
                 pooling: Pooling = "mean", max_length: int = 64, batch_size: int = 16,
                 test_size: float | int = 0.25, train_size: int | None = None, seed: int = 0,
                 C: float | str = 1.0, progress: bool = True, select_on: str = "test_auroc",
-                transfer: LabelledTexts | None = None, together: bool = False) -> ProbeSweep:
+                transfer: LabelledTexts | None = None, together: bool = False,
+                sample_weight: np.ndarray | None = None) -> ProbeSweep:
     """Fit a probe at every requested layer (and the final normalised stream) from ONE pass.
 
     The best hook is chosen by ``select_on`` (held-out AUROC by default; the table shows all).
@@ -517,6 +622,8 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     side (its row has layer -1 and the hooks joined with ``+``). ``pooling="tokens"`` fits each
     probe on every token's activations, a text's logit the log-mean-exp of its token logits
     (:func:`fit_token_weights`), and keeps those activations (checked against :data:`TOKEN_MEMORY_GIB`).
+    ``sample_weight`` (one per text of ``data``; :func:`cue_weights`, :func:`matching`) weights the
+    training texts in every fit, 0 leaving one out; held-out metrics stay unweighted (:func:`fit_probe`).
     """
     from tqdm.auto import tqdm
     from transformer_lens.utilities import get_act_name
@@ -536,7 +643,8 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     slow = pooling == "tokens" or C == "cv"
     for i, h in enumerate(tqdm(hooks, desc="fitting probes", disable=not (progress and slow), leave=False)):
         p = fit_probe(acts[h], data.labels, h, method, seed=seed, C=C, model_name=model.cfg.model_name,
-                      pooling=pooling, provenance=prov, split=split, text_index=text_index)
+                      pooling=pooling, provenance=prov, split=split, text_index=text_index,
+                      sample_weight=sample_weight)
         probes[h] = p
         layer = layer_ids[i] if i < len(layer_ids) else model.cfg.n_layers
         rows.append({"hook": h, "layer": layer, **p.metrics})
@@ -545,7 +653,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
         acts[joint] = torch.cat([acts[h] for h in hooks], dim=-1)
         probes[joint] = fit_probe(acts[joint], data.labels, joint, method, seed=seed, C=C,
                                   model_name=model.cfg.model_name, pooling=pooling, provenance=prov, split=split,
-                                  text_index=text_index)
+                                  text_index=text_index, sample_weight=sample_weight)
         rows.append({"hook": joint, "layer": -1, **probes[joint].metrics})
     if transfer is not None:
         t_collected = collect_activations(model, transfer.texts, hooks, pooling, batch_size, max_length, progress)

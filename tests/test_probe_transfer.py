@@ -318,3 +318,130 @@ def test_token_probe_sample_weight_is_duplication():
     for bad in (np.ones(n - 1), -np.ones(n), np.where(y == 1, 0.0, 1.0), np.full(n, np.nan)):
         with pytest.raises(MechtoxError, match="sample_weight"):
             fit_token_weights(X, text, y, 0.1, sample_weight=bad)
+
+
+@pytest.mark.parametrize("method", ["logreg", "diffmean", "svm"])
+def test_direction_sample_weight_is_duplication(method):
+    """fit_direction_weights(sample_weight=k) against the rows written out k times (0: left out):
+    weighted standardising statistics and loss (or class means) against plain ones on more rows."""
+    from mechtox.probe import fit_direction_weights
+
+    rng = np.random.default_rng(3)
+    n = 120
+    y = rng.integers(0, 2, n)
+    y[:2] = (0, 1)
+    X = rng.standard_normal((n, 6)) * rng.uniform(0.5, 3, 6) + 0.7 * y[:, None] * (np.arange(6) < 2) + 4.0
+    k = rng.integers(0, 4, n)
+    k[:2] = 1
+    w, b = fit_direction_weights(X, y, method, 0.5, sample_weight=k)
+    rows = np.repeat(np.arange(n), k)
+    w2, b2 = fit_direction_weights(X[rows], y[rows], method, 0.5)
+    tol = 2e-3 if method == "svm" else 1e-4  # liblinear's dual solver stops at its own tolerance
+    assert np.allclose(w, w2, atol=tol, rtol=tol) and b == pytest.approx(b2, abs=tol, rel=tol)
+    w1, _ = fit_direction_weights(X, y, method, 0.5)
+    assert not np.allclose(w, w1, atol=1e-2)  # the weights changed the fit
+    ones = fit_direction_weights(X, y, method, 0.5, sample_weight=np.ones(n))  # the weighted path, all ones
+    assert np.allclose(ones[0], w1, atol=1e-6) and ones[1] == pytest.approx(fit_direction_weights(X, y, method, 0.5)[1])
+
+
+def test_cue_weights_by_hand():
+    """Shares of each combination of cues among the toxic texts over those among the non-toxic ones,
+    by hand; a combination no toxic text has gets 0, the clip caps a weight, and texts left out
+    (here the non-toxic ones about Wikipedia) get 0 and count in no share."""
+    from mechtox.errors import MechtoxError
+    from mechtox.probe import cue_weights, matching
+
+    texts = ["you idiot", "you suck!", "shut up", "STUPID!", "thank you", "the article", "a source", "nice",
+             "see the wiki page"]
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0])
+    keep = ~(matching(texts, "wikipedia") & (y == 0))
+    assert keep.tolist() == [True] * 5 + [False, False, True, False]
+    # "you": 2 of the 4 toxic texts; 1 of the 2 kept non-toxic ones (of 5: 1) ...
+    assert cue_weights(texts, y, ["you"], keep).tolist() == pytest.approx([1, 1, 1, 1, 1, 0, 0, 1, 0])
+    assert cue_weights(texts, y, ["you"]).tolist() == pytest.approx([1] * 4 + [(2 / 4) / (1 / 5)] + [(2 / 4) / (4 / 5)] * 4)
+    w = cue_weights(texts, y, ["you", "exclaim"])
+    # ... with "!": toxic "you idiot" (you), "you suck!" (both), "shut up" (neither), "STUPID!" (!): a quarter each;
+    # non-toxic: "thank you" (you) 1/5, the other four (neither) 4/5
+    assert w.tolist() == pytest.approx([1, 1, 1, 1, 0.25 / 0.2, 0.25 / 0.8, 0.25 / 0.8, 0.25 / 0.8, 0.25 / 0.8])
+    assert cue_weights(texts, y, [r"\bnice\b"], clip=5.0)[7] == 0  # no toxic text says "nice"
+    assert cue_weights(["a", "b", "c", "d", "e", "f"], np.array([1, 1, 1, 1, 1, 0]), ["a|b|c|d|e"], clip=3.0)[5] == 0
+    assert cue_weights(["a", "b", "c", "x", "y", "z"], np.array([1, 1, 1, 0, 0, 0]), ["[abcz]"], clip=2.0)[5] == 2.0
+    for bad in (["("], []):
+        with pytest.raises(MechtoxError, match="cue"):
+            cue_weights(texts, y, bad)
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_fit_probe_weight_zero_is_leaving_out(tokens):
+    """fit_probe with a per-text weight (0 for some training texts, 2 for others) against the same
+    split with those texts removed and the others written out twice: the same probe and the same
+    held-out metrics (the held-out texts stay, unweighted). Pooled rows and token rows."""
+    from mechtox.probe import fit_probe
+
+    rng = np.random.default_rng(11)
+    n = 100
+    y = np.tile([0, 1], n // 2)
+    count = rng.integers(1, 4, n) if tokens else np.ones(n, int)
+    text = np.repeat(np.arange(n), count)
+    X = rng.standard_normal((len(text), 5)) + 0.9 * y[text][:, None] * (np.arange(5) < 2)
+    tr, te = np.arange(70), np.arange(70, n)
+    sw = np.where(np.arange(n) % 7 == 0, 0.0, np.where(np.arange(n) % 5 == 0, 2.0, 1.0))
+    kw = dict(method="logreg", C=0.3, text_index=text if tokens else None)
+    p = fit_probe(X, y, "h", split=(tr, te), sample_weight=sw, **kw)
+    copies = np.concatenate([np.repeat(tr, sw[tr].astype(int)), te])  # the weighted texts, then the held-out ones
+    rows = np.concatenate([np.flatnonzero(text == i) for i in copies])
+    q = fit_probe(X[rows], y[copies], "h", split=(np.arange(len(copies) - 30), np.arange(len(copies) - 30, len(copies))),
+                  **{**kw, "text_index": np.repeat(np.arange(len(copies)), count[copies]) if tokens else None})
+    assert np.allclose(p.weight.numpy(), q.weight.numpy(), atol=1e-4) and p.bias == pytest.approx(q.bias, abs=1e-4)
+    assert p.metrics["test_auroc"] == pytest.approx(q.metrics["test_auroc"])
+    assert p.metrics["n_train"] == int((sw[tr] > 0).sum()) and p.metrics["n_test"] == 30
+    plain = fit_probe(X, y, "h", split=(tr, te), **kw)
+    assert not np.allclose(p.weight.numpy(), plain.weight.numpy(), atol=1e-3)
+    # all weights 1 (the weighted code path) is the plain fit, with the regularization chosen by CV too
+    ones = fit_probe(X, y, "h", split=(tr, te), sample_weight=np.ones(n), **{**kw, "C": "cv"})
+    assert np.allclose(ones.weight.numpy(), fit_probe(X, y, "h", split=(tr, te), **{**kw, "C": "cv"}).weight.numpy(),
+                       atol=1e-4)
+
+
+def test_probe_command_drop_negatives_and_match_cue_on_tiny(tmp_path, capsys):
+    """--drop-negatives and --match-cue: the non-toxic training texts they leave out and reweight
+    are counted in the output and recorded in the probe's provenance; the probe differs from the
+    plain one; bad patterns and --eval are one-line errors."""
+    import csv
+
+    from mechtox.models import tiny_model
+    from mechtox.probe import Direction
+
+    rows = [(f"you are a stupid idiot number {i}!", 1) for i in range(30)] + \
+           [(f"shut up moron {i}", 1) for i in range(30)] + \
+           [(f"please see the article talk page {i}", 0) for i in range(30)] + \
+           [(f"thank you for the nice tea {i}", 0) for i in range(20)] + [(f"lovely weather {i}", 0) for i in range(10)]
+    path = tmp_path / "d.csv"
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("text", "label"), *rows])
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    common = ["--data", str(path), "--n-train", "all", "--n-test", "20", "--layers", "1", "--C", "0.1"]
+    assert main(["probe", *ws, *common, "--out", "plain"]) == 0
+    capsys.readouterr()
+    assert main(["probe", *ws, *common, "--drop-negatives", "wikipedia", "--match-cue", "you",
+                 "--match-cue", "exclaim", "--out", "shaped"]) == 0
+    out = capsys.readouterr().out
+    from mechtox.probe import split_indices
+
+    y = np.array([lab for _, lab in rows])
+    train = split_indices(y, 20, 0, 100)[0]  # the sweep's split (seed 0)
+    dropped = sum(1 for i in train if y[i] == 0 and "article" in rows[i][0])
+    assert 10 < dropped < 30 and f"of the training texts, {dropped} of the 50 non-toxic ones left out" in out
+    assert "reweighted on you / exclaim" in out
+    model = tiny_model()
+    shaped = Direction.load(tmp_path / "ws" / "directions" / "shaped", model)
+    plain = Direction.load(tmp_path / "ws" / "directions" / "plain", model)
+    assert shaped.provenance["drop_negatives"] == "wikipedia" and shaped.provenance["match_cue"] == ["you", "exclaim"]
+    assert shaped.metrics["n_train"] < plain.metrics["n_train"] == 100
+    assert not np.allclose(shaped.weight.numpy(), plain.weight.numpy(), atol=1e-3)
+    for bad, match in ((["--drop-negatives", "("], "--drop-negatives '\\('"), (["--match-cue", "[a"], "--match-cue '\\[a'"),
+                       (["--drop-negatives", "."], "finds every non-toxic training text"),
+                       (["--eval", "plain", "--match-cue", "you"], "do not go with --eval")):
+        assert main(["probe", *ws, *common, *bad]) == 2
+        err = capsys.readouterr().err
+        assert match.replace("\\", "") in err.replace("\\", "") and len(err.strip().splitlines()) == 1, err

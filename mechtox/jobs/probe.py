@@ -53,6 +53,14 @@ class ProbeConfig:
                                          "transfer AUROC there")
     select_on: str = option("test_auroc", "what --save best maximises: held-out or transfer AUROC",
                             choices=["test_auroc", "transfer_auroc"])
+    drop_negatives: str | None = option(
+        None, "leave out of the fit the non-toxic training texts this regular expression finds, or a named topic "
+              "('wikipedia': the platform's own business, which Jigsaw's non-toxic texts name twice as often as its "
+              "toxic ones); held-out texts are all kept", metavar="REGEX")
+    match_cue: list[str] | None = option(
+        None, "repeatable: reweight the non-toxic training texts so that every combination of the cues is as "
+              "frequent among them as among the toxic ones (weights clipped at 5); a cue is 'you', 'capitals', "
+              "'exclaim', a topic ('wikipedia') or a regular expression", metavar="CUE", append=True)
 
     def __post_init__(self) -> None:
         check_out(self.out, "probe name")
@@ -77,6 +85,15 @@ class ProbeConfig:
                                f"not {self.method}")
         if self.save == "together" and not self.together:
             raise MechtoxError("--save together needs --together")
+        if (self.drop_negatives or self.match_cue) and self.eval:
+            raise MechtoxError("--drop-negatives and --match-cue shape a probe's training texts: they do not go "
+                               "with --eval")
+        from mechtox.probe import TEXT_CUES, TOPICS, _pattern
+
+        if self.drop_negatives:
+            _pattern(self.drop_negatives, TOPICS | TEXT_CUES, "--drop-negatives")
+        for cue in self.match_cue or ():
+            _pattern(cue, TEXT_CUES | TOPICS, "--match-cue")
 
 
 @dataclass
@@ -105,20 +122,58 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     if cfg.eval_data:
         transfer = load_labelled(cfg.eval_data)
         transfer = stratified_subset(transfer, cfg.limit, ctx.seed) if cfg.limit else transfer
-    model = model if model is not None else ctx.load(cfg.model)
     # A stratified subset of n_train + n_test rows, then a stratified split of it.
     data = stratified_subset(data, n_train + cfg.n_test, ctx.seed)
+    weight, shaping = training_weights(cfg, data, n_train, ctx.seed)
+    model = model if model is not None else ctx.load(cfg.model)
     print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {cfg.n_test} test, "
           f"{cfg.max_length} tokens, {cfg.pooling} pooling, C {cfg.C})"
           + (f"; transfer AUROC on {len(transfer)} texts from {transfer.source}" if transfer else ""), flush=True)
+    if shaping:
+        print(f"probe: of the training texts, {shaping}", flush=True)
     sweep = probe_sweep(model, data, layers=cfg.layers, method=cfg.method, pooling=cfg.pooling,
                         max_length=cfg.max_length, batch_size=cfg.batch_size, test_size=cfg.n_test,
                         train_size=n_train, seed=ctx.seed, progress=ctx.progress,
                         C=cfg.C if cfg.C == "cv" else float(cfg.C), select_on=cfg.select_on, transfer=transfer,
-                        together=cfg.together)
+                        together=cfg.together, sample_weight=weight)
     hook = sweep.choose(cfg.save)
     probe = dataclasses.replace(sweep.probes[hook], name=cfg.out)
+    if shaping:
+        probe = dataclasses.replace(probe, provenance={**probe.provenance, "drop_negatives": cfg.drop_negatives,
+                                                       "match_cue": cfg.match_cue, "training_texts": shaping})
     return ProbeResult(cfg, sweep, probe, hook, len(data), data.source)
+
+
+def training_weights(cfg: ProbeConfig, data, n_train: int, seed: int) -> tuple[Any, str]:
+    """Per-text weights from --drop-negatives and --match-cue (None without them), and a line saying
+    what they did, on the training texts of the sweep's split (the held-out texts get 0 here, and
+    are scored unweighted all the same)."""
+    import numpy as np
+
+    from mechtox.probe import cue_weights, matching, split_indices
+
+    if not (cfg.drop_negatives or cfg.match_cue):
+        return None, ""
+    y = np.asarray(data.labels).astype(int)
+    keep = np.zeros(len(y), bool)
+    keep[split_indices(y, cfg.n_test, seed, n_train)[0]] = True  # the split probe_sweep makes
+    neg_train = int((keep & (y == 0)).sum())
+    said = []
+    if cfg.drop_negatives:
+        keep &= ~(matching(data.texts, cfg.drop_negatives) & (y == 0))
+        said.append(f"{neg_train - int((keep & (y == 0)).sum())} of the {neg_train} non-toxic ones left out "
+                    f"(--drop-negatives {cfg.drop_negatives})")
+        if not (keep & (y == 0)).any():
+            raise MechtoxError(f"--drop-negatives {cfg.drop_negatives!r} finds every non-toxic training text of "
+                               f"{data.source}: nothing is left to fit against")
+    if cfg.match_cue:
+        w = cue_weights(data.texts, y, cfg.match_cue, keep)
+        neg = keep & (y == 0)
+        said.append(f"non-toxic texts reweighted on {' / '.join(cfg.match_cue)} (weights {w[neg].min():.2f}-"
+                    f"{w[neg].max():.2f}, {int((w[neg] == 0).sum())} at 0)")
+    else:
+        w = keep.astype(float)
+    return w, "; ".join(said)
 
 
 @dataclass
