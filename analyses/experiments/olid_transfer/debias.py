@@ -21,10 +21,16 @@ import torch
 from bound import aurocs
 from ceiling import olid_features
 from mask import line, scores
-from style import CUES, has, matched
+from style import CUES, has
 from topic import CACHE, about_wikipedia, token_features, training_texts
 
-from mechtox.probe import TOKEN_AGGREGATE, _token_subset, aggregate_tokens, fit_token_weights
+from mechtox.probe import (
+    TOKEN_AGGREGATE,
+    _token_subset,
+    aggregate_tokens,
+    cell_weights,
+    fit_token_weights,
+)
 
 warnings.filterwarnings("ignore")
 PRAISE = re.compile(r"\b(thanks?|thank you|great|good|nice|love\w*|awesome|amazing|beautiful|cool|best|wonderful|"
@@ -66,18 +72,18 @@ if __name__ == "__main__":
         return out
 
     print("\n## 0. style.py's best (reference)")
-    base = run("topic filter + reweighted on you/capitals/!", filt, matched(style, y, filt))
+    base = run("topic filter + reweighted on you/capitals/!", filt, cell_weights(style, y, filt))
     print("\n## 1. length as a fourth cue")
-    run("+ length bins in the cells", filt, matched(style * 4 + lbin, y, filt))
+    run("+ length bins in the cells", filt, cell_weights(style * 4 + lbin, y, filt))
     print("\n## 2. non-toxic texts about Wikipedia with a praise word kept")
     keep2 = filt | (wiki & praise & (y == 0))
     print(f"# {keep2.sum() - filt.sum()} non-toxic texts back in")
     for up in (1.0, 2.0):
-        sw = matched(style, y, keep2)
+        sw = cell_weights(style, y, keep2)
         sw[keep2 & ~filt] *= up
         run(f"praise kept, weight x{up:g}", keep2, sw)
     print("\n## 3. small-loss refit: the worst-fitted texts of each class left out")
-    sw = matched(style, y, filt)
+    sw = cell_weights(style, y, filt)
     for layer, (w, b) in base.items():
         h = f"blocks.{layer}.hook_resid_post"
         loss = text_loss(w, b, G[h], G["row"], y)

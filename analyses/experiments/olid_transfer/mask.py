@@ -23,7 +23,7 @@ import torch
 from ceiling import olid_features
 from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
-from style import CUES, has, matched
+from style import CUES, has
 from topic import CACHE, DATA, LAYERS, about_wikipedia, token_features, training_texts
 
 from mechtox.data import encode, load_labelled
@@ -33,6 +33,7 @@ from mechtox.probe import (
     _token_subset,
     aggregate_tokens,
     bootstrap_metrics,
+    cell_weights,
     fit_token_weights,
 )
 
@@ -97,7 +98,7 @@ if __name__ == "__main__":
     G = token_features(texts, CACHE)
     filt = ~(about_wikipedia(texts) & (y == 0))
     cue = {k: has(texts, k) for k in CUES}
-    sw = matched(cue["you"] * 4 + cue["capitals"] * 2 + cue["!"], y, filt)
+    sw = cell_weights(cue["you"] * 4 + cue["capitals"] * 2 + cue["!"], y, filt)
     idx = np.flatnonzero(filt)
     rules = {
         "every token (as style.py)": None,

@@ -37,7 +37,7 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 from topic import CACHE, LAYERS, about_wikipedia, token_features, training_texts
 
-from mechtox.probe import _token_subset, bootstrap_metrics, fit_token_weights
+from mechtox.probe import _token_subset, bootstrap_metrics, cell_weights, fit_token_weights
 
 warnings.filterwarnings("ignore")
 PREFIX_CACHE = os.environ.get("PREFIXFEATS", "/tmp/prefix_feats.npz")
@@ -47,16 +47,6 @@ CUES = {"you": (r"\byou\b|\byour\b|\byou're\b|\bu\b", re.I), "capitals": (r"\b[A
 def has(texts, cue):
     pattern, flags = CUES[cue]
     return np.array([bool(re.search(pattern, t, flags)) for t in texts])
-
-
-def matched(cells, y, keep, clip=5.0):
-    """Weights making each cell as frequent among the kept non-toxic texts as among the kept toxic ones."""
-    sw = np.ones(len(y))
-    for c in np.unique(cells[keep]):
-        share = [((cells == c) & keep & (y == k)).sum() / (keep & (y == k)).sum() for k in (0, 1)]
-        if share[0] > 0:
-            sw[(cells == c) & (y == 0)] = min(share[1] / share[0], clip)
-    return sw
 
 
 def report(tag, w, b, h, whole=False):
@@ -142,9 +132,9 @@ if __name__ == "__main__":
     for layer in LAYERS:
         h = f"blocks.{layer}.hook_resid_post"
         for tag, keep, sw in (("topic filter, unweighted", filt, np.ones(len(y))),
-                              ("topic filter, non-toxic reweighted on you/capitals/!", filt, matched(style, y, filt)),
+                              ("topic filter, non-toxic reweighted on you/capitals/!", filt, cell_weights(style, y, filt)),
                               ("every text, reweighted on Wikipedia/you/capitals/!", everything,
-                               matched(style * 2 + wiki, y, everything))):
+                               cell_weights(style * 2 + wiki, y, everything))):
             idx = np.flatnonzero(keep)
             report(tag, *fit_token_weights(*_token_subset(G[h], G["row"], idx), y[idx], 0.001,
                                             sample_weight=sw[idx]), h, whole=True)

@@ -14,7 +14,6 @@ texts only) finds most tweet-like: a label-free, data-driven choice in place of 
 
 Usage (from this folder, after bound.py): python topic.py > topic.log   (about 10 min; 4 min 50 s with its cache)"""
 import os
-import re
 import time
 import warnings
 
@@ -22,19 +21,18 @@ import numpy as np
 from bound import F, aurocs, sub, texts_and_labels
 
 from mechtox.data import load_labelled
-from mechtox.probe import _token_subset, fit_token_weights, split_indices
+from mechtox.probe import _token_subset, fit_token_weights, matching, split_indices
 
 warnings.filterwarnings("ignore")
 DATA = os.environ.get("DATA", "../../../../shared/data")
 CACHE = os.environ.get("TOPICFEATS", "/tmp/topic_feats.npz")
 LAYERS = (15, 18, 21)
-WIKI = re.compile(r"\b(wiki\w*|articles?|edit\w*|page|pages|sources?|sourced|citations?|cite|cited|references?|"
-                  r"deletion|delete\w*|talk|section|image|images|copyright|vandal\w*|revert\w*|template|categor\w*|"
-                  r"notab\w*|npov|admin\w*|block\w*|user ?page|policy|policies|speedy|afd|wp)\b", re.I)
+
 
 
 def about_wikipedia(texts):
-    return np.array([bool(WIKI.search(t)) for t in texts])
+    """Which texts name Wikipedia's own business (``mechtox.probe.TOPICS["wikipedia"]``, a fixed word list)."""
+    return matching(texts, "wikipedia")
 
 
 def fit_and_score(X, row, y, idx, h, C):
