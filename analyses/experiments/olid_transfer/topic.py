@@ -2,7 +2,7 @@
 generalization in automatic detection of online abuse"): most of Jigsaw's benign comments talk about
 Wikipedia itself (articles, edits, sources, deletion), so a probe can learn "not about editing
 Wikipedia" as part of "toxic". Here the benign Jigsaw texts that name the platform's business (a
-fixed word list, below; no OLID labels or texts used) are left out of the fit, alone or with the
+fixed word list, ``mechtox.probe.TOPICS["wikipedia"]``; no OLID labels or texts used) are left out of the fit, alone or with the
 toxic ones that do, and the token probe (as ``--pooling tokens``) is scored as in ``bound.py``: on
 its 600 held-out Jigsaw texts and the CLI's 1,200 OLID tweets.
 
@@ -27,7 +27,6 @@ warnings.filterwarnings("ignore")
 DATA = os.environ.get("DATA", "../../../../shared/data")
 CACHE = os.environ.get("TOPICFEATS", "/tmp/topic_feats.npz")
 LAYERS = (15, 18, 21)
-
 
 
 def about_wikipedia(texts):
