@@ -77,6 +77,9 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
     for d in sorted((root / "directions").glob("*/" + A.SWEEP)) if (root / "directions").is_dir() else []:
         sweep = pd.read_csv(d)
         sec["probe"].append(_h2(f"Probe sweep: {d.parent.name}", f"probe-{d.parent.name}"))
+        shaped = ((_read_json(d.parent / "direction.json") or {}).get("provenance") or {}).get("training_texts")
+        if shaped:  # --drop-negatives / --match-cue: say what the fit saw
+            sec["probe"].append(f"<p class='note'>Of the training texts, {html.escape(str(shaped))}.</p>")
         sec["probe"].append(_fig(plotting.probe_sweep_figure(sweep)))
         cols = [c for c in ("hook", "test_accuracy", "test_f1", "test_auroc", "transfer_auroc", "C_by_cv") if c in sweep]
         if len(sweep) > 12:  # the figure shows every layer; the table only the best and the last

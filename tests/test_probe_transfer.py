@@ -439,6 +439,10 @@ def test_probe_command_drop_negatives_and_match_cue_on_tiny(tmp_path, capsys):
     assert shaped.provenance["drop_negatives"] == "wikipedia" and shaped.provenance["match_cue"] == ["you", "exclaim"]
     assert shaped.metrics["n_train"] < plain.metrics["n_train"] == 100
     assert not np.allclose(shaped.weight.numpy(), plain.weight.numpy(), atol=1e-3)
+    assert main(["report", "-w", str(tmp_path / "ws")]) == 0
+    report = (tmp_path / "ws" / "report.html").read_text()
+    assert f"Of the training texts, {dropped} of the 50 non-toxic ones left out" in report
+    assert report.count("Of the training texts") == 1  # the plain probe's sweep has no such line
     for bad, match in ((["--drop-negatives", "("], "--drop-negatives '\\('"), (["--match-cue", "[a"], "--match-cue '\\[a'"),
                        (["--drop-negatives", "."], "finds every non-toxic training text"),
                        (["--eval", "plain", "--match-cue", "you"], "do not go with --eval")):
