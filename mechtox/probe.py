@@ -288,19 +288,25 @@ platform's own business (articles, edits, sources, deletion, talk pages...), whi
 non-toxic texts name against 28% of its toxic ones (Nejadgholi & Kiritchenko 2020)."""
 
 
-def _pattern(pattern: str, names: dict[str, str], what: str):
+def _pattern(pattern: str, what: str):
+    """A name in :data:`TOPICS` / :data:`TEXT_CUES` or a regular expression, compiled (``what``: the
+    option or argument it came from, for the one-line error)."""
     import re
 
+    names = TOPICS | TEXT_CUES
     try:
         return re.compile(names.get(pattern, pattern))
     except re.error as e:
         raise MechtoxError(f"{what} {pattern!r} is neither one of {', '.join(names)} nor a regular expression ({e})") from None
 
 
+def _matches(texts: Sequence[str], rx) -> np.ndarray:
+    return np.array([rx.search(t) is not None for t in texts], dtype=bool)
+
+
 def matching(texts: Sequence[str], pattern: str) -> np.ndarray:
     """Which ``texts`` a regular expression (or a name in :data:`TOPICS` / :data:`TEXT_CUES`) finds."""
-    rx = _pattern(pattern, TOPICS | TEXT_CUES, "pattern")
-    return np.array([rx.search(t) is not None for t in texts], dtype=bool)
+    return _matches(texts, _pattern(pattern, "pattern"))
 
 
 def cell_weights(cells: np.ndarray, labels: np.ndarray, keep: np.ndarray | None = None, clip: float = 5.0) -> np.ndarray:
@@ -336,8 +342,7 @@ def cue_weights(texts: Sequence[str], labels: np.ndarray, cues: Sequence[str], k
         raise MechtoxError("cue_weights needs at least one cue")
     cell = np.zeros(len(texts), dtype=np.int64)
     for cue in cues:
-        rx = _pattern(cue, TEXT_CUES | TOPICS, "cue")
-        cell = cell * 2 + np.array([rx.search(t) is not None for t in texts])
+        cell = cell * 2 + _matches(texts, _pattern(cue, "cue"))
     return cell_weights(cell, labels, keep, clip)
 
 
@@ -430,7 +435,8 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
     if sample_weight is None:
         mu, sigma = X.mean(0), X.std(0)
     else:
-        v = sw[np.asarray(text)] / sw[np.asarray(text)].sum()  # each token's share of the statistics
+        v = sw[np.asarray(text)]
+        v = v / v.sum()  # each token's share of the statistics
         mu = v @ X
         sigma = np.sqrt(np.maximum(v @ np.square(X, dtype=np.float64) - mu**2, 0))
     sigma = np.where(sigma < 1e-8, 1.0, sigma)
@@ -612,7 +618,8 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
                 test_size: float | int = 0.25, train_size: int | None = None, seed: int = 0,
                 C: float | str = 1.0, progress: bool = True, select_on: str = "test_auroc",
                 transfer: LabelledTexts | None = None, together: bool = False,
-                sample_weight: np.ndarray | None = None) -> ProbeSweep:
+                sample_weight: np.ndarray | None = None,
+                split: tuple[np.ndarray, np.ndarray] | None = None) -> ProbeSweep:
     """Fit a probe at every requested layer (and the final normalised stream) from ONE pass.
 
     The best hook is chosen by ``select_on`` (held-out AUROC by default; the table shows all).
@@ -624,6 +631,8 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     (:func:`fit_token_weights`), and keeps those activations (checked against :data:`TOKEN_MEMORY_GIB`).
     ``sample_weight`` (one per text of ``data``; :func:`cue_weights`, :func:`matching`) weights the
     training texts in every fit, 0 leaving one out; held-out metrics stay unweighted (:func:`fit_probe`).
+    ``split``: the ``(train, test)`` indices into ``data``, where the caller has made them already
+    (default: :func:`split_indices` with ``test_size``, ``seed`` and ``train_size``).
     """
     from tqdm.auto import tqdm
     from transformer_lens.utilities import get_act_name
@@ -637,7 +646,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     collected = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
     acts = dict(collected.acts)
     text_index = collected.token_index[:, 0].numpy() if collected.token_index is not None else None  # per token
-    split = split_indices(data.labels, test_size, seed, train_size)
+    split = split if split is not None else split_indices(data.labels, test_size, seed, train_size)
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
     slow = pooling == "tokens" or C == "cv"

@@ -88,12 +88,12 @@ class ProbeConfig:
         if (self.drop_negatives or self.match_cue) and self.eval:
             raise MechtoxError("--drop-negatives and --match-cue shape a probe's training texts: they do not go "
                                "with --eval")
-        from mechtox.probe import TEXT_CUES, TOPICS, _pattern
+        from mechtox.probe import _pattern
 
         if self.drop_negatives:
-            _pattern(self.drop_negatives, TOPICS | TEXT_CUES, "--drop-negatives")
+            _pattern(self.drop_negatives, "--drop-negatives")
         for cue in self.match_cue or ():
-            _pattern(cue, TEXT_CUES | TOPICS, "--match-cue")
+            _pattern(cue, "--match-cue")
 
 
 @dataclass
@@ -112,7 +112,7 @@ def run(cfg: ProbeConfig, ctx: Context, model=None):
 
 def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     from mechtox.data import load_labelled
-    from mechtox.probe import probe_sweep, stratified_subset
+    from mechtox.probe import probe_sweep, split_indices, stratified_subset
 
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)
     n_train = len(data) - cfg.n_test if cfg.n_train == "all" else int(cfg.n_train)
@@ -124,7 +124,8 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
         transfer = stratified_subset(transfer, cfg.limit, ctx.seed) if cfg.limit else transfer
     # A stratified subset of n_train + n_test rows, then a stratified split of it.
     data = stratified_subset(data, n_train + cfg.n_test, ctx.seed)
-    weight, shaping = training_weights(cfg, data, n_train, ctx.seed)
+    split = split_indices(data.labels, cfg.n_test, ctx.seed, n_train)
+    weight, shaping = training_weights(cfg, data, split[0])
     model = model if model is not None else ctx.load(cfg.model)
     print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {cfg.n_test} test, "
           f"{cfg.max_length} tokens, {cfg.pooling} pooling, C {cfg.C})"
@@ -135,7 +136,7 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
                         max_length=cfg.max_length, batch_size=cfg.batch_size, test_size=cfg.n_test,
                         train_size=n_train, seed=ctx.seed, progress=ctx.progress,
                         C=cfg.C if cfg.C == "cv" else float(cfg.C), select_on=cfg.select_on, transfer=transfer,
-                        together=cfg.together, sample_weight=weight)
+                        together=cfg.together, sample_weight=weight, split=split)
     hook = sweep.choose(cfg.save)
     probe = dataclasses.replace(sweep.probes[hook], name=cfg.out)
     if shaping:
@@ -144,19 +145,19 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     return ProbeResult(cfg, sweep, probe, hook, len(data), data.source)
 
 
-def training_weights(cfg: ProbeConfig, data, n_train: int, seed: int) -> tuple[Any, str]:
+def training_weights(cfg: ProbeConfig, data, train) -> tuple[Any, str]:
     """Per-text weights from --drop-negatives and --match-cue (None without them), and a line saying
-    what they did, on the training texts of the sweep's split (the held-out texts get 0 here, and
-    are scored unweighted all the same)."""
+    what they did, on the training texts ``train`` (indices; the held-out texts get 0 here, and are
+    scored unweighted all the same)."""
     import numpy as np
 
-    from mechtox.probe import cue_weights, matching, split_indices
+    from mechtox.probe import cue_weights, matching
 
     if not (cfg.drop_negatives or cfg.match_cue):
         return None, ""
     y = np.asarray(data.labels).astype(int)
     keep = np.zeros(len(y), bool)
-    keep[split_indices(y, cfg.n_test, seed, n_train)[0]] = True  # the split probe_sweep makes
+    keep[train] = True
     neg_train = int((keep & (y == 0)).sum())
     said = []
     if cfg.drop_negatives:
