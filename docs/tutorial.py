@@ -107,8 +107,10 @@ pairs = PreferencePairs([pair_prompts[i] for i in keep], [good.continuations[i] 
 after = copy.deepcopy(model)
 cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=3 if SMALL else 4, warmup_steps=1, eval_every=0, val_fraction=0.0)
 
-
-result = train(after, DPOObjective(after, pairs, cfg), cfg, tempfile.mkdtemp(), progress=False)
+# train() writes a resumable checkpoint (weights and AdamW state: 2 GB for SmolLM2); this one is
+# thrown away with its folder: pass a directory of your own to keep it
+with tempfile.TemporaryDirectory() as run_dir:
+    result = train(after, DPOObjective(after, pairs, cfg), cfg, run_dir, progress=False)
 print("DPO loss:", round(result.history[0]["loss"], 4), "->", round(result.history[-1]["loss"], 4))
 
 # %%
