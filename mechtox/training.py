@@ -19,6 +19,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -669,11 +670,7 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     n = len(objective)
     if n < 2:
         raise MechtoxError("need at least 2 training examples")
-    if train_idx is None or val_idx is None:
-        perm = np.random.default_rng(cfg.seed).permutation(n)
-        n_val = max(1, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0
-        val_idx, train_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
-    train_idx, val_idx = list(train_idx), list(val_idx)
+    train_idx, val_idx = _split(n, cfg, train_idx, val_idx)
     torch.manual_seed(cfg.seed)
     from mechtox import distributed
     from mechtox.hf_backend import choose_backend
@@ -704,6 +701,8 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         from safetensors.torch import load_file
 
         fwd_model.load_adapters(load_file(str(state_dir / "adapter.safetensors"), device=str(model.cfg.device)))
+    room = _room_for_checkpoints(out, model, [p for p in fwd_model.parameters() if p.requires_grad], cfg, rank, world)
+    room(None)  # before the reference passes and the first step
     if not resume:
         fwd_model.eval()
         objective.prepare(fwd_model, progress)  # every rank the same passes, before sharding
@@ -726,6 +725,7 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         loop = {"step": step, "history": history, "val_history": val_history, "best_val": best_val,
                 "bad_evals": bad_evals, "config": dataclasses.asdict(cfg), "base_model": base_print}
         opt_state = fwd_model.optimizer_state(opt) if cfg.fsdp else opt.state_dict()  # FSDP: gathered by all
+        room(step)
         if rank == 0:  # one writer; the others wait so that a resume finds the checkpoint complete
             _save_state(out, model, fwd_model, objective, opt_state, sched, loop, lora=cfg.lora_r > 0)
         distributed.barrier(world)
@@ -775,6 +775,16 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     secs = time.perf_counter() - t0
     return TrainResult(history, step, best_val, stopped_early, secs, tokens_done / secs if secs > 0 else 0.0, out,
                        val_history, backend, why, n_trainable)
+
+
+def _split(n: int, cfg: TrainConfig, train_idx: Sequence[int] | None,
+           val_idx: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """The training and validation examples: those given, else a seeded ``cfg.val_fraction`` split."""
+    if train_idx is None or val_idx is None:
+        perm = np.random.default_rng(cfg.seed).permutation(n)
+        n_val = max(1, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0
+        val_idx, train_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
+    return list(train_idx), list(val_idx)
 
 
 def _check_fsdp(cfg: TrainConfig, world: int, backend: str, why: str) -> None:
@@ -842,6 +852,59 @@ def _validation_loss(fwd_model, objective, mine: list[int], batch_size: int, wor
     fwd_model.train()
     tot = distributed.all_sum(tot, world)
     return float(tot[0] / tot[1]) if float(tot[1]) > 0 else float("nan")
+
+
+def checkpoint_bytes(model: HookedTransformer, trained: Sequence[Tensor], cfg: TrainConfig) -> int:
+    """About how many bytes one resumable checkpoint of ``train`` takes on disk: every weight, the
+    optimizer's running moments of the ``trained`` parameters (AdamW two, RMSprop one) and, for
+    LoRA, the adapters; with the files' per-tensor records and the small files beside them.
+    SmolLM2-135M fully trained: 0.68 GB of weights and 1.30 GB of AdamW state."""
+    sd = model.state_dict()
+    weights = sum(v.numel() * v.element_size() for v in sd.values()) + 128 * len(sd)
+    trained_bytes = sum(p.numel() * p.element_size() for p in trained)
+    moments = 1 if cfg.optimizer == "rmsprop" else 2
+    optimizer = moments * trained_bytes + 320 * (1 + moments) * len(trained)  # and a step count per tensor
+    return weights + optimizer + (trained_bytes if cfg.lora_r else 0) + 16 * 1024
+
+
+def _room_for_checkpoints(out: Path, model: HookedTransformer, trained: list[Tensor], cfg: TrainConfig, rank: int,
+                          world: int):
+    """``room(step)``: raise before the checkpoint of ``step`` (``None``: before training) when the
+    disk has no room for it."""
+    need = checkpoint_bytes(model, trained, cfg)
+
+    def room(step: int | None) -> None:
+        if step is None:
+            what, todo = "a training checkpoint", "free some space or choose another --out"
+        else:
+            what = f"the checkpoint of step {step}"
+            todo = "the last checkpoint written is kept: free some space, then continue with --resume"
+        _check_disk(out, need, what, todo, rank, world, model.cfg.device)
+
+    return room
+
+
+def _check_disk(out: Path, need: int, what: str, todo: str, rank: int = 0, world: int = 1, device="cpu") -> None:
+    """A one-line error, before anything is written, when the disk holding ``out`` has less free
+    space than a checkpoint takes (plus 5% and 64 MB): a full disk otherwise surfaces as torch's
+    "unexpected pos" deep inside ``torch.save``. A checkpoint replaces the last one only once it
+    is complete, so each write needs its whole size free. Rank 0, the writer, looks; under
+    torchrun every rank learns its answer, so that all stop together."""
+    from mechtox import distributed
+
+    free = 0
+    if rank == 0:
+        probe = out
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        free = shutil.disk_usage(probe).free
+    short = torch.tensor([float(rank == 0 and free < need * 1.05 + 64 * 2**20)])
+    if world > 1:
+        short = distributed.all_sum(short.to(device), world)
+    if float(short) > 0:
+        raise MechtoxError(f"not enough disk space for {what} in {out}: it takes about {need / 1e9:.2f} GB "
+                           f"(weights and optimizer state) and " + (f"{free / 1e9:.2f} GB are" if rank == 0 else
+                                                                   "rank 0 found less") + f" free; {todo}")
 
 
 def _save_state(out: Path, model: HookedTransformer, fwd_model, objective, opt_state: dict, sched, loop: dict,

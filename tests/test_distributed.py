@@ -37,15 +37,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(out: Path, batch: int, fsdp: bool = False) -> dict[str, dict]:
-    """One launch of 2 ranks: the uninterrupted run and the interrupted-then-resumed one, as each
-    rank saved them."""
+def _launch(out: Path, batch: int, mode: list[str], timeout: int = 600) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
            "--master_port", str(_free_port()), str(REPO / "tests" / "distributed_worker.py"), str(out), str(batch)]
-    proc = subprocess.run(cmd + (["fsdp"] if fsdp else []), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    proc = subprocess.run(cmd + mode, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def _torchrun(out: Path, batch: int, fsdp: bool = False) -> dict[str, dict]:
+    """One launch of 2 ranks: the uninterrupted run and the interrupted-then-resumed one, as each
+    rank saved them."""
+    _launch(out, batch, ["fsdp"] if fsdp else [])
     return {f"{run}{rank}": torch.load(out / run / f"result{rank}.pt", weights_only=False)
             for run in ("uninterrupted", "resumed") for rank in (0, 1)}
 
@@ -92,3 +95,14 @@ def test_distributed_fsdp_two_processes_equal_one_and_resume(tmp_path):
     process, the full weights back on both ranks, and exact resume (the optimizer state gathered
     into one file)."""
     _check(tmp_path, fsdp=True)
+
+
+@pytest.mark.slow
+def test_distributed_a_disk_full_on_rank_0_stops_every_rank_with_the_last_checkpoint_kept(tmp_path):
+    """Rank 0 writes the checkpoints and looks at the disk; when it finds no room before step 4's,
+    rank 1 must stop too (not wait for rank 0 at the next collective until the timeout)."""
+    _launch(tmp_path, 4, ["fulldisk"], timeout=120)
+    said = [(tmp_path / f"stopped{rank}.txt").read_text() for rank in (0, 1)]
+    assert all(s.startswith("not enough disk space for the checkpoint of step 4 in ") for s in said), said
+    assert "GB are free" in said[0] and "rank 0 found less free" in said[1]
+    assert '"step": 2' in (tmp_path / "state" / "trainer.json").read_text()
