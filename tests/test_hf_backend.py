@@ -187,8 +187,12 @@ def test_three_steps_give_the_same_weights_on_both_backends(arch, kind, tmp_path
             # 0, so each backend's is rounding noise, which AdamW scales up to lr-sized steps
             continue
         # AdamW moves each weight by up to lr = 3e-3 per step; rounding differences of small
-        # gradients change a step by a few percent of that at most
-        assert (sa[n] - sb[n]).abs().max() < 1e-4, n
+        # gradients change a step by a few percent of that, except for the odd weight whose
+        # gradient is near 0, where AdamW's g / sqrt(v) magnifies them (one of W_in's 8192 moved
+        # 2.7e-4 apart on a CPU without AVX2, whose kernels round otherwise): a slip in either
+        # backend moves whole tensors apart
+        diff = (sa[n] - sb[n]).abs()
+        assert int((diff > 1e-4).sum()) <= max(1, diff.numel() // 1000) and diff.max() < 1e-3, n
         moved += int(not torch.equal(sb[n], _make(arch).state_dict()[n]))
     assert moved > 10  # the hf run's weights were written back into the HookedTransformer
 
