@@ -143,7 +143,7 @@ def test_every_help_page_renders(command, capsys):
     assert "usage: mechtox" in capsys.readouterr().out
 
 
-def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys):
+def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys, monkeypatch):
     from tests.test_training import pairs
 
     p = pairs(12)
@@ -169,6 +169,17 @@ def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys):
     assert main(["train", "sap", *common, "--task", str(task), "--pairs", str(pair_file), "--sap-layers", "9",
                  "--out", "bad"]) == 2
     assert "sap_layers '9'" in capsys.readouterr().err
+    # a disk with no room for a checkpoint: one line, exit 2, and no model written
+    import shutil
+
+    from mechtox import training as T
+
+    real = shutil.disk_usage
+    monkeypatch.setattr(T.shutil, "disk_usage", lambda p: type(real(p))(*real(p)[:2], 2**20))
+    assert main(["train", "sft", *common, "--task", str(task), "--out", "full"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "not enough disk space for a training checkpoint" in err
+    assert "choose another --out" in err and not (tmp_path / "ws" / "models" / "full").exists()
 
 
 def test_data_flags_bad_folder_binary_file_and_offline_hub_id(ws, tmp_path, capsys, monkeypatch):
