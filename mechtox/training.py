@@ -898,11 +898,12 @@ def _check_disk(out: Path, need: int, what: str, todo: str, rank: int = 0, world
         while not probe.exists() and probe != probe.parent:
             probe = probe.parent
         free = shutil.disk_usage(probe).free
-    short = torch.tensor([float(rank == 0 and free < need * 1.05 + 64 * 2**20)])
+    want = need * 1.05 + 64 * 2**20
+    short = torch.tensor([float(rank == 0 and free < want)])
     if world > 1:
         short = distributed.all_sum(short.to(device), world)
     if float(short) > 0:
-        raise MechtoxError(f"not enough disk space for {what} in {out}: it takes about {need / 1e9:.2f} GB "
+        raise MechtoxError(f"not enough disk space for {what} in {out}: it needs about {want / 1e9:.2f} GB "
                            f"(weights and optimizer state) and " + (f"{free / 1e9:.2f} GB are" if rank == 0 else
                                                                    "rank 0 found less") + f" free; {todo}")
 

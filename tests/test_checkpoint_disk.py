@@ -54,7 +54,7 @@ def test_a_disk_too_full_for_one_checkpoint_stops_before_the_reference_passes(mo
     monkeypatch.setattr(obj, "prepare", lambda *a, **k: pytest.fail("the reference passes ran"))
     real = shutil.disk_usage
     monkeypatch.setattr(T.shutil, "disk_usage", lambda p: Usage(*real(p)[:2], 10 * 2**20))
-    with pytest.raises(MechtoxError, match=r"not enough disk space for a training checkpoint in .*run: it takes "
+    with pytest.raises(MechtoxError, match=r"not enough disk space for a training checkpoint in .*run: it needs "
                                            r"about 0\.\d\d GB \(weights and optimizer state\) and 0\.01 GB are free; "
                                            r"free some space or choose another --out"):
         train(model, obj, cfg, tmp_path / "run", progress=False)
