@@ -356,6 +356,18 @@ def _check_sample_weight(sample_weight: np.ndarray | None, y: np.ndarray) -> np.
     return sw
 
 
+def _standardiser(X: np.ndarray, weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The per-column mean and standard deviation a probe standardises ``X`` with, the rows weighted
+    by ``weights`` where given (a whole-number weight ``k`` counts a row ``k`` times); a constant
+    column's deviation is taken as 1."""
+    if weights is None:
+        mu, sigma = X.mean(0), X.std(0)
+    else:
+        mu = np.average(X, axis=0, weights=weights)
+        sigma = np.sqrt(np.average(np.square(X - mu), axis=0, weights=weights))
+    return mu, np.where(sigma < 1e-8, 1.0, sigma)
+
+
 def fit_direction_weights(X: np.ndarray, y: np.ndarray, method: Method = "logreg", C: float = 1.0,
                           seed: int = 0, sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Fit a linear classifier on ``X`` (raw coordinates); return ``(weight, bias)`` in raw coordinates.
@@ -375,12 +387,7 @@ def fit_direction_weights(X: np.ndarray, y: np.ndarray, method: Method = "logreg
     if len(set(y.tolist())) < 2:
         raise MechtoxError("a probe needs both classes in its training data")
     sw = _check_sample_weight(sample_weight, y)
-    if sample_weight is None:
-        mu, sigma = X.mean(0), X.std(0)
-    else:
-        mu = np.average(X, axis=0, weights=sw)
-        sigma = np.sqrt(np.maximum(np.average(np.square(X - mu), axis=0, weights=sw), 0))
-    sigma = np.where(sigma < 1e-8, 1.0, sigma)
+    mu, sigma = _standardiser(X, None if sample_weight is None else sw)
     Z = (X - mu) / sigma
     fit_kw = {} if sample_weight is None else {"sample_weight": sw}
     if method == "logreg":
@@ -432,14 +439,7 @@ def fit_token_weights(X: np.ndarray, text: np.ndarray, y: np.ndarray, C: float =
     if len(t) != len(X) or int(t.min()) < 0 or int(t.max()) >= n or torch.bincount(t, minlength=n).min() == 0:
         raise MechtoxError("token probe: every text needs at least one token, and every token a text")
     sw = _check_sample_weight(sample_weight, y)
-    if sample_weight is None:
-        mu, sigma = X.mean(0), X.std(0)
-    else:
-        v = sw[np.asarray(text)]
-        v = v / v.sum()  # each token's share of the statistics
-        mu = v @ X
-        sigma = np.sqrt(np.maximum(v @ np.square(X, dtype=np.float64) - mu**2, 0))
-    sigma = np.where(sigma < 1e-8, 1.0, sigma)
+    mu, sigma = _standardiser(X, None if sample_weight is None else sw[np.asarray(text)])  # a token: its text's
     Z = torch.from_numpy(((X - mu) / sigma).astype(np.float64))
     yt = torch.as_tensor(y, dtype=torch.float64)
     swt = torch.as_tensor(sw)
