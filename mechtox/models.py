@@ -187,13 +187,22 @@ def _check_model_type(model_type: str | None, where: str) -> None:
                                 f"architectures: {', '.join(HF_ARCHITECTURES.values())}")
 
 
+def _quiet_transformers() -> None:
+    """No transformers warnings; and no transformers progress bars (de-quantising, loading weights) where
+    mechtox's own are off: the CLI's ``--quiet`` sets ``TQDM_DISABLE``, which tqdm reads only at import."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+        hf_logging.disable_progress_bar()
+
+
 def _load_transformers(source: str, name: str, device: str | None, dtype: str | torch.dtype,
                        n_ctx: int | None, local_only: bool = False) -> HookedTransformer:
     """A directory or hub id through ``transformers``, converted with TransformerLens' conversion."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    _quiet_transformers()
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local_only)
     except Exception as e:  # noqa: BLE001 (truncated or mismatched weights: safetensors, torch and transformers raise many kinds)
@@ -425,9 +434,8 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
 def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.set_verbosity_error()
+    _quiet_transformers()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -600,9 +608,8 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,
     tok_dir = path / _CKPT_TOKENIZER
     if tok_dir.is_dir():
         from transformers import AutoTokenizer
-        from transformers.utils import logging as hf_logging
 
-        hf_logging.set_verbosity_error()
+        _quiet_transformers()
         _attach_tokenizer(model, AutoTokenizer.from_pretrained(str(tok_dir)))
     foreign = foreign_parameters_in_use(model)
     if foreign:

@@ -209,3 +209,22 @@ def test_bad_weight_files_are_one_line(tmp_path, capsys):
                      "--n-train", "60", "--n-test", "40"]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and match in err and "Traceback" not in err, err
+
+
+def test_quiet_hides_the_transformers_progress_bars(tmp_path, capsys, monkeypatch):
+    """``--quiet`` sets TQDM_DISABLE, which tqdm reads only at import; transformers' own bars
+    (loading weights, de-quantising a GGUF file) must follow it too."""
+    from transformers.utils import logging as hf_logging
+
+    out = M.export_hf(zero_foreign(_llama_like()), tmp_path / "hf")
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # a CLI test before this one may have set it
+    hf_logging.enable_progress_bar()
+    capsys.readouterr()
+    try:
+        M.load_hf_dir(out)
+        assert "Loading weights" in capsys.readouterr().err  # the bar this test is about, shown by default
+        monkeypatch.setenv("TQDM_DISABLE", "1")
+        M.load_hf_dir(out)
+        assert "Loading weights" not in capsys.readouterr().err
+    finally:
+        hf_logging.enable_progress_bar()
