@@ -17,9 +17,11 @@ TransformerLens' ``TransformerBridge`` later touches this file only.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
+import io
 import json
 import os
 import struct
@@ -187,14 +189,17 @@ def _check_model_type(model_type: str | None, where: str) -> None:
                                 f"architectures: {', '.join(HF_ARCHITECTURES.values())}")
 
 
-def _quiet_transformers() -> None:
-    """No transformers warnings; and no transformers progress bars (de-quantising, loading weights) where
-    mechtox's own are off: the CLI's ``--quiet`` sets ``TQDM_DISABLE``, which tqdm reads only at import."""
+def _quiet_transformers() -> bool:
+    """No transformers warnings; and, where mechtox's own progress bars are off, none of transformers'
+    (loading weights): the CLI's ``--quiet`` sets ``TQDM_DISABLE``, which tqdm reads only at import.
+    Returns whether bars are off."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()
-    if os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"):
+    quiet = os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes")
+    if quiet:
         hf_logging.disable_progress_bar()
+    return quiet
 
 
 def _load_transformers(source: str, name: str, device: str | None, dtype: str | torch.dtype,
@@ -435,10 +440,12 @@ def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
     from transformer_lens.pretrained.weight_conversions import convert_llama_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _quiet_transformers()
+    # transformers' de-quantising bar is a plain tqdm, which no switch turns off after import
+    quiet = contextlib.redirect_stderr(io.StringIO()) if _quiet_transformers() else contextlib.nullcontext()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+        with quiet:
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as e:  # the gguf package
         raise MechtoxError(f"loading {gguf.name} needs the gguf package: pip install gguf ({e})") from e
     if hf_model.config.model_type != "llama":

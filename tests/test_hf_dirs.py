@@ -213,7 +213,7 @@ def test_bad_weight_files_are_one_line(tmp_path, capsys):
 
 def test_quiet_hides_the_transformers_progress_bars(tmp_path, capsys, monkeypatch):
     """``--quiet`` sets TQDM_DISABLE, which tqdm reads only at import; transformers' own bars
-    (loading weights, de-quantising a GGUF file) must follow it too."""
+    (loading weights) must follow it too (the GGUF file's: test_smollm2.py)."""
     from transformers.utils import logging as hf_logging
 
     out = M.export_hf(zero_foreign(_llama_like()), tmp_path / "hf")

@@ -66,3 +66,20 @@ def test_dpo_then_attribution_on_smollm2(smollm2, tmp_path):
         c = att.check
         assert abs(c["error"]) < 1e-3 * max(1.0, abs(c["total_change"])), c
         assert att.groups["n"].sum() == 30 * 1536
+
+
+def test_quiet_gguf_conversion_prints_no_progress_bars(capsys, monkeypatch):
+    """``--quiet`` (TQDM_DISABLE) on a first load of the GGUF file: transformers' de-quantising and
+    loading bars stay off the terminal (the first is a plain tqdm, which ignores the variable after import)."""
+    from transformers.utils import logging as hf_logging
+
+    from mechtox.models import _convert_gguf, smollm2_gguf_path
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    try:
+        model = _convert_gguf(smollm2_gguf_path(), "smollm2", 64)
+    finally:
+        hf_logging.enable_progress_bar()
+    err = capsys.readouterr().err
+    assert "de-quantizing" not in err and "Loading weights" not in err, err[:300]
+    assert model.cfg.n_layers == 30 and model.tokenizer is not None
