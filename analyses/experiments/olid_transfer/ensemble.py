@@ -4,7 +4,7 @@ on Gemma 3 270M (layer 9; gemma.py), each scoring all 11,916 tweets of olid_trai
 averaged, or their ranks averaged. No OLID label in any fit.
 
 Usage (from this folder, after the two probe commands in gemma.py's docstring and docs/results.md):
-    SMOL_WS=ws GEMMA_WS=wsg GEMMA=/tmp/gemma/ckpt python ensemble.py > ensemble.log   # ~10 min"""
+    SMOL_WS=ws GEMMA_WS=wsg GEMMA=/tmp/gemma/ckpt python ensemble.py > ensemble.log   # 13 min 50 s"""
 import os
 
 import numpy as np
