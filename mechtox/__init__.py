@@ -4,8 +4,8 @@ The public API, imported lazily (``import mechtox`` is cheap and has no side eff
 
     import mechtox as mt
     model = mt.load_model("smollm2-135m-instruct")          # or "gpt2-medium", a path, an alias
-    data = mt.load_labelled("jigsaw_balanced.csv")
-    sweep = mt.probe_sweep(model, data)                       # one activation pass, every layer
+    data = mt.load_labelled()                                  # Jigsaw (or "data:NAME", a path, an HF id)
+    sweep = mt.probe_sweep(model, data.subset(range(0, 12000, 12)))  # 1,000 texts, one pass, every layer
     ranking = mt.rank_neurons(model, sweep.best)              # cos(W_out[l, i], w) for all neurons
 """
 

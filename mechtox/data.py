@@ -178,8 +178,19 @@ def _resolve(source: str | os.PathLike[str]) -> Path | None:
             raise DataError(f"{p} is a directory; pass a data file")
         return p
     if _format(p) in (".csv", ".tsv", ".jsonl", ".json", ".txt", ".raw") or os.sep in s and not _looks_like_hf_id(s):
-        raise DataError(f"no such data file: {p}")
+        raise DataError(f"no such data file: {p}{_data_hint(s)}")
     return None
+
+
+def _data_hint(name: str) -> str:
+    """How to name ``name`` when it is not a path here but a file of the data folders."""
+    if os.sep in name:
+        return ""
+    try:
+        find_data_file(name)
+    except DataError:
+        return ""
+    return f"; for the file of that name in the data folder, pass data:{name}"
 
 
 def _format(path: Path) -> str:

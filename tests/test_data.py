@@ -60,6 +60,15 @@ def test_missing_file_and_unknown_format(tmp_path):
         D.load_labelled(tmp_path)
 
 
+def test_a_bare_name_of_a_data_folder_file_says_to_write_data_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no jigsaw_balanced.csv here; the shipped bundle (at least) has one
+    with pytest.raises(DataError, match=r"no such data file: jigsaw_balanced.csv; .* pass data:jigsaw_balanced.csv$"):
+        D.load_labelled("jigsaw_balanced.csv")
+    assert len(D.load_labelled("data:jigsaw_balanced.csv")) == 12_180
+    with pytest.raises(DataError, match=r"no such data file: nope.csv$"):  # no hint for a name no folder has
+        D.load_labelled("nope.csv")
+
+
 def test_hf_id_failing_on_a_reachable_hub_is_clear(monkeypatch):
     import datasets
 
