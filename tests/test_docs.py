@@ -38,13 +38,19 @@ TINY = {
 
 
 def python_examples() -> list[tuple[str, str]]:
-    """Every Python example of the docs: the README's, the quickstart's and the package docstring's."""
+    """The Python examples of the docs that run as written: the README's, the quickstart's and those of
+    the package's and the job layer's docstrings (the interventions docstring's is a fragment)."""
     import mechtox
+    import mechtox.jobs
 
     out = []
     for name in ("README.md", "docs/quickstart.md"):
         out += [(f"{name} example {i + 1}", b) for i, b in enumerate(PY_BLOCK.findall((REPO / name).read_text()))]
-    return out + [("mechtox/__init__.py docstring", textwrap.dedent(mechtox.__doc__.split("::", 1)[1]))]
+    for mod in (mechtox, mechtox.jobs):
+        after = mod.__doc__.split("::", 1)[1].splitlines()  # the indented lines after "::"
+        block = "\n".join(ln for ln in after if not ln or ln.startswith("    "))
+        out.append((f"{mod.__name__} docstring", textwrap.dedent(block)))
+    return out
 
 
 @pytest.fixture
@@ -66,14 +72,15 @@ def toy_home(tmp_path, monkeypatch):
     monkeypatch.setenv("MECHTOX_DATA", str(toy))
     monkeypatch.setattr(D, "_ANNOUNCED", set())
     monkeypatch.chdir(tmp_path)
-    assert main(["models", "-q", "--set-base", "tiny"]) == 0
+    for ws in ("mechtox-runs", "ws"):  # the default workspace, and the one the job layer's docstring names
+        assert main(["models", "-w", ws, "-q", "--set-base", "tiny"]) == 0
     assert main(["probe", "-q", "--n-train", "60", "--n-test", "20", "--out", "probe"]) == 0
     return tmp_path
 
 
 def test_the_python_examples_of_the_docs_run(toy_home, capsys):
     examples = python_examples()
-    assert len(examples) >= 4
+    assert len(examples) >= 5
     for old in TINY:
         assert any(old in code for _, code in examples), f"no example has {old!r}: update TINY"
     for where, code in examples:
