@@ -1,4 +1,5 @@
 import re
+import shlex
 import subprocess
 import sys
 import textwrap
@@ -92,3 +93,59 @@ def test_the_python_examples_of_the_docs_run(toy_home, capsys):
             pytest.fail(f"{where} fails: {type(e).__name__}: {e}")
     out = capsys.readouterr().out
     assert "builtin template-built" not in out  # the files were read by their real names
+
+
+# ---------------------------------------------------------------------------- the docs' commands parse
+
+SHELL_BLOCK = re.compile(r"```(?:bash|sh|console)?\n(.*?)```", re.S)
+# where the docs use a variable they define only in words: the workspace of the main job
+SHELL_DEFAULTS = {"W": "-w WS"}
+
+
+def documented_commands() -> list[tuple[str, str, list[str]]]:
+    """Every ``mechtox ...`` command in the shell blocks of the README, docs/ and analyses/ READMEs, as
+    (file, line, argv), with the variables the docs set before it (``W=...``, ``COMMON="..."``) put in."""
+    files = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "analyses").rglob("README.md"))]
+    out = []
+    for f in files:
+        env = dict(SHELL_DEFAULTS)
+        for block in SHELL_BLOCK.findall(f.read_text()):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = re.split(r"(?:^|\s)#", line, maxsplit=1)[0].strip()  # a comment is no command
+                if m := re.match(r'^([A-Z_]+)=("[^"]*"|\S+)$', line):
+                    env[m.group(1)] = m.group(2).strip('"')
+                    continue
+                m = re.search(r"(?:^|\s|/)mechtox\s+(.*)$", line)
+                if not m or line.startswith("pip"):
+                    continue
+                cmd = re.split(r"\s(?:&&|\||;|>|2>)", m.group(1))[0]
+                for name, value in sorted(env.items(), key=lambda kv: -len(kv[0])):  # $COMMON before $C
+                    cmd = re.sub(rf"\$\{{?{name}\b\}}?", lambda _, v=value: v, cmd)
+                world = re.search(r"--nproc_per_node\s+(\d+)", line)
+                out.append((f"{f.relative_to(REPO)}: {line}", world.group(1) if world else "1", shlex.split(cmd)))
+    return out
+
+
+def test_every_documented_command_parses_and_passes_its_checks(monkeypatch, capsys):
+    """A flag renamed or removed, or a value a config refuses, breaks the commands people copy from
+    the docs (results.md alone has dozens): each must parse and build its config as written."""
+    from mechtox.cli import build_parser
+    from mechtox.jobs import COMMANDS, Context
+    from mechtox.jobs._base import from_args
+
+    commands = documented_commands()
+    assert len(commands) > 50
+    parser, bad = build_parser(), []
+    for where, world, argv in commands:
+        monkeypatch.setenv("WORLD_SIZE", world)  # what torchrun --nproc_per_node sets
+        try:
+            args = parser.parse_args(argv)
+            if args.command:
+                args.workspace = args.workspace or args.global_workspace
+                from_args(Context, args)
+                from_args(COMMANDS[args.command][1], args)
+        except SystemExit:
+            bad.append(f"{where}\n    {capsys.readouterr().err.strip().splitlines()[-1]}")
+        except Exception as e:  # noqa: BLE001 (every failure is listed)
+            bad.append(f"{where}\n    {type(e).__name__}: {e}")
+    assert not bad, "documented commands that fail:\n" + "\n".join(bad)
