@@ -71,6 +71,7 @@ def toy_home(tmp_path, monkeypatch):
         (toy / name).write_text((res / "prompts_small.jsonl").read_text() * 4)
     (toy / "wikitext2_test.raw").write_text((res / "text_small.txt").read_text() * 20)
     monkeypatch.setenv("MECHTOX_DATA", str(toy))
+    monkeypatch.delenv("MECHTOX_HOME", raising=False)  # the examples name ./mechtox-runs
     monkeypatch.setattr(D, "_ANNOUNCED", set())
     monkeypatch.chdir(tmp_path)
     for ws in ("mechtox-runs", "ws"):  # the default workspace, and the one the job layer's docstring names
