@@ -28,12 +28,42 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workspace", "-w", dest="global_workspace", default=None, metavar="DIR",
                         help="workspace directory (also accepted after the command)")
+    parser.add_argument("--version", action=_Version,
+                        help="mechtox's version and those of the libraries it runs on (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (job, config) in COMMANDS.items():
         p = sub.add_parser(name, help=job.HELP)
         add_options(p, Context)
         add_options(p, config)
     return parser
+
+
+def versions() -> str:
+    """``mechtox 0.1.0 (torch ..., transformer-lens ..., transformers ..., Python ...)``, read from the
+    installed packages' metadata (nothing heavy is imported)."""
+    import platform
+    from importlib import metadata
+
+    from mechtox import __version__
+
+    libs = []
+    for dist in ("torch", "transformer-lens", "transformers", "peft"):
+        try:
+            libs.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            libs.append(f"{dist} not installed")
+    return f"mechtox {__version__} ({', '.join(libs)}, Python {platform.python_version()})"
+
+
+class _Version(argparse.Action):
+    """``--version``: :func:`versions` on one line (argparse's own action would wrap it)."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(versions())
+        parser.exit()
 
 
 def _unexpected(e: BaseException) -> int:

@@ -134,8 +134,22 @@ def test_probe_of_other_dimension_is_one_line(ws, tmp_path, capsys):
     assert err.count("\n") == 1 and "d_model 32 but model" in err
 
 
+def test_version_names_mechtox_and_its_libraries_on_one_line(capsys):
+    from importlib import metadata
+
+    import mechtox
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and out.count("\n") == 1
+    assert out.startswith(f"mechtox {metadata.version('mechtox')} (torch {metadata.version('torch')}, ")
+    assert mechtox.__version__ == metadata.version("mechtox")  # the package's and pyproject's versions agree
+    assert f"transformer-lens {metadata.version('transformer-lens')}" in out
+
+
 @pytest.mark.parametrize("command", ["models", "probe", "rank", "directions", "eval", "pairs", "train", "attribute",
-                                     "report", "run"])
+                                     "export", "report", "run"])
 def test_every_help_page_renders(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, ints, option, positive
 
-HELP = "attribute the change from --before to --after to individual neurons"
+HELP = "attribute the change from --before to --after to individual neurons and attention heads"
 
 
 @dataclass(frozen=True)
