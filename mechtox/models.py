@@ -140,6 +140,7 @@ def tiny_model(device: str = "cpu", tokenizer: bool = True, **overrides: Any) ->
 def load_pretrained(name: str, device: str | None = None, dtype: str | torch.dtype = "float32") -> HookedTransformer:
     """A TransformerLens official model (needs the hub), with no weight processing."""
     device = device or default_device()
+    _quiet_transformers()  # TransformerLens loads the weights through transformers
     model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=_dtype(dtype))
     model.eval()
     return model

@@ -228,3 +228,21 @@ def test_quiet_hides_the_transformers_progress_bars(tmp_path, capsys, monkeypatc
         assert "Loading weights" not in capsys.readouterr().err
     finally:
         hf_logging.enable_progress_bar()
+
+
+def test_quiet_export_check_prints_no_loading_bar(tmp_path, capsys, monkeypatch):
+    """The export job's own transformers load follows --quiet too, also for a model passed in (no
+    mechtox loader ran before it to switch transformers' bars off)."""
+    from transformers.utils import logging as hf_logging
+
+    from mechtox.jobs import Context, execute, export
+
+    hf_logging.enable_progress_bar()
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    try:
+        execute(export, export.ExportConfig(name="mine", hf=str(tmp_path / "hf")), Context(workspace=str(tmp_path / "ws")),
+                model=zero_foreign(_llama_like()))
+    finally:
+        hf_logging.enable_progress_bar()
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err, err[:300]

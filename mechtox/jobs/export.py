@@ -41,7 +41,7 @@ class ExportResult:
 def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
     import torch
 
-    from mechtox.models import export_hf, foreign_parameters_in_use
+    from mechtox.models import _quiet_transformers, export_hf, foreign_parameters_in_use
 
     model = model if model is not None else ctx.load(cfg.name)
     foreign = foreign_parameters_in_use(model)
@@ -52,6 +52,7 @@ def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
     # the check a user would do: transformers loads it and gives the model's logits
     from transformers import AutoModelForCausalLM
 
+    _quiet_transformers()  # its loading bar follows --quiet, whichever way the model came
     hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     ids = model.to_tokens("The export check: a short text.", prepend_bos=model.cfg.default_prepend_bos).cpu()
     with torch.no_grad():
