@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mechtox.errors import MechtoxError
-from mechtox.interventions import (
-    NOOP,
-    Intervention,
-    ablate,
-    random_like,
-    scale_keys,
-    steer,
-    subtract,
-)
+
+if TYPE_CHECKING:
+    from mechtox.interventions import Intervention
 
 SPEC_FORMS = (
     "none",
@@ -41,6 +37,7 @@ def build_intervention(spec: str, model, workspace, text_for_means=None) -> Inte
     import dataclasses
 
     from mechtox.directions import final_resid_hook
+    from mechtox.interventions import NOOP, ablate, random_like, scale_keys, steer, subtract
     from mechtox.neurons import rank_neurons, toxic_svd
     from mechtox.probe import Direction
 

@@ -157,6 +157,39 @@ def test_every_help_page_renders(command, capsys):
     assert "usage: mechtox" in capsys.readouterr().out
 
 
+def test_help_version_and_flag_checks_import_no_torch():
+    """`mechtox --help`, every `COMMAND --help`, `--version` and a bad flag's error come from the parser
+    and the configs alone: torch and TransformerLens (6-8 s to import on 2 cores) are not imported."""
+    import subprocess
+    import sys
+
+    script = """
+import sys
+from mechtox.cli import main, build_parser
+from mechtox.jobs import COMMANDS
+calls = [["--help"], ["--version"]] + [[c, "--help"] for c in COMMANDS]
+for argv in calls:
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert e.code == 0, argv
+bad = [["probe", "--n-train", "-3"], ["train", "dpo", "--steps", "0"], ["train", "dpo", "--lr", "-1"],
+       ["eval", "--batch-size", "0"], ["attribute", "--top", "0"], ["run", "--size", "huge"]]
+for argv in bad:
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    assert code == 2, (argv, code)
+heavy = sorted(m for m in ("torch", "transformer_lens", "transformers", "numpy") if m in sys.modules)
+print("HEAVY", heavy)
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "HEAVY []" in r.stdout, r.stdout[-300:]
+    assert r.stderr.count("mechtox: error:") + r.stderr.count("mechtox run: error:") >= 5
+
+
 def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys, monkeypatch):
     from tests.test_training import pairs
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 MODULES = ["mechtox.models", "mechtox.workspace", "mechtox.data", "mechtox.scorers", "mechtox.activations",
            "mechtox.probe", "mechtox.neurons", "mechtox.directions", "mechtox.validation", "mechtox.interventions",
-           "mechtox.generation", "mechtox.evaluate", "mechtox.training", "mechtox.hf_backend", "mechtox.distributed", "mechtox.attribution", "mechtox.plotting",
+           "mechtox.generation", "mechtox.evaluate", "mechtox.train_config", "mechtox.training", "mechtox.hf_backend", "mechtox.distributed", "mechtox.attribution", "mechtox.plotting",
            "mechtox.report"]
 
 

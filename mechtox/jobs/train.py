@@ -9,7 +9,7 @@ from typing import Any
 
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import Context, check_out, names, option, positive
-from mechtox.training import TrainConfig
+from mechtox.train_config import TrainConfig
 
 HELP = "fine-tune a model (DPO, SFT, probe-guided SFT, probe-ranked DPO, SAP) into a named model"
 OBJECTIVES = ["dpo", "sft", "sft-probe", "dpo-probe", "sap"]
@@ -110,7 +110,7 @@ class TrainJobConfig:
                   lora_r=self.lora_r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
                   lora_targets=self.lora_targets, fsdp=self.fsdp)
         if self.lee_et_al:
-            from mechtox.training import lee_et_al_config
+            from mechtox.train_config import lee_et_al_config
 
             keep = ("objective", "seed", "eval_every", "dtype", "checkpoint_every", "patience", "backend", "compile", "lora_r",
                     "lora_alpha", "lora_dropout", "lora_targets", "fsdp")

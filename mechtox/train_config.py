@@ -1,0 +1,108 @@
+"""The settings of a training run, :class:`TrainConfig` (imports nothing heavy, so the CLI can
+check a ``mechtox train`` command's flags before torch loads); :mod:`mechtox.training` runs them."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from mechtox.errors import MechtoxError
+
+
+@dataclass
+class TrainConfig:
+    """Settings of a training run (saved with every checkpoint; never mutated by the loop)."""
+
+    objective: Literal["dpo", "sft", "sft-probe", "dpo-probe", "sap"] = "dpo"
+    """what to optimise"""
+    lr: float = 1e-5
+    """peak learning rate (after warm-up)"""
+    optimizer: Literal["adamw", "rmsprop"] = "adamw"
+    """AdamW (fused on CUDA) or RMSprop (Lee et al.)"""
+    weight_decay: float = 0.0
+    batch_size: int = 8
+    """pairs (or texts) per micro-batch"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step"""
+    warmup_steps: int = 5
+    """linear warm-up from 0 to lr, then constant"""
+    max_steps: int = 40
+    """optimizer steps"""
+    clip: float = 10.0
+    """gradient-norm clipping (0: off)"""
+    beta: float = 0.1
+    """DPO temperature"""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """autocast precision of forward passes"""
+    max_prompt_tokens: int = 32
+    """prompts keep their last tokens"""
+    max_completion_tokens: int = 32
+    """completions keep their first tokens"""
+    eval_every: int = 10
+    """validation every N steps (0: only at the end)"""
+    val_fraction: float = 0.1
+    """share of the data held out for validation"""
+    patience: int = 0
+    """stop after this many evaluations without a better validation loss (0: never)"""
+    checkpoint_every: int = 10
+    """save a resumable checkpoint every N steps"""
+    seed: int = 0
+    probe_lambda: float = 1.0
+    """weight of the probe term in sft-probe"""
+    compile: bool = False
+    """torch.compile the model (CUDA)"""
+    backend: Literal["auto", "hf", "hooked"] = "auto"
+    """where the step runs: ``hf`` (the transformers model with the same weights, SDPA attention,
+    hooks at TransformerLens names), ``hooked`` (the HookedTransformer) or ``auto`` (hf when the
+    architecture converts and every hook the objective needs is mapped)"""
+    lora_r: int = 0
+    """LoRA rank (0: full fine-tuning); LoRA runs on the hf backend, through peft"""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator (the update is ``alpha / r * B A``)"""
+    lora_dropout: float = 0.0
+    lora_targets: str = "q,v"
+    """modules that get adapters: q, k, v, o, gate, up, down (GPT-2: q/k/v = c_attn, o, up, down)"""
+    fsdp: bool = False
+    """under torchrun: shard the training copy's weights, gradients and optimizer state over the
+    ranks (FSDP, each block a unit) instead of replicating them (hf backend, full fine-tuning)"""
+    sap_layers: str = "auto"
+    """SAP: blocks whose output (``hook_resid_post``) gets the safety-aware vector; 'auto' = at 10%
+    and 28% of the depth (layers 3 and 9 of Llama-2-7B's 32, as in Wu et al.)"""
+    sap_rho: float = 1e-3
+    """SAP: size of the harmful weight perturbation relative to the norm of the weights"""
+    sap_eps: float = 0.25
+    """SAP: size of each coordinate of the vector relative to the median |activation| at its layer"""
+    sap_temperature: float = 1.0
+    """SAP: temperature T of the safety loss ``-log sigmoid((log p(safe) - log p(harmful)) / T)``"""
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("dpo", "sft", "sft-probe", "dpo-probe", "sap"):
+            raise MechtoxError(f"unknown objective {self.objective!r}")
+        if self.backend not in ("auto", "hf", "hooked"):
+            raise MechtoxError(f"unknown backend {self.backend!r}; use auto, hf or hooked")
+        if self.optimizer not in ("adamw", "rmsprop"):
+            raise MechtoxError(f"unknown optimizer {self.optimizer!r}; use adamw or rmsprop")
+        for name in ("batch_size", "grad_accum", "max_steps"):
+            if getattr(self, name) < 1:
+                raise MechtoxError(f"{name} must be at least 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise MechtoxError("lr must be a positive number")
+        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
+            raise MechtoxError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+        if not (self.sap_rho >= 0 and self.sap_eps >= 0 and self.sap_temperature > 0):
+            raise MechtoxError("sap_rho and sap_eps must be >= 0 and sap_temperature > 0")
+        if self.fsdp and self.objective == "sap":
+            raise MechtoxError("--fsdp cannot train sap: its harmful-weight gradient (torch.autograd.grad of the weights) "
+                               "does not reach FSDP's sharded weights; use plain torchrun")
+        if self.fsdp and (self.backend == "hooked" or self.lora_r or self.compile):
+            raise MechtoxError("--fsdp shards the hf backend's full fine-tuning: drop --backend hooked, --lora-r and "
+                               "--compile (LoRA's adapters are small enough to replicate: use plain torchrun)")
+
+
+def lee_et_al_config(**overrides: Any) -> TrainConfig:
+    """Lee et al. 2024's DPO settings: beta 0.1, lr 1e-6, RMSprop, batch 4, 150 warm-up steps."""
+    base: dict[str, Any] = dict(objective="dpo", lr=1e-6, optimizer="rmsprop", batch_size=4, warmup_steps=150, beta=0.1,
+                max_steps=6700 // 4)
+    base.update(overrides)
+    return TrainConfig(**base)
