@@ -95,7 +95,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         cfg = from_args(config, args)
         for spec in (getattr(cfg, a) for a in ("model", "before", "after") if hasattr(cfg, a)):
             ctx.ws.resolve_model(spec)  # an unknown model is an error before any data is read
-        ctx.seed_all()
+        if getattr(job, "RANDOM", True):
+            ctx.seed_all()
         execute(job, cfg, ctx)
         return 0
     except MechtoxError as e:

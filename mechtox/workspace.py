@@ -95,7 +95,7 @@ class Workspace:
 
     def models(self) -> list[str]:
         """Model aliases: ``base`` and every complete checkpoint in ``models/``."""
-        from mechtox.models import is_checkpoint
+        from mechtox.model_files import is_checkpoint
 
         return ["base"] + [n for n in self._list("models") if is_checkpoint(self.root / "models" / n)]
 
@@ -121,7 +121,7 @@ class Workspace:
     @property
     def base_spec(self) -> str:
         """The spec that ``base`` stands for (default: the offline SmolLM2)."""
-        from mechtox.models import DEFAULT_MODEL
+        from mechtox.model_files import DEFAULT_MODEL
 
         return self._meta().get("base", DEFAULT_MODEL)
 
@@ -135,8 +135,9 @@ class Workspace:
 
     # -- resolution
     def resolve_model(self, spec: str) -> ModelRef:
-        """Resolve a model spec, or raise a one-line :class:`ModelNotFoundError`."""
-        from mechtox import models as M
+        """Resolve a model spec, or raise a one-line :class:`ModelNotFoundError` (loads nothing:
+        it reads names and files only)."""
+        from mechtox import model_files as M
 
         if spec == "base":
             ref = self.resolve_model(self.base_spec)

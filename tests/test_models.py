@@ -147,3 +147,77 @@ def test_cli_models_lists_workspace(tmp_path, tiny, capsys):
 def test_invalid_alias_name(workspace):
     with pytest.raises(Exception, match="invalid model name"):
         workspace.model_dir("../evil")
+
+
+def test_official_names_read_without_transformer_lens_match_transformer_lens():
+    """model_files reads TransformerLens' name list from its data module alone; TransformerLens'
+    own lookup (get_official_model_name) must agree on every name and alias, in any case."""
+    from transformer_lens.loading_from_pretrained import (
+        get_official_model_name,
+        make_model_alias_map,
+    )
+
+    from mechtox.model_files import is_official_name
+
+    def tl_knows(name):
+        try:
+            get_official_model_name(name)
+        except ValueError:
+            return False
+        return True
+
+    names = list(make_model_alias_map())
+    assert len(names) > 300
+    probes = names + [n.upper() for n in names[::7]] + ["gpt2-MEDIUM", "GPT2", "smollm2-135m-instruct", "nope-model",
+                                                         "gpt2-medium-dpo", "meta-llama/llama-2-7b-hf", ""]
+    assert [is_official_name(n) for n in probes] == [tl_knows(n) for n in probes]
+
+
+def test_listing_and_refusing_models_import_no_torch(tmp_path, tiny):
+    """`mechtox models` and the errors for an unknown model, a path that is no model and a missing
+    weights file read names and files only (0.1-0.2 s instead of 7-9 s)."""
+    import subprocess
+    import sys
+
+    ws = tmp_path / "ws"
+    M.save_checkpoint(tiny, ws / "models" / "dpo")
+    (tmp_path / "junk").mkdir()
+    script = f"""
+import sys
+from mechtox.cli import main
+assert main(["models", "-w", {str(ws)!r}]) == 0
+assert main(["models", "-w", {str(ws)!r}, "--set-base", "dpo"]) == 0
+for spec in ["nope-model", {str(tmp_path / 'junk')!r}, "base@/no/such.safetensors", "hf:"]:
+    assert main(["eval", "-w", {str(ws)!r}, "--model", spec]) == 2, spec
+assert main(["attribute", "-w", {str(ws)!r}, "--before", "gpt2-medium", "--after", "nope-model"]) == 2
+print("HEAVY", sorted(m for m in ("torch", "transformer_lens", "transformers", "numpy") if m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "HEAVY []" in r.stdout and "model dpo" in r.stdout and "base is now dpo" in r.stdout, r.stdout[-500:]
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 5 and all(e.startswith("mechtox: error: ") for e in errors), errors
+    assert "no model 'nope-model'" in errors[0] and "neither a mechtox checkpoint" in errors[1]
+
+
+def test_official_name_offline_and_not_cached_is_one_line_at_once(tmp_path, capsys, monkeypatch):
+    """gpt2-medium with no hub and no cached copy: one line naming what to do, without asking
+    TransformerLens to download (before: ~30 s of retries, then an OSError)."""
+    import huggingface_hub.constants
+    from transformer_lens import HookedTransformer
+
+    import mechtox.data
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setattr(mechtox.data, "_hub_reachable", lambda: False)
+
+    def no_download(*a, **k):
+        raise AssertionError("TransformerLens was asked to download")
+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", no_download)
+    with pytest.raises(ModelNotFoundError, match="not reachable, and it is not in the local cache") as e:
+        M.load_pretrained("gpt2-MEDIUM")
+    assert "\n" not in str(e.value) and "huggingface-cli download gpt2-medium" in str(e.value)
+    code = main(["eval", "-w", str(tmp_path / "ws"), "--model", "gpt2-medium", "--limit", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "smollm2-135m-instruct" in err, err

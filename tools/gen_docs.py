@@ -10,7 +10,7 @@ import inspect
 import sys
 from pathlib import Path
 
-MODULES = ["mechtox.models", "mechtox.workspace", "mechtox.data", "mechtox.scorers", "mechtox.activations",
+MODULES = ["mechtox.model_files", "mechtox.models", "mechtox.workspace", "mechtox.data", "mechtox.scorers", "mechtox.activations",
            "mechtox.probe", "mechtox.neurons", "mechtox.directions", "mechtox.validation", "mechtox.interventions",
            "mechtox.generation", "mechtox.evaluate", "mechtox.train_config", "mechtox.training", "mechtox.hf_backend", "mechtox.distributed", "mechtox.attribution", "mechtox.plotting",
            "mechtox.report"]

@@ -9,6 +9,7 @@ from mechtox.errors import MechtoxError
 from mechtox.jobs._base import Context, option
 
 HELP = "write a model as a transformers directory (weights, config, tokenizer, generation config)"
+RANDOM = False  # draws no random numbers (writes and checks weights; its check is greedy): the CLI seeds nothing, so torch need not load
 
 
 @dataclass(frozen=True)

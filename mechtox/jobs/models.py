@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mechtox.jobs._base import Context, option
 
 HELP = "list the models, directions and pair sets in the workspace"
+RANDOM = False  # draws no random numbers (lists and sets names): the CLI seeds nothing, so torch need not load
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,7 @@ class ModelsResult:
 
 
 def run(cfg: ModelsConfig, ctx: Context) -> ModelsResult:
-    from mechtox.models import checkpoint_info
+    from mechtox.model_files import checkpoint_info
 
     ws = ctx.ws
     if cfg.set_base:

