@@ -1,5 +1,6 @@
-"""The settings of a training run, :class:`TrainConfig` (imports nothing heavy, so the CLI can
-check a ``mechtox train`` command's flags before torch loads); :mod:`mechtox.training` runs them."""
+"""The settings of a training run, :class:`TrainConfig`, and :func:`seed_everything`. This module
+imports nothing heavy, so the CLI checks a command's flags, pairs and probes before torch and
+TransformerLens load; :mod:`mechtox.training` runs the settings."""
 
 from __future__ import annotations
 
@@ -106,3 +107,15 @@ def lee_et_al_config(**overrides: Any) -> TrainConfig:
                 max_steps=6700 // 4)
     base.update(overrides)
     return TrainConfig(**base)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's generators."""
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

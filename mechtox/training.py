@@ -37,7 +37,11 @@ from transformer_lens import HookedTransformer
 from mechtox import _io
 from mechtox.data import PreferencePairs, encode, pad_id
 from mechtox.errors import MechtoxError
-from mechtox.train_config import TrainConfig, lee_et_al_config  # noqa: F401 (re-exported: the settings live in a light module)
+from mechtox.train_config import (  # noqa: F401 (re-exported: they live in a module that imports nothing heavy)
+    TrainConfig,
+    lee_et_al_config,
+    seed_everything,
+)
 
 # ----------------------------------------------------------------------------- batches
 
@@ -547,15 +551,6 @@ def _read_step(stacked: Tensor, keys: list[str], gnorm: Tensor, step: int) -> tu
     if not math.isfinite(total):
         raise MechtoxError(f"the loss became {total} at step {step}; lower the learning rate")
     return total, agg, int(n_all), norm
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's generators."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False,

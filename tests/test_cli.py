@@ -85,6 +85,14 @@ def test_probe_rank_eval_directions_on_tiny(ws, tmp_path, capsys):
     ("subtract:p:lots", "'lots' is not a number"),
     ("ablate:p:-3", "K must be positive"),
     ("none:1", "none takes no arguments"),
+    ("ablate:p:5:median", "ablate takes DIRECTION:K, DIRECTION:K:zero or DIRECTION:K:mean"),
+    ("ablate:p:5:zero:7", "ablate takes DIRECTION:K"),
+    ("ablate-random:p:5:1:2", "ablate-random takes DIRECTION:K or DIRECTION:K:SEED"),
+    ("steer:p:auto", "ALPHA auto works for the subtract kinds"),
+    ("subtract:p:nan", "'nan' is not a finite number"),
+    ("scale-keys:p:5:inf", "'inf' is not a finite number"),
+    ("scale-keys:p:5", "scale-keys takes DIRECTION:K:FACTOR"),
+    ("subtract::1", "missing DIRECTION"),
 ])
 def test_bad_intervention_spec_is_one_line(ws, capsys, spec, match):
     assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "120",
@@ -188,6 +196,35 @@ print("HEAVY", heavy)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "HEAVY []" in r.stdout, r.stdout[-300:]
     assert r.stderr.count("mechtox: error:") + r.stderr.count("mechtox run: error:") >= 5
+
+
+
+def test_missing_files_pairs_and_directions_are_refused_before_transformer_lens_loads(tmp_path):
+    """A data file, pair set or direction that is not there is an error before TransformerLens (and
+    so before any model): seeding needs torch, nothing more (about 2 s instead of 8 on 2 cores)."""
+    import subprocess
+    import sys
+
+    ws = str(tmp_path / "ws")
+    script = f"""
+import sys
+from mechtox.cli import main
+bad = [["probe", "-w", {ws!r}, "--data", "/no/such/file.csv"],
+       ["probe", "-w", {ws!r}, "--eval", "nope", "--data", "/no/such/file.csv"],
+       ["train", "dpo", "-w", {ws!r}, "--pairs", "nosuch"],
+       ["train", "sft-probe", "-w", {ws!r}, "--probe", "nosuch"],
+       ["eval", "-w", {ws!r}, "-i", "none", "-i", "subtract:nosuch:1"],
+       ["rank", "-w", {ws!r}, "--probe", "nosuch"],
+       ["pairs", "-w", {ws!r}, "--direction", "nosuch"]]
+for argv in bad:
+    assert main(argv) == 2, argv
+print("HEAVY", sorted(m for m in ("transformer_lens", "transformers") if m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "HEAVY []" in r.stdout, (r.stdout[-300:], r.stderr[-1000:])
+    errors = [e for e in r.stderr.splitlines() if e.startswith("mechtox: error: ")]
+    assert len(errors) == 7, r.stderr
 
 
 def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys, monkeypatch):

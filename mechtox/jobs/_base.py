@@ -161,7 +161,7 @@ class Context:
         return not self.quiet
 
     def seed_all(self) -> None:
-        from mechtox.training import seed_everything
+        from mechtox.train_config import seed_everything
 
         seed_everything(self.seed)
 

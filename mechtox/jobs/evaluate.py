@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, option, positive
-from mechtox.specs import SPEC_FORMS
+from mechtox.specs import SPEC_FORMS, parse_spec
 
 HELP = "toxicity / perplexity / F1 / probe score under interventions"
 
@@ -36,6 +36,8 @@ class EvalJobConfig:
         positive(self.f1_prompts, "--f1-prompts", zero_ok=True)
         positive(self.max_new_tokens, "--max-new-tokens")
         positive(self.batch_size, "--batch-size")
+        for spec in self.intervention or []:
+            parse_spec(spec)  # the form of every -i, before anything loads
 
 
 @dataclass
@@ -49,18 +51,19 @@ class EvalJobResult:
 
 
 def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:
+    ws = ctx.ws
+    for name in [cfg.probe] + [parse_spec(spec).direction for spec in cfg.intervention or []]:
+        if name:
+            ws.require_direction(name)  # every direction named exists, before anything heavy loads
     from mechtox.data import data_file, load_prompts, load_text, load_wiki_samples
     from mechtox.evaluate import EvalConfig, evaluate, scorer_agreement
     from mechtox.probe import Direction
     from mechtox.scorers import get_scorer
     from mechtox.specs import build_intervention
 
-    ws = ctx.ws
     prompts = load_prompts(cfg.prompts, limit=cfg.limit)
     text_src = cfg.text or data_file("wikitext2_test.raw")
     wiki_src = cfg.wiki or data_file("wiki_samples.jsonl")
-    if cfg.probe:
-        ws.require_direction(cfg.probe)
     model = model if model is not None else ctx.load(cfg.model)
     text = load_text(text_src)
     ivs = [build_intervention(spec, model, ws, text_for_means=[text[:20000]]) for spec in cfg.intervention or ["none"]]

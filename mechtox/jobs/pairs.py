@@ -39,9 +39,6 @@ class PairsResult:
 def run(cfg: PairsConfig, ctx: Context, model=None) -> PairsResult:
     from mechtox.data import data_file, is_wiki_samples, load_pairs, load_prompts, load_wiki_samples
     from mechtox.errors import MechtoxError
-    from mechtox.probe import Direction
-    from mechtox.scorers import get_scorer
-    from mechtox.training import steered_pairs
 
     if cfg.paradetox:
         return PairsResult(cfg, load_pairs(cfg.paradetox, limit=cfg.n), "paradetox")
@@ -51,6 +48,11 @@ def run(cfg: PairsConfig, ctx: Context, model=None) -> PairsResult:
         prompts = load_wiki_samples(src, limit=cfg.n)[0]
     else:
         prompts = load_prompts(src, limit=cfg.n).prompts
+    # the direction and the prompts are checked: now TransformerLens
+    from mechtox.probe import Direction
+    from mechtox.scorers import get_scorer
+    from mechtox.training import steered_pairs
+
     model = model if model is not None else ctx.load(cfg.model)
     direction = Direction.load(ctx.ws.require_direction(cfg.direction), model)
     print(f"pairs: {len(prompts)} prompts from {src}; rejected = steered +{cfg.alpha:g} x "

@@ -88,12 +88,12 @@ class ProbeConfig:
         if (self.drop_negatives or self.match_cue) and self.eval:
             raise MechtoxError("--drop-negatives and --match-cue shape a probe's training texts: they do not go "
                                "with --eval")
-        from mechtox.probe import _pattern
+        if self.drop_negatives or self.match_cue:
+            from mechtox.probe import _pattern
 
-        if self.drop_negatives:
-            _pattern(self.drop_negatives, "--drop-negatives")
-        for cue in self.match_cue or ():
-            _pattern(cue, "--match-cue")
+            for what, pattern in [("--drop-negatives", self.drop_negatives)] + [("--match-cue", c) for c in self.match_cue or ()]:
+                if pattern:
+                    _pattern(pattern, what)
 
 
 @dataclass
@@ -112,9 +112,10 @@ def run(cfg: ProbeConfig, ctx: Context, model=None):
 
 def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     from mechtox.data import load_labelled
+
+    data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # a bad file is an error before TransformerLens loads
     from mechtox.probe import probe_sweep, split_indices, stratified_subset
 
-    data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)
     n_train = len(data) - cfg.n_test if cfg.n_train == "all" else int(cfg.n_train)
     if n_train + cfg.n_test > len(data) or n_train < 2:
         raise MechtoxError(f"{data.source} has {len(data)} rows, fewer than --n-train {cfg.n_train} + --n-test {cfg.n_test}")
@@ -192,9 +193,12 @@ class ProbeEvalResult:
 
 def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResult:
     """A saved probe scored on another labelled set (transfer), beside the offline scorer."""
+    from mechtox.data import load_labelled
+
+    ctx.ws.require_direction(cfg.eval)
+    data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # both checked before TransformerLens loads
     import pandas as pd
 
-    from mechtox.data import load_labelled
     from mechtox.probe import (
         Direction,
         ProbeScorer,
@@ -204,8 +208,6 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     )
     from mechtox.scorers import get_scorer
 
-    ctx.ws.require_direction(cfg.eval)
-    data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)
     if cfg.limit:
         data = stratified_subset(data, cfg.limit, ctx.seed)
     model = model if model is not None else ctx.load(cfg.model)

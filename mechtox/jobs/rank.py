@@ -46,6 +46,7 @@ class RankResult:
 
 
 def run(cfg: RankConfig, ctx: Context, model=None) -> RankResult:
+    ctx.ws.require_direction(cfg.probe)  # before TransformerLens loads
     from mechtox.neurons import (
         decode_neurons,
         logit_lens,
@@ -55,7 +56,6 @@ def run(cfg: RankConfig, ctx: Context, model=None) -> RankResult:
     )
     from mechtox.probe import Direction
 
-    ctx.ws.require_direction(cfg.probe)
     model = model if model is not None else ctx.load(cfg.model)
     direction = Direction.load(ctx.ws.require_direction(cfg.probe), model)
     mean_acts = None

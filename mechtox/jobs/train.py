@@ -149,17 +149,18 @@ def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str]
 
 
 def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
-    from mechtox.data import load_pairs
     from mechtox.distributed import is_main
-    from mechtox.probe import Direction, ProbeScorer
-    from mechtox.training import make_objective, rank_pairs_by_probe, train
 
     say = print if is_main() else (lambda *a, **k: None)  # under torchrun, rank 0 prints
     ws = ctx.ws
-    if cfg.needs_pairs:  # before the model loads: a missing pair set is a quick error
+    if cfg.needs_pairs:  # before torch and the model load: a missing pair set is a quick error
         ws.require_pairs(cfg.pairs)
     for n in names(cfg.probe) + names(cfg.held_out):
         ws.require_direction(n)
+    from mechtox.data import load_pairs
+    from mechtox.probe import Direction, ProbeScorer
+    from mechtox.training import make_objective, rank_pairs_by_probe, train
+
     model = model if model is not None else ctx.load(cfg.model)
     tcfg = cfg.train_config(ctx.dtype, ctx.seed)
     pairs = load_pairs(ws.require_pairs(cfg.pairs), limit=cfg.limit) if cfg.needs_pairs else None
