@@ -215,7 +215,8 @@ bad = [["probe", "-w", {ws!r}, "--data", "/no/such/file.csv"],
        ["train", "sft-probe", "-w", {ws!r}, "--probe", "nosuch"],
        ["eval", "-w", {ws!r}, "-i", "none", "-i", "subtract:nosuch:1"],
        ["rank", "-w", {ws!r}, "--probe", "nosuch"],
-       ["pairs", "-w", {ws!r}, "--direction", "nosuch"]]
+       ["pairs", "-w", {ws!r}, "--direction", "nosuch"],
+       ["attribute", "-w", {ws!r}, "--before", "base", "--after", "base"]]
 for argv in bad:
     assert main(argv) == 2, argv
 print("HEAVY", sorted(m for m in ("transformer_lens", "transformers") if m in sys.modules))
@@ -224,7 +225,7 @@ print("HEAVY", sorted(m for m in ("transformer_lens", "transformers") if m in sy
     assert r.returncode == 0, r.stderr[-2000:]
     assert "HEAVY []" in r.stdout, (r.stdout[-300:], r.stderr[-1000:])
     errors = [e for e in r.stderr.splitlines() if e.startswith("mechtox: error: ")]
-    assert len(errors) == 7, r.stderr
+    assert len(errors) == 8, r.stderr
 
 
 def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys, monkeypatch):

@@ -60,19 +60,20 @@ class AttributeResult:
 def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> AttributeResult:
     import time
 
+    from mechtox.data import load_prompts
+
+    ws = ctx.ws
+    ws.resolve_model(cfg.after)
+    ws.require_direction(cfg.direction)
+    prompts = load_prompts(cfg.prompts, limit=cfg.n)  # all three checked before TransformerLens loads
     import pandas as pd
 
     from mechtox.attribution import attribute, head_sources
-    from mechtox.data import load_prompts
     from mechtox.generation import generate
     from mechtox.models import same_architecture
     from mechtox.neurons import decode_neurons
     from mechtox.probe import Direction
 
-    ws = ctx.ws
-    ws.resolve_model(cfg.after)
-    ws.require_direction(cfg.direction)
-    prompts = load_prompts(cfg.prompts, limit=cfg.n)
     before = before if before is not None else ctx.load(cfg.before)
     after = after if after is not None else ctx.load(cfg.after)
     same_architecture(before, after)

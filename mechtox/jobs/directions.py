@@ -189,13 +189,13 @@ def inputs(cfg: DirectionsConfig, ctx: Context) -> Inputs:
     """Labelled texts (a stratified subset), prompts (filtered), text and scorer, and the prompts the
     generation-based methods fit on (after the ones the causal check evaluates on)."""
     from mechtox.data import load_labelled, load_prompts, load_text
+
+    labelled, prompts, text = load_labelled(cfg.data), load_prompts(cfg.prompts), load_text(cfg.text)  # before TL loads
     from mechtox.directions import unflagged_prompts
     from mechtox.probe import stratified_subset
     from mechtox.scorers import get_scorer
 
-    data = stratified_subset(load_labelled(cfg.data), cfg.n_texts, ctx.seed)
-    prompts = load_prompts(cfg.prompts)
-    text = load_text(cfg.text)
+    data = stratified_subset(labelled, cfg.n_texts, ctx.seed)
     scorer = get_scorer("profanity")
     removed: list[str] = []
     if cfg.prompt_filter == "unflagged":
