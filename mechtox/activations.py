@@ -112,6 +112,13 @@ class Activations:
     def numpy(self, hook_name: str) -> np.ndarray:
         return self.acts[hook_name].numpy()
 
+    def __repr__(self) -> str:
+        hooks = list(self.acts)
+        shown = ", ".join(f"{h} {list(self.acts[h].shape)}" for h in hooks[:3])
+        more = f", ... ({len(hooks)} hooks)" if len(hooks) > 3 else ""
+        tokens = f", {self.n_tokens:,} tokens" if self.pooling == "tokens" else ""
+        return f"Activations({self.n_texts:,} texts{tokens}, {self.pooling} pooling: {shown}{more})"
+
 
 def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (deterministic: stable sort)."""

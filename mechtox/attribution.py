@@ -167,6 +167,24 @@ class Attribution:
     z_after: Tensor | None = None
     """[L, H, d_head]: each head's mean z in the after model (to patch heads to)"""
 
+    def summary(self) -> str:
+        """One line: the change of the projection, what neurons and heads carry of it, the check's error."""
+        c = self.check
+        total, other = c["total_change"], c["total_change"] - c["neurons"] - c["heads"] - c["error"]
+        return (f"{self.mode} tokens, direction {self.direction!r}: the mean projection {'fell' if total >= 0 else 'rose'} "
+                f"by {abs(total):.4g} (before - after {total:+.4g} = neurons {c['neurons']:+.4g} + heads "
+                f"{c['heads']:+.4g} + other parts {other:+.4g}; error {c['error']:.1g})")
+
+    def __repr__(self) -> str:
+        return f"Attribution({self.summary()})"
+
+    def _repr_html_(self) -> str:
+        from mechtox.tables import notebook_html
+
+        return notebook_html(f"Attribution: {self.summary()}", [
+            ("neuron groups", self.groups), ("head groups", self.head_groups),
+            ("neurons, largest contribution first", self.neurons.sort_values("delta", ascending=False))])
+
 
 HEAD_GROUPS = {
     "T-": "writes toward the direction, less after (lowers the projection)",

@@ -290,6 +290,9 @@ class LabelledTexts:
         idx = np.asarray(idx)
         return LabelledTexts([self.texts[i] for i in idx], self.labels[idx], self.source)
 
+    def __repr__(self) -> str:
+        return f"LabelledTexts({len(self):,} texts, {int(np.sum(self.labels)):,} toxic, from {self.source})"
+
 
 def _to_label(value: Any, where: str, threshold: float) -> int:
     if isinstance(value, bool):
@@ -417,6 +420,13 @@ class PromptSet:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def __repr__(self) -> str:
+        from mechtox.tables import shorten
+
+        scored = ", with Perspective scores" if self.prompt_toxicity is not None else ""
+        first = f"; first: {shorten(self.prompts[0], 50)!r}" if self.prompts else ""
+        return f"PromptSet({len(self):,} prompts from {self.source}{scored}{first})"
+
     def head(self, n: int | None) -> PromptSet:
         if n is None or n >= len(self):
             return self
@@ -511,6 +521,13 @@ class PreferencePairs:
 
     def __len__(self) -> int:
         return len(self.prompt)
+
+    def __repr__(self) -> str:
+        from mechtox.tables import shorten
+
+        first = (f"; first: {shorten(self.prompt[0], 30)!r} -> chosen {shorten(self.chosen[0], 30)!r}, rejected "
+                 f"{shorten(self.rejected[0], 30)!r}") if len(self) else ""
+        return f"PreferencePairs({len(self):,} pair{'' if len(self) == 1 else 's'} from {self.source}{first})"
 
     def to_rows(self) -> list[dict[str, Any]]:
         rows = []

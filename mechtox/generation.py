@@ -32,6 +32,12 @@ class Generations:
     def __len__(self) -> int:
         return len(self.prompts)
 
+    def __repr__(self) -> str:
+        from mechtox.tables import shorten
+
+        first = f"; first: {shorten(self.prompts[0], 40)!r} -> {shorten(self.continuations[0], 40)!r}" if len(self) else ""
+        return f"Generations({len(self):,} greedy continuation{'' if len(self) == 1 else 's'}{first})"
+
 
 @torch.inference_mode()
 def generate(model: HookedTransformer, prompts: Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int = 20,

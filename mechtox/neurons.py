@@ -82,6 +82,22 @@ class NeuronRanking:
         """How many neurons have a cosine above the largest expected by chance."""
         return int((self.table["cosine"] > self.chance_range[1]).sum())
 
+    def summary(self) -> str:
+        """One line: how many neurons, against which direction, how many above chance, the top three."""
+        top = self.table.head(3)
+        tops = ", ".join(f"L{int(r.layer)} N{int(r.neuron)} {r.cosine:+.3f}" for r in top.itertuples())
+        name = f" {self.direction_name!r}" if self.direction_name else ""
+        return (f"{len(self.table):,} neurons by cosine with{name or ' the direction'}; {self.above_chance} above "
+                f"chance (> {self.chance_range[1]:.3f}); top: {tops}")
+
+    def __repr__(self) -> str:
+        return f"NeuronRanking({self.summary()})"
+
+    def _repr_html_(self) -> str:
+        from mechtox.tables import notebook_html
+
+        return notebook_html(f"NeuronRanking: {self.summary()}", [("most toxic first", self.table)])
+
 
 def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] | object,
                  mean_acts: Float[Tensor, "n_layers d_mlp"] | None = None, name: str = "",
@@ -222,6 +238,11 @@ class ToxicSVD:
     singular_values: Float[Tensor, " k"]
     cos_with_direction: Float[Tensor, " k"]
     n_neurons: int
+
+    def __repr__(self) -> str:
+        cos = ", ".join(f"{c:.2f}" for c in self.cos_with_direction[:4].tolist())
+        return (f"ToxicSVD(top {self.n_neurons} neurons, {len(self.vectors)} vectors of dim {self.vectors.shape[-1]}; "
+                f"cosine with the direction {cos}{', ...' if len(self.vectors) > 4 else ''})")
 
 
 def toxic_svd(model: HookedTransformer, ranking: NeuronRanking, direction: Float[Tensor, " d_model"] | object,

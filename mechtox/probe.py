@@ -11,6 +11,7 @@ token logits, in the fit as in scoring (:func:`fit_token_weights`).
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -57,6 +58,12 @@ class Direction:
         """The hook points read: one, or several for a probe fitted on layers together (``hook_name``
         joins them with ``+``; its weights are over their pooled activations concatenated)."""
         return tuple(self.hook_name.split("+"))
+
+    def __repr__(self) -> str:
+        auroc = self.metrics.get("test_auroc")
+        bits = [repr(self.name) if self.name else "", self.hook_name, self.method, f"dim {int(self.vector.shape[-1])}",
+                self.model_name, f"test AUROC {auroc:.3f}" if isinstance(auroc, float) and math.isfinite(auroc) else ""]
+        return f"{type(self).__name__}({', '.join(b for b in bits if b)})"
 
     @property
     def d_model(self) -> int:
@@ -131,7 +138,7 @@ class Direction:
         return d
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Probe(Direction):
     """A toxicity probe: a :class:`Direction` with classifier weights (``P(toxic) = sigmoid(x @ weight + bias)``)."""
 
@@ -577,6 +584,22 @@ class ProbeSweep:
     @property
     def best(self) -> Probe:
         return self.probes[self.best_hook]
+
+    def summary(self) -> str:
+        """One line: how many hooks, the best one and its held-out (and transfer) scores."""
+        row = self.table[self.table["hook"] == self.best_hook].iloc[0]
+        scores = [f"{name} {row[col]:.3f}" for col, name in (("test_auroc", "test AUROC"), ("test_accuracy", "accuracy"),
+                                                              ("transfer_auroc", "transfer AUROC")) if col in row]
+        sizes = f"; {int(row['n_train'])} train / {int(row['n_test'])} test" if "n_train" in row else ""
+        return f"{len(self.table)} hooks, best {self.best_hook}: {', '.join(scores)}{sizes}"
+
+    def __repr__(self) -> str:
+        return f"ProbeSweep({self.summary()})"
+
+    def _repr_html_(self) -> str:
+        from mechtox.tables import notebook_html
+
+        return notebook_html(f"ProbeSweep: {self.summary()}", [("one probe per hook", self.table)], max_rows=100)
 
     def choose(self, save: str = "best") -> str:
         """The hook of the probe to keep: ``"best"`` (by the sweep's selection metric), ``"final"``

@@ -29,3 +29,25 @@ def markdown(df: pd.DataFrame, columns: Sequence[str] | None = None, digits: int
     for row in df.itertuples(index=False):
         lines.append("| " + " | ".join(_fmt(v, digits) for v in row) + " |")
     return "\n".join(lines)
+
+
+def notebook_html(title: str, tables: Sequence[tuple[str, pd.DataFrame]] = (), max_rows: int = 12,
+                  digits: int = 3) -> str:
+    """What Jupyter shows for a result object: its one-line summary, then its tables (the first
+    ``max_rows`` rows each, numbers to ``digits`` significant places)."""
+    import html
+
+    parts = [f"<p><b>{html.escape(title)}</b></p>"]
+    for caption, df in tables:
+        if df is None or df.empty:
+            continue
+        more = f" (first {max_rows} of {len(df):,} rows)" if len(df) > max_rows else ""
+        body = df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0)
+        parts.append(f"<p>{html.escape(caption + more)}</p>{body}")
+    return "\n".join(parts)
+
+
+def shorten(text: str, n: int = 60) -> str:
+    """``text`` on one line, cut to ``n`` characters (with an ellipsis)."""
+    one = " ".join(str(text).split())
+    return one if len(one) <= n else one[: n - 1] + "…"
