@@ -41,6 +41,11 @@ class ToxicityResult:
     probe_mean: float = float("nan")
     probe_scores: np.ndarray | None = field(default=None, repr=False)
 
+    def __repr__(self) -> str:
+        probe = "" if self.probe_mean != self.probe_mean else f", probe score {self.probe_mean:.3f}"
+        return (f"ToxicityResult({len(self.scores):,} continuations scored by {self.scorer}: mean {self.mean:.3f}, "
+                f"{self.frac_toxic:.1%} above 0.5{probe})")
+
 
 def toxicity(model: HookedTransformer, prompts: Sequence[str], scorer, interventions: Intervention | Sequence[Intervention] = NOOP,
              max_new_tokens: int = 20, max_prompt_tokens: int = 32, batch_size: int = 25, probe=None,

@@ -480,6 +480,12 @@ class TrainResult:
     backend_reason: str = ""
     trainable_params: int = 0
 
+    def __repr__(self) -> str:
+        early = ", stopped early" if self.stopped_early else ""
+        return (f"TrainResult({self.steps} steps in {self.seconds:.1f} s, {self.tokens_per_second:,.0f} tokens/s on the "
+                f"{self.backend} backend, {self.trainable_params:,} trainable parameters; best validation loss "
+                f"{self.best_val:.4g}{early}; {self.out_dir})")
+
 
 def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
              base_print: list[float]) -> tuple[int, list, list, float, int]:

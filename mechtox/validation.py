@@ -66,6 +66,18 @@ class AblationComparison:
     table: pd.DataFrame
     baseline: dict[str, float]
 
+    def summary(self) -> str:
+        base = ", ".join(f"{k} {v:.3f}" for k, v in self.baseline.items())
+        return f"{len(self.table)} ablations against the unablated model ({base})"
+
+    def __repr__(self) -> str:
+        return f"AblationComparison({self.summary()})"
+
+    def _repr_html_(self) -> str:
+        from mechtox.tables import notebook_html
+
+        return notebook_html(f"AblationComparison: {self.summary()}", [("per method and k", self.table)], max_rows=50)
+
 
 def causal_validation(model: HookedTransformer, rankings: dict[str, pd.DataFrame], prompts: Sequence[str], scorer,
                       ks: Sequence[int] = (10, 100, 1000), random_ks: Sequence[int] = (100,), draws: int = 3,

@@ -66,6 +66,7 @@ def test_token_log_odds_finds_toxic_tokens(tiny_llama):
     row = stats.iloc[0]
     assert row["toxic_docs"] > 0 and row["nontoxic_docs"] == 0 and row["z"] > 2
     sets = token_sets(stats, k=6)
+    assert repr(sets) == f"TokenSets({len(sets.toxic)} toxic and {len(sets.nontoxic)} non-toxic token ids)"
     assert sets.strings(tiny_llama) and len(sets.toxic) == len(sets.nontoxic) == 6
     with pytest.raises(MechtoxError, match="pass the count and log-odds filters"):
         token_sets(stats, k=1000)
@@ -343,6 +344,7 @@ def test_rerank_by_attribution_keeps_the_cosine_top_and_orders_it_by_score():
 
     scores = torch.tensor([[0.5, -1.0, 2.0], [0.1, 3.0, 0.0]])
     att = NeuronAttribution(scores, torch.tensor([[1.0, 2.0, -3.0], [4.0, 5.0, 6.0]]), 2, 7)
+    assert repr(att) == "NeuronAttribution(2 layers x 3 neurons over 2 continuations, 7 toxic-word tokens; top L1 N1 score 3)"
     table = pd.DataFrame({"layer": [0, 1, 0, 1, 0, 1], "neuron": [1, 0, 0, 2, 2, 1],
                           "cosine": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "rank": range(6)})
     out = rerank_by_attribution(table, att, top_n=4)

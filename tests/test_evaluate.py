@@ -50,6 +50,8 @@ def test_toxicity_scores_continuations_alone(tiny):
     res = toxicity(tiny, PROMPTS, CountScorer(), max_new_tokens=6, progress=False)
     np.testing.assert_allclose(res.scores, CountScorer()(res.generations.continuations))
     assert res.mean == pytest.approx(res.scores.mean())
+    assert repr(res) == (f"ToxicityResult({len(PROMPTS)} continuations scored by {res.scorer}: mean {res.mean:.3f}, "
+                         f"{res.frac_toxic:.1%} above 0.5)")
 
 
 def test_evaluate_table_under_interventions(tiny):

@@ -110,6 +110,9 @@ def test_short_run_lowers_loss_and_writes_metrics(tiny, tmp_path):
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 12 and "rewards/margins" in lines[0]
     assert [v["step"] for v in res.val_history] == [4, 8, 12]
+    line = repr(res)  # a notebook shows one line, not the history
+    assert "\n" not in line and line.startswith(f"TrainResult(12 steps in {res.seconds:.1f} s, ")
+    assert f"best validation loss {res.best_val:.4g}; {tmp_path / 'run'})" in line
 
 
 def test_resume_after_interruption_gives_identical_weights(tmp_path):

@@ -39,6 +39,8 @@ def test_drop_is_base_minus_ablated_and_random_draws_avoid_the_ranked_neurons(ri
     row = res.table.iloc[0]
     assert row["drop"] == pytest.approx(base - ablated, abs=1e-12) and base != ablated
     assert len(seen) == 2
+    assert repr(res).startswith(f"AblationComparison({len(res.table)} ablations against the unablated model (")
+    assert "<table" in res._repr_html_()
     ranked = set(map(tuple, top.to_numpy().tolist()))
     for rnd in seen:
         assert not set(map(tuple, rnd[["layer", "neuron"]].to_numpy().tolist())) & ranked

@@ -35,6 +35,12 @@ class NeuronAttribution:
     n_tokens: int
     token_scores: Float[Tensor, "n_layers d_mlp"] | None = None
 
+    def __repr__(self) -> str:
+        L, d = self.scores.shape
+        flat = int(self.scores.argmax())
+        return (f"NeuronAttribution({L} layers x {d} neurons over {self.n_sequences} continuations, {self.n_tokens} "
+                f"toxic-word tokens; top L{flat // d} N{flat % d} score {float(self.scores.max()):.4g})")
+
     def table(self) -> pd.DataFrame:
         """All neurons, highest score first: ``layer, neuron, score, mean_act, rank``."""
         L, M = self.scores.shape

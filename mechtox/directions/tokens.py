@@ -61,6 +61,9 @@ class TokenSets:
     nontoxic: list[int]
     table: pd.DataFrame | None = None
 
+    def __repr__(self) -> str:
+        return f"TokenSets({len(self.toxic)} toxic and {len(self.nontoxic)} non-toxic token ids)"
+
     def strings(self, model: HookedTransformer, which: str = "toxic") -> list[str]:
         return [model.tokenizer.decode([t]) for t in (self.toxic if which == "toxic" else self.nontoxic)]
 
