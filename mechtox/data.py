@@ -167,6 +167,9 @@ def _default(role: str, source: str | os.PathLike[str] | None) -> str | os.PathL
 def _resolve(source: str | os.PathLike[str]) -> Path | None:
     """A local path for ``source`` or None when it should be an HF id."""
     s = str(source)
+    if not s.strip():
+        raise DataError("the data source is empty; leave the flag out (None in Python) for the default file, or pass a "
+                        "path, data:NAME or an HF id")
     if s.startswith("builtin:"):
         announce(_TOY_LINE)
         return builtin_path(s.split(":", 1)[1])

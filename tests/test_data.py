@@ -69,6 +69,12 @@ def test_a_bare_name_of_a_data_folder_file_says_to_write_data_name(tmp_path, mon
         D.load_labelled("nope.csv")
 
 
+@pytest.mark.parametrize("loader", ["load_labelled", "load_prompts", "load_pairs", "load_text"])
+def test_an_empty_source_says_so_and_how_to_get_the_default(loader):
+    with pytest.raises(DataError, match=r"^the data source is empty; leave the flag out"):
+        getattr(D, loader)("  ")
+
+
 def test_hf_id_failing_on_a_reachable_hub_is_clear(monkeypatch):
     import datasets
 
