@@ -24,18 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mechtox",
         description="Mechanistic interpretability of toxicity: probes, toxic neurons, interventions, "
                     "DPO attribution. A MODEL is a workspace alias (base, dpo...), a TransformerLens "
-                    "model name, smollm2-135m-instruct (offline default) or a path.",
+                    "model name, smollm2-135m-instruct (offline default) or a path. The options below "
+                    "(-w, -q, --seed, --device, --dtype) go before or after COMMAND.",
     )
-    parser.add_argument("--workspace", "-w", dest="global_workspace", default=None, metavar="DIR",
-                        help="workspace directory (also accepted after the command)")
+    add_options(parser, Context, absent_unless_given=True)
     parser.add_argument("--version", action=_Version,
                         help="mechtox's version and those of the libraries it runs on (for bug reports)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (job, config) in COMMANDS.items():
         p = sub.add_parser(name, help=job.HELP)
-        add_options(p, Context)
+        add_options(p, Context, absent_unless_given=True)  # given after COMMAND, it wins over before
         add_options(p, config)
     return parser
+
+
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The parsed command line; the common options (:class:`~mechtox.jobs.Context`) are set only
+    where given, before or after the command (their defaults come from the dataclass)."""
+    return build_parser().parse_args(list(argv) if argv is not None else None)
 
 
 def versions() -> str:
@@ -80,14 +86,11 @@ def _unexpected(e: BaseException) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
+    args = parse(argv)
     if not args.command:
-        parser.print_help()
+        build_parser().print_help()
         return 0
-    if args.workspace is None:
-        args.workspace = args.global_workspace
-    if args.quiet:
+    if getattr(args, "quiet", False):
         os.environ.setdefault("TQDM_DISABLE", "1")
     job, config = COMMANDS[args.command]
     try:

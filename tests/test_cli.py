@@ -165,6 +165,23 @@ def test_every_help_page_renders(command, capsys):
     assert "usage: mechtox" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv,want", [
+    (["probe"], dict(workspace=None, seed=0, quiet=False, device=None, dtype="float32")),
+    (["-q", "--seed", "3", "-w", "A", "probe"], dict(workspace="A", seed=3, quiet=True)),
+    (["probe", "-q", "--seed", "3", "-w", "A"], dict(workspace="A", seed=3, quiet=True)),
+    (["-w", "A", "--seed", "3", "probe", "-w", "B"], dict(workspace="B", seed=3)),   # after COMMAND wins
+    (["--dtype", "bfloat16", "train", "dpo", "--seed", "5"], dict(dtype="bfloat16", seed=5)),
+])
+def test_common_options_go_before_or_after_the_command(argv, want, tmp_path, monkeypatch):
+    from mechtox.cli import parse
+    from mechtox.jobs import Context
+    from mechtox.jobs._base import from_args
+
+    monkeypatch.chdir(tmp_path)
+    ctx = from_args(Context, parse(argv))
+    assert {k: getattr(ctx, k) for k in want} == want
+
+
 def test_help_version_and_flag_checks_import_no_torch():
     """`mechtox --help`, every `COMMAND --help`, `--version` and a bad flag's error come from the parser
     and the configs alone: torch and TransformerLens (6-8 s to import on 2 cores) are not imported."""

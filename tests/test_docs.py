@@ -130,19 +130,18 @@ def documented_commands() -> list[tuple[str, str, list[str]]]:
 def test_every_documented_command_parses_and_passes_its_checks(monkeypatch, capsys):
     """A flag renamed or removed, or a value a config refuses, breaks the commands people copy from
     the docs (results.md alone has dozens): each must parse and build its config as written."""
-    from mechtox.cli import build_parser
+    from mechtox.cli import parse
     from mechtox.jobs import COMMANDS, Context
     from mechtox.jobs._base import from_args
 
     commands = documented_commands()
     assert len(commands) > 50
-    parser, bad = build_parser(), []
+    bad = []
     for where, world, argv in commands:
         monkeypatch.setenv("WORLD_SIZE", world)  # what torchrun --nproc_per_node sets
         try:
-            args = parser.parse_args(argv)
+            args = parse(argv)
             if args.command:
-                args.workspace = args.workspace or args.global_workspace
                 from_args(Context, args)
                 from_args(COMMANDS[args.command][1], args)
         except SystemExit:

@@ -31,8 +31,10 @@ def option(default: Any = None, help: str | None = None, *, flags: Sequence[str]
     return dataclasses.field(default=default, metadata={"cli": meta})
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """Add an argparse option for every :func:`option` field of the dataclass ``cls``, in order."""
+def add_options(parser: argparse.ArgumentParser, cls: type, absent_unless_given: bool = False) -> None:
+    """Add an argparse option for every :func:`option` field of the dataclass ``cls``, in order.
+    ``absent_unless_given``: an option left out sets nothing (the config's default applies), so the
+    same option can be given before a subcommand or after it."""
     for f in dataclasses.fields(cls):
         meta = f.metadata.get("cli")
         if meta is None:
@@ -46,6 +48,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         flags = meta["flags"] or ("--" + f.name.replace("_", "-"),)
         if flags[0].lstrip("-").replace("-", "_") != f.name:
             kw["dest"] = f.name
+        if absent_unless_given:
+            kw["default"] = argparse.SUPPRESS
         if isinstance(f.default, bool):
             parser.add_argument(*flags, action="store_true", **kw)
             continue
@@ -57,7 +61,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
                 kw[k] = meta[k]
         if meta["required"]:
             kw["required"] = True
-        else:
+        elif not absent_unless_given:
             kw["default"] = f.default
         if meta["append"]:
             kw["action"] = "append"
@@ -140,9 +144,9 @@ class Context:
     """The options every command takes: where results go and how models run."""
 
     workspace: str | None = option(None, "workspace directory (default: $MECHTOX_HOME or ./mechtox-runs)",
-                                   flags=("--workspace", "-w"))
+                                   flags=("--workspace", "-w"), metavar="DIR")
     device: str | None = option(None, "torch device (default: cuda when available, else cpu)")
-    dtype: str = option("float32", choices=["float32", "bfloat16", "float16"])
+    dtype: str = option("float32", "precision the models run in (default float32)", choices=["float32", "bfloat16", "float16"])
     seed: int = option(0, "seed for every random choice (default 0)")
     quiet: bool = option(False, "no progress bars", flags=("--quiet", "-q"))
 
