@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # only DataFrames' methods are used: listing a workspace needs no pandas
+    import pandas as pd
 
 
 def _fmt(v: object, digits: int) -> str:
@@ -24,9 +26,13 @@ def markdown(df: pd.DataFrame, columns: Sequence[str] | None = None, digits: int
         df = df[list(columns)]
     if max_rows is not None:
         df = df.head(max_rows)
-    cols = [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    for row in df.itertuples(index=False):
+    return markdown_rows([str(c) for c in df.columns], df.itertuples(index=False), digits)
+
+
+def markdown_rows(columns: Sequence[str], rows, digits: int = 3) -> str:
+    """Rows (sequences of values, in the order of ``columns``) as a markdown table."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
         lines.append("| " + " | ".join(_fmt(v, digits) for v in row) + " |")
     return "\n".join(lines)
 

@@ -137,11 +137,36 @@ def test_cli_help_lists_subcommands(capsys):
 
 
 def test_cli_models_lists_workspace(tmp_path, tiny, capsys):
+    import json
+
+    import numpy as np
+
+    from mechtox.probe import fit_probe
+
     ws = tmp_path / "ws"
+    assert main(["models", "-w", str(ws)]) == 0
+    assert "nothing else yet" in capsys.readouterr().out and not ws.exists()  # listing creates nothing
     M.save_checkpoint(tiny, ws / "models" / "dpo")
+    X = np.random.default_rng(0).normal(size=(40, tiny.cfg.d_model))
+    fit_probe(X, (X[:, 0] > 0).astype(int), "blocks.1.hook_resid_post", name="p").save(ws / "directions" / "p")
+    (ws / "pairs").mkdir()
+    (ws / "pairs" / "pp.jsonl").write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n' * 7)
+    (ws / "runs" / "r1" / "sub").mkdir(parents=True)
+    (ws / "runs" / "r1" / "a.md").write_text("x")
+    (ws / "runs" / "r1" / "sub" / "b.json").write_text("{}")
+    for name, step in (("dpo", 40), ("sft", 12)):
+        (ws / "training" / name / "state").mkdir(parents=True)
+        (ws / "training" / name / "state" / "trainer.json").write_text(json.dumps({"step": step,
+                                                                                   "config": {"max_steps": 40}}))
     assert main(["models", "-w", str(ws)]) == 0
     out = capsys.readouterr().out
-    assert "base -> smollm2-135m-instruct" in out and "model dpo" in out
+    assert "base -> smollm2-135m-instruct" in out
+    assert "\n| dpo | tiny |" in out and "models (1)" in out
+    auroc = json.loads((ws / "directions" / "p" / "direction.json").read_text())["metrics"]["test_auroc"]
+    assert f"| p | probe | blocks.1.hook_resid_post | logreg | {auroc:.3f} |  |" in out
+    assert "| pp | 7 |" in out and "| r1 | 2 |" in out
+    assert "| dpo | 40 of 40 | saved as a model |" in out
+    assert "| sft | 12 of 40 | interrupted: mechtox train ... --out sft --resume |" in out
 
 
 def test_invalid_alias_name(workspace):
@@ -194,7 +219,7 @@ print("HEAVY", sorted(m for m in ("torch", "transformer_lens", "transformers", "
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "HEAVY []" in r.stdout and "model dpo" in r.stdout and "base is now dpo" in r.stdout, r.stdout[-500:]
+    assert "HEAVY []" in r.stdout and "| dpo | tiny |" in r.stdout and "base is now dpo" in r.stdout, r.stdout[-500:]
     errors = r.stderr.strip().splitlines()
     assert len(errors) == 5 and all(e.startswith("mechtox: error: ") for e in errors), errors
     assert "no model 'nope-model'" in errors[0] and "neither a mechtox checkpoint" in errors[1]

@@ -1,8 +1,13 @@
-"""``mechtox models``: list the workspace's models, directions, pair sets and runs (or set the base)."""
+"""``mechtox models``: list the workspace's models, directions, pair sets, runs and training states
+(or set the base), as tables read from their small JSON files (no model loads, nothing heavy imports)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
 
 from mechtox.jobs._base import Context, option
 
@@ -19,25 +24,70 @@ class ModelsConfig:
 class ModelsResult:
     root: str
     base: str
-    lines: list[str]
+    tables: dict[str, tuple[list[str], list[list[Any]]]] = field(default_factory=dict)
+    """section -> (columns, rows)"""
     new_base: str | None = None
 
 
 def run(cfg: ModelsConfig, ctx: Context) -> ModelsResult:
-    from mechtox.model_files import checkpoint_info
-
     ws = ctx.ws
     if cfg.set_base:
         ws.resolve_model(cfg.set_base)
         ws.set_base(cfg.set_base)
-    lines = []
+    return ModelsResult(str(ws.root), ws.base_spec, listing(ws), cfg.set_base)
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}  # half-written or foreign: listed with blanks rather than failing the listing
+
+
+def _when(stamp: str | float | None) -> str:
+    if isinstance(stamp, (int, float)):
+        return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M")
+    return (stamp or "").replace("T", " ")[:16]
+
+
+def listing(ws) -> dict[str, tuple[list[str], list[list[Any]]]]:
+    """What the workspace holds, one table per kind (empty kinds left out)."""
+    from mechtox.model_files import checkpoint_info
+
+    nan = float("nan")
+    models = []
     for name in ws.models()[1:]:
         info = checkpoint_info(ws.model_dir(name))
-        lines.append(f"  model {name}: {info['cfg'].get('model_name')} ({info.get('saved_at', '')})")
-    lines += [f"  direction {n}" for n in ws.directions()]
-    lines += [f"  pairs {n}" for n in ws.pairs()]
-    lines += [f"  run {n}" for n in ws.runs()]
-    return ModelsResult(str(ws.root), ws.base_spec, lines, cfg.set_base)
+        models.append([name, info.get("cfg", {}).get("model_name", ""), info.get("trained_from", ""),
+                       info.get("objective", ""), info.get("steps", ""), info.get("best_val_loss", nan),
+                       _when(info.get("saved_at"))])
+    directions = []
+    for name in ws.directions():
+        d = _json(ws.direction_dir(name) / "direction.json")
+        directions.append([name, d.get("kind", ""), d.get("hook_name", ""), d.get("method", ""),
+                           d.get("metrics", {}).get("test_auroc", nan), d.get("model_name", "")])
+    pairs = []
+    for name in ws.pairs():
+        path = ws.pairs_path(name)
+        with open(path, "rb") as f:
+            pairs.append([name, sum(1 for line in f if line.strip()), _when(path.stat().st_mtime)])
+    runs = []
+    for name in ws.runs():
+        files = [p for p in ws.run_dir(name).rglob("*") if p.is_file()]
+        runs.append([name, len(files), _when(max((p.stat().st_mtime for p in files), default=None))])
+    states = []
+    for d in sorted(p for p in (ws.root / "training").glob("*") if (p / "state" / "trainer.json").is_file()):
+        t = _json(d / "state" / "trainer.json")
+        of = t.get("config", {}).get("max_steps", "?")
+        saved = d.name in ws.models()
+        states.append([d.name, f"{t.get('step', '?')} of {of}", "saved as a model" if saved else
+                       f"interrupted: mechtox train ... --out {d.name} --resume"])
+    out = {"models": (["name", "architecture", "trained from", "objective", "steps", "best val loss", "saved"], models),
+           "directions and probes": (["name", "kind", "hook", "method", "test AUROC", "model"], directions),
+           "pair sets": (["name", "pairs", "written"], pairs),
+           "runs": (["name", "files", "last written"], runs),
+           "training states": (["name", "step", "status"], states)}
+    return {k: v for k, v in out.items() if v[1]}
 
 
 def write(res: ModelsResult, ctx: Context) -> None:
@@ -45,5 +95,12 @@ def write(res: ModelsResult, ctx: Context) -> None:
 
 
 def summary(res: ModelsResult, ctx: Context) -> str:
-    head = [f"base is now {res.new_base}"] if res.new_base else []
-    return "\n".join(head + [f"workspace: {res.root}", f"base -> {res.base}"] + res.lines)
+    from mechtox.tables import markdown_rows
+
+    lines = [f"base is now {res.new_base}"] if res.new_base else []
+    lines += [f"workspace: {res.root}", f"base -> {res.base}"]
+    for title, (columns, rows) in res.tables.items():
+        lines += ["", f"{title} ({len(rows)})", markdown_rows(columns, rows)]
+    if not res.tables:
+        lines.append("(nothing else yet: start with `mechtox probe` or `mechtox run`)")
+    return "\n".join(lines)
