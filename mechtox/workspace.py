@@ -172,7 +172,8 @@ class Workspace:
             return ModelRef(spec, "pretrained", spec, spec)
         have = ", ".join(self.models())
         how = _CREATORS.get(spec, f"mechtox train dpo --out {spec}" if _NAME_RE.match(spec) else "")
-        hint = f"; create it with `{how}`" if how else ""
+        near = M.closest(spec, [*self.models(), *M.known_model_names()])
+        hint = f"; did you mean {near!r}?" if near else f"; create it with `{how}`" if how else ""
         raise ModelNotFoundError(
             f"no model {spec!r} in {self.root} (it has: {have}) and it is no TransformerLens "
             f"model name or path{hint}"
@@ -205,11 +206,13 @@ class Workspace:
     def require_direction(self, name: str) -> Path:
         d = self.direction_dir(name)
         if not (d / "direction.json").is_file():
+            from mechtox.model_files import closest
+
             have = ", ".join(self.directions()) or "none"
-            raise MechtoxError(
-                f"no direction or probe {name!r} in {self.root} (it has: {have}); "
-                f"create it with `mechtox probe --out {name}` or `mechtox directions`"
-            )
+            near = closest(name, self.directions())
+            how = (f"did you mean {near!r}?" if near else
+                   f"create it with `mechtox probe --out {name}` or `mechtox directions`")
+            raise MechtoxError(f"no direction or probe {name!r} in {self.root} (it has: {have}); {how}")
         return d
 
     def require_pairs(self, name: str) -> Path:
@@ -218,9 +221,11 @@ class Workspace:
             return p
         path = self.pairs_path(name)
         if not path.is_file():
+            from mechtox.model_files import closest
+
             have = ", ".join(self.pairs()) or "none"
-            raise MechtoxError(
-                f"no pairs {name!r} in {self.root} (it has: {have}); create them with "
-                f"`mechtox pairs --model base --out {name}` or pass a .jsonl/.tsv path"
-            )
+            near = closest(name, self.pairs())
+            how = (f"did you mean {near!r}?" if near else
+                   f"create them with `mechtox pairs --model base --out {name}` or pass a .jsonl/.tsv path")
+            raise MechtoxError(f"no pairs {name!r} in {self.root} (it has: {have}); {how}")
         return path

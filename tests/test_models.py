@@ -1,11 +1,12 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from mechtox import models as M
 from mechtox.cli import main
-from mechtox.errors import IncompatibleError, ModelNotFoundError
+from mechtox.errors import IncompatibleError, MechtoxError, ModelNotFoundError
 
 
 def test_tiny_model_builds_with_tokenizer(tiny):
@@ -137,10 +138,6 @@ def test_cli_help_lists_subcommands(capsys):
 
 
 def test_cli_models_lists_workspace(tmp_path, tiny, capsys):
-    import json
-
-    import numpy as np
-
     from mechtox.probe import fit_probe
 
     ws = tmp_path / "ws"
@@ -246,3 +243,25 @@ def test_official_name_offline_and_not_cached_is_one_line_at_once(tmp_path, caps
     code = main(["eval", "-w", str(tmp_path / "ws"), "--model", "gpt2-medium", "--limit", "2"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "smollm2-135m-instruct" in err, err
+
+
+def test_a_typo_gets_the_name_it_was_probably_meant_to_be(workspace, tiny, capsys):
+    M.save_checkpoint(tiny, workspace.model_dir("dpo-probe"))
+    for typo, meant in (("smollm2-135m-instrct", "smollm2-135m-instruct"), ("GPT2-Medum", "gpt2-medium"),
+                        ("dpo-prob", "dpo-probe")):
+        with pytest.raises(ModelNotFoundError, match=f"; did you mean '{meant}'\\?$"):
+            workspace.resolve_model(typo)
+    with pytest.raises(ModelNotFoundError, match="create it with `mechtox train dpo --out zzqx`$"):
+        workspace.resolve_model("zzqx")  # nothing near: how to make it instead
+    from mechtox.probe import fit_probe
+
+    X = np.random.default_rng(0).normal(size=(30, tiny.cfg.d_model))
+    fit_probe(X, (X[:, 0] > 0).astype(int), "blocks.0.hook_resid_post").save(workspace.direction_dir("probe-tok"))
+    with pytest.raises(MechtoxError, match="did you mean 'probe-tok'\\?$"):
+        workspace.require_direction("probe_tok")
+    workspace.pairs_path("pairs").parent.mkdir(parents=True)
+    workspace.pairs_path("paradetox").write_text("")
+    with pytest.raises(MechtoxError, match="did you mean 'paradetox'\\?$"):
+        workspace.require_pairs("paradetx")
+    with pytest.raises(MechtoxError, match="or pass a .jsonl/.tsv path$"):
+        workspace.require_pairs("zzqx")
