@@ -40,8 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The parsed command line; the common options (:class:`~mechtox.jobs.Context`) are set only
-    where given, before or after the command (their defaults come from the dataclass)."""
-    return build_parser().parse_args(list(argv) if argv is not None else None)
+    where given, before or after the command (their defaults come from the dataclass). An unknown
+    option is an error that names the option it was probably meant to be."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
+    if extra:
+        from mechtox.model_files import closest
+
+        sub = parser
+        if getattr(args, "command", None):
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]
+        known = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+        near = {x: closest(x.split("=", 1)[0], known, cutoff=0.7) for x in extra if x.startswith("--")}
+        hints = [f"{n} (for {x})" if len(near) > 1 else n for x, n in near.items() if n]
+        sub.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; did you mean {', '.join(hints)}?" if hints else ""))
+    return args
 
 
 def versions() -> str:

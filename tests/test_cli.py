@@ -182,6 +182,21 @@ def test_common_options_go_before_or_after_the_command(argv, want, tmp_path, mon
     assert {k: getattr(ctx, k) for k in want} == want
 
 
+@pytest.mark.parametrize("argv,end", [
+    (["probe", "--n-trian", "5"], "unrecognized arguments: --n-trian 5; did you mean --n-train?"),
+    (["-q", "train", "dpo", "--lora-rank", "8"], "unrecognized arguments: --lora-rank 8; did you mean --lora-r?"),
+    (["probe", "--quite", "--n-tset=4", "--zzzz"],
+     "--quite --n-tset=4 --zzzz; did you mean --quiet (for --quite), --n-test (for --n-tset=4)?"),
+    (["eval", "--zzzz"], "unrecognized arguments: --zzzz"),
+])
+def test_a_mistyped_option_is_refused_with_the_option_it_was_meant_to_be(argv, end, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    command = next(a for a in argv if not a.startswith("-"))
+    assert e.value.code == 2 and err.endswith(end) and err.splitlines()[-1].startswith(f"mechtox {command}: error: ")
+
+
 def test_help_version_and_flag_checks_import_no_torch():
     """`mechtox --help`, every `COMMAND --help`, `--version` and a bad flag's error come from the parser
     and the configs alone: torch and TransformerLens (6-8 s to import on 2 cores) are not imported."""
