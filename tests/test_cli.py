@@ -260,6 +260,63 @@ print("HEAVY", sorted(m for m in ("transformer_lens", "transformers") if m in sy
     assert len(errors) == 8, r.stderr
 
 
+@pytest.mark.parametrize("argv", [
+    ["train", "dpo", "--pairs", "my pairs.jsonl", "--steps", "7", "-q", "--seed", "3", "--lora-r", "8", "--out", "x"],
+    ["-w", "some ws", "eval", "-i", "none", "-i", "subtract:p:2", "--limit", "5", "--model", "gpt2-medium@w.pt"],
+    ["probe", "--layers", "15,18", "--C", "cv", "--match-cue", "you", "--match-cue", "exclaim", "--pooling", "tokens"],
+    ["--dtype", "bfloat16", "attribute", "--before", "base", "--after", "dpo", "--mode", "shared"],
+])
+def test_command_line_rebuilds_the_command_that_makes_a_config(argv, tmp_path, monkeypatch):
+    """jobs._base.command_line (what the resume hint prints) against the parser: the line it writes
+    parses back into the same config and context."""
+    import shlex
+
+    from mechtox.cli import parse
+    from mechtox.jobs import COMMANDS, Context
+    from mechtox.jobs._base import command_line, from_args
+
+    monkeypatch.chdir(tmp_path)
+    a = parse(argv)
+    ctx, cfg = from_args(Context, a), from_args(COMMANDS[a.command][1], a)
+    line = command_line(a.command, cfg, ctx)
+    assert line.startswith(f"mechtox {a.command} ")
+    b = parse(shlex.split(line)[1:])
+    assert from_args(COMMANDS[b.command][1], b) == cfg and from_args(Context, b) == ctx
+
+
+def test_an_interrupted_training_says_how_to_continue_and_that_command_finishes_it(ws, tmp_path, capsys, monkeypatch):
+    """Ctrl-C after a checkpoint: the printed command (also in `mechtox models`) resumes the run to
+    its last step."""
+    import shlex
+
+    from mechtox import training as T
+    from tests.test_training import pairs
+
+    p = pairs(12)
+    pair_file = tmp_path / "pp.jsonl"
+    pair_file.write_text("".join(json.dumps({"prompt": a, "chosen": b, "rejected": c}) + "\n"
+                                 for a, b, c in zip(p.prompt, p.chosen, p.rejected, strict=True)))
+    real = T.train
+
+    def killed(*args, **kw):  # Ctrl-C after step 3 (the checkpoint is at step 2)
+        real(*args, **kw, stop_after=3)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(T, "train", killed)
+    argv = ["train", "dpo", "-w", ws, "-q", "--model", "tiny", "--pairs", str(pair_file), "--steps", "5",
+            "--batch-size", "4", "--checkpoint-every", "2", "--goodhart-n", "0", "--lr", "0.001"]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    line = err.split("continue with: ")[1].splitlines()[0]
+    assert err.strip().endswith("mechtox: interrupted") and line.endswith(" --resume")
+    assert main(["models", "-w", ws]) == 0
+    assert f"| dpo | 2 of 5 | interrupted: continue with `{line}` |" in capsys.readouterr().out
+    monkeypatch.setattr(T, "train", real)
+    assert main(shlex.split(line)[1:]) == 0
+    meta = json.loads((tmp_path / "ws" / "models" / "dpo" / "config.json").read_text())
+    assert meta["steps"] == 5 and meta["config"]["lr"] == 0.001
+
+
 def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys, monkeypatch):
     from tests.test_training import pairs
 

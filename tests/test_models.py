@@ -163,7 +163,7 @@ def test_cli_models_lists_workspace(tmp_path, tiny, capsys):
     assert f"| p | probe | blocks.1.hook_resid_post | logreg | {auroc:.3f} |  |" in out
     assert "| pp | 7 |" in out and "| r1 | 2 |" in out
     assert "| dpo | 40 of 40 | saved as a model |" in out
-    assert "| sft | 12 of 40 | interrupted: mechtox train ... --out sft --resume |" in out
+    assert "| sft | 12 of 40 | interrupted: continue with `mechtox train ... --out sft --resume` |" in out
 
 
 def test_invalid_alias_name(workspace):

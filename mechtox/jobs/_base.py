@@ -68,6 +68,37 @@ def add_options(parser: argparse.ArgumentParser, cls: type, absent_unless_given:
         parser.add_argument(*flags, **kw)
 
 
+def command_line(command: str, config: Any, ctx: Any = None, **extra: Any) -> str:
+    """The ``mechtox`` command that makes ``config`` (and ``ctx``): the positional fields, then every
+    option whose value differs from its default, then ``extra`` (``resume=True`` -> ``--resume``);
+    quoted for a POSIX shell. Fields that are not options are left out."""
+    import shlex
+
+    argv = ["mechtox", command]
+    values = [(f, getattr(config, f.name)) for f in dataclasses.fields(config)]
+    if ctx is not None:
+        values += [(f, getattr(ctx, f.name)) for f in dataclasses.fields(ctx)]
+    argv += [str(v) for f, v in values if f.metadata.get("cli", {}).get("positional")]
+    for f, value in values:
+        meta = f.metadata.get("cli")
+        if meta is None or meta["positional"] or value == f.default:
+            continue
+        flag_ = (meta["flags"] or ("--" + f.name.replace("_", "-"),))[0]
+        if value is True:
+            argv.append(flag_)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                argv += [flag_, str(v)]
+        elif value is not None and value is not False:
+            argv += [flag_, str(value)]
+    for name, value in extra.items():
+        if value is True:
+            argv.append(flag(name))
+        elif value not in (None, False):
+            argv += [flag(name), str(value)]
+    return shlex.join(argv)
+
+
 def from_args(cls: type, args: argparse.Namespace, **override: Any) -> Any:
     """An instance of the config class ``cls`` from parsed arguments (validated by its ``__post_init__``)."""
     names = [f.name for f in dataclasses.fields(cls)]

@@ -79,9 +79,9 @@ def listing(ws) -> dict[str, tuple[list[str], list[list[Any]]]]:
     for d in sorted(p for p in (ws.root / "training").glob("*") if (p / "state" / "trainer.json").is_file()):
         t = _json(d / "state" / "trainer.json")
         of = t.get("config", {}).get("max_steps", "?")
-        saved = d.name in ws.models()
-        states.append([d.name, f"{t.get('step', '?')} of {of}", "saved as a model" if saved else
-                       f"interrupted: mechtox train ... --out {d.name} --resume"])
+        again = _json(d / "command.json").get("resume", f"mechtox train ... --out {d.name} --resume")
+        states.append([d.name, f"{t.get('step', '?')} of {of}", "saved as a model" if d.name in ws.models() else
+                       f"interrupted: continue with `{again}`"])
     out = {"models": (["name", "architecture", "trained from", "objective", "steps", "best val loss", "saved"], models),
            "directions and probes": (["name", "kind", "hook", "method", "test AUROC", "model"], directions),
            "pair sets": (["name", "pairs", "written"], pairs),

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, check_out, names, option, positive
+from mechtox.jobs._base import Context, check_out, command_line, names, option, positive
 from mechtox.train_config import TrainConfig
 
 HELP = "fine-tune a model (DPO, SFT, probe-guided SFT, probe-ranked DPO, SAP) into a named model"
@@ -149,7 +150,7 @@ def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str]
 
 
 def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
-    from mechtox.distributed import is_main
+    from mechtox.distributed import is_main, launched
 
     say = print if is_main() else (lambda *a, **k: None)  # under torchrun, rank 0 prints
     ws = ctx.ws
@@ -157,6 +158,7 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
         ws.require_pairs(cfg.pairs)
     for n in names(cfg.probe) + names(cfg.held_out):
         ws.require_direction(n)
+    from mechtox import _io
     from mechtox.data import load_pairs
     from mechtox.probe import Direction, ProbeScorer
     from mechtox.training import make_objective, rank_pairs_by_probe, train
@@ -179,7 +181,20 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
         say(f"sap: task {source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
     say(f"train {tcfg.objective}: {len(objective)} examples from {source}, {tcfg.max_steps} steps x "
           f"{tcfg.batch_size * tcfg.grad_accum}, lr {tcfg.lr:g} ({tcfg.optimizer}), {tcfg.dtype}, device {model.cfg.device}")
-    res = train(model, objective, tcfg, ws.root / "training" / cfg.name, resume=cfg.resume, progress=ctx.progress)
+    out_dir = ws.root / "training" / cfg.name
+    again = command_line("train", dataclasses.replace(cfg, resume=False), ctx, resume=True)
+    if launched():
+        import os
+
+        again = f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])} -m {again}"
+    if is_main():
+        _io.write_json(out_dir / "command.json", {"resume": again})  # for `mechtox models` and after a crash
+    try:
+        res = train(model, objective, tcfg, out_dir, resume=cfg.resume, progress=ctx.progress)
+    except KeyboardInterrupt:
+        if is_main() and (out_dir / "state" / "trainer.json").is_file():
+            print(f"mechtox: the last checkpoint is in {out_dir / 'state'}; continue with: {again}", file=sys.stderr)
+        raise
     out = TrainJobResult(cfg, tcfg, res, model, source, probes, held_out)
     if (probes or held_out) and cfg.goodhart_n and is_main():
         _goodhart(out, ctx)
