@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from mechtox.errors import MechtoxError
+from mechtox.errors import MechtoxError, closest
 from mechtox.jobs import COMMANDS, Context, execute
 from mechtox.jobs._base import add_options, from_args
 
@@ -45,8 +45,6 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args, extra = parser.parse_known_args(list(argv) if argv is not None else None)
     if extra:
-        from mechtox.model_files import closest
-
         sub = parser
         if getattr(args, "command", None):
             sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[args.command]

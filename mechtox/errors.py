@@ -27,3 +27,13 @@ class IncompatibleError(MechtoxError, ValueError):
 
 class OfflineError(MechtoxError, RuntimeError):
     """Something needs the internet or an optional package that is not there."""
+
+
+def closest(name: str, candidates, cutoff: float = 0.75) -> str | None:
+    """The candidate ``name`` is most likely a typo of (case ignored), or None: the "did you mean"
+    of an error about an unknown model, probe, pair set or option."""
+    import difflib
+
+    by_lower = {c.lower(): c for c in candidates}
+    hit = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=cutoff)
+    return by_lower[hit[0]] if hit else None

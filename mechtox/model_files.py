@@ -57,15 +57,6 @@ def is_official_name(name: str) -> bool:
     return name.lower() in _official_names()
 
 
-def closest(name: str, candidates, cutoff: float = 0.75) -> str | None:
-    """The candidate ``name`` is most likely a typo of (case ignored), or None."""
-    import difflib
-
-    by_lower = {c.lower(): c for c in candidates}
-    hit = difflib.get_close_matches(name.lower(), list(by_lower), n=1, cutoff=cutoff)
-    return by_lower[hit[0]] if hit else None
-
-
 def known_model_names() -> frozenset[str]:
     """Every name a model spec may be without a path: the offline default's, and TransformerLens'
     official names and aliases (lower-cased: it matches them in any case)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from mechtox import _io
-from mechtox.errors import MechtoxError, ModelNotFoundError
+from mechtox.errors import MechtoxError, ModelNotFoundError, closest
 
 DEFAULT_WORKSPACE = "mechtox-runs"
 
@@ -170,9 +170,10 @@ class Workspace:
                                      "(config.json + model.safetensors or pytorch_model.bin) nor a .gguf file")
         if M.is_official_name(spec):
             return ModelRef(spec, "pretrained", spec, spec)
-        have = ", ".join(self.models())
+        models = self.models()
+        have = ", ".join(models)
         how = _CREATORS.get(spec, f"mechtox train dpo --out {spec}" if _NAME_RE.match(spec) else "")
-        near = M.closest(spec, [*self.models(), *M.known_model_names()])
+        near = closest(spec, [*models, *M.known_model_names()])
         hint = f"; did you mean {near!r}?" if near else f"; create it with `{how}`" if how else ""
         raise ModelNotFoundError(
             f"no model {spec!r} in {self.root} (it has: {have}) and it is no TransformerLens "
@@ -206,8 +207,6 @@ class Workspace:
     def require_direction(self, name: str) -> Path:
         d = self.direction_dir(name)
         if not (d / "direction.json").is_file():
-            from mechtox.model_files import closest
-
             have = ", ".join(self.directions()) or "none"
             near = closest(name, self.directions())
             how = (f"did you mean {near!r}?" if near else
@@ -221,8 +220,6 @@ class Workspace:
             return p
         path = self.pairs_path(name)
         if not path.is_file():
-            from mechtox.model_files import closest
-
             have = ", ".join(self.pairs()) or "none"
             near = closest(name, self.pairs())
             how = (f"did you mean {near!r}?" if near else

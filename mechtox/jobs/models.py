@@ -55,8 +55,9 @@ def listing(ws) -> dict[str, tuple[list[str], list[list[Any]]]]:
     from mechtox.model_files import checkpoint_info
 
     nan = float("nan")
+    saved = ws.models()[1:]  # one read of models/ for the models table and the training states' status
     models = []
-    for name in ws.models()[1:]:
+    for name in saved:
         info = checkpoint_info(ws.model_dir(name))
         models.append([name, info.get("cfg", {}).get("model_name", ""), info.get("trained_from", ""),
                        info.get("objective", ""), info.get("steps", ""), info.get("best_val_loss", nan),
@@ -80,7 +81,7 @@ def listing(ws) -> dict[str, tuple[list[str], list[list[Any]]]]:
         t = _json(d / "state" / "trainer.json")
         of = t.get("config", {}).get("max_steps", "?")
         again = _json(d / "command.json").get("resume", f"mechtox train ... --out {d.name} --resume")
-        states.append([d.name, f"{t.get('step', '?')} of {of}", "saved as a model" if d.name in ws.models() else
+        states.append([d.name, f"{t.get('step', '?')} of {of}", "saved as a model" if d.name in saved else
                        f"interrupted: continue with `{again}`"])
     out = {"models": (["name", "architecture", "trained from", "objective", "steps", "best val loss", "saved"], models),
            "directions and probes": (["name", "kind", "hook", "method", "test AUROC", "model"], directions),
