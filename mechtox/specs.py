@@ -1,4 +1,5 @@
-"""Intervention specs for the CLI: ``KIND:ARG:ARG`` strings -> :class:`Intervention` objects."""
+"""Intervention specs for the CLI: ``KIND:ARG:ARG`` strings -> :class:`Intervention` objects; and the
+names of the direction methods. Nothing heavy is imported, so flags are checked before torch loads."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from mechtox.errors import MechtoxError
 
 if TYPE_CHECKING:
     from mechtox.interventions import Intervention
+
+DIRECTION_METHODS = ("probe", "unembed", "gen-diffmean", "gradient")
+"""what ``mechtox directions --methods`` accepts (:mod:`mechtox.directions`)"""
 
 SPEC_FORMS = (
     "none",

@@ -214,7 +214,8 @@ for argv in calls:
     except SystemExit as e:
         assert e.code == 0, argv
 bad = [["probe", "--n-train", "-3"], ["train", "dpo", "--steps", "0"], ["train", "dpo", "--lr", "-1"],
-       ["eval", "--batch-size", "0"], ["attribute", "--top", "0"], ["run", "--size", "huge"]]
+       ["eval", "--batch-size", "0"], ["attribute", "--top", "0"], ["run", "--size", "huge"],
+       ["directions", "--methods", "probe,nosuch"]]
 for argv in bad:
     try:
         code = main(argv)
@@ -227,7 +228,8 @@ print("HEAVY", heavy)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "HEAVY []" in r.stdout, r.stdout[-300:]
-    assert r.stderr.count("mechtox: error:") + r.stderr.count("mechtox run: error:") >= 5
+    assert r.stderr.count("mechtox: error:") + r.stderr.count("mechtox run: error:") >= 6
+    assert "unknown direction method(s) ['nosuch']" in r.stderr
 
 
 

@@ -73,5 +73,4 @@ from mechtox.directions.tokens import (  # noqa: F401 (the public names of the p
     token_sets,
     words_to_tokens,
 )
-
-DIRECTION_METHODS = ("probe", "unembed", "gen-diffmean", "gradient")
+from mechtox.specs import DIRECTION_METHODS  # noqa: F401 (defined there, light: the CLI checks --methods before torch)

@@ -66,7 +66,7 @@ class DirectionsConfig:
     text: str | None = None   # Wikitext-2 text (default: the shipped one); not a flag
 
     def __post_init__(self) -> None:
-        from mechtox.directions import DIRECTION_METHODS
+        from mechtox.specs import DIRECTION_METHODS
 
         check_out(self.out, "run name")
         methods = self.method_list
