@@ -286,6 +286,23 @@ class LabelledTexts:
     labels: np.ndarray
     source: str
 
+    def __post_init__(self) -> None:
+        """Built by hand (in a notebook) as well as by the loaders: one 0/1 label per text, checked here
+        rather than as a misaligned fit later. Labels are stored as an int array."""
+        if isinstance(self.texts, str) or not all(isinstance(t, str) for t in self.texts):
+            raise DataError("LabelledTexts needs a list of strings as texts")
+        try:
+            raw = np.asarray(self.labels, dtype=np.float64).reshape(-1)
+        except (TypeError, ValueError):
+            raise DataError("LabelledTexts labels must be numbers 0 or 1") from None
+        if len(raw) != len(self.texts):
+            raise DataError(f"LabelledTexts has {len(self.texts)} texts but {len(raw)} labels; give one label per text")
+        bad = np.flatnonzero(~np.isin(raw, (0.0, 1.0)))
+        if len(bad):
+            raise DataError(f"LabelledTexts labels must be 0 or 1; row {int(bad[0])} has {float(raw[bad[0]])!r} "
+                            "(scores: threshold them, as load_labelled(threshold=...) does)")
+        object.__setattr__(self, "labels", raw.astype(np.int64))
+
     def __len__(self) -> int:
         return len(self.texts)
 
@@ -681,13 +698,20 @@ class TokenBatch:
 
 def encode(model, texts: Sequence[str], max_length: int | None = None, prepend_bos: bool | None = None,
            truncate: Literal["left", "right"] = "right") -> list[list[int]]:
-    """Token ids of each text (no padding), with the model's BOS convention."""
+    """Token ids of each text (no padding), with the model's BOS convention. One string is one text
+    (as in TransformerLens' ``to_tokens``), not a sequence of characters."""
     tok = model.tokenizer
     if tok is None:
         raise DataError("this model has no tokenizer; pass token ids instead of text")
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts:
+        raise DataError("no texts to tokenize")
+    if not all(isinstance(t, str) for t in texts):
+        bad = next(t for t in texts if not isinstance(t, str))
+        raise DataError(f"texts must be strings; got a {type(bad).__name__} ({str(bad)[:40]!r})")
     if prepend_bos is None:
         prepend_bos = bool(model.cfg.default_prepend_bos)
-    ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+    ids = tok(texts, add_special_tokens=False)["input_ids"]
     out = []
     for x in ids:
         if prepend_bos and tok.bos_token_id is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -173,8 +174,14 @@ def unembed_basis(model: HookedTransformer) -> Float[Tensor, "d_model d_vocab"]:
 
 def logit_lens_ids(model: HookedTransformer, vectors: Float[Tensor, "n d_model"], k: int = 10,
                    bottom: bool = False) -> list[list[int]]:
-    """Ids of the top-``k`` tokens each vector promotes through the final norm and the unembedding."""
-    vecs = vectors.detach().float().to(model.W_U.device)
+    """Ids of the top-``k`` tokens each vector promotes through the final norm and the unembedding
+    (``vectors``: ``n x d_model``, or one vector)."""
+    vecs = torch.as_tensor(vectors).detach().float().to(model.W_U.device)
+    if vecs.ndim == 1:
+        vecs = vecs[None]
+    if vecs.ndim != 2 or vecs.shape[-1] != model.cfg.d_model:
+        raise MechtoxError(f"logit lens needs vectors of the model's d_model ({model.cfg.d_model}), "
+                           f"not of shape {tuple(vecs.shape)}")
     if model.cfg.normalization_type in ("LN", "LNPre"):
         vecs = vecs - vecs.mean(-1, keepdim=True)
     logits = vecs @ unembed_basis(model)
@@ -204,9 +211,35 @@ def activation_sign(mean_act: Tensor) -> Tensor:
     return torch.where(torch.as_tensor(mean_act) < 0, -1.0, 1.0)
 
 
+def neuron_table(model: HookedTransformer, neurons: Any) -> pd.DataFrame:
+    """``neurons`` as a table with ``layer`` and ``neuron`` columns: a table already, a
+    :class:`NeuronRanking` (its table) or ``(layer, neuron)`` pairs; every neuron checked against
+    the model's size."""
+    if isinstance(neurons, NeuronRanking):
+        neurons = neurons.table
+    if not isinstance(neurons, pd.DataFrame):
+        try:
+            neurons = pd.DataFrame([(int(a), int(b)) for a, b in neurons], columns=["layer", "neuron"])
+        except (TypeError, ValueError):
+            raise MechtoxError("neurons must be a table with layer and neuron columns, a NeuronRanking, "
+                               "or (layer, neuron) pairs") from None
+    missing = {"layer", "neuron"} - set(neurons.columns)
+    if missing:
+        raise MechtoxError(f"the neuron table has no {' or '.join(sorted(missing))} column "
+                           f"(columns: {', '.join(map(str, neurons.columns))})")
+    n_layers, d_mlp = model.cfg.n_layers, int(model.cfg.d_mlp or 0)
+    out = neurons[~(neurons["layer"].between(0, n_layers - 1) & neurons["neuron"].between(0, d_mlp - 1))]
+    if len(out):
+        r = out.iloc[0]
+        raise MechtoxError(f"neuron ({r['layer']}, {r['neuron']}) is outside the model "
+                           f"({n_layers} layers of {d_mlp} neurons)")
+    return neurons
+
+
 def table_value_vectors(model: HookedTransformer, table: pd.DataFrame, signed: bool = False) -> Float[Tensor, "n d_model"]:
     """``W_out[l, i]`` for each row (``layer``, ``neuron``) of ``table``; ``signed``: times the
     sign of the row's ``mean_act`` (what the neuron adds when its activation moves that way)."""
+    table = neuron_table(model, table)
     V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in table.itertuples()])
     if signed:
         if "mean_act" not in table:
@@ -216,11 +249,13 @@ def table_value_vectors(model: HookedTransformer, table: pd.DataFrame, signed: b
 
 
 def decode_neurons(model: HookedTransformer, table: pd.DataFrame, k: int = 8, signed: bool = False) -> pd.DataFrame:
-    """``table`` (with ``layer``, ``neuron``) plus a ``tokens`` column of logit-lens tokens.
+    """``table`` (with ``layer``, ``neuron``; or a :class:`NeuronRanking`, or ``(layer, neuron)``
+    pairs) plus a ``tokens`` column of logit-lens tokens.
 
     ``signed``: decode ``sign(mean_act) * W_out[l, i]`` (what the neuron adds when its activation
     moves the way the table's ``mean_act`` column says, e.g. the toxic-minus-non-toxic contrast),
     not the raw value vector."""
+    table = neuron_table(model, table)
     if len(table) == 0:
         return table.assign(tokens=[])
     V = table_value_vectors(model, table, signed)

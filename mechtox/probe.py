@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -527,6 +528,29 @@ def choose_C(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int 
     return max(CV_CS, key=lambda c: (scores[c], -c))
 
 
+def _check_fit_inputs(X: np.ndarray, y: Any, method: str, C: float | str, text_index: np.ndarray | None) -> np.ndarray:
+    """One-line errors for what would otherwise fit silently on misaligned rows or fail deep in
+    scikit-learn: ``X`` 2-D with a row per text (per token with ``text_index``), 0/1 labels, a
+    known method and a positive C. Returns the labels as ints."""
+    if X.ndim != 2:
+        raise MechtoxError(f"X must be 2-D (rows x d_model), not of shape {tuple(X.shape)}")
+    raw = np.asarray(y, dtype=np.float64).reshape(-1)
+    if not np.isin(raw, (0.0, 1.0)).all():
+        raise MechtoxError(f"labels must be 0 or 1 (1 = toxic); got {sorted(set(raw.tolist()) - {0.0, 1.0})[:3]}")
+    if text_index is None and len(X) != len(raw):
+        raise MechtoxError(f"X has {len(X)} rows but there are {len(raw)} labels; give one row per label "
+                           "(or text_index, one text number per token row, with pooling 'tokens')")
+    if text_index is not None:
+        ti = np.asarray(text_index)
+        if ti.shape != (len(X),) or (len(ti) and (ti.min() < 0 or ti.max() >= len(raw))):
+            raise MechtoxError(f"text_index needs one text number in [0, {len(raw)}) per row of X ({len(X)})")
+    if method not in get_args(Method):
+        raise MechtoxError(f"unknown probe method {method!r}; use {', '.join(get_args(Method))}")
+    if not (C == "cv" or (isinstance(C, numbers.Real) and math.isfinite(C) and C > 0)):
+        raise MechtoxError(f"C must be a positive number or 'cv', not {C!r}")
+    return raw.astype(int)
+
+
 def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_name: str,
               method: Method = "logreg", test_size: float | int = 0.25, seed: int = 0,
               train_size: int | None = None, C: float | str = 1.0, model_name: str = "", pooling: str = "mean",
@@ -542,7 +566,7 @@ def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_na
     training texts of weight 0 are left out, and the held-out texts are scored unweighted, all of them."""
     Xn = X.numpy() if isinstance(X, Tensor) else np.asarray(X)
     Xn = Xn.astype(np.float64)
-    y = np.asarray(y).astype(int)
+    y = _check_fit_inputs(Xn, y, method, C, text_index)
     tr, te = split if split is not None else split_indices(y, test_size, seed, train_size)
     if sample_weight is not None:
         sample_weight = np.asarray(sample_weight, dtype=np.float64)
@@ -561,8 +585,6 @@ def fit_probe(X: Float[Tensor, "n d_model"] | np.ndarray, y: np.ndarray, hook_na
         else:
             X_tr, text_tr = _token_subset(Xn, np.asarray(text_index), tr)
             C = choose_C(X_tr, y[tr], method, seed, text_index=text_tr, sample_weight=sw_tr)
-    elif isinstance(C, str):
-        raise MechtoxError(f"C must be a number or 'cv', not {C!r}")
     w, b = fit(tr, float(C))
     metrics = {f"train_{k}": v for k, v in _metrics(y[tr], logits(tr, w, b)).items()}
     metrics |= {f"test_{k}": v for k, v in _metrics(y[te], logits(te, w, b)).items()}

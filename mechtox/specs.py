@@ -99,7 +99,7 @@ def parse_spec(spec: str) -> Spec:
 
 def build_intervention(spec: str, model, workspace, text_for_means=None) -> Intervention:
     """Parse ``spec`` into an intervention on ``model``, with directions from ``workspace``."""
-    from mechtox.directions import final_resid_hook
+    from mechtox.directions.tokens import final_resid_hook
     from mechtox.interventions import NOOP, ablate, random_like, scale_keys, steer, subtract
     from mechtox.neurons import rank_neurons, toxic_svd
     from mechtox.probe import Direction
