@@ -539,6 +539,18 @@ class PreferencePairs:
     source: str
     extra: list[dict[str, Any]] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        """Pairs built by hand are checked as loaded ones are: three lists of strings, one entry per pair."""
+        cols = {"prompt": self.prompt, "chosen": self.chosen, "rejected": self.rejected}
+        for name, col in cols.items():
+            if isinstance(col, str) or not all(isinstance(t, str) for t in col):
+                raise DataError(f"PreferencePairs needs {name} as a list of strings")
+        sizes = {name: len(col) for name, col in cols.items()}
+        if len(set(sizes.values())) > 1 or (self.extra is not None and len(self.extra) != len(self.prompt)):
+            raise DataError("PreferencePairs needs one prompt, chosen and rejected text per pair; got "
+                            + ", ".join(f"{k} {name}" for name, k in sizes.items())
+                            + ("" if self.extra is None else f", {len(self.extra)} extra"))
+
     def __len__(self) -> int:
         return len(self.prompt)
 

@@ -48,6 +48,8 @@ def generate(model: HookedTransformer, prompts: Sequence[str] | Sequence[Sequenc
     Prompts longer than ``max_prompt_tokens`` keep their last tokens (Lee et al. truncate to
     32). Batches group prompts of similar length; the output is in input order.
     """
+    if isinstance(prompts, str):
+        prompts = [prompts]  # one prompt, not one per character
     if len(prompts) == 0:
         raise MechtoxError("no prompts to generate from")
     if max_new_tokens < 1:

@@ -14,6 +14,8 @@ An :class:`Intervention` bundles hooks and weight edits under a name; several co
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -39,6 +41,9 @@ def make_add_hook(direction: Float[Tensor, " d_model"], alpha: float, newest_onl
     d = direction.detach()
 
     def hook(act: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
+        if act.shape[-1] != d.shape[-1]:
+            raise MechtoxError(f"a direction of size {d.shape[-1]} cannot be added at {hook.name}, "
+                               f"whose activations have size {act.shape[-1]}; use a direction of this model")
         v = (alpha * d).to(act.device, act.dtype)
         if newest_only:
             act[:, -1] = act[:, -1] + v
@@ -60,12 +65,19 @@ def make_neuron_hook(neurons: Int[Tensor, " k"] | Sequence[int],
     idx = torch.as_tensor(list(neurons) if not isinstance(neurons, Tensor) else neurons, dtype=torch.long)
 
     def hook(act: Float[Tensor, "batch pos d_mlp"], hook) -> Tensor:
+        _check_neurons(idx, act.shape[-1], hook.name)
         i = idx.to(act.device)
         v = values.to(act.device, act.dtype) if isinstance(values, Tensor) else values
         act[..., i] = v
         return act
 
     return hook
+
+
+def _check_neurons(idx: Tensor, size: int, where: str) -> None:
+    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        bad = int(idx.max()) if int(idx.max()) >= size else int(idx.min())
+        raise MechtoxError(f"neuron {bad} does not exist at {where}, which has {size} neurons")
 
 
 def make_scale_neuron_hook(neurons: Sequence[int] | Tensor, factor: float) -> HookFn:
@@ -109,7 +121,7 @@ def edited_weights(model: HookedTransformer, edits: Sequence[tuple[str, Callable
     try:
         for name, fn in edits:
             if name not in params:
-                raise MechtoxError(f"model has no parameter {name}")
+                raise MechtoxError(f"the model has no parameter {name} (it has {model.cfg.n_layers} layers)")
             p = params[name]
             if name not in saved:
                 saved[name] = p.detach().clone()
@@ -133,27 +145,32 @@ def _by_layer(neurons: pd.DataFrame | Sequence[tuple[int, int]], col: str = "neu
     return out
 
 
+def _neuron_edit(where: str, idx: list[int], axis: int, factor: float) -> Callable[[Tensor], None]:
+    """An edit of ``where`` (a ``W_out`` or ``W_in``) that multiplies the neurons ``idx`` along
+    ``axis`` by ``factor`` (0 zeroes them), after checking they exist."""
+    ii = torch.tensor(idx)
+
+    def fn(p: Tensor) -> None:
+        _check_neurons(ii, p.shape[axis], where)
+        if factor == 0:
+            p.index_fill_(axis, ii.to(p.device), 0.0)
+        else:
+            p.index_copy_(axis, ii.to(p.device), p.index_select(axis, ii.to(p.device)) * factor)
+
+    return fn
+
+
 def zero_value_vectors_edits(neurons) -> list[tuple[str, Callable[[Tensor], None]]]:
     """Edits that zero ``W_out[l, i]`` (the neuron writes nothing)."""
-    edits = []
-    for layer, idx in _by_layer(neurons).items():
-        ii = torch.tensor(idx)
-        edits.append((f"blocks.{layer}.mlp.W_out", lambda p, ii=ii: p.index_fill_(0, ii.to(p.device), 0.0)))
-    return edits
+    return [(f"blocks.{layer}.mlp.W_out", _neuron_edit(f"blocks.{layer}.mlp.W_out", idx, 0, 0.0))
+            for layer, idx in _by_layer(neurons).items()]
 
 
 def scale_keys_edits(neurons, factor: float) -> list[tuple[str, Callable[[Tensor], None]]]:
     """Edits that scale key vectors ``W_in[l, :, i]`` by ``factor`` (Lee et al.'s un-align edit).
     For gated MLPs the up projection is scaled, which scales the activation by ``factor``."""
-    edits = []
-    for layer, idx in _by_layer(neurons).items():
-        ii = torch.tensor(idx)
-
-        def fn(p: Tensor, ii=ii) -> None:
-            p[:, ii.to(p.device)] *= factor
-
-        edits.append((f"blocks.{layer}.mlp.W_in", fn))
-    return edits
+    return [(f"blocks.{layer}.mlp.W_in", _neuron_edit(f"blocks.{layer}.mlp.W_in", idx, 1, factor))
+            for layer, idx in _by_layer(neurons).items()]
 
 
 # ----------------------------------------------------------------------------- interventions
@@ -179,12 +196,17 @@ def applied(model: HookedTransformer, interventions: Intervention | Sequence[Int
         interventions = [interventions]
     hooks = [h for iv in interventions for h in iv.fwd_hooks]
     edits = [e for iv in interventions for e in iv.weight_edits]
+    missing = sorted({name for name, _ in hooks if name not in model.hook_dict})
+    if missing:
+        raise MechtoxError(f"the model has no hook {', '.join(missing)} (it has {model.cfg.n_layers} layers); "
+                           "names look like blocks.0.hook_resid_post or blocks.0.mlp.hook_post")
     with edited_weights(model, edits), model.hooks(fwd_hooks=hooks):
         yield model
 
 
 def subtract(direction, alpha: float, hook_name: str | None = None, newest_only: bool = False) -> Intervention:
     """Subtract ``alpha * w`` (unit) at the direction's hook (or ``hook_name``)."""
+    _finite(alpha, "alpha")
     w, hook = _unit_and_hook(direction, hook_name)
     return Intervention(f"subtract {getattr(direction, 'name', '') or 'direction'} x{alpha:g}",
                         [(hook, make_subtract_hook(w, alpha, newest_only))], params={"alpha": alpha, "hook": hook})
@@ -192,9 +214,15 @@ def subtract(direction, alpha: float, hook_name: str | None = None, newest_only:
 
 def steer(direction, alpha: float, hook_name: str | None = None, newest_only: bool = False) -> Intervention:
     """Add ``alpha * w`` (unit) at the direction's hook (steering)."""
+    _finite(alpha, "alpha")
     w, hook = _unit_and_hook(direction, hook_name)
     return Intervention(f"steer {getattr(direction, 'name', '') or 'direction'} x{alpha:g}",
                         [(hook, make_add_hook(w, alpha, newest_only))], params={"alpha": alpha, "hook": hook})
+
+
+def _finite(value: float, what: str) -> None:
+    if not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise MechtoxError(f"{what} must be a finite number, not {value!r}")
 
 
 def _unit_and_hook(direction, hook_name):
@@ -202,7 +230,9 @@ def _unit_and_hook(direction, hook_name):
     hook = hook_name or getattr(direction, "hook_name", None)
     if hook is None:
         raise MechtoxError("give hook_name for a plain tensor direction")
-    w = w.detach().float()
+    w = torch.as_tensor(w).detach().float()
+    if w.ndim != 1 or not torch.isfinite(w).all() or w.norm() == 0:
+        raise MechtoxError(f"a direction must be one finite, non-zero vector (got shape {tuple(w.shape)})")
     return w / w.norm(), hook
 
 
@@ -266,6 +296,7 @@ def combined(name: str, *interventions: Intervention) -> Intervention:
 
 def scale_keys(neurons, factor: float, name: str | None = None) -> Intervention:
     """Scale key vectors of ``neurons`` by ``factor`` (reversible weight edit)."""
+    _finite(factor, "the key scale factor")
     n = len(neurons)
     return Intervention(name or f"scale keys of {n} neurons x{factor:g}", weight_edits=scale_keys_edits(neurons, factor),
                         params={"n": n, "factor": factor})

@@ -218,7 +218,7 @@ class ProbeScorer:
         activations, or for a probe fitted with ``pooling="tokens"`` the log-mean-exp of its token
         logits), or the probe applied to every token and the logits' ``max``, ``logsumexp`` or
         ``logmeanexp``."""
-        texts = [t if t.strip() else " " for t in texts]
+        texts = [t if t.strip() else " " for t in ([texts] if isinstance(texts, str) else texts)]
         hooks = list(self.probe.hooks)
         how: str = self.aggregate
         if how == "pooled" and self.probe.pooling == "tokens":

@@ -109,3 +109,77 @@ def test_decode_neurons_takes_a_ranking_or_pairs_and_checks_them(tiny):
         mt.decode_neurons(tiny, pd.DataFrame({"a": [1]}))
     with pytest.raises(MechtoxError, match=r"or \(layer, neuron\) pairs"):
         mt.decode_neurons(tiny, [1, 2])
+
+
+def _forward(model, iv):
+    from mechtox.interventions import applied
+
+    with applied(model, iv):
+        return model(mt.tokenize(model, ["the cat sat"]).tokens)
+
+
+def test_interventions_name_what_does_not_fit_the_model(tiny):
+    from mechtox import interventions as iv
+
+    hook = "blocks.0.hook_resid_post"
+    d = tiny.cfg.d_model
+    with pytest.raises(MechtoxError, match="the model has no hook blocks.5.hook_resid_post"):
+        _forward(tiny, iv.steer(torch.randn(d), 1.0, "blocks.5.hook_resid_post"))
+    with pytest.raises(MechtoxError, match="the model has no hook blocks.5.mlp.hook_post"):
+        _forward(tiny, iv.ablate([(5, 0)]))
+    with pytest.raises(MechtoxError, match=f"a direction of size 7 cannot be added at {hook}, whose activations have size {d}"):
+        _forward(tiny, iv.steer(torch.randn(7), 1.0, hook))
+    d_mlp = tiny.cfg.d_mlp
+    with pytest.raises(MechtoxError, match=f"neuron {d_mlp} does not exist at blocks.0.mlp.hook_post, which has {d_mlp}"):
+        _forward(tiny, iv.ablate([(0, d_mlp)]))
+    with pytest.raises(MechtoxError, match=f"neuron {d_mlp + 3} does not exist at blocks.1.mlp.W_out"):
+        _forward(tiny, iv.ablate([(1, d_mlp + 3)], mode="value"))
+    with pytest.raises(MechtoxError, match="neuron -1 does not exist at blocks.0.mlp.W_in"):
+        _forward(tiny, iv.scale_keys([(0, -1)], 2.0))
+    with pytest.raises(MechtoxError, match="the model has no parameter blocks.4.mlp.W_in"):
+        _forward(tiny, iv.scale_keys([(4, 0)], 2.0))
+    W_in = tiny.blocks[0].mlp.W_in.detach().clone()
+    with pytest.raises(MechtoxError):  # a failed edit leaves the weights as they were
+        _forward(tiny, iv.combined("both", iv.scale_keys([(0, 1)], 3.0), iv.scale_keys([(0, d_mlp)], 2.0)))
+    assert torch.equal(tiny.blocks[0].mlp.W_in, W_in)
+    ok = _forward(tiny, iv.ablate([(0, d_mlp - 1)]))  # the last neuron is in range
+    assert torch.isfinite(ok).all()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda iv, d: iv.steer(torch.randn(d), float("nan"), HOOK), "alpha must be a finite number, not nan"),
+    (lambda iv, d: iv.subtract(torch.randn(d), float("inf"), HOOK), "alpha must be a finite number"),
+    (lambda iv, d: iv.scale_keys([(0, 1)], float("nan")), "the key scale factor must be a finite number"),
+    (lambda iv, d: iv.steer(torch.zeros(d), 1.0, HOOK), "one finite, non-zero vector"),
+    (lambda iv, d: iv.steer(torch.full((d,), float("nan")), 1.0, HOOK), "one finite, non-zero vector"),
+    (lambda iv, d: iv.steer(torch.randn(2, d), 1.0, HOOK), r"one finite, non-zero vector \(got shape \(2, 64\)\)"),
+])
+def test_intervention_settings_are_checked_when_made(tiny, make, match):
+    from mechtox import interventions as iv
+
+    with pytest.raises(MechtoxError, match=match):
+        make(iv, tiny.cfg.d_model)
+
+
+def test_one_prompt_string_is_one_prompt(tiny):
+    from mechtox.generation import generate
+
+    one = generate(tiny, "the cat", max_new_tokens=2, progress=False)
+    assert len(one.continuations) == 1
+    assert one.continuations == generate(tiny, ["the cat"], max_new_tokens=2, progress=False).continuations
+    probe = mt.fit_probe(np.random.default_rng(0).normal(size=(40, tiny.cfg.d_model)), np.array([0, 1] * 20), HOOK)
+    scorer = mt.ProbeScorer(tiny, probe)
+    assert scorer("the cat").shape == (1,)
+    assert np.allclose(scorer("the cat"), scorer(["the cat"]))
+
+
+@pytest.mark.parametrize("cols, match", [
+    ((["a", "b"], ["c"], ["d", "e"]), "got 2 prompt, 1 chosen, 2 rejected"),
+    (("ab", ["c", "d"], ["d", "e"]), "needs prompt as a list of strings"),
+    ((["a"], [None], ["d"]), "needs chosen as a list of strings"),
+])
+def test_preference_pairs_built_by_hand_are_checked(cols, match):
+    from mechtox.data import PreferencePairs
+
+    with pytest.raises(MechtoxError, match=match):
+        PreferencePairs(*cols, "by hand")
