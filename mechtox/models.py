@@ -562,6 +562,9 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
     from safetensors.torch import save_file
 
     path = Path(path)
+    if path.exists() and not is_checkpoint(path) and (path.is_file() or any(path.iterdir())):
+        raise MechtoxError(f"{path} exists and is not a mechtox checkpoint; refusing to replace it: "
+                           "give a new path (or an earlier checkpoint, which is replaced)")
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
           if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
     meta = {"format": CHECKPOINT_FORMAT, "version": 1, "cfg": _cfg_to_json(model.cfg),
@@ -695,7 +698,7 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
         out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["ln_final.w"], sd["ln_final.b"]
         out["lm_head.weight"] = sd["unembed.W_U"].T.contiguous()
     else:
-        raise MechtoxError(f"export to HuggingFace supports Llama and GPT-2 models, not {arch!r}")
+        raise MechtoxError(_export_refusal(arch))
     return out
 
 
@@ -718,7 +721,13 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
                           n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
                           layer_norm_epsilon=cfg.eps, activation_function=cfg.act_fn, tie_word_embeddings=False,
                           architectures=["GPT2LMHeadModel"], resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
-    raise MechtoxError(f"export to HuggingFace supports Llama and GPT-2 models, not {cfg.original_architecture!r}")
+    raise MechtoxError(_export_refusal(cfg.original_architecture))
+
+
+def _export_refusal(arch: str | None) -> str:
+    what = (f"not {arch}" if arch else "and this model has no original architecture "
+            "(a model built from a bare config, as tiny_model() is, has no transformers counterpart)")
+    return f"export to a transformers directory supports Llama and GPT-2 models, {what}"
 
 
 def to_hf_model(model: HookedTransformer, attn_implementation: str = "sdpa"):

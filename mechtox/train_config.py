@@ -89,6 +89,20 @@ class TrainConfig:
                 raise MechtoxError(f"{name} must be at least 1")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MechtoxError("lr must be a positive number")
+        if not (self.beta > 0 and math.isfinite(self.beta)):
+            raise MechtoxError(f"beta (the DPO temperature) must be a positive number, not {self.beta!r}")
+        for least, names in ((0, ("warmup_steps", "eval_every", "patience")),
+                             (1, ("max_prompt_tokens", "max_completion_tokens", "checkpoint_every"))):
+            for name in names:
+                if getattr(self, name) < least:
+                    raise MechtoxError(f"{name} must be at least {least}")
+        for name in ("clip", "weight_decay", "probe_lambda"):
+            if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
+                raise MechtoxError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise MechtoxError(f"val_fraction must be in [0, 1), not {self.val_fraction!r}")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise MechtoxError(f"unknown dtype {self.dtype!r}; use float32 or bfloat16")
         if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
             raise MechtoxError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
         if not (self.sap_rho >= 0 and self.sap_eps >= 0 and self.sap_temperature > 0):

@@ -559,21 +559,44 @@ def _read_step(stacked: Tensor, keys: list[str], gnorm: Tensor, step: int) -> tu
     return total, agg, int(n_all), norm
 
 
+def _as_objective(model: HookedTransformer, objective: Any, cfg: TrainConfig) -> Any:
+    """``objective`` itself, or for :class:`PreferencePairs` the DPO objective on them (what a
+    notebook passes first); anything else is a one-line error naming what to pass."""
+    if isinstance(objective, PreferencePairs):
+        if cfg.objective != "dpo":
+            raise MechtoxError(f"PreferencePairs train the dpo objective; for {cfg.objective!r} pass "
+                               "make_objective(model, cfg, pairs, probes=..., task=...)")
+        if len(objective) >= 2:
+            objective = DPOObjective(model, objective, cfg)
+    elif not (hasattr(objective, "prepare") and hasattr(objective, "__len__")):
+        raise MechtoxError(f"train needs an objective (make_objective(model, cfg, pairs, ...), DPOObjective, "
+                           f"SFTObjective, ...) or PreferencePairs, not a {type(objective).__name__}")
+    if len(objective) < 2:
+        raise MechtoxError("need at least 2 training examples")
+    return objective
+
+
+def _run_dir(out_dir: str | os.PathLike[str]) -> Path:
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise MechtoxError(f"{out} is a file; train writes a folder there: give a new or existing folder")
+    return out
+
+
 def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False,
           progress: bool = True, val_idx: Sequence[int] | None = None, train_idx: Sequence[int] | None = None,
           stop_after: int | None = None) -> TrainResult:
-    """Train ``model`` in place on ``objective``; checkpoints and metrics go to ``out_dir``.
+    """Train ``model`` in place on ``objective`` (an objective, or :class:`PreferencePairs` for
+    DPO); checkpoints and metrics go to ``out_dir``.
 
     ``resume=True`` continues from ``out_dir/state`` to the same weights as an uninterrupted
     run. ``stop_after`` ends the run after that many steps of THIS call (used to simulate an
     interruption in tests).
     """
-    out = Path(out_dir)
+    objective = _as_objective(model, objective, cfg)
+    out = _run_dir(out_dir)
     state_dir = out / "state"
-    n = len(objective)
-    if n < 2:
-        raise MechtoxError("need at least 2 training examples")
-    train_idx, val_idx = _split(n, cfg, train_idx, val_idx)
+    train_idx, val_idx = _split(len(objective), cfg, train_idx, val_idx)
     torch.manual_seed(cfg.seed)
     from mechtox import distributed
     from mechtox.hf_backend import choose_backend
@@ -682,12 +705,21 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
 
 def _split(n: int, cfg: TrainConfig, train_idx: Sequence[int] | None,
            val_idx: Sequence[int] | None) -> tuple[list[int], list[int]]:
-    """The training and validation examples: those given, else a seeded ``cfg.val_fraction`` split."""
-    if train_idx is None or val_idx is None:
+    """The training and validation examples: those given (one of them given: the other is the rest),
+    else a seeded ``cfg.val_fraction`` split."""
+    if train_idx is None and val_idx is None:
         perm = np.random.default_rng(cfg.seed).permutation(n)
         n_val = max(1, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0
-        val_idx, train_idx = sorted(perm[:n_val].tolist()), sorted(perm[n_val:].tolist())
-    return list(train_idx), list(val_idx)
+        return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())
+    tr = None if train_idx is None else [int(i) for i in train_idx]
+    va = None if val_idx is None else [int(i) for i in val_idx]
+    if any(not 0 <= i < n for i in (tr or []) + (va or [])):
+        raise MechtoxError(f"train_idx and val_idx must be example numbers in [0, {n})")
+    tr = sorted(set(range(n)) - set(va or [])) if tr is None else tr
+    va = sorted(set(range(n)) - set(tr)) if va is None else va
+    if not tr or set(tr) & set(va):
+        raise MechtoxError("train_idx must be non-empty and share no example with val_idx")
+    return tr, va
 
 
 def _check_fsdp(cfg: TrainConfig, world: int, backend: str, why: str) -> None:

@@ -183,3 +183,85 @@ def test_preference_pairs_built_by_hand_are_checked(cols, match):
 
     with pytest.raises(MechtoxError, match=match):
         PreferencePairs(*cols, "by hand")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"beta": -1.0}, "beta .the DPO temperature. must be a positive number"),
+    ({"beta": float("nan")}, "beta"),
+    ({"checkpoint_every": 0}, "checkpoint_every must be at least 1"),
+    ({"max_prompt_tokens": 0}, "max_prompt_tokens must be at least 1"),
+    ({"warmup_steps": -1}, "warmup_steps must be at least 0"),
+    ({"clip": float("inf")}, "clip must be a finite number >= 0"),
+    ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
+    ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+    ({"dtype": "float16"}, "unknown dtype 'float16'; use float32 or bfloat16"),
+])
+def test_train_config_refuses_settings_that_would_fail_mid_run(kw, match):
+    from mechtox.training import TrainConfig
+
+    with pytest.raises(MechtoxError, match=match):
+        TrainConfig(**kw)
+
+
+def _pairs(n=6):
+    from mechtox.data import PreferencePairs
+
+    return PreferencePairs(["the cat"] * n, [" sat on the mat"] * n, [" is a bad word"] * n, "by hand")
+
+
+def test_train_takes_pairs_for_dpo_and_says_what_else_to_pass(tiny, tmp_path):
+    from mechtox.training import DPOObjective, TrainConfig, train
+
+    cfg = TrainConfig(lr=1e-3, batch_size=2, max_steps=2, warmup_steps=0, eval_every=0, checkpoint_every=2, backend="hooked")
+    ref = mt.tiny_model()
+    ref.load_state_dict(tiny.state_dict())
+    before = tiny.blocks[0].mlp.W_out.detach().clone()
+    train(tiny, _pairs(), cfg, tmp_path / "a", progress=False)
+    train(ref, DPOObjective(ref, _pairs(), cfg), cfg, tmp_path / "b", progress=False)
+    assert not torch.equal(tiny.blocks[0].mlp.W_out, before)  # it trained, and as the explicit objective does
+    for (name, p), q in zip(tiny.named_parameters(), ref.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    with pytest.raises(MechtoxError, match="train needs an objective .* or PreferencePairs, not a str"):
+        train(tiny, "pairs", cfg, tmp_path / "c", progress=False)
+    with pytest.raises(MechtoxError, match="PreferencePairs train the dpo objective; for 'sft-probe' pass make_objective"):
+        train(tiny, _pairs(), TrainConfig(objective="sft-probe"), tmp_path / "d", progress=False)
+    with pytest.raises(MechtoxError, match="need at least 2 training examples"):
+        train(tiny, _pairs(1), cfg, tmp_path / "e", progress=False)
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(MechtoxError, match="is a file; train writes a folder there"):
+        train(tiny, _pairs(), cfg, tmp_path / "file", progress=False)
+    assert (tmp_path / "file").read_text() == "mine"
+
+
+def test_train_split_given_by_hand(tiny, tmp_path):
+    from mechtox.training import TrainConfig, _split
+
+    cfg = TrainConfig()
+    assert _split(6, cfg, None, [4, 5]) == ([0, 1, 2, 3], [4, 5])
+    assert _split(6, cfg, [0, 2], None) == ([0, 2], [1, 3, 4, 5])
+    assert _split(6, cfg, [0, 1], [5]) == ([0, 1], [5])
+    for tr, va, match in (([0, 9], None, r"example numbers in \[0, 6\)"), (None, [-1], "example numbers"),
+                          ([0, 1], [1], "share no example"), ([], [1], "non-empty")):
+        with pytest.raises(MechtoxError, match=match):
+            _split(6, cfg, tr, va)
+
+
+def test_save_checkpoint_replaces_a_checkpoint_but_not_other_files(tiny, tmp_path):
+    path = tmp_path / "ckpt"
+    mt.save_checkpoint(tiny, path)
+    mt.save_checkpoint(tiny, path)  # an earlier checkpoint is replaced
+    assert mt.load_checkpoint(path, device="cpu").cfg.d_model == tiny.cfg.d_model
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "data.csv").write_text("a,b")
+    for p in (tmp_path / "notes.txt", tmp_path / "folder"):
+        with pytest.raises(MechtoxError, match="exists and is not a mechtox checkpoint; refusing to replace it"):
+            mt.save_checkpoint(tiny, p)
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "folder" / "data.csv").exists()
+    (tmp_path / "empty").mkdir()
+    mt.save_checkpoint(tiny, tmp_path / "empty")  # an empty folder is fine
+
+
+def test_export_of_a_model_without_architecture_says_why(tiny, tmp_path):
+    with pytest.raises(MechtoxError, match="has no original architecture .*tiny_model"):
+        mt.export_hf(tiny, tmp_path / "hf")
