@@ -119,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("mechtox: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # the file system said no (full disk, no permission, read-only, gone): not a bug
+        if os.environ.get("MECHTOX_DEBUG") or e.filename is None:
+            return _unexpected(e)
+        print(f"mechtox: error: {e.strerror or e}: {e.filename} (run with MECHTOX_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
     except Exception as e:  # noqa: BLE001 (one line for the user; the traceback with MECHTOX_DEBUG=1)
         return _unexpected(e)
 

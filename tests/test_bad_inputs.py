@@ -73,13 +73,22 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["run", "--model", "tiny", "--data-dir", "{tmp}/no-such-folder"], "--data-dir"),
     (["run", "--model", "tiny", "--out", "a/b"], "invalid run name prefix"),
     (["probe", "--model", "nope-model"], "no model 'nope-model'"),
+    (["probe", "--model", "tiny", "--C", "nan"], "--C 'nan': give a positive number or 'cv'"),
+    (["probe", "--model", "tiny", "--C", "inf"], "--C 'inf'"),
+    (["probe", "--model", "tiny", "--seed", "-1"], "--seed -1: give a whole number from 0 to 2**32 - 1"),
+    (["pairs", "--model", "tiny", "--alpha", "nan"], "--alpha nan: give a finite number"),
+    (["run", "--model", "tiny", "--alpha", "inf"], "--alpha inf: give a finite number"),
+    (["train", "dpo", "--model", "tiny", "--checkpoint-every", "0"], "checkpoint_every must be at least 1"),
+    (["train", "dpo", "--model", "tiny", "--beta", "0"], "beta (the DPO temperature) must be a positive number"),
+    (["export", "tiny", "--hf", "{tmp}/afile/out"], "--hf {tmp}/afile/out cannot be created: {tmp}/afile is a file"),
 ]
 
 
 @pytest.mark.parametrize(("argv", "match"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, capsys, no_loading):
+    (tmp_path / "afile").write_text("a file, not a folder")
     argv = [a.format(tmp=tmp_path, binary=_binary(tmp_path) if "{binary}" in a else "") for a in argv]
-    _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), *argv[1:]], match)
+    _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), *argv[1:]], match.format(tmp=tmp_path))
 
 
 def test_workspace_that_cannot_be_created(tmp_path, capsys, no_loading):
@@ -127,4 +136,22 @@ def test_unexpected_error_is_one_line_unless_debugging(tmp_path, capsys, monkeyp
     assert "MECHTOX_DEBUG=1" in err and "Traceback" not in err
     monkeypatch.setenv("MECHTOX_DEBUG", "1")
     with pytest.raises(RuntimeError, match="something inside broke"):
+        main(["models", "-w", str(tmp_path)])
+
+
+def test_a_file_system_refusal_is_one_line_naming_the_file(tmp_path, capsys, monkeypatch):
+    """Disk full, no permission, a read-only or vanished folder: the file system's reason and the
+    file, exit status 1, no traceback (not an 'unexpected error': nothing in mechtox broke)."""
+    from mechtox.jobs import models
+
+    def full(cfg, ctx):
+        raise OSError(28, "No space left on device", str(tmp_path / "models" / "dpo"))
+
+    monkeypatch.setattr(models, "run", full)
+    monkeypatch.delenv("MECHTOX_DEBUG", raising=False)
+    assert main(["models", "-w", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"mechtox: error: No space left on device: {tmp_path / 'models' / 'dpo'} (run with MECHTOX_DEBUG=1 for the traceback)\n"
+    monkeypatch.setenv("MECHTOX_DEBUG", "1")
+    with pytest.raises(OSError, match="No space left"):
         main(["models", "-w", str(tmp_path)])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -127,6 +128,11 @@ def names(text: str | None) -> list[str]:
     return [m.strip() for m in (text or "").split(",") if m.strip()]
 
 
+def finite(value: float, what: str) -> None:
+    if not math.isfinite(value):
+        raise MechtoxError(f"{what} {value}: give a finite number")
+
+
 def positive(value: int | None, what: str, zero_ok: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not zero_ok)):
         raise MechtoxError(f"{what} {value}: must be {'0 or more' if zero_ok else 'at least 1'}")
@@ -158,16 +164,17 @@ def _check_device(device: str | None) -> None:
         raise MechtoxError(f"--device {device}: MPS is not available on this machine; leave --device out")
 
 
-def _check_workspace(root: Path) -> None:
+def check_writable(root: Path, flag: str) -> None:
+    """``root`` is a folder, or can be created as one, and can be written (checked before any work)."""
     if root.exists() and not root.is_dir():
-        raise MechtoxError(f"--workspace {root} is a file, not a folder; give a folder")
+        raise MechtoxError(f"{flag} {root} is a file, not a folder; give a folder")
     parent = root
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise MechtoxError(f"--workspace {root} cannot be created: {parent} is a file; give another folder")
+        raise MechtoxError(f"{flag} {root} cannot be created: {parent} is a file; give another folder")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise MechtoxError(f"--workspace {root} cannot be written: no write permission in {parent}")
+        raise MechtoxError(f"{flag} {root} cannot be written: no write permission in {parent}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +189,9 @@ class Context:
     quiet: bool = option(False, "no progress bars", flags=("--quiet", "-q"))
 
     def __post_init__(self) -> None:
-        _check_workspace(self.ws.root)
+        check_writable(self.ws.root, "--workspace")
+        if not 0 <= self.seed < 2**32:
+            raise MechtoxError(f"--seed {self.seed}: give a whole number from 0 to 2**32 - 1")
         _check_device(self.device)
 
     @property

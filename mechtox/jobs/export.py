@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, option
+from mechtox.jobs._base import Context, check_writable, option
 
 HELP = "write a model as a transformers directory (weights, config, tokenizer, generation config)"
 RANDOM = False  # draws no random numbers (writes and checks weights; its check is greedy): the CLI seeds nothing, so torch need not load
@@ -25,6 +25,7 @@ class ExportConfig:
             raise MechtoxError(f"--hf {out} is a file; give a directory")
         if out.is_dir() and any(out.iterdir()) and not self.force:
             raise MechtoxError(f"--hf {out} is not empty; pass --force to replace it or give another directory")
+        check_writable(out, "--hf")
 
     @property
     def model(self) -> str:  # the CLI resolves every config's model before any work

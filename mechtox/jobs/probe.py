@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,7 +71,7 @@ class ProbeConfig:
             positive(getattr(self, name), "--" + name.replace("_", "-"))
         if self.C != "cv":
             try:
-                if float(self.C) <= 0:
+                if not (float(self.C) > 0 and math.isfinite(float(self.C))):
                     raise ValueError
             except ValueError:
                 raise MechtoxError(f"--C {self.C!r}: give a positive number or 'cv'") from None
