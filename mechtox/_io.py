@@ -34,7 +34,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
                 os.replace(path, old)
             os.replace(tmp, path)
             if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+                shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
         elif tmp.exists():
             os.replace(tmp, path)
     finally:
@@ -42,6 +42,17 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def refuse_to_replace(path: str | os.PathLike[str], ours: Callable[[Path], bool], what: str) -> None:
+    """Raise unless ``path`` is free for a folder write: absent, an empty folder, or an earlier
+    ``what`` (``ours(path)``), which is replaced. A user's file or other folder is never replaced."""
+    from mechtox.errors import MechtoxError
+
+    path = Path(path)
+    if path.exists() and not ours(path) and (path.is_file() or any(path.iterdir())):
+        raise MechtoxError(f"{path} exists and is not a {what}; refusing to replace it: give a new path "
+                           f"(or an earlier {what}, which is replaced)")
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

@@ -47,10 +47,23 @@ class ToxicityResult:
                 f"{self.frac_toxic:.1%} above 0.5{probe})")
 
 
+def _scorer(scorer):
+    """A scorer, or the scorer a name stands for (``"profanity"``, ``"detoxify"``, ...)."""
+    if isinstance(scorer, str):
+        from mechtox.scorers import get_scorer
+
+        return get_scorer(scorer)
+    if not callable(scorer):
+        raise MechtoxError(f"scorer must map texts to scores (get_scorer(...)), not a {type(scorer).__name__}")
+    return scorer
+
+
 def toxicity(model: HookedTransformer, prompts: Sequence[str], scorer, interventions: Intervention | Sequence[Intervention] = NOOP,
              max_new_tokens: int = 20, max_prompt_tokens: int = 32, batch_size: int = 25, probe=None,
              judge: HookedTransformer | None = None, progress: bool = True) -> ToxicityResult:
-    """Greedy continuations under ``interventions``, scored alone by ``scorer`` (and ``probe``)."""
+    """Greedy continuations under ``interventions``, scored alone by ``scorer`` (a scorer, or its
+    name for :func:`mechtox.scorers.get_scorer`; and ``probe``)."""
+    scorer = _scorer(scorer)
     with applied(model, interventions):
         gens = generate(model, prompts, max_new_tokens, max_prompt_tokens, batch_size, progress=progress)
     scores = np.asarray(scorer(gens.continuations), dtype=np.float64)
@@ -84,6 +97,10 @@ def text_chunks(model: HookedTransformer, text: str, window: int = 256, start: i
 def perplexity(model: HookedTransformer, text: str, interventions: Intervention | Sequence[Intervention] = NOOP,
                window: int = 256, max_tokens: int | None = 20_000, batch_size: int = 8, progress: bool = True) -> dict[str, float]:
     """``exp(mean NLL)`` over non-overlapping ``window``-token chunks of ``text``."""
+    if not isinstance(text, str):
+        raise MechtoxError("perplexity reads one text (a str); join several first, e.g. '\\n\\n'.join(texts)")
+    if window < 2 or batch_size < 1 or (max_tokens is not None and max_tokens < 2):
+        raise MechtoxError("perplexity needs window >= 2, batch_size >= 1 and max_tokens >= 2 (or None)")
     chunks = text_chunks(model, text, window, 0, max_tokens)
     if not chunks:
         raise MechtoxError("the text is too short for perplexity")
@@ -128,6 +145,9 @@ def f1(model: HookedTransformer, prompts: Sequence[str], golds: Sequence[str],
        interventions: Intervention | Sequence[Intervention] = NOOP, max_new_tokens: int = 20, batch_size: int = 25,
        progress: bool = True) -> float:
     """Mean word F1 of greedy continuations against gold continuations."""
+    prompts, golds = ([x] if isinstance(x, str) else list(x) for x in (prompts, golds))
+    if len(prompts) != len(golds):
+        raise MechtoxError(f"f1 needs one gold continuation per prompt; got {len(prompts)} prompts and {len(golds)} golds")
     with applied(model, interventions):
         gens = generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)
     return float(np.mean([word_f1(c, g) for c, g in zip(gens.continuations, golds, strict=True)]))
@@ -158,6 +178,10 @@ def evaluate(model: HookedTransformer, interventions: Sequence[Intervention], pr
     """One row per intervention: toxicity (mean, fraction > 0.5), probe score, PPL, F1.
     Returns the table and the raw per-prompt results (continuations and scores)."""
     cfg = config or EvalConfig()
+    interventions = [interventions] if isinstance(interventions, Intervention) else list(interventions)
+    if not interventions:
+        raise MechtoxError("evaluate needs at least one intervention (NOOP measures the model as it is)")
+    scorer = _scorer(scorer)
     rows, raw = [], {}
     for iv in interventions:
         tox = toxicity(model, prompts, scorer, iv, cfg.max_new_tokens, cfg.max_prompt_tokens, cfg.batch_size, probe,

@@ -562,9 +562,7 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
     from safetensors.torch import save_file
 
     path = Path(path)
-    if path.exists() and not is_checkpoint(path) and (path.is_file() or any(path.iterdir())):
-        raise MechtoxError(f"{path} exists and is not a mechtox checkpoint; refusing to replace it: "
-                           "give a new path (or an earlier checkpoint, which is replaced)")
+    _io.refuse_to_replace(path, is_checkpoint, "mechtox checkpoint")
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
           if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
     meta = {"format": CHECKPOINT_FORMAT, "version": 1, "cfg": _cfg_to_json(model.cfg),
@@ -754,12 +752,16 @@ def hf_to_tl_state_dict(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str
     return convert_gpt2_weights(hf_model, cfg)
 
 
-def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str]) -> Path:
-    """Write ``model`` as a HuggingFace directory that ``transformers`` can load.
+def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: bool = False) -> Path:
+    """Write ``model`` as a HuggingFace directory that ``transformers`` can load, atomically; a
+    non-empty ``out_dir`` is replaced only with ``force``.
 
     Llama models are written as ``LlamaForCausalLM`` with untied embeddings (training may
     untie them); GPT-2 models as ``GPT2LMHeadModel``.
     """
+    out = Path(out_dir)
+    if out.exists() and not force and (out.is_file() or any(out.iterdir())):
+        raise MechtoxError(f"{out} exists and is not empty; pass force=True to replace it, or give a new path")
     hf_cfg = hf_config(model.cfg)
     sd = to_hf_state_dict(model)
     from safetensors.torch import save_file

@@ -104,6 +104,7 @@ class Direction:
         meta = {k: v for k, v in asdict(self).items() if k not in ("vector", "weight")}
         meta["d_model"] = self.d_model
         meta["kind"] = "probe" if self.is_probe else "direction"
+        _io.refuse_to_replace(path, lambda p: (p / "direction.json").is_file(), "saved direction or probe")
 
         def write(tmp: Path) -> None:
             tmp.mkdir(parents=True)

@@ -21,6 +21,11 @@ import numpy as np
 from mechtox.errors import MechtoxError, OfflineError
 
 
+def one_or_many(texts: str | Sequence[str]) -> list[str]:
+    """A scorer's texts as a list: one string is one text (not one text per character)."""
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
 @runtime_checkable
 class Scorer(Protocol):
     """Anything with a ``name`` that maps texts to toxicity scores in [0, 1]."""
@@ -44,7 +49,7 @@ class ProfanityCheckScorer:
         self.batch_size = batch_size
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        texts = [t if isinstance(t, str) else "" for t in texts]
+        texts = [t if isinstance(t, str) else "" for t in one_or_many(texts)]
         out = np.zeros(len(texts), dtype=np.float64)
         idx = [i for i, t in enumerate(texts) if t.strip()]
         for s in range(0, len(idx), self.batch_size):
@@ -72,6 +77,7 @@ class DetoxifyScorer:
         self.batch_size = batch_size
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        texts = one_or_many(texts)
         out = []
         for s in range(0, len(texts), self.batch_size):
             res = self._model.predict(list(texts[s: s + self.batch_size]))
@@ -119,7 +125,7 @@ class PerspectiveScorer:
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         out = []
-        for t in texts:
+        for t in one_or_many(texts):
             out.append(self._one(t))
             time.sleep(1.0 / self.qps)
         return np.asarray(out)

@@ -129,6 +129,7 @@ class Workspace:
         """Make ``spec`` the workspace's ``base`` model."""
         if spec == "base":
             raise MechtoxError("base cannot point at itself")
+        self.resolve_model(spec)  # an unknown model is an error now, not at the next load
         meta = self._meta()
         meta["base"] = spec
         _io.write_json(self.root / "workspace.json", meta)

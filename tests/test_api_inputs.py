@@ -265,3 +265,80 @@ def test_save_checkpoint_replaces_a_checkpoint_but_not_other_files(tiny, tmp_pat
 def test_export_of_a_model_without_architecture_says_why(tiny, tmp_path):
     with pytest.raises(MechtoxError, match="has no original architecture .*tiny_model"):
         mt.export_hf(tiny, tmp_path / "hf")
+
+
+def test_scorers_take_one_string_as_one_text():
+    from mechtox.scorers import get_scorer
+
+    sc = get_scorer("profanity")
+    one = sc("you are a stupid idiot")
+    assert one.shape == (1,) and one[0] == pytest.approx(sc(["you are a stupid idiot"])[0]) and one[0] > 0.5
+
+
+def test_evaluation_functions_check_their_arguments(tiny):
+    from mechtox.evaluate import evaluate, f1, perplexity, toxicity
+    from mechtox.interventions import NOOP
+
+    by_name = toxicity(tiny, ["the cat"], "profanity", max_new_tokens=2, progress=False)
+    assert by_name.scorer == "profanity-check"
+    with pytest.raises(MechtoxError, match="scorer must map texts to scores"):
+        toxicity(tiny, ["the cat"], 3, max_new_tokens=2, progress=False)
+    with pytest.raises(MechtoxError, match="perplexity reads one text"):
+        perplexity(tiny, ["the cat sat on the mat"] * 3, progress=False)
+    with pytest.raises(MechtoxError, match="window >= 2"):
+        perplexity(tiny, "the cat sat on the mat " * 20, window=0, progress=False)
+    with pytest.raises(MechtoxError, match="got 2 prompts and 1 golds"):
+        f1(tiny, ["a b", "c d"], ["e"], max_new_tokens=2, progress=False)
+    assert f1(tiny, "the cat", "sat", max_new_tokens=2, progress=False) == f1(
+        tiny, ["the cat"], ["sat"], max_new_tokens=2, progress=False)
+    with pytest.raises(MechtoxError, match="at least one intervention"):
+        evaluate(tiny, [], ["the cat"], "profanity", progress=False)
+    table, _ = evaluate(tiny, NOOP, ["the cat"], "profanity", config=_small_eval(), progress=False)
+    assert table["intervention"].tolist() == ["none"]
+
+
+def _small_eval():
+    from mechtox.evaluate import EvalConfig
+
+    return EvalConfig(max_new_tokens=2, ppl_tokens=0)
+
+
+def test_probe_save_and_export_replace_their_own_output_only(tiny, tmp_path):
+    probe = mt.fit_probe(np.random.default_rng(0).normal(size=(40, tiny.cfg.d_model)), np.array([0, 1] * 20), HOOK)
+    probe.save(tmp_path / "p")
+    probe.save(tmp_path / "p")  # an earlier probe is replaced
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(MechtoxError, match="is not a saved direction or probe; refusing to replace it"):
+        probe.save(tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "p"]  # nothing left aside
+
+
+def test_a_folder_written_over_an_earlier_one_leaves_nothing_aside(tmp_path):
+    from mechtox import _io
+
+    for text in ("one", "two"):
+        _io.write_with(tmp_path / "out", lambda tmp, text=text: (tmp.mkdir(), (tmp / "f").write_text(text)))
+    assert (tmp_path / "out" / "f").read_text() == "two"
+    (tmp_path / "was-a-file").write_text("x")
+    _io.write_with(tmp_path / "was-a-file", lambda tmp: tmp.mkdir())
+    assert (tmp_path / "was-a-file").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "was-a-file"]  # no .NAME.old.PID left
+
+
+def test_export_hf_refuses_a_non_empty_folder_unless_forced(tiny_llama, tmp_path):
+    model = tiny_llama
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "keep.txt").write_text("mine")
+    with pytest.raises(MechtoxError, match="exists and is not empty; pass force=True"):
+        mt.export_hf(model, tmp_path / "hf")
+    assert (tmp_path / "hf" / "keep.txt").exists()
+    mt.export_hf(model, tmp_path / "hf", force=True)
+    assert (tmp_path / "hf" / "config.json").is_file() and not (tmp_path / "hf" / "keep.txt").exists()
+
+
+def test_set_base_refuses_a_model_that_is_not_there(tmp_path):
+    ws = mt.Workspace(tmp_path)
+    with pytest.raises(MechtoxError, match="no model 'nosuch'"):
+        ws.set_base("nosuch")
+    assert ws.base_spec != "nosuch" and not (tmp_path / "workspace.json").exists()

@@ -50,7 +50,7 @@ def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
     if foreign:
         print(f"warning: {len(foreign)} non-zero parameters the architecture lacks (e.g. {foreign[0]}) are left out: "
               "the export differs from the model")
-    path = export_hf(model, Path(cfg.hf).expanduser())
+    path = export_hf(model, Path(cfg.hf).expanduser(), force=cfg.force)
     # the check a user would do: transformers loads it and gives the model's logits
     from transformers import AutoModelForCausalLM
 

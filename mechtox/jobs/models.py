@@ -32,8 +32,7 @@ class ModelsResult:
 def run(cfg: ModelsConfig, ctx: Context) -> ModelsResult:
     ws = ctx.ws
     if cfg.set_base:
-        ws.resolve_model(cfg.set_base)
-        ws.set_base(cfg.set_base)
+        ws.set_base(cfg.set_base)  # checks the model exists first
     return ModelsResult(str(ws.root), ws.base_spec, listing(ws), cfg.set_base)
 
 
