@@ -215,7 +215,7 @@ def _read_text(path: Path) -> str:
         raw = path.read_bytes()
         if path.suffix.lower() == ".gz":
             raw = gzip.decompress(raw)
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a leading byte-order mark (Excel's "CSV UTF-8") is not text
     except (UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile) as e:
         raise _unreadable(path, e) from None
 
@@ -224,7 +224,7 @@ def _first_line(path: Path) -> str:
     """The first non-blank line of a (possibly gzipped) UTF-8 file, read without the rest."""
     try:
         opener = gzip.open if path.suffix.lower() == ".gz" else open
-        with opener(path, "rt", encoding="utf-8") as f:
+        with opener(path, "rt", encoding="utf-8-sig") as f:
             return next((ln for ln in f if ln.strip()), "")
     except (UnicodeDecodeError, OSError, EOFError) as e:
         raise _unreadable(path, e) from None
@@ -233,6 +233,15 @@ def _first_line(path: Path) -> str:
 def _looks_like_hf_id(s: str) -> bool:
     parts = s.split("/")
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
+
+
+def _delimiter(text: str, suffix: str) -> str:
+    """Tab for .tsv; for .csv a comma, or the semicolon of a spreadsheet saved in a locale that writes
+    decimal commas, when the header has semicolons and no comma."""
+    if suffix == ".tsv":
+        return "\t"
+    header = text.split("\n", 1)[0]
+    return ";" if "," not in header and ";" in header else ","
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -244,7 +253,7 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if suffix in (".csv", ".tsv"):
         try:
-            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+            reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text, suffix))
             if reader.fieldnames is None:
                 raise DataError(f"{path} is empty")
             rows.extend(reader)
@@ -328,6 +337,9 @@ def _to_label(value: Any, where: str, threshold: float) -> int:
         raise DataError(f"{where}: label {value!r} is not a number or toxic/non-toxic") from None
     if np.isnan(x):
         raise DataError(f"{where}: label is NaN")
+    if not 0 <= x <= 1:
+        raise DataError(f"{where}: label {value!r} is outside [0, 1]; labels are 0/1 or scores in [0, 1] "
+                        "(map a multi-class label to toxic / non-toxic first)")
     return int(x >= threshold)
 
 
@@ -348,7 +360,8 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
         cols = set(rows[0]) - {"__line__"}
         for c in (text_col, label_col):
             if c not in cols:
-                raise DataError(f"{path}: no column {c!r} (columns: {', '.join(sorted(cols))}); pass --text-col/--label-col")
+                raise DataError(f"{path}: no column {c!r} (columns: {', '.join(sorted(cols))}; the first row is the "
+                                "header); pass --text-col/--label-col")
         texts, labels = [], []
         for i, r in enumerate(rows):
             line = r.get("__line__", i + 2)

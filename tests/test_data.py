@@ -43,12 +43,29 @@ def test_csv_tsv_jsonl_and_columns(tmp_path):
     ("text,label\nhi,0\n,1\n", ".csv", r":3: empty or missing text"),
     ("text,label\nhi,0\nyo,maybe\n", ".csv", r":3: label 'maybe'"),
     ("text,label\nhi,0\nyo,nan\n", ".csv", r":3: label is NaN"),
+    ("text,label\nhi,0\nyo,1\nhey,2\n", ".csv", r":4: label '2' is outside \[0, 1\].*multi-class"),
+    ("text,label\nhi,0\nyo,-1\n", ".csv", r":3: label '-1' is outside \[0, 1\]"),
+    ("hi\t0\nyo\t1\n", ".tsv", r"no column 'text' \(columns: 0, hi; the first row is the header\)"),
 ])
 def test_malformed_labelled_files(tmp_path, content, suffix, match):
     path = write(tmp_path / f"bad{suffix}", content)
     with pytest.raises(DataError, match=match) as e:
         D.load_labelled(path)
     assert str(path) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_spreadsheet_csv_with_byte_order_mark_or_semicolons(tmp_path):
+    """Excel's "CSV UTF-8" begins with a byte-order mark; in locales with decimal commas it separates
+    with semicolons. Both read as the plain file does; a semicolon inside a comma file's text stays text."""
+    plain = D.load_labelled(write(tmp_path / "plain.csv", "text,label\nhello,0\nyou idiot,1\n"))
+    bom = tmp_path / "bom.csv"
+    bom.write_bytes(b"\xef\xbb\xbf" + b"text,label\nhello,0\nyou idiot,1\n")
+    semi = write(tmp_path / "semi.csv", "text;label\nhello;0\nyou idiot;1\n")
+    for path in (bom, semi):
+        got = D.load_labelled(path)
+        assert got.texts == plain.texts and got.labels.tolist() == plain.labels.tolist()
+    mixed = D.load_labelled(write(tmp_path / "mixed.csv", "text,label\n\"hi; there\",0\n\"a; b, c\",1\n"))
+    assert mixed.texts == ["hi; there", "a; b, c"]
 
 
 def test_missing_file_and_unknown_format(tmp_path):
