@@ -721,6 +721,12 @@ class TokenBatch:
         return TokenBatch(self.tokens.to(device), self.attention_mask.to(device), self.padding_side)
 
 
+def one_or_many(texts: str | Sequence[str]) -> list[str]:
+    """Texts as a list: one string is one text (as in TransformerLens' ``to_tokens``), not a
+    sequence of one-character texts."""
+    return [texts] if isinstance(texts, str) else list(texts)
+
+
 def encode(model, texts: Sequence[str], max_length: int | None = None, prepend_bos: bool | None = None,
            truncate: Literal["left", "right"] = "right") -> list[list[int]]:
     """Token ids of each text (no padding), with the model's BOS convention. One string is one text
@@ -728,7 +734,7 @@ def encode(model, texts: Sequence[str], max_length: int | None = None, prepend_b
     tok = model.tokenizer
     if tok is None:
         raise DataError("this model has no tokenizer; pass token ids instead of text")
-    texts = [texts] if isinstance(texts, str) else list(texts)
+    texts = one_or_many(texts)
     if not texts:
         raise DataError("no texts to tokenize")
     if not all(isinstance(t, str) for t in texts):

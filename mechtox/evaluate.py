@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
-from mechtox.data import encode
+from mechtox.data import encode, one_or_many
 from mechtox.errors import MechtoxError
 from mechtox.generation import Generations, generate
 from mechtox.interventions import NOOP, Intervention, applied
@@ -145,7 +145,7 @@ def f1(model: HookedTransformer, prompts: Sequence[str], golds: Sequence[str],
        interventions: Intervention | Sequence[Intervention] = NOOP, max_new_tokens: int = 20, batch_size: int = 25,
        progress: bool = True) -> float:
     """Mean word F1 of greedy continuations against gold continuations."""
-    prompts, golds = ([x] if isinstance(x, str) else list(x) for x in (prompts, golds))
+    prompts, golds = one_or_many(prompts), one_or_many(golds)
     if len(prompts) != len(golds):
         raise MechtoxError(f"f1 needs one gold continuation per prompt; got {len(prompts)} prompts and {len(golds)} golds")
     with applied(model, interventions):

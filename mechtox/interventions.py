@@ -63,9 +63,10 @@ def make_neuron_hook(neurons: Int[Tensor, " k"] | Sequence[int],
     """Set activations ``act[..., neurons]`` to ``values`` (0 = zero-ablation; per-neuron means
     = mean-ablation; another model's means = constant patching). For ``mlp.hook_post``."""
     idx = torch.as_tensor(list(neurons) if not isinstance(neurons, Tensor) else neurons, dtype=torch.long)
+    bounds = _bounds(idx)  # once, not at every forward pass
 
     def hook(act: Float[Tensor, "batch pos d_mlp"], hook) -> Tensor:
-        _check_neurons(idx, act.shape[-1], hook.name)
+        _check_neurons(bounds, act.shape[-1], hook.name)
         i = idx.to(act.device)
         v = values.to(act.device, act.dtype) if isinstance(values, Tensor) else values
         act[..., i] = v
@@ -74,9 +75,14 @@ def make_neuron_hook(neurons: Int[Tensor, " k"] | Sequence[int],
     return hook
 
 
-def _check_neurons(idx: Tensor, size: int, where: str) -> None:
-    if len(idx) and (int(idx.min()) < 0 or int(idx.max()) >= size):
-        bad = int(idx.max()) if int(idx.max()) >= size else int(idx.min())
+def _bounds(idx: Tensor) -> tuple[int, int] | None:
+    """The smallest and largest neuron of ``idx`` (None when it is empty)."""
+    return (int(idx.min()), int(idx.max())) if len(idx) else None
+
+
+def _check_neurons(bounds: tuple[int, int] | None, size: int, where: str) -> None:
+    if bounds is not None and (bounds[0] < 0 or bounds[1] >= size):
+        bad = bounds[1] if bounds[1] >= size else bounds[0]
         raise MechtoxError(f"neuron {bad} does not exist at {where}, which has {size} neurons")
 
 
@@ -149,9 +155,10 @@ def _neuron_edit(where: str, idx: list[int], axis: int, factor: float) -> Callab
     """An edit of ``where`` (a ``W_out`` or ``W_in``) that multiplies the neurons ``idx`` along
     ``axis`` by ``factor`` (0 zeroes them), after checking they exist."""
     ii = torch.tensor(idx)
+    bounds = _bounds(ii)
 
     def fn(p: Tensor) -> None:
-        _check_neurons(ii, p.shape[axis], where)
+        _check_neurons(bounds, p.shape[axis], where)
         if factor == 0:
             p.index_fill_(axis, ii.to(p.device), 0.0)
         else:

@@ -28,7 +28,7 @@ from transformer_lens import HookedTransformer
 
 from mechtox import _io
 from mechtox.activations import FINAL_HOOK, Pooling, collect_activations, parse_layers, pool
-from mechtox.data import LabelledTexts
+from mechtox.data import LabelledTexts, one_or_many
 from mechtox.errors import IncompatibleError, MechtoxError
 
 Method = Literal["logreg", "diffmean", "svm"]
@@ -219,7 +219,7 @@ class ProbeScorer:
         activations, or for a probe fitted with ``pooling="tokens"`` the log-mean-exp of its token
         logits), or the probe applied to every token and the logits' ``max``, ``logsumexp`` or
         ``logmeanexp``."""
-        texts = [t if t.strip() else " " for t in ([texts] if isinstance(texts, str) else texts)]
+        texts = [t if t.strip() else " " for t in one_or_many(texts)]
         hooks = list(self.probe.hooks)
         how: str = self.aggregate
         if how == "pooled" and self.probe.pooling == "tokens":

@@ -18,12 +18,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mechtox.data import one_or_many
 from mechtox.errors import MechtoxError, OfflineError
-
-
-def one_or_many(texts: str | Sequence[str]) -> list[str]:
-    """A scorer's texts as a list: one string is one text (not one text per character)."""
-    return [texts] if isinstance(texts, str) else list(texts)
 
 
 @runtime_checkable

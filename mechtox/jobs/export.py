@@ -21,11 +21,9 @@ class ExportConfig:
 
     def __post_init__(self) -> None:
         out = Path(self.hf).expanduser()
-        if out.exists() and not out.is_dir():
-            raise MechtoxError(f"--hf {out} is a file; give a directory")
+        check_writable(out, "--hf")  # a file there, or a folder that cannot be created or written
         if out.is_dir() and any(out.iterdir()) and not self.force:
             raise MechtoxError(f"--hf {out} is not empty; pass --force to replace it or give another directory")
-        check_writable(out, "--hf")
 
     @property
     def model(self) -> str:  # the CLI resolves every config's model before any work
