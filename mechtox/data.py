@@ -343,6 +343,13 @@ def _to_label(value: Any, where: str, threshold: float) -> int:
     return int(x >= threshold)
 
 
+def _check_limit(limit: int | None, name: str = "limit") -> None:
+    """``limit`` is None (everything) or a whole number of at least 1 (0 read as 'all' in some
+    loaders and as 'nothing' in others; a negative one cut from the end)."""
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+        raise DataError(f"{name} must be a whole number of at least 1, or None for everything; not {limit!r}")
+
+
 def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | None = None, label_col: str | None = None,
                   split: str = "train", limit: int | None = None, threshold: float = 0.5) -> LabelledTexts:
     """Load binary-labelled text from a file or an HF data set.
@@ -351,6 +358,7 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
     toxic / non-toxic. Both classes must be present. Without ``source``: the Jigsaw slice
     (``jigsaw_balanced.csv``, found as :func:`data_file` says).
     """
+    _check_limit(limit, "limit")
     source = _default("labelled", source)
     path = _resolve(source)
     if path is not None:
@@ -491,6 +499,7 @@ def load_prompts(source: str | os.PathLike[str] | None = None, limit: int | None
     column, a text file (one prompt per line) or an HF id (``allenai/real-toxicity-prompts``).
     Without ``source``: the RealToxicityPrompts challenge prompts (``rtp_challenge.jsonl``).
     """
+    _check_limit(limit, "limit")
     source = _default("prompts", source)
     path = _resolve(source)
     if path is None:
@@ -592,6 +601,7 @@ def load_pairs(source: str | os.PathLike[str] | None = None, limit: int | None =
     (``toxic``, ``neutral1``...: chosen = first non-empty neutral paraphrase, rejected =
     the toxic sentence, empty prompt) or an HF id with either layout (``s-nlp/paradetox``).
     Without ``source``: ParaDetox (``paradetox.tsv``)."""
+    _check_limit(limit, "limit")
     source = _default("pairs", source)
     path = _resolve(source)
     if path is None:
@@ -654,6 +664,7 @@ def load_text(source: str | os.PathLike[str] | None = None, limit_chars: int | N
     """Raw text for perplexity: a ``.raw`` / ``.txt`` file or an HF id (``wikitext`` =
     ``wikitext-2-raw-v1`` test split). Without ``source``: the Wikitext-2 test split
     (``wikitext2_test.raw``)."""
+    _check_limit(limit_chars, "limit_chars")
     source = _default("text", source)
     path = _resolve(source)
     if path is not None:
@@ -688,6 +699,7 @@ def load_wiki_samples(source: str | os.PathLike[str] | None = None,
                       limit: int | None = None) -> tuple[list[str], list[str]]:
     """``{"prompt", "gold"}`` JSONL (dpo_toxic's Wikitext-2 F1 samples): prompts and gold
     continuations. Without ``source``: ``wiki_samples.jsonl``."""
+    _check_limit(limit, "limit")
     source = _default("wiki_samples", source)
     path = _resolve(source)
     if path is None:

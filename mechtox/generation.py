@@ -54,6 +54,9 @@ def generate(model: HookedTransformer, prompts: Sequence[str] | Sequence[Sequenc
         raise MechtoxError("no prompts to generate from")
     if max_new_tokens < 1:
         raise MechtoxError("max_new_tokens must be at least 1")
+    if max_prompt_tokens < 1 or batch_size < 1:
+        raise MechtoxError(f"max_prompt_tokens and batch_size must be at least 1, not {max_prompt_tokens} and "
+                           f"{batch_size}")
     if max_new_tokens >= model.cfg.n_ctx:
         raise MechtoxError(f"max_new_tokens {max_new_tokens} does not fit the model's context of {model.cfg.n_ctx}")
     max_prompt_tokens = min(max_prompt_tokens, model.cfg.n_ctx - max_new_tokens)

@@ -59,14 +59,19 @@ def make_subtract_hook(direction: Float[Tensor, " d_model"], alpha: float, newes
 
 
 def make_neuron_hook(neurons: Int[Tensor, " k"] | Sequence[int],
-                     values: Float[Tensor, " k"] | float = 0.0) -> HookFn:
+                     values: Float[Tensor, " k"] | float = 0.0, width: int | None = None) -> HookFn:
     """Set activations ``act[..., neurons]`` to ``values`` (0 = zero-ablation; per-neuron means
-    = mean-ablation; another model's means = constant patching). For ``mlp.hook_post``."""
+    = mean-ablation; another model's means = constant patching). For ``mlp.hook_post``.
+    ``width``: the number of neurons per layer that ``values`` were taken from (checked against
+    the layer's, so another model's means are an error, not silently wrong constants)."""
     idx = torch.as_tensor(list(neurons) if not isinstance(neurons, Tensor) else neurons, dtype=torch.long)
     bounds = _bounds(idx)  # once, not at every forward pass
 
     def hook(act: Float[Tensor, "batch pos d_mlp"], hook) -> Tensor:
         _check_neurons(bounds, act.shape[-1], hook.name)
+        if width is not None and width != act.shape[-1]:
+            raise MechtoxError(f"the means are for layers of {width} neurons, but {hook.name} has {act.shape[-1]}; "
+                               "take them from this model (mean_activations)")
         i = idx.to(act.device)
         v = values.to(act.device, act.dtype) if isinstance(values, Tensor) else values
         act[..., i] = v
@@ -256,17 +261,25 @@ def ablate(neurons, mode: Literal["zero", "mean", "value"] = "zero", means: Tens
     label = name or f"ablate {n} neurons ({mode})"
     if mode == "value":
         return Intervention(label, weight_edits=zero_value_vectors_edits(neurons), params={"n": n, "mode": mode})
+    if mode == "mean":
+        if means is None or means.ndim != 2:
+            raise MechtoxError("mean ablation needs means [n_layers, d_mlp]"
+                               + ("" if means is None else f", not of shape {tuple(means.shape)}"))
+        outside = [layer for layer, idx in groups.items()
+                   if not (0 <= layer < means.shape[0] and 0 <= min(idx) and max(idx) < means.shape[1])]
+        if outside:
+            raise MechtoxError(f"a neuron of layer {outside[0]} has no mean in means of shape "
+                               f"{tuple(means.shape)} [n_layers, d_mlp]; take them from this model (mean_activations)")
+    elif mode != "zero":
+        raise MechtoxError(f"unknown ablation mode {mode!r}; use zero, mean or value")
     hooks = []
     for layer, idx in groups.items():
         if mode == "mean":
-            if means is None:
-                raise MechtoxError("mean ablation needs means [n_layers, d_mlp]")
-            vals = means[layer, idx].float()
-        elif mode == "zero":
-            vals = 0.0
+            assert means is not None
+            hooks.append((f"blocks.{layer}.mlp.hook_post",
+                          make_neuron_hook(idx, means[layer, idx].float(), width=means.shape[1])))
         else:
-            raise MechtoxError(f"unknown ablation mode {mode!r}; use zero, mean or value")
-        hooks.append((f"blocks.{layer}.mlp.hook_post", make_neuron_hook(idx, vals)))
+            hooks.append((f"blocks.{layer}.mlp.hook_post", make_neuron_hook(idx, 0.0)))
     return Intervention(label, hooks, params={"n": n, "mode": mode})
 
 
@@ -280,12 +293,20 @@ def set_heads(heads: pd.DataFrame, values: Float[Tensor, "n_layers n_heads d_hea
               name: str = "patch heads to constants") -> Intervention:
     """Set each head's output ``z`` (``blocks.L.attn.hook_z``, before ``W_O``) to the constant
     ``values[layer, head]`` at every position (e.g. the after model's mean z)."""
+    groups = _by_layer(heads, "head")
+    if values.ndim != 3 or any(not (0 <= layer < values.shape[0] and 0 <= min(idx) and max(idx) < values.shape[1])
+                               for layer, idx in groups.items()):
+        raise MechtoxError(f"set_heads needs values [n_layers, n_heads, d_head] covering every head given, not of "
+                           f"shape {tuple(values.shape)}; take them from this model")
     hooks = []
-    for layer, idx in sorted(_by_layer(heads, "head").items()):
+    for layer, idx in sorted(groups.items()):
         idx_t = torch.as_tensor(idx, dtype=torch.long)
         v = values[layer, idx_t].detach().float()
 
         def hook(z, hook, idx_t=idx_t, v=v):
+            if z.shape[-2:] != values.shape[1:]:
+                raise MechtoxError(f"the head values are for {values.shape[1]} heads of size {values.shape[2]}, "
+                                   f"but {hook.name} has {z.shape[-2]} of size {z.shape[-1]}; take them from this model")
             z = z.clone()
             z[..., idx_t, :] = v.to(z.device, z.dtype)
             return z

@@ -76,6 +76,12 @@ class NeuronRanking:
     chance_range: tuple[float, float]
 
     def top(self, k: int = 100, by: str = "cosine") -> pd.DataFrame:
+        """The ``k`` neurons with the largest ``by`` (a column of :attr:`table`)."""
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+            raise MechtoxError(f"k must be a whole number of at least 0, not {k!r}")
+        if by not in self.table.columns or by in ("layer", "neuron", "rank"):
+            raise MechtoxError(f"cannot rank by {by!r}; use one of "
+                               f"{', '.join(c for c in self.table.columns if c not in ('layer', 'neuron', 'rank'))}")
         return self.table.nlargest(k, by)
 
     @property

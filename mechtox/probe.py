@@ -252,10 +252,21 @@ def _json_default(o: Any) -> Any:
 
 def split_indices(labels: np.ndarray, test_size: float | int = 0.25, seed: int = 0,
                   train_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Stratified train/test indices (seeded)."""
+    """Stratified train/test indices (seeded). Too few texts for a stratified split (a label with
+    fewer than 2 texts, or a side smaller than the number of labels) is a one-line error."""
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
+    counts = np.bincount(np.asarray(labels, dtype=int), minlength=2)
+    n_test = test_size if isinstance(test_size, numbers.Integral) else math.ceil(float(test_size) * len(idx))
+    n_train = train_size if train_size is not None else len(idx) - n_test
+    if counts.min() == 0:
+        raise MechtoxError(f"a probe needs both classes: the {len(idx)} texts are all "
+                           f"{'non-toxic (0)' if counts[0] else 'toxic (1)'}")
+    if counts.min() < 2 or min(n_test, n_train) < len(counts):
+        raise MechtoxError(f"{len(idx)} texts ({counts[0]} non-toxic, {counts[1]} toxic) cannot be split into "
+                           f"{n_train} + {n_test} with both labels on each side; give more texts of each label "
+                           f"(at least 2 each) or a larger split")
     tr, te = train_test_split(idx, test_size=test_size, train_size=train_size, stratify=labels, random_state=seed)
     return np.sort(tr), np.sort(te)
 
@@ -264,8 +275,18 @@ def stratified_subset(data: LabelledTexts, n: int, seed: int = 0) -> LabelledTex
     """A stratified, seeded subset of ``n`` rows of ``data`` (all of it when ``n >= len(data)``)."""
     if n >= len(data):
         return data
-    keep, _ = split_indices(data.labels, test_size=len(data) - n, seed=seed)
-    return data.subset(keep)
+    y = np.asarray(data.labels, dtype=int)
+    counts = np.bincount(y, minlength=2)
+    if counts.min() >= 2 and min(n, len(y) - n) >= 2:
+        keep, _ = split_indices(y, test_size=len(data) - n, seed=seed)
+        return data.subset(keep)
+    # Too few rows for scikit-learn's stratified split (which also needs both labels among the rows
+    # left out): keep each label's share, rounded, drawing the rows at random within each label.
+    rng = np.random.default_rng(seed)
+    n0 = int(round(counts[0] * n / len(y)))
+    take = (n0, n - n0)
+    keep = np.concatenate([rng.choice(np.flatnonzero(y == c), take[c], replace=False) for c in (0, 1)])
+    return data.subset(np.sort(keep))
 
 
 def _metrics(y: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -510,7 +531,11 @@ def cv_scores(X: np.ndarray, y: np.ndarray, method: Method = "logreg", seed: int
     from sklearn.model_selection import StratifiedKFold
 
     fit, logits = _fitter(X, y, method, seed, text_index, sample_weight)
-    folds = max(2, min(folds, int(np.bincount(y).min())))
+    fewest = int(np.bincount(y, minlength=2).min())
+    if fewest < 2:
+        raise MechtoxError(f"choosing C by cross-validation needs at least 2 training texts of each label (the "
+                           f"rarer label has {fewest}); give C a number, or more training texts")
+    folds = max(2, min(folds, fewest))
     aucs: dict[float, list[float]] = {c: [] for c in CV_CS}
     for tr, va in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
         prev = None
@@ -689,10 +714,10 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
         hooks.append(FINAL_HOOK)
     if pooling == "tokens":
         _check_token_memory(len(data), max_length, model.cfg.d_model, len(hooks) * (2 if together else 1))
+    split = split if split is not None else split_indices(data.labels, test_size, seed, train_size)  # before slow work
     collected = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
     acts = dict(collected.acts)
     text_index = collected.token_index[:, 0].numpy() if collected.token_index is not None else None  # per token
-    split = split if split is not None else split_indices(data.labels, test_size, seed, train_size)
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
     slow = pooling == "tokens" or C == "cv"

@@ -342,3 +342,111 @@ def test_set_base_refuses_a_model_that_is_not_there(tmp_path):
     with pytest.raises(MechtoxError, match="no model 'nosuch'"):
         ws.set_base("nosuch")
     assert ws.base_spec != "nosuch" and not (tmp_path / "workspace.json").exists()
+
+
+@pytest.mark.parametrize("labels, kw, match", [
+    ([0] * 3 + [1] * 1, {}, r"4 texts \(3 non-toxic, 1 toxic\) cannot be split into 3 \+ 1"),
+    ([0, 1] * 3, {"test_size": 1}, r"cannot be split into 5 \+ 1 with both labels on each side"),
+    ([0, 1] * 3, {"test_size": 4, "train_size": 1}, r"cannot be split into 1 \+ 4"),
+    ([0] * 8, {}, r"a probe needs both classes: the 8 texts are all non-toxic \(0\)"),
+])
+def test_a_split_too_small_for_both_labels_says_so(labels, kw, match):
+    from mechtox.probe import split_indices
+
+    with pytest.raises(MechtoxError, match=match):
+        split_indices(np.array(labels), **kw)
+
+
+def test_split_of_the_smallest_possible_sets_keeps_both_labels_on_each_side():
+    from mechtox.probe import split_indices
+
+    y = np.array([0, 1, 0, 1])
+    tr, te = split_indices(y, test_size=2)
+    assert sorted(y[tr]) == [0, 1] and sorted(y[te]) == [0, 1]
+
+
+def test_probe_sweep_on_too_few_texts_fails_before_collecting_activations(tiny, monkeypatch):
+    import mechtox.probe as P
+
+    monkeypatch.setattr(P, "collect_activations", lambda *a, **k: pytest.fail("activations collected first"))
+    data = LabelledTexts(["you idiot", "hello"], np.array([1, 0]), "two")
+    with pytest.raises(MechtoxError, match=r"2 texts \(1 non-toxic, 1 toxic\) cannot be split"):
+        mt.probe_sweep(tiny, data, progress=False)
+
+
+def test_choosing_C_by_cross_validation_needs_two_texts_of_each_label():
+    from mechtox.probe import choose_C
+
+    X = np.random.default_rng(0).normal(size=(5, 4))
+    with pytest.raises(MechtoxError, match="the rarer label has 1"):
+        choose_C(X, np.array([0, 0, 0, 0, 1]))
+    assert choose_C(X[:4], np.array([0, 1, 0, 1])) > 0  # two of each: 2-fold CV runs
+
+
+@pytest.mark.parametrize("loader, kw", [
+    ("load_prompts", {"limit": 0}), ("load_prompts", {"limit": -1}), ("load_labelled", {"limit": -2}),
+    ("load_pairs", {"limit": 0}), ("load_text", {"limit_chars": 0}), ("load_prompts", {"limit": 2.5}),
+])
+def test_loaders_refuse_a_limit_that_is_not_a_count(loader, kw):
+    """limit=0 meant 'all' in some loaders and 'none' in others; -1 silently dropped the last row."""
+    with pytest.raises(MechtoxError, match=f"{next(iter(kw))} must be a whole number of at least 1"):
+        getattr(mt if hasattr(mt, loader) else __import__("mechtox.data", fromlist=[loader]), loader)(**kw)
+
+
+def test_generate_refuses_zero_prompt_tokens_or_batch(tiny):
+    from mechtox.generation import generate
+
+    for kw in ({"max_prompt_tokens": 0}, {"batch_size": 0}):
+        with pytest.raises(MechtoxError, match="max_prompt_tokens and batch_size must be at least 1"):
+            generate(tiny, ["a b c"], 3, progress=False, **kw)
+    one = generate(tiny, [[5, 6, 7]], 2, max_prompt_tokens=1, progress=False)
+    assert one.prompt_ids == [[7]]  # the last token kept ([-0:] would have kept all three)
+
+
+def test_ranking_top_checks_k_and_the_column(tiny):
+    r = mt.rank_neurons(tiny, torch.randn(tiny.cfg.d_model))
+    assert len(r.top(0)) == 0 and len(r.top(5, by="dot")) == 5
+    with pytest.raises(MechtoxError, match="k must be a whole number of at least 0, not -3"):
+        r.top(-3)
+    with pytest.raises(MechtoxError, match="cannot rank by 'cos'; use one of cosine, dot, norm"):
+        r.top(5, by="cos")
+
+
+def test_constants_from_another_model_are_refused(tiny):
+    """Mean ablation and head patching take constants [n_layers, d_mlp] / [n_layers, n_heads, d_head]:
+    another model's (a different width) were indexed silently, or failed inside torch."""
+    from mechtox.interventions import ablate, applied, set_heads
+
+    toks = mt.tokenize(tiny, ["a b"]).tokens
+    wide = torch.zeros(tiny.cfg.n_layers, tiny.cfg.d_mlp * 2)
+    with pytest.raises(MechtoxError, match=f"the means are for layers of {2 * tiny.cfg.d_mlp} neurons"):
+        with applied(tiny, ablate([(0, 1)], "mean", wide)):
+            tiny(toks)
+    with pytest.raises(MechtoxError, match=r"a neuron of layer 0 has no mean in means of shape \(2, 3\)"):
+        ablate([(0, 5)], "mean", torch.zeros(2, 3))
+    with pytest.raises(MechtoxError, match=r"mean ablation needs means \[n_layers, d_mlp\], not of shape \(3,\)"):
+        ablate([(0, 1)], "mean", torch.zeros(3))
+    heads = pd.DataFrame({"layer": [0], "head": [1]})
+    with pytest.raises(MechtoxError, match=f"the head values are for {tiny.cfg.n_heads} heads of size {tiny.cfg.d_head + 1}"):
+        with applied(tiny, set_heads(heads, torch.zeros(tiny.cfg.n_layers, tiny.cfg.n_heads, tiny.cfg.d_head + 1))):
+            tiny(toks)
+    with pytest.raises(MechtoxError, match="set_heads needs values"):
+        set_heads(heads, torch.zeros(2, 4))
+    ok = torch.zeros(tiny.cfg.n_layers, tiny.cfg.d_mlp)
+    with applied(tiny, ablate([(0, 1)], "mean", ok)):
+        assert torch.isfinite(tiny(toks)).all()
+
+
+@pytest.mark.parametrize("labels, n", [([0, 0, 0, 1, 1], 4), ([0, 1] * 3, 5), ([0, 0, 0, 1], 3), ([0, 1] * 50, 99),
+                                       ([0] * 9 + [1], 2)])
+def test_stratified_subset_of_any_size_keeps_each_labels_share(labels, n):
+    """It used scikit-learn's split alone, which also needs both labels among the rows left out:
+    5 texts cut to 4 failed with an error about a '4 + 1' split the user never asked for."""
+    from mechtox.probe import stratified_subset
+
+    data = LabelledTexts([f"t{i}" for i in range(len(labels))], np.array(labels), "s")
+    sub = stratified_subset(data, n, seed=3)
+    assert len(sub) == n and len(set(sub.texts)) == n and set(sub.texts) <= set(data.texts)
+    share = np.mean(labels) * n
+    assert abs(int(np.sum(sub.labels)) - share) <= 1
+    assert stratified_subset(data, n, seed=3).texts == sub.texts  # seeded

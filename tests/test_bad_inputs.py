@@ -40,6 +40,11 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["probe", "--model", "tiny", "--data", "{binary}"], "UTF-8"),
     (["probe", "--model", "tiny", "--save", "top"], "--save must be"),
     (["probe", "--model", "tiny", "--n-train", "0"], "--n-train 0"),
+    (["probe", "--model", "tiny", "--n-test", "1"], "--n-test 1: a stratified split needs a text of each label"),
+    (["probe", "--model", "tiny", "--data", "{lone}", "--n-train", "2", "--n-test", "2"],
+     "4 texts (3 non-toxic, 1 toxic) cannot be split into 2 + 2 with both labels on each side"),
+    (["probe", "--model", "tiny", "--data", "{small}", "--n-train", "3", "--n-test", "2", "--C", "cv"],
+     "--C cv: cross-validation needs at least 2 training texts of each label"),
     (["probe", "--model", "tiny", "--out", "a/b"], "invalid probe name"),
     (["rank", "--model", "tiny", "--probe", "missing"], "no direction or probe 'missing'"),
     (["rank", "--model", "tiny", "--top", "-1"], "--top -1"),
@@ -87,7 +92,10 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
 @pytest.mark.parametrize(("argv", "match"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, capsys, no_loading):
     (tmp_path / "afile").write_text("a file, not a folder")
-    argv = [a.format(tmp=tmp_path, binary=_binary(tmp_path) if "{binary}" in a else "") for a in argv]
+    (tmp_path / "small.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nstupid,1\nthanks,0\n")
+    (tmp_path / "lone.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nthanks,0\n")
+    argv = [a.format(tmp=tmp_path, binary=_binary(tmp_path) if "{binary}" in a else "", small=tmp_path / "small.csv",
+                     lone=tmp_path / "lone.csv") for a in argv]
     _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), *argv[1:]], match.format(tmp=tmp_path))
 
 

@@ -69,6 +69,10 @@ class ProbeConfig:
         positive(self.limit, "--limit")
         for name in ("n_test", "max_length", "batch_size") + (() if self.n_train == "all" else ("n_train",)):
             positive(getattr(self, name), "--" + name.replace("_", "-"))
+        for name in ("n_test",) + (() if self.n_train == "all" else ("n_train",)):
+            if getattr(self, name) < 2:
+                raise MechtoxError(f"--{name.replace('_', '-')} {getattr(self, name)}: a stratified split needs a "
+                                   "text of each label on each side; give at least 2")
         if self.C != "cv":
             try:
                 if not (float(self.C) > 0 and math.isfinite(float(self.C))):
@@ -112,6 +116,8 @@ def run(cfg: ProbeConfig, ctx: Context, model=None):
 
 
 def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
+    import numpy as np
+
     from mechtox.data import load_labelled
 
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # a bad file is an error before TransformerLens loads
@@ -127,6 +133,9 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     # A stratified subset of n_train + n_test rows, then a stratified split of it.
     data = stratified_subset(data, n_train + cfg.n_test, ctx.seed)
     split = split_indices(data.labels, cfg.n_test, ctx.seed, n_train)
+    if cfg.C == "cv" and min(np.bincount(np.asarray(data.labels, int)[split[0]], minlength=2)) < 2:
+        raise MechtoxError(f"--C cv: cross-validation needs at least 2 training texts of each label, and the "
+                           f"{n_train} training texts have fewer; give --C a number or a larger --n-train")
     weight, shaping = training_weights(cfg, data, split[0])
     model = model if model is not None else ctx.load(cfg.model)
     print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {cfg.n_test} test, "
