@@ -256,7 +256,13 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text, suffix))
             if reader.fieldnames is None:
                 raise DataError(f"{path} is empty")
-            rows.extend(reader)
+            for row in reader:
+                if None in row:  # more fields than the header: an unquoted delimiter inside a text
+                    name = {",": "comma", ";": "semicolon", "\t": "tab"}[reader.reader.dialect.delimiter]
+                    raise DataError(f"{path}:{reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields but "
+                                    f"the header has {len(reader.fieldnames)}; put a text that contains a {name} "
+                                    f"in double quotes")
+                rows.append(row)
         except csv.Error as e:
             raise DataError(f"{path}:{reader.line_num}: malformed {suffix[1:].upper()} ({e})") from None
     elif suffix == ".jsonl":

@@ -73,7 +73,10 @@ def to_device(t: Tensor, device) -> Tensor:
 
 def build_sequences(model: HookedTransformer, prompts: Sequence[str], completions: Sequence[str],
                     max_prompt_tokens: int, max_completion_tokens: int) -> list[tuple[list[int], int]]:
-    """``(prompt + completion ids, prompt length)`` per example (prompt: last tokens; completion: first)."""
+    """``(prompt + completion ids, prompt length)`` per example (prompt: last tokens; completion: first).
+    Where both would not fit the model's context, the prompt keeps fewer of its last tokens (at
+    least one), then the completion fewer of its first."""
+    n_ctx = model.cfg.n_ctx
     p_ids = encode(model, prompts, max_prompt_tokens, truncate="left") if any(prompts) else [[] for _ in prompts]
     if any(len(p) == 0 for p in p_ids) and model.tokenizer.bos_token_id is not None:
         # an empty prompt: start from BOS so the first completion token is predicted
@@ -83,6 +86,9 @@ def build_sequences(model: HookedTransformer, prompts: Sequence[str], completion
     for p, c in zip(p_ids, c_ids, strict=True):
         if not c:
             raise MechtoxError("an empty completion cannot be trained on")
+        if len(p) + len(c) > n_ctx:  # longer than the position embedding: an IndexError inside the model
+            c = c[: n_ctx - min(len(p), 1)]
+            p = p[len(p) - (n_ctx - len(c)):]
         out.append((p + c, len(p)))
     return out
 

@@ -46,6 +46,10 @@ def test_csv_tsv_jsonl_and_columns(tmp_path):
     ("text,label\nhi,0\nyo,1\nhey,2\n", ".csv", r":4: label '2' is outside \[0, 1\].*multi-class"),
     ("text,label\nhi,0\nyo,-1\n", ".csv", r":3: label '-1' is outside \[0, 1\]"),
     ("hi\t0\nyo\t1\n", ".tsv", r"no column 'text' \(columns: 0, hi; the first row is the header\)"),
+    # an unquoted comma in a text: the row had read as text 'hello' with label ' you idiot'
+    ("text,label\nhello, you idiot,1\nfine,0\n", ".csv", r":2: 3 fields but the header has 2; put a text that "
+                                                       "contains a comma in double quotes"),
+    ("text\tlabel\nfine\t0\na\tb\t1\n", ".tsv", r":3: 3 fields but the header has 2;.* contains a tab"),
 ])
 def test_malformed_labelled_files(tmp_path, content, suffix, match):
     path = write(tmp_path / f"bad{suffix}", content)

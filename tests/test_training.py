@@ -423,3 +423,26 @@ def test_warmup_gives_the_first_step_a_share_of_the_learning_rate(tmp_path):
     res = train(m, DPOObjective(m, pairs(8), cfg), cfg, tmp_path / "w", progress=False)
     assert any(not torch.equal(v, start[k]) for k, v in m.state_dict().items())  # step 1 trains (lr/4)
     assert res.history[0]["lr"] == pytest.approx(2 * 1e-3 / 4)  # the rate set for the next step
+
+
+def test_sequences_longer_than_the_context_are_cut_to_fit(tiny):
+    """Prompt (32 tokens) + completion (32) exceeded the tiny model's context of 32: training failed
+    with an IndexError in the position embedding. The prompt keeps its last tokens, the completion
+    its first, and an empty prompt's BOS stays."""
+    n_ctx = tiny.cfg.n_ctx
+    long = " ".join(["idiot", "thanks", "the", "city"] * 20)
+    seqs = build_sequences(tiny, [long, "", "you are"], [long, long, " nice"], 32, 32)
+    assert all(len(s) <= n_ctx for s, _ in seqs)
+    (s0, p0), (s1, p1), (s2, p2) = seqs
+    full_c = tiny.to_tokens(long, prepend_bos=False)[0].tolist()
+    full_p = tiny.to_tokens(long)[0].tolist()
+    assert len(s0) == n_ctx and p0 == 1 and s0 == full_p[-1:] + full_c[: n_ctx - 1]
+    (s3, p3), = build_sequences(tiny, [long], [long], 32, 8)  # room for 24 prompt tokens: its last 24
+    assert p3 == n_ctx - 8 and s3 == full_p[-p3:] + full_c[:8]
+    assert p1 == 1 and s1[0] == tiny.tokenizer.bos_token_id and s1[1:] == full_c[: n_ctx - 1]
+    assert len(s2) < n_ctx and s2 == build_sequences(tiny, ["you are"], [" nice"], 32, 4)[0][0]  # short: as before
+    seqs = build_sequences(tiny, ["you are"], [long], 32, 64)
+    assert len(seqs[0][0]) == n_ctx and seqs[0][1] == 1  # a completion as long as the context keeps one prompt token
+    cfg = TrainConfig(batch_size=2, max_steps=1, max_completion_tokens=32)
+    obj = DPOObjective(tiny, PreferencePairs([long] * 2, [long] * 2, [" jerk " + long] * 2, "long"), cfg)
+    assert torch.isfinite(obj.loss(tiny, [0, 1])[0])
