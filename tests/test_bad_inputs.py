@@ -163,3 +163,60 @@ def test_a_file_system_refusal_is_one_line_naming_the_file(tmp_path, capsys, mon
     monkeypatch.setenv("MECHTOX_DEBUG", "1")
     with pytest.raises(OSError, match="No space left"):
         main(["models", "-w", str(tmp_path)])
+
+
+def _wrong_value(annotation: str):
+    """A value of the wrong type for a field annotated ``annotation`` (None where none is wrong)."""
+    if annotation == "bool":
+        return "yes"
+    if annotation in ("int", "int | None", "float", "float | None"):
+        return "3"
+    if annotation in ("str", "str | None", "tuple[str, ...]") or annotation.startswith("Literal"):
+        return 3
+    return None
+
+
+def _required(cls) -> dict:
+    """A string for each field that has no default or that its command requires."""
+    import dataclasses
+
+    return {f.name: "x" for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING or f.metadata.get("cli", {}).get("required")}
+
+
+def test_job_configs_made_in_python_refuse_values_of_the_wrong_type():
+    """`ProbeConfig(n_test="500")` (a number as a string, as from a notebook widget) failed inside the
+    config's own checks with "'<' not supported between 'str' and 'int'"; a string for a list, or a
+    number for a name, with AttributeErrors. Each field is tried on every command's config."""
+    import dataclasses
+
+    from mechtox.errors import MechtoxError
+    from mechtox.jobs import COMMANDS, Context
+
+    tried = 0
+    for _, cls in [*COMMANDS.values(), (None, Context)]:
+        required = _required(cls)
+        for f in dataclasses.fields(cls):
+            bad = _wrong_value(str(f.type))
+            if bad is None or f.name in required or f.name == "workspace":
+                continue
+            with pytest.raises(MechtoxError, match=rf"^{cls.__name__}\.{f.name} \(--{f.name.replace('_', '-')}\) "
+                                                   rf"must be .*, not {bad!r}$"):
+                cls(**required, **{f.name: bad})
+            tried += 1
+    assert tried > 100
+
+
+def test_job_configs_take_what_the_command_line_and_python_give(tmp_path):
+    """The check accepts every default, ints for floats, and --C as a number or a string."""
+    import numpy as np
+
+    from mechtox.jobs import COMMANDS, Context, probe
+
+    for _, cls in COMMANDS.values():
+        cls(**_required(cls))
+    assert probe.ProbeConfig(C=0.01).C == 0.01 and probe.ProbeConfig(C="cv", n_train="all").n_train == "all"
+    assert Context(workspace=str(tmp_path), seed=np.int64(3)).seed == 3
+    from mechtox.jobs import pairs
+
+    assert pairs.PairsConfig(alpha=8).alpha == 8

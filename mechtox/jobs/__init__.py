@@ -1,5 +1,6 @@
 """The job layer: one module per command, each with a frozen config dataclass (its options,
-defaults and help, validated in ``__post_init__`` before any model loads), ``run(config, ctx) ->
+defaults and help; a :class:`~mechtox.jobs._base.JobConfig`, whose fields are checked against their
+types and then by its ``check`` when it is made, before any model loads), ``run(config, ctx) ->
 result``, ``write(result, ctx)`` (the files) and ``summary(result, ctx)`` (what is printed).
 
 The CLI only parses arguments into these configs and calls :func:`execute`; notebooks and

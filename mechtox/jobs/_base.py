@@ -32,6 +32,73 @@ def option(default: Any = None, help: str | None = None, *, flags: Sequence[str]
     return dataclasses.field(default=default, metadata={"cli": meta})
 
 
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+    """The base of every command's config (and of :class:`Context`): the fields are checked against
+    their annotations when a config is made (a one-line error naming the option), then the
+    subclass's :meth:`check` checks the values. ``ProbeConfig(n_test="500")`` from Python is refused
+    there, not a TypeError inside a check or a job."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        self.check()
+
+    def check(self) -> None:
+        """The subclass's checks of the values (all types already hold)."""
+
+
+def check_types(cfg: Any) -> None:
+    """A one-line error for the first field of the dataclass ``cfg`` whose value does not match its
+    annotation (int, float, str, bool, None, Literal, lists, tuples and dicts of them; Any passes)."""
+    import typing
+
+    hints = typing.get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if not _matches(value, hints[f.name]):
+            raise MechtoxError(f"{type(cfg).__name__}.{f.name} ({flag(f.name)}) must be {_describe(f.type)}, "
+                               f"not {value!r}")
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    import numbers
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if origin is typing.Literal:
+        return value in args
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or hint in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            return False
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
+        return all(_matches(v, args[0]) for v in value) if args else True
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    return True  # an annotation this check does not know: the config's own checks apply
+
+
+def _describe(annotation: Any) -> str:
+    text = str(annotation).replace("typing.", "").replace("Literal[", "one of [")
+    return {"int": "a whole number", "float": "a number", "str": "a string", "bool": "True or False",
+            "int | None": "a whole number or None", "str | None": "a string or None"}.get(text, text)
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, absent_unless_given: bool = False) -> None:
     """Add an argparse option for every :func:`option` field of the dataclass ``cls``, in order.
     ``absent_unless_given``: an option left out sets nothing (the config's default applies), so the
@@ -101,7 +168,7 @@ def command_line(command: str, config: Any, ctx: Any = None, **extra: Any) -> st
 
 
 def from_args(cls: type, args: argparse.Namespace, **override: Any) -> Any:
-    """An instance of the config class ``cls`` from parsed arguments (validated by its ``__post_init__``)."""
+    """An instance of the config class ``cls`` from parsed arguments (checked when made: :class:`JobConfig`)."""
     names = [f.name for f in dataclasses.fields(cls)]
     return cls(**{n: override[n] if n in override else getattr(args, n) for n in names if n in override or hasattr(args, n)})
 
@@ -178,7 +245,7 @@ def check_writable(root: Path, flag: str) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class Context:
+class Context(JobConfig):
     """The options every command takes: where results go and how models run."""
 
     workspace: str | None = option(None, "workspace directory (default: $MECHTOX_HOME or ./mechtox-runs)",
@@ -188,7 +255,7 @@ class Context:
     seed: int = option(0, "seed for every random choice (default 0)")
     quiet: bool = option(False, "no progress bars", flags=("--quiet", "-q"))
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_writable(self.ws.root, "--workspace")
         if not 0 <= self.seed < 2**32:
             raise MechtoxError(f"--seed {self.seed}: give a whole number from 0 to 2**32 - 1")

@@ -6,13 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, ints, option, positive
+from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, ints, option, positive
 
 HELP = "attribute the change from --before to --after to individual neurons and attention heads"
 
 
 @dataclass(frozen=True)
-class AttributeConfig:
+class AttributeConfig(JobConfig):
     before: str = option("base")
     after: str = option(None, "the fine-tuned model (e.g. dpo)", required=True)
     direction: str = option("probe", "the direction projected onto (default: the probe, as `mechtox probe` saves it)",
@@ -30,7 +30,7 @@ class AttributeConfig:
     out: str | None = option(None, "run name (default attribute-<before>-<after>)")
     text: str | None = None   # Wikitext-2 text for perplexity (default: the shipped one); not a flag
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_out(self.out, "run name")
         ints(self.ablate_ks, "--ablate-ks")
         for name in ("n", "max_new_tokens", "top"):

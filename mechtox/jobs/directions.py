@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, ints, names, option, positive
+from mechtox.jobs._base import (
+    DEFAULT_DATA,
+    Context,
+    JobConfig,
+    check_out,
+    ints,
+    names,
+    option,
+    positive,
+)
 
 HELP = ("compare toxicity directions (probe, unembedding, generation diff-of-means, gradient) by toxic-token "
         "precision, causal ablation and agreement")
@@ -24,7 +33,7 @@ Kind = Literal["cosine", "contrast", "reranked", "attribution"]
 
 
 @dataclass(frozen=True)
-class DirectionsConfig:
+class DirectionsConfig(JobConfig):
     model: str = option("base")
     data: str | None = option(None, "labelled text " + DEFAULT_DATA.format("jigsaw_balanced.csv"))
     prompts: str | None = option(None, "prompts for generation " + DEFAULT_DATA.format("rtp_challenge.jsonl"))
@@ -65,7 +74,7 @@ class DirectionsConfig:
     out: str = option("directions", "run name; directions are saved as their method names")
     text: str | None = None   # Wikitext-2 text (default: the shipped one); not a flag
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         from mechtox.specs import DIRECTION_METHODS
 
         check_out(self.out, "run name")

@@ -5,14 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, option, positive
+from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, option, positive
 from mechtox.specs import SPEC_FORMS, parse_spec
 
 HELP = "toxicity / perplexity / F1 / probe score under interventions"
 
 
 @dataclass(frozen=True)
-class EvalJobConfig:
+class EvalJobConfig(JobConfig):
     model: str = option("base")
     intervention: list[str] | None = option(None, "repeatable; forms: " + "; ".join(SPEC_FORMS).replace("%", "%%"),
                                             flags=("--intervention", "-i"), metavar="SPEC", append=True)
@@ -29,7 +29,7 @@ class EvalJobConfig:
     batch_size: int = option(25)
     out: str = option("eval", "run name")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_out(self.out, "run name")
         positive(self.limit, "--limit")
         positive(self.ppl_tokens, "--ppl-tokens", zero_ok=True)

@@ -6,20 +6,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, check_writable, option
+from mechtox.jobs._base import Context, JobConfig, check_writable, option
 
 HELP = "write a model as a transformers directory (weights, config, tokenizer, generation config)"
 RANDOM = False  # draws no random numbers (writes and checks weights; its check is greedy): the CLI seeds nothing, so torch need not load
 
 
 @dataclass(frozen=True)
-class ExportConfig:
+class ExportConfig(JobConfig):
     name: str = option("base", "the model to export (a workspace alias, checkpoint path...)", positional=True)
     hf: str = option(None, "the directory to write (it must not exist or be empty, unless --force)", required=True,
                      metavar="DIR")
     force: bool = option(False, "replace a non-empty DIR")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         out = Path(self.hf).expanduser()
         check_writable(out, "--hf")  # a file there, or a folder that cannot be created or written
         if out.is_dir() and any(out.iterdir()) and not self.force:

@@ -24,7 +24,7 @@ import mechtox.jobs.rank as rank
 import mechtox.jobs.report as report
 import mechtox.jobs.train as train
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, check_out, execute, finite, option, positive
+from mechtox.jobs._base import Context, JobConfig, check_out, execute, finite, option, positive
 
 HELP = ("the main job: probe, directions, neurons, pairs, DPO, evaluation, attribution, report (finished steps "
         "are reused)")
@@ -51,7 +51,7 @@ _TOY = dict(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, at
 
 
 @dataclass(frozen=True)
-class MainConfig:
+class MainConfig(JobConfig):
     model: str = option("base")
     size: str = option("auto", "small: 15-20 minutes on 2 CPU cores; full: the papers' sizes (auto: full on a GPU); "
                                "quick: a few minutes, a check that every step runs (not results)",
@@ -66,7 +66,7 @@ class MainConfig:
     fresh: bool = option(False, "redo every step")
     out: str = option("main", "run name prefix (default 'main')")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         from mechtox.data import data_dirs
 
         check_out(self.out, "run name prefix")
@@ -83,7 +83,7 @@ class MainConfig:
 
 
 @dataclass(frozen=True)
-class CompareEvalConfig:
+class CompareEvalConfig(JobConfig):
     """Step 6: the base and the trained model evaluated alike (toxicity, probe score read by the
     base model, perplexity, F1)."""
 

@@ -9,14 +9,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from mechtox.jobs._base import Context, option
+from mechtox.jobs._base import Context, JobConfig, option
 
 HELP = "list the models, directions and pair sets in the workspace"
 RANDOM = False  # draws no random numbers (lists and sets names): the CLI seeds nothing, so torch need not load
 
 
 @dataclass(frozen=True)
-class ModelsConfig:
+class ModelsConfig(JobConfig):
     set_base: str | None = option(None, "make MODEL the workspace's base model", metavar="MODEL")
 
 

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechtox.jobs._base import Context, check_out, finite, option, positive
+from mechtox.jobs._base import Context, JobConfig, check_out, finite, option, positive
 
 HELP = "preference pairs: greedy vs steered-toward-toxicity continuations (or ParaDetox)"
 
 
 @dataclass(frozen=True)
-class PairsConfig:
+class PairsConfig(JobConfig):
     model: str = option("base")
     prompts: str | None = option(None, "prompts (default: shared wiki_samples.jsonl, as Lee et al. used Wikitext-2)")
     direction: str = option("unembed", "direction steered along for the rejected continuation")
@@ -23,7 +23,7 @@ class PairsConfig:
     paradetox: str | None = option(None, "convert this ParaDetox TSV instead of generating")
     out: str = option("pairs", "name of the pair set")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_out(self.out, "pairs name")
         for name in ("n", "max_new_tokens", "batch_size"):
             positive(getattr(self, name), "--" + name.replace("_", "-"))

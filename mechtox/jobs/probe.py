@@ -9,13 +9,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import DEFAULT_DATA, Context, check_out, option, positive
+from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, option, positive
 
 HELP = "fit toxicity probes at every layer from one activation pass and save the best"
 
 
 @dataclass(frozen=True)
-class ProbeConfig:
+class ProbeConfig(JobConfig):
     model: str = option("base")
     data: str | None = option(None, "labelled text: CSV/TSV/JSONL path (optionally .gz) or HF id "
                               + DEFAULT_DATA.format("jigsaw_balanced.csv"))
@@ -29,7 +29,7 @@ class ProbeConfig:
                 "that way (a toxic word in a long text is not averaged away; keeps every token's activations, so "
                 "sweep a few --layers)", choices=["mean", "last", "tokens"])
     n_train: int | str = option(3000, "training texts (stratified; default 3000; 'all': every text not held out)",
-                                type=lambda v: v if v == "all" else int(v))
+                                type=lambda v: v if v == "all" or not v.lstrip("-").isdigit() else int(v))
     n_test: int = option(1000, "held-out texts (default 1000)")
     max_length: int = option(64, "tokens per text (default 64)")
     batch_size: int = option(16)
@@ -47,7 +47,7 @@ class ProbeConfig:
         "pooled", "--eval: score each text as the probe was fitted ('pooled'), or apply the probe to every token and "
                   "take the max, logsumexp or logmeanexp of the logits (a toxic word in a long text is not averaged "
                   "away)", choices=["pooled", "max", "logsumexp", "logmeanexp"])
-    C: str = option("1", "inverse regularization of the logistic probe on standardised features, or 'cv': chosen "
+    C: float | str = option("1", "inverse regularization of the logistic probe on standardised features, or 'cv': chosen "
                          "by 5-fold cross-validation on the training texts among 0.001, 0.01, 0.1, 1 (reported)",
                     flags=("--C",))
     eval_data: str | None = option(None, "labelled texts of another source: the sweep also reports each layer's "
@@ -63,7 +63,9 @@ class ProbeConfig:
               "frequent among them as among the toxic ones (weights clipped at 5); a cue is 'you', 'capitals', "
               "'exclaim', a topic ('wikipedia') or a regular expression", metavar="CUE", append=True)
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
+        if isinstance(self.n_train, str) and self.n_train != "all":
+            raise MechtoxError(f"--n-train {self.n_train!r}: give a whole number or 'all'")
         check_out(self.out, "probe name")
         check_out(self.eval, "probe name")
         positive(self.limit, "--limit")

@@ -6,13 +6,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechtox.jobs._base import Context, check_out, option, positive
+from mechtox.jobs._base import Context, JobConfig, check_out, option, positive
 
 HELP = "rank all MLP neurons by cosine of their value vector with a direction"
 
 
 @dataclass(frozen=True)
-class RankConfig:
+class RankConfig(JobConfig):
     model: str = option("base")
     probe: str = option("probe", "saved probe or direction name", flags=("--probe", "--direction"))
     top: int = option(100)
@@ -23,7 +23,7 @@ class RankConfig:
     svd_top: int = option(128, "value vectors in the SVD")
     out: str | None = option(None, "run name (default rank-<probe>)")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         check_out(self.out, "run name")
         for name in ("top", "tokens", "act_limit", "svd_top"):
             positive(getattr(self, name), "--" + name.replace("_", "-"))

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, option
+from mechtox.jobs._base import Context, JobConfig, option
 
 HELP = "one self-contained HTML report of the workspace's results"
 RANDOM = False  # draws no random numbers (reads results and writes HTML): the CLI seeds nothing, so torch need not load
 
 
 @dataclass(frozen=True)
-class ReportConfig:
+class ReportConfig(JobConfig):
     out: str | None = option(None, "output file (default: <workspace>/report.html)")
     title: str = option("mechtox report")
     notes: str = ""   # a line under the title; not a flag

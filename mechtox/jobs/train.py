@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, check_out, command_line, names, option, positive
+from mechtox.jobs._base import Context, JobConfig, check_out, command_line, names, option, positive
 from mechtox.train_config import TrainConfig
 
 HELP = "fine-tune a model (DPO, SFT, probe-guided SFT, probe-ranked DPO, SAP) into a named model"
@@ -18,7 +18,7 @@ _T = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # the library
 
 
 @dataclass(frozen=True)
-class TrainJobConfig:
+class TrainJobConfig(JobConfig):
     objective: str = option("dpo", positional=True, choices=OBJECTIVES)
     model: str = option("base")
     pairs: str = option("pairs", "pair set name or a .jsonl/.tsv path (for sap: the safety pairs, chosen = safe, "
@@ -64,7 +64,7 @@ class TrainJobConfig:
     data: str | None = None   # labelled texts of the probe check (default: the Jigsaw file); not a flag
     out: str | None = option(None, "name of the trained model (default: the objective)")
 
-    def __post_init__(self) -> None:
+    def check(self) -> None:
         if self.objective not in OBJECTIVES:
             raise MechtoxError(f"unknown objective {self.objective!r}; use {', '.join(OBJECTIVES)}")
         check_out(self.name, "model name")
