@@ -56,8 +56,9 @@ def check_types(cfg: Any) -> None:
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if not _matches(value, hints[f.name]):
-            raise MechtoxError(f"{type(cfg).__name__}.{f.name} ({flag(f.name)}) must be {_describe(f.type)}, "
-                               f"not {value!r}")
+            meta = f.metadata.get("cli")
+            where = f" ({(meta['flags'] or (flag(f.name),))[0]})" if meta and not meta["positional"] else ""
+            raise MechtoxError(f"{type(cfg).__name__}.{f.name}{where} must be {_describe(f.type)}, not {value!r}")
 
 
 def _matches(value: Any, hint: Any) -> bool:
