@@ -203,7 +203,7 @@ class Workspace:
             model = M.tiny_model(device=device or "cpu")
         else:
             model = M.load_pretrained(ref.location, device=device, dtype=dtype)
-        return model
+        return M.check_finite(model, spec)
 
     def require_direction(self, name: str) -> Path:
         d = self.direction_dir(name)

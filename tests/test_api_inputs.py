@@ -450,3 +450,23 @@ def test_stratified_subset_of_any_size_keeps_each_labels_share(labels, n):
     share = np.mean(labels) * n
     assert abs(int(np.sum(sub.labels)) - share) <= 1
     assert stratified_subset(data, n, seed=3).texts == sub.texts  # seeded
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_a_model_with_broken_weights_is_refused_when_loaded(tiny, tmp_path, bad, capsys):
+    """A checkpoint holding NaN (a diverged run saved by hand) loaded silently: `eval` and `attribute`
+    failed only at their perplexity step ("perplexity is not finite (NaN logits?)"), after the
+    generation and attribution work, and the Python API never said."""
+    from mechtox.cli import main
+    from mechtox.models import check_finite, save_checkpoint
+
+    with torch.no_grad():
+        tiny.blocks[1].mlp.W_in[2, 3] = bad
+    save_checkpoint(tiny, tmp_path / "broken")
+    with pytest.raises(MechtoxError, match=r"broken: blocks\.1\.mlp\.W_in holds 1 NaN or infinite value"):
+        mt.load_model(str(tmp_path / "broken"))
+    assert main(["eval", "-w", str(tmp_path / "ws"), "--model", str(tmp_path / "broken"), "--limit", "2"]) == 2
+    assert "blocks.1.mlp.W_in holds 1 NaN or infinite" in capsys.readouterr().err
+    with torch.no_grad():
+        tiny.blocks[1].mlp.W_in.fill_(1e36)  # finite, though their float32 sum is not
+    assert check_finite(tiny, "huge") is tiny
