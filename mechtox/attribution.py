@@ -59,7 +59,10 @@ GROUP_MEANING = {
     "TN-": "toxic, negative, becomes less negative (increases toxicity)",
     "AP-": "anti-toxic, positive, activation falls (increases toxicity)",
     "AN+": "anti-toxic, negative, becomes more negative (increases toxicity)",
+    "unchanged": "mean activation exactly the same before and after (a layer the fine-tuning left alone, read "
+                 "on shared tokens); any contribution is from its weights",
 }
+NEURON_GROUPS = (*REDUCING, *INCREASING, "unchanged")
 
 
 def target_layer(model: HookedTransformer, hook_name: str) -> int:
@@ -191,6 +194,7 @@ HEAD_GROUPS = {
     "A+": "writes away from it, more so after (lowers the projection)",
     "T+": "writes toward the direction, more after (raises it)",
     "A-": "writes away from it, less so after (raises it)",
+    "unchanged": "the same projection before and after, exactly",
 }
 
 
@@ -218,7 +222,8 @@ def _head_table(zb: Tensor, za: Tensor, ub: Tensor, ua: Tensor) -> pd.DataFrame:
         "delta_weight": (za * (ub - ua)).sum(-1).numpy().ravel(),
     })
     toward, lower = t["p_before"] >= 0, t["delta"] > 0
-    t["group"] = np.where(toward, np.where(lower, "T-", "T+"), np.where(lower, "A+", "A-"))
+    t["group"] = np.where(t["delta"] == 0, "unchanged",
+                          np.where(toward, np.where(lower, "T-", "T+"), np.where(lower, "A+", "A-")))
     return t
 
 
@@ -229,6 +234,8 @@ def _group_table(table: pd.DataFrame, order: Sequence[str], reducing: Sequence[s
     rows = []
     for g in order:
         sel = table[table["group"] == g]
+        if g == "unchanged" and not len(sel):  # listed only where some are
+            continue
         c = float(sel["delta"].sum())
         rows.append({"group": g, "reduces": g in reducing, "n": len(sel), "contribution": c,
                      parts[0]: float(sel[parts[0]].sum()), parts[1]: float(sel[parts[1]].sum()),
@@ -244,19 +251,22 @@ def _d(model: HookedTransformer, w: Tensor, L: int) -> Tensor:
 
 def classify(cos_before: np.ndarray, act_before: np.ndarray, act_after: np.ndarray) -> np.ndarray:
     """The group of each neuron: T/A by the sign of cos(v_before, w), P/N by the sign of the
-    mean activation before (P: >= 0), then the direction of the activation change."""
+    mean activation before (P: >= 0), then the direction of the activation change; ``unchanged``
+    where the mean activation is exactly the same (a tie was counted as a fall: every neuron of
+    a layer the fine-tuning did not reach landed in TP-, TN+, AP- or AN+)."""
     T = cos_before > 0
     P = act_before >= 0
     up = act_after > act_before
-    out = np.empty(len(cos_before), dtype=object)
-    out[T & P & ~up] = "TP-"
-    out[T & ~P & ~up] = "TN+"
+    down = act_after < act_before
+    out = np.full(len(cos_before), "unchanged", dtype=object)
+    out[T & P & down] = "TP-"
+    out[T & ~P & down] = "TN+"
     out[~T & P & up] = "AP+"
     out[~T & ~P & up] = "AN-"
     out[T & P & up] = "TP+"
     out[T & ~P & up] = "TN-"
-    out[~T & P & ~up] = "AP-"
-    out[~T & ~P & ~up] = "AN+"
+    out[~T & P & down] = "AP-"
+    out[~T & ~P & down] = "AN+"
     return out
 
 
@@ -316,7 +326,7 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     # heads: each model's own mean z and W_O
     ub, ua = _u(before, w, L), _u(after, w, L)
     heads = _head_table(sb.z / sb.n_tokens, sa.z / sa.n_tokens, ub, ua)
-    head_groups = _group_table(heads, ("T-", "A+", "T+", "A-"), ("T-", "A+"), HEAD_GROUPS,
+    head_groups = _group_table(heads, tuple(HEAD_GROUPS), ("T-", "A+"), HEAD_GROUPS,
                                ("delta_pattern_value", "delta_weight"))
     # exactness: every part on its own (means over each model's tokens)
     attn_bias = _bias_proj(before, w, L, "attn") - _bias_proj(after, w, L, "attn")
@@ -332,10 +342,10 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
                            "heads": heads.groupby("layer")["delta"].sum().to_numpy(),
                            "attention_bias": attn_bias.numpy(), "mlp_bias": mlp_bias.numpy()})
 
-    groups = _group_table(table, REDUCING + INCREASING, REDUCING, GROUP_MEANING, ("delta_act", "delta_weight"))
+    groups = _group_table(table, NEURON_GROUPS, REDUCING, GROUP_MEANING, ("delta_act", "delta_weight"))
     groups = groups.rename(columns={"delta_act": "from_activation", "delta_weight": "from_weights"})
     per_layer = table.pivot_table(index="layer", columns="group", values="delta", aggfunc="sum", fill_value=0.0)
-    per_layer = per_layer.reindex(columns=[g for g in REDUCING + INCREASING if g in per_layer.columns]).reset_index()
+    per_layer = per_layer.reindex(columns=[g for g in NEURON_GROUPS if g in per_layer.columns]).reset_index()
     return Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
                        getattr(direction, "name", "") or "direction", heads, head_groups, layers, (sa.z / sa.n_tokens).float())
 

@@ -79,6 +79,29 @@ def test_classify_groups():
     a_b = np.array([1, -1, 1, -1, 1, -1, 1, -1.0])
     a_a = np.array([0, -2, 2, 0, 2, 0, 0, -2.0])
     assert list(classify(cos, a_b, a_a)) == ["TP-", "TN+", "AP+", "AN-", "TP+", "TN-", "AP-", "AN+"]
+    assert list(classify(cos, a_b, a_b)) == ["unchanged"] * 8  # a tie was counted as a fall (TP-, TN+, AP-, AN+)
+
+
+def test_a_layer_the_fine_tuning_left_alone_is_unchanged_not_dampened(tiny):
+    """Only the last block trained, read on shared tokens: every neuron and head of block 0 has the
+    same mean activation before and after. They were classified as falling, so "patch the dampened
+    toxic neurons (TP-) to the after-mean" pinned unchanged neurons to constants."""
+    from mechtox.attribution import ablation_vs_patching
+
+    after = copy.deepcopy(tiny)
+    with torch.no_grad():
+        after.blocks[1].mlp.W_in.add_(0.3 * torch.randn(after.blocks[1].mlp.W_in.shape))
+        after.blocks[1].attn.W_Q.add_(0.3 * torch.randn(after.blocks[1].attn.W_Q.shape))
+    res = attribute(tiny, after, torch.randn(64), PROMPTS, mode="shared", max_new_tokens=5, progress=False)
+    n = res.neurons
+    assert set(n.loc[n["layer"] == 0, "group"]) == {"unchanged"}
+    assert (n.loc[n["layer"] == 1, "group"] != "unchanged").all()
+    assert set(res.heads.loc[res.heads["layer"] == 0, "group"]) == {"unchanged"}
+    g = res.groups.set_index("group")
+    assert g.loc["unchanged", "n"] == tiny.cfg.d_mlp and g.loc["unchanged", "contribution"] == 0.0
+    assert g["n"].sum() == tiny.cfg.n_layers * tiny.cfg.d_mlp
+    damp = next(iv for iv in ablation_vs_patching(n, 2, tiny.cfg.d_mlp, ks=(5,)) if "(TP-)" in iv.name)
+    assert {name for name, _ in damp.fwd_hooks} <= {"blocks.1.mlp.hook_post"}
 
 
 def test_errors(tiny, tiny_llama):
