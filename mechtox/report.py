@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -44,17 +45,32 @@ def _fig(fig) -> str:
     return fig.to_html(full_html=False, include_plotlyjs=False, config={"displaylogo": False})
 
 
+class _Unreadable(Exception):
+    """A result file that exists but cannot be read (edited by hand, damaged): its run is left out
+    of the report, which says so, rather than the whole report failing."""
+
+
+def _parse(path: Path, read):
+    try:
+        return read(path)
+    except (ValueError, UnicodeDecodeError, KeyError, pd.errors.ParserError) as e:  # JSONDecodeError is a ValueError
+        raise _Unreadable(f"{path}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]) from None
+
+
 def _read_csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.is_file() else None
+    return _parse(path, pd.read_csv) if path.is_file() else None
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _load_json(path) if path.is_file() else None
 
 
 def _load_json(path: Path) -> dict:
     """A JSON record known to exist (found by a glob)."""
-    return json.loads(path.read_text())
+    record = _parse(path, lambda p: json.loads(p.read_text()))
+    if not isinstance(record, dict):
+        raise _Unreadable(f"{path}: not a JSON object")
+    return record
 
 
 ORDER = ("probe", "directions", "neurons", "interventions", "training", "evaluation", "attribution")
@@ -74,27 +90,29 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
 
     root = Path(root)
     sec: dict[str, list[str]] = {k: [] for k in ORDER}
-    for d in sorted((root / "directions").glob("*/" + A.SWEEP)) if (root / "directions").is_dir() else []:
-        sweep = pd.read_csv(d)
-        sec["probe"].append(_h2(f"Probe sweep: {d.parent.name}", f"probe-{d.parent.name}"))
-        shaped = ((_read_json(d.parent / "direction.json") or {}).get("provenance") or {}).get("training_texts")
-        if shaped:  # --drop-negatives / --match-cue: say what the fit saw
-            sec["probe"].append(f"<p class='note'>Of the training texts, {html.escape(str(shaped))}.</p>")
-        sec["probe"].append(_fig(plotting.probe_sweep_figure(sweep)))
-        cols = [c for c in ("hook", "test_accuracy", "test_f1", "test_auroc", "transfer_auroc", "C_by_cv") if c in sweep]
-        if len(sweep) > 12:  # the figure shows every layer; the table only the best and the last
-            sweep = pd.concat([sweep.nlargest(5, "test_auroc"), sweep.tail(1)]).drop_duplicates("hook")
-        sec["probe"].append(_table(sweep[cols].rename(columns=_LABELS)))
+    left_out: list[str] = []
+    sweeps = sorted((root / "directions").glob("*/" + A.SWEEP)) if (root / "directions").is_dir() else []
+    for d in sweeps:
+        _unless_unreadable(_sweep_section, d, sec, left_out)
     runs = root / "runs"
     for run in sorted(runs.iterdir()) if runs.is_dir() else []:
-        _run_sections(run, sec)
-    parts = [_summary(root)]
-    meta = _read_json(root / A.MAIN_SUMMARY)
+        _unless_unreadable(_run_sections, run, sec, left_out)
+    try:
+        parts = [_summary(root)]
+        meta = _read_json(root / A.MAIN_SUMMARY)
+    except _Unreadable as e:
+        parts, meta = [], None
+        left_out.append(f"the summary ({e})")
     if meta:
         row = {_LABELS.get(k, k): v for k, v in meta.items() if not isinstance(v, (dict, list))}
         parts.append("<h2 id='run'>Run</h2>" + _table(pd.DataFrame([row])))
     if notes:
         parts.append(f"<p class='note'>{html.escape(notes)}</p>")
+    if left_out:
+        for what in left_out:
+            print(f"report: left out {what}", file=sys.stderr)
+        parts.append("<p class='note'>Left out, as a file could not be read: "
+                     + "; ".join(html.escape(w) for w in left_out) + ".</p>")
     for k in ORDER:
         parts += sec[k]
     if not any(sec.values()):
@@ -102,6 +120,32 @@ def build_report(root: str | os.PathLike[str], title: str = "mechtox report", no
     return (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{_CSS}</style><script>{get_plotlyjs()}</script></head><body><h1>{html.escape(title)}</h1>"
             + "\n".join(p for p in parts if p) + "</body></html>")
+
+
+def _unless_unreadable(section, path: Path, sec: dict[str, list[str]], left_out: list[str]) -> None:
+    """``section(path, sec)``; where one of its files is unreadable, nothing of it stays in ``sec``."""
+    sizes = {k: len(v) for k, v in sec.items()}
+    try:
+        section(path, sec)
+    except _Unreadable as e:
+        for k, n in sizes.items():
+            del sec[k][n:]
+        left_out.append(f"{path.relative_to(path.parent.parent)} ({e})")
+
+
+def _sweep_section(d: Path, sec: dict[str, list[str]]) -> None:
+    sweep = _read_csv(d)
+    if sweep is None or "test_auroc" not in sweep or "hook" not in sweep:
+        raise _Unreadable(f"{d}: not a probe sweep table")
+    sec["probe"].append(_h2(f"Probe sweep: {d.parent.name}", f"probe-{d.parent.name}"))
+    shaped = ((_read_json(d.parent / "direction.json") or {}).get("provenance") or {}).get("training_texts")
+    if shaped:  # --drop-negatives / --match-cue: say what the fit saw
+        sec["probe"].append(f"<p class='note'>Of the training texts, {html.escape(str(shaped))}.</p>")
+    sec["probe"].append(_fig(plotting.probe_sweep_figure(sweep)))
+    cols = [c for c in ("hook", "test_accuracy", "test_f1", "test_auroc", "transfer_auroc", "C_by_cv") if c in sweep]
+    if len(sweep) > 12:  # the figure shows every layer; the table only the best and the last
+        sweep = pd.concat([sweep.nlargest(5, "test_auroc"), sweep.tail(1)]).drop_duplicates("hook")
+    sec["probe"].append(_table(sweep[cols].rename(columns=_LABELS)))
 
 
 _LABELS = {"steps_seconds_total": "seconds (steps, in all)", "this_call_seconds": "seconds (this call)",
@@ -112,7 +156,7 @@ _LABELS = {"steps_seconds_total": "seconds (steps, in all)", "this_call_seconds"
 def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
     """The sections of one run folder, each into its kind's list."""
     if (run / A.TOP_NEURONS).is_file() and (run / A.RANKING).is_file():
-        top = pd.read_csv(run / A.TOP_NEURONS)
+        top = _parse(run / A.TOP_NEURONS, pd.read_csv)
         sec["neurons"].append(_h2(f"Neuron ranking: {run.name}", f"neurons-{run.name}"))
         sec["neurons"].append(_fig(plotting.top_neurons_figure(top.head(30))))
         sec["neurons"].append(_table(top[[c for c in ("layer", "neuron", "cosine", "norm", "mean_act", "tokens")
@@ -149,7 +193,7 @@ def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
     if (run / A.METRICS).is_file() and run.name.startswith(A.TRAIN_PREFIX):
         name = run.name[len(A.TRAIN_PREFIX):]
         sec["training"].append(_h2(f"Training: {name}", f"train-{name}"))
-        sec["training"].append(_fig(plotting.training_figure(pd.read_json(run / A.METRICS, lines=True))))
+        sec["training"].append(_fig(plotting.training_figure(_parse(run / A.METRICS, lambda p: pd.read_json(p, lines=True)))))
         gh = _read_csv(run / f"{A.GOODHART}.csv")
         if gh is not None:
             sec["training"].append("<p>Probe accuracy before / after / retrained</p>" + _table(gh))
@@ -201,7 +245,13 @@ def _attribution_section(run: Path, mode: str, out: list[str]) -> None:
 def _first(root: Path, pattern: str, where=lambda path: True) -> Path | None:
     """The first file matching ``pattern`` under runs/ for which ``where`` holds, the main job's
     runs (``main-*``) first."""
-    return next((p for p in _all(root, pattern) if where(p)), None)
+    for p in _all(root, pattern):
+        try:
+            if (p.suffix != ".json" or _load_json(p) is not None) and where(p):
+                return p
+        except _Unreadable:
+            continue  # a damaged file is passed over here; its run's section says it was left out
+    return None
 
 
 def _all(root: Path, pattern: str) -> list[Path]:

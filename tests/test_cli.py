@@ -384,3 +384,24 @@ def test_data_flags_bad_folder_binary_file_and_offline_hub_id(ws, tmp_path, caps
     assert main(["eval", "-w", ws, "-q", "--model", "tiny", "--prompts", "allenai/real-toxicity-prompts"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "rtp_challenge.jsonl (shipped with mechtox)" in err
+
+
+def test_a_damaged_result_file_leaves_its_run_out_of_the_report_not_the_report(ws, tmp_path, capsys):
+    """A run file edited by hand or damaged (here: eval.json cut short) made `mechtox report` fail with
+    a JSONDecodeError; now that run is left out, the report says which file, and the rest is there."""
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1", "--out", "p"]) == 0
+    assert main(["eval", "-w", ws, "-q", "--model", "tiny", "--prompts", "builtin:prompts", "--limit", "2",
+                 "--max-new-tokens", "3", "--ppl-tokens", "50", "-i", "none", "--out", "e"]) == 0
+    run = tmp_path / "ws" / "runs" / "e"
+    whole = (run / "eval.json").read_text()
+    capsys.readouterr()
+    assert main(["report", "-w", ws, "-q"]) == 0
+    assert "id='eval-e'" in (tmp_path / "ws" / "report.html").read_text()
+    (run / "eval.json").write_text(whole[: len(whole) // 2])
+    assert main(["report", "-w", ws, "-q"]) == 0
+    err = capsys.readouterr().err
+    assert f"report: left out runs/e ({run / 'eval.json'}: JSONDecodeError" in err
+    page = (tmp_path / "ws" / "report.html").read_text()
+    assert "Left out, as a file could not be read: runs/e (" in page and "id='eval-e'" not in page
+    assert "Probe sweep: p" in page
