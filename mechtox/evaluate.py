@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
+from mechtox._typecheck import check_types
 from mechtox.data import encode, one_or_many
 from mechtox.errors import MechtoxError
 from mechtox.generation import Generations, generate
@@ -169,6 +170,15 @@ class EvalConfig:
     """non-overlapping window length for perplexity"""
     f1_prompts: int = 0
     """wiki_samples prompts for F1 (0: skip)"""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        for name in ("max_new_tokens", "max_prompt_tokens", "batch_size", "ppl_window"):
+            if getattr(self, name) < 1:
+                raise MechtoxError(f"EvalConfig.{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("ppl_tokens", "f1_prompts"):
+            if getattr(self, name) < 0:
+                raise MechtoxError(f"EvalConfig.{name} must be at least 0 (0: skip), not {getattr(self, name)}")
 
 
 def evaluate(model: HookedTransformer, interventions: Sequence[Intervention], prompts: Sequence[str], scorer,

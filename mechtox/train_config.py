@@ -8,6 +8,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from mechtox._typecheck import check_types
 from mechtox.errors import MechtoxError
 
 
@@ -78,12 +79,7 @@ class TrainConfig:
     """SAP: temperature T of the safety loss ``-log sigmoid((log p(safe) - log p(harmful)) / T)``"""
 
     def __post_init__(self) -> None:
-        if self.objective not in ("dpo", "sft", "sft-probe", "dpo-probe", "sap"):
-            raise MechtoxError(f"unknown objective {self.objective!r}")
-        if self.backend not in ("auto", "hf", "hooked"):
-            raise MechtoxError(f"unknown backend {self.backend!r}; use auto, hf or hooked")
-        if self.optimizer not in ("adamw", "rmsprop"):
-            raise MechtoxError(f"unknown optimizer {self.optimizer!r}; use adamw or rmsprop")
+        check_types(self)  # types and the Literal fields' values; lr="1e-5" failed with "'>' not supported..."
         for name in ("batch_size", "grad_accum", "max_steps"):
             if getattr(self, name) < 1:
                 raise MechtoxError(f"{name} must be at least 1")
@@ -101,8 +97,6 @@ class TrainConfig:
                 raise MechtoxError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
         if not 0 <= self.val_fraction < 1:
             raise MechtoxError(f"val_fraction must be in [0, 1), not {self.val_fraction!r}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise MechtoxError(f"unknown dtype {self.dtype!r}; use float32 or bfloat16")
         if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
             raise MechtoxError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
         if not (self.sap_rho >= 0 and self.sap_eps >= 0 and self.sap_temperature > 0):

@@ -194,7 +194,10 @@ def test_preference_pairs_built_by_hand_are_checked(cols, match):
     ({"clip": float("inf")}, "clip must be a finite number >= 0"),
     ({"weight_decay": -0.1}, "weight_decay must be a finite number >= 0"),
     ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
-    ({"dtype": "float16"}, "unknown dtype 'float16'; use float32 or bfloat16"),
+    ({"dtype": "float16"}, "TrainConfig.dtype must be one of 'float32', 'bfloat16', not 'float16'"),
+    ({"lr": "1e-5"}, "TrainConfig.lr must be a number, not '1e-5'"),  # was a TypeError from a comparison
+    ({"max_steps": 2.5}, "TrainConfig.max_steps must be a whole number, not 2.5"),
+    ({"compile": "no"}, "TrainConfig.compile must be True or False, not 'no'"),
 ])
 def test_train_config_refuses_settings_that_would_fail_mid_run(kw, match):
     from mechtox.training import TrainConfig
@@ -470,3 +473,17 @@ def test_a_model_with_broken_weights_is_refused_when_loaded(tiny, tmp_path, bad,
     with torch.no_grad():
         tiny.blocks[1].mlp.W_in.fill_(1e36)  # finite, though their float32 sum is not
     assert check_finite(tiny, "huge") is tiny
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"batch_size": 0}, "EvalConfig.batch_size must be at least 1, not 0"),  # failed only when generating
+    ({"ppl_window": 0}, "EvalConfig.ppl_window must be at least 1"),
+    ({"ppl_tokens": -5}, r"EvalConfig.ppl_tokens must be at least 0 \(0: skip\), not -5"),
+    ({"max_new_tokens": "20"}, "EvalConfig.max_new_tokens must be a whole number, not '20'"),
+])
+def test_eval_config_checks_its_settings_when_made(kw, match):
+    from mechtox.evaluate import EvalConfig
+
+    with pytest.raises(MechtoxError, match=match):
+        EvalConfig(**kw)
+    assert EvalConfig(ppl_tokens=0, f1_prompts=0).ppl_tokens == 0

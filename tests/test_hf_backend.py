@@ -206,5 +206,5 @@ def test_the_default_backend_says_why():
     assert choose_backend("auto", tiny.cfg, ())[0] == "hooked"
     with pytest.raises(MechtoxError, match="--backend hooked"):
         choose_backend("hf", tiny.cfg, ())
-    with pytest.raises(MechtoxError, match="unknown backend"):
+    with pytest.raises(MechtoxError, match="TrainConfig.backend must be one of 'auto', 'hf', 'hooked', not 'fast'"):
         TrainConfig(backend="fast")

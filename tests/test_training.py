@@ -177,7 +177,7 @@ def test_rank_pairs_by_probe():
 
 
 def test_config_validation():
-    with pytest.raises(MechtoxError, match="unknown optimizer"):
+    with pytest.raises(MechtoxError, match="TrainConfig.optimizer must be one of 'adamw', 'rmsprop', not 'sgd'"):
         TrainConfig(optimizer="sgd")
     with pytest.raises(MechtoxError, match="batch_size"):
         TrainConfig(batch_size=0)

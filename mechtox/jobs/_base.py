@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from mechtox import _typecheck
 from mechtox.errors import MechtoxError
 
 # Where a data flag's default comes from (mechtox.data.data_dirs).
@@ -48,56 +49,12 @@ class JobConfig:
 
 
 def check_types(cfg: Any) -> None:
-    """A one-line error for the first field of the dataclass ``cfg`` whose value does not match its
-    annotation (int, float, str, bool, None, Literal, lists, tuples and dicts of them; Any passes)."""
-    import typing
+    """:func:`mechtox._typecheck.check_types`, naming each option's flag."""
+    def where(f: dataclasses.Field) -> str:
+        meta = f.metadata.get("cli")
+        return f" ({(meta['flags'] or (flag(f.name),))[0]})" if meta and not meta["positional"] else ""
 
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if not _matches(value, hints[f.name]):
-            meta = f.metadata.get("cli")
-            where = f" ({(meta['flags'] or (flag(f.name),))[0]})" if meta and not meta["positional"] else ""
-            raise MechtoxError(f"{type(cfg).__name__}.{f.name}{where} must be {_describe(f.type)}, not {value!r}")
-
-
-def _matches(value: Any, hint: Any) -> bool:
-    import numbers
-    import types
-    import typing
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return True
-    if hint is type(None):
-        return value is None
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, a) for a in args)
-    if origin is typing.Literal:
-        return value in args
-    if hint is bool:
-        return isinstance(value, bool)
-    if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    if hint is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if hint is str:
-        return isinstance(value, str)
-    if origin in (list, tuple) or hint in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            return False
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args, strict=True))
-        return all(_matches(v, args[0]) for v in value) if args else True
-    if origin is dict or hint is dict:
-        return isinstance(value, dict)
-    return True  # an annotation this check does not know: the config's own checks apply
-
-
-def _describe(annotation: Any) -> str:
-    text = str(annotation).replace("typing.", "").replace("Literal[", "one of [")
-    return {"int": "a whole number", "float": "a number", "str": "a string", "bool": "True or False",
-            "int | None": "a whole number or None", "str | None": "a string or None"}.get(text, text)
+    _typecheck.check_types(cfg, where)
 
 
 def add_options(parser: argparse.ArgumentParser, cls: type, absent_unless_given: bool = False) -> None:
