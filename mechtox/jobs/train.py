@@ -163,19 +163,20 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
     from mechtox.probe import Direction, ProbeScorer
     from mechtox.training import make_objective, rank_pairs_by_probe, train
 
-    model = model if model is not None else ctx.load(cfg.model)
     tcfg = cfg.train_config(ctx.dtype, ctx.seed)
+    # the pairs and the task are read before the model loads: a malformed file is a quick error
     pairs = load_pairs(ws.require_pairs(cfg.pairs), limit=cfg.limit) if cfg.needs_pairs else None
+    task, source = None, pairs.source if pairs is not None else ""
+    if tcfg.objective in ("sft", "sap"):
+        t_prompts, t_targets, source = load_task(ws, cfg.task_source, pairs, cfg.limit)
+        task = (t_prompts, t_targets)
+    model = model if model is not None else ctx.load(cfg.model)
     probes = [Direction.load(ws.require_direction(n), model) for n in names(cfg.probe)]
     held_out = [Direction.load(ws.require_direction(n), model) for n in names(cfg.held_out)]
     if tcfg.objective == "dpo-probe":
         assert pairs is not None  # dpo-probe needs pairs
         pairs, swapped = rank_pairs_by_probe(pairs, ProbeScorer(model, probes[0]))
         say(f"ranked {len(pairs)} pairs by probe {probes[0].name!r}: {swapped} swapped")
-    task, source = None, pairs.source if pairs is not None else ""
-    if tcfg.objective in ("sft", "sap"):
-        t_prompts, t_targets, source = load_task(ws, cfg.task_source, pairs, cfg.limit)
-        task = (t_prompts, t_targets)
     objective = make_objective(model, tcfg, pairs, probes, task)
     if tcfg.objective == "sap" and pairs is not None:
         say(f"sap: task {source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
