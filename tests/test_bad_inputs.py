@@ -54,6 +54,8 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["directions", "--model", "tiny", "--rerank", "gradient", "--methods", "probe"], "--rerank ['gradient']"),
     (["directions", "--model", "tiny", "--fit-prompts", "flagged"], "add --prompt-filter unflagged"),
     (["directions", "--model", "tiny", "--benign-tokens", "-1"], "--benign-tokens"),
+    (["eval", "--model", "tiny", "--text", "{tmp}/empty.txt"], "empty.txt has no text"),
+    (["eval", "--model", "tiny", "--wiki", "{tmp}/half.jsonl"], "needs string fields prompt and gold"),
     (["eval", "--model", "tiny", "--limit", "-5"], "--limit -5"),
     (["eval", "--model", "tiny", "--limit", "0"], "--limit 0"),
     (["eval", "--model", "tiny", "--probe", "missing"], "no direction or probe 'missing'"),
@@ -95,6 +97,7 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
 def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, capsys, no_loading):
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "small.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nstupid,1\nthanks,0\n")
+    (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "half.jsonl").write_text('{"prompt": "a", "chosen": " b"}\n')  # no rejected
     (tmp_path / "lone.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nthanks,0\n")
     argv = [a.format(tmp=tmp_path, binary=_binary(tmp_path) if "{binary}" in a else "", small=tmp_path / "small.csv",

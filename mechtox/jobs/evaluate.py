@@ -64,12 +64,12 @@ def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:
     prompts = load_prompts(cfg.prompts, limit=cfg.limit)
     text_src = cfg.text or data_file("wikitext2_test.raw")
     wiki_src = cfg.wiki or data_file("wiki_samples.jsonl")
+    text = load_text(text_src)  # the data files before the model: a bad one is a quick error
+    wiki = load_wiki_samples(wiki_src) if wiki_src else None
     model = model if model is not None else ctx.load(cfg.model)
-    text = load_text(text_src)
     ivs = [build_intervention(spec, model, ws, text_for_means=[text[:20000]]) for spec in cfg.intervention or ["none"]]
     scorer = get_scorer(cfg.scorer, ws, model)
     probe = Direction.load(ws.require_direction(cfg.probe), model, several_layers_ok=True) if cfg.probe else None
-    wiki = load_wiki_samples(wiki_src) if wiki_src else None
     ecfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, ppl_tokens=cfg.ppl_tokens,
                       f1_prompts=cfg.f1_prompts if wiki else 0)
     print(f"eval: {len(prompts)} prompts from {prompts.source}, {len(ivs)} intervention(s), scorer {scorer.name}",

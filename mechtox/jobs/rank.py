@@ -56,13 +56,15 @@ def run(cfg: RankConfig, ctx: Context, model=None) -> RankResult:
     )
     from mechtox.probe import Direction
 
-    model = model if model is not None else ctx.load(cfg.model)
-    direction = Direction.load(ctx.ws.require_direction(cfg.probe), model)
-    mean_acts = None
-    if cfg.act_data:
+    data = None
+    if cfg.act_data:  # before the model: a bad file is a quick error
         from mechtox.data import load_labelled
 
         data = load_labelled(cfg.act_data)
+    model = model if model is not None else ctx.load(cfg.model)
+    direction = Direction.load(ctx.ws.require_direction(cfg.probe), model)
+    mean_acts = None
+    if data is not None:
         toxic = [t for t, y in zip(data.texts, data.labels, strict=True) if y == 1][: cfg.act_limit]
         print(f"mean activations on {len(toxic)} toxic texts from {data.source}", flush=True)
         mean_acts = mean_activations(model, toxic, progress=ctx.progress)
