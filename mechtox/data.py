@@ -687,7 +687,8 @@ def load_text(source: str | os.PathLike[str] | None = None, limit_chars: int | N
 
 
 def is_wiki_samples(source: str | os.PathLike[str]) -> bool:
-    """Whether ``source`` is a local ``{"prompt", "gold"}`` JSONL file (possibly gzipped)."""
+    """Whether ``source`` is a local ``{"prompt", "gold"}`` JSONL file (possibly gzipped): its first row
+    has a ``gold`` field (a file meant as one, with a bad value, is then refused for that value)."""
     try:
         path = _resolve(source)
     except DataError:
@@ -698,7 +699,7 @@ def is_wiki_samples(source: str | os.PathLike[str]) -> bool:
         row = json.loads(_first_line(path))
     except json.JSONDecodeError:
         return False
-    return isinstance(row, dict) and isinstance(row.get("gold"), str) and isinstance(row.get("prompt"), str)
+    return isinstance(row, dict) and "gold" in row  # its values are checked by load_wiki_samples
 
 
 def load_wiki_samples(source: str | os.PathLike[str] | None = None,

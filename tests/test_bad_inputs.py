@@ -70,6 +70,8 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["train", "dpo", "--model", "tiny", "--pairs", "missing"], "no pairs 'missing'"),
     (["train", "dpo", "--model", "tiny", "--pairs", "{tmp}/half.jsonl"], "half.jsonl: no column 'rejected'"),
     (["train", "sft", "--model", "tiny", "--task", "{tmp}/half.jsonl"], "half.jsonl: no column 'rejected'"),
+    # a wiki-samples task whose gold is not text was read as a pair set: "no column 'chosen'"
+    (["train", "sft", "--model", "tiny", "--task", "{tmp}/numgold.jsonl"], "numgold.jsonl:1: needs string fields"),
     (["train", "dpo-probe", "--model", "tiny"], "needs --probe"),
     (["train", "dpo", "--model", "tiny", "--batch-size", "0"], "batch_size"),
     (["train", "dpo", "--model", "tiny", "--fsdp"], "launch with torchrun"),
@@ -97,6 +99,7 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
 def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, capsys, no_loading):
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "small.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nstupid,1\nthanks,0\n")
+    (tmp_path / "numgold.jsonl").write_text('{"prompt": "a", "gold": 3}\n')
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "half.jsonl").write_text('{"prompt": "a", "chosen": " b"}\n')  # no rejected
     (tmp_path / "lone.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nthanks,0\n")
