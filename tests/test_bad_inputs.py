@@ -69,6 +69,7 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["train", "dpo", "--model", "tiny", "--limit", "0"], "--limit 0"),
     (["train", "dpo", "--model", "tiny", "--pairs", "missing"], "no pairs 'missing'"),
     (["train", "dpo", "--model", "tiny", "--pairs", "{tmp}/half.jsonl"], "half.jsonl: no column 'rejected'"),
+    (["train", "dpo", "--model", "tiny", "--pairs", "{tmp}/one.jsonl"], "one.jsonl has 1 example(s); training needs at least 2"),
     (["train", "sft", "--model", "tiny", "--task", "{tmp}/half.jsonl"], "half.jsonl: no column 'rejected'"),
     # a wiki-samples task whose gold is not text was read as a pair set: "no column 'chosen'"
     (["train", "sft", "--model", "tiny", "--task", "{tmp}/numgold.jsonl"], "numgold.jsonl:1: needs string fields"),
@@ -99,6 +100,7 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
 def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, capsys, no_loading):
     (tmp_path / "afile").write_text("a file, not a folder")
     (tmp_path / "small.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nstupid,1\nthanks,0\n")
+    (tmp_path / "one.jsonl").write_text('{"prompt": "a", "chosen": " b", "rejected": " c"}\n')
     (tmp_path / "numgold.jsonl").write_text('{"prompt": "a", "gold": 3}\n')
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "half.jsonl").write_text('{"prompt": "a", "chosen": " b"}\n')  # no rejected

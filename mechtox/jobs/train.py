@@ -170,6 +170,9 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
     if tcfg.objective in ("sft", "sap"):
         t_prompts, t_targets, source = load_task(ws, cfg.task_source, pairs, cfg.limit)
         task = (t_prompts, t_targets)
+    n_examples = len(task[0]) if task is not None else len(pairs) if pairs is not None else 2
+    if n_examples < 2:
+        raise MechtoxError(f"{source} has {n_examples} example(s); training needs at least 2")
     model = model if model is not None else ctx.load(cfg.model)
     probes = [Direction.load(ws.require_direction(n), model) for n in names(cfg.probe)]
     held_out = [Direction.load(ws.require_direction(n), model) for n in names(cfg.held_out)]
