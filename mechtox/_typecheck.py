@@ -5,6 +5,9 @@ not a TypeError deep in a run. Imports nothing heavy."""
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -15,8 +18,6 @@ def check_types(cfg: Any, where: Callable[[dataclasses.Field], str] = lambda f: 
     """A one-line error for the first field of the dataclass ``cfg`` whose value does not match its
     annotation (int, float, str, bool, None, Literal, lists, tuples and dicts of them; Any passes).
     ``where(field)`` adds to the field's name in the message (a job config: its flag)."""
-    import typing
-
     hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -24,11 +25,12 @@ def check_types(cfg: Any, where: Callable[[dataclasses.Field], str] = lambda f: 
             raise MechtoxError(f"{type(cfg).__name__}.{f.name}{where(f)} must be {_describe(f.type)}, not {value!r}")
 
 
-def _matches(value: Any, hint: Any) -> bool:
-    import numbers
-    import types
-    import typing
+def is_whole_number(value: Any) -> bool:
+    """An int (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
+
+def _matches(value: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is Any:
         return True
@@ -41,7 +43,7 @@ def _matches(value: Any, hint: Any) -> bool:
     if hint is bool:
         return isinstance(value, bool)
     if hint is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return is_whole_number(value)
     if hint is float:
         return isinstance(value, numbers.Real) and not isinstance(value, bool)
     if hint is str:

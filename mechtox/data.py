@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from mechtox._typecheck import is_whole_number
 from mechtox.errors import DataError
 
 BUILTIN = {
@@ -352,7 +353,7 @@ def _to_label(value: Any, where: str, threshold: float) -> int:
 def _check_limit(limit: int | None, name: str = "limit") -> None:
     """``limit`` is None (everything) or a whole number of at least 1 (0 read as 'all' in some
     loaders and as 'nothing' in others; a negative one cut from the end)."""
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+    if limit is not None and not (is_whole_number(limit) and limit >= 1):
         raise DataError(f"{name} must be a whole number of at least 1, or None for everything; not {limit!r}")
 
 

@@ -265,10 +265,9 @@ def ablate(neurons, mode: Literal["zero", "mean", "value"] = "zero", means: Tens
         if means is None or means.ndim != 2:
             raise MechtoxError("mean ablation needs means [n_layers, d_mlp]"
                                + ("" if means is None else f", not of shape {tuple(means.shape)}"))
-        outside = [layer for layer, idx in groups.items()
-                   if not (0 <= layer < means.shape[0] and 0 <= min(idx) and max(idx) < means.shape[1])]
-        if outside:
-            raise MechtoxError(f"a neuron of layer {outside[0]} has no mean in means of shape "
+        outside = _outside(groups, means.shape)
+        if outside is not None:
+            raise MechtoxError(f"a neuron of layer {outside} has no mean in means of shape "
                                f"{tuple(means.shape)} [n_layers, d_mlp]; take them from this model (mean_activations)")
     elif mode != "zero":
         raise MechtoxError(f"unknown ablation mode {mode!r}; use zero, mean or value")
@@ -283,6 +282,13 @@ def ablate(neurons, mode: Literal["zero", "mean", "value"] = "zero", means: Tens
     return Intervention(label, hooks, params={"n": n, "mode": mode})
 
 
+def _outside(groups: dict[int, list[int]], shape: tuple[int, ...]) -> int | None:
+    """The first layer of ``groups`` (layer -> neuron or head numbers) that constants of ``shape``
+    ``[n_layers, n_units, ...]`` do not cover, or None."""
+    return next((layer for layer, idx in groups.items()
+                 if not (0 <= layer < shape[0] and 0 <= min(idx) and max(idx) < shape[1])), None)
+
+
 def set_neurons(neurons, values: Float[Tensor, "n_layers d_mlp"], name: str = "patch neurons to constants") -> Intervention:
     """Set each neuron to the constant ``values[layer, neuron]`` (e.g. the after-model's mean
     activation: Yang et al.'s patching of dampened neurons)."""
@@ -294,8 +300,7 @@ def set_heads(heads: pd.DataFrame, values: Float[Tensor, "n_layers n_heads d_hea
     """Set each head's output ``z`` (``blocks.L.attn.hook_z``, before ``W_O``) to the constant
     ``values[layer, head]`` at every position (e.g. the after model's mean z)."""
     groups = _by_layer(heads, "head")
-    if values.ndim != 3 or any(not (0 <= layer < values.shape[0] and 0 <= min(idx) and max(idx) < values.shape[1])
-                               for layer, idx in groups.items()):
+    if values.ndim != 3 or _outside(groups, values.shape) is not None:
         raise MechtoxError(f"set_heads needs values [n_layers, n_heads, d_head] covering every head given, not of "
                            f"shape {tuple(values.shape)}; take them from this model")
     hooks = []

@@ -21,6 +21,7 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedTransformer
 
+from mechtox._typecheck import is_whole_number
 from mechtox.activations import collect_activations
 from mechtox.errors import IncompatibleError, MechtoxError
 
@@ -77,7 +78,7 @@ class NeuronRanking:
 
     def top(self, k: int = 100, by: str = "cosine") -> pd.DataFrame:
         """The ``k`` neurons with the largest ``by`` (a column of :attr:`table`)."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
+        if not (is_whole_number(k) and k >= 0):
             raise MechtoxError(f"k must be a whole number of at least 0, not {k!r}")
         if by not in self.table.columns or by in ("layer", "neuron", "rank"):
             raise MechtoxError(f"cannot rank by {by!r}; use one of "

@@ -80,18 +80,16 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_types(self)  # types and the Literal fields' values; lr="1e-5" failed with "'>' not supported..."
-        for name in ("batch_size", "grad_accum", "max_steps"):
-            if getattr(self, name) < 1:
-                raise MechtoxError(f"{name} must be at least 1")
+        for least, names in ((1, ("batch_size", "grad_accum", "max_steps", "max_prompt_tokens", "max_completion_tokens",
+                                  "checkpoint_every")),
+                             (0, ("warmup_steps", "eval_every", "patience"))):
+            for name in names:
+                if getattr(self, name) < least:
+                    raise MechtoxError(f"{name} must be at least {least}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise MechtoxError("lr must be a positive number")
         if not (self.beta > 0 and math.isfinite(self.beta)):
             raise MechtoxError(f"beta (the DPO temperature) must be a positive number, not {self.beta!r}")
-        for least, names in ((0, ("warmup_steps", "eval_every", "patience")),
-                             (1, ("max_prompt_tokens", "max_completion_tokens", "checkpoint_every"))):
-            for name in names:
-                if getattr(self, name) < least:
-                    raise MechtoxError(f"{name} must be at least {least}")
         for name in ("clip", "weight_decay", "probe_lambda"):
             if not (getattr(self, name) >= 0 and math.isfinite(getattr(self, name))):
                 raise MechtoxError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")

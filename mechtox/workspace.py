@@ -182,7 +182,12 @@ class Workspace:
         )
 
     def load_model(self, spec: str, device: str | None = None, dtype: str = "float32"):
-        """Resolve ``spec`` and load it as a ``HookedTransformer``."""
+        """Resolve ``spec`` and load it as a ``HookedTransformer`` (refused if a weight is not finite)."""
+        from mechtox import models as M
+
+        return M.check_finite(self._load(spec, device, dtype), spec)
+
+    def _load(self, spec: str, device: str | None, dtype: str):
         from mechtox import models as M
 
         ref = self.resolve_model(spec)
@@ -196,14 +201,14 @@ class Workspace:
             model = M.load_hub(ref.location, device=device, dtype=dtype)
         elif ref.kind == "weights":
             base_spec, _, weights = ref.location.rpartition("@")
-            model = M.apply_weights(self.load_model(base_spec, device=device, dtype=dtype), Path(weights).expanduser())
+            model = M.apply_weights(self._load(base_spec, device, dtype), Path(weights).expanduser())
         elif ref.kind == "default":
             model = M.load_gguf(None, device=device, dtype=dtype)
         elif ref.kind == "tiny":
             model = M.tiny_model(device=device or "cpu")
         else:
             model = M.load_pretrained(ref.location, device=device, dtype=dtype)
-        return M.check_finite(model, spec)
+        return model
 
     def require_direction(self, name: str) -> Path:
         d = self.direction_dir(name)

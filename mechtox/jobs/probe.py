@@ -69,7 +69,7 @@ class ProbeConfig(JobConfig):
         check_out(self.out, "probe name")
         check_out(self.eval, "probe name")
         positive(self.limit, "--limit")
-        for name in ("n_test", "max_length", "batch_size") + (() if self.n_train == "all" else ("n_train",)):
+        for name in ("max_length", "batch_size"):
             positive(getattr(self, name), "--" + name.replace("_", "-"))
         for name in ("n_test",) + (() if self.n_train == "all" else ("n_train",)):
             if getattr(self, name) < 2:
