@@ -47,6 +47,11 @@ _HF_COLUMNS = {
     "civil_comments": ("text", "toxicity"),
     "google/civil_comments": ("text", "toxicity"),
 }
+# A labelled file's columns when --text-col / --label-col are not given: the first of these it has.
+# They cover this project's files (text, label), Jigsaw's Kaggle CSVs (comment_text with toxic, or
+# target in the unintended-bias one), Civil Comments (text, toxicity) and OLID (tweet, subtask_a).
+TEXT_COLUMNS = ("text", "comment_text", "tweet", "sentence", "comment")
+LABEL_COLUMNS = ("label", "toxic", "toxicity", "target", "subtask_a", "offensive")
 
 
 def builtin_path(name: str) -> Path:
@@ -337,11 +342,11 @@ def _to_label(value: Any, where: str, threshold: float) -> int:
         x = float(value)
     except (TypeError, ValueError):
         s = str(value).strip().lower()
-        if s in ("toxic", "true", "yes"):
+        if s in ("toxic", "true", "yes", "offensive", "off"):
             return 1
-        if s in ("non-toxic", "nontoxic", "clean", "false", "no"):
+        if s in ("non-toxic", "nontoxic", "clean", "false", "no", "not offensive", "not"):  # OLID: OFF / NOT
             return 0
-        raise DataError(f"{where}: label {value!r} is not a number or toxic/non-toxic") from None
+        raise DataError(f"{where}: label {value!r} is not a number, toxic/non-toxic or OFF/NOT") from None
     if np.isnan(x):
         raise DataError(f"{where}: label is NaN")
     if not 0 <= x <= 1:
@@ -362,7 +367,9 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
     """Load binary-labelled text from a file or an HF data set.
 
     Labels may be 0/1, scores in [0, 1] (thresholded at ``threshold``), booleans or the words
-    toxic / non-toxic. Both classes must be present. Without ``source``: the Jigsaw slice
+    toxic / non-toxic (or OLID's OFF / NOT). A file's columns are ``text_col`` and ``label_col``, or
+    else the first of :data:`TEXT_COLUMNS` and :data:`LABEL_COLUMNS` it has (so Jigsaw's, OLID's and
+    Civil Comments' own files read as they are). Both classes must be present. Without ``source``: the Jigsaw slice
     (``jigsaw_balanced.csv``, found as :func:`data_file` says).
     """
     _check_limit(limit, "limit")
@@ -370,13 +377,9 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
     path = _resolve(source)
     if path is not None:
         rows = _read_rows(path)
-        text_col = text_col or "text"
-        label_col = label_col or "label"
         cols = set(rows[0]) - {"__line__"}
-        for c in (text_col, label_col):
-            if c not in cols:
-                raise DataError(f"{path}: no column {c!r} (columns: {', '.join(sorted(cols))}; the first row is the "
-                                "header); pass --text-col/--label-col")
+        text_col, label_col = (_column(path, cols, given, known, flag) for given, known, flag in
+                               ((text_col, TEXT_COLUMNS, "--text-col"), (label_col, LABEL_COLUMNS, "--label-col")))
         texts, labels = [], []
         for i, r in enumerate(rows):
             line = r.get("__line__", i + 2)
@@ -385,7 +388,7 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
                 raise DataError(f"{path}:{line}: empty or missing text")
             texts.append(t)
             labels.append(_to_label(r.get(label_col), f"{path}:{line}", threshold))
-        src = str(path)
+        src = str(path) if (text_col, label_col) == ("text", "label") else f"{path} ({text_col} / {label_col})"
     else:
         texts, labels, src = _load_labelled_hf(str(source), text_col, label_col, split, threshold)
     y = np.asarray(labels, dtype=np.int64)
@@ -397,6 +400,19 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
     if limit is not None and limit < len(data):
         data = data.subset(np.arange(limit))
     return data
+
+
+def _column(path: Path, cols: set[str], given: str | None, known: tuple[str, ...], flag: str) -> str:
+    """The column ``given``, or else the first of ``known`` the file has."""
+    if given is None:
+        found = [c for c in known if c in cols]
+        if found:
+            return found[0]
+    if given is None or given not in cols:
+        asked = repr(given) if given is not None else "named " + " / ".join(known)
+        raise DataError(f"{path}: no column {asked} (columns: {', '.join(sorted(cols))}; the first row is the "
+                        f"header); pass {flag}")
+    return given
 
 
 def _load_labelled_hf(name: str, text_col: str | None, label_col: str | None, split: str,

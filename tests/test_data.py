@@ -31,10 +31,32 @@ def test_csv_tsv_jsonl_and_columns(tmp_path):
     assert D.load_labelled(tsv).labels.tolist() == [0, 1]  # scores thresholded at 0.5
     jl = write(tmp_path / "a.jsonl", '{"text": "hi", "label": "non-toxic"}\n\n{"text": "jerk", "label": "toxic"}\n')
     assert D.load_labelled(jl).labels.tolist() == [0, 1]
+    with pytest.raises(DataError, match=r"no column 'body' \(columns: comment, tox;.*pass --text-col"):
+        D.load_labelled(csv, text_col="body", label_col="tox")
+
+
+def test_the_common_data_sets_own_columns_are_found_without_flags(tmp_path):
+    """Jigsaw's Kaggle CSV (comment_text, toxic and five other labels), OLID as released (tweet,
+    subtask_a with OFF / NOT) and Civil Comments (text, toxicity scores) read without --text-col /
+    --label-col; before, each was 'no column text'. The columns used are in the source."""
+    jig = write(tmp_path / "train.csv", "id,comment_text,toxic,severe_toxic,insult\n"
+                                        "a1,hello there,0,0,0\na2,you idiot,1,0,1\na3,thanks,0,0,0\n")
+    got = D.load_labelled(jig)
+    assert got.texts == ["hello there", "you idiot", "thanks"] and got.labels.tolist() == [0, 1, 0]
+    assert got.source == f"{jig} (comment_text / toxic)"
+    olid = write(tmp_path / "olid.tsv", "id\ttweet\tsubtask_a\tsubtask_b\n1\t@USER nice\tNOT\tNULL\n"
+                                        "2\t@USER shut up\tOFF\tUNT\n")
+    assert D.load_labelled(olid).labels.tolist() == [0, 1]
+    civil = write(tmp_path / "civil.jsonl", '{"text": "fine", "toxicity": 0.1}\n{"text": "jerk", "toxicity": 0.8}\n')
+    assert D.load_labelled(civil).labels.tolist() == [0, 1]
+    both = write(tmp_path / "both.csv", "comment_text,text,toxic,label\nx,hello,1,0\ny,idiot,0,1\n")
+    assert D.load_labelled(both).texts == ["hello", "idiot"]  # text and label come first
+    assert D.load_labelled(both).source == str(both)
+    assert D.load_labelled(both, text_col="comment_text", label_col="toxic").labels.tolist() == [1, 0]
 
 
 @pytest.mark.parametrize("content,suffix,match", [
-    ("text,lab\nhi,0\n", ".csv", r"no column 'label'.*--text-col/--label-col"),
+    ("text,lab\nhi,0\n", ".csv", r"no column named label / toxic / .*\(columns: lab, text;.*pass --label-col"),
     ("", ".csv", "is empty"),
     ("text,label\n", ".csv", "no data rows"),
     ("text,label\nhi,0\nho,0\n", ".csv", "only one class"),
@@ -45,7 +67,7 @@ def test_csv_tsv_jsonl_and_columns(tmp_path):
     ("text,label\nhi,0\nyo,nan\n", ".csv", r":3: label is NaN"),
     ("text,label\nhi,0\nyo,1\nhey,2\n", ".csv", r":4: label '2' is outside \[0, 1\].*multi-class"),
     ("text,label\nhi,0\nyo,-1\n", ".csv", r":3: label '-1' is outside \[0, 1\]"),
-    ("hi\t0\nyo\t1\n", ".tsv", r"no column 'text' \(columns: 0, hi; the first row is the header\)"),
+    ("hi\t0\nyo\t1\n", ".tsv", r"no column named text / comment_text / .* \(columns: 0, hi; the first row is the header\)"),
     # an unquoted comma in a text: the row had read as text 'hello' with label ' you idiot'
     ("text,label\nhello, you idiot,1\nfine,0\n", ".csv", r":2: 3 fields but the header has 2; put a text that "
                                                        "contains a comma in double quotes"),

@@ -19,8 +19,10 @@ class ProbeConfig(JobConfig):
     model: str = option("base")
     data: str | None = option(None, "labelled text: CSV/TSV/JSONL path (optionally .gz) or HF id "
                               + DEFAULT_DATA.format("jigsaw_balanced.csv"))
-    text_col: str | None = option(None)
-    label_col: str | None = option(None)
+    text_col: str | None = option(None, "the text column of --data (default: the first of text, comment_text, "
+                                        "tweet, sentence, comment there; --eval-data's is found so)")
+    label_col: str | None = option(None, "the label column: 0/1, a score in [0, 1], toxic/non-toxic or OFF/NOT "
+                                         "(default: the first of label, toxic, toxicity, target, subtask_a, offensive)")
     layers: str = option("all", "'all', 'last', '5', '0,4,8' or '10-20'")
     method: Literal["logreg", "diffmean", "svm"] = option("logreg", choices=["logreg", "diffmean", "svm"])
     pooling: Literal["mean", "last", "tokens"] = option(
