@@ -179,7 +179,9 @@ def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
         agg = "" if pe.get("aggregate", "pooled") == "pooled" else f" (by token: {pe['aggregate']})"
         sec["probe"].append(_h2(f"Probe transfer: {pe.get('probe')}{agg} on {pe.get('data')}", f"transfer-{run.name}")
                             + f"<p class='note'>{pe.get('n_texts')} texts ({pe.get('n_toxic')} toxic); "
-                            f"{html.escape(str(pe.get('intervals')))}</p>" + _table(pd.DataFrame(pe["rows"])))
+                            f"{html.escape(str(pe.get('intervals')))}"
+                            + (f"; {html.escape(str(pe['note']))}" if pe.get("note") else "") + "</p>"
+                            + _table(pd.DataFrame(pe["rows"])))
         rel = _read_csv(run / A.RELIABILITY)
         if rel is not None:
             sec["probe"].append(_fig(plotting.reliability_figure(rel)))

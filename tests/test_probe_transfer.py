@@ -82,6 +82,25 @@ def test_probe_eval_command_on_tiny(tmp_path, capsys):
     assert main(["report", "-w", str(tmp_path / "ws")]) == 0
     assert "Probe transfer: probe" in (tmp_path / "ws" / "report.html").read_text()
     assert main(["probe", *ws, "--eval", "nope", "--data", "builtin:toxicity"]) == 2
+    assert "note" not in meta  # 100 texts, half of them toxic: no warning
+
+
+def test_probe_eval_on_few_texts_says_its_intervals_are_rough(tmp_path, capsys):
+    """With 6 texts of a label a percentile bootstrap interval undercovers; the table, its JSON and
+    the report say so (before, a 12-text evaluation looked as sure as a 1,000-text one)."""
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "30", "--layers", "last"]) == 0
+    few = tmp_path / "few.csv"
+    few.write_text("text,label\n" + "".join(f"you stupid idiot number {i},1\nthanks for the help {i},0\n"
+                                            for i in range(6)))
+    capsys.readouterr()
+    assert main(["probe", *ws, "--eval", "probe", "--data", str(few)]) == 0
+    out = capsys.readouterr().out
+    assert "only 6 toxic and 6 non-toxic texts" in out and "too narrow to trust" in out
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    assert "only 6 toxic" in meta["note"]
+    assert main(["report", "-w", str(tmp_path / "ws"), "-q"]) == 0
+    assert "only 6 toxic and 6 non-toxic texts" in (tmp_path / "ws" / "report.html").read_text()
 
 
 @pytest.mark.parametrize("n_informative", [2, 40])

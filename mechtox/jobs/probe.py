@@ -192,6 +192,9 @@ def training_weights(cfg: ProbeConfig, data, train) -> tuple[Any, str]:
     return w, "; ".join(said)
 
 
+FEW_PER_LABEL = 20  # below this many texts of a label, percentile bootstrap intervals undercover
+
+
 @dataclass
 class ProbeEvalResult:
     config: ProbeConfig
@@ -240,9 +243,16 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     meta = {"probe": cfg.eval, "hook": probe.hook_name, "aggregate": cfg.aggregate, "data": data.source, "n_texts": len(data),
             "n_toxic": int(data.labels.sum()), "probe_data": probe.provenance.get("data"),
             "intervals": "percentile bootstrap over texts, 1000 resamples, seed " + str(ctx.seed)}
+    notes = []
     if cfg.aggregate != "pooled":
-        meta["note"] = (f"--aggregate {cfg.aggregate}: AUROC only; accuracy and F1 need a threshold, and the "
-                        "sigmoid of a token maximum is not calibrated (see the reliability figure)")
+        notes.append(f"--aggregate {cfg.aggregate}: AUROC only; accuracy and F1 need a threshold, and the "
+                     "sigmoid of a token maximum is not calibrated (see the reliability figure)")
+    n_toxic = int(data.labels.sum())
+    if min(n_toxic, len(data) - n_toxic) < FEW_PER_LABEL:
+        notes.append(f"only {n_toxic} toxic and {len(data) - n_toxic} non-toxic texts: with fewer than "
+                     f"{FEW_PER_LABEL} of a label the bootstrap intervals are too narrow to trust; score more texts")
+    if notes:
+        meta["note"] = "; ".join(notes)
     return ProbeEvalResult(cfg, table, reliability_table(data.labels, p), meta)
 
 
