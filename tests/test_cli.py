@@ -386,6 +386,25 @@ def test_data_flags_bad_folder_binary_file_and_offline_hub_id(ws, tmp_path, caps
     assert err.count("\n") == 1 and "rtp_challenge.jsonl (shipped with mechtox)" in err
 
 
+def test_rank_reads_its_act_data_before_the_model(ws, tmp_path, capsys, monkeypatch):
+    """A bad --act-data file is refused before the model loads (the loader fails if reached)."""
+    import mechtox.workspace
+
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1", "--out", "p"]) == 0
+    capsys.readouterr()
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before --act-data was read")
+
+    monkeypatch.setattr(mechtox.workspace.Workspace, "load_model", no_model)
+    bad = tmp_path / "acts.csv"
+    bad.write_text("text,label\nyou idiot,1\nhello,maybe\n")
+    assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "p", "--act-data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{bad}:3: label 'maybe'" in err and "loaded before" not in err
+
+
 def test_a_damaged_result_file_leaves_its_run_out_of_the_report_not_the_report(ws, tmp_path, capsys):
     """A run file edited by hand or damaged (here: eval.json cut short) made `mechtox report` fail with
     a JSONDecodeError; now that run is left out, the report says which file, and the rest is there."""
