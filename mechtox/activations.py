@@ -126,11 +126,31 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def _token_ids(model: HookedTransformer, data, max_length: int) -> list[list[int]]:
+    """Each sequence's token ids (cut at ``max_length``) from texts, lists of ids or a TokenBatch;
+    anything else, a token id outside the vocabulary or a fractional one is refused."""
+    if isinstance(data, TokenBatch):
+        return [data.tokens[i, data.attention_mask[i].bool()].tolist() for i in range(len(data.tokens))]
+    if isinstance(data, str) or any(isinstance(x, str) for x in data):
+        return encode(model, data, max_length)  # every item a string, or a one-line error
+    ids = []
+    for i, x in enumerate(data):
+        row = np.asarray(x.cpu() if isinstance(x, Tensor) else x if isinstance(x, Sequence | np.ndarray) else None)
+        if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+            raise MechtoxError(f"data item {i} is {type(x).__name__} {str(x)[:40]!r}: give texts, lists of whole "
+                               "token ids or a TokenBatch")
+        if row.size and not (0 <= row.min() and row.max() < model.cfg.d_vocab):
+            raise MechtoxError(f"data item {i} has token id {int(row.min() if row.min() < 0 else row.max())}, outside "
+                               f"the model's vocabulary (0-{model.cfg.d_vocab - 1})")
+        ids.append(row[:max_length].tolist())
+    return ids
+
+
 @torch.inference_mode()
 def collect_activations(
     model: HookedTransformer,
     data: Sequence[str] | Sequence[Sequence[int]] | TokenBatch,
-    hook_names: Sequence[str],
+    hook_names: str | Sequence[str],
     pooling: Pooling = "mean",
     batch_size: int = 16,
     max_length: int = 64,
@@ -142,24 +162,19 @@ def collect_activations(
     Args:
         data: texts (tokenised with the model's BOS convention, truncated to ``max_length``),
             lists of token ids, or a right-padded :class:`TokenBatch`.
-        hook_names: TransformerLens hook names; any mix of layers and sites.
+        hook_names: TransformerLens hook names (or one name); any mix of layers and sites.
         pooling: ``"mean"`` over real tokens (the attention mask, never padding), ``"last"``
             real token, or ``"tokens"`` (every real token, concatenated).
         skip_first: leave out the first ``skip_first`` positions of each sequence from pooling
             (e.g. a BOS token whose massive activations would dominate a mean), or one count per
             sequence (e.g. prompt lengths, to pool over generated positions only).
     """
-    hook_names = list(dict.fromkeys(hook_names))
+    hook_names = list(dict.fromkeys([hook_names] if isinstance(hook_names, str) else hook_names))
     if not hook_names:
         raise MechtoxError("no hook names given")
     check_hooks(model, hook_names)
     max_length = min(max_length, model.cfg.n_ctx)
-    if isinstance(data, TokenBatch):
-        ids = [data.tokens[i, data.attention_mask[i].bool()].tolist() for i in range(len(data.tokens))]
-    elif len(data) and isinstance(data[0], str):
-        ids = encode(model, data, max_length)  # type: ignore[arg-type]
-    else:
-        ids = [list(x)[:max_length] for x in data]  # type: ignore[union-attr]
+    ids = _token_ids(model, data, max_length)
     if not ids:
         raise MechtoxError("no data to collect activations on")
     skips = [int(skip_first)] * len(ids) if isinstance(skip_first, int) else [int(k) for k in skip_first]

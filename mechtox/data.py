@@ -328,11 +328,30 @@ class LabelledTexts:
         return len(self.texts)
 
     def subset(self, idx: Sequence[int] | np.ndarray) -> LabelledTexts:
-        idx = np.asarray(idx)
+        """The texts at positions ``idx`` (or where a boolean mask of one entry per text is true)."""
+        idx = positions(idx, len(self))
         return LabelledTexts([self.texts[i] for i in idx], self.labels[idx], self.source)
 
     def __repr__(self) -> str:
         return f"LabelledTexts({len(self):,} texts, {int(np.sum(self.labels)):,} toxic, from {self.source})"
+
+
+def positions(idx: Sequence[int] | np.ndarray, n: int) -> np.ndarray:
+    """Whole-number positions into a sequence of ``n`` (negative ones count from the end, as in
+    Python), or a boolean mask of ``n`` entries; anything else is a one-line error (a mask had
+    been read as the positions 0 and 1)."""
+    a = np.asarray(idx.cpu() if hasattr(idx, "cpu") else list(idx) if isinstance(idx, range) else idx)
+    if a.dtype == bool:
+        if a.shape != (n,):
+            raise DataError(f"a boolean mask needs one entry per item ({n}), not shape {a.shape}")
+        return np.flatnonzero(a)
+    if a.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if a.ndim != 1 or a.dtype.kind not in "iu":
+        raise DataError(f"give positions as whole numbers or a boolean mask, not {str(idx)[:40]!r}")
+    if a.min() < -n or a.max() >= n:
+        raise DataError(f"position {int(a.min() if a.min() < -n else a.max())} is out of range for {n} items")
+    return a % n if n else a
 
 
 def _to_label(value: Any, where: str, threshold: float) -> int:
@@ -497,8 +516,9 @@ class PromptSet:
         return self.subset(range(n))
 
     def subset(self, idx: Sequence[int], note: str | None = None) -> PromptSet:
-        """The prompts at ``idx`` (with their scores); ``note`` is appended to the source."""
-        idx = list(idx)
+        """The prompts at ``idx`` (or where a boolean mask is true), with their scores; ``note`` is
+        appended to the source."""
+        idx = positions(idx, len(self)).tolist()
 
         def pick(x):
             if x is None:

@@ -86,6 +86,38 @@ def test_tokenize_one_string_is_one_text_and_nothing_is_an_error(tiny):
         mt.tokenize(tiny, ["fine", 7])
 
 
+def test_subset_takes_a_boolean_mask_and_refuses_positions_out_of_range():
+    """`data.subset(data.labels == 1)` failed with a TypeError from a list index (and a mask of a
+    prompt set was read as the positions 0 and 1); a position past the end was an IndexError."""
+    data = LabelledTexts(["a", "b", "c", "d"], [1, 0, 1, 0], "by hand")
+    toxic = data.subset(data.labels == 1)
+    assert toxic.texts == ["a", "c"] and toxic.labels.tolist() == [1, 1]
+    assert data.subset(range(1, 3)).texts == ["b", "c"] and data.subset([-1]).texts == ["d"]
+    assert data.subset(torch.tensor([3, 0])).texts == ["d", "a"] and len(data.subset([])) == 0
+    for bad, match in (([4], "position 4 is out of range for 4 items"), ([-5], "position -5 is out of range"),
+                       ([0.5], "whole numbers or a boolean mask"), (np.array([True, False]), r"one entry per item \(4\)")):
+        with pytest.raises(MechtoxError, match=match):
+            data.subset(bad)
+    prompts = mt.load_prompts("builtin:prompts", limit=5)
+    mask = np.array([False, True, False, True, False])
+    assert prompts.subset(mask).prompts == [prompts.prompts[1], prompts.prompts[3]]
+
+
+def test_collect_activations_checks_token_ids_and_takes_one_hook_name(tiny):
+    """Token ids outside the vocabulary (an IndexError deep in the embedding, or -1 read silently),
+    fractional ids (cut to whole ones), None and mixed items are one-line errors; one hook name is
+    one hook, not its characters; a 2-d tensor of ids is one sequence per row."""
+    ids = torch.tensor([[5, 6, 7], [8, 9, 10]])
+    acts = mt.collect_activations(tiny, ids, HOOK, progress=False)
+    assert not acts[HOOK].requires_grad  # run without autograd, ready for numpy
+    assert torch.equal(acts[HOOK], mt.collect_activations(tiny, ids.tolist(), [HOOK], progress=False)[HOOK])
+    for data, match in (([[1, 2, 97]], "token id 97, outside the model's vocabulary \\(0-96\\)"),
+                        ([[1, -1]], "token id -1"), ([[1.5, 2]], "item 0 is list '\\[1.5, 2\\]'"),
+                        ([[1, 2], None], "item 1 is NoneType"), (["fine", None], "texts must be strings")):
+        with pytest.raises(MechtoxError, match=match):
+            mt.collect_activations(tiny, data, HOOK, progress=False)
+
+
 def test_logit_lens_checks_the_vectors_width_and_takes_one_vector(tiny):
     v = tiny.W_U[:, 5].detach()
     assert mt.logit_lens(tiny, v, k=3) == mt.logit_lens(tiny, v[None], k=3)
