@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.utilities import get_act_name
 
-from mechtox.data import TokenBatch, encode, pad, pad_id
+from mechtox.data import TokenBatch, pad, pad_id, token_ids
 from mechtox.errors import MechtoxError
 
 Pooling = Literal["mean", "last", "tokens"]
@@ -126,26 +126,6 @@ def _batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-def _token_ids(model: HookedTransformer, data, max_length: int) -> list[list[int]]:
-    """Each sequence's token ids (cut at ``max_length``) from texts, lists of ids or a TokenBatch;
-    anything else, a token id outside the vocabulary or a fractional one is refused."""
-    if isinstance(data, TokenBatch):
-        return [data.tokens[i, data.attention_mask[i].bool()].tolist() for i in range(len(data.tokens))]
-    if isinstance(data, str) or any(isinstance(x, str) for x in data):
-        return encode(model, data, max_length)  # every item a string, or a one-line error
-    ids = []
-    for i, x in enumerate(data):
-        row = np.asarray(x.cpu() if isinstance(x, Tensor) else x if isinstance(x, Sequence | np.ndarray) else None)
-        if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
-            raise MechtoxError(f"data item {i} is {type(x).__name__} {str(x)[:40]!r}: give texts, lists of whole "
-                               "token ids or a TokenBatch")
-        if row.size and not (0 <= row.min() and row.max() < model.cfg.d_vocab):
-            raise MechtoxError(f"data item {i} has token id {int(row.min() if row.min() < 0 else row.max())}, outside "
-                               f"the model's vocabulary (0-{model.cfg.d_vocab - 1})")
-        ids.append(row[:max_length].tolist())
-    return ids
-
-
 @torch.inference_mode()
 def collect_activations(
     model: HookedTransformer,
@@ -174,7 +154,8 @@ def collect_activations(
         raise MechtoxError("no hook names given")
     check_hooks(model, hook_names)
     max_length = min(max_length, model.cfg.n_ctx)
-    ids = _token_ids(model, data, max_length)
+    ids = ([data.tokens[i, data.attention_mask[i].bool()].tolist() for i in range(len(data.tokens))]
+           if isinstance(data, TokenBatch) else token_ids(model, data, max_length))
     if not ids:
         raise MechtoxError("no data to collect activations on")
     skips = [int(skip_first)] * len(ids) if isinstance(skip_first, int) else [int(k) for k in skip_first]

@@ -45,6 +45,7 @@ from mechtox.data import pad, pad_id
 from mechtox.errors import IncompatibleError, MechtoxError
 from mechtox.generation import Generations, generate
 from mechtox.models import same_architecture
+from mechtox.neurons import unit_vector
 
 Mode = Literal["own", "shared"]
 
@@ -279,10 +280,12 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     """
     same_architecture(before, after)
     vec = getattr(direction, "vector", direction)
+    if not isinstance(vec, Tensor):
+        raise MechtoxError("direction must be a tensor or a Direction")
     if vec.shape != (before.cfg.d_model,):
-        raise IncompatibleError(f"direction has dimension {vec.shape[0]} but the models have d_model {before.cfg.d_model}")
+        raise IncompatibleError(f"direction has shape {tuple(vec.shape)} but the models have d_model {before.cfg.d_model}")
     hook = getattr(direction, "hook_name", f"blocks.{before.cfg.n_layers - 1}.hook_resid_post")
-    w = (vec / vec.norm()).float().cpu()
+    w = unit_vector(vec.float().cpu())  # a zero or NaN direction had given NaN throughout
     layer = target_layer(before, hook)
     gens = dict(generations or {})
     if "before" not in gens:

@@ -832,6 +832,27 @@ def pad_id(model) -> int:
     return 0
 
 
+def token_ids(model, data, max_length: int | None = None, truncate: Literal["left", "right"] = "right") -> list[list[int]]:
+    """Each sequence's token ids, cut to ``max_length`` (keeping the first or, with ``truncate="left"``,
+    the last ones), from texts (:func:`encode`) or sequences of ids (lists, arrays, a 2-d tensor);
+    anything else, an id outside the model's vocabulary or a fractional one is a one-line error."""
+    if isinstance(data, str) or any(isinstance(x, str) for x in data):
+        return encode(model, data, max_length, truncate=truncate)  # every item a string, or a one-line error
+    ids = []
+    for i, x in enumerate(data):
+        row = np.asarray(x.cpu() if hasattr(x, "cpu") else x if isinstance(x, Sequence | np.ndarray) else None)
+        if row.ndim != 1 or (row.size and row.dtype.kind not in "iu"):
+            raise DataError(f"data item {i} is {type(x).__name__} {str(x)[:40]!r}: give texts or sequences of "
+                            "whole token ids")
+        if row.size and not (0 <= row.min() and row.max() < model.cfg.d_vocab):
+            raise DataError(f"data item {i} has token id {int(row.min() if row.min() < 0 else row.max())}, outside "
+                            f"the model's vocabulary (0-{model.cfg.d_vocab - 1})")
+        if max_length is not None and len(row) > max_length:
+            row = row[:max_length] if truncate == "right" else row[-max_length:]
+        ids.append(row.tolist())
+    return ids
+
+
 def tokenize(model, texts: Sequence[str], max_length: int | None = 64, padding_side: Literal["left", "right"] = "right",
              prepend_bos: bool | None = None, truncate: Literal["left", "right"] = "right") -> TokenBatch:
     """Tokenise and pad ``texts`` for ``model``, with the attention mask."""

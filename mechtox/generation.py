@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer, TransformerLensKeyValueCache
 
-from mechtox.data import encode, pad, pad_id
+from mechtox.data import pad, pad_id, token_ids
 from mechtox.errors import MechtoxError
 
 
@@ -60,11 +60,10 @@ def generate(model: HookedTransformer, prompts: Sequence[str] | Sequence[Sequenc
     if max_new_tokens >= model.cfg.n_ctx:
         raise MechtoxError(f"max_new_tokens {max_new_tokens} does not fit the model's context of {model.cfg.n_ctx}")
     max_prompt_tokens = min(max_prompt_tokens, model.cfg.n_ctx - max_new_tokens)
+    ids = token_ids(model, prompts, max_prompt_tokens, truncate="left")
     if isinstance(prompts[0], str):
-        ids = encode(model, prompts, max_prompt_tokens, truncate="left")  # type: ignore[arg-type]
         texts = list(prompts)  # type: ignore[arg-type]
     else:
-        ids = [list(p)[-max_prompt_tokens:] for p in prompts]  # type: ignore[union-attr]
         texts = [model.tokenizer.decode(p) if model.tokenizer is not None else "" for p in ids]
     if any(len(x) == 0 for x in ids):
         raise MechtoxError("an empty prompt cannot be continued; drop it or prepend BOS")

@@ -36,7 +36,8 @@ def value_vectors(model: HookedTransformer) -> Float[Tensor, "n_layers d_mlp d_m
     return torch.stack([b.mlp.W_out.detach() for b in model.blocks]).float()
 
 
-def _unit(w: Tensor) -> Tensor:
+def unit_vector(w: Tensor) -> Tensor:
+    """``w`` at norm 1; a zero or non-finite ``w`` is an error."""
     n = w.norm()
     if not torch.isfinite(n) or n == 0:
         raise MechtoxError("the direction is zero or not finite")
@@ -50,7 +51,7 @@ def random_cosine_range(d_model: int, n_vectors: int, draws: int = 10, seed: int
     maxes = []
     chunk = 8192
     for _ in range(draws):
-        w = _unit(torch.randn(d_model, generator=g))
+        w = unit_vector(torch.randn(d_model, generator=g))
         m = -1.0
         for s in range(0, n_vectors, chunk):
             v = torch.randn(min(chunk, n_vectors - s), d_model, generator=g)
@@ -126,7 +127,7 @@ def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] 
         raise MechtoxError("direction must be a tensor or a Direction")
     if w.shape != (model.cfg.d_model,):
         raise IncompatibleError(f"direction has shape {tuple(w.shape)} but the model has d_model {model.cfg.d_model}")
-    w = _unit(w.float().cpu())
+    w = unit_vector(w.float().cpu())
     V = value_vectors(model).cpu()  # [L, M, D]
     norm = V.norm(dim=-1)
     dot = V @ w
@@ -290,7 +291,7 @@ class ToxicSVD:
 def toxic_svd(model: HookedTransformer, ranking: NeuronRanking, direction: Float[Tensor, " d_model"] | object,
               top_n: int = 128, k: int = 10) -> ToxicSVD:
     """SVD of the value vectors of the ``top_n`` neurons of ``ranking``, signs fixed."""
-    w = _unit(getattr(direction, "vector", direction).float().cpu())
+    w = unit_vector(getattr(direction, "vector", direction).float().cpu())
     top = ranking.table.head(top_n)
     if len(top) == 0:
         raise MechtoxError("the ranking is empty")

@@ -118,6 +118,32 @@ def test_collect_activations_checks_token_ids_and_takes_one_hook_name(tiny):
             mt.collect_activations(tiny, data, HOOK, progress=False)
 
 
+def test_generate_checks_token_id_prompts(tiny):
+    """Token-id prompts went unchecked: an id past the vocabulary was an IndexError inside the
+    embedding, a negative one an OverflowError, None a TypeError."""
+    from mechtox.generation import generate
+
+    ids = generate(tiny, [[5, 6, 7]], 2, progress=False)
+    assert ids.prompt_ids == [[5, 6, 7]] and len(ids.continuation_ids[0]) == 2
+    for prompts, match in (([[1, 2, 500]], "token id 500, outside"), ([[1, -2]], "token id -2"),
+                           ([None], "item 0 is NoneType")):
+        with pytest.raises(MechtoxError, match=match):
+            generate(tiny, prompts, 2, progress=False)
+
+
+@pytest.mark.parametrize("direction, match", [
+    (np.ones(64), "direction must be a tensor or a Direction"),    # an AttributeError ('norm')
+    ([1.0] * 64, "direction must be a tensor or a Direction"),     # an AttributeError ('shape')
+    (torch.zeros(64), "the direction is zero or not finite"),      # NaN in every table
+    (torch.full((64,), float("nan")), "the direction is zero or not finite"),
+])
+def test_attribute_checks_its_direction(tiny, direction, match):
+    from mechtox.attribution import attribute
+
+    with pytest.raises(MechtoxError, match=match):
+        attribute(tiny, tiny, direction, ["hello there"], max_new_tokens=2, progress=False)
+
+
 def test_logit_lens_checks_the_vectors_width_and_takes_one_vector(tiny):
     v = tiny.W_U[:, 5].detach()
     assert mt.logit_lens(tiny, v, k=3) == mt.logit_lens(tiny, v[None], k=3)
