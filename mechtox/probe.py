@@ -15,7 +15,7 @@ import math
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -119,17 +119,20 @@ class Direction:
         """Load a saved direction or probe; with ``model``, check it fits (d_model, hook). A probe
         over several layers loads only where ``several_layers_ok`` (scoring texts): ranking
         neurons, attribution and training need one direction at one hook."""
-        from safetensors.torch import load_file
+        from dataclasses import fields
 
         path = Path(path)
-        meta_file = path / "direction.json"
-        if not meta_file.is_file():
-            raise MechtoxError(f"{path} holds no direction (no direction.json)")
-        meta = json.loads(meta_file.read_text())
-        t = load_file(str(path / "direction.safetensors"))
+        meta, t = _read_direction_files(path)
         kind = meta.pop("kind", "direction")
         meta.pop("d_model", None)
         klass = Probe if kind == "probe" else Direction
+        known = {f.name for f in fields(klass)} - {"vector", "weight"}
+        needed = {f.name for f in fields(klass) if f.default is MISSING and f.default_factory is MISSING} - {"vector"}
+        if set(meta) - known or needed - set(meta):
+            odd = sorted(set(meta) - known) or sorted(needed - set(meta))
+            what = "unknown fields" if set(meta) - known else "missing fields"
+            raise MechtoxError(f"{path / 'direction.json'} has {what} {odd} (written by another version of mechtox, or "
+                               "edited); fit or save it again")
         d = klass(vector=t["vector"], weight=t.get("weight"), **meta)
         if len(d.hooks) > 1 and not several_layers_ok:
             raise IncompatibleError(f"probe {d.name!r} reads {len(d.hooks)} layers together ({d.hook_name}); only "
@@ -138,6 +141,40 @@ class Direction:
         if model is not None:
             d.check_model(model)
         return d
+
+
+def _read_direction_files(path: str | os.PathLike[str]) -> tuple[dict, dict]:
+    """The metadata (``direction.json``) and tensors (``direction.safetensors``) of a saved
+    direction or probe; a file missing, cut short or edited into something unreadable is a one-line
+    error naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    meta_file, tensor_file = path / "direction.json", path / "direction.safetensors"
+    if not meta_file.is_file():
+        raise MechtoxError(f"{path} holds no direction (no direction.json)")
+    redo = "fit or save it again, or delete the folder"
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise MechtoxError(f"{meta_file} is damaged ({str(e).splitlines()[0]}); {redo}") from None
+    if not isinstance(meta, dict):
+        raise MechtoxError(f"{meta_file} is damaged (not a JSON object); {redo}")
+    if not tensor_file.is_file():
+        raise MechtoxError(f"{path} has no direction.safetensors beside its direction.json; {redo}")
+    try:
+        tensors = load_file(str(tensor_file))
+    except SafetensorError as e:
+        raise MechtoxError(f"{tensor_file} is damaged ({e}); {redo}") from None
+    vector, weight = tensors.get("vector"), tensors.get("weight")
+    if vector is None or vector.ndim != 1 or (weight is not None and weight.shape != vector.shape):
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
+        raise MechtoxError(f"{tensor_file} is damaged (tensors {shapes or 'none'}; a vector and, for a probe, a "
+                           f"weight of the same length are needed); {redo}")
+    if not all(x.isfinite().all() for x in (vector, weight) if x is not None) or not vector.any():
+        raise MechtoxError(f"{tensor_file} holds NaN, inf or a zero vector; {redo}")
+    return meta, tensors
 
 
 @dataclass(frozen=True, repr=False)

@@ -218,6 +218,9 @@ class Workspace:
             how = (f"did you mean {near!r}?" if near else
                    f"create it with `mechtox probe --out {name}` or `mechtox directions`")
             raise MechtoxError(f"no direction or probe {name!r} in {self.root} (it has: {have}); {how}")
+        from mechtox.probe import Direction
+
+        Direction.load(d, several_layers_ok=True)  # a damaged one is an error now, before any model loads
         return d
 
     def require_pairs(self, name: str) -> Path:

@@ -234,3 +234,53 @@ def test_job_configs_take_what_the_command_line_and_python_give(tmp_path):
     from mechtox.jobs import pairs
 
     assert pairs.PairsConfig(alpha=8).alpha == 8
+
+
+def _damage(d, how):
+    """Damage the saved probe in folder ``d`` one way (what a disk, a copy cut short or an edit leaves)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    meta_file, tensor_file = d / "direction.json", d / "direction.safetensors"
+    meta, t = json.loads(meta_file.read_text()), load_file(str(tensor_file))
+    if how == "json cut short":
+        meta_file.write_text(meta_file.read_text()[:15])
+    elif how == "no tensors":
+        tensor_file.unlink()
+    elif how == "tensors cut short":
+        tensor_file.write_bytes(tensor_file.read_bytes()[:100])
+    elif how in ("unknown field", "missing field"):
+        meta.update(future=1) if how == "unknown field" else meta.pop("hook_name")
+        meta_file.write_text(json.dumps(meta))
+    else:
+        if how == "short vector":
+            t["vector"] = t["vector"][:10]
+        else:
+            t["weight"][3] = float("nan")
+        save_file(t, str(tensor_file))
+
+
+DAMAGE = [("json cut short", "direction.json is damaged (Expecting"),
+          ("no tensors", "has no direction.safetensors beside its direction.json"),
+          ("tensors cut short", "direction.safetensors is damaged (Error while deserializing header"),
+          ("unknown field", "direction.json has unknown fields ['future'] (written by another version"),
+          ("missing field", "direction.json has missing fields ['hook_name']"),
+          ("short vector", "tensors vector (10,), weight (64,)"),
+          ("nan weight", "direction.safetensors holds NaN, inf or a zero vector")]
+
+
+@pytest.mark.parametrize(("how", "match"), DAMAGE, ids=[h for h, _ in DAMAGE])
+def test_a_damaged_saved_probe_is_one_line_before_any_model_loads(how, match, tmp_path, capsys, no_loading):
+    """Each of these was an 'unexpected error' (JSONDecodeError, FileNotFoundError, SafetensorError,
+    TypeError), after the model had loaded, or (a NaN weight) a ValueError from scikit-learn."""
+    import torch
+
+    from mechtox.probe import Probe
+
+    d = tmp_path / "ws" / "directions" / "p"
+    Probe(vector=torch.randn(64), hook_name="blocks.1.hook_resid_post", method="logreg", name="p",
+          weight=torch.randn(64)).save(d)
+    _damage(d, how)
+    for argv in (["rank", "--probe", "p"], ["probe", "--eval", "p", "--data", "builtin:toxicity"]):
+        _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), "--model", "tiny", *argv[1:]], match)
