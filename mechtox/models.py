@@ -33,6 +33,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mechtox import _io
+from mechtox._typecheck import is_whole_number
 from mechtox.errors import IncompatibleError, MechtoxError, ModelNotFoundError
 from mechtox.model_files import CHECKPOINT_CONFIG as _CKPT_CONFIG
 from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined here)
@@ -54,6 +55,7 @@ causal-mask buffers small). Pass ``n_ctx`` to :func:`load_gguf` for more."""
 
 _CKPT_WEIGHTS = "model.safetensors"
 _CKPT_TOKENIZER = "tokenizer"
+_CKPT_VERSION = 1  # the checkpoint format this version writes and the newest it reads
 
 
 def default_device() -> str:
@@ -472,19 +474,15 @@ def _attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> HookedTransfo
     return model
 
 
-def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor]) -> HookedTransformer:
+def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor],
+           what: str = "weights do not fit the config") -> HookedTransformer:
     """A HookedTransformer from a config and a TransformerLens state dict, without random init."""
     cfg = dataclasses.replace(cfg, init_weights=False, device="cpu")
     model = HookedTransformer(cfg, move_to_device=False)
-    missing, unexpected = model.load_state_dict(
-        {k: v.to(torch.float32) for k, v in state_dict.items()}, strict=False
-    )
-    # Buffers TransformerLens computes itself (masks, rotary tables) may be absent.
-    real_missing = [k for k in missing if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))]
-    if real_missing or unexpected:
-        raise IncompatibleError(
-            f"weights do not fit the config: missing {real_missing[:5]}, unexpected {unexpected[:5]}"
-        )
+    computed = ("mask", "IGNORE", "rotary_sin", "rotary_cos")  # buffers TransformerLens makes itself: may be absent
+    want = {k: v.shape for k, v in model.state_dict().items() if not k.endswith(computed)}
+    _check_fit({k: v for k, v in state_dict.items() if not k.endswith(computed)}, want, what)  # a shape was a torch RuntimeError
+    model.load_state_dict({k: v.to(torch.float32) for k, v in state_dict.items()}, strict=False)
     model.eval()
     return model
 
@@ -565,7 +563,7 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
     _io.refuse_to_replace(path, is_checkpoint, "mechtox checkpoint")
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
           if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
-    meta = {"format": CHECKPOINT_FORMAT, "version": 1, "cfg": _cfg_to_json(model.cfg),
+    meta = {"format": CHECKPOINT_FORMAT, "version": _CKPT_VERSION, "cfg": _cfg_to_json(model.cfg),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
 
     def write(tmp: Path) -> None:
@@ -581,24 +579,51 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
 def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,
                     dtype: str | torch.dtype = "float32") -> HookedTransformer:
     """Load a mechtox checkpoint directory written by :func:`save_checkpoint`."""
-    from safetensors.torch import load_file
 
     path = Path(path)
     info = checkpoint_info(path)
     weights = path / _CKPT_WEIGHTS
     if not weights.is_file():
         raise ModelNotFoundError(f"checkpoint {path} has no {_CKPT_WEIGHTS}; it was not fully written — recreate it")
-    cfg_dict = dict(info["cfg"])
+    redo = "recreate it (save_checkpoint, or train again)"
+    version = info.get("version", 1)
+    if not is_whole_number(version):
+        raise IncompatibleError(f"checkpoint {path} has an unknown format version {version!r}; {redo}")
+    if version > _CKPT_VERSION:
+        raise IncompatibleError(f"checkpoint {path} is format version {version}, newer than this mechtox reads "
+                                f"({_CKPT_VERSION}); upgrade mechtox")
+    cfg_dict = info.get("cfg")
+    if not isinstance(cfg_dict, dict):
+        raise ModelNotFoundError(f"{path / _CKPT_CONFIG} has no model config ('cfg'); {redo}")
+    cfg_dict = dict(cfg_dict)
     if isinstance(cfg_dict.get("dtype"), str):
         cfg_dict.pop("dtype")
-    cfg = HookedTransformerConfig(**cfg_dict)
-    model = _build(cfg, load_file(str(weights)))
+    known = {f.name for f in dataclasses.fields(HookedTransformerConfig)}
+    if set(cfg_dict) - known:
+        raise IncompatibleError(f"{path / _CKPT_CONFIG}: config fields {sorted(set(cfg_dict) - known)[:3]} are "
+                                f"unknown to this TransformerLens (written with another version?); {redo}")
+    sizes = ("d_model", "d_head", "n_layers", "n_ctx", "n_heads", "d_vocab")
+    bad = [f"{k} {cfg_dict.get(k)!r}" for k in sizes if not (is_whole_number(cfg_dict.get(k)) and cfg_dict[k] >= 1)]
+    if bad:
+        raise IncompatibleError(f"{path / _CKPT_CONFIG}: {', '.join(bad)}: sizes must be whole numbers of at least 1; {redo}")
+    try:
+        cfg = HookedTransformerConfig(**cfg_dict)
+    except (TypeError, ValueError, AssertionError) as e:
+        raise IncompatibleError(f"{path / _CKPT_CONFIG}: the model config does not hold together "
+                                f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); {redo}") from None
+    sd = read_state_dict(weights)
+    model = _build(cfg, sd, f"{weights} does not fit its {_CKPT_CONFIG}, so recreate the checkpoint")
     tok_dir = path / _CKPT_TOKENIZER
     if tok_dir.is_dir():
         from transformers import AutoTokenizer
 
         _quiet_transformers()
-        _attach_tokenizer(model, AutoTokenizer.from_pretrained(str(tok_dir)))
+        try:
+            tok = AutoTokenizer.from_pretrained(str(tok_dir))
+        except (OSError, ValueError, TypeError, KeyError) as e:  # a damaged tokenizer.json: a JSON or Rust-side error
+            raise ModelNotFoundError(f"{tok_dir} holds no readable tokenizer ({type(e).__name__}: "
+                                     f"{str(e).splitlines()[0][:120] if str(e) else ''}); {redo}") from None
+        _attach_tokenizer(model, tok)
     foreign = foreign_parameters_in_use(model)
     if foreign:
         import warnings

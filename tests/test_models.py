@@ -50,6 +50,39 @@ def test_missing_weights_is_clear_error(tiny, tmp_path):
         M.load_checkpoint(path)
 
 
+def _edit_config(path, change):
+    meta = json.loads((path / "config.json").read_text())
+    change(meta)
+    (path / "config.json").write_text(json.dumps(meta))
+
+
+CHECKPOINT_DAMAGE = [  # what was raised before, then the change and the message now
+    ("KeyError 'cfg'", lambda p: _edit_config(p, lambda m: m.pop("cfg")), r"has no model config \('cfg'\)"),
+    ("torch RuntimeError", lambda p: _edit_config(p, lambda m: m["cfg"].update(d_model=32)),
+     r"model.safetensors does not fit its config.json, so recreate the checkpoint: shapes \['blocks.0.attn.W_K"),
+    ("torch RuntimeError", lambda p: _edit_config(p, lambda m: m["cfg"].update(d_head=-1)),
+     "d_head -1: sizes must be whole numbers of at least 1"),
+    ("TypeError", lambda p: _edit_config(p, lambda m: m["cfg"].update(bogus=3)),
+     r"config fields \['bogus'\] are unknown to this TransformerLens"),
+    ("read as version 1", lambda p: _edit_config(p, lambda m: m.update(version=99)),
+     r"format version 99, newer than this mechtox reads \(1\); upgrade mechtox"),
+    ("SafetensorError", lambda p: (p / "model.safetensors").write_bytes((p / "model.safetensors").read_bytes()[:1000]),
+     "model.safetensors is no readable state dict"),
+    ("JSONDecodeError", lambda p: (p / "tokenizer" / "tokenizer.json").write_text("junk"),
+     "holds no readable tokenizer"),
+]
+
+
+@pytest.mark.parametrize(("before", "damage", "match"), CHECKPOINT_DAMAGE,
+                         ids=[f"{m[:30]} (was {b})" for b, _, m in CHECKPOINT_DAMAGE])
+def test_a_damaged_checkpoint_is_one_line_naming_what(tiny, tmp_path, before, damage, match):
+    path = M.save_checkpoint(tiny, tmp_path / "ckpt")
+    damage(path)
+    with pytest.raises(MechtoxError, match=match) as e:
+        M.load_checkpoint(path)
+    assert "\n" not in str(e.value) and str(path) in str(e.value)
+
+
 def test_same_architecture(tiny, tiny_llama):
     M.same_architecture(tiny, tiny)
     with pytest.raises(IncompatibleError, match="different architectures"):
