@@ -114,9 +114,13 @@ class Workspace:
         if not f.is_file():
             return {}
         try:
-            return json.loads(f.read_text())
-        except json.JSONDecodeError as e:
+            meta = json.loads(f.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise MechtoxError(f"{f} is not valid JSON ({e}); fix or delete it") from e
+        if not isinstance(meta, dict) or not isinstance(meta.get("base", ""), str):
+            raise MechtoxError(f'{f} should be an object like {{"base": "MODEL"}}, not {json.dumps(meta)[:60]}; fix or '
+                               "delete it (mechtox models --set-base MODEL writes it)")
+        return meta
 
     @property
     def base_spec(self) -> str:

@@ -284,3 +284,16 @@ def test_a_damaged_saved_probe_is_one_line_before_any_model_loads(how, match, tm
     _damage(d, how)
     for argv in (["rank", "--probe", "p"], ["probe", "--eval", "p", "--data", "builtin:toxicity"]):
         _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), "--model", "tiny", *argv[1:]], match)
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    (b'{"base": ', "workspace.json is not valid JSON"),
+    (b"\xff\xfe", "workspace.json is not valid JSON ('utf-8' codec"),   # was a UnicodeDecodeError
+    (b"[1]", 'workspace.json should be an object like {"base": "MODEL"}, not [1]'),  # was an AttributeError
+    (b'{"base": 5}', 'not {"base": 5}; fix or delete it'),                        # was an AttributeError
+])
+def test_a_damaged_workspace_file_is_one_line(content, match, tmp_path, capsys, no_loading):
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "workspace.json").write_bytes(content)
+    for argv in (["models"], ["probe", "--n-train", "20"]):
+        _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), *argv[1:]], match)
