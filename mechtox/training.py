@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -493,6 +493,17 @@ class TrainResult:
                 f"{self.best_val:.4g}{early}; {self.out_dir})")
 
 
+def read_saved(path: Path, read: Callable[[Path], Any], out: Path) -> Any:
+    """``read(path)`` for a file of an interrupted run's saved state, or a one-line error saying it
+    is missing or damaged (a disk that filled, a copy cut short) and what to do."""
+    try:
+        return read(path)
+    except Exception as e:  # noqa: BLE001 (json, safetensors, zip and pickle readers raise many kinds)
+        first = (str(e).splitlines() or [""])[0].split(". ")[0][:120]
+        raise MechtoxError(f"cannot resume {out}: state/{path.name} is missing or damaged ({type(e).__name__}: {first}); "
+                           f"delete {out} to start over, or choose another --out") from None
+
+
 def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
              base_print: list[float]) -> tuple[int, list, list, float, int]:
     """Weights, reference log-probs and loop state of an interrupted run in ``out/state``. A LoRA
@@ -500,7 +511,11 @@ def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
     state_dir = out / "state"
     if not (state_dir / "trainer.json").is_file():
         raise MechtoxError(f"nothing to resume in {out}: no checkpoint (state/trainer.json); run without --resume")
-    meta = json.loads((state_dir / "trainer.json").read_text())
+    meta = read_saved(state_dir / "trainer.json", lambda f: json.loads(f.read_text()), out)
+    loop_keys = ("config", "step", "history", "val_history", "best_val", "bad_evals")
+    if not isinstance(meta, dict) or any(k not in meta for k in loop_keys):
+        raise MechtoxError(f"cannot resume {out}: state/trainer.json lacks the loop state ({', '.join(loop_keys)}); "
+                           f"delete {out} to start over, or choose another --out")
     saved_cfg = meta["config"]
     # settings that do not change the trajectory up to the checkpoint may differ
     free = {"max_steps", "eval_every", "checkpoint_every", "patience", "compile"}
@@ -515,9 +530,10 @@ def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
             raise MechtoxError(f"cannot resume {out}: it trained LoRA adapters on another base model; resume with the "
                                "model it started from")
     else:
-        model.load_state_dict(load_file(str(state_dir / "weights.safetensors"), device=str(model.cfg.device)),
-                              strict=False)
-    ref = torch.load(state_dir / "reference.pt", map_location="cpu") if (state_dir / "reference.pt").is_file() else None
+        model.load_state_dict(read_saved(state_dir / "weights.safetensors",
+                                         lambda f: load_file(str(f), device=str(model.cfg.device)), out), strict=False)
+    ref = (read_saved(state_dir / "reference.pt", lambda f: torch.load(f, map_location="cpu"), out)
+           if (state_dir / "reference.pt").is_file() else None)
     if ref is not None:
         objective.ref_chosen, objective.ref_rejected = ref["chosen"], ref["rejected"]
     return meta["step"], meta["history"], meta["val_history"], meta["best_val"], meta["bad_evals"]
@@ -632,7 +648,8 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     if resume and cfg.lora_r:
         from safetensors.torch import load_file
 
-        fwd_model.load_adapters(load_file(str(state_dir / "adapter.safetensors"), device=str(model.cfg.device)))
+        fwd_model.load_adapters(read_saved(state_dir / "adapter.safetensors",
+                                           lambda f: load_file(str(f), device=str(model.cfg.device)), out))
     room = _room_for_checkpoints(out, model, [p for p in fwd_model.parameters() if p.requires_grad], cfg, rank, world)
     room(None)  # before the reference passes and the first step
     if not resume:
@@ -761,12 +778,13 @@ def _optimizer_and_schedule(fwd_model, params: list, cfg: TrainConfig, device, s
     opt = _optimizer(params, cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps))
     if state_dir is not None:
-        saved = torch.load(state_dir / "optimizer.pt", map_location=device, weights_only=False)
+        out = state_dir.parent
+        saved = read_saved(state_dir / "optimizer.pt", lambda f: torch.load(f, map_location=device, weights_only=False), out)
         if cfg.fsdp:
             fwd_model.load_optimizer_state(opt, saved)
         else:
             opt.load_state_dict(saved)
-        sched.load_state_dict(torch.load(state_dir / "scheduler.pt", weights_only=False))
+        sched.load_state_dict(read_saved(state_dir / "scheduler.pt", lambda f: torch.load(f, weights_only=False), out))
     return opt, sched
 
 

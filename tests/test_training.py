@@ -146,6 +146,27 @@ def test_resume_errors(tiny, tmp_path):
     assert train(tiny, DPOObjective(tiny, pairs(8), longer), longer, tmp_path / "y", resume=True, progress=False).steps == 3
 
 
+@pytest.mark.parametrize(("damage", "match"), [
+    (lambda d: (d / "trainer.json").write_text("{"), r"state/trainer.json is missing or damaged \(JSONDecodeError"),
+    (lambda d: (d / "trainer.json").write_text('{"step": 2}'), "state/trainer.json lacks the loop state"),
+    (lambda d: (d / "weights.safetensors").write_bytes(b"\x08" * 40), r"weights.safetensors is missing or damaged \(Safet"),
+    (lambda d: (d / "optimizer.pt").unlink(), r"state/optimizer.pt is missing or damaged \(FileNotFoundError"),
+    (lambda d: (d / "scheduler.pt").write_bytes((d / "scheduler.pt").read_bytes()[:100]),
+     r"scheduler.pt is missing or damaged \(RuntimeError: PytorchStreamReader failed reading zip archive: failed finding "
+     r"central directory\); delete .* to start over, or choose another --out$"),
+    (lambda d: (d / "reference.pt").write_bytes(b"junk"), "state/reference.pt is missing or damaged"),
+])
+def test_resume_from_a_damaged_checkpoint_says_which_file_and_what_to_do(tiny, tmp_path, damage, match):
+    """Each was a raw JSONDecodeError, KeyError, SafetensorError or torch RuntimeError (or, for a
+    missing file, a bare 'No such file or directory')."""
+    cfg = TrainConfig(batch_size=4, max_steps=2)
+    train(tiny, DPOObjective(tiny, pairs(8), cfg), cfg, tmp_path / "y", progress=False)
+    damage(tmp_path / "y" / "state")
+    with pytest.raises(MechtoxError, match=match) as e:
+        train(tiny, DPOObjective(tiny, pairs(8), cfg), cfg, tmp_path / "y", resume=True, progress=False)
+    assert "\n" not in str(e.value) and f"cannot resume {tmp_path / 'y'}" in str(e.value)
+
+
 def test_probe_sft_lowers_probe_score(tiny, tmp_path):
     from mechtox.activations import collect_activations
     from mechtox.probe import fit_probe
