@@ -966,6 +966,8 @@ def steered_pairs(model: HookedTransformer, prompts: Sequence[str], direction, a
     from mechtox.generation import generate
     from mechtox.interventions import applied, steer
 
+    if not alpha > 0:
+        raise MechtoxError(f"alpha {alpha}: must be above 0 (the rejected side is steered toward toxicity)")
     chosen = generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)
     with applied(model, steer(direction, alpha)):
         rejected = generate(model, prompts, max_new_tokens, 32, batch_size, progress=progress)

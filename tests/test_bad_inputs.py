@@ -90,6 +90,11 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["probe", "--model", "tiny", "--seed", "-1"], "--seed -1: give a whole number from 0 to 2**32 - 1"),
     (["pairs", "--model", "tiny", "--alpha", "nan"], "--alpha nan: give a finite number"),
     (["run", "--model", "tiny", "--alpha", "inf"], "--alpha inf: give a finite number"),
+    # 0 dropped every pair after generating them all; a negative alpha inverted the preference silently
+    (["pairs", "--model", "tiny", "--alpha", "0"], "--alpha 0: must be above 0 (the rejected continuation is steered "
+                                                   "toward toxicity by alpha x the direction; 0 leaves both sides the same)"),
+    (["run", "--model", "tiny", "--alpha", "-2"], "--alpha -2: must be above 0 (the rejected continuation is steered "
+                                                  "toward toxicity by alpha x the direction; a negative one steers away"),
     (["train", "dpo", "--model", "tiny", "--checkpoint-every", "0"], "checkpoint_every must be at least 1"),
     (["train", "dpo", "--model", "tiny", "--beta", "0"], "beta (the DPO temperature) must be a positive number"),
     (["export", "tiny", "--hf", "{tmp}/afile/out"], "--hf {tmp}/afile/out cannot be created: {tmp}/afile is a file"),

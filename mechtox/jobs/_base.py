@@ -158,6 +158,16 @@ def finite(value: float, what: str) -> None:
         raise MechtoxError(f"{what} {value}: give a finite number")
 
 
+def steering_alpha(value: float, what: str = "--alpha") -> None:
+    """A steering strength for the rejected side of generated pairs: finite and above 0 (0 makes
+    both sides the same, so every pair is dropped after generating them; a negative one steers away
+    from toxicity and inverts the preference)."""
+    finite(value, what)
+    if value <= 0:
+        raise MechtoxError(f"{what} {value:g}: must be above 0 (the rejected continuation is steered toward toxicity "
+                           f"by alpha x the direction; {'0 leaves both sides the same' if value == 0 else 'a negative one steers away from it'})")
+
+
 def positive(value: int | None, what: str, zero_ok: bool = False) -> None:
     if value is not None and (value < 0 or (value == 0 and not zero_ok)):
         raise MechtoxError(f"{what} {value}: must be {'0 or more' if zero_ok else 'at least 1'}")

@@ -24,7 +24,15 @@ import mechtox.jobs.rank as rank
 import mechtox.jobs.report as report
 import mechtox.jobs.train as train
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, JobConfig, check_out, execute, finite, option, positive
+from mechtox.jobs._base import (
+    Context,
+    JobConfig,
+    check_out,
+    execute,
+    option,
+    positive,
+    steering_alpha,
+)
 
 HELP = ("the main job: probe, directions, neurons, pairs, DPO, evaluation, attribution, report (finished steps "
         "are reused)")
@@ -71,7 +79,7 @@ class MainConfig(JobConfig):
 
         check_out(self.out, "run name prefix")
         positive(self.dpo_steps, "--dpo-steps")
-        finite(self.alpha, "--alpha")
+        steering_alpha(self.alpha)
         if self.size not in ("auto", *SIZES):
             raise MechtoxError(f"unknown --size {self.size!r}; use auto, {', '.join(SIZES)}")
         if self.data_dir is not None and self.data_dir != "builtin":

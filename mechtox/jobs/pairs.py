@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechtox.jobs._base import Context, JobConfig, check_out, finite, option, positive
+from mechtox.jobs._base import Context, JobConfig, check_out, option, positive, steering_alpha
 
 HELP = "preference pairs: greedy vs steered-toward-toxicity continuations (or ParaDetox)"
 
@@ -27,7 +27,7 @@ class PairsConfig(JobConfig):
         check_out(self.out, "pairs name")
         for name in ("n", "max_new_tokens", "batch_size"):
             positive(getattr(self, name), "--" + name.replace("_", "-"))
-        finite(self.alpha, "--alpha")
+        steering_alpha(self.alpha)
 
 
 @dataclass
