@@ -95,10 +95,12 @@ class TrainConfig:
                 raise MechtoxError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
         if not 0 <= self.val_fraction < 1:
             raise MechtoxError(f"val_fraction must be in [0, 1), not {self.val_fraction!r}")
-        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or self.lora_alpha <= 0:
-            raise MechtoxError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
-        if not (self.sap_rho >= 0 and self.sap_eps >= 0 and self.sap_temperature > 0):
-            raise MechtoxError("sap_rho and sap_eps must be >= 0 and sap_temperature > 0")
+        if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or not 0 < self.lora_alpha < math.inf:
+            raise MechtoxError(f"lora_r must be >= 0, lora_alpha a finite number > 0 and lora_dropout in [0, 1), not "
+                               f"{self.lora_r!r}, {self.lora_alpha!r} and {self.lora_dropout!r}")
+        if not (0 <= self.sap_rho < math.inf and 0 <= self.sap_eps < math.inf and 0 < self.sap_temperature < math.inf):
+            raise MechtoxError(f"sap_rho and sap_eps must be finite numbers >= 0 and sap_temperature a finite number > 0, "
+                               f"not {self.sap_rho!r}, {self.sap_eps!r} and {self.sap_temperature!r}")
         if self.fsdp and self.objective == "sap":
             raise MechtoxError("--fsdp cannot train sap: its harmful-weight gradient (torch.autograd.grad of the weights) "
                                "does not reach FSDP's sharded weights; use plain torchrun")

@@ -256,6 +256,11 @@ def test_preference_pairs_built_by_hand_are_checked(cols, match):
     ({"lr": "1e-5"}, "TrainConfig.lr must be a number, not '1e-5'"),  # was a TypeError from a comparison
     ({"max_steps": 2.5}, "TrainConfig.max_steps must be a whole number, not 2.5"),
     ({"compile": "no"}, "TrainConfig.compile must be True or False, not 'no'"),
+    # NaN or inf passed the comparisons: NaN LoRA scaling, an infinite SAP perturbation
+    ({"lora_alpha": float("nan")}, "lora_alpha a finite number > 0"),
+    ({"lora_alpha": float("inf")}, "lora_alpha a finite number > 0"),
+    ({"sap_rho": float("inf")}, "sap_rho and sap_eps must be finite numbers >= 0"),
+    ({"sap_temperature": float("inf")}, "sap_temperature a finite number > 0"),
 ])
 def test_train_config_refuses_settings_that_would_fail_mid_run(kw, match):
     from mechtox.training import TrainConfig
