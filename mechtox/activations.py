@@ -39,22 +39,12 @@ def resid_hooks(model: HookedTransformer, layers: str | Sequence[int] = "all", s
 def parse_layers(layers: str | Sequence[int], n_layers: int) -> list[int]:
     """``"all"`` / ``"last"`` / ``"3"`` / ``"0,4,8"`` / ``"10-20"`` / a list, checked against ``n_layers``."""
     if isinstance(layers, str):
-        s = layers.strip().lower()
-        if s == "all":
-            return list(range(n_layers))
-        if s == "last":
-            return [n_layers - 1]
-        out: list[int] = []
-        try:
-            for part in s.split(","):
-                if "-" in part:
-                    a, b = part.split("-")
-                    out.extend(range(int(a), int(b) + 1))
-                else:
-                    out.append(int(part))
-        except ValueError:
-            raise MechtoxError(f"bad layers {layers!r}; use 'all', 'last', '5', '0,4,8' or '10-20'") from None
-        layers = out
+        from mechtox._flags import layer_numbers
+
+        numbers = layer_numbers(layers)
+        if numbers is None:
+            return list(range(n_layers)) if layers.strip().lower() == "all" else [n_layers - 1]
+        layers = numbers
     layers = [int(x) + (n_layers if int(x) < 0 else 0) for x in layers]
     bad = [x for x in layers if not 0 <= x < n_layers]
     if bad or not layers:

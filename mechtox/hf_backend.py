@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox.errors import MechtoxError
+from mechtox.train_config import LORA_NAMES
 
 ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
 
@@ -403,16 +404,6 @@ class LoraSpec:
 
 
 # accepted --lora-targets names -> the transformers modules they adapt
-LORA_NAMES = {
-    "LlamaForCausalLM": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
-                         "up": "up_proj", "down": "down_proj"},
-    # GPT-2 computes q, k and v with one fused module (c_attn): q, k or v adapt all three
-    "GPT2LMHeadModel": {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj", "up": "c_fc",
-                        "down": "mlp.c_proj", "c_attn": "c_attn", "attn.c_proj": "attn.c_proj", "c_fc": "c_fc",
-                        "mlp.c_proj": "mlp.c_proj"},
-}
-
-
 def lora_target_modules(arch: str, spec: str) -> list[str]:
     """The module names ``peft`` adapts for a ``--lora-targets`` list such as ``q,v``."""
     table = LORA_NAMES.get(arch)

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mechtox._flags import SCORER_NAMES, scorer_probe  # noqa: F401 (SCORER_NAMES re-exported: it was defined here)
 from mechtox.data import one_or_many
 from mechtox.errors import MechtoxError, OfflineError
 
@@ -127,24 +128,18 @@ class PerspectiveScorer:
         return np.asarray(out)
 
 
-SCORER_NAMES = ("profanity", "detoxify", "perspective", "probe:NAME")
 
 
 def get_scorer(name: str = "profanity", workspace=None, model=None) -> Scorer:
     """A scorer by name: ``profanity``, ``detoxify[:variant]``, ``perspective`` or ``probe:NAME``
     (``probe:NAME`` needs the ``workspace`` and the ``model`` whose activations it reads)."""
-    if name in ("profanity", "profanity-check"):
-        return ProfanityCheckScorer()
-    if name.startswith("detoxify"):
-        variant = name.split(":", 1)[1] if ":" in name else "original"
-        return DetoxifyScorer(variant)
-    if name == "perspective":
-        return PerspectiveScorer()
-    if name.startswith("probe:"):
+    probe_name = scorer_probe(name)  # an unknown name is a one-line error
+    if probe_name:
         if workspace is None or model is None:
             raise MechtoxError("a probe scorer needs a workspace and a model")
         from mechtox.probe import Probe, ProbeScorer
 
-        probe = Probe.load(workspace.require_direction(name.split(":", 1)[1]))
-        return ProbeScorer(model, probe)
-    raise MechtoxError(f"unknown scorer {name!r}; use one of {', '.join(SCORER_NAMES)}")
+        return ProbeScorer(model, Probe.load(workspace.require_direction(probe_name)))
+    if name.startswith("detoxify"):
+        return DetoxifyScorer(name.split(":", 1)[1] if ":" in name else "original")
+    return PerspectiveScorer() if name == "perspective" else ProfanityCheckScorer()

@@ -11,6 +11,17 @@ from typing import Any, Literal
 from mechtox._typecheck import check_types
 from mechtox.errors import MechtoxError
 
+# --lora-targets names per architecture (mechtox.hf_backend.lora_target_modules maps them to peft's module names)
+LORA_NAMES = {
+    "LlamaForCausalLM": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj",
+                         "up": "up_proj", "down": "down_proj"},
+    # GPT-2 computes q, k and v with one fused module (c_attn): q, k or v adapt all three
+    "GPT2LMHeadModel": {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj", "up": "c_fc",
+                        "down": "mlp.c_proj", "c_attn": "c_attn", "attn.c_proj": "attn.c_proj", "c_fc": "c_fc",
+                        "mlp.c_proj": "mlp.c_proj"},
+}
+
+
 
 @dataclass
 class TrainConfig:
@@ -95,6 +106,10 @@ class TrainConfig:
                 raise MechtoxError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
         if not 0 <= self.val_fraction < 1:
             raise MechtoxError(f"val_fraction must be in [0, 1), not {self.val_fraction!r}")
+        known = sorted({name for table in LORA_NAMES.values() for name in table})
+        targets = [x.strip() for x in self.lora_targets.split(",") if x.strip()]
+        if self.lora_r and (not targets or set(targets) - set(known)):
+            raise MechtoxError(f"lora_targets {self.lora_targets!r}: use comma-separated names from {', '.join(known)}")
         if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or not 0 < self.lora_alpha < math.inf:
             raise MechtoxError(f"lora_r must be >= 0, lora_alpha a finite number > 0 and lora_dropout in [0, 1), not "
                                f"{self.lora_r!r}, {self.lora_alpha!r} and {self.lora_dropout!r}")

@@ -98,6 +98,19 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["train", "dpo", "--model", "tiny", "--checkpoint-every", "0"], "checkpoint_every must be at least 1"),
     (["train", "dpo", "--model", "tiny", "--beta", "0"], "beta (the DPO temperature) must be a positive number"),
     (["export", "tiny", "--hf", "{tmp}/afile/out"], "--hf {tmp}/afile/out cannot be created: {tmp}/afile is a file"),
+    # read after the model had loaded, or (a range going down) 'layers [] out of range'
+    (["probe", "--model", "tiny", "--layers", "5-2"], "bad layers '5-2': a range goes up, e.g. 2-5"),
+    (["probe", "--model", "tiny", "--layers", "1,,2"], "bad layers '1,,2'; use 'all', 'last'"),
+    (["eval", "--model", "tiny", "--scorer", "nope"], "unknown scorer 'nope'; use one of profanity, detoxify"),
+    (["eval", "--model", "tiny", "--scorer", "probe:missing"], "no direction or probe 'missing'"),
+    (["train", "dpo", "--model", "tiny", "--lora-r", "4", "--lora-targets", "zz"],
+     "lora_targets 'zz': use comma-separated names from attn.c_proj"),
+    # settings the run ignored silently
+    (["probe", "--model", "tiny", "--limit", "5"], "--limit 5 samples the texts of --eval or --eval-data"),
+    (["train", "dpo", "--model", "tiny", "--lora-targets", "q,k"], "--lora-targets set LoRA adapters: add --lora-r N"),
+    (["train", "sft", "--model", "tiny", "--beta", "0.2"], "--beta: a setting of train dpo and dpo-probe; train sft"),
+    (["train", "dpo", "--model", "tiny", "--sap-rho", "0.1"], "--sap-rho: a setting of train sap; train dpo does not"),
+    (["train", "sap", "--model", "tiny", "--probe-lambda", "2"], "--probe-lambda: a setting of train sft-probe"),
 ]
 
 

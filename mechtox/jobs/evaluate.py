@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from mechtox._flags import scorer_probe
 from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, option, positive
 from mechtox.specs import SPEC_FORMS, parse_spec
 
@@ -36,6 +37,7 @@ class EvalJobConfig(JobConfig):
         positive(self.f1_prompts, "--f1-prompts", zero_ok=True)
         positive(self.max_new_tokens, "--max-new-tokens")
         positive(self.batch_size, "--batch-size")
+        scorer_probe(self.scorer)  # an unknown scorer is an error before anything loads
         for spec in self.intervention or []:
             parse_spec(spec)  # the form of every -i, before anything loads
 
@@ -52,7 +54,7 @@ class EvalJobResult:
 
 def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:
     ws = ctx.ws
-    for name in [cfg.probe] + [parse_spec(spec).direction for spec in cfg.intervention or []]:
+    for name in [cfg.probe, scorer_probe(cfg.scorer)] + [parse_spec(spec).direction for spec in cfg.intervention or []]:
         if name:
             ws.require_direction(name)  # every direction named exists, before anything heavy loads
     from mechtox.data import data_file, load_prompts, load_text, load_wiki_samples

@@ -83,6 +83,13 @@ class ProbeConfig(JobConfig):
                     raise ValueError
             except ValueError:
                 raise MechtoxError(f"--C {self.C!r}: give a positive number or 'cv'") from None
+        if self.limit is not None and not (self.eval or self.eval_data):
+            raise MechtoxError(f"--limit {self.limit} samples the texts of --eval or --eval-data; without them it would "
+                               "do nothing (--n-train and --n-test size the fit)")
+        if not self.eval:
+            from mechtox._flags import layer_numbers
+
+            layer_numbers(self.layers)  # a malformed --layers is an error before anything loads
         if self.select_on == "transfer_auroc" and not self.eval_data:
             raise MechtoxError("--select-on transfer_auroc needs --eval-data FILE")
         if self.save not in ("best", "final", "together") and not self.save.lstrip("-").isdigit():

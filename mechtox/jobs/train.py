@@ -9,7 +9,16 @@ from pathlib import Path
 from typing import Any
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, JobConfig, check_out, command_line, names, option, positive
+from mechtox.jobs._base import (
+    Context,
+    JobConfig,
+    check_out,
+    command_line,
+    flag,
+    names,
+    option,
+    positive,
+)
 from mechtox.train_config import TrainConfig
 
 HELP = "fine-tune a model (DPO, SFT, probe-guided SFT, probe-ranked DPO, SAP) into a named model"
@@ -76,12 +85,29 @@ class TrainJobConfig(JobConfig):
             raise MechtoxError("train dpo-probe needs --probe NAME (the probe that ranks the pairs)")
         if self.objective == "sft-probe" and not self.probe:
             raise MechtoxError("train sft-probe needs --probe NAME[,NAME...] (the probes trained against)")
+        self._check_settings_used()
         self.train_config(dtype="float32")  # TrainConfig checks its own fields (steps, lr, batch...)
         from mechtox.distributed import launched
 
         if self.fsdp and not launched():
             raise MechtoxError("--fsdp shards the model over processes: launch with torchrun --nproc_per_node N "
                                "-m mechtox train ... (N >= 2)")
+
+    def _check_settings_used(self) -> None:
+        """A setting the run would ignore is an error, not a silent no-op: --beta outside DPO,
+        --probe-lambda outside sft-probe, --sap-* outside sap, LoRA settings without --lora-r."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        changed = [n for n in defaults if getattr(self, n) != defaults[n]]
+        for settings, objectives in ((("beta",), ("dpo", "dpo-probe")), (("probe_lambda",), ("sft-probe",)),
+                                  (("sap_layers", "sap_rho", "sap_eps"), ("sap",))):
+            unused = [flag(n) for n in settings if n in changed]
+            if unused and self.objective not in objectives:
+                raise MechtoxError(f"{', '.join(unused)}: a setting of train {' and '.join(objectives)}; train "
+                                   f"{self.objective} does not use it")
+        lora = [flag(n) for n in ("lora_alpha", "lora_dropout", "lora_targets") if n in changed]
+        if lora and not self.lora_r:
+            raise MechtoxError(f"{', '.join(lora)} set LoRA adapters: add --lora-r N (without it every weight is "
+                               "fine-tuned and these do nothing)")
 
     @property
     def name(self) -> str:
