@@ -13,6 +13,7 @@ Tokenisation, padding side and attention masks live in :func:`tokenize` only.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import gzip
 import io
@@ -211,26 +212,36 @@ def _format(path: Path) -> str:
 
 
 def _unreadable(path: Path, e: Exception) -> DataError:
-    return DataError(f"{path} is not readable UTF-8 text ({type(e).__name__}); pass a CSV/TSV/JSONL/JSON or "
-                     "text file")
+    where = f" at byte {e.start}" if isinstance(e, UnicodeDecodeError) else ""
+    return DataError(f"{path} is not readable UTF-8 text ({type(e).__name__}{where}); save it as UTF-8, or pass a "
+                     "CSV/TSV/JSONL/JSON or text file")
+
+
+def _encoding(head: bytes) -> str:
+    """UTF-16 where the bytes begin with its byte-order mark (a spreadsheet's "Unicode text"), else
+    UTF-8 with an optional mark (Excel's "CSV UTF-8"; the mark is not text)."""
+    return "utf-16" if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "utf-8-sig"
 
 
 def _read_text(path: Path) -> str:
-    """The whole text of a (possibly gzipped) UTF-8 file; binary or non-UTF-8 input is a DataError."""
+    """The whole text of a (possibly gzipped) UTF-8 or UTF-16 (with its mark) file; binary or other
+    input is a DataError."""
     try:
         raw = path.read_bytes()
         if path.suffix.lower() == ".gz":
             raw = gzip.decompress(raw)
-        return raw.decode("utf-8-sig")  # a leading byte-order mark (Excel's "CSV UTF-8") is not text
+        return raw.decode(_encoding(raw))
     except (UnicodeDecodeError, OSError, EOFError, gzip.BadGzipFile) as e:
         raise _unreadable(path, e) from None
 
 
 def _first_line(path: Path) -> str:
-    """The first non-blank line of a (possibly gzipped) UTF-8 file, read without the rest."""
+    """The first non-blank line of a (possibly gzipped) UTF-8 or UTF-16 file, read without the rest."""
     try:
         opener = gzip.open if path.suffix.lower() == ".gz" else open
-        with opener(path, "rt", encoding="utf-8-sig") as f:
+        with opener(path, "rb") as f:
+            encoding = _encoding(f.read(2))
+        with opener(path, "rt", encoding=encoding) as f:
             return next((ln for ln in f if ln.strip()), "")
     except (UnicodeDecodeError, OSError, EOFError) as e:
         raise _unreadable(path, e) from None
@@ -258,10 +269,16 @@ def _read_rows(path: Path) -> list[dict[str, Any]]:
     text = _read_text(path)
     rows: list[dict[str, Any]] = []
     if suffix in (".csv", ".tsv"):
+        csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # a text past 131,072 characters is no error
         try:
             reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=_delimiter(text, suffix))
             if reader.fieldnames is None:
                 raise DataError(f"{path} is empty")
+            reader.fieldnames = [f.strip() for f in reader.fieldnames]  # " text , label " as a spreadsheet may write
+            twice = sorted({f for f in reader.fieldnames if f and reader.fieldnames.count(f) > 1})
+            if twice:
+                raise DataError(f"{path}: the header names {', '.join(map(repr, twice))} more than once; rename the "
+                                "columns so that each is named once")
             for row in reader:
                 if None in row:  # more fields than the header: an unquoted delimiter inside a text
                     name = {",": "comma", ";": "semicolon", "\t": "tab"}[reader.reader.dialect.delimiter]
@@ -403,7 +420,9 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
         for i, r in enumerate(rows):
             line = r.get("__line__", i + 2)
             t = r.get(text_col)
-            if not isinstance(t, str) or not t.strip():
+            if t is not None and not isinstance(t, str):
+                raise DataError(f"{path}:{line}: the text is a {type(t).__name__} ({json.dumps(t)[:40]}), not a string")
+            if not t or not t.strip():
                 raise DataError(f"{path}:{line}: empty or missing text")
             texts.append(t)
             labels.append(_to_label(r.get(label_col), f"{path}:{line}", threshold))

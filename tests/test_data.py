@@ -80,6 +80,28 @@ def test_malformed_labelled_files(tmp_path, content, suffix, match):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_long_texts_utf16_spreadsheets_and_padded_headers_read(tmp_path):
+    """A text longer than csv's default field limit (131,072 characters: 'malformed CSV'), a
+    spreadsheet's "Unicode text" (UTF-16 with its mark: 'not readable UTF-8') and a header with
+    spaces around its names ('no column text') read; a header naming a column twice (the last one
+    was taken silently), a non-UTF-8 file and a text that is not a string are one-line errors."""
+    long = D.load_labelled(write(tmp_path / "long.csv", "text,label\n" + "a" * 200_000 + ",1\nhi,0\n"))
+    assert len(long.texts[0]) == 200_000
+    u16 = tmp_path / "u16.tsv"
+    u16.write_bytes("text\tlabel\ncafé\t1\nhi\t0\n".encode("utf-16"))
+    assert D.load_labelled(u16).texts == ["café", "hi"]
+    assert D.load_labelled(write(tmp_path / "pad.csv", " text , label \na,1\nb,0\n")).texts == ["a", "b"]
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("text,label\ncafé,1\nb,0\n".encode("latin-1"))
+    for path, match in ((write(tmp_path / "dup.csv", "text,text,label\nx,y,1\nz,w,0\n"),
+                         "the header names 'text' more than once"),
+                        (latin, r"not readable UTF-8 text \(UnicodeDecodeError at byte 14\); save it as UTF-8"),
+                        (write(tmp_path / "n.jsonl", '{"text": {"a": 1}, "label": 1}\n{"text": "b", "label": 0}\n'),
+                         r":1: the text is a dict \(\{\"a\": 1\}\), not a string")):
+        with pytest.raises(DataError, match=match):
+            D.load_labelled(path)
+
+
 def test_spreadsheet_csv_with_byte_order_mark_or_semicolons(tmp_path):
     """Excel's "CSV UTF-8" begins with a byte-order mark; in locales with decimal commas it separates
     with semicolons. Both read as the plain file does; a semicolon inside a comma file's text stays text."""
