@@ -549,10 +549,14 @@ class PromptSet:
                          pick(self.continuation_scores))
 
 
-def _score(d: Any, key: str = "toxicity") -> float:
-    if isinstance(d, dict) and d.get(key) is not None:
-        return float(d[key])
-    return float("nan")
+def _score(d: Any, where: str, key: str = "toxicity") -> float:
+    """The score ``d[key]`` in [0, 1] (NaN where there is none); another value is a one-line error."""
+    if not (isinstance(d, dict) and d.get(key) is not None):
+        return float("nan")
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0 <= v <= 1:
+        raise DataError(f"{where}: {key} {v!r} is not a score in [0, 1]")
+    return float(v)
 
 
 def load_prompts(source: str | os.PathLike[str] | None = None, limit: int | None = None, prompt_key: str = "prompt") -> PromptSet:
@@ -582,7 +586,7 @@ def load_prompts(source: str | os.PathLike[str] | None = None, limit: int | None
         p = r.get(prompt_key)
         if isinstance(p, dict):
             text = p.get("text")
-            ptox.append(_score(p))
+            ptox.append(_score(p, f"{src}:{line}: prompt"))
         else:
             text = p
             ptox.append(float("nan"))
@@ -592,7 +596,7 @@ def load_prompts(source: str | os.PathLike[str] | None = None, limit: int | None
         c = r.get("continuation")
         if isinstance(c, dict):
             conts.append(c.get("text") or "")
-            ctox.append(_score(c))
+            ctox.append(_score(c, f"{src}:{line}: continuation"))
             cscores.append({k: float(v) for k, v in c.items() if isinstance(v, (int, float)) and v is not None})
         else:
             conts.append(c if isinstance(c, str) else "")

@@ -171,6 +171,15 @@ def test_rtp_prompts_with_scores(tmp_path):
     assert D.load_prompts(plain).prompt_toxicity is None
     with pytest.raises(DataError, match=r":1: no prompt text"):
         D.load_prompts(write(tmp_path / "q.jsonl", '{"text": "Hello"}\n'))
+    # a score that is no number was a ValueError from float(); one outside [0, 1] was taken
+    for score, match in (('"x"', r":2: prompt: toxicity 'x' is not a score in \[0, 1\]"),
+                         ("2.5", r":2: prompt: toxicity 2.5 is not a score")):
+        bad = write(tmp_path / "s.jsonl", '{"prompt": {"text": "a", "toxicity": 0.1}}\n'
+                                          f'{{"prompt": {{"text": "b", "toxicity": {score}}}}}\n')
+        with pytest.raises(DataError, match=match):
+            D.load_prompts(bad)
+    with pytest.raises(DataError, match=r":1: continuation: toxicity True"):
+        D.load_prompts(write(tmp_path / "c.jsonl", '{"prompt": "a", "continuation": {"text": "b", "toxicity": true}}\n'))
 
 
 def test_real_rtp_file():
