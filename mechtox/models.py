@@ -578,8 +578,8 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
 
 def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,
                     dtype: str | torch.dtype = "float32") -> HookedTransformer:
-    """Load a mechtox checkpoint directory written by :func:`save_checkpoint`."""
-
+    """Load a mechtox checkpoint directory written by :func:`save_checkpoint`; a damaged one (config,
+    weights or tokenizer) is a one-line error naming the file."""
     path = Path(path)
     info = checkpoint_info(path)
     weights = path / _CKPT_WEIGHTS

@@ -15,7 +15,7 @@ import math
 import numbers
 import os
 from collections.abc import Sequence
-from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -119,8 +119,6 @@ class Direction:
         """Load a saved direction or probe; with ``model``, check it fits (d_model, hook). A probe
         over several layers loads only where ``several_layers_ok`` (scoring texts): ranking
         neurons, attribution and training need one direction at one hook."""
-        from dataclasses import fields
-
         path = Path(path)
         meta, t = _read_direction_files(path)
         kind = meta.pop("kind", "direction")
