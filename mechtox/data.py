@@ -727,13 +727,18 @@ def save_pairs(pairs: PreferencePairs, path: str | os.PathLike[str]) -> Path:
 
 
 def load_text(source: str | os.PathLike[str] | None = None, limit_chars: int | None = None) -> str:
-    """Raw text for perplexity: a ``.raw`` / ``.txt`` file or an HF id (``wikitext`` =
-    ``wikitext-2-raw-v1`` test split). Without ``source``: the Wikitext-2 test split
+    """Raw text for perplexity: a ``.raw`` / ``.txt`` file, the text column of a CSV / TSV / JSONL /
+    JSON file (its rows joined by blank lines; the first of :data:`TEXT_COLUMNS` it has), or an HF id
+    (``wikitext`` = ``wikitext-2-raw-v1`` test split). Without ``source``: the Wikitext-2 test split
     (``wikitext2_test.raw``)."""
     _check_limit(limit_chars, "limit_chars")
     source = _default("text", source)
     path = _resolve(source)
-    if path is not None:
+    if path is not None and _format(path) in (".csv", ".tsv", ".jsonl", ".json"):
+        rows = _read_rows(path)  # a table: its texts, not its syntax (perplexity of JSON punctuation before)
+        col = _column(path, set(rows[0]) - {"__line__"}, None, TEXT_COLUMNS, "a .txt/.raw file")
+        text = "\n\n".join(r[col] for r in rows if isinstance(r.get(col), str) and r[col].strip())
+    elif path is not None:
         text = _read_text(path)
     else:
         name = str(source)

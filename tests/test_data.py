@@ -102,6 +102,17 @@ def test_long_texts_utf16_spreadsheets_and_padded_headers_read(tmp_path):
             D.load_labelled(path)
 
 
+def test_text_for_perplexity_from_a_table_is_its_text_column(tmp_path):
+    """`eval --text comments.csv` measured the perplexity of the file's syntax (header, commas, JSON
+    braces); now of its texts, joined by blank lines. A table without a text column is an error."""
+    csv_text = D.load_text(write(tmp_path / "t.csv", "id,comment_text,toxic\n1,first comment,0\n2,,1\n3,third one,1\n"))
+    assert csv_text == "first comment\n\nthird one"
+    assert D.load_text(write(tmp_path / "t.jsonl", '{"text": "a b"}\n{"text": "c"}\n')) == "a b\n\nc"
+    assert D.load_text(write(tmp_path / "t.txt", "id,text\nplain text stays as it is\n")).startswith("id,text")
+    with pytest.raises(DataError, match=r"no column named text / comment_text .*pass a .txt/.raw file"):
+        D.load_text(write(tmp_path / "w.jsonl", '{"prompt": "a", "gold": "b"}\n'))
+
+
 def test_spreadsheet_csv_with_byte_order_mark_or_semicolons(tmp_path):
     """Excel's "CSV UTF-8" begins with a byte-order mark; in locales with decimal commas it separates
     with semicolons. Both read as the plain file does; a semicolon inside a comma file's text stays text."""

@@ -22,7 +22,8 @@ class EvalJobConfig(JobConfig):
     probe: str | None = option(None, "also score continuations with this probe (read by the model without "
                                      "interventions)")
     scorer: str = option("profanity", "profanity (offline), detoxify, perspective or probe:NAME")
-    text: str | None = option(None, "text for perplexity " + DEFAULT_DATA.format("wikitext2_test.raw"))
+    text: str | None = option(None, "text for perplexity: a .txt/.raw file or a table's text column "
+                                    + DEFAULT_DATA.format("wikitext2_test.raw"))
     ppl_tokens: int = option(20000, "tokens of --text for perplexity (0: skip it)")
     wiki: str | None = option(None, "{prompt, gold} JSONL for F1 " + DEFAULT_DATA.format("wiki_samples.jsonl"))
     f1_prompts: int = option(200, "prompts of --wiki for F1 (0: skip it)")
