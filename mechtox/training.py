@@ -201,6 +201,11 @@ class DPOObjective:
         self.pid = pad_id(model)
         self.chosen = build_sequences(model, pairs.prompt, pairs.chosen, cfg.max_prompt_tokens, cfg.max_completion_tokens)
         self.rejected = build_sequences(model, pairs.prompt, pairs.rejected, cfg.max_prompt_tokens, cfg.max_completion_tokens)
+        # pairs whose two sides are the same tokens as trained (after the cut to max_completion_tokens): no gradient
+        self.n_identical = sum(c == r for c, r in zip(self.chosen, self.rejected, strict=True))
+        if self.n_identical == len(self.chosen):
+            raise MechtoxError(f"every pair's chosen and rejected are the same tokens (completions cut to "
+                               f"{cfg.max_completion_tokens} tokens): DPO has nothing to learn from them")
         self.ref_chosen = torch.zeros(len(pairs))
         self.ref_rejected = torch.zeros(len(pairs))
         self.n_tokens = sum(len(s) for s, _ in self.chosen + self.rejected)

@@ -167,6 +167,25 @@ def test_resume_from_a_damaged_checkpoint_says_which_file_and_what_to_do(tiny, t
     assert "\n" not in str(e.value) and f"cannot resume {tmp_path / 'y'}" in str(e.value)
 
 
+def test_pairs_whose_sides_are_the_same_tokens(tiny, tmp_path, capsys):
+    """Pairs whose chosen and rejected are the same tokens as trained give DPO no gradient: all of
+    them is an error before any step (the loss had stayed at log 2), some of them a note. Different
+    texts that share their first max_completion_tokens tokens count as the same."""
+    from mechtox.cli import main
+
+    same = PreferencePairs(["you are"] * 3, [" kind", " kind friend", " kind thanks"], [" kind", " kind loser", " kind"],
+                           "by hand")
+    with pytest.raises(MechtoxError, match="every pair's chosen and rejected are the same tokens .completions cut to 1 "):
+        DPOObjective(tiny, same, TrainConfig(max_completion_tokens=1))
+    assert DPOObjective(tiny, same, TrainConfig()).n_identical == 1
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(f'{{"prompt": "{p}", "chosen": "{c}", "rejected": "{r}"}}\n'
+                         for p, c, r in zip(same.prompt, same.chosen, same.rejected, strict=True)))
+    assert main(["train", "dpo", "-w", str(tmp_path / "ws"), "-q", "--model", "tiny", "--pairs", str(f),
+                 "--steps", "1", "--batch-size", "2"]) == 0
+    assert "note: 1 of the 3 pairs have the same chosen and rejected tokens" in capsys.readouterr().out
+
+
 def test_probe_sft_lowers_probe_score(tiny, tmp_path):
     from mechtox.activations import collect_activations
     from mechtox.probe import fit_probe

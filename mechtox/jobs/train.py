@@ -211,6 +211,9 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
         say(f"sap: task {source}, safety pairs {pairs.source}, vectors after blocks {objective.layers}")
     say(f"train {tcfg.objective}: {len(objective)} examples from {source}, {tcfg.max_steps} steps x "
           f"{tcfg.batch_size * tcfg.grad_accum}, lr {tcfg.lr:g} ({tcfg.optimizer}), {tcfg.dtype}, device {model.cfg.device}")
+    if getattr(objective, "n_identical", 0):
+        say(f"  note: {objective.n_identical} of the {len(objective)} pairs have the same chosen and rejected tokens "
+            f"(completions cut to {tcfg.max_completion_tokens} tokens); they add nothing to the gradient")
     out_dir = ws.root / "training" / cfg.name
     again = command_line("train", dataclasses.replace(cfg, resume=False), ctx, resume=True)
     if launched():
