@@ -405,6 +405,31 @@ def test_rank_reads_its_act_data_before_the_model(ws, tmp_path, capsys, monkeypa
     assert err.count("\n") == 1 and f"{bad}:3: label 'maybe'" in err and "loaded before" not in err
 
 
+def test_top_k_sizes_past_the_models_neurons(ws, capsys, monkeypatch):
+    """The tiny model has 256 MLP neurons: '--ablate-ks 1000' had ablated all of them under the label
+    'top-1000'. A size past the count is left out with a note; none left is an error before the
+    continuations are generated (the loader of generate fails if reached)."""
+    import mechtox.generation
+
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1"]) == 0
+    common = ["attribute", "-w", ws, "-q", "--before", "tiny", "--after", "tiny", "--prompts", "builtin:prompts",
+              "--n", "3", "--max-new-tokens", "2", "--n-eval-prompts", "2", "--ppl-tokens", "50", "--f1-prompts", "0"]
+    capsys.readouterr()
+    assert main([*common, "--ablate-ks", "5,1000", "--out", "a"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --ablate-ks 1000 left out: the model has 256 MLP neurons" in out
+    assert "top-5 toxic" in out and "top-1000" not in out
+
+    def no_generation(*a, **k):
+        raise AssertionError("generated before the sizes were checked")
+
+    monkeypatch.setattr(mechtox.generation, "generate", no_generation)
+    assert main([*common, "--ablate-ks", "1000", "--out", "b"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--ablate-ks 1000: the model has 256 MLP neurons; give sizes up to that" in err
+
+
 def test_a_damaged_result_file_leaves_its_run_out_of_the_report_not_the_report(ws, tmp_path, capsys):
     """A run file edited by hand or damaged (here: eval.json cut short) made `mechtox report` fail with
     a JSONDecodeError; now that run is left out, the report says which file, and the rest is there."""

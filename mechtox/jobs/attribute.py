@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, ints, option, positive
+from mechtox.jobs._base import (
+    DEFAULT_DATA,
+    Context,
+    JobConfig,
+    check_out,
+    ints,
+    neuron_counts,
+    option,
+    positive,
+)
 
 HELP = "attribute the change from --before to --after to individual neurons and attention heads"
 
@@ -77,6 +86,8 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     before = before if before is not None else ctx.load(cfg.before)
     after = after if after is not None else ctx.load(cfg.after)
     same_architecture(before, after)
+    if cfg.n_eval_prompts:  # sizes the model cannot have are an error before the slow work
+        neuron_counts(ints(cfg.ablate_ks, "--ablate-ks"), before.cfg.n_layers * before.cfg.d_mlp, "--ablate-ks", say=False)
     direction = Direction.load(ws.require_direction(cfg.direction), before)
     modes: list[Literal["own", "shared"]] = ["own", "shared"] if cfg.mode == "both" else [cfg.mode]
     t0 = time.perf_counter()
@@ -132,8 +143,8 @@ def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: l
 
     cfg = out.config
     res = out.results.get("own") or next(iter(out.results.values()))
-    ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ints(cfg.ablate_ks, "--ablate-ks"),
-                               heads=res.heads, z_after=res.z_after)
+    ks = neuron_counts(ints(cfg.ablate_ks, "--ablate-ks"), before.cfg.n_layers * before.cfg.d_mlp, "--ablate-ks")
+    ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ks, heads=res.heads, z_after=res.z_after)
     text = load_text(cfg.text)
     wiki = load_wiki_samples()
     ecfg = EvalConfig(ppl_tokens=cfg.ppl_tokens, f1_prompts=cfg.f1_prompts if wiki else 0)

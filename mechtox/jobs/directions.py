@@ -23,6 +23,7 @@ from mechtox.jobs._base import (
     check_out,
     ints,
     names,
+    neuron_counts,
     option,
     positive,
 )
@@ -384,7 +385,7 @@ def causal_check(cfg: DirectionsConfig, ctx: Context, model, inp: Inputs, ranked
 
     from mechtox.validation import causal_validation, goal_check
 
-    ks = list(cfg.ks_list)
+    ks = neuron_counts(cfg.ks_list, model.cfg.n_layers * model.cfg.d_mlp, "--ks")
     print(f"causal check: ablating top-k neurons, k in {ks}, on {cfg.n_eval_prompts} prompts "
           f"({cfg.random_draws} random draws at k=100)")
     abl = causal_validation(model, {r.label: r.table for r in ranked}, inp.prompts.prompts[: cfg.n_eval_prompts],
@@ -413,6 +414,8 @@ def run(cfg: DirectionsConfig, ctx: Context, model=None) -> DirectionsResult:
         ctx.ws.require_direction(cfg.probe)
     inp = inputs(cfg, ctx)
     model = model if model is not None else ctx.load(cfg.model)
+    if cfg.n_eval_prompts:  # sizes the model cannot have are an error before the slow work
+        neuron_counts(cfg.ks_list, model.cfg.n_layers * model.cfg.d_mlp, "--ks", say=False)
     print(f"directions: {len(inp.data)} labelled texts from {inp.data.source}; prompts from {inp.prompts.source}; "
           f"metric {cfg.metric}")
     stats = token_log_odds(model, inp.data)
