@@ -128,8 +128,6 @@ class PerspectiveScorer:
         return np.asarray(out)
 
 
-
-
 def get_scorer(name: str = "profanity", workspace=None, model=None) -> Scorer:
     """A scorer by name: ``profanity``, ``detoxify[:variant]``, ``perspective`` or ``probe:NAME``
     (``probe:NAME`` needs the ``workspace`` and the ``model`` whose activations it reads)."""
