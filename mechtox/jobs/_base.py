@@ -153,11 +153,11 @@ def names(text: str | None) -> list[str]:
     return [m.strip() for m in (text or "").split(",") if m.strip()]
 
 
-def neuron_counts(ks: Sequence[int], n_neurons: int, what: str, say: bool = True) -> list[int]:
+def neuron_counts(ks: Sequence[int], n_neurons: int, what: str) -> list[int]:
     """The top-k sizes of ``ks`` a model of ``n_neurons`` MLP neurons has (a larger k ablated every
-    neuron under a "top-k" label); the others are named in a note (``say``), and none left is an error."""
+    neuron under a "top-k" label); the others are named in a note, and none left is an error."""
     keep = [k for k in ks if k <= n_neurons]
-    if len(keep) < len(ks) and (say or not keep):
+    if len(keep) < len(ks):
         if not keep:
             raise MechtoxError(f"{what} {','.join(map(str, ks))}: the model has {n_neurons:,} MLP neurons; give sizes "
                                "up to that")

@@ -86,8 +86,9 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     before = before if before is not None else ctx.load(cfg.before)
     after = after if after is not None else ctx.load(cfg.after)
     same_architecture(before, after)
-    if cfg.n_eval_prompts:  # sizes the model cannot have are an error before the slow work
-        neuron_counts(ints(cfg.ablate_ks, "--ablate-ks"), before.cfg.n_layers * before.cfg.d_mlp, "--ablate-ks", say=False)
+    # sizes the model cannot have: left out (or an error) before the slow work
+    ks = (neuron_counts(ints(cfg.ablate_ks, "--ablate-ks"), before.cfg.n_layers * before.cfg.d_mlp, "--ablate-ks")
+          if cfg.n_eval_prompts else [])
     direction = Direction.load(ws.require_direction(cfg.direction), before)
     modes: list[Literal["own", "shared"]] = ["own", "shared"] if cfg.mode == "both" else [cfg.mode]
     t0 = time.perf_counter()
@@ -118,7 +119,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     out = AttributeResult(cfg, results, tops, len(prompts), head_tops,
                           (len(toxic), len(gens["before"].continuations)))
     if cfg.n_eval_prompts:
-        _ablation_vs_after(out, ctx, before, after, prompts.prompts[: cfg.n_eval_prompts])
+        _ablation_vs_after(out, ctx, before, after, prompts.prompts[: cfg.n_eval_prompts], ks)
     out.seconds = time.perf_counter() - t0
     return out
 
@@ -131,7 +132,7 @@ def _toxic(continuations: list[str], threshold: float = 0.5) -> list[int]:
     return [i for i, p in enumerate(scores) if p > threshold]
 
 
-def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: list[str]) -> None:
+def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: list[str], ks: list[int]) -> None:
     """Yang et al.'s table: ablating or patching neurons of the before model vs the after model."""
     import pandas as pd
 
@@ -143,7 +144,6 @@ def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: l
 
     cfg = out.config
     res = out.results.get("own") or next(iter(out.results.values()))
-    ks = neuron_counts(ints(cfg.ablate_ks, "--ablate-ks"), before.cfg.n_layers * before.cfg.d_mlp, "--ablate-ks")
     ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ks, heads=res.heads, z_after=res.z_after)
     text = load_text(cfg.text)
     wiki = load_wiki_samples()

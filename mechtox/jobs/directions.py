@@ -378,14 +378,13 @@ def precision_table(cfg: DirectionsConfig, model, dirs: dict, ranked: list[Ranke
     return pd.DataFrame(rows), pd.concat(tops)
 
 
-def causal_check(cfg: DirectionsConfig, ctx: Context, model, inp: Inputs, ranked: list[Ranked], table):
+def causal_check(cfg: DirectionsConfig, ctx: Context, model, inp: Inputs, ranked: list[Ranked], table, ks: list[int]):
     """Ablate the top-k neurons of every ranking (and random sets at k=100) on the evaluation
     prompts; adds the k=100 drop, its random spread and the goal check to ``table``."""
     import numpy as np
 
     from mechtox.validation import causal_validation, goal_check
 
-    ks = neuron_counts(cfg.ks_list, model.cfg.n_layers * model.cfg.d_mlp, "--ks")
     print(f"causal check: ablating top-k neurons, k in {ks}, on {cfg.n_eval_prompts} prompts "
           f"({cfg.random_draws} random draws at k=100)")
     abl = causal_validation(model, {r.label: r.table for r in ranked}, inp.prompts.prompts[: cfg.n_eval_prompts],
@@ -414,8 +413,8 @@ def run(cfg: DirectionsConfig, ctx: Context, model=None) -> DirectionsResult:
         ctx.ws.require_direction(cfg.probe)
     inp = inputs(cfg, ctx)
     model = model if model is not None else ctx.load(cfg.model)
-    if cfg.n_eval_prompts:  # sizes the model cannot have are an error before the slow work
-        neuron_counts(cfg.ks_list, model.cfg.n_layers * model.cfg.d_mlp, "--ks", say=False)
+    # sizes the model cannot have: left out (or an error) before the slow work
+    ks = neuron_counts(cfg.ks_list, model.cfg.n_layers * model.cfg.d_mlp, "--ks") if cfg.n_eval_prompts else []
     print(f"directions: {len(inp.data)} labelled texts from {inp.data.source}; prompts from {inp.prompts.source}; "
           f"metric {cfg.metric}")
     stats = token_log_odds(model, inp.data)
@@ -432,7 +431,7 @@ def run(cfg: DirectionsConfig, ctx: Context, model=None) -> DirectionsResult:
     tables = {r.label: r.table for r in ranked}
     agree = agreement(tables, k=100) if len(tables) > 1 else None
     outl = outlier_dims(model, inp.data.texts[:100], progress=ctx.progress)
-    abl = causal_check(cfg, ctx, model, inp, ranked, table) if cfg.n_eval_prompts else None
+    abl = causal_check(cfg, ctx, model, inp, ranked, table, ks) if cfg.n_eval_prompts else None
     n_vec = model.cfg.n_layers * model.cfg.d_mlp
     return DirectionsResult(cfg, model.cfg.model_name, inp, stats, sets.strings(model), sets.strings(model, "nontoxic"),
                             dirs, ranked, table, top, agree, outl, abl, copies,
