@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox.errors import MechtoxError
-from mechtox.train_config import LORA_NAMES
+from mechtox.train_config import LORA_NAMES, lora_target_list
 
 ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
 
@@ -409,7 +409,7 @@ def lora_target_modules(arch: str, spec: str) -> list[str]:
     table = LORA_NAMES.get(arch)
     if table is None:
         raise MechtoxError(f"LoRA runs on the hf backend, which converts {' and '.join(ARCHITECTURES)} models")
-    names = [x.strip() for x in spec.split(",") if x.strip()]
+    names = lora_target_list(spec)
     bad = [x for x in names if x not in table]
     if not names or bad:
         raise MechtoxError(f"--lora-targets {spec!r}: use comma-separated names from {', '.join(table)}")

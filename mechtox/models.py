@@ -56,6 +56,7 @@ causal-mask buffers small). Pass ``n_ctx`` to :func:`load_gguf` for more."""
 _CKPT_WEIGHTS = "model.safetensors"
 _CKPT_TOKENIZER = "tokenizer"
 _CKPT_VERSION = 1  # the checkpoint format this version writes and the newest it reads
+_COMPUTED_BUFFERS = ("mask", "IGNORE", "rotary_sin", "rotary_cos")  # TransformerLens makes them: not saved, may be absent
 
 
 def default_device() -> str:
@@ -282,7 +283,7 @@ def apply_weights(model: HookedTransformer, path: str | os.PathLike[str]) -> Hoo
     ``transformers`` names of its architecture (``*ForCausalLM``; converted with TransformerLens'
     conversion). Missing or unexpected keys and mismatched shapes are a one-line error."""
     sd = read_state_dict(path)
-    own = {k: v for k, v in model.state_dict().items() if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
+    own = {k: v for k, v in model.state_dict().items() if not k.endswith(_COMPUTED_BUFFERS)}
     if not set(sd) & set(own):
         sd = _hf_weights_to_tl(model, sd, Path(path))
     _check_fit(sd, {k: v.shape for k, v in own.items()}, f"{path} does not fit {model.cfg.model_name}",
@@ -479,9 +480,8 @@ def _build(cfg: HookedTransformerConfig, state_dict: dict[str, torch.Tensor],
     """A HookedTransformer from a config and a TransformerLens state dict, without random init."""
     cfg = dataclasses.replace(cfg, init_weights=False, device="cpu")
     model = HookedTransformer(cfg, move_to_device=False)
-    computed = ("mask", "IGNORE", "rotary_sin", "rotary_cos")  # buffers TransformerLens makes itself: may be absent
-    want = {k: v.shape for k, v in model.state_dict().items() if not k.endswith(computed)}
-    _check_fit({k: v for k, v in state_dict.items() if not k.endswith(computed)}, want, what)  # a shape was a torch RuntimeError
+    want = {k: v.shape for k, v in model.state_dict().items() if not k.endswith(_COMPUTED_BUFFERS)}
+    _check_fit({k: v for k, v in state_dict.items() if not k.endswith(_COMPUTED_BUFFERS)}, want, what)  # a shape was a torch RuntimeError
     model.load_state_dict({k: v.to(torch.float32) for k, v in state_dict.items()}, strict=False)
     model.eval()
     return model
@@ -562,7 +562,7 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
     path = Path(path)
     _io.refuse_to_replace(path, is_checkpoint, "mechtox checkpoint")
     sd = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
-          if not k.endswith(("mask", "IGNORE", "rotary_sin", "rotary_cos"))}
+          if not k.endswith(_COMPUTED_BUFFERS)}
     meta = {"format": CHECKPOINT_FORMAT, "version": _CKPT_VERSION, "cfg": _cfg_to_json(model.cfg),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
 

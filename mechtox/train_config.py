@@ -22,6 +22,10 @@ LORA_NAMES = {
 }
 
 
+def lora_target_list(spec: str) -> list[str]:
+    """The names of a ``--lora-targets`` list such as ``"q, v"``."""
+    return [x.strip() for x in spec.split(",") if x.strip()]
+
 
 @dataclass
 class TrainConfig:
@@ -107,7 +111,7 @@ class TrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise MechtoxError(f"val_fraction must be in [0, 1), not {self.val_fraction!r}")
         known = sorted({name for table in LORA_NAMES.values() for name in table})
-        targets = [x.strip() for x in self.lora_targets.split(",") if x.strip()]
+        targets = lora_target_list(self.lora_targets)
         if self.lora_r and (not targets or set(targets) - set(known)):
             raise MechtoxError(f"lora_targets {self.lora_targets!r}: use comma-separated names from {', '.join(known)}")
         if self.lora_r < 0 or not 0 <= self.lora_dropout < 1 or not 0 < self.lora_alpha < math.inf:

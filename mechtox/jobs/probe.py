@@ -236,7 +236,8 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
         data = stratified_subset(data, cfg.limit, ctx.seed)
     model = model if model is not None else ctx.load(cfg.model)
     probe = Direction.load(ctx.ws.require_direction(cfg.eval), model, several_layers_ok=True)
-    print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({int(data.labels.sum())} toxic)", flush=True)
+    n_toxic = int(data.labels.sum())
+    print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({n_toxic} toxic)", flush=True)
     probe_scorer = ProbeScorer(model, probe, batch_size=cfg.batch_size, max_length=cfg.max_length,
                                aggregate=cfg.aggregate)
     p = probe_scorer(data.texts)
@@ -248,13 +249,12 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     table = pd.concat([metrics, other[other["metric"] == "auroc"]], ignore_index=True)
     table = table[["scorer", "metric", "value", "ci_low", "ci_high"]]
     meta = {"probe": cfg.eval, "hook": probe.hook_name, "aggregate": cfg.aggregate, "data": data.source, "n_texts": len(data),
-            "n_toxic": int(data.labels.sum()), "probe_data": probe.provenance.get("data"),
+            "n_toxic": n_toxic, "probe_data": probe.provenance.get("data"),
             "intervals": "percentile bootstrap over texts, 1000 resamples, seed " + str(ctx.seed)}
     notes = []
     if cfg.aggregate != "pooled":
         notes.append(f"--aggregate {cfg.aggregate}: AUROC only; accuracy and F1 need a threshold, and the "
                      "sigmoid of a token maximum is not calibrated (see the reliability figure)")
-    n_toxic = int(data.labels.sum())
     if min(n_toxic, len(data) - n_toxic) < FEW_PER_LABEL:
         notes.append(f"only {n_toxic} toxic and {len(data) - n_toxic} non-toxic texts: with fewer than "
                      f"{FEW_PER_LABEL} of a label the bootstrap intervals are too narrow to trust; score more texts")
