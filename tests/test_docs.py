@@ -149,3 +149,11 @@ def test_every_documented_command_parses_and_passes_its_checks(monkeypatch, caps
         except Exception as e:  # noqa: BLE001 (every failure is listed)
             bad.append(f"{where}\n    {type(e).__name__}: {e}")
     assert not bad, "documented commands that fail:\n" + "\n".join(bad)
+
+
+def test_every_mutant_of_the_mutation_check_still_applies():
+    """tools/mutate.py (README) refuses to run when a mutant's snippet is no longer in the code
+    exactly once; a refactor must update the mutants with it."""
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "mutate.py"), "--list"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().endswith("mutants")
