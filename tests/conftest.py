@@ -61,7 +61,8 @@ def zero_foreign(model):
 
 
 LLAMA = dict(gated_mlp=True, normalization_type="RMS", act_fn="silu", positional_embedding_type="rotary",
-             n_key_value_heads=2, rotary_dim=16, original_architecture="LlamaForCausalLM", final_rms=True)
+             n_key_value_heads=2, rotary_dim=16, original_architecture="LlamaForCausalLM", final_rms=True,
+             rotary_base=50000.0, eps=1e-4)  # not the defaults (10,000 and 1e-5), so a conversion that drops them shows
 
 
 @pytest.fixture(params=["gpt2", "llama"])

@@ -232,8 +232,15 @@ def test_head_attribution_equals_direct_computation(rich):
             n += len(c)
         return (tot / n).detach()
 
+    p_before = per_head(before, gb).numpy().ravel()
     direct = per_head(before, gb) - per_head(after, ga)
     np.testing.assert_allclose(res.heads["delta"].to_numpy(), direct.numpy().ravel(), atol=1e-5)
+    np.testing.assert_allclose(res.heads["p_before"].to_numpy(), p_before, atol=1e-5)
+    # groups from the direct values: T/A by the head's write along w BEFORE, -/+ by whether it fell
+    toward, fell = p_before >= 0, direct.numpy().ravel() > 0
+    want = np.where(toward, np.where(fell, "T-", "T+"), np.where(fell, "A+", "A-"))
+    assert res.heads["group"].tolist() == want.tolist()
+    assert (toward != (res.heads["p_after"].to_numpy() >= 0)).any(), "some head must change sides for the test to bite"
     np.testing.assert_allclose(res.heads["delta"], res.heads["delta_pattern_value"] + res.heads["delta_weight"],
                                atol=1e-6)
     assert len(res.heads) == 2 * before.cfg.n_heads and res.head_groups["n"].sum() == len(res.heads)

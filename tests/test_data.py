@@ -18,6 +18,9 @@ def write(path, text):
 def test_builtin_data_loads():
     lab = D.load_labelled("builtin:toxicity")
     assert len(lab) == 240 and set(lab.labels.tolist()) == {0, 1}
+    first = D.load_labelled("builtin:toxicity", limit=7)
+    assert first.texts == lab.texts[:7] and first.labels.tolist() == lab.labels[:7].tolist()
+    assert len(D.load_labelled("builtin:toxicity", limit=10_000)) == 240
     ps = D.load_prompts("builtin:prompts")
     assert len(ps) == 30 and all(isinstance(p, str) for p in ps.prompts)
     assert len(D.load_text("builtin:text").split()) > 300
@@ -29,6 +32,9 @@ def test_csv_tsv_jsonl_and_columns(tmp_path):
     assert lab.texts == ["hello", "you idiot"] and lab.labels.tolist() == [0, 1]
     tsv = write(tmp_path / "a.tsv", "text\tlabel\nhi\t0.1\nshut up\t0.9\n")
     assert D.load_labelled(tsv).labels.tolist() == [0, 1]  # scores thresholded at 0.5
+    at = write(tmp_path / "at.tsv", "text\tlabel\nhi\t0.49\nshut up\t0.5\nyou fool\t0.7\n")
+    assert D.load_labelled(at).labels.tolist() == [0, 1, 1]  # Civil Comments' rule: toxic when >= 0.5
+    assert D.load_labelled(at, threshold=0.7).labels.tolist() == [0, 0, 1]
     jl = write(tmp_path / "a.jsonl", '{"text": "hi", "label": "non-toxic"}\n\n{"text": "jerk", "label": "toxic"}\n')
     assert D.load_labelled(jl).labels.tolist() == [0, 1]
     with pytest.raises(DataError, match=r"no column 'body' \(columns: comment, tox;.*pass --text-col"):

@@ -110,6 +110,39 @@ def test_writing_a_hook_changes_the_logits_as_in_the_hooked_transformer(arch, la
     assert (after - plain)[real].abs().max() < 1e-4
 
 
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_several_hooks_compose_as_in_the_hooked_transformer(arch):
+    """Two functions at one site run in order, each on the one before's result; a resid_mid hook
+    sees the residual after a resid_pre hook of the same block changed it."""
+    model = _make(arch)
+    hf = HFBackend(model)
+    b = _batch(model)
+    g = torch.Generator().manual_seed(4)
+    s1, s2, s3 = (0.3 * torch.randn(model.cfg.d_model, generator=g) for _ in range(3))
+    seen = {}
+
+    def keep(tag):
+        def fn(act, hook):
+            seen[tag] = act.clone()
+        return fn
+
+    hooks = [("blocks.0.hook_resid_pre", lambda a, hook: a + s1),
+             ("blocks.1.hook_resid_mid", lambda a, hook: a * 1.5),
+             ("blocks.1.hook_resid_mid", lambda a, hook: a + s2),  # on the first one's result
+             ("blocks.1.hook_resid_mid", keep("mid")),
+             ("blocks.1.hook_resid_pre", lambda a, hook: a - s3)]
+    with torch.no_grad():
+        with model.hooks(fwd_hooks=hooks):
+            want = model(b.tokens, attention_mask=b.attention_mask)
+        want_mid = seen.pop("mid")
+        with hf.hooks(hooks):
+            got = hf(b.tokens, attention_mask=b.attention_mask)
+    real = b.attention_mask.bool()
+    assert (got - want)[real].abs().max() < 1e-4
+    assert (seen["mid"] - want_mid)[real].abs().max() < 1e-4
+
+
 def _pairs(n=12):
     from mechtox.data import PreferencePairs
 

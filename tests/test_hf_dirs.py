@@ -140,6 +140,9 @@ def test_export_command(tmp_path, capsys):
         ids = model.to_tokens(p, prepend_bos=model.cfg.default_prepend_bos)
         g = hf.generate(ids, max_new_tokens=6, do_sample=False, min_new_tokens=6)
         assert tok.decode(g[0, ids.shape[1]:]) == c
+    gen = transformers.GenerationConfig.from_pretrained(out)  # what hf.generate(ids) does without arguments
+    assert (gen.eos_token_id, gen.bos_token_id, gen.do_sample) == (tok.eos_token_id, tok.bos_token_id, False)
+    assert gen.pad_token_id == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
 def test_hub_id_spec_loads_through_transformers_and_is_one_line_offline(tmp_path, capsys):

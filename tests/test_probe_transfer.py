@@ -34,21 +34,22 @@ def test_bootstrap_values_by_hand():
         bootstrap_metrics(np.ones(4), np.ones(4))
 
 
-@pytest.mark.parametrize("n", [7, 300])
-def test_bootstrap_intervals_equal_one_sklearn_call_per_resample(n):
+@pytest.mark.parametrize(("n", "toxic"), [(7, 0.3), (6, 0.7), (300, 0.3)])
+def test_bootstrap_intervals_equal_one_sklearn_call_per_resample(n, toxic):
     """The block-vectorised resampling against sklearn's accuracy, F1 and AUROC called on each
-    resample in turn (the same seeded resamples; ties in the scores, resamples of one label and
-    F1's zero division among them at n = 7)."""
+    resample in turn (the same seeded resamples; ties in the scores, resamples of one label, of
+    either label, and F1's zero division among them at n = 6 and 7)."""
     from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
     rng = np.random.default_rng(n)
-    y = (rng.random(n) < 0.3).astype(int)
+    y = (rng.random(n) < toxic).astype(int)
     y[:2] = [0, 1]
     p = np.round(rng.random(n) * 0.6 + 0.3 * y, 1)  # ties
     t = bootstrap_metrics(y, p, n_boot=300, seed=5).set_index("metric")
     idx = np.random.default_rng(5).integers(0, n, size=(300, n))
     keep = [i for i in idx if len(set(y[i].tolist())) > 1]
-    assert len(keep) < 300 or n == 300
+    if n < 300:  # resamples of one label occur: of the majority label
+        assert (1 if toxic > 0.5 else 0,) in {tuple(set(y[i].tolist())) for i in idx if len(set(y[i].tolist())) == 1}
     for name, fn in (("accuracy", lambda a, b: accuracy_score(a, b > 0.5)),
                      ("f1", lambda a, b: f1_score(a, b > 0.5, zero_division=0.0)), ("auroc", roc_auc_score)):
         ref = np.percentile([fn(y[i], p[i]) for i in keep], [2.5, 97.5])
@@ -56,12 +57,12 @@ def test_bootstrap_intervals_equal_one_sklearn_call_per_resample(n):
 
 
 def test_reliability_table_by_hand():
-    y = np.array([1, 0, 1, 1, 0])
-    p = np.array([0.05, 0.15, 0.55, 0.95, 0.99])
+    y = np.array([1, 0, 1, 1, 0, 1])
+    p = np.array([0.05, 0.15, 0.55, 0.95, 0.99, 1.0])  # 1.0 belongs to the last bin
     t = reliability_table(y, p, bins=2)
-    assert t["n"].tolist() == [2, 3]
-    assert t["mean_predicted"].tolist() == pytest.approx([0.1, (0.55 + 0.95 + 0.99) / 3])
-    assert t["fraction_toxic"].tolist() == pytest.approx([0.5, 2 / 3])
+    assert t["n"].tolist() == [2, 4]
+    assert t["mean_predicted"].tolist() == pytest.approx([0.1, (0.55 + 0.95 + 0.99 + 1.0) / 4])
+    assert t["fraction_toxic"].tolist() == pytest.approx([0.5, 3 / 4])
 
 
 def test_probe_eval_command_on_tiny(tmp_path, capsys):
