@@ -44,6 +44,11 @@ def check_name(name: str, what: str = "name") -> str:
     return name
 
 
+def _file_stamp(path: Path) -> str:
+    st = path.stat()
+    return f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """Where a model spec points: how to load it and what to call it."""
@@ -184,6 +189,22 @@ class Workspace:
             f"no model {spec!r} in {self.root} (it has: {have}) and it is no TransformerLens "
             f"model name or path{hint}"
         )
+
+    def model_identity(self, spec: str) -> str:
+        """What ``spec`` names now, as a string that changes when the model does: where it resolves
+        (so ``base`` re-pointed by ``models --set-base`` is another model) and, for files on disk,
+        the name, size and modification time of each file (a checkpoint saved again at the same
+        path is another model). Reads file metadata only."""
+        ref = self.resolve_model(spec)
+        parts = [ref.kind, ref.location]
+        if ref.kind == "weights":
+            base, _, weights = ref.location.rpartition("@")
+            parts = [ref.kind, self.model_identity(base), _file_stamp(Path(weights).expanduser())]
+        elif ref.kind in ("checkpoint", "hf", "gguf"):
+            where = Path(ref.location)
+            files = sorted(where.iterdir()) if where.is_dir() else [where]
+            parts += [_file_stamp(f) for f in files if f.is_file()]
+        return "|".join(parts)
 
     def load_model(self, spec: str, device: str | None = None, dtype: str = "float32"):
         """Resolve ``spec`` and load it as a ``HookedTransformer`` (refused if a weight is not finite)."""

@@ -63,3 +63,56 @@ def test_step_keys_follow_dependencies_only():
         main_job.SIZES["small"]["n_train"] = saved
     assert [s for s in a if a[s] != c[s]] == ["probe", "directions", "rank", "train", "eval", "attribution"]
     assert keys() == a  # the same settings give the same keys
+
+
+
+def test_main_job_reruns_when_the_model_behind_its_name_changes(tmp_path, monkeypatch, capsys):
+    """`--model base` names whatever `models --set-base` points at: another model behind the same
+    name is not the model whose results were kept, so every step reruns."""
+    from mechtox import models as M
+
+    monkeypatch.chdir(tmp_path)
+    ws = tmp_path / "ws"
+    first, second = tmp_path / "first", tmp_path / "second"
+    M.save_checkpoint(M.tiny_model(), first)
+    M.save_checkpoint(M.tiny_model(seed=1), second)
+    run = ["run", "-w", str(ws), "-q", "--data-dir", "builtin", "--size", "quick", "--dpo-steps", "2"]
+    everything = ["probe", "directions", "rank", "pairs", "train", "eval", "attribution"]
+    assert main(["models", "-w", str(ws), "--set-base", str(first)]) == 0
+    assert main(run) == 0
+    assert _ran(capsys.readouterr().out) == everything
+    assert main(["models", "-w", str(ws), "--set-base", str(second)]) == 0
+    assert main(run) == 0
+    assert _ran(capsys.readouterr().out) == everything
+
+
+def test_model_identity_changes_with_the_model_behind_a_name(tmp_path):
+    """What the main job's reuse keys on: the alias's target, and each file's size and time."""
+    import os
+
+    from mechtox import models as M
+    from mechtox.workspace import Workspace
+
+    ws = Workspace(tmp_path / "ws")
+    ckpt, other = tmp_path / "a", tmp_path / "b"
+    M.save_checkpoint(M.tiny_model(), ckpt)
+    M.save_checkpoint(M.tiny_model(), other)
+    state = tmp_path / "w.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in M.tiny_model().state_dict().items()}, str(state))
+    specs = ["base", str(ckpt), f"{ckpt}@{state}", "tiny"]
+    ws.set_base(str(ckpt))
+    before = {s: ws.model_identity(s) for s in specs}
+    assert {s: ws.model_identity(s) for s in specs} == before  # reading changes nothing
+    assert before["base"] == before[str(ckpt)]
+    ws.set_base(str(other))
+    assert ws.model_identity("base") != before["base"]
+    ws.set_base(str(ckpt))
+    assert ws.model_identity("base") == before["base"]
+    weights = next(f for f in ckpt.iterdir() if f.suffix == ".safetensors")
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # saved again
+    after = {s: ws.model_identity(s) for s in specs}
+    assert [s for s in specs if after[s] != before[s]] == ["base", str(ckpt), f"{ckpt}@{state}"]
+    os.utime(state, ns=(state.stat().st_atime_ns, state.stat().st_mtime_ns + 10**9))
+    assert ws.model_identity(f"{ckpt}@{state}") != after[f"{ckpt}@{state}"]

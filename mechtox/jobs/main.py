@@ -2,9 +2,10 @@
 attribution -> report, on the base model, at one of three sizes.
 
 Each step is one or more jobs with their configs. A finished step is reused when its key (a hash
-of its configs, the shared settings and the keys of the steps it depends on) is the one recorded
-in ``runs/<out>/main.json`` and its outputs still exist: changing a setting reruns that step and
-everything downstream of it, and nothing else.
+of its configs, the shared settings, what the model's name points at now and the keys of the steps
+it depends on) is the one recorded in ``runs/<out>/main.json`` and its outputs still exist:
+changing a setting reruns that step and everything downstream of it, and nothing else; another
+model behind the same name (``models --set-base``, a checkpoint saved again) reruns everything.
 """
 
 from __future__ import annotations
@@ -182,10 +183,11 @@ def plan(cfg: MainConfig) -> list[Step]:
     ]
 
 
-def step_key(step: Step, ctx: Context, keys: dict[str, str]) -> str:
-    """A hash of the step's configs, the settings every step shares and its dependencies' keys."""
+def step_key(step: Step, ctx: Context, keys: dict[str, str], model: str = "") -> str:
+    """A hash of the step's configs, the settings every step shares, what the model's name points
+    at (``model``: :meth:`Workspace.model_identity`) and its dependencies' keys."""
     blob = {"jobs": [[getattr(j, "__name__", str(j)), dataclasses.asdict(c)] for j, c in step.jobs],
-            "dtype": ctx.dtype, "seed": ctx.seed, "deps": {d: keys[d] for d in step.deps}}
+            "dtype": ctx.dtype, "seed": ctx.seed, "model": model, "deps": {d: keys[d] for d in step.deps}}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -269,7 +271,7 @@ def run(cfg: MainConfig, ctx: Context) -> MainResult:
     from mechtox.data import find_data_file
 
     ws = ctx.ws
-    ws.resolve_model(cfg.model)
+    model_id = ws.model_identity(cfg.model)  # resolves it: an unknown model is an error before any step
     size, S = size_of(cfg), settings(cfg)
     real = "builtin" if cfg.toy else find_data_file("jigsaw_balanced.csv", cfg.data_dir)[1].describe()
     steps = plan(cfg)
@@ -281,7 +283,7 @@ def run(cfg: MainConfig, ctx: Context) -> MainResult:
     models, ran, reused = _Models(ctx), [], []
     keys: dict[str, str] = {}
     for step in steps:
-        keys[step.name] = key = step_key(step, ctx, keys)
+        keys[step.name] = key = step_key(step, ctx, keys, model_id)
         rec = state["steps"].get(step.title)
         if rec and rec.get("key") == key and _outputs_exist(step, ctx):
             print(f"\n== {step.title}: done before ({rec['seconds']:.0f} s), reused")
