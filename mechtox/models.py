@@ -399,11 +399,21 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
     )
 
 
-def _hash_file(path: Path, chunk: int = 1 << 22) -> str:
-    # size + mtime key the cache cheaply; the content hash of the first 4 MiB guards renames.
+def _hash_file(path: Path, chunk: int = 1 << 22, samples: int = 16) -> str:
+    """The cache key of a converted GGUF file, cheap for a file of many GB: its size, modification
+    time, first and last ``chunk`` bytes and ``samples`` 64 KiB pieces spread between, and the
+    mechtox version (whose conversion made the cache). The first 4 MiB alone were the header and the
+    token embeddings: a fine-tune that kept those (LoRA on attention) shared the base model's key."""
+    from mechtox import __version__
+
     st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}".encode())
+    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{__version__}".encode())
     with open(path, "rb") as f:
+        h.update(f.read(chunk))
+        for i in range(1, samples + 1):
+            f.seek(max(0, st.st_size * i // (samples + 1)))
+            h.update(f.read(1 << 16))
+        f.seek(max(0, st.st_size - chunk))
         h.update(f.read(chunk))
     return h.hexdigest()[:16]
 

@@ -298,3 +298,35 @@ def test_a_typo_gets_the_name_it_was_probably_meant_to_be(workspace, tiny, capsy
         workspace.require_pairs("paradetx")
     with pytest.raises(MechtoxError, match="or pass a .jsonl/.tsv path$"):
         workspace.require_pairs("zzqx")
+
+
+def test_gguf_cache_tells_apart_files_that_share_their_first_megabytes(tmp_path, monkeypatch):
+    """Two GGUF files of one size and name whose first 4 MiB agree (the header, the tokenizer and
+    the token embeddings: a fine-tune with LoRA on attention keeps them) are two models: the second
+    is converted, not served from the first one's cache. The conversion itself is faked here."""
+    import os
+
+    import numpy as np
+
+    from mechtox import models as M
+
+    monkeypatch.setenv("MECHTOX_CACHE", str(tmp_path / "cache"))
+    head = b"GGUF" + np.random.default_rng(0).bytes((5 << 20) - 4)
+    paths = []
+    for i, tail in enumerate((b"\x01" * (3 << 20), b"\x02" * (3 << 20))):
+        p = tmp_path / f"run{i}" / "model.gguf"
+        p.parent.mkdir()
+        p.write_bytes(head + tail)
+        os.utime(p, ns=(1, 10**18))  # the same times too: only the contents differ
+        paths.append(p)
+    converted = []
+
+    def fake_convert(gguf, name, n_ctx):
+        converted.append(gguf)
+        return M.tiny_model(seed=gguf.read_bytes()[-1])
+
+    monkeypatch.setattr(M, "_convert_gguf", fake_convert)
+    a, b = (M.load_gguf(p) for p in paths)
+    assert converted == paths
+    assert not torch.equal(a.W_E, b.W_E)
+    assert torch.equal(M.load_gguf(paths[1]).W_E, b.W_E) and len(converted) == 2  # now from the cache
