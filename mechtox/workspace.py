@@ -200,8 +200,10 @@ class Workspace:
         if ref.kind == "weights":
             base, _, weights = ref.location.rpartition("@")
             parts = [ref.kind, self.model_identity(base), _file_stamp(Path(weights).expanduser())]
-        elif ref.kind in ("checkpoint", "hf", "gguf"):
-            where = Path(ref.location)
+        elif ref.kind in ("checkpoint", "hf", "gguf", "default"):
+            from mechtox import model_files as M
+
+            where = Path(ref.location) if ref.kind != "default" else M.smollm2_gguf_path()  # a reinstalled package
             files = sorted(where.iterdir()) if where.is_dir() else [where]
             parts += [_file_stamp(f) for f in files if f.is_file()]
         return "|".join(parts)

