@@ -12,11 +12,17 @@ def _ran(out: str) -> list[str]:
 
 
 def test_main_job_reruns_what_a_change_reaches(tmp_path, monkeypatch, capsys):
-    """Reuse is keyed on each step's whole config and the keys of the steps it depends on."""
+    """Reuse is keyed on each step's whole config, what the model's name points at and the keys of
+    the steps it depends on."""
+    from mechtox import models as M
     from mechtox.jobs import main as main_job
 
     monkeypatch.chdir(tmp_path)
-    base = ["run", "-w", str(tmp_path / "ws"), "--model", "tiny", "-q", "--data-dir", "builtin"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    M.save_checkpoint(M.tiny_model(), first)
+    M.save_checkpoint(M.tiny_model(seed=1), second)
+    assert main(["models", "-w", str(tmp_path / "ws"), "--set-base", str(first)]) == 0
+    base = ["run", "-w", str(tmp_path / "ws"), "--model", "base", "-q", "--data-dir", "builtin"]
     assert main(base) == 0
     assert _ran(capsys.readouterr().out) == ["probe", "directions", "rank", "pairs", "train", "eval", "attribution"]
     # a new steering strength: new pairs, so a new DPO model, its evaluation and attribution
@@ -37,6 +43,10 @@ def test_main_job_reruns_what_a_change_reaches(tmp_path, monkeypatch, capsys):
     assert _ran(capsys.readouterr().out) == ["train"]
     assert main([*base, "--alpha", "4"]) == 0
     assert _ran(capsys.readouterr().out) == []
+    # another model behind the name 'base' (models --set-base): not the model whose results were kept
+    assert main(["models", "-w", str(tmp_path / "ws"), "--set-base", str(second)]) == 0
+    assert main([*base, "--alpha", "4"]) == 0
+    assert _ran(capsys.readouterr().out) == ["probe", "directions", "rank", "pairs", "train", "eval", "attribution"]
 
 
 def test_step_keys_follow_dependencies_only():
@@ -64,26 +74,6 @@ def test_step_keys_follow_dependencies_only():
     assert [s for s in a if a[s] != c[s]] == ["probe", "directions", "rank", "train", "eval", "attribution"]
     assert keys() == a  # the same settings give the same keys
 
-
-
-def test_main_job_reruns_when_the_model_behind_its_name_changes(tmp_path, monkeypatch, capsys):
-    """`--model base` names whatever `models --set-base` points at: another model behind the same
-    name is not the model whose results were kept, so every step reruns."""
-    from mechtox import models as M
-
-    monkeypatch.chdir(tmp_path)
-    ws = tmp_path / "ws"
-    first, second = tmp_path / "first", tmp_path / "second"
-    M.save_checkpoint(M.tiny_model(), first)
-    M.save_checkpoint(M.tiny_model(seed=1), second)
-    run = ["run", "-w", str(ws), "-q", "--data-dir", "builtin", "--size", "quick", "--dpo-steps", "2"]
-    everything = ["probe", "directions", "rank", "pairs", "train", "eval", "attribution"]
-    assert main(["models", "-w", str(ws), "--set-base", str(first)]) == 0
-    assert main(run) == 0
-    assert _ran(capsys.readouterr().out) == everything
-    assert main(["models", "-w", str(ws), "--set-base", str(second)]) == 0
-    assert main(run) == 0
-    assert _ran(capsys.readouterr().out) == everything
 
 
 def test_model_identity_changes_with_the_model_behind_a_name(tmp_path):
