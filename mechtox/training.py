@@ -531,7 +531,8 @@ def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
 
     if cfg.lora_r:
         saved = meta.get("base_model")
-        if saved is not None and not np.allclose(saved, base_print, rtol=1e-9, atol=1e-6):
+        if saved is not None and (len(saved) > len(base_print)  # saved by an older mechtox: its first entries
+                                  or not np.allclose(saved, base_print[:len(saved)], rtol=1e-9, atol=1e-6)):
             raise MechtoxError(f"cannot resume {out}: it trained LoRA adapters on another base model; resume with the "
                                "model it started from")
     else:
@@ -912,8 +913,17 @@ def _step_model(model: HookedTransformer, backend: str, cfg: TrainConfig):
 
 @torch.no_grad()
 def _fingerprint(model: HookedTransformer) -> list[float]:
-    """A few sums of the weights training starts from: a LoRA run resumes only on the same base."""
-    return [float(p.detach().double().sum()) for _, p in list(model.named_parameters())[:4]]
+    """Sums of the weights training starts from (a LoRA run resumes only on the same base): each
+    parameter's sum, then each one's row and column sums weighted by position (so reordered
+    neurons show). The first four entries are what runs saved before all parameters counted."""
+    plain, ramp = [], []
+    for _, p in model.named_parameters():
+        v = p.detach().double().reshape(p.shape[0] if p.dim() else 1, -1)
+        rows, cols = v.sum(1), v.sum(0)
+        plain.append(float(rows.sum()))
+        ramp.append(float((rows * torch.linspace(-1, 1, len(rows), dtype=v.dtype, device=v.device)).sum()
+                          + (cols * torch.linspace(-1, 1, len(cols), dtype=v.dtype, device=v.device)).sum()))
+    return plain + ramp
 
 
 def _write_back(fwd_model, model: HookedTransformer) -> None:

@@ -71,6 +71,29 @@ def test_lora_run_resumes_exactly(arch, tmp_path):
     other = _make(arch, seed=9)
     with pytest.raises(MechtoxError, match="another base model"):
         train(other, DPOObjective(other, _pairs(), cfg), cfg, tmp_path / "b", resume=True, progress=False)
+    # a base that differs only in its last block's MLP (fine-tuned there), or in the order of two
+    # of its neurons, is another base too
+    last = _make(arch)
+    mlp = last.blocks[-1].mlp
+    with torch.no_grad():
+        mlp.W_out[[0, 1]] = mlp.W_out[[1, 0]].clone()
+    tuned = _make(arch)
+    with torch.no_grad():
+        tuned.blocks[-1].mlp.W_in.mul_(1.01)
+    for base in (last, tuned):
+        with pytest.raises(MechtoxError, match="another base model"):
+            train(base, DPOObjective(base, _pairs(), cfg), cfg, tmp_path / "b", resume=True, progress=False)
+    # a run saved by an older mechtox kept the sums of the first four parameters only: still resumable
+    import json
+
+    meta_path = tmp_path / "b" / "state" / "trainer.json"
+    meta = json.loads(meta_path.read_text())
+    meta["base_model"] = meta["base_model"][:4]
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(MechtoxError, match="another base model"):
+        train(other, DPOObjective(other, _pairs(), cfg), cfg, tmp_path / "b", resume=True, progress=False)
+    same = _make(arch)
+    assert train(same, DPOObjective(same, _pairs(), cfg), cfg, tmp_path / "b", resume=True, progress=False).steps == 6
 
 
 def test_sap_with_lora_perturbs_only_the_adapters(tmp_path):
