@@ -40,7 +40,7 @@ class Mutant:
 
 TESTS = {  # the fast test files of each module
     "attribution.py": ["tests/test_attribution.py"],
-    "training.py": ["tests/test_training.py"],
+    "training.py": ["tests/test_training.py", "tests/test_lora.py"],
     "probe.py": ["tests/test_probe.py", "tests/test_probe_transfer.py"],
     "interventions.py": ["tests/test_interventions.py"],
     "neurons.py": ["tests/test_neurons.py"],
@@ -50,6 +50,7 @@ TESTS = {  # the fast test files of each module
     "directions.py": ["tests/test_directions.py"],  # every module of the mechtox/directions package
     "validation.py": ["tests/test_directions.py", "tests/test_validation.py"],
     "scorers.py": ["tests/test_scorers.py"],
+    "workspace.py": ["tests/test_main_job.py"],
     "data.py": ["tests/test_data.py", "tests/test_data_sources.py", "tests/test_api_inputs.py"],
     "models.py": ["tests/test_models.py", "tests/test_hf_dirs.py"],
     "hf_backend.py": ["tests/test_hf_backend.py", "tests/test_lora.py"],
@@ -340,6 +341,13 @@ MUTANTS = [
     M("validation-agreement-union", "validation.py",
       'f"overlap@{k}": len(tops[a] & tops[b]) / k', 'f"overlap@{k}": len(tops[a] | tops[b]) / k',
       "top-k overlap counts the union"),
+    # ------------------------------------------------------------------ what a run reuses or resumes on
+    M("training-fingerprint-first-four", "training.py",
+      "for _, p in model.named_parameters():", "for _, p in list(model.named_parameters())[:4]:",
+      "a LoRA run resumes on a base that differs after its first four parameters"),
+    M("workspace-identity-ignores-files", "workspace.py",
+      "parts += [_file_stamp(f) for f in files if f.is_file()]", "parts += []",
+      "the main job reuses its steps after the model at the same path was saved again"),
     # ------------------------------------------------------------------ scorers
     M("scorers-profanity-skips-first-of-batch", "scorers.py",
       "chunk = idx[s: s + self.batch_size]", "chunk = idx[s + 1: s + self.batch_size]",
