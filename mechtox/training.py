@@ -16,6 +16,7 @@ Reference log-probs are computed once, up front, with the initial weights.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
@@ -510,7 +511,7 @@ def read_saved(path: Path, read: Callable[[Path], Any], out: Path) -> Any:
 
 
 def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
-             base_print: list[float]) -> tuple[int, list, list, float, int]:
+             base_print: list[float], data_print: str) -> tuple[int, list, list, float, int]:
     """Weights, reference log-probs and loop state of an interrupted run in ``out/state``. A LoRA
     run keeps its base weights: only the adapters are restored (after the backend is built)."""
     state_dir = out / "state"
@@ -527,6 +528,9 @@ def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
     diff = [k for k in saved_cfg if k not in free and saved_cfg[k] != dataclasses.asdict(cfg).get(k)]
     if diff:
         raise MechtoxError(f"cannot resume {out}: the config differs in {diff}; use the same settings")
+    if meta.get("data", data_print) != data_print:  # runs saved before the data were hashed have none
+        raise MechtoxError(f"cannot resume {out}: it trained on other data (the pairs or examples changed since it "
+                           "started); resume with the data it started with, or choose another --out")
     from safetensors.torch import load_file
 
     if cfg.lora_r:
@@ -645,9 +649,9 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
 
     step, history, val_history = 0, [], []
     best_val, bad_evals = float("inf"), 0
-    base_print = _fingerprint(model)
+    base_print, data_print = _fingerprint(model), _data_fingerprint(objective)
     if resume:
-        step, history, val_history, best_val, bad_evals = _restore(out, cfg, model, objective, base_print)
+        step, history, val_history, best_val, bad_evals = _restore(out, cfg, model, objective, base_print, data_print)
     elif (state_dir / "trainer.json").is_file():
         raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     fwd_model = _step_model(model, backend, cfg)
@@ -678,7 +682,8 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     def checkpoint() -> None:
         _write_back(fwd_model, model)
         loop = {"step": step, "history": history, "val_history": val_history, "best_val": best_val,
-                "bad_evals": bad_evals, "config": dataclasses.asdict(cfg), "base_model": base_print}
+                "bad_evals": bad_evals, "config": dataclasses.asdict(cfg), "base_model": base_print,
+                "data": data_print}
         opt_state = fwd_model.optimizer_state(opt) if cfg.fsdp else opt.state_dict()  # FSDP: gathered by all
         room(step)
         if rank == 0:  # one writer; the others wait so that a resume finds the checkpoint complete
@@ -912,6 +917,20 @@ def _step_model(model: HookedTransformer, backend: str, cfg: TrainConfig):
 
 
 @torch.no_grad()
+def _data_fingerprint(objective) -> str:
+    """A hash of what the objective trains on: its token sequences (and a probe objective's probes),
+    so that a run resumes only on the data it started with."""
+    h = hashlib.sha256(type(objective).__name__.encode())
+    for attr in ("chosen", "rejected", "seqs", "safe", "harmful"):
+        if hasattr(objective, attr):
+            h.update(json.dumps([attr, getattr(objective, attr)]).encode())
+    for mod in getattr(objective, "modules", ()):
+        h.update(mod.hook_name.encode())
+        for b in mod.buffers():
+            h.update(b.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def _fingerprint(model: HookedTransformer) -> list[float]:
     """Sums of the weights training starts from (a LoRA run resumes only on the same base): each
     parameter's sum, then each one's row and column sums weighted by position (so reordered

@@ -144,6 +144,13 @@ def test_resume_errors(tiny, tmp_path):
         train(tiny, DPOObjective(tiny, pairs(8), other), other, tmp_path / "y", resume=True, progress=False)
     longer = TrainConfig(batch_size=4, max_steps=3)  # extending a finished run is allowed
     assert train(tiny, DPOObjective(tiny, pairs(8), longer), longer, tmp_path / "y", resume=True, progress=False).steps == 3
+    # other pairs of the same number (regenerated since): the saved reference log-probs are theirs no more
+    p = pairs(8)
+    swapped = PreferencePairs(p.prompt, p.rejected, p.chosen, "swapped")
+    with pytest.raises(MechtoxError, match="it trained on other data"):
+        train(tiny, DPOObjective(tiny, swapped, longer), longer, tmp_path / "y", resume=True, progress=False)
+    with pytest.raises(MechtoxError, match="it trained on other data"):
+        train(tiny, DPOObjective(tiny, pairs(9), longer), longer, tmp_path / "y", resume=True, progress=False)
 
 
 @pytest.mark.parametrize(("damage", "match"), [
