@@ -10,6 +10,7 @@ token logits, in the fit as in scoring (:func:`fit_token_weights`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import numbers
@@ -283,6 +284,27 @@ def _json_default(o: Any) -> Any:
 
 
 # ----------------------------------------------------------------------------- fitting
+
+
+HASH_CHARS = 12
+"""Hex characters kept of each text's SHA-1 in a probe's record of its training texts."""
+
+
+def text_hashes(texts: Sequence[str]) -> list[str]:
+    """A short hash of each text (surrounding white space ignored): what a saved probe keeps of the
+    texts it was fitted on (``provenance["fitted_text_hashes"]``, concatenated), so that scoring it
+    on other data can say how many of those texts it saw in training."""
+    return [hashlib.sha1(t.strip().encode("utf-8")).hexdigest()[:HASH_CHARS] for t in texts]
+
+
+def seen_in_training(probe: Direction, texts: Sequence[str]) -> int | None:
+    """How many of ``texts`` are among those ``probe`` was fitted on (None: the probe keeps no record
+    of them: a direction, or a probe saved by an older mechtox)."""
+    record = probe.provenance.get("fitted_text_hashes")
+    if not isinstance(record, str):
+        return None
+    fitted = {record[i: i + HASH_CHARS] for i in range(0, len(record), HASH_CHARS)}
+    return sum(h in fitted for h in text_hashes(texts))
 
 
 def split_indices(labels: np.ndarray, test_size: float | int = 0.25, seed: int = 0,
@@ -754,7 +776,8 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     acts = dict(collected.acts)
     text_index = collected.token_index[:, 0].numpy() if collected.token_index is not None else None  # per token
     rows, probes = [], {}
-    prov = {"data": data.source, "max_length": max_length, "n_texts": len(data)}
+    prov = {"data": data.source, "max_length": max_length, "n_texts": len(data),
+            "fitted_text_hashes": "".join(text_hashes([data.texts[i] for i in split[0]]))}
     slow = pooling == "tokens" or C == "cv"
     for i, h in enumerate(tqdm(hooks, desc="fitting probes", disable=not (progress and slow), leave=False)):
         p = fit_probe(acts[h], data.labels, h, method, seed=seed, C=C, model_name=model.cfg.model_name,

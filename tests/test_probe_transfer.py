@@ -83,7 +83,37 @@ def test_probe_eval_command_on_tiny(tmp_path, capsys):
     assert main(["report", "-w", str(tmp_path / "ws")]) == 0
     assert "Probe transfer: probe" in (tmp_path / "ws" / "report.html").read_text()
     assert main(["probe", *ws, "--eval", "nope", "--data", "builtin:toxicity"]) == 2
-    assert "note" not in meta  # 100 texts, half of them toxic: no warning
+    assert 0 < meta["n_seen_in_training"] < 100 and "among those the probe was fitted on" in meta["note"]
+    assert "too narrow" not in meta["note"]  # 100 texts, half of them toxic
+
+
+def test_probe_eval_counts_the_texts_the_probe_was_fitted_on(tmp_path, capsys):
+    """Scored on the whole file it was fitted on (240 distinct texts, 120 in its training split),
+    a probe has seen exactly 120 of them; on other texts, none (and no note)."""
+    from mechtox.probe import Direction, Probe, seen_in_training, text_hashes
+
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "120", "--n-test", "60",
+                 "--layers", "last"]) == 0
+    capsys.readouterr()
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity"]) == 0
+    assert "120 of these 240 texts are among those the probe was fitted on" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    assert meta["n_seen_in_training"] == 120
+    other = tmp_path / "other.csv"
+    other.write_text("text,label\n" + "".join(f"you stupid idiot number {i},1\nthanks for the help {i},0\n"
+                                              for i in range(30)))
+    assert main(["probe", *ws, "--eval", "probe", "--data", str(other)]) == 0
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    assert meta["n_seen_in_training"] == 0 and "note" not in meta
+    probe = Direction.load(tmp_path / "ws" / "directions" / "probe")
+    assert len(probe.provenance["fitted_text_hashes"]) == 120 * len(text_hashes(["x"])[0])
+    from mechtox.data import load_labelled
+
+    padded = [f"  {x}\n" for x in load_labelled("builtin:toxicity").texts]  # white space around a text is ignored
+    assert seen_in_training(probe, padded) == 120
+    old = Probe(probe.vector, probe.hook_name, "logreg", weight=probe.weight)  # saved before the record
+    assert seen_in_training(old, ["a"]) is None
 
 
 def test_probe_eval_on_few_texts_says_its_intervals_are_rough(tmp_path, capsys):

@@ -189,6 +189,10 @@ MUTANTS = [
     M("probe-reliability-top-bin-lost", "probe.py",
       "b = np.minimum((p * bins).astype(int), bins - 1)", "b = (p * bins).astype(int)",
       "a probability of exactly 1 falls outside the last bin and is dropped"),
+    M("probe-records-held-out-texts", "probe.py",
+      '"fitted_text_hashes": "".join(text_hashes([data.texts[i] for i in split[0]]))',
+      '"fitted_text_hashes": "".join(text_hashes([data.texts[i] for i in split[1]]))',
+      "a probe's record of its training texts holds its held-out texts"),
     # ------------------------------------------------------------------ interventions
     M("interventions-newest-is-first", "interventions.py",
       "act[:, -1] = act[:, -1] + v", "act[:, 0] = act[:, 0] + v",

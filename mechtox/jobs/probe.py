@@ -41,8 +41,9 @@ class ProbeConfig(JobConfig):
                                    "by side); it scores texts (probe --eval, eval --probe), not neurons")
     out: str = option("probe", "name of the saved probe (default 'probe')")
     eval: str | None = option(None, "score this saved probe on --data instead of fitting one: accuracy, F1 and AUROC "
-                                    "with bootstrap 95%% intervals, the offline scorer's AUROC on the same texts and a "
-                                    "calibration figure (run probe-eval-NAME, or probe-eval-NAME-AGGREGATE)", metavar="NAME")
+                                    "with bootstrap 95%% intervals, the offline scorer's AUROC on the same texts, a "
+                                    "calibration figure and how many of the texts the probe was fitted on (run "
+                                    "probe-eval-NAME, or probe-eval-NAME-AGGREGATE)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
     aggregate: Literal["pooled", "max", "logsumexp", "logmeanexp"] = option(
@@ -228,6 +229,7 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
         ProbeScorer,
         bootstrap_metrics,
         reliability_table,
+        seen_in_training,
         stratified_subset,
     )
     from mechtox.scorers import get_scorer
@@ -255,6 +257,12 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     if cfg.aggregate != "pooled":
         notes.append(f"--aggregate {cfg.aggregate}: AUROC only; accuracy and F1 need a threshold, and the "
                      "sigmoid of a token maximum is not calibrated (see the reliability figure)")
+    seen = seen_in_training(probe, data.texts)
+    if seen is not None:
+        meta["n_seen_in_training"] = seen
+    if seen:
+        notes.append(f"{seen} of these {len(data)} texts are among those the probe was fitted on: they score as "
+                     "training data, not as new data; to measure transfer, score texts it was not fitted on")
     if min(n_toxic, len(data) - n_toxic) < FEW_PER_LABEL:
         notes.append(f"only {n_toxic} toxic and {len(data) - n_toxic} non-toxic texts: with fewer than "
                      f"{FEW_PER_LABEL} of a label the bootstrap intervals are too narrow to trust; score more texts")
