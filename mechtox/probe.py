@@ -239,15 +239,17 @@ def aggregate_tokens(z: Float[Tensor, " n_tokens"], text: Tensor, n: int, how: s
 class ProbeScorer:
     """Score texts with a probe on ``model``'s own activations (a toxicity scorer)."""
 
-    def __init__(self, model: HookedTransformer, probe: Direction, batch_size: int = 16, max_length: int = 64,
+    def __init__(self, model: HookedTransformer, probe: Direction, batch_size: int = 16, max_length: int | None = None,
                  aggregate: Aggregate = "pooled"):
+        """``max_length``: tokens read of each text (default: as many as the probe was fitted on,
+        its ``provenance["max_length"]``, else 64)."""
         probe.check_model(model)
         if not probe.is_probe:
             raise MechtoxError(f"{probe.name!r} is a direction without classifier weights; a scorer needs a probe")
         if aggregate not in AGGREGATES:
             raise MechtoxError(f"unknown aggregate {aggregate!r}; use one of {', '.join(AGGREGATES)}")
         self.model, self.probe, self.aggregate = model, probe, aggregate
-        self.batch_size, self.max_length = batch_size, max_length
+        self.batch_size, self.max_length = batch_size, max_length or fitted_length(probe)
         self.name = f"probe:{probe.name or probe.method}" + ("" if aggregate == "pooled" else f":{aggregate}")
 
     def logits(self, texts: Sequence[str]) -> np.ndarray:
@@ -295,6 +297,12 @@ def text_hashes(texts: Sequence[str]) -> list[str]:
     texts it was fitted on (``provenance["fitted_text_hashes"]``, concatenated), so that scoring it
     on other data can say how many of those texts it saw in training."""
     return [hashlib.sha1(t.strip().encode("utf-8")).hexdigest()[:HASH_CHARS] for t in texts]
+
+
+def fitted_length(probe: Direction, default: int = 64) -> int:
+    """The tokens per text ``probe`` was fitted on (``default`` where it keeps no record)."""
+    n = probe.provenance.get("max_length")
+    return int(n) if isinstance(n, int) and not isinstance(n, bool) and n > 0 else default
 
 
 def seen_in_training(probe: Direction, texts: Sequence[str]) -> int | None:

@@ -501,3 +501,32 @@ def test_probe_command_drop_negatives_and_match_cue_on_tiny(tmp_path, capsys):
         assert main(["probe", *ws, *common, *bad]) == 2
         err = capsys.readouterr().err
         assert match.replace("\\", "") in err.replace("\\", "") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_probe_scores_texts_at_the_length_it_was_fitted_on(tiny, tmp_path, capsys):
+    """ProbeScorer reads as many tokens of each text as the probe was fitted on (it read 64 whatever
+    the fit); probe --eval says when --max-length differs from the fit's."""
+    from mechtox.activations import collect_activations
+    from mechtox.data import load_labelled
+    from mechtox.probe import Probe, ProbeScorer, probe_sweep
+
+    data = load_labelled("builtin:toxicity")
+    probe = probe_sweep(tiny, data, layers=[1], max_length=6, test_size=60, train_size=120, progress=False).best
+    long_texts = ["you are a stupid idiot and a dumb moron and an ugly jerk and a loser", "thanks for the help with "
+                  "the page about the history of the city and the river and the music"]
+    scorer = ProbeScorer(tiny, probe)
+    assert scorer.max_length == 6 and ProbeScorer(tiny, probe, max_length=20).max_length == 20
+    acts = collect_activations(tiny, long_texts, [probe.hook_name], probe.pooling, 16, 6, progress=False)
+    np.testing.assert_allclose(scorer.logits(long_texts), probe.logits(acts[probe.hook_name].double()).numpy(),
+                               rtol=1e-6)
+    assert ProbeScorer(tiny, Probe(probe.vector, probe.hook_name, "logreg", weight=probe.weight)).max_length == 64
+
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "120", "--n-test", "60", "--layers", "last",
+                 "--max-length", "16"]) == 0
+    capsys.readouterr()
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "40"]) == 0
+    assert "fitted on texts cut to 16: its scores shift with the length; pass --max-length 16" in capsys.readouterr().out
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "40",
+                 "--max-length", "16"]) == 0
+    assert "--max-length 16" not in capsys.readouterr().out

@@ -193,6 +193,10 @@ MUTANTS = [
       '"fitted_text_hashes": "".join(text_hashes([data.texts[i] for i in split[0]]))',
       '"fitted_text_hashes": "".join(text_hashes([data.texts[i] for i in split[1]]))',
       "a probe's record of its training texts holds its held-out texts"),
+    M("probe-scorer-reads-64-tokens", "probe.py",
+      "self.batch_size, self.max_length = batch_size, max_length or fitted_length(probe)",
+      "self.batch_size, self.max_length = batch_size, max_length or 64",
+      "a probe scores texts at 64 tokens whatever length it was fitted on"),
     # ------------------------------------------------------------------ interventions
     M("interventions-newest-is-first", "interventions.py",
       "act[:, -1] = act[:, -1] + v", "act[:, 0] = act[:, 0] + v",
