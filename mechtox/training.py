@@ -916,7 +916,6 @@ def _step_model(model: HookedTransformer, backend: str, cfg: TrainConfig):
     return torch.compile(model) if cfg.compile else model
 
 
-@torch.no_grad()
 def _data_fingerprint(objective) -> str:
     """A hash of what the objective trains on: its token sequences (and a probe objective's probes),
     so that a run resumes only on the data it started with."""
@@ -931,6 +930,7 @@ def _data_fingerprint(objective) -> str:
     return h.hexdigest()[:16]
 
 
+@torch.no_grad()
 def _fingerprint(model: HookedTransformer) -> list[float]:
     """Sums of the weights training starts from (a LoRA run resumes only on the same base): each
     parameter's sum, then each one's row and column sums weighted by position (so reordered

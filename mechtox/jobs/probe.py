@@ -258,10 +258,11 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     if cfg.aggregate != "pooled":
         notes.append(f"--aggregate {cfg.aggregate}: AUROC only; accuracy and F1 need a threshold, and the "
                      "sigmoid of a token maximum is not calibrated (see the reliability figure)")
-    if fitted_length(probe) != cfg.max_length:
+    fitted = fitted_length(probe)
+    if fitted != cfg.max_length:
         notes.append(f"texts read to {cfg.max_length} tokens (--max-length), the probe was fitted on texts cut to "
-                     f"{fitted_length(probe)}: its scores shift with the length; pass --max-length {fitted_length(probe)} "
-                     "to score them as it was fitted")
+                     f"{fitted}: its scores shift with the length; pass --max-length {fitted} to score them as it was "
+                     "fitted")
     seen = seen_in_training(probe, data.texts)
     if seen is not None:
         meta["n_seen_in_training"] = seen
