@@ -526,7 +526,10 @@ def test_a_probe_scores_texts_at_the_length_it_was_fitted_on(tiny, tmp_path, cap
                  "--max-length", "16"]) == 0
     capsys.readouterr()
     assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "40"]) == 0
-    assert "fitted on texts cut to 16: its scores shift with the length; pass --max-length 16" in capsys.readouterr().out
+    assert "cut to" not in capsys.readouterr().out  # read as fitted: 16 tokens
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    assert meta["max_length"] == 16
     assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "40",
-                 "--max-length", "16"]) == 0
-    assert "--max-length 16" not in capsys.readouterr().out
+                 "--max-length", "64"]) == 0
+    assert ("texts read to 64 tokens (--max-length), the probe was fitted on texts cut to 16: its scores shift with "
+            "the length; leave out --max-length" in capsys.readouterr().out)

@@ -54,6 +54,7 @@ TESTS = {  # the fast test files of each module
     "data.py": ["tests/test_data.py", "tests/test_data_sources.py", "tests/test_api_inputs.py"],
     "models.py": ["tests/test_models.py", "tests/test_hf_dirs.py"],
     "hf_backend.py": ["tests/test_hf_backend.py", "tests/test_lora.py"],
+    "jobs/probe.py": ["tests/test_probe_transfer.py"],
 }
 
 
@@ -197,6 +198,9 @@ MUTANTS = [
       "self.batch_size, self.max_length = batch_size, max_length or fitted_length(probe)",
       "self.batch_size, self.max_length = batch_size, max_length or 64",
       "a probe scores texts at 64 tokens whatever length it was fitted on"),
+    M("probe-eval-reads-64-tokens", "jobs/probe.py",
+      "length = cfg.max_length or fitted", "length = cfg.fit_length",
+      "probe --eval without --max-length reads 64 tokens whatever length the probe was fitted on"),
     # ------------------------------------------------------------------ interventions
     M("interventions-newest-is-first", "interventions.py",
       "act[:, -1] = act[:, -1] + v", "act[:, 0] = act[:, 0] + v",

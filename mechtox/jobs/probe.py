@@ -11,6 +11,8 @@ from typing import Any, Literal
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, option, positive
 
+FIT_LENGTH = 64  # tokens per text of a fit without --max-length
+
 HELP = "fit toxicity probes at every layer from one activation pass and save the best"
 
 
@@ -33,7 +35,8 @@ class ProbeConfig(JobConfig):
     n_train: int | str = option(3000, "training texts (stratified; default 3000; 'all': every text not held out)",
                                 type=lambda v: v if v == "all" or not v.lstrip("-").isdigit() else int(v))
     n_test: int = option(1000, "held-out texts (default 1000)")
-    max_length: int = option(64, "tokens per text (default 64)")
+    max_length: int | None = option(None, "tokens per text (default: 64 for a fit; for --eval, as many as the probe "
+                                          "was fitted on)", type=int)
     batch_size: int = option(16)
     save: str = option("best", "which probe to save: 'best' (by --select-on), 'final', 'together' (with "
                                "--together) or a layer number")
@@ -66,14 +69,19 @@ class ProbeConfig(JobConfig):
               "frequent among them as among the toxic ones (weights clipped at 5); a cue is 'you', 'capitals', "
               "'exclaim', a topic ('wikipedia') or a regular expression", metavar="CUE", append=True)
 
+    @property
+    def fit_length(self) -> int:
+        """Tokens per text of a fit (--max-length, 64 without it)."""
+        return self.max_length or FIT_LENGTH
+
     def check(self) -> None:
         if isinstance(self.n_train, str) and self.n_train != "all":
             raise MechtoxError(f"--n-train {self.n_train!r}: give a whole number or 'all'")
         check_out(self.out, "probe name")
         check_out(self.eval, "probe name")
         positive(self.limit, "--limit")
-        for name in ("max_length", "batch_size"):
-            positive(getattr(self, name), "--" + name.replace("_", "-"))
+        positive(self.max_length, "--max-length")
+        positive(self.batch_size, "--batch-size")
         for name in ("n_test",) + (() if self.n_train == "all" else ("n_train",)):
             if getattr(self, name) < 2:
                 raise MechtoxError(f"--{name.replace('_', '-')} {getattr(self, name)}: a stratified split needs a "
@@ -151,12 +159,12 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     weight, shaping = training_weights(cfg, data, split[0])
     model = model if model is not None else ctx.load(cfg.model)
     print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {cfg.n_test} test, "
-          f"{cfg.max_length} tokens, {cfg.pooling} pooling, C {cfg.C})"
+          f"{cfg.fit_length} tokens, {cfg.pooling} pooling, C {cfg.C})"
           + (f"; transfer AUROC on {len(transfer)} texts from {transfer.source}" if transfer else ""), flush=True)
     if shaping:
         print(f"probe: of the training texts, {shaping}", flush=True)
     sweep = probe_sweep(model, data, layers=cfg.layers, method=cfg.method, pooling=cfg.pooling,
-                        max_length=cfg.max_length, batch_size=cfg.batch_size, test_size=cfg.n_test,
+                        max_length=cfg.fit_length, batch_size=cfg.batch_size, test_size=cfg.n_test,
                         train_size=n_train, seed=ctx.seed, progress=ctx.progress,
                         C=cfg.C if cfg.C == "cv" else float(cfg.C), select_on=cfg.select_on, transfer=transfer,
                         together=cfg.together, sample_weight=weight, split=split)
@@ -241,8 +249,9 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     probe = Direction.load(ctx.ws.require_direction(cfg.eval), model, several_layers_ok=True)
     n_toxic = int(data.labels.sum())
     print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({n_toxic} toxic)", flush=True)
-    probe_scorer = ProbeScorer(model, probe, batch_size=cfg.batch_size, max_length=cfg.max_length,
-                               aggregate=cfg.aggregate)
+    fitted = fitted_length(probe)
+    length = cfg.max_length or fitted  # as the probe was fitted, unless --max-length says otherwise
+    probe_scorer = ProbeScorer(model, probe, batch_size=cfg.batch_size, max_length=length, aggregate=cfg.aggregate)
     p = probe_scorer(data.texts)
     metrics = bootstrap_metrics(data.labels, p, seed=ctx.seed).assign(scorer=probe_scorer.name)
     if cfg.aggregate != "pooled":  # a max over tokens of a probe not fitted so is not calibrated: 0.5 is no threshold
@@ -251,17 +260,17 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     other = bootstrap_metrics(data.labels, scorer(data.texts), seed=ctx.seed).assign(scorer=scorer.name)
     table = pd.concat([metrics, other[other["metric"] == "auroc"]], ignore_index=True)
     table = table[["scorer", "metric", "value", "ci_low", "ci_high"]]
-    meta = {"probe": cfg.eval, "hook": probe.hook_name, "aggregate": cfg.aggregate, "data": data.source, "n_texts": len(data),
+    meta = {"probe": cfg.eval, "hook": probe.hook_name, "aggregate": cfg.aggregate, "max_length": length,
+            "data": data.source, "n_texts": len(data),
             "n_toxic": n_toxic, "probe_data": probe.provenance.get("data"),
             "intervals": "percentile bootstrap over texts, 1000 resamples, seed " + str(ctx.seed)}
     notes = []
     if cfg.aggregate != "pooled":
         notes.append(f"--aggregate {cfg.aggregate}: AUROC only; accuracy and F1 need a threshold, and the "
                      "sigmoid of a token maximum is not calibrated (see the reliability figure)")
-    fitted = fitted_length(probe)
-    if fitted != cfg.max_length:
-        notes.append(f"texts read to {cfg.max_length} tokens (--max-length), the probe was fitted on texts cut to "
-                     f"{fitted}: its scores shift with the length; pass --max-length {fitted} to score them as it was "
+    if length != fitted:
+        notes.append(f"texts read to {length} tokens (--max-length), the probe was fitted on texts cut to "
+                     f"{fitted}: its scores shift with the length; leave out --max-length to score them as it was "
                      "fitted")
     seen = seen_in_training(probe, data.texts)
     if seen is not None:
