@@ -67,13 +67,26 @@ NEURON_GROUPS = (*REDUCING, *INCREASING, "unchanged")
 
 
 def target_layer(model: HookedTransformer, hook_name: str) -> int:
-    """The residual stream a direction reads: ``blocks.L.hook_resid_post`` -> L; final-norm hooks
-    -> the last layer (the pre-norm stream is projected)."""
-    m = re.match(r"^blocks\.(\d+)\.hook_resid_(post|mid|pre)$", hook_name)
-    if m:
+    """The last block whose output the residual stream a direction reads holds:
+    ``blocks.L.hook_resid_post`` -> L, ``blocks.L.hook_resid_pre`` -> L - 1 (the same stream);
+    the final norm's hooks -> the last block (the pre-norm stream is projected). Any other hook
+    (``hook_resid_mid``, a block's output, the embeddings, ``blocks.0.hook_resid_pre``) is an
+    :class:`IncompatibleError`: the attribution closes over whole blocks, so a stream between
+    them, or no block at all, would be attributed as another one."""
+    m = re.match(r"^blocks\.(\d+)\.hook_resid_(post|pre)$", hook_name)
+    if m and int(m.group(1)) < model.cfg.n_layers:
         layer = int(m.group(1))
-        return layer if m.group(2) == "post" else layer - 1
-    return model.cfg.n_layers - 1
+        layer = layer if m.group(2) == "post" else layer - 1
+        if layer >= 0:
+            return layer
+    if re.match(r"^ln_final\.hook_(normalized|scale)$", hook_name):
+        return model.cfg.n_layers - 1
+    raise IncompatibleError(
+        f"a direction at {hook_name} cannot be attributed: attribution splits the residual stream after a whole block "
+        f"into its parts, and {hook_name} is "
+        + ("the stream before any block" if hook_name == "blocks.0.hook_resid_pre" else "not such a stream")
+        + "; use one at blocks.L.hook_resid_post (what mechtox probe saves), blocks.L.hook_resid_pre (L >= 1) or "
+        "ln_final.hook_normalized")
 
 
 @dataclass

@@ -199,6 +199,19 @@ def test_a_resid_pre_direction_is_attributed_to_the_blocks_before_it(rich):
     assert res.check["total_change"] == pytest.approx(mean_proj(before) - mean_proj(after), abs=1e-4)
 
 
+@pytest.mark.parametrize("hook", ["blocks.1.hook_resid_mid", "blocks.0.hook_resid_pre", "blocks.1.hook_mlp_out",
+                                  "blocks.0.hook_attn_out", "hook_embed", "blocks.7.hook_resid_post"])
+def test_a_direction_between_blocks_is_refused_not_attributed_as_another_stream(tiny, hook):
+    """The attribution splits the stream after a whole block. A direction at blocks.1.hook_resid_mid
+    had been attributed as blocks.0.hook_resid_post (block 1's attention left out), one at a block's
+    output or the embeddings as the final stream, silently; blocks.0.hook_resid_pre was a KeyError."""
+    from mechtox.probe import Direction
+
+    d = Direction(vector=torch.randn(tiny.cfg.d_model), hook_name=hook, method="x", name="d")
+    with pytest.raises(IncompatibleError, match=f"a direction at {hook} cannot be attributed"):
+        attribute(tiny, perturbed(tiny), d, PROMPTS[:2], max_new_tokens=2, progress=False)
+
+
 def _perturb_heads(model, seed=5, scale=0.3):
     """W_Q, W_O and b_O changed: head patterns, values' write and the attention bias all move."""
     other = perturbed(model, seed=seed, scale=scale, w_out=True)

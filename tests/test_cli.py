@@ -430,6 +430,27 @@ def test_top_k_sizes_past_the_models_neurons(ws, capsys, monkeypatch):
     assert err.count("\n") == 1 and "--ablate-ks 1000: the model has 256 MLP neurons; give sizes up to that" in err
 
 
+def test_attribute_refuses_a_direction_between_blocks_before_generating(ws, capsys, monkeypatch):
+    """A direction at blocks.1.hook_resid_mid had been attributed as the stream after block 0."""
+    import torch
+
+    import mechtox.generation
+    from mechtox.probe import Direction
+    from mechtox.workspace import Workspace
+
+    Direction(vector=torch.randn(64), hook_name="blocks.1.hook_resid_mid", method="x", name="mid").save(
+        Workspace(ws).direction_dir("mid"))
+
+    def no_generation(*a, **k):
+        raise AssertionError("generated before the direction was checked")
+
+    monkeypatch.setattr(mechtox.generation, "generate", no_generation)
+    assert main(["attribute", "-w", ws, "-q", "--before", "tiny", "--after", "tiny", "--direction", "mid",
+                 "--prompts", "builtin:prompts", "--n", "2"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a direction at blocks.1.hook_resid_mid cannot be attributed" in err
+
+
 def test_a_damaged_result_file_leaves_its_run_out_of_the_report_not_the_report(ws, tmp_path, capsys):
     """A run file edited by hand or damaged (here: eval.json cut short) made `mechtox report` fail with
     a JSONDecodeError; now that run is left out, the report says which file, and the rest is there."""

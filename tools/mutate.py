@@ -67,6 +67,10 @@ def tests_of(module: str) -> list[str]:
 M = Mutant
 MUTANTS = [
     # ------------------------------------------------------------------ attribution
+    M("attribution-resid-mid-as-pre", "attribution.py",
+      'm = re.match(r"^blocks\\.(\\d+)\\.hook_resid_(post|pre)$", hook_name)',
+      'm = re.match(r"^blocks\\.(\\d+)\\.hook_resid_(post|mid|pre)$", hook_name)',
+      "a direction at blocks.L.hook_resid_mid is attributed as the stream after block L-1"),
     M("attribution-groups-from-v-after", "attribution.py",
       "cos_b = (d_b / norm_b.clamp_min(1e-12))", "cos_b = (d_a / norm_b.clamp_min(1e-12))",
       "T/A grouping from cos(v_after, w) instead of cos(v_before, w)"),
@@ -86,8 +90,8 @@ MUTANTS = [
       '"share_of_net": c / net if net', '"share_of_net": c / gross if net',
       "share of the net change divided by the gross reduction"),
     M("attribution-resid-pre-layer", "attribution.py",
-      'return layer if m.group(2) == "post" else layer - 1', "return layer",
-      "a hook_resid_pre/mid direction attributed through its own block"),
+      'layer = layer if m.group(2) == "post" else layer - 1', "layer = layer",
+      "a hook_resid_pre direction attributed through its own block"),
     M("attribution-heads-after-w-o-from-before", "attribution.py",
       "heads = _head_table(sb.z / sb.n_tokens, sa.z / sa.n_tokens, ub, ua)",
       "heads = _head_table(sb.z / sb.n_tokens, sa.z / sa.n_tokens, ub, ub)",

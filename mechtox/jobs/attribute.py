@@ -77,7 +77,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     prompts = load_prompts(cfg.prompts, limit=cfg.n)  # all three checked before TransformerLens loads
     import pandas as pd
 
-    from mechtox.attribution import attribute, head_sources
+    from mechtox.attribution import attribute, head_sources, target_layer
     from mechtox.generation import generate
     from mechtox.models import same_architecture
     from mechtox.neurons import decode_neurons
@@ -90,6 +90,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     ks = (neuron_counts(ints(cfg.ablate_ks, "--ablate-ks"), before.cfg.n_layers * before.cfg.d_mlp, "--ablate-ks")
           if cfg.n_eval_prompts else [])
     direction = Direction.load(ws.require_direction(cfg.direction), before)
+    target_layer(before, direction.hook_name)  # a direction attribution cannot split: an error before generating
     modes: list[Literal["own", "shared"]] = ["own", "shared"] if cfg.mode == "both" else [cfg.mode]
     t0 = time.perf_counter()
     gens = {"before": generate(before, prompts.prompts, cfg.max_new_tokens, 32, 25, stop_at_eos=False,
