@@ -340,8 +340,21 @@ def random_like(neurons: pd.DataFrame, d_mlp: int, seed: int, exclude: pd.DataFr
     rng = np.random.default_rng(seed)
     rows = []
     excl = _by_layer(exclude) if exclude is not None else {}
+    check_random_baseline(neurons, d_mlp, exclude)
     for layer, idx in sorted(_by_layer(neurons).items()):
         pool = np.setdiff1d(np.arange(d_mlp), np.asarray(excl.get(layer, []), dtype=int))
         pick = rng.choice(pool, size=len(idx), replace=False)
         rows += [(layer, int(i)) for i in pick]
     return pd.DataFrame(rows, columns=["layer", "neuron"])
+
+
+def check_random_baseline(neurons: pd.DataFrame, d_mlp: int, exclude: pd.DataFrame | None = None) -> None:
+    """Raise :class:`MechtoxError` unless :func:`random_like` can draw for ``neurons``: each layer
+    needs as many neurons outside ``exclude`` as ``neurons`` has there."""
+    excl = _by_layer(exclude) if exclude is not None else {}
+    for layer, idx in sorted(_by_layer(neurons).items()):
+        pool = d_mlp - len(set(excl.get(layer, [])) & set(range(d_mlp)))
+        if len(idx) > pool:
+            raise MechtoxError(f"no random baseline for these {len(neurons)} neurons: {len(idx)} of them are in layer "
+                               f"{layer}, which has only {pool} other neurons of its {d_mlp} to draw from; "
+                               "compare fewer neurons with random ones")

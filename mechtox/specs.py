@@ -132,6 +132,9 @@ def build_intervention(spec: str, model, workspace, text_for_means=None) -> Inte
         svd = toxic_svd(model, ranking, direction, top_n=128)
         iv = subtract(svd.vectors[0], s.alpha, hook_name=final_resid_hook(model))
         return dataclasses.replace(iv, name=spec)
+    n_neurons = model.cfg.n_layers * model.cfg.d_mlp
+    if s.k > n_neurons:  # head(k) would take every neuron, under a "K" label
+        raise _bad(spec, f"K {s.k}: the model has {n_neurons:,} MLP neurons; give K up to that")
     ranking = rank_neurons(model, direction, chance_draws=0)
     top = ranking.table.head(s.k)[["layer", "neuron"]]
     if s.kind == "ablate":

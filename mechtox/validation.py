@@ -22,7 +22,7 @@ import torch
 from transformer_lens import HookedTransformer
 
 from mechtox.evaluate import perplexity, toxicity
-from mechtox.interventions import NOOP, ablate, random_like
+from mechtox.interventions import NOOP, ablate, check_random_baseline, random_like
 from mechtox.neurons import lens_hits, table_value_vectors
 
 
@@ -88,6 +88,11 @@ def causal_validation(model: HookedTransformer, rankings: dict[str, pd.DataFrame
     the unablated model, and (for k in ``random_ks``) the drop from ``draws`` random sets with
     the same per-layer counts (paired: same prompts), with mean and standard deviation, and the
     random sets' mean perplexity. ``mode="mean"`` sets neurons to ``means[layer, neuron]``."""
+    d_mlp = int(model.cfg.d_mlp or 0)
+    for table in rankings.values():  # a random baseline that cannot be drawn is an error before any generation
+        for k in random_ks:
+            if k in ks:
+                check_random_baseline(table.head(k)[["layer", "neuron"]], d_mlp, exclude=table.head(k))
     base = toxicity(model, prompts, scorer, NOOP, max_new_tokens, batch_size=batch_size, progress=progress)
     base_ppl = perplexity(model, text, NOOP, max_tokens=ppl_tokens, progress=progress)["ppl"] if text else float("nan")
     rows = []

@@ -430,6 +430,28 @@ def test_top_k_sizes_past_the_models_neurons(ws, capsys, monkeypatch):
     assert err.count("\n") == 1 and "--ablate-ks 1000: the model has 256 MLP neurons; give sizes up to that" in err
 
 
+def test_eval_neuron_counts_past_the_model_are_errors_before_generating(ws, capsys, monkeypatch):
+    """'-i ablate:probe:1000' on the 256-neuron tiny model had ablated all 256 under the label
+    'ablate:probe:1000'; 'ablate-random:probe:200' was a numpy ValueError with a traceback."""
+    import mechtox.evaluate
+
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1"]) == 0
+
+    def no_generation(*a, **k):
+        raise AssertionError("generated before the interventions were checked")
+
+    monkeypatch.setattr(mechtox.evaluate, "generate", no_generation)
+    capsys.readouterr()
+    for spec, match in (("ablate:probe:1000", "K 1000: the model has 256 MLP neurons; give K up to that"),
+                        ("scale-keys:probe:300:2", "K 300: the model has 256 MLP neurons"),
+                        ("ablate-random:probe:200", "no random baseline for these 200 neurons")):
+        assert main(["eval", "-w", ws, "-q", "--model", "tiny", "--prompts", "builtin:prompts", "--limit", "2",
+                     "--ppl-tokens", "50", "-i", spec]) == 2, spec
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and match in err and "Traceback" not in err, err
+
+
 def test_attribute_refuses_a_direction_between_blocks_before_generating(ws, capsys, monkeypatch):
     """A direction at blocks.1.hook_resid_mid had been attributed as the stream after block 0."""
     import torch

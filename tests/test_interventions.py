@@ -167,6 +167,21 @@ def test_random_neurons_never_include_the_excluded_ones():
         assert sorted(random_like(top, 128, seed, exclude=exclude)["neuron"]) == [126, 127]
 
 
+def test_random_neurons_that_cannot_be_drawn_are_a_clear_error():
+    """Three top neurons in a layer with two others: numpy's 'Cannot take a larger sample than
+    population' had surfaced after the slow generations of a causal validation."""
+    from mechtox.errors import MechtoxError
+    from mechtox.interventions import check_random_baseline
+
+    top = pd.DataFrame({"layer": [1, 1, 1, 0], "neuron": [0, 1, 2, 0]})
+    check_random_baseline(top, 6, exclude=top)  # 3 in layer 1, and 3 others there: enough
+    with pytest.raises(MechtoxError, match="3 of them are in layer 1, which has only 2 other neurons of its 5"):
+        random_like(top, 5, seed=0, exclude=top)
+    with pytest.raises(MechtoxError, match="which has only 2 other neurons"):
+        check_random_baseline(top, 5, exclude=top)
+    assert len(random_like(top, 3, seed=0)) == 4  # without exclusion any 3 of 3 will do
+
+
 def test_whole_activation_patch_writes_the_source(rich):
     t = toks(rich)
     h = "blocks.0.hook_resid_post"

@@ -50,6 +50,18 @@ def test_drop_is_base_minus_ablated_and_random_draws_avoid_the_ranked_neurons(ri
     assert row["random_drop_mean"] == pytest.approx(np.mean(drops), abs=1e-12)
 
 
+def test_a_random_baseline_that_cannot_be_drawn_fails_before_any_generation(rich, monkeypatch):
+    from mechtox.errors import MechtoxError
+
+    def no_generation(*a, **k):
+        raise AssertionError("generated before the random baseline was checked")
+
+    monkeypatch.setattr(validation, "toxicity", no_generation)
+    top = pd.DataFrame({"layer": [0] * 70 + [1] * 10, "neuron": list(range(70)) + list(range(10))})  # d_mlp 128
+    with pytest.raises(MechtoxError, match="70 of them are in layer 0, which has only 58 other neurons"):
+        causal_validation(rich, {"r": top}, PROMPTS, LetterScorer(), ks=(80,), random_ks=(80,), progress=False)
+
+
 def test_agreement_overlap_and_spearman_by_hand():
     a = pd.DataFrame({"layer": [0, 0, 1, 1], "neuron": [0, 1, 0, 1], "cosine": [0.9, 0.5, 0.2, 0.1]})
     b = pd.DataFrame({"layer": [0, 1, 0, 1], "neuron": [0, 0, 1, 1], "cosine": [0.8, 0.7, 0.1, 0.0]})

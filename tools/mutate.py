@@ -206,6 +206,9 @@ MUTANTS = [
       "length = cfg.max_length or fitted", "length = cfg.fit_length",
       "probe --eval without --max-length reads 64 tokens whatever length the probe was fitted on"),
     # ------------------------------------------------------------------ interventions
+    M("interventions-random-pool-off-by-one", "interventions.py",
+      "        if len(idx) > pool:", "        if len(idx) >= pool:",
+      "a layer with exactly as many other neurons as needed is refused a random baseline"),
     M("interventions-newest-is-first", "interventions.py",
       "act[:, -1] = act[:, -1] + v", "act[:, 0] = act[:, 0] + v",
       "newest_only steering adds to the first position"),
@@ -338,6 +341,9 @@ MUTANTS = [
       "copied += bool(b & _word_set(gens.prompts[i]))", "copied += bool(b)",
       "every flagged continuation counts as copied"),
     # ------------------------------------------------------------------ validation
+    M("validation-random-baseline-checked-late", "validation.py",
+      "            if k in ks:\n                check_random_baseline(", "            if k in ks and False:\n                check_random_baseline(",
+      "a random baseline that cannot be drawn fails only after the generations"),
     M("validation-precision-unsigned", "validation.py",
       "lens_hits(model, table_value_vectors(model, top, signed), toxic_ids, lens_k)",
       "lens_hits(model, table_value_vectors(model, top, False), toxic_ids, lens_k)",
