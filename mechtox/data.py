@@ -399,13 +399,15 @@ def _check_limit(limit: int | None, name: str = "limit") -> None:
 
 
 def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | None = None, label_col: str | None = None,
-                  split: str = "train", limit: int | None = None, threshold: float = 0.5) -> LabelledTexts:
+                  split: str = "train", limit: int | None = None, threshold: float = 0.5,
+                  both_labels: bool = True) -> LabelledTexts:
     """Load binary-labelled text from a file or an HF data set.
 
     Labels may be 0/1, scores in [0, 1] (thresholded at ``threshold``), booleans or the words
     toxic / non-toxic (or OLID's OFF / NOT). A file's columns are ``text_col`` and ``label_col``, or
     else the first of :data:`TEXT_COLUMNS` and :data:`LABEL_COLUMNS` it has (so Jigsaw's, OLID's and
-    Civil Comments' own files read as they are). Both classes must be present. Without ``source``: the Jigsaw slice
+    Civil Comments' own files read as they are). Both classes must be present, unless ``both_labels``
+    is False (toxic text alone, say). Without ``source``: the Jigsaw slice
     (``jigsaw_balanced.csv``, found as :func:`data_file` says).
     """
     _check_limit(limit, "limit")
@@ -432,7 +434,7 @@ def load_labelled(source: str | os.PathLike[str] | None = None, text_col: str | 
     y = np.asarray(labels, dtype=np.int64)
     if len(texts) == 0:
         raise DataError(f"{src} has no rows")
-    if len(set(y.tolist())) < 2:
+    if both_labels and len(set(y.tolist())) < 2:
         raise DataError(f"{src}: only one class ({int(y[0])}) present; a probe needs toxic and non-toxic examples")
     data = LabelledTexts(texts, y, src)
     if limit is not None and limit < len(data):

@@ -103,6 +103,24 @@ def test_bad_intervention_spec_is_one_line(ws, capsys, spec, match):
     assert err.count("\n") == 1 and match in err and "valid forms:" in err
 
 
+def test_rank_reads_a_file_of_toxic_texts_alone(ws, capsys, tmp_path):
+    """--act-data asks for toxic text, yet a file of toxic rows only was refused ('only one class
+    (1) present; a probe needs toxic and non-toxic examples'); one without toxic rows is an error
+    before the model loads."""
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1"]) == 0
+    toxic, clean = tmp_path / "toxic.csv", tmp_path / "clean.csv"
+    toxic.write_text("text,label\nyou stupid idiot,1\nshut up you moron,1\n")
+    clean.write_text("text,label\nthanks for the help,0\nthe river and the city,0\n")
+    capsys.readouterr()
+    assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--act-data", str(toxic), "--out", "r"]) == 0
+    assert "mean activations on 2 toxic texts" in capsys.readouterr().out
+    assert "act_proj" in (tmp_path / "ws" / "runs" / "r" / "ranking.csv").read_text().splitlines()[0]
+    assert main(["rank", "-w", ws, "--model", "tiny", "--act-data", str(clean)]) == 2
+    out, err = capsys.readouterr()
+    assert err.count("\n") == 1 and "has no toxic rows (label 1)" in err and "loaded tiny" not in out + err
+
+
 def test_missing_direction_and_bad_data(ws, capsys, tmp_path):
     assert main(["rank", "-w", ws, "--model", "tiny", "--probe", "nope"]) == 2
     assert "no direction or probe 'nope'" in capsys.readouterr().err

@@ -86,6 +86,13 @@ def test_malformed_labelled_files(tmp_path, content, suffix, match):
     assert str(path) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_one_label_alone_reads_where_both_are_not_needed(tmp_path):
+    path = write(tmp_path / "toxic.csv", "text,label\nyou idiot,1\nshut up,1\n")
+    with pytest.raises(DataError, match="only one class"):
+        D.load_labelled(path)
+    assert D.load_labelled(path, both_labels=False).labels.tolist() == [1, 1]
+
+
 def test_long_texts_utf16_spreadsheets_and_padded_headers_read(tmp_path):
     """A text longer than csv's default field limit (131,072 characters: 'malformed CSV'), a
     spreadsheet's "Unicode text" (UTF-16 with its mark: 'not readable UTF-8') and a header with

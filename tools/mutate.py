@@ -387,6 +387,9 @@ MUTANTS = [
       'DetoxifyScorer(name.split(":", 1)[1] if ":" in name else "original")', 'DetoxifyScorer("original")',
       "detoxify:VARIANT loads the original checkpoint"),
     # ------------------------------------------------------------------ data
+    M("data-one-label-always-refused", "data.py",
+      "    if both_labels and len(set(y.tolist())) < 2:", "    if len(set(y.tolist())) < 2:",
+      "a file of one label is refused even where one label will do (rank --act-data)"),
     M("data-truncate-side-swapped", "data.py",
       'x = x[:max_length] if truncate == "right" else x[-max_length:]',
       'x = x[-max_length:] if truncate == "right" else x[:max_length]',

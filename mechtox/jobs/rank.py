@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mechtox.errors import MechtoxError
 from mechtox.jobs._base import Context, JobConfig, check_out, option, positive
 
 HELP = "rank all MLP neurons by cosine of their value vector with a direction"
@@ -60,7 +61,10 @@ def run(cfg: RankConfig, ctx: Context, model=None) -> RankResult:
     if cfg.act_data:  # before the model: a bad file is a quick error
         from mechtox.data import load_labelled
 
-        data = load_labelled(cfg.act_data)
+        data = load_labelled(cfg.act_data, both_labels=False)  # toxic text alone will do
+        if not data.labels.any():
+            raise MechtoxError(f"--act-data {data.source} has no toxic rows (label 1): the activation-weighted ranking "
+                               "reads toxic text")
     model = model if model is not None else ctx.load(cfg.model)
     direction = Direction.load(ctx.ws.require_direction(cfg.probe), model)
     mean_acts = None
