@@ -337,6 +337,33 @@ def test_an_interrupted_training_says_how_to_continue_and_that_command_finishes_
     assert meta["steps"] == 5 and meta["config"]["lr"] == 0.001
 
 
+def test_train_reads_the_probe_check_texts_before_training(ws, tmp_path, monkeypatch):
+    """The labelled texts of the probe check after training (TrainJobConfig.data) were read only
+    after the training: a bad file failed once the steps were spent."""
+    import mechtox.training
+    from mechtox.errors import MechtoxError
+    from mechtox.jobs import Context, execute, train
+    from tests.test_training import pairs
+
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1"]) == 0
+    p = pairs(8)
+    pair_file = tmp_path / "pairs.jsonl"
+    pair_file.write_text("".join(json.dumps({"prompt": a, "chosen": b, "rejected": c}) + "\n"
+                                 for a, b, c in zip(p.prompt, p.chosen, p.rejected, strict=True)))
+    bad = tmp_path / "one_label.csv"
+    bad.write_text("text,label\nhello,0\nthanks,0\n")
+
+    def no_training(*a, **k):
+        raise AssertionError("trained before the probe check's texts were read")
+
+    monkeypatch.setattr(mechtox.training, "train", no_training)
+    cfg = train.TrainJobConfig(objective="sft-probe", model="tiny", pairs=str(pair_file), probe="probe", steps=2,
+                               batch_size=4, data=str(bad))
+    with pytest.raises(MechtoxError, match="one_label.csv: only one class"):
+        execute(train, cfg, Context(workspace=ws, quiet=True))
+
+
 def test_train_sft_and_sap_from_the_cli(ws, tmp_path, capsys, monkeypatch):
     from tests.test_training import pairs
 

@@ -196,6 +196,11 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
     if tcfg.objective in ("sft", "sap"):
         t_prompts, t_targets, source = load_task(ws, cfg.task_source, pairs, cfg.limit)
         task = (t_prompts, t_targets)
+    check_data = None
+    if (cfg.probe or cfg.held_out) and cfg.goodhart_n and is_main():  # read now: a bad file fails before training
+        from mechtox.data import load_labelled
+
+        check_data = load_labelled(cfg.data)
     n_examples = len(task[0]) if task is not None else len(pairs) if pairs is not None else 2
     if n_examples < 2:
         raise MechtoxError(f"{source} has {n_examples} example(s); training needs at least 2")
@@ -229,19 +234,18 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
             print(f"mechtox: the last checkpoint is in {out_dir / 'state'}; continue with: {again}", file=sys.stderr)
         raise
     out = TrainJobResult(cfg, tcfg, res, model, source, probes, held_out)
-    if (probes or held_out) and cfg.goodhart_n and is_main():
-        _goodhart(out, ctx)
+    if check_data is not None:
+        _goodhart(out, ctx, check_data)
     return out
 
 
-def _goodhart(out: TrainJobResult, ctx: Context) -> None:
-    """The probes' accuracy read by the model before and after training, and retrained on the after model."""
-    from mechtox.data import load_labelled
+def _goodhart(out: TrainJobResult, ctx: Context, data) -> None:
+    """The probes' accuracy read by the model before and after training, and retrained on the after
+    model, on the labelled texts ``data``."""
     from mechtox.probe import stratified_subset
     from mechtox.training import probe_goodhart
 
     cfg = out.config
-    data = load_labelled(cfg.data)
     data = stratified_subset(data, min(cfg.goodhart_n, len(data)), ctx.seed + 1)
     before = ctx.ws.load_model(cfg.model, device=ctx.device, dtype=ctx.dtype)
     out.goodhart = probe_goodhart(before, out.model, out.probes, data, out.held_out, test_size=0.25, seed=ctx.seed,
