@@ -25,6 +25,7 @@ import json
 import os
 import struct
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -786,9 +787,11 @@ def hf_to_tl_state_dict(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str
     return convert_gpt2_weights(hf_model, cfg)
 
 
-def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: bool = False) -> Path:
+def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: bool = False,
+              check: Callable[[Path], Any] | None = None) -> Path:
     """Write ``model`` as a HuggingFace directory that ``transformers`` can load, atomically; a
-    non-empty ``out_dir`` is replaced only with ``force``.
+    non-empty ``out_dir`` is replaced only with ``force``. ``check(tmp)`` runs on the finished
+    folder before it takes ``out_dir``'s place: if it raises, nothing is written.
 
     Llama models are written as ``LlamaForCausalLM`` with untied embeddings (training may
     untie them); GPT-2 models as ``GPT2LMHeadModel``.
@@ -807,6 +810,8 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: 
         if model.tokenizer is not None:
             model.tokenizer.save_pretrained(tmp)
             _generation_config(model.tokenizer).save_pretrained(tmp)
+        if check is not None:
+            check(tmp)
 
     return _io.write_with(out_dir, write)
 

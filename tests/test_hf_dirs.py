@@ -145,6 +145,38 @@ def test_export_command(tmp_path, capsys):
     assert gen.pad_token_id == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
 
 
+def test_export_that_is_not_the_model_writes_nothing(tmp_path, capsys, monkeypatch):
+    """The export's check (transformers loads the folder and gives the model's logits) only printed
+    the difference: an export that was not the model (here a conversion slip: one layer's down
+    projection left out) said 'differ by at most 1.2e+00' and exited 0. Now it is an error, checked
+    before the folder takes DIR's place, and an earlier export there is kept."""
+    ws = tmp_path / "ws"
+    M.save_checkpoint(zero_foreign(_llama_like()), ws / "models" / "mine")
+    out = tmp_path / "hf"
+    assert main(["export", "mine", "-w", str(ws), "--hf", str(out), "-q"]) == 0
+    good = (out / "model.safetensors").read_bytes()
+    # a model loaded in bfloat16 is checked against its weights in float32 (bfloat16 arithmetic alone
+    # differs by far more than the check allows)
+    capsys.readouterr()
+    assert main(["--dtype", "bfloat16", "export", "mine", "-w", str(ws), "--hf", str(tmp_path / "bf16"), "-q"]) == 0
+    diff = float(capsys.readouterr().out.rsplit("by at most ", 1)[1])
+    assert diff < 1e-4
+    real = M.tl_to_hf
+
+    def slip(state, cfg):
+        sd = real(state, cfg)
+        sd["model.layers.0.mlp.down_proj.weight"] = torch.zeros_like(sd["model.layers.0.mlp.down_proj.weight"])
+        return sd
+
+    monkeypatch.setattr(M, "tl_to_hf", slip)
+    capsys.readouterr()
+    assert main(["export", "mine", "-w", str(ws), "--hf", str(out), "--force", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the export of 'mine' is not the model: transformers' logits differ" in err, err
+    assert (out / "model.safetensors").read_bytes() == good
+    assert not any(p.name.startswith(".") or "tmp" in p.name for p in tmp_path.iterdir())  # no temporary folder left
+
+
 def test_hub_id_spec_loads_through_transformers_and_is_one_line_offline(tmp_path, capsys):
     from mechtox.workspace import Workspace
 

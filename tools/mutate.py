@@ -55,6 +55,7 @@ TESTS = {  # the fast test files of each module
     "models.py": ["tests/test_models.py", "tests/test_hf_dirs.py"],
     "hf_backend.py": ["tests/test_hf_backend.py", "tests/test_lora.py"],
     "jobs/probe.py": ["tests/test_probe_transfer.py"],
+    "jobs/export.py": ["tests/test_hf_dirs.py"],
 }
 
 
@@ -202,6 +203,9 @@ MUTANTS = [
       "self.batch_size, self.max_length = batch_size, max_length or fitted_length(probe)",
       "self.batch_size, self.max_length = batch_size, max_length or 64",
       "a probe scores texts at 64 tokens whatever length it was fitted on"),
+    M("export-check-only-printed", "jobs/export.py",
+      'if not foreign and not found["diff"] <= tolerance:', 'if not foreign and found["diff"] > 1e9:',
+      "an export whose logits differ from the model's is written and reported as done"),
     M("probe-eval-reads-64-tokens", "jobs/probe.py",
       "length = cfg.max_length or fitted", "length = cfg.fit_length",
       "probe --eval without --max-length reads 64 tokens whatever length the probe was fitted on"),

@@ -38,6 +38,9 @@ class ExportResult:
     max_logit_diff: float
 
 
+EXACT = 1e-3  # the largest logit difference an export may show, relative to the largest logit (at least 1)
+
+
 def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
     import torch
 
@@ -48,17 +51,39 @@ def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
     if foreign:
         print(f"warning: {len(foreign)} non-zero parameters the architecture lacks (e.g. {foreign[0]}) are left out: "
               "the export differs from the model")
-    path = export_hf(model, Path(cfg.hf).expanduser(), force=cfg.force)
-    # the check a user would do: transformers loads it and gives the model's logits
-    from transformers import AutoModelForCausalLM
-
-    _quiet_transformers()  # its loading bar follows --quiet, whichever way the model came
-    hf = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32).eval()
     ids = model.to_tokens("The export check: a short text.", prepend_bos=model.cfg.default_prepend_bos).cpu()
+    reference = model
+    if model.cfg.dtype != torch.float32:  # the export holds the weights in float32: compare with them in float32
+        import dataclasses
+
+        from mechtox.models import _build
+
+        reference = _build(dataclasses.replace(model.cfg, dtype=torch.float32),  # rotary tables computed anew
+                           {n: p.detach().cpu() for n, p in model.named_parameters()})
     with torch.no_grad():
-        ours = model(ids.to(model.cfg.device)).float().cpu()
-        theirs = hf(ids).logits.float()
-    return ExportResult(cfg, path, type(hf).__name__, float((ours - theirs).abs().max()))
+        ours = reference(ids.to(reference.cfg.device)).float().cpu()
+    del reference
+    found: dict = {}
+
+    def check(folder: Path) -> None:
+        """The check a user would do, on the written folder before it takes DIR's place:
+        transformers loads it and gives the model's logits."""
+        from transformers import AutoModelForCausalLM
+
+        _quiet_transformers()  # its loading bar follows --quiet, whichever way the model came
+        hf = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+        with torch.no_grad():
+            theirs = hf(ids).logits.float()
+        found.update(architecture=type(hf).__name__, diff=float((ours - theirs).abs().max()))
+        tolerance = EXACT * max(1.0, float(ours.abs().max()))
+        if not foreign and not found["diff"] <= tolerance:  # not <=: a NaN fails too
+            raise MechtoxError(f"the export of {cfg.name!r} is not the model: transformers' logits differ from it by "
+                               f"{found['diff']:.3g} (at most {tolerance:.3g} allowed), so nothing was written to "
+                               f"{cfg.hf}; please report it with the model's architecture "
+                               f"({model.cfg.original_architecture})")
+
+    path = export_hf(model, Path(cfg.hf).expanduser(), force=cfg.force, check=check)
+    return ExportResult(cfg, path, found["architecture"], found["diff"])
 
 
 def write(res: ExportResult, ctx: Context) -> Path:
