@@ -89,6 +89,28 @@ def target_layer(model: HookedTransformer, hook_name: str) -> int:
         "ln_final.hook_normalized")
 
 
+def check_decomposable(model: HookedTransformer) -> None:
+    """Raise :class:`IncompatibleError` unless the residual stream of ``model`` is the sum the
+    attribution splits: embeddings + each head's ``z W_O`` + ``b_O`` + each neuron's ``a W_out`` +
+    ``b_out``. Gemma 2 / 3 normalise each attention and MLP output before adding it (TransformerLens'
+    ``use_normalization_before_and_after``) and BLOOM the embeddings (``post_embedding_ln``): a head's
+    or neuron's write is not what reaches the stream, and every share would be wrong."""
+    c = model.cfg
+    why = ("it normalises each attention and MLP output before adding it to the residual stream "
+           "(use_normalization_before_and_after, as Gemma 2 and 3 do)" if c.use_normalization_before_and_after
+           else "it normalises the embeddings before the first block (post_embedding_ln)" if c.post_embedding_ln
+           else "it has no MLP neurons (attention only)" if c.attn_only else "")
+    if why:
+        raise IncompatibleError(f"model {c.model_name!r} cannot be attributed neuron by neuron: {why}, so a "
+                                "neuron's or head's write is not what reaches the stream")
+
+
+CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
+"""the exactness check's allowed error, relative to the size of the change and its parts (the sum of
+their absolute values). Other dtypes: 0.25, a coarse check: bfloat16 rounding alone leaves errors of
+about 5% of that size on SmolLM2 (float32: 1e-5 or less); attribute in float32 for an exact one."""
+
+
 @dataclass
 class _Sums:
     act: Tensor  # [L, M] sum of activations over evaluation tokens
@@ -183,14 +205,23 @@ class Attribution:
     """per layer: neurons, heads, attention_bias, mlp_bias (the check's parts by layer)"""
     z_after: Tensor | None = None
     """[L, H, d_head]: each head's mean z in the after model (to patch heads to)"""
+    check_limit: float = float("inf")
+    """the largest error the check allows (:data:`CHECK_TOLERANCE` times the change and its parts' sizes)"""
+
+    @property
+    def check_passed(self) -> bool:
+        """Whether the parts add up to the change within :attr:`check_limit`: where not, the
+        decomposition does not describe these models and the tables are not to be trusted."""
+        return abs(self.check["error"]) <= self.check_limit  # NaN fails
 
     def summary(self) -> str:
         """One line: the change of the projection, what neurons and heads carry of it, the check's error."""
         c = self.check
         total, other = c["total_change"], c["total_change"] - c["neurons"] - c["heads"] - c["error"]
+        failed = "" if self.check_passed else f" > {self.check_limit:.1g} allowed: the EXACTNESS CHECK FAILED"
         return (f"{self.mode} tokens, direction {self.direction!r}: the mean projection {'fell' if total >= 0 else 'rose'} "
                 f"by {abs(total):.4g} (before - after {total:+.4g} = neurons {c['neurons']:+.4g} + heads "
-                f"{c['heads']:+.4g} + other parts {other:+.4g}; error {c['error']:.1g})")
+                f"{c['heads']:+.4g} + other parts {other:+.4g}; error {c['error']:.1g}{failed})")
 
     def __repr__(self) -> str:
         return f"Attribution({self.summary()})"
@@ -292,6 +323,7 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     ``generations`` may pass precomputed continuations (``{"before": ..., "after": ...}``).
     """
     same_architecture(before, after)
+    check_decomposable(before)
     vec = getattr(direction, "vector", direction)
     if not isinstance(vec, Tensor):
         raise MechtoxError("direction must be a tensor or a Direction")
@@ -354,6 +386,8 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     check = {"total_change": total, "embeddings": emb, "heads": head_sum, "attention_biases": float(attn_bias.sum()),
              "neurons": neuron_sum, "mlp_biases": float(mlp_bias.sum())}
     check["error"] = total - sum(v for k, v in check.items() if k != "total_change")
+    size = abs(total) + sum(abs(v) for k, v in check.items() if k not in ("total_change", "error"))
+    limit = CHECK_TOLERANCE.get(before.cfg.dtype, 0.25) * size + 1e-9
     layers = pd.DataFrame({"layer": np.arange(L), "neurons": delta.sum(1).numpy(),
                            "heads": heads.groupby("layer")["delta"].sum().to_numpy(),
                            "attention_bias": attn_bias.numpy(), "mlp_bias": mlp_bias.numpy()})
@@ -362,8 +396,16 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     groups = groups.rename(columns={"delta_act": "from_activation", "delta_weight": "from_weights"})
     per_layer = table.pivot_table(index="layer", columns="group", values="delta", aggfunc="sum", fill_value=0.0)
     per_layer = per_layer.reindex(columns=[g for g in NEURON_GROUPS if g in per_layer.columns]).reset_index()
-    return Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
-                       getattr(direction, "name", "") or "direction", heads, head_groups, layers, (sa.z / sa.n_tokens).float())
+    res = Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
+                      getattr(direction, "name", "") or "direction", heads, head_groups, layers,
+                      (sa.z / sa.n_tokens).float(), limit)
+    if not res.check_passed:
+        import warnings
+
+        warnings.warn(f"the attribution's exactness check failed: the parts add up to the change of the projection "
+                      f"with an error of {check['error']:.3g} (at most {limit:.1g} allowed); the neuron and head tables "
+                      f"do not describe {before.cfg.model_name!r}", stacklevel=2)
+    return res
 
 
 def head_sources(model: HookedTransformer, gens: Generations, heads: pd.DataFrame, keep: Sequence[int] | None = None,

@@ -21,7 +21,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
 h1{font-size:1.7em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;font-size:.85em;margin:.8em 0}th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
-th{background:#f4f4f4}td.t{text-align:left;font-family:monospace;white-space:pre}.note{color:#555;font-size:.9em}
+th{background:#f4f4f4}td.t{text-align:left;font-family:monospace;white-space:pre}.note{color:#555;font-size:.9em}.warn{color:#a00;font-weight:bold}
 table{display:block;max-width:100%;overflow-x:auto}ul.summary li{margin:.4em 0;line-height:1.4}
 """
 
@@ -217,7 +217,10 @@ def _attribution_section(run: Path, mode: str, out: list[str]) -> None:
     out.append(_h2(f"Attribution ({mode} tokens): {run.name}", f"attribution-{mode}-{run.name}")
                + f"<p class='note'>{html.escape(gj.get('mode_meaning', ''))}; {gj.get('n_tokens')} tokens; "
                f"change of the projection {c.get('total_change', float('nan')):.4g} = {split}; exactness "
-               f"error {c.get('error', float('nan')):.2e}</p>")
+               f"error {c.get('error', float('nan')):.2e}</p>"
+               + ("" if gj.get("check_passed", True) else
+                  "<p class='warn'>The exactness check failed: the parts do not add up to the change of the "
+                  "projection, so the tables below do not describe these models.</p>"))
     kinds = _read_csv(run / A.attribution(mode, "kinds-per-layer.csv"))
     if kinds is not None:
         out.append(_fig(plotting.attribution_layers_figure(kinds, "Neurons vs heads per layer")))

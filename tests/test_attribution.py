@@ -212,6 +212,54 @@ def test_a_direction_between_blocks_is_refused_not_attributed_as_another_stream(
         attribute(tiny, perturbed(tiny), d, PROMPTS[:2], max_new_tokens=2, progress=False)
 
 
+@pytest.mark.parametrize("overrides,why", [
+    (dict(use_normalization_before_and_after=True, normalization_type="RMS"), "normalises each attention and MLP output"),
+    (dict(attn_only=True), "no MLP neurons")])
+def test_a_model_whose_stream_is_not_the_sum_of_its_writes_is_refused(overrides, why):
+    """Gemma 2 / 3 normalise each block's attention and MLP output before adding it: the attribution
+    had split the change anyway (on Gemma 3 270M an error of -12.1 on a change of -12.0, printed as
+    'error -1e+01' and nothing more)."""
+    from mechtox.models import tiny_model
+
+    model = tiny_model(**overrides)
+    with pytest.raises(IncompatibleError, match=f"cannot be attributed neuron by neuron: it (has|{why})"):
+        attribute(model, perturbed(model) if not overrides.get("attn_only") else model, torch.randn(64), PROMPTS[:2],
+                  max_new_tokens=2, progress=False)
+
+
+def test_the_exactness_check_fails_where_the_parts_do_not_add_up(monkeypatch):
+    """Past the refusal (here patched out), a post-norm model's parts do not add up to the change:
+    check_passed is False, a warning says so, and so does the summary."""
+    import mechtox.attribution as A
+    from mechtox.models import tiny_model
+
+    model = tiny_model(use_normalization_before_and_after=True, normalization_type="RMS")
+    with torch.no_grad():
+        for b in model.blocks:
+            b.ln1_post.w.mul_(3.0)
+            b.ln2_post.w.mul_(0.3)
+    monkeypatch.setattr(A, "check_decomposable", lambda m: None)
+    with pytest.warns(UserWarning, match="exactness check failed"):
+        res = attribute(model, perturbed(model, w_out=True), torch.randn(64), PROMPTS, mode="shared",
+                        max_new_tokens=3, progress=False)
+    assert not res.check_passed and abs(res.check["error"]) > res.check_limit > 0
+    assert "EXACTNESS CHECK FAILED" in res.summary()
+
+
+def test_the_exactness_check_passes_in_float32_and_is_coarse_in_bfloat16(rich):
+    after = perturbed(rich, seed=3, scale=0.2, w_out=True)
+    res = attribute(rich, after, torch.randn(64), PROMPTS, mode="own", max_new_tokens=3, progress=False)
+    assert res.check_passed and "FAILED" not in res.summary()
+    size = abs(res.check["total_change"]) + sum(abs(v) for k, v in res.check.items() if k not in ("total_change", "error"))
+    assert res.check_limit == pytest.approx(1e-3 * size + 1e-9)
+    half = copy.deepcopy(rich).to(torch.bfloat16, print_details=False)
+    res16 = attribute(half, copy.deepcopy(after).to(torch.bfloat16, print_details=False), torch.randn(64), PROMPTS,
+                      mode="shared", max_new_tokens=3, progress=False)
+    size16 = abs(res16.check["total_change"]) + sum(abs(v) for k, v in res16.check.items()
+                                                    if k not in ("total_change", "error"))
+    assert res16.check_limit == pytest.approx(0.25 * size16 + 1e-9)
+
+
 def _perturb_heads(model, seed=5, scale=0.3):
     """W_Q, W_O and b_O changed: head patterns, values' write and the attention bias all move."""
     other = perturbed(model, seed=seed, scale=scale, w_out=True)
@@ -273,9 +321,17 @@ def test_exactness_check_exposes_a_wrong_neuron_term(rich, monkeypatch):
     after = _perturb_heads(before)
     gb, ga = _gens(before, 3, [3, 5, 2]), _gens(before, 4, [4, 2, 6])
     w = torch.randn(before.cfg.d_model)
-    run = lambda: attribute(before, after, w, mode="own", generations={"before": gb, "after": ga},  # noqa: E731
-                            progress=False).check
-    good = run()
+    res = lambda: attribute(before, after, w, mode="own", generations={"before": gb, "after": ga},  # noqa: E731
+                            progress=False)
+
+    def run():  # each wrong term fails the check, and says so
+        with pytest.warns(UserWarning, match="exactness check failed"):
+            out = res()
+        assert not out.check_passed
+        return out.check
+
+    assert res().check_passed
+    good = res().check
     assert abs(good["error"]) < 1e-4
     real = A.projection_sums
     counts = {}

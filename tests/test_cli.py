@@ -1,5 +1,6 @@
 """The CLI end to end on the tiny model (fast): eval with interventions, directions, errors."""
 
+import copy
 import json
 
 import pytest
@@ -516,6 +517,45 @@ def test_attribute_refuses_a_direction_between_blocks_before_generating(ws, caps
                  "--prompts", "builtin:prompts", "--n", "2"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "a direction at blocks.1.hook_resid_mid cannot be attributed" in err
+
+
+def test_attribute_says_when_the_exactness_check_fails(ws, tmp_path, capsys, monkeypatch):
+    """A post-norm model (Gemma 2 / 3) is refused before generating; past that refusal (patched out)
+    a failed exactness check is a WARNING in the summary, check_passed false in the JSON and a
+    warning in the report (it was an error figure among the others)."""
+    import torch
+
+    import mechtox.attribution as A
+    from mechtox.models import save_checkpoint, tiny_model
+    from mechtox.probe import Direction
+    from mechtox.workspace import Workspace
+
+    before = tiny_model(use_normalization_before_and_after=True, normalization_type="RMS")
+    with torch.no_grad():
+        for b in before.blocks:
+            b.ln1_post.w.mul_(3.0)
+    after = copy.deepcopy(before)
+    with torch.no_grad():
+        for b in after.blocks:
+            b.mlp.W_out.add_(0.3 * torch.randn_like(b.mlp.W_out))
+    save_checkpoint(before, tmp_path / "pre")
+    save_checkpoint(after, tmp_path / "post")
+    Direction(vector=torch.randn(64), hook_name="blocks.1.hook_resid_post", method="x", name="d").save(
+        Workspace(ws).direction_dir("d"))
+    common = ["attribute", "-w", ws, "-q", "--before", str(tmp_path / "pre"), "--after", str(tmp_path / "post"),
+              "--direction", "d", "--prompts", "builtin:prompts", "--n", "3", "--max-new-tokens", "3",
+              "--n-eval-prompts", "0", "--mode", "shared", "--out", "a"]
+    assert main(common) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot be attributed neuron by neuron: it normalises each attention" in err
+    monkeypatch.setattr(A, "check_decomposable", lambda m: None)
+    with pytest.warns(UserWarning, match="exactness check failed"):
+        assert main(common) == 0
+    assert "WARNING: the exactness check failed" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "ws" / "runs" / "a" / "attribution-shared-groups.json").read_text())
+    assert meta["check_passed"] is False and abs(meta["check"]["error"]) > meta["check_limit"]
+    assert main(["report", "-w", ws, "-q"]) == 0
+    assert "The exactness check failed" in (tmp_path / "ws" / "report.html").read_text()
 
 
 def test_a_damaged_result_file_leaves_its_run_out_of_the_report_not_the_report(ws, tmp_path, capsys):

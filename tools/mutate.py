@@ -68,6 +68,12 @@ def tests_of(module: str) -> list[str]:
 M = Mutant
 MUTANTS = [
     # ------------------------------------------------------------------ attribution
+    M("attribution-post-norm-not-refused", "attribution.py",
+      "    check_decomposable(before)\n    vec = getattr(direction", "    vec = getattr(direction",
+      "a model that normalises each block's outputs (Gemma 2 / 3) is attributed as if its writes reached the stream"),
+    M("attribution-check-always-passes", "attribution.py",
+      'return abs(self.check["error"]) <= self.check_limit  # NaN fails', "return True",
+      "a failed exactness check passes silently"),
     M("attribution-resid-mid-as-pre", "attribution.py",
       'm = re.match(r"^blocks\\.(\\d+)\\.hook_resid_(post|pre)$", hook_name)',
       'm = re.match(r"^blocks\\.(\\d+)\\.hook_resid_(post|mid|pre)$", hook_name)',

@@ -77,7 +77,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     prompts = load_prompts(cfg.prompts, limit=cfg.n)  # all three checked before TransformerLens loads
     import pandas as pd
 
-    from mechtox.attribution import attribute, head_sources, target_layer
+    from mechtox.attribution import attribute, check_decomposable, head_sources, target_layer
     from mechtox.generation import generate
     from mechtox.models import same_architecture
     from mechtox.neurons import decode_neurons
@@ -86,6 +86,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     before = before if before is not None else ctx.load(cfg.before)
     after = after if after is not None else ctx.load(cfg.after)
     same_architecture(before, after)
+    check_decomposable(before)
     # sizes the model cannot have: left out (or an error) before the slow work
     ks = (neuron_counts(ints(cfg.ablate_ks, "--ablate-ks"), before.cfg.n_layers * before.cfg.d_mlp, "--ablate-ks")
           if cfg.n_eval_prompts else [])
@@ -178,7 +179,7 @@ def write(res: AttributeResult, ctx: Context):
             "mode": mode, "mode_meaning": "each model's own greedy continuations" if mode == "own"
             else "both models read the before model's continuations",
             "direction": cfg.direction, "before": cfg.before, "after": cfg.after, "n_prompts": res.n_prompts,
-            "n_tokens": r.n_tokens, "check": r.check,
+            "n_tokens": r.n_tokens, "check": r.check, "check_passed": r.check_passed, "check_limit": r.check_limit,
             "denominators": "share_of_gross: / sum of the reducing groups; share_of_net: / sum over all neurons"})
         _io.write_text(run / a("top-neurons.csv"), res.tops[mode].to_csv(index=False))
         _io.write_text(run / a("heads.csv"), r.heads.to_csv(index=False))
@@ -230,7 +231,10 @@ def summary(res: AttributeResult, ctx: Context) -> str:
                   f"{_on(res.toxic_continuations)}, with their share of its attention)",
                   f"exactness: change of the residual projection {c['total_change']:.6f} = embeddings "
                   f"{c['embeddings']:.6f} + heads {c['heads']:.6f} + attention biases {c['attention_biases']:.6f} "
-                  f"+ neurons {c['neurons']:.6f} + MLP biases {c['mlp_biases']:.6f}; error {c['error']:.2e}"]
+                  f"+ neurons {c['neurons']:.6f} + MLP biases {c['mlp_biases']:.6f}; error {c['error']:.2e}"
+                  + ("" if r.check_passed else f"\nWARNING: the exactness check failed (error above the "
+                     f"{r.check_limit:.1e} allowed): the parts do not add up to the change, so the tables above do "
+                     "not describe these models")]
     if res.ablation is not None:
         lines.append(f"\nablation and patching on {cfg.before} vs the {cfg.after} model ({res.n_eval} prompts):\n"
                      + markdown(res.ablation, digits=4))
