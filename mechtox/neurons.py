@@ -31,9 +31,31 @@ def mlp_post_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
+def _post_norm_weight(model: HookedTransformer, layer: int) -> Tensor | None:
+    """The weight a neuron's write is multiplied by before it reaches the residual stream: the
+    post-MLP norm's (Gemma 2 / 3, TransformerLens' ``use_normalization_before_and_after``); None
+    where the MLP output is added as it is."""
+    if not model.cfg.use_normalization_before_and_after:
+        return None
+    return model.blocks[layer].ln2_post.w.detach()
+
+
+def value_vector(model: HookedTransformer, layer: int, neuron: int) -> Float[Tensor, " d_model"]:
+    """The direction neuron ``neuron`` of ``layer`` writes into the residual stream: ``W_out[l, i]``,
+    times the post-MLP norm's weight where the model has one (Gemma 2 / 3 add
+    ``g * (sum_i a_i W_out[i] + b_out) / rms``, so neuron i writes along ``g * W_out[i]``, scaled by
+    the token's positive ``a_i / rms``)."""
+    v = model.blocks[layer].mlp.W_out[neuron].detach()
+    g = _post_norm_weight(model, layer)
+    return v if g is None else v * g.to(v)
+
+
 def value_vectors(model: HookedTransformer) -> Float[Tensor, "n_layers d_mlp d_model"]:
-    """All value vectors ``W_out`` stacked over layers (a view of the weights, detached)."""
-    return torch.stack([b.mlp.W_out.detach() for b in model.blocks]).float()
+    """All value vectors (:func:`value_vector`) stacked over layers, detached, in float32."""
+    V = torch.stack([b.mlp.W_out.detach() for b in model.blocks]).float()
+    if model.cfg.use_normalization_before_and_after:
+        V = V * torch.stack([b.ln2_post.w.detach().float() for b in model.blocks])[:, None, :]
+    return V
 
 
 def unit_vector(w: Tensor) -> Tensor:
@@ -111,7 +133,8 @@ class NeuronRanking:
 def rank_neurons(model: HookedTransformer, direction: Float[Tensor, " d_model"] | object,
                  mean_acts: Float[Tensor, "n_layers d_mlp"] | None = None, name: str = "",
                  chance_draws: int = 10, scale: Float[Tensor, " d_model"] | None = None) -> NeuronRanking:
-    """Rank all neurons by ``cos(W_out[l, i], w)``.
+    """Rank all neurons by ``cos(W_out[l, i], w)`` (the value vector :func:`value_vector`: for
+    Gemma 2 / 3 times the post-MLP norm's weight).
 
     Args:
         direction: a ``d_model`` tensor or a :class:`~mechtox.probe.Direction`.
@@ -245,10 +268,11 @@ def neuron_table(model: HookedTransformer, neurons: Any) -> pd.DataFrame:
 
 
 def table_value_vectors(model: HookedTransformer, table: pd.DataFrame, signed: bool = False) -> Float[Tensor, "n d_model"]:
-    """``W_out[l, i]`` for each row (``layer``, ``neuron``) of ``table``; ``signed``: times the
-    sign of the row's ``mean_act`` (what the neuron adds when its activation moves that way)."""
+    """The value vector (:func:`value_vector`) of each row (``layer``, ``neuron``) of ``table``;
+    ``signed``: times the sign of the row's ``mean_act`` (what the neuron adds when its activation
+    moves that way)."""
     table = neuron_table(model, table)
-    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach() for r in table.itertuples()])
+    V = torch.stack([value_vector(model, int(r.layer), int(r.neuron)) for r in table.itertuples()])
     if signed:
         if "mean_act" not in table:
             raise MechtoxError("signed decoding needs a mean_act column (rank_neurons with mean_acts)")
@@ -295,7 +319,7 @@ def toxic_svd(model: HookedTransformer, ranking: NeuronRanking, direction: Float
     top = ranking.table.head(top_n)
     if len(top) == 0:
         raise MechtoxError("the ranking is empty")
-    V = torch.stack([model.blocks[int(r.layer)].mlp.W_out[int(r.neuron)].detach().float().cpu() for r in top.itertuples()])
+    V = torch.stack([value_vector(model, int(r.layer), int(r.neuron)).float().cpu() for r in top.itertuples()])
     _, S, Vh = torch.linalg.svd(V, full_matrices=False)
     k = min(k, Vh.shape[0])
     vecs = Vh[:k].clone()

@@ -126,7 +126,9 @@ def build_intervention(spec: str, model, workspace, text_for_means=None) -> Inte
         ranking = rank_neurons(model, direction, chance_draws=0)
         if s.kind == "subtract-value":
             top = ranking.table.iloc[0]
-            v = model.blocks[int(top.layer)].mlp.W_out[int(top.neuron)].detach()
+            from mechtox.neurons import value_vector
+
+            v = value_vector(model, int(top.layer), int(top.neuron))
             iv = subtract(v, s.alpha, hook_name=final_resid_hook(model))
             return dataclasses.replace(iv, name=spec, params={**iv.params, "neuron": (int(top.layer), int(top.neuron))})
         svd = toxic_svd(model, ranking, direction, top_n=128)

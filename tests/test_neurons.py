@@ -142,3 +142,38 @@ def test_ranking_in_a_diagonal_metric_by_hand(rich):
     cos = torch.nn.functional.cosine_similarity(V / s, (w / w.norm() * s)[None], dim=-1)
     np.testing.assert_allclose(r["cosine"].to_numpy(), cos.numpy(), atol=1e-5)
     np.testing.assert_allclose(r["dot"].to_numpy(), (V @ (w / w.norm())).numpy(), atol=1e-5)
+
+
+def test_a_post_norm_models_value_vectors_are_what_reaches_the_stream():
+    """Gemma 2 / 3 multiply each MLP output by the post-MLP norm's weight g before adding it: a
+    neuron writes along g * W_out[i], not W_out[i] (the ranking had used W_out[i], so its cosines,
+    logit-lens tokens and SVD were of vectors the model never adds). Checked against the hooked MLP
+    output, token by token: (a @ (W_out * g) + b_out * g) / rms."""
+    from mechtox.models import tiny_model
+    from mechtox.neurons import decode_neurons, rank_neurons, value_vectors
+
+    model = tiny_model(use_normalization_before_and_after=True, normalization_type="RMS")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for b in model.blocks:
+            b.ln2_post.w.copy_(torch.rand(b.ln2_post.w.shape, generator=g) * 3)
+    _, cache = model.run_with_cache(model.to_tokens(["you are a stupid idiot", "thanks for the help"]))
+    V = value_vectors(model)
+    for layer, b in enumerate(model.blocks):
+        a, scale = cache[f"blocks.{layer}.mlp.hook_post"], cache[f"blocks.{layer}.ln2_post.hook_scale"]
+        written = (a @ V[layer] + b.mlp.b_out.detach() * b.ln2_post.w.detach()) / scale
+        torch.testing.assert_close(written, cache[f"blocks.{layer}.hook_mlp_out"], rtol=1e-4, atol=1e-5)
+    w = torch.randn(model.cfg.d_model, generator=g)
+    table = rank_neurons(model, w, chance_draws=0).table.sort_values(["layer", "neuron"])
+    want = torch.nn.functional.cosine_similarity(V.reshape(-1, V.shape[-1]), w[None], dim=-1)
+    np.testing.assert_allclose(table["cosine"], want.numpy(), atol=1e-5)
+    raw = torch.stack([b.mlp.W_out.detach() for b in model.blocks]).reshape(-1, V.shape[-1])
+    assert not np.allclose(table["cosine"], torch.nn.functional.cosine_similarity(raw, w[None], dim=-1).numpy(),
+                           atol=1e-2)
+    top = rank_neurons(model, w, chance_draws=0).top(3)
+    lens = decode_neurons(model, top, 3)["tokens"].tolist()
+    from mechtox.neurons import logit_lens
+
+    assert lens == [" | ".join(repr(t)[1:-1] for t in toks)
+                    for toks in logit_lens(model, torch.stack([V[int(r.layer), int(r.neuron)] for r in top.itertuples()]), 3)]
+

@@ -241,6 +241,12 @@ MUTANTS = [
       "            return src.clone()\n", "            return act\n",
       "a whole-activation patch leaves the activation unchanged"),
     # ------------------------------------------------------------------ neurons
+    M("neurons-post-norm-weight-left-out", "neurons.py",
+      "        V = V * torch.stack([b.ln2_post.w.detach().float() for b in model.blocks])[:, None, :]", "        pass",
+      "a Gemma-style model's neurons ranked by W_out, not by what their post-MLP norm adds"),
+    M("neurons-post-norm-decoded-raw", "neurons.py",
+      "return v if g is None else v * g.to(v)", "return v",
+      "a Gemma-style model's top neurons decoded (logit lens, SVD) from W_out, not what reaches the stream"),
     M("neurons-lens-ignores-norm-weight", "neurons.py",
       "W_U = w.detach().float().unsqueeze(1) * W_U", "W_U = W_U",
       "the logit lens ignores the final norm's weight"),
