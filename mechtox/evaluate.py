@@ -222,11 +222,11 @@ def calibrate_alpha(model: HookedTransformer, make, text: str, max_rise: float =
     while alpha <= max_alpha:
         ppl = perplexity(model, text, make(alpha), max_tokens=ppl_tokens, progress=progress)["ppl"]
         trace.append({"alpha": alpha, "ppl": ppl})
-        if ppl > base * (1 + max_rise):
+        if not ppl <= base * (1 + max_rise):  # a NaN perplexity (overflow in half precision) stops it too
             break
         best, alpha = alpha, alpha * 2
     if best == 0.0:
-        raise MechtoxError(f"even alpha {start:g} raises perplexity by more than {max_rise:.0%}; pass a smaller alpha")
+        raise MechtoxError(f"even alpha {start:g} raises perplexity by more than {max_rise * 100:g}%; pass a smaller alpha")
     return best, trace
 
 

@@ -99,3 +99,23 @@ def test_perplexity_with_bos_chunks_of_unequal_length_in_one_batch(rich):
 def test_word_f1_by_hand():
     # prediction 4 words, gold 3, 2 in common: precision 1/2, recall 2/3, F1 = 4/7
     assert word_f1("The cat sat down", "a cat sat") == pytest.approx(4 / 7)
+
+
+@pytest.mark.parametrize("nan_from", [None, 1.0])
+def test_calibrate_alpha_takes_the_largest_doubling_within_the_rise(monkeypatch, nan_from):
+    """Perplexity 10 + alpha (base 10): within 10% up to alpha 1, so 1 of 1/16 .. 4096. A NaN
+    perplexity (half precision overflowing under a large alpha) had passed the test 'ppl > limit'
+    and been taken as the best alpha; it stops the doubling now."""
+    import mechtox.evaluate as E
+
+    def fake_ppl(model, text, iv, max_tokens=0, progress=False):
+        a = 0.0 if iv is E.NOOP else iv
+        return {"ppl": float("nan") if nan_from is not None and a >= nan_from else 10.0 + a}
+
+    monkeypatch.setattr(E, "perplexity", fake_ppl)
+    best, trace = E.calibrate_alpha(None, lambda a: a, "text")
+    assert best == (0.5 if nan_from else 1.0)
+    assert [t["alpha"] for t in trace] == [0.0, 0.0625, 0.125, 0.25, 0.5, 1.0] + ([] if nan_from else [2.0])
+    with pytest.raises(E.MechtoxError, match="even alpha 0.0625 raises perplexity by more than 0.1%"):
+        E.calibrate_alpha(None, lambda a: a, "text", max_rise=0.001)
+

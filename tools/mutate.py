@@ -270,6 +270,9 @@ MUTANTS = [
       "cos = dot / ((V * s).norm(dim=-1).clamp_min(1e-12) * (w * s).norm())",
       "a diagonal metric scales value vectors the wrong way"),
     # ------------------------------------------------------------------ evaluate
+    M("evaluate-calibrate-takes-nan", "evaluate.py",
+      "if not ppl <= base * (1 + max_rise):", "if ppl > base * (1 + max_rise):",
+      "a NaN perplexity passes the calibration, and its alpha is taken"),
     M("evaluate-chunks-without-bos", "evaluate.py",
       "return [([bos] if bos is not None else []) + c for c in chunks if len(c) > 1]",
       "return [c for c in chunks if len(c) > 1]",
