@@ -110,6 +110,9 @@ class TrainConfig:
                 raise MechtoxError(f"{name} must be a finite number >= 0, not {getattr(self, name)!r}")
         if not 0 <= self.val_fraction < 1:
             raise MechtoxError(f"val_fraction must be in [0, 1), not {self.val_fraction!r}")
+        if self.patience and not self.eval_every:
+            raise MechtoxError(f"patience {self.patience} stops on the validation loss, which eval_every 0 computes only "
+                               "at the last step; give eval_every >= 1, or patience 0")
         known = sorted({name for table in LORA_NAMES.values() for name in table})
         targets = lora_target_list(self.lora_targets)
         if self.lora_r and (not targets or set(targets) - set(known)):

@@ -629,6 +629,9 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     out = _run_dir(out_dir)
     state_dir = out / "state"
     train_idx, val_idx = _split(len(objective), cfg, train_idx, val_idx)
+    if cfg.patience and not val_idx:  # every validation loss NaN: it had stopped after `patience` evaluations
+        raise MechtoxError(f"patience {cfg.patience} stops on the validation loss, and there are no validation "
+                           "examples (val_fraction 0, or val_idx empty); give some, or patience 0")
     torch.manual_seed(cfg.seed)
     from mechtox import distributed
     from mechtox.hf_backend import choose_backend

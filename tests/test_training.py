@@ -1,4 +1,5 @@
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -230,6 +231,26 @@ def test_config_validation():
         TrainConfig(batch_size=0)
     with pytest.raises(MechtoxError, match="sap_temperature"):
         TrainConfig(objective="sap", sap_temperature=0.0)
+
+
+def test_early_stopping_after_patience_evaluations_without_improvement(tiny, tmp_path, monkeypatch):
+    """Validation losses 1.0, 0.9, 0.95, 0.97 with patience 2: the run stops after step 4 with the
+    best at 0.9, and its checkpoint is written there. Early stopping had no test; with no
+    validation examples every loss was NaN and it stopped after `patience` evaluations, silently."""
+    import mechtox.training as T
+
+    losses = iter([1.0, 0.9, 0.95, 0.97, 0.5, 0.4])
+    monkeypatch.setattr(T, "_validation_loss", lambda *a, **k: next(losses))
+    cfg = TrainConfig(lr=1e-3, batch_size=4, max_steps=10, eval_every=1, patience=2, checkpoint_every=100)
+    res = train(tiny, DPOObjective(tiny, pairs(12), cfg), cfg, tmp_path / "run", progress=False)
+    assert (res.steps, res.stopped_early, res.best_val) == (4, True, 0.9)
+    assert [v["val_loss"] for v in res.val_history] == [1.0, 0.9, 0.95, 0.97]
+    assert json.loads((tmp_path / "run" / "state" / "trainer.json").read_text())["step"] == 4
+    with pytest.raises(MechtoxError, match="patience 2 stops on the validation loss, which eval_every 0 computes"):
+        TrainConfig(eval_every=0, patience=2)
+    no_val = TrainConfig(lr=1e-3, batch_size=4, max_steps=10, eval_every=1, patience=2, val_fraction=0.0)
+    with pytest.raises(MechtoxError, match="patience 2 stops on the validation loss, and there are no validation"):
+        train(tiny, DPOObjective(tiny, pairs(12), no_val), no_val, tmp_path / "none", progress=False)
 
 
 def test_probe_goodhart_table(tiny):

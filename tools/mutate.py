@@ -121,6 +121,12 @@ MUTANTS = [
       'hooks.append(("hook_pos_embed", part_hook))', "pass",
       "the exactness check leaves GPT-2's position embeddings out"),
     # ------------------------------------------------------------------ training
+    M("training-patience-off-by-one", "training.py",
+      "if cfg.patience and bad_evals >= cfg.patience:", "if cfg.patience and bad_evals > cfg.patience:",
+      "early stopping waits one evaluation more than --patience says"),
+    M("training-patience-without-validation", "training.py",
+      "    if cfg.patience and not val_idx:", "    if cfg.patience and val_idx is None:",
+      "early stopping with no validation examples stops on NaN losses, silently"),
     M("training-sft-loss-per-sequence", "training.py",
       "return -completion_token_logps(logits, batch).sum() / batch.label_mask.sum()",
       "return -(completion_token_logps(logits, batch).sum(-1) / batch.label_mask.sum(-1)).mean()",
