@@ -48,7 +48,8 @@ class TrainJobConfig(JobConfig):
     probe_lambda: float = option(_T["probe_lambda"])
     max_completion_tokens: int = option(_T["max_completion_tokens"])
     eval_every: int = option(_T["eval_every"])
-    patience: int = option(_T["patience"], "early stopping after N evaluations without improvement")
+    patience: int = option(_T["patience"], "early stopping after N evaluations (--eval-every) without a lower "
+                                           "validation loss; the weights at the stop are saved, not the best ones")
     checkpoint_every: int = option(_T["checkpoint_every"])
     backend: str = option(_T["backend"], "where the step runs: hf (the transformers model with the same weights, "
                                          "hooks at TransformerLens names), hooked (the HookedTransformer), auto (hf "
