@@ -6,7 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mechtox.jobs._base import Context, JobConfig, check_out, option, positive, steering_alpha
+from mechtox.errors import MechtoxError
+from mechtox.jobs._base import Context, JobConfig, check_out, flag, option, positive, steering_alpha
 
 HELP = "preference pairs: greedy vs steered-toward-toxicity continuations (or ParaDetox)"
 
@@ -28,6 +29,15 @@ class PairsConfig(JobConfig):
         for name in ("n", "max_new_tokens", "batch_size"):
             positive(getattr(self, name), "--" + name.replace("_", "-"))
         steering_alpha(self.alpha)
+        if self.paradetox:  # a setting the conversion would ignore is an error, not a silent no-op
+            import dataclasses
+
+            defaults = {f.name: f.default for f in dataclasses.fields(self)}
+            unused = [flag(n) for n in ("prompts", "direction", "alpha", "max_new_tokens", "batch_size")
+                      if getattr(self, n) != defaults[n]]
+            if unused:
+                raise MechtoxError(f"{', '.join(unused)}: a setting of generated pairs; --paradetox converts a file "
+                                   "and does not use it")
 
 
 @dataclass
@@ -39,7 +49,6 @@ class PairsResult:
 
 def run(cfg: PairsConfig, ctx: Context, model=None) -> PairsResult:
     from mechtox.data import data_file, is_wiki_samples, load_pairs, load_prompts, load_wiki_samples
-    from mechtox.errors import MechtoxError
 
     if cfg.paradetox:
         return PairsResult(cfg, load_pairs(cfg.paradetox, limit=cfg.n), "paradetox")
