@@ -629,9 +629,6 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     out = _run_dir(out_dir)
     state_dir = out / "state"
     train_idx, val_idx = _split(len(objective), cfg, train_idx, val_idx)
-    if cfg.patience and not val_idx:  # every validation loss NaN: it had stopped after `patience` evaluations
-        raise MechtoxError(f"patience {cfg.patience} stops on the validation loss, and there are no validation "
-                           "examples (val_fraction 0, or val_idx empty); give some, or patience 0")
     torch.manual_seed(cfg.seed)
     from mechtox import distributed
     from mechtox.hf_backend import choose_backend
@@ -743,7 +740,16 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
 def _split(n: int, cfg: TrainConfig, train_idx: Sequence[int] | None,
            val_idx: Sequence[int] | None) -> tuple[list[int], list[int]]:
     """The training and validation examples: those given (one of them given: the other is the rest),
-    else a seeded ``cfg.val_fraction`` split."""
+    else a seeded ``cfg.val_fraction`` split; early stopping needs some validation examples."""
+    tr, va = _split_examples(n, cfg, train_idx, val_idx)
+    if cfg.patience and not va:  # every validation loss NaN: it had stopped after `patience` evaluations
+        raise MechtoxError(f"patience {cfg.patience} stops on the validation loss, and there are no validation "
+                           "examples (val_fraction 0, or val_idx empty); give some, or patience 0")
+    return tr, va
+
+
+def _split_examples(n: int, cfg: TrainConfig, train_idx: Sequence[int] | None,
+                    val_idx: Sequence[int] | None) -> tuple[list[int], list[int]]:
     if train_idx is None and val_idx is None:
         perm = np.random.default_rng(cfg.seed).permutation(n)
         n_val = max(1, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0

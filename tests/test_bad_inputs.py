@@ -111,6 +111,8 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["train", "sft", "--model", "tiny", "--beta", "0.2"], "--beta: a setting of train dpo and dpo-probe; train sft"),
     (["train", "dpo", "--model", "tiny", "--sap-rho", "0.1"], "--sap-rho: a setting of train sap; train dpo does not"),
     (["train", "sap", "--model", "tiny", "--probe-lambda", "2"], "--probe-lambda: a setting of train sft-probe"),
+    (["run", "--model", "tiny", "--alpha", "4"], "--alpha 4 steers generated pairs, and with real data the main job "
+                                                 "trains on ParaDetox's human pairs: it would do nothing"),
     (["pairs", "--model", "tiny", "--paradetox", "data:paradetox.tsv", "--alpha", "4", "--direction", "probe"],
      "--direction, --alpha: a setting of generated pairs; --paradetox converts a file and does not use it"),
 ]

@@ -3,7 +3,10 @@ report are checked in test_main_job_golden.py."""
 
 import json
 
+import pytest
+
 from mechtox.cli import main
+from mechtox.errors import MechtoxError
 
 
 def _ran(out: str) -> list[str]:
@@ -62,9 +65,13 @@ def test_step_keys_follow_dependencies_only():
             out[step.name] = main_job.step_key(step, ctx, out)
         return out
 
+    toy, toy4 = keys(data_dir="builtin"), keys(data_dir="builtin", alpha=4.0)
+    # alpha is a setting of generated pairs (the toy data has no ParaDetox), so it and its dependents change
+    assert [s for s in toy if toy[s] != toy4[s]] == ["pairs", "train", "eval", "attribution"]
+    with pytest.raises(MechtoxError, match="--alpha 4 steers generated pairs, and with real data the main job trains on "
+                                           "ParaDetox's human pairs: it would do nothing"):
+        keys(alpha=4.0)  # it had rerun the pairs, DPO, eval and attribution, on the same ParaDetox pairs
     a = keys()
-    b = keys(alpha=4.0)  # alpha is a setting of the pairs step, so it and its dependents change
-    assert [s for s in a if a[s] != b[s]] == ["pairs", "train", "eval", "attribution"]
     saved = main_job.SIZES["small"]["n_train"]
     try:
         main_job.SIZES["small"]["n_train"] = saved + 1

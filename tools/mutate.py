@@ -125,7 +125,7 @@ MUTANTS = [
       "if cfg.patience and bad_evals >= cfg.patience:", "if cfg.patience and bad_evals > cfg.patience:",
       "early stopping waits one evaluation more than --patience says"),
     M("training-patience-without-validation", "training.py",
-      "    if cfg.patience and not val_idx:", "    if cfg.patience and val_idx is None:",
+      "    if cfg.patience and not va:", "    if cfg.patience and va is None:",
       "early stopping with no validation examples stops on NaN losses, silently"),
     M("training-sft-loss-per-sequence", "training.py",
       "return -completion_token_logps(logits, batch).sum() / batch.label_mask.sum()",

@@ -70,7 +70,8 @@ class MainConfig(JobConfig):
                                         "default: $MECHTOX_DATA, else shared/data beside the project, else the "
                                         "real-data bundle shipped with mechtox. 'builtin': the template-built toy "
                                         "data, for tests on the tiny model only", metavar="DIR")
-    alpha: float = option(8.0, "steering strength for the rejected continuations")
+    alpha: float = option(8.0, "steering strength of the rejected continuations of generated pairs: the toy data "
+                                "only (--data-dir builtin); with real data the job trains on ParaDetox's pairs")
     dpo_steps: int | None = option(None, "DPO steps (default: the size's; small 24, full 500)", type=int)
     fresh: bool = option(False, "redo every step")
     out: str = option("main", "run name prefix (default 'main')")
@@ -81,6 +82,10 @@ class MainConfig(JobConfig):
         check_out(self.out, "run name prefix")
         positive(self.dpo_steps, "--dpo-steps")
         steering_alpha(self.alpha)
+        if self.alpha != 8.0 and not self.toy:
+            raise MechtoxError(f"--alpha {self.alpha:g} steers generated pairs, and with real data the main job trains "
+                               "on ParaDetox's human pairs: it would do nothing. For steered pairs: mechtox pairs "
+                               "--alpha A --out NAME, then mechtox train dpo --pairs NAME")
         if self.size not in ("auto", *SIZES):
             raise MechtoxError(f"unknown --size {self.size!r}; use auto, {', '.join(SIZES)}")
         if self.data_dir is not None and self.data_dir != "builtin":
@@ -160,8 +165,9 @@ def plan(cfg: MainConfig) -> list[Step]:
         Step("rank", [(rank, rank.RankConfig(model=M, probe=d, top=20, out=f"{out}-rank-{d}"))
                       for d in ("probe", "gen-diffmean")], ["probe", "directions"],
              "3 toxic neurons along the probe (Lee et al.) and the generation diff-of-means"),
-        Step("pairs", [(pairs, pairs.PairsConfig(model=M, paradetox=paradetox, prompts=prompts, n=S["pairs"],
-                                                 direction="unembed", alpha=cfg.alpha, out=f"{out}-pairs"))],
+        Step("pairs", [(pairs, pairs.PairsConfig(model=M, paradetox=paradetox, n=S["pairs"], out=f"{out}-pairs")
+                        if paradetox else pairs.PairsConfig(model=M, prompts=prompts, n=S["pairs"], direction="unembed",
+                                                            alpha=cfg.alpha, out=f"{out}-pairs"))],
              [] if paradetox else ["directions"],
              "4 preference pairs" + (" (ParaDetox: non-toxic paraphrase preferred)" if paradetox else
                                      " (greedy vs steered toward toxicity)")),
