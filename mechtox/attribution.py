@@ -95,9 +95,12 @@ def check_decomposable(model: HookedTransformer) -> None:
     ``b_out``. Gemma 2 / 3 normalise each attention and MLP output before adding it (TransformerLens'
     ``use_normalization_before_and_after``) and BLOOM the embeddings (``post_embedding_ln``): a head's
     or neuron's write is not what reaches the stream, and every share would be wrong."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
     c = model.cfg
-    why = ("it normalises each attention and MLP output before adding it to the residual stream "
-           "(use_normalization_before_and_after, as Gemma 2 and 3 do)" if c.use_normalization_before_and_after
+    post = c.use_normalization_before_and_after or c.original_architecture in POST_NORM_ARCHITECTURES
+    why = ("it normalises each attention and MLP output before adding it to the residual stream (as Gemma 2 / 3 "
+           "and OLMo 2 / 3 do)" if post
            else "it normalises the embeddings before the first block (post_embedding_ln)" if c.post_embedding_ln
            else "it has no MLP neurons (attention only)" if c.attn_only else "")
     if why:

@@ -33,11 +33,22 @@ def mlp_post_hook(layer: int) -> str:
 
 def _post_norm_weight(model: HookedTransformer, layer: int) -> Tensor | None:
     """The weight a neuron's write is multiplied by before it reaches the residual stream: the
-    post-MLP norm's (Gemma 2 / 3, TransformerLens' ``use_normalization_before_and_after``); None
-    where the MLP output is added as it is."""
-    if not model.cfg.use_normalization_before_and_after:
-        return None
-    return model.blocks[layer].ln2_post.w.detach()
+    post-MLP norm's (Gemma 2 / 3, TransformerLens' ``use_normalization_before_and_after``: ``ln2_post``;
+    OLMo 2 / 3, which normalise only after: ``ln2``); None where the MLP output is added as it is."""
+    norm = post_mlp_norm(model, layer)
+    return None if norm is None else norm.w.detach()
+
+
+def post_mlp_norm(model: HookedTransformer, layer: int):
+    """The norm module each MLP output passes through before it is added to the residual stream
+    (see :func:`_post_norm_weight`), or None."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    if model.cfg.use_normalization_before_and_after:
+        return model.blocks[layer].ln2_post
+    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        return model.blocks[layer].ln2
+    return None
 
 
 def value_vector(model: HookedTransformer, layer: int, neuron: int) -> Float[Tensor, " d_model"]:
@@ -53,8 +64,9 @@ def value_vector(model: HookedTransformer, layer: int, neuron: int) -> Float[Ten
 def value_vectors(model: HookedTransformer) -> Float[Tensor, "n_layers d_mlp d_model"]:
     """All value vectors (:func:`value_vector`) stacked over layers, detached, in float32."""
     V = torch.stack([b.mlp.W_out.detach() for b in model.blocks]).float()
-    if model.cfg.use_normalization_before_and_after:
-        V = V * torch.stack([b.ln2_post.w.detach().float() for b in model.blocks])[:, None, :]
+    g = [_post_norm_weight(model, i) for i in range(model.cfg.n_layers)]
+    if g[0] is not None:
+        V = V * torch.stack([x.float() for x in g if x is not None])[:, None, :]
     return V
 
 

@@ -214,6 +214,7 @@ def test_a_direction_between_blocks_is_refused_not_attributed_as_another_stream(
 
 @pytest.mark.parametrize("overrides,why", [
     (dict(use_normalization_before_and_after=True, normalization_type="RMS"), "normalises each attention and MLP output"),
+    (dict(original_architecture="Olmo2ForCausalLM", normalization_type="RMS"), "normalises each attention and MLP output"),
     (dict(attn_only=True), "no MLP neurons")])
 def test_a_model_whose_stream_is_not_the_sum_of_its_writes_is_refused(overrides, why):
     """Gemma 2 / 3 normalise each block's attention and MLP output before adding it: the attribution

@@ -144,7 +144,10 @@ def test_ranking_in_a_diagonal_metric_by_hand(rich):
     np.testing.assert_allclose(r["dot"].to_numpy(), (V @ (w / w.norm())).numpy(), atol=1e-5)
 
 
-def test_a_post_norm_models_value_vectors_are_what_reaches_the_stream():
+@pytest.mark.parametrize("overrides,norm", [
+    (dict(use_normalization_before_and_after=True, normalization_type="RMS"), "ln2_post"),  # Gemma 2 / 3
+    (dict(original_architecture="Olmo2ForCausalLM", normalization_type="RMS"), "ln2")])  # OLMo 2 / 3: after only
+def test_a_post_norm_models_value_vectors_are_what_reaches_the_stream(overrides, norm):
     """Gemma 2 / 3 multiply each MLP output by the post-MLP norm's weight g before adding it: a
     neuron writes along g * W_out[i], not W_out[i] (the ranking had used W_out[i], so its cosines,
     logit-lens tokens and SVD were of vectors the model never adds). Checked against the hooked MLP
@@ -152,16 +155,16 @@ def test_a_post_norm_models_value_vectors_are_what_reaches_the_stream():
     from mechtox.models import tiny_model
     from mechtox.neurons import decode_neurons, rank_neurons, value_vectors
 
-    model = tiny_model(use_normalization_before_and_after=True, normalization_type="RMS")
+    model = tiny_model(**overrides)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for b in model.blocks:
-            b.ln2_post.w.copy_(torch.rand(b.ln2_post.w.shape, generator=g) * 3)
+            getattr(b, norm).w.copy_(torch.rand(getattr(b, norm).w.shape, generator=g) * 3)
     _, cache = model.run_with_cache(model.to_tokens(["you are a stupid idiot", "thanks for the help"]))
     V = value_vectors(model)
     for layer, b in enumerate(model.blocks):
-        a, scale = cache[f"blocks.{layer}.mlp.hook_post"], cache[f"blocks.{layer}.ln2_post.hook_scale"]
-        written = (a @ V[layer] + b.mlp.b_out.detach() * b.ln2_post.w.detach()) / scale
+        a, scale = cache[f"blocks.{layer}.mlp.hook_post"], cache[f"blocks.{layer}.{norm}.hook_scale"]
+        written = (a @ V[layer] + b.mlp.b_out.detach() * getattr(b, norm).w.detach()) / scale
         torch.testing.assert_close(written, cache[f"blocks.{layer}.hook_mlp_out"], rtol=1e-4, atol=1e-5)
     w = torch.randn(model.cfg.d_model, generator=g)
     table = rank_neurons(model, w, chance_draws=0).table.sort_values(["layer", "neuron"])

@@ -248,7 +248,7 @@ MUTANTS = [
       "a whole-activation patch leaves the activation unchanged"),
     # ------------------------------------------------------------------ neurons
     M("neurons-post-norm-weight-left-out", "neurons.py",
-      "        V = V * torch.stack([b.ln2_post.w.detach().float() for b in model.blocks])[:, None, :]", "        pass",
+      "        V = V * torch.stack([x.float() for x in g if x is not None])[:, None, :]", "        pass",
       "a Gemma-style model's neurons ranked by W_out, not by what their post-MLP norm adds"),
     M("neurons-post-norm-decoded-raw", "neurons.py",
       "return v if g is None else v * g.to(v)", "return v",
