@@ -68,6 +68,7 @@ class AttributeResult:
 
 def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> AttributeResult:
     import time
+    import warnings
 
     from mechtox.data import load_prompts
 
@@ -101,7 +102,9 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
                                  progress=ctx.progress)
     results, tops, top_heads = {}, {}, {}
     for mode in modes:
-        res = attribute(before, after, direction, mode=mode, generations=dict(gens), progress=ctx.progress)
+        with warnings.catch_warnings():  # a failed exactness check is a WARNING line of the summary instead
+            warnings.filterwarnings("ignore", message="the attribution's exactness check failed")
+            res = attribute(before, after, direction, mode=mode, generations=dict(gens), progress=ctx.progress)
         results[mode] = res
         top = res.neurons.reindex(res.neurons["delta"].abs().sort_values(ascending=False).index).head(cfg.top)
         tops[mode] = decode_neurons(before, top, 8)
