@@ -7,7 +7,7 @@ them. For each mutant, a temporary copy of the tree gets the change and the fast
 module run there (``pytest -m "not slow" -x``): a failing run catches the mutant, a passing run
 lets it survive. The working tree is never modified.
 
-    python tools/mutate.py                 # every mutant (about 27 minutes on 2 cores)
+    python tools/mutate.py                 # every mutant (about 28 minutes on 2 cores)
     python tools/mutate.py --only training # mutants of one module (or any substring of their id)
     python tools/mutate.py --list          # the mutants, without running anything
 
