@@ -92,9 +92,10 @@ def target_layer(model: HookedTransformer, hook_name: str) -> int:
 def check_decomposable(model: HookedTransformer) -> None:
     """Raise :class:`IncompatibleError` unless the residual stream of ``model`` is the sum the
     attribution splits: embeddings + each head's ``z W_O`` + ``b_O`` + each neuron's ``a W_out`` +
-    ``b_out``. Gemma 2 / 3 normalise each attention and MLP output before adding it (TransformerLens'
-    ``use_normalization_before_and_after``) and BLOOM the embeddings (``post_embedding_ln``): a head's
-    or neuron's write is not what reaches the stream, and every share would be wrong."""
+    ``b_out``. Gemma 2 / 3 and OLMo 2 / 3 normalise each attention and MLP output before adding it
+    (TransformerLens' ``use_normalization_before_and_after``, and its post-norm architectures) and
+    BLOOM the embeddings (``post_embedding_ln``): a head's or neuron's write is not what reaches the
+    stream, and every share would be wrong."""
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     c = model.cfg

@@ -76,7 +76,7 @@ def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
             theirs = hf(ids).logits.float()
         found.update(architecture=type(hf).__name__, diff=float((ours - theirs).abs().max()))
         tolerance = EXACT * max(1.0, float(ours.abs().max()))
-        if not foreign and not found["diff"] <= tolerance:  # not <=: a NaN fails too
+        if not foreign and not found["diff"] <= tolerance:  # written so that a NaN difference fails too
             raise MechtoxError(f"the export of {cfg.name!r} is not the model: transformers' logits differ from it by "
                                f"{found['diff']:.3g} (at most {tolerance:.3g} allowed), so nothing was written to "
                                f"{cfg.hf}; please report it with the model's architecture "
