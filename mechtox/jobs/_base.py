@@ -135,6 +135,13 @@ def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def changed(cfg: Any, fields: Sequence[str]) -> list[str]:
+    """The flags of those of ``fields`` that ``cfg`` sets to other than their defaults: the settings
+    a run would ignore are found so, and refused rather than dropped silently."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg)}
+    return [flag(n) for n in fields if getattr(cfg, n) != defaults[n]]
+
+
 def ints(text: str | Sequence[int], what: str) -> tuple[int, ...]:
     """``"10,100"`` -> ``(10, 100)``; anything else is a one-line error naming the flag."""
     if not isinstance(text, str):

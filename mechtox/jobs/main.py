@@ -28,6 +28,7 @@ from mechtox.errors import MechtoxError
 from mechtox.jobs._base import (
     Context,
     JobConfig,
+    changed,
     check_out,
     execute,
     option,
@@ -82,7 +83,7 @@ class MainConfig(JobConfig):
         check_out(self.out, "run name prefix")
         positive(self.dpo_steps, "--dpo-steps")
         steering_alpha(self.alpha)
-        if self.alpha != 8.0 and not self.toy:
+        if changed(self, ("alpha",)) and not self.toy:
             raise MechtoxError(f"--alpha {self.alpha:g} steers generated pairs, and with real data the main job trains "
                                "on ParaDetox's human pairs: it would do nothing. For steered pairs: mechtox pairs "
                                "--alpha A --out NAME, then mechtox train dpo --pairs NAME")

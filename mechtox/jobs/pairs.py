@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, JobConfig, check_out, flag, option, positive, steering_alpha
+from mechtox.jobs._base import (
+    Context,
+    JobConfig,
+    changed,
+    check_out,
+    option,
+    positive,
+    steering_alpha,
+)
 
 HELP = "preference pairs: greedy vs steered-toward-toxicity continuations (or ParaDetox)"
 
@@ -30,11 +38,7 @@ class PairsConfig(JobConfig):
             positive(getattr(self, name), "--" + name.replace("_", "-"))
         steering_alpha(self.alpha)
         if self.paradetox:  # a setting the conversion would ignore is an error, not a silent no-op
-            import dataclasses
-
-            defaults = {f.name: f.default for f in dataclasses.fields(self)}
-            unused = [flag(n) for n in ("prompts", "direction", "alpha", "max_new_tokens", "batch_size")
-                      if getattr(self, n) != defaults[n]]
+            unused = changed(self, ("prompts", "direction", "alpha", "max_new_tokens", "batch_size"))
             if unused:
                 raise MechtoxError(f"{', '.join(unused)}: a setting of generated pairs; --paradetox converts a file "
                                    "and does not use it")

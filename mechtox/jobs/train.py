@@ -12,9 +12,9 @@ from mechtox.errors import MechtoxError
 from mechtox.jobs._base import (
     Context,
     JobConfig,
+    changed,
     check_out,
     command_line,
-    flag,
     names,
     option,
     positive,
@@ -97,15 +97,13 @@ class TrainJobConfig(JobConfig):
     def _check_settings_used(self) -> None:
         """A setting the run would ignore is an error, not a silent no-op: --beta outside DPO,
         --probe-lambda outside sft-probe, --sap-* outside sap, LoRA settings without --lora-r."""
-        defaults = {f.name: f.default for f in dataclasses.fields(self)}
-        changed = [n for n in defaults if getattr(self, n) != defaults[n]]
         for settings, objectives in ((("beta",), ("dpo", "dpo-probe")), (("probe_lambda",), ("sft-probe",)),
                                   (("sap_layers", "sap_rho", "sap_eps"), ("sap",))):
-            unused = [flag(n) for n in settings if n in changed]
+            unused = changed(self, settings)
             if unused and self.objective not in objectives:
                 raise MechtoxError(f"{', '.join(unused)}: a setting of train {' and '.join(objectives)}; train "
                                    f"{self.objective} does not use it")
-        lora = [flag(n) for n in ("lora_alpha", "lora_dropout", "lora_targets") if n in changed]
+        lora = changed(self, ("lora_alpha", "lora_dropout", "lora_targets"))
         if lora and not self.lora_r:
             raise MechtoxError(f"{', '.join(lora)} set LoRA adapters: add --lora-r N (without it every weight is "
                                "fine-tuned and these do nothing)")
