@@ -31,17 +31,10 @@ def mlp_post_hook(layer: int) -> str:
     return f"blocks.{layer}.mlp.hook_post"
 
 
-def _post_norm_weight(model: HookedTransformer, layer: int) -> Tensor | None:
-    """The weight a neuron's write is multiplied by before it reaches the residual stream: the
-    post-MLP norm's (Gemma 2 / 3, TransformerLens' ``use_normalization_before_and_after``: ``ln2_post``;
-    OLMo 2 / 3, which normalise only after: ``ln2``); None where the MLP output is added as it is."""
-    norm = post_mlp_norm(model, layer)
-    return None if norm is None else norm.w.detach()
-
-
 def post_mlp_norm(model: HookedTransformer, layer: int):
-    """The norm module each MLP output passes through before it is added to the residual stream
-    (see :func:`_post_norm_weight`), or None."""
+    """The norm each MLP output passes through before it is added to the residual stream (Gemma 2 / 3,
+    TransformerLens' ``use_normalization_before_and_after``: ``ln2_post``; OLMo 2 / 3, which
+    normalise only after: ``ln2``), or None where the MLP output is added as it is."""
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     if model.cfg.use_normalization_before_and_after:
@@ -57,16 +50,16 @@ def value_vector(model: HookedTransformer, layer: int, neuron: int) -> Float[Ten
     ``g * (sum_i a_i W_out[i] + b_out) / rms``, so neuron i writes along ``g * W_out[i]``, scaled by
     the token's positive ``a_i / rms``)."""
     v = model.blocks[layer].mlp.W_out[neuron].detach()
-    g = _post_norm_weight(model, layer)
-    return v if g is None else v * g.to(v)
+    norm = post_mlp_norm(model, layer)
+    return v if norm is None else v * norm.w.detach().to(v)
 
 
 def value_vectors(model: HookedTransformer) -> Float[Tensor, "n_layers d_mlp d_model"]:
     """All value vectors (:func:`value_vector`) stacked over layers, detached, in float32."""
     V = torch.stack([b.mlp.W_out.detach() for b in model.blocks]).float()
-    g = [_post_norm_weight(model, i) for i in range(model.cfg.n_layers)]
-    if g[0] is not None:
-        V = V * torch.stack([x.float() for x in g if x is not None])[:, None, :]
+    norms = [post_mlp_norm(model, i) for i in range(model.cfg.n_layers)]
+    if norms[0] is not None:
+        V = V * torch.stack([n.w.detach().float() for n in norms])[:, None, :]
     return V
 
 

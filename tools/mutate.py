@@ -248,10 +248,10 @@ MUTANTS = [
       "a whole-activation patch leaves the activation unchanged"),
     # ------------------------------------------------------------------ neurons
     M("neurons-post-norm-weight-left-out", "neurons.py",
-      "        V = V * torch.stack([x.float() for x in g if x is not None])[:, None, :]", "        pass",
+      "        V = V * torch.stack([n.w.detach().float() for n in norms])[:, None, :]", "        pass",
       "a Gemma-style model's neurons ranked by W_out, not by what their post-MLP norm adds"),
     M("neurons-post-norm-decoded-raw", "neurons.py",
-      "return v if g is None else v * g.to(v)", "return v",
+      "return v if norm is None else v * norm.w.detach().to(v)", "return v",
       "a Gemma-style model's top neurons decoded (logit lens, SVD) from W_out, not what reaches the stream"),
     M("neurons-lens-ignores-norm-weight", "neurons.py",
       "W_U = w.detach().float().unsqueeze(1) * W_U", "W_U = W_U",
