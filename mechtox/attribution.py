@@ -22,6 +22,12 @@ activation sums and value vectors) + the MLP output biases (``b_out . w``) = the
 residual stream's projection at the direction's layer (its own projection sums). No part is
 defined as what the others leave, so a wrong neuron or head term shows in the error.
 
+Post-norm models (Gemma 2 / 3, OLMo 2 / 3) add ``g * x / s`` for each attention and MLP output
+``x``, with the norm's weight ``g`` and the token's RMS scale ``s``: there every activation and z is
+divided by its token's ``s`` before it is averaged (so ``a`` above is that scaled activation), the
+value vectors and ``W_O`` are multiplied by ``g``, and each bias counts ``1 / s`` per token, which
+keeps the split exact (:func:`post_norms`).
+
 Token modes: ``own`` — each model's own greedy continuations, evaluated at the positions that
 generated them (as in the paper); ``shared`` — both models read the same text (the before
 model's continuations), so only the models differ, not the tokens.
@@ -29,6 +35,7 @@ model's continuations), so only the models differ, not the tokens.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +52,7 @@ from mechtox.data import pad, pad_id
 from mechtox.errors import IncompatibleError, MechtoxError
 from mechtox.generation import Generations, generate
 from mechtox.models import same_architecture
-from mechtox.neurons import unit_vector
+from mechtox.neurons import norm_weight, unit_vector, value_vector_rows
 
 Mode = Literal["own", "shared"]
 
@@ -92,21 +99,36 @@ def target_layer(model: HookedTransformer, hook_name: str) -> int:
 def check_decomposable(model: HookedTransformer) -> None:
     """Raise :class:`IncompatibleError` unless the residual stream of ``model`` is the sum the
     attribution splits: embeddings + each head's ``z W_O`` + ``b_O`` + each neuron's ``a W_out`` +
-    ``b_out``. Gemma 2 / 3 and OLMo 2 / 3 normalise each attention and MLP output before adding it
-    (TransformerLens' ``use_normalization_before_and_after``, and its post-norm architectures) and
-    BLOOM the embeddings (``post_embedding_ln``): a head's or neuron's write is not what reaches the
-    stream, and every share would be wrong."""
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
+    ``b_out``, or, where each attention and MLP output passes an RMS norm before it is added (Gemma 2 /
+    3, OLMo 2 / 3), the same with every term divided by its token's norm scale and multiplied by the
+    norm's weight (:func:`post_norms`). Refused: post-norms that centre (LayerNorm), embeddings that
+    are normalised (BLOOM's ``post_embedding_ln``) and attention-only models: there a head's or
+    neuron's write is not what reaches the stream, and every share would be wrong."""
     c = model.cfg
-    post = c.use_normalization_before_and_after or c.original_architecture in POST_NORM_ARCHITECTURES
-    why = ("it normalises each attention and MLP output before adding it to the residual stream (as Gemma 2 / 3 "
-           "and OLMo 2 / 3 do)" if post
+    norms = [n for pair in post_norms(model, c.n_layers) for n in pair if n is not None]
+    why = ("it normalises each attention and MLP output with a norm that centres it (LayerNorm) before adding it "
+           "to the residual stream" if any(not _is_rms(n) for n in norms)
            else "it normalises the embeddings before the first block (post_embedding_ln)" if c.post_embedding_ln
            else "it has no MLP neurons (attention only)" if c.attn_only else "")
     if why:
         raise IncompatibleError(f"model {c.model_name!r} cannot be attributed neuron by neuron: {why}, so a "
                                 "neuron's or head's write is not what reaches the stream")
+
+
+def _is_rms(norm) -> bool:
+    from transformer_lens.components import RMSNorm, RMSNormPre
+
+    return isinstance(norm, (RMSNorm, RMSNormPre))
+
+
+def post_norms(model: HookedTransformer, L: int) -> list[tuple]:
+    """Per block ``< L``: the norms its attention and MLP outputs pass before they are added to the
+    residual stream (None for none). Such a norm makes each term's write ``g * x / s``, with weight
+    ``g`` and the token's scale ``s``: the attribution divides the activations and z by ``s`` (the
+    norm's ``hook_scale``) token by token and multiplies the value vectors and ``W_O`` by ``g``."""
+    from mechtox.neurons import post_attn_norm, post_mlp_norm
+
+    return [(post_attn_norm(model, i), post_mlp_norm(model, i)) for i in range(L)]
 
 
 CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
@@ -117,11 +139,14 @@ about 5% of that size on SmolLM2 (float32: 1e-5 or less); attribute in float32 f
 
 @dataclass
 class _Sums:
-    act: Tensor  # [L, M] sum of activations over evaluation tokens
+    act: Tensor  # [L, M] sum of activations over evaluation tokens (each divided by its post-norm scale)
     n_tokens: int
     resid: float  # sum of projection of the target residual stream
-    parts: dict[str, float] = field(default_factory=dict)  # sums of projections of the embeddings
-    z: Tensor | None = None  # [L, H, d_head] sum of each head's z over evaluation tokens
+    parts: dict[str, float]  # sums of projections of the embeddings
+    z: Tensor  # [L, H, d_head] sum of each head's z over evaluation tokens (the same)
+    act_raw: Tensor  # [L, M] the activations' sums as they are (to patch to)
+    z_raw: Tensor  # [L, H, d_head] the same for z
+    inv_scale: Tensor  # [L, 2] sums of 1 / scale of the post-attention and post-MLP norms (no norm: 1 a token)
 
 
 def _predicting_batches(model: HookedTransformer, seqs: Sequence[Sequence[int]], starts: Sequence[int],
@@ -150,6 +175,10 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
     w = w.to(dev, torch.float32)
     act = torch.zeros(L, M, dtype=torch.float64, device=dev)
     zsum = torch.zeros(L, model.cfg.n_heads, model.cfg.d_head, dtype=torch.float64, device=dev)
+    norms = post_norms(model, L)
+    post = any(n is not None for pair in norms for n in pair)
+    act_eff, z_eff = (torch.zeros_like(act), torch.zeros_like(zsum)) if post else (act, zsum)
+    inv = torch.zeros(L, 2, dtype=torch.float64, device=dev)
     parts: dict[str, float] = {}
     state: dict[str, Tensor] = {}
 
@@ -160,6 +189,7 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
     def mlp_hook(a, hook):
         l_ = int(hook.name.split(".")[1])
         act[l_] += (a.float() * state["mask"][..., None]).sum((0, 1)).double()
+        state[f"mlp{l_}"] = a
 
     def part_hook(x, hook):
         add_part(hook.name, x)
@@ -167,9 +197,24 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
     def z_hook(z, hook):
         l_ = int(hook.name.split(".")[1])
         zsum[l_] += (z.float() * state["mask"][..., None, None]).sum((0, 1)).double()
+        state[f"attn{l_}"] = z
+
+    def scale_hook(scale, hook, layer: int, which: int):
+        # the post-norm's scale s [B, T, 1] of this block's attention (0) or MLP (1) output
+        m = state["mask"] / scale[..., 0].float()
+        inv[layer, which] += m.sum().double()
+        x = state.pop(f"{('attn', 'mlp')[which]}{layer}").float()
+        if which == 0:
+            z_eff[layer] += (x * m[..., None, None]).sum((0, 1)).double()
+        else:
+            act_eff[layer] += (x * m[..., None]).sum((0, 1)).double()
 
     hooks: list[tuple[str | Callable, Callable]] = [(f"blocks.{i}.mlp.hook_post", mlp_hook) for i in range(L)]
     hooks += [(f"blocks.{i}.attn.hook_z", z_hook) for i in range(L)]
+    for i, pair in enumerate(norms):
+        for which, norm in enumerate(pair):
+            if norm is not None:
+                hooks.append((norm.hook_scale.name, functools.partial(scale_hook, layer=i, which=which)))
     hooks += [("hook_embed", part_hook)]
     if "hook_pos_embed" in model.hook_dict and model.cfg.positional_embedding_type == "standard":
         hooks.append(("hook_pos_embed", part_hook))
@@ -180,8 +225,13 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
         n_tok += int(mask.sum())
         with model.hooks(fwd_hooks=hooks):
             model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=layer + 1)
+    for i, pair in enumerate(norms):  # no norm: each term counts once per token
+        for which, norm in enumerate(pair):
+            if norm is None:
+                inv[i, which] = n_tok
     resid = parts.pop(f"blocks.{layer}.hook_resid_post")
-    return _Sums(act.float().cpu(), n_tok, resid, parts, zsum.cpu())
+    return _Sums(act_eff.float().cpu(), n_tok, resid, parts, z_eff.cpu(), act.float().cpu(), zsum.cpu(),
+                 inv.cpu())
 
 
 @dataclass(frozen=True)
@@ -208,9 +258,13 @@ class Attribution:
     layers: pd.DataFrame = field(default_factory=pd.DataFrame)
     """per layer: neurons, heads, attention_bias, mlp_bias (the check's parts by layer)"""
     z_after: Tensor | None = None
-    """[L, H, d_head]: each head's mean z in the after model (to patch heads to)"""
+    """[L, H, d_head]: each head's mean z in the after model as ``hook_z`` reads it (to patch heads to)"""
     check_limit: float = float("inf")
     """the largest error the check allows (:data:`CHECK_TOLERANCE` times the change and its parts' sizes)"""
+    act_after_mean: Tensor | None = None
+    """[L, d_mlp]: each neuron's mean activation in the after model as ``hook_post`` reads it (to patch
+    neurons to). The table's ``act_after`` is the same except in a post-norm model, where it is
+    divided by each token's norm scale first"""
 
     @property
     def check_passed(self) -> bool:
@@ -248,16 +302,23 @@ HEAD_GROUPS = {
 
 
 def _u(model: HookedTransformer, w: Tensor, L: int) -> Tensor:
-    """``W_O[l, h] @ w`` per layer and head: [L, H, d_head]."""
-    return torch.stack([model.blocks[i].attn.W_O.detach().float().cpu() @ w for i in range(L)])
+    """``W_O[l, h] @ (g * w)`` per layer and head, ``g`` the post-attention norm's weight (1 without): [L, H, d_head]."""
+    return torch.stack([model.blocks[i].attn.W_O.detach().float().cpu() @ _weighted(w, norm)
+                        for i, (norm, _) in enumerate(post_norms(model, L))])
+
+
+def _weighted(w: Tensor, norm) -> Tensor:
+    g = norm_weight(norm)
+    return w if g is None else w * g.float().cpu()
 
 
 def _bias_proj(model: HookedTransformer, w: Tensor, L: int, which: str) -> Tensor:
-    """``b . w`` per layer for the attention (``b_O``) or MLP (``b_out``) output biases: [L]."""
+    """``b . (g * w)`` per layer for the attention (``b_O``) or MLP (``b_out``) output biases, ``g``
+    the weight of the norm the output passes (1 without): [L]."""
     out = []
-    for i in range(L):
+    for i, norms in enumerate(post_norms(model, L)):
         b = model.blocks[i].attn.b_O if which == "attn" else model.blocks[i].mlp.b_out
-        out.append(b.detach().float().cpu() @ w)
+        out.append(b.detach().float().cpu() @ _weighted(w, norms[which != "attn"]))
     return torch.stack(out)
 
 
@@ -293,8 +354,8 @@ def _group_table(table: pd.DataFrame, order: Sequence[str], reducing: Sequence[s
     return pd.DataFrame(rows)
 
 
-def _d(model: HookedTransformer, w: Tensor, L: int) -> Tensor:
-    V = torch.stack([model.blocks[i].mlp.W_out.detach().float().cpu() for i in range(L)])
+def _d(model: HookedTransformer, w: Tensor, L: int) -> tuple[Tensor, Tensor]:
+    V = torch.stack([value_vector_rows(model, i).cpu() for i in range(L)])
     return V @ w, V.norm(dim=-1)
 
 
@@ -381,8 +442,10 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     head_groups = _group_table(heads, tuple(HEAD_GROUPS), ("T-", "A+"), HEAD_GROUPS,
                                ("delta_pattern_value", "delta_weight"))
     # exactness: every part on its own (means over each model's tokens)
-    attn_bias = _bias_proj(before, w, L, "attn") - _bias_proj(after, w, L, "attn")
-    mlp_bias = _bias_proj(before, w, L, "mlp") - _bias_proj(after, w, L, "mlp")
+    # each bias counts once per token, divided by the token's post-norm scale where there is one
+    sc_b, sc_a = sb.inv_scale / sb.n_tokens, sa.inv_scale / sa.n_tokens
+    attn_bias = _bias_proj(before, w, L, "attn") * sc_b[:, 0] - _bias_proj(after, w, L, "attn") * sc_a[:, 0]
+    mlp_bias = _bias_proj(before, w, L, "mlp") * sc_b[:, 1] - _bias_proj(after, w, L, "mlp") * sc_a[:, 1]
     emb = sum(sb.parts[k] / sb.n_tokens - sa.parts[k] / sa.n_tokens for k in sb.parts)
     total = sb.resid / sb.n_tokens - sa.resid / sa.n_tokens
     neuron_sum = float(delta.sum())
@@ -402,7 +465,7 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     per_layer = per_layer.reindex(columns=[g for g in NEURON_GROUPS if g in per_layer.columns]).reset_index()
     res = Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
                       getattr(direction, "name", "") or "direction", heads, head_groups, layers,
-                      (sa.z / sa.n_tokens).float(), limit)
+                      (sa.z_raw / sa.n_tokens).float(), limit, sa.act_raw / sa.n_tokens)
     if not res.check_passed:
         import warnings
 
@@ -480,13 +543,15 @@ def after_means(neurons: pd.DataFrame, n_layers: int, d_mlp: int, col: str = "ac
 
 def ablation_vs_patching(neurons: pd.DataFrame, n_layers: int, d_mlp: int, ks: Sequence[int] = (100, 200, 1000),
                          heads: pd.DataFrame | None = None, z_after: Tensor | None = None,
-                         head_ks: Sequence[int] = (10,)) -> list:
+                         head_ks: Sequence[int] = (10,), act_after: Tensor | None = None) -> list:
     """Yang et al.'s comparison on the before model: zero-ablating the top-k toxic neurons (by
     cosine; and only those with a positive activation) against patching each reducing group's
     neurons to their mean activation in the after model. With ``heads`` and ``z_after`` (from an
     :class:`Attribution`), also the top-k reducing heads patched to the after model's mean z,
     every reducing head, and all reducing heads and neurons together. ``neurons`` is an
-    attribution's neuron table; the list starts with the no-op."""
+    attribution's neuron table; ``act_after`` the values to patch neurons to (default the table's
+    ``act_after``; pass :attr:`Attribution.act_after_mean` for a post-norm model, whose table holds
+    the activations divided by the norm's scale); the list starts with the no-op."""
     import dataclasses
 
     from mechtox.interventions import NOOP, ablate, combined, set_heads, set_neurons
@@ -494,6 +559,8 @@ def ablation_vs_patching(neurons: pd.DataFrame, n_layers: int, d_mlp: int, ks: S
     by_cos = neurons.sort_values("cos_before", ascending=False)
     pos = by_cos[by_cos["act_before"] > 0]
     means = after_means(neurons, n_layers, d_mlp)
+    if act_after is not None:
+        means[: act_after.shape[0]] = act_after
     ivs = [NOOP]
     for k in ks:
         ivs.append(dataclasses.replace(ablate(by_cos.head(k)), name=f"ablate top-{k} toxic (cosine)"))

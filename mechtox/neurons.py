@@ -38,10 +38,33 @@ def post_mlp_norm(model: HookedTransformer, layer: int):
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     if model.cfg.use_normalization_before_and_after:
-        return model.blocks[layer].ln2_post
-    if model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        return model.blocks[layer].ln2
-    return None
+        norm = model.blocks[layer].ln2_post
+    elif model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        norm = model.blocks[layer].ln2
+    else:
+        return None
+    return None if isinstance(norm, torch.nn.Identity) else norm
+
+
+def post_attn_norm(model: HookedTransformer, layer: int):
+    """The norm each attention output passes through before it is added to the residual stream
+    (``ln1_post`` where TransformerLens' ``use_normalization_before_and_after``, ``ln1`` for OLMo 2 /
+    3), or None where the attention output is added as it is."""
+    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
+
+    if model.cfg.use_normalization_before_and_after:
+        norm = model.blocks[layer].ln1_post
+    elif model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
+        norm = model.blocks[layer].ln1
+    else:
+        return None
+    return None if isinstance(norm, torch.nn.Identity) else norm
+
+
+def norm_weight(norm) -> Tensor | None:
+    """A post-norm's weight ``g`` (detached), or None for none or a norm without one (RMSNormPre)."""
+    w = getattr(norm, "w", None)
+    return None if w is None else w.detach()
 
 
 def value_vector(model: HookedTransformer, layer: int, neuron: int) -> Float[Tensor, " d_model"]:
@@ -50,17 +73,20 @@ def value_vector(model: HookedTransformer, layer: int, neuron: int) -> Float[Ten
     ``g * (sum_i a_i W_out[i] + b_out) / rms``, so neuron i writes along ``g * W_out[i]``, scaled by
     the token's positive ``a_i / rms``)."""
     v = model.blocks[layer].mlp.W_out[neuron].detach()
-    norm = post_mlp_norm(model, layer)
-    return v if norm is None else v * norm.w.detach().to(v)
+    g = norm_weight(post_mlp_norm(model, layer))
+    return v if g is None else v * g.to(v)
 
 
 def value_vectors(model: HookedTransformer) -> Float[Tensor, "n_layers d_mlp d_model"]:
     """All value vectors (:func:`value_vector`) stacked over layers, detached, in float32."""
-    V = torch.stack([b.mlp.W_out.detach() for b in model.blocks]).float()
-    norms = [post_mlp_norm(model, i) for i in range(model.cfg.n_layers)]
-    if norms[0] is not None:
-        V = V * torch.stack([n.w.detach().float() for n in norms])[:, None, :]
-    return V
+    return torch.stack([value_vector_rows(model, i) for i in range(model.cfg.n_layers)])
+
+
+def value_vector_rows(model: HookedTransformer, layer: int) -> Float[Tensor, "d_mlp d_model"]:
+    """The value vectors (:func:`value_vector`) of every neuron of ``layer``, detached, in float32."""
+    V = model.blocks[layer].mlp.W_out.detach().float()
+    g = norm_weight(post_mlp_norm(model, layer))
+    return V if g is None else V * g.float()
 
 
 def unit_vector(w: Tensor) -> Tensor:

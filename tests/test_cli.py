@@ -520,8 +520,9 @@ def test_attribute_refuses_a_direction_between_blocks_before_generating(ws, caps
 
 
 def test_attribute_says_when_the_exactness_check_fails(ws, tmp_path, capsys, monkeypatch):
-    """A post-norm model (Gemma 2 / 3) is refused before generating; past that refusal (patched out)
-    a failed exactness check is a WARNING in the summary, check_passed false in the JSON and a
+    """A model with a centring post-norm is refused before generating. A Gemma-like post-norm model is
+    attributed and passes the check; with its norms ignored (patched in: the computation before
+    session 27) the check fails: a WARNING in the summary, check_passed false in the JSON and a
     warning in the report (it was an error figure among the others)."""
     import torch
 
@@ -540,15 +541,24 @@ def test_attribute_says_when_the_exactness_check_fails(ws, tmp_path, capsys, mon
             b.mlp.W_out.add_(0.3 * torch.randn_like(b.mlp.W_out))
     save_checkpoint(before, tmp_path / "pre")
     save_checkpoint(after, tmp_path / "post")
+    save_checkpoint(tiny_model(original_architecture="Olmo2ForCausalLM", normalization_type="LN"), tmp_path / "ln")
     Direction(vector=torch.randn(64), hook_name="blocks.1.hook_resid_post", method="x", name="d").save(
         Workspace(ws).direction_dir("d"))
     common = ["attribute", "-w", ws, "-q", "--before", str(tmp_path / "pre"), "--after", str(tmp_path / "post"),
               "--direction", "d", "--prompts", "builtin:prompts", "--n", "3", "--max-new-tokens", "3",
               "--n-eval-prompts", "0", "--mode", "shared", "--out", "a"]
-    assert main(common) == 2
+    ln = [*common[:5], str(tmp_path / "ln"), common[6], str(tmp_path / "ln"), *common[8:]]
+    assert main(ln) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot be attributed neuron by neuron: it normalises each attention" in err
-    monkeypatch.setattr(A, "check_decomposable", lambda m: None)
+    assert main(common) == 0
+    assert "error" in (out := capsys.readouterr().out) and "WARNING" not in out
+    meta = json.loads((tmp_path / "ws" / "runs" / "a" / "attribution-shared-groups.json").read_text())
+    assert meta["check_passed"] is True
+    import mechtox.neurons as N
+
+    monkeypatch.setattr(A, "post_norms", lambda m, L: [(None, None)] * L)
+    monkeypatch.setattr(N, "post_mlp_norm", lambda m, layer: None)
     import warnings
 
     with warnings.catch_warnings(record=True) as caught:

@@ -149,7 +149,8 @@ def _ablation_vs_after(out: AttributeResult, ctx: Context, before, after, evp: l
 
     cfg = out.config
     res = out.results.get("own") or next(iter(out.results.values()))
-    ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ks, heads=res.heads, z_after=res.z_after)
+    ivs = ablation_vs_patching(res.neurons, before.cfg.n_layers, before.cfg.d_mlp, ks, heads=res.heads, z_after=res.z_after,
+                               act_after=res.act_after_mean)
     text = load_text(cfg.text)
     wiki = load_wiki_samples()
     ecfg = EvalConfig(ppl_tokens=cfg.ppl_tokens, f1_prompts=cfg.f1_prompts if wiki else 0)

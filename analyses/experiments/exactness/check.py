@@ -1,12 +1,16 @@
-"""How large the attribution's exactness error is where the decomposition holds (SmolLM2 in float32
-and bfloat16) and where it does not (Gemma 3 270M: post-attention and post-MLP norms), session 27.
+"""How large the attribution's exactness error is: SmolLM2 in float32 and bfloat16, and Gemma 3 270M,
+whose attention and MLP outputs pass RMS norms before they are added (post-norms). Session 27
+refused Gemma (its terms did not add up: error / size 1.0 with the refusal patched out); session 28
+divides each term by its token's norm scale and multiplies it by the norm's weight.
 
     python check.py                 # SmolLM2 only (~1 min on 2 cores)
     GEMMA=/tmp/gemma/ckpt python check.py   # also Gemma 3 270M, as built by ../olid_transfer/gemma.py
 
 The after model is the before model with the MLP input weights of the first blocks perturbed
 (seeded); the direction is random (seeded); the prompts are three short texts, 8 greedy tokens each.
-For Gemma the refusal (attribution.check_decomposable) is patched out to show what it prevents.
+Gemma is also run with its post-norms ignored (attribution.post_norms and neurons.post_mlp_norm
+patched to report none): what the attribution computed before sessions 27-28, and why session 27
+refused such models.
 """
 
 import copy
@@ -44,9 +48,11 @@ for dtype in ("float32", "bfloat16"):
         f"SmolLM2 {dtype}")
 if os.environ.get("GEMMA"):
     gemma = load_checkpoint(os.environ["GEMMA"])
-    try:
-        A.check_decomposable(gemma)
-    except Exception as e:  # noqa: BLE001
-        print("refused:", e)
-    A.check_decomposable = lambda m: None
-    run(gemma, 4, ["blocks.5.hook_resid_post"], "shared", "Gemma 3 270M float32")
+    A.check_decomposable(gemma)  # accepted since session 28
+    run(gemma, 4, ["blocks.5.hook_resid_post", "blocks.17.hook_resid_post"], "shared", "Gemma 3 270M float32")
+    run(gemma, 4, ["blocks.5.hook_resid_post"], "own", "Gemma 3 270M float32")
+    import mechtox.neurons as N
+
+    A.post_norms = lambda model, L: [(None, None)] * L
+    N.post_mlp_norm = lambda model, layer: None
+    run(gemma, 4, ["blocks.5.hook_resid_post"], "shared", "Gemma, norms ignored")
