@@ -176,8 +176,8 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
     act = torch.zeros(L, M, dtype=torch.float64, device=dev)
     zsum = torch.zeros(L, model.cfg.n_heads, model.cfg.d_head, dtype=torch.float64, device=dev)
     norms = post_norms(model, L)
-    post = any(n is not None for pair in norms for n in pair)
-    act_eff, z_eff = (torch.zeros_like(act), torch.zeros_like(zsum)) if post else (act, zsum)
+    scaled = {(i, which) for i, pair in enumerate(norms) for which, n in enumerate(pair) if n is not None}
+    act_eff, z_eff = (torch.zeros_like(act), torch.zeros_like(zsum)) if scaled else (act, zsum)
     inv = torch.zeros(L, 2, dtype=torch.float64, device=dev)
     parts: dict[str, float] = {}
     state: dict[str, Tensor] = {}
@@ -188,16 +188,24 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
 
     def mlp_hook(a, hook):
         l_ = int(hook.name.split(".")[1])
-        act[l_] += (a.float() * state["mask"][..., None]).sum((0, 1)).double()
-        state[f"mlp{l_}"] = a
+        s = (a.float() * state["mask"][..., None]).sum((0, 1)).double()
+        act[l_] += s
+        if (l_, 1) in scaled:  # divided by the post-norm's scale at its hook
+            state[f"mlp{l_}"] = a
+        elif scaled:
+            act_eff[l_] += s
 
     def part_hook(x, hook):
         add_part(hook.name, x)
 
     def z_hook(z, hook):
         l_ = int(hook.name.split(".")[1])
-        zsum[l_] += (z.float() * state["mask"][..., None, None]).sum((0, 1)).double()
-        state[f"attn{l_}"] = z
+        s = (z.float() * state["mask"][..., None, None]).sum((0, 1)).double()
+        zsum[l_] += s
+        if (l_, 0) in scaled:
+            state[f"attn{l_}"] = z
+        elif scaled:
+            z_eff[l_] += s
 
     def scale_hook(scale, hook, layer: int, which: int):
         # the post-norm's scale s [B, T, 1] of this block's attention (0) or MLP (1) output
@@ -211,10 +219,8 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
 
     hooks: list[tuple[str | Callable, Callable]] = [(f"blocks.{i}.mlp.hook_post", mlp_hook) for i in range(L)]
     hooks += [(f"blocks.{i}.attn.hook_z", z_hook) for i in range(L)]
-    for i, pair in enumerate(norms):
-        for which, norm in enumerate(pair):
-            if norm is not None:
-                hooks.append((norm.hook_scale.name, functools.partial(scale_hook, layer=i, which=which)))
+    hooks += [(norms[i][which].hook_scale.name, functools.partial(scale_hook, layer=i, which=which))
+              for i, which in sorted(scaled)]
     hooks += [("hook_embed", part_hook)]
     if "hook_pos_embed" in model.hook_dict and model.cfg.positional_embedding_type == "standard":
         hooks.append(("hook_pos_embed", part_hook))
@@ -225,9 +231,9 @@ def projection_sums(model: HookedTransformer, seqs: Sequence[Sequence[int]], sta
         n_tok += int(mask.sum())
         with model.hooks(fwd_hooks=hooks):
             model(batch.tokens, attention_mask=batch.attention_mask, stop_at_layer=layer + 1)
-    for i, pair in enumerate(norms):  # no norm: each term counts once per token
-        for which, norm in enumerate(pair):
-            if norm is None:
+    for i in range(L):  # no norm: each term counts once per token
+        for which in (0, 1):
+            if (i, which) not in scaled:
                 inv[i, which] = n_tok
     resid = parts.pop(f"blocks.{layer}.hook_resid_post")
     return _Sums(act_eff.float().cpu(), n_tok, resid, parts, z_eff.cpu(), act.float().cpu(), zsum.cpu(),
