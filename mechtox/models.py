@@ -631,21 +631,40 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,
     return _finish(model, device, dtype)
 
 
+# The linear-layer biases each family's ``transformers`` model has. TransformerLens gives every block
+# b_Q, b_K, b_V, b_O, b_in, b_out (GQA: _b_K, _b_V) and the unembedding a b_U, zero where the
+# architecture has none. Architectures not listed keep every parameter.
+_NO_LINEAR_BIASES = {"LlamaForCausalLM", "MistralForCausalLM", "MixtralForCausalLM", "GemmaForCausalLM",
+                     "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration", "Olmo2ForCausalLM",
+                     "Olmo3ForCausalLM", "Qwen3ForCausalLM"}
+_QKV_BIASES_ONLY = {"Qwen2ForCausalLM"}
+_NO_UNEMBED_BIAS = {"GPT2LMHeadModel", "GPTNeoXForCausalLM", "OPTForCausalLM"}
+
+
 def architecture_parameters(model: HookedTransformer) -> list[str]:
     """Names of the parameters the model's original architecture has: the ones training may change.
 
-    TransformerLens gives every Llama block zero biases (``b_Q, b_K, b_V, b_O, b_in, b_out``, and
-    ``b_U``) and GPT-2 a zero unembedding bias, which the HuggingFace models do not have; trained,
-    they would move away from zero and the exported model would no longer be the trained one.
-    Models of other (or no) original architecture keep every parameter.
+    TransformerLens gives every block zero biases (``b_Q, b_K, b_V, b_O, b_in, b_out``) and an
+    unembedding bias ``b_U`` that many ``transformers`` models do not have: Llama, Mistral, Gemma 1-3,
+    OLMo 2 / 3 and Qwen 3 none of them, Qwen 2 only ``b_Q, b_K, b_V``, GPT-2, GPT-NeoX and OPT all
+    but ``b_U``. Trained, they would move away from zero: the fine-tuning would not be the one of the
+    real architecture, and an exported model would not be the trained one. Models of other (or no)
+    original architecture keep every parameter.
     """
     arch = model.cfg.original_architecture
     names = [n for n, _ in model.named_parameters()]
-    if arch == "LlamaForCausalLM":
-        return [n for n in names if not n.rsplit(".", 1)[-1].startswith(("b_", "_b_"))]
-    if arch == "GPT2LMHeadModel":
-        return [n for n in names if n != "unembed.b_U"]
-    return names
+
+    def foreign(name: str) -> bool:
+        last = name.rsplit(".", 1)[-1]
+        if not last.startswith(("b_", "_b_")):  # weights, and LayerNorm's own bias ``b``
+            return False
+        if arch in _NO_LINEAR_BIASES:
+            return True
+        if arch in _QKV_BIASES_ONLY:
+            return last.lstrip("_") not in ("b_Q", "b_K", "b_V")
+        return arch in _NO_UNEMBED_BIAS and name == "unembed.b_U"
+
+    return [n for n in names if not foreign(n)]
 
 
 def foreign_parameters_in_use(model: HookedTransformer) -> list[str]:

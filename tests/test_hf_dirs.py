@@ -103,6 +103,26 @@ def test_trained_model_exports_exactly(make, tmp_path):
     _same_logits(model, M.load_hf_dir(M.export_hf(model, tmp_path / "hf")))
 
 
+@pytest.mark.parametrize("arch,trained_biases", [
+    ("Gemma3ForCausalLM", set()), ("MistralForCausalLM", set()), ("Qwen2ForCausalLM", {"b_Q", "_b_K", "_b_V"}),
+    ("GPTNeoXForCausalLM", {"b_Q", "_b_K", "_b_V", "b_O", "b_in", "b_out"})])
+def test_training_leaves_the_biases_an_architecture_lacks_at_zero(arch, trained_biases, tmp_path):
+    """TransformerLens gives every model zero b_Q .. b_out and b_U. Before session 28 only Llama's and
+    GPT-2's were held at zero: a DPO run on Gemma 3 270M moved all 109 of them, so it fine-tuned
+    parameters the real model does not have (and an export could not carry them)."""
+    from mechtox.training import DPOObjective, TrainConfig, train
+
+    model = M.tiny_model(**{**LLAMA, "original_architecture": arch})
+    cfg = TrainConfig(lr=1e-2, batch_size=4, max_steps=3, warmup_steps=0, eval_every=0, checkpoint_every=3)
+    was = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, DPOObjective(model, _pairs(), cfg), cfg, tmp_path / "run", progress=False)
+    moved = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters()
+             if n.rsplit(".", 1)[-1].startswith(("b_", "_b_")) and not torch.equal(p.detach(), was[n])}
+    assert moved == trained_biases
+    assert not torch.equal(model.blocks[0].mlp.W_out.detach(), was["blocks.0.mlp.W_out"])
+    assert M.foreign_parameters_in_use(model) == []
+
+
 def test_checkpoint_with_foreign_biases_warns(tmp_path):
     model = _llama_like()  # randomised biases, which Llama does not have
     path = M.save_checkpoint(model, tmp_path / "ckpt")

@@ -452,6 +452,13 @@ MUTANTS = [
       'row = row[:max_length]',
       "token-id input ignores truncate='left'"),
     # ------------------------------------------------------------------ models (conversion to and from transformers)
+    M("models-gemma-biases-trained", "models.py",
+      '"Gemma2ForCausalLM", "Gemma3ForCausalLM", "Gemma3ForConditionalGeneration"',
+      '"Gemma2ForCausalLM", "Gemma3ForConditionalGeneration"',
+      "training moves the zero biases TransformerLens gives Gemma 3, which the real model lacks"),
+    M("models-qwen2-qkv-biases-frozen", "models.py",
+      'return last.lstrip("_") not in ("b_Q", "b_K", "b_V")', "return True",
+      "Qwen 2's query, key and value biases, which it has, are held at zero in training"),
     M("models-export-rms-eps", "models.py",
       "rms_norm_eps=cfg.eps,", "rms_norm_eps=1e-5,",
       "the exported Llama config takes the default RMS epsilon, not the model's"),
