@@ -35,27 +35,25 @@ def post_mlp_norm(model: HookedTransformer, layer: int):
     """The norm each MLP output passes through before it is added to the residual stream (Gemma 2 / 3,
     TransformerLens' ``use_normalization_before_and_after``: ``ln2_post``; OLMo 2 / 3, which
     normalise only after: ``ln2``), or None where the MLP output is added as it is."""
-    from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
-
-    if model.cfg.use_normalization_before_and_after:
-        norm = model.blocks[layer].ln2_post
-    elif model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        norm = model.blocks[layer].ln2
-    else:
-        return None
-    return None if isinstance(norm, torch.nn.Identity) else norm
+    return _post_norm(model, layer, 2)
 
 
 def post_attn_norm(model: HookedTransformer, layer: int):
     """The norm each attention output passes through before it is added to the residual stream
     (``ln1_post`` where TransformerLens' ``use_normalization_before_and_after``, ``ln1`` for OLMo 2 /
     3), or None where the attention output is added as it is."""
+    return _post_norm(model, layer, 1)
+
+
+def _post_norm(model: HookedTransformer, layer: int, sublayer: int):
+    """``ln{sublayer}_post`` or, for TransformerLens' post-norm architectures, ``ln{sublayer}`` of
+    block ``layer`` (1: attention, 2: MLP); None where there is none or it is the identity."""
     from transformer_lens.utilities.architectures import POST_NORM_ARCHITECTURES
 
     if model.cfg.use_normalization_before_and_after:
-        norm = model.blocks[layer].ln1_post
+        norm = getattr(model.blocks[layer], f"ln{sublayer}_post")
     elif model.cfg.original_architecture in POST_NORM_ARCHITECTURES:
-        norm = model.blocks[layer].ln1
+        norm = getattr(model.blocks[layer], f"ln{sublayer}")
     else:
         return None
     return None if isinstance(norm, torch.nn.Identity) else norm
