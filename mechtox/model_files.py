@@ -22,6 +22,15 @@ CHECKPOINT_CONFIG = "config.json"
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
+"""``transformers`` architectures (by ``model_type``) mechtox converts both ways: loaded, exported,
+and trained through ``transformers`` (the hf backend)."""
+
+TL_ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM", "mistral": "MistralForCausalLM",
+                    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo3": "Olmo3ForCausalLM",
+                    "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+"""``transformers`` architectures (by ``model_type``) mechtox loads, not exports, through TransformerLens'
+own conversion: Pythia (GPT-NeoX), OPT, Mistral, Qwen 2 / 2.5 / 3, OLMo 3 and Gemma 1-3 (the Gemma
+configs TransformerLens knows by name, matched on the directory's sizes)."""
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 """Suffixes of a state-dict file (``BASE@FILE``)."""
@@ -60,6 +69,13 @@ def checkpoint_info(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not is_checkpoint(path):
         raise ModelNotFoundError(f"{path} is not a mechtox checkpoint (no {CHECKPOINT_CONFIG} with format {CHECKPOINT_FORMAT!r})")
     return json.loads((path / CHECKPOINT_CONFIG).read_text())
+
+
+def export_refusal(arch: str | None) -> str:
+    """Why a model of original architecture ``arch`` cannot be exported to a ``transformers`` directory."""
+    what = (f"not {arch}" if arch else "and this model has no original architecture "
+            "(a model built from a bare config, as tiny_model() is, has no transformers counterpart)")
+    return f"export to a transformers directory supports Llama and GPT-2 models, {what}"
 
 
 def is_hf_dir(path: str | os.PathLike[str]) -> bool:

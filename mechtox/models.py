@@ -42,12 +42,16 @@ from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined 
     HF_ARCHITECTURES,
     HF_WEIGHT_FILES,
     SMOLLM2_GGUF,
+    TL_ARCHITECTURES,
     WEIGHT_SUFFIXES,
     checkpoint_info,
     is_checkpoint,
     is_hf_dir,
     is_official_name,
     smollm2_gguf_path,
+)
+from mechtox.model_files import (
+    export_refusal as _export_refusal,
 )
 
 SMOLLM2_N_CTX = 2048
@@ -179,7 +183,9 @@ def load_hf_dir(path: str | os.PathLike[str], device: str | None = None, dtype: 
                 n_ctx: int | None = None) -> HookedTransformer:
     """A ``transformers`` directory (what ``save_pretrained``, TRL and the hub write: config, weights
     as safetensors or a torch file, sharded or not, and tokenizer files) as a HookedTransformer,
-    without weight processing, with its own tokenizer. Llama-family and GPT-2 models."""
+    without weight processing, with its own tokenizer. Llama-family and GPT-2 models (which
+    :func:`export_hf` writes back), and Pythia, OPT, Mistral, Qwen 2 / 3, OLMo 3 and Gemma 1-3
+    (:data:`TL_ARCHITECTURES`)."""
     p = Path(path)
     try:
         model_type = json.loads((p / "config.json").read_text()).get("model_type")
@@ -190,9 +196,9 @@ def load_hf_dir(path: str | os.PathLike[str], device: str | None = None, dtype: 
 
 
 def _check_model_type(model_type: str | None, where: str) -> None:
-    if model_type not in HF_ARCHITECTURES:
+    if model_type not in HF_ARCHITECTURES and model_type not in TL_ARCHITECTURES:
         raise IncompatibleError(f"{where} holds a {model_type!r} model; mechtox converts these transformers "
-                                f"architectures: {', '.join(HF_ARCHITECTURES.values())}")
+                                f"architectures: {', '.join({**HF_ARCHITECTURES, **TL_ARCHITECTURES}.values())}")
 
 
 def _quiet_transformers() -> bool:
@@ -211,9 +217,15 @@ def _quiet_transformers() -> bool:
 def _load_transformers(source: str, name: str, device: str | None, dtype: str | torch.dtype,
                        n_ctx: int | None, local_only: bool = False) -> HookedTransformer:
     """A directory or hub id through ``transformers``, converted with TransformerLens' conversion."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
+    try:
+        conf = AutoConfig.from_pretrained(source, local_files_only=local_only)
+    except (OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{source}: transformers cannot read its config ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+    cfg = _tl_config(conf, name, n_ctx) if conf.model_type in TL_ARCHITECTURES else None  # a refusal before the weights
     try:
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, local_files_only=local_only)
     except Exception as e:  # noqa: BLE001 (truncated or mismatched weights: safetensors, torch and transformers raise many kinds)
@@ -224,7 +236,10 @@ def _load_transformers(source: str, name: str, device: str | None, dtype: str | 
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"{source} has no usable tokenizer files ({type(e).__name__}); save the tokenizer "
                                  "beside the weights (tokenizer.save_pretrained(DIR))") from None
-    cfg, state_dict = _hf_to_tl(hf_model, Path(name), n_ctx)
+    if cfg is None:
+        cfg, state_dict = _hf_to_tl(hf_model, Path(name), n_ctx)
+    else:
+        state_dict = hf_to_tl_state_dict(hf_model, cfg)
     model = _attach_tokenizer(_build(cfg, state_dict), tokenizer)
     return _finish(model, device, dtype)
 
@@ -233,7 +248,7 @@ def load_hub(model_id: str, device: str | None = None, dtype: str | torch.dtype 
              n_ctx: int | None = None) -> HookedTransformer:
     """``hf:ID``: a hub model TransformerLens does not list (a fine-tuned gpt2-medium, say), read by
     ``transformers`` (from the hub, or its local cache) and converted on the TransformerLens config
-    of its architecture (Llama family, GPT-2). Offline and not cached, a one-line error."""
+    of its architecture (:data:`HF_ARCHITECTURES`, :data:`TL_ARCHITECTURES`). Offline and not cached, a one-line error."""
     from transformers import AutoConfig
 
     from mechtox.data import _hub_reachable
@@ -333,7 +348,8 @@ def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], pat
 
 
 def _hf_to_tl(hf_model: Any, path: Path, n_ctx: int | None) -> tuple[HookedTransformerConfig, dict]:
-    """TransformerLens' own conversions: the config and the state dict of an HF Llama or GPT-2 model."""
+    """TransformerLens' own conversions: the config and the state dict of an HF Llama or GPT-2 model
+    (:func:`_tl_config` configures the others)."""
     if hf_model.config.model_type == "llama":
         cfg = llama_config_from_hf(hf_model.config, path.name, n_ctx or SMOLLM2_N_CTX)
         return cfg, hf_to_tl_state_dict(hf_model, cfg)
@@ -346,6 +362,54 @@ def _hf_to_tl(hf_model: Any, path: Path, n_ctx: int | None) -> tuple[HookedTrans
     state_dict = hf_to_tl_state_dict(hf_model, cfg)
     state_dict.setdefault("unembed.b_U", torch.zeros(cfg.d_vocab))  # GPT-2 has no unembedding bias
     return cfg, state_dict
+
+
+def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTransformerConfig:
+    """TransformerLens' config for a :data:`TL_ARCHITECTURES` model: read from its ``transformers``
+    config, or, for Gemma (which TransformerLens 3.9 configures by official name only), the config of
+    the official Gemma model of the same architecture and sizes. Rotary models keep ``n_ctx`` (default
+    :data:`SMOLLM2_N_CTX`) positions: TransformerLens' per-layer causal masks grow with its square."""
+    import tempfile
+
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    arch = TL_ARCHITECTURES[hf_config.model_type]
+    source = _gemma_official_name(hf_config, arch) if hf_config.model_type.startswith("gemma") else None
+    with tempfile.TemporaryDirectory(prefix="mechtox-config-") as tmp:
+        if source is None:  # a folder of its own: TransformerLens reads "llama" / "gemma" in a path's name as the architecture
+            hf_config.save_pretrained(tmp)
+            source = tmp
+        cfg = get_pretrained_model_config(source, dtype=torch.float32, device="cpu")
+        if cfg.positional_embedding_type == "rotary":
+            cfg = get_pretrained_model_config(source, dtype=torch.float32, device="cpu",
+                                              n_ctx=min(n_ctx or SMOLLM2_N_CTX, cfg.n_ctx))
+    if cfg.original_architecture != arch:
+        raise IncompatibleError(f"{model_name}: TransformerLens read this {arch} config as "
+                                f"{cfg.original_architecture}; load it with TransformerLens directly")
+    return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None)
+
+
+def _gemma_official_name(hf_config: Any, arch: str) -> str:
+    """The official name of the Gemma model whose TransformerLens config has ``hf_config``'s
+    architecture and sizes (a fine-tune keeps them), or a one-line error."""
+    from transformer_lens.loading_from_pretrained import (
+        OFFICIAL_MODEL_NAMES,
+        convert_hf_model_config,
+    )
+
+    sizes = {"d_model": hf_config.hidden_size, "n_layers": hf_config.num_hidden_layers,
+             "d_mlp": hf_config.intermediate_size, "n_heads": hf_config.num_attention_heads,
+             "d_head": getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads,
+             "d_vocab": hf_config.vocab_size}
+    kv = hf_config.num_key_value_heads
+    for name in (n for n in OFFICIAL_MODEL_NAMES if n.startswith("google/gemma")):
+        c = convert_hf_model_config(name)  # by name: no hub
+        if (c["original_architecture"] == arch and all(c.get(k) == v for k, v in sizes.items())
+                and c.get("n_key_value_heads", c["n_heads"]) == kv):
+            return name
+    raise IncompatibleError(f"no {arch} model TransformerLens knows has these sizes "
+                            f"({', '.join(f'{k} {v}' for k, v in sizes.items())}): TransformerLens configures Gemma "
+                            "models by their official names only")
 
 
 # ----------------------------------------------------------------------------- GGUF / SmolLM2
@@ -408,7 +472,8 @@ def _hash_file(path: Path, chunk: int = 1 << 22, samples: int = 16) -> str:
 def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = None,
               dtype: str | torch.dtype = "float32", n_ctx: int = SMOLLM2_N_CTX,
               use_cache: bool = True) -> HookedTransformer:
-    """A Llama-architecture GGUF file (default: SmolLM2-135M-Instruct) as a HookedTransformer.
+    """A GGUF file (default: SmolLM2-135M-Instruct) as a HookedTransformer: Llama-architecture
+    files, and those of :data:`TL_ARCHITECTURES` (Gemma 3 270M's Q4_K_M file, say).
 
     The first call de-quantises with ``transformers`` (~25 s for SmolLM2) and caches the
     converted weights and tokenizer as a mechtox checkpoint under :func:`cache_dir`; later
@@ -428,7 +493,7 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
     try:
         model = _convert_gguf(gguf, name, n_ctx)
     except (ValueError, KeyError, OSError, EOFError, struct.error) as e:  # a truncated or unsupported GGUF file
-        raise ModelNotFoundError(f"{gguf} cannot be read as a Llama-architecture GGUF model ({type(e).__name__}: "
+        raise ModelNotFoundError(f"{gguf} cannot be read as a GGUF model ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     if use_cache:
         save_checkpoint(model, cached, extra={"source": str(gguf)})
@@ -447,10 +512,16 @@ def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
             hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as e:  # the gguf package
         raise MechtoxError(f"loading {gguf.name} needs the gguf package: pip install gguf ({e})") from e
-    if hf_model.config.model_type != "llama":
-        raise MechtoxError(f"{gguf.name} is a {hf_model.config.model_type!r} model; only Llama-architecture GGUF files are supported")
-    cfg = llama_config_from_hf(hf_model.config, name, n_ctx)
-    state_dict = convert_llama_weights(hf_model, cfg)
+    kind = hf_model.config.model_type
+    if kind == "llama":
+        cfg = llama_config_from_hf(hf_model.config, name, n_ctx)
+        state_dict = convert_llama_weights(hf_model, cfg)
+    elif kind in TL_ARCHITECTURES:  # de-quantised on load: the weights are plain float32
+        cfg = _tl_config(hf_model.config, name, n_ctx)
+        state_dict = hf_to_tl_state_dict(hf_model, cfg)
+    else:
+        raise IncompatibleError(f"{gguf.name} is a {kind!r} model; mechtox converts GGUF files of these architectures: "
+                                f"{', '.join(['LlamaForCausalLM', *TL_ARCHITECTURES.values()])}")
     model = _build(cfg, state_dict)
     # Save the tokenizer in a directory so TransformerLens can re-open it (it reloads by path).
     return _attach_tokenizer(model, tokenizer)
@@ -776,12 +847,6 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
     raise MechtoxError(_export_refusal(cfg.original_architecture))
 
 
-def _export_refusal(arch: str | None) -> str:
-    what = (f"not {arch}" if arch else "and this model has no original architecture "
-            "(a model built from a bare config, as tiny_model() is, has no transformers counterpart)")
-    return f"export to a transformers directory supports Llama and GPT-2 models, {what}"
-
-
 def to_hf_model(model: HookedTransformer, attn_implementation: str = "sdpa"):
     """The same weights as a ``transformers`` model (fp32, on the model's device, dropout off):
     what the hf training backend runs."""
@@ -795,8 +860,20 @@ def to_hf_model(model: HookedTransformer, attn_implementation: str = "sdpa"):
     return hf
 
 
+_TL_CONVERSIONS = {"GPTNeoXForCausalLM": "convert_neox_weights", "OPTForCausalLM": "convert_opt_weights",
+                   "MistralForCausalLM": "convert_mistral_weights", "Qwen2ForCausalLM": "convert_qwen2_weights",
+                   "Qwen3ForCausalLM": "convert_qwen3_weights", "Olmo3ForCausalLM": "convert_olmo3_weights",
+                   "GemmaForCausalLM": "convert_gemma_weights", "Gemma2ForCausalLM": "convert_gemma_weights",
+                   "Gemma3ForCausalLM": "convert_gemma_weights"}
+
+
 def hf_to_tl_state_dict(hf_model: Any, cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
-    """TransformerLens' own conversion of a ``transformers`` Llama or GPT-2 model's weights."""
+    """TransformerLens' own conversion of a ``transformers`` model's weights (the architectures of
+    :data:`HF_ARCHITECTURES` and :data:`TL_ARCHITECTURES`)."""
+    if cfg.original_architecture in _TL_CONVERSIONS:
+        from transformer_lens.pretrained import weight_conversions
+
+        return getattr(weight_conversions, _TL_CONVERSIONS[cfg.original_architecture])(hf_model, cfg)
     if cfg.original_architecture == "LlamaForCausalLM":
         from transformer_lens.pretrained.weight_conversions import convert_llama_weights
 

@@ -190,6 +190,30 @@ class Workspace:
             f"model name or path{hint}"
         )
 
+    def model_architecture(self, spec: str) -> str | None:
+        """The ``transformers`` architecture of ``spec`` (``LlamaForCausalLM``...) as its files say it,
+        without loading weights: "" for a model with none (``tiny``), None where only loading would tell
+        (official names, hub ids)."""
+        from mechtox import model_files as M
+
+        ref = self.resolve_model(spec)
+        if ref.kind == "weights":
+            return self.model_architecture(ref.location.rpartition("@")[0])
+        if ref.kind == "default":
+            return "LlamaForCausalLM"  # SmolLM2
+        if ref.kind == "tiny":
+            return ""
+        try:
+            if ref.kind == "checkpoint":
+                return M.checkpoint_info(ref.location)["cfg"].get("original_architecture") or ""
+            if ref.kind == "hf":
+                conf = json.loads((Path(ref.location) / "config.json").read_text())
+                known = {**M.HF_ARCHITECTURES, **M.TL_ARCHITECTURES}.get(conf.get("model_type"))
+                return known or (conf.get("architectures") or [None])[0]  # what loading converts it as
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            return None  # loading says what is wrong with the files
+        return None
+
     def model_identity(self, spec: str) -> str:
         """What ``spec`` names now, as a string that changes when the model does: where it resolves
         (so ``base`` re-pointed by ``models --set-base`` is another model) and, for files on disk,

@@ -60,6 +60,98 @@ def test_hf_directory_with_only_a_torch_file_and_as_a_cli_model(tmp_path, capsys
     assert "saved probe 'probe'" in capsys.readouterr().out
 
 
+def _foreign_hf(model_type: str, seed: int = 0):
+    """A tiny random ``transformers`` model of an architecture mechtox loads through TransformerLens'
+    conversion, every weight, norm and bias away from its initial value (a conversion that dropped a
+    bias or a norm weight would not show on zeros and ones)."""
+    import transformers as T
+
+    v = len(M.tiny_tokenizer())
+    sizes = dict(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                 max_position_embeddings=64)
+    make = {"gpt_neox": lambda: T.GPTNeoXConfig(**sizes, rotary_pct=0.25),  # Pythia: parallel attention and MLP
+            "opt": lambda: T.OPTConfig(**{**sizes, "ffn_dim": 96}, word_embed_proj_dim=64),
+            "mistral": lambda: T.MistralConfig(**sizes, num_key_value_heads=2, sliding_window=None),
+            "qwen2": lambda: T.Qwen2Config(**sizes, num_key_value_heads=2),  # q / k / v biases only
+            "qwen3": lambda: T.Qwen3Config(**sizes, num_key_value_heads=2, head_dim=16),  # q / k norms
+            "olmo3": lambda: T.Olmo3Config(**sizes, pad_token_id=0)}  # norms after attention and MLP
+    torch.manual_seed(seed)
+    hf = T.AutoModelForCausalLM.from_config(make[model_type]()).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return hf
+
+
+_FOREIGN = ["gpt_neox", "opt", "mistral", "qwen2", "qwen3", "olmo3"]
+
+
+@pytest.mark.parametrize("model_type", _FOREIGN)
+def test_directories_of_other_architectures_load_with_the_logits_of_transformers(model_type, tmp_path):
+    hf = _foreign_hf(model_type)
+    d = tmp_path / f"my-llama-gemma-{model_type}"  # TransformerLens reads these words in a path as the architecture
+    hf.save_pretrained(d)
+    M.tiny_tokenizer().save_pretrained(d)
+    model = M.load_hf_dir(d)
+    assert model.cfg.original_architecture == M.TL_ARCHITECTURES[model_type] and model.cfg.model_name == d.name
+    toks = torch.randint(3, hf.config.vocab_size, (2, 11))
+    with torch.no_grad():
+        assert (hf(toks).logits - model(toks)).abs().max() < 1e-4
+
+
+def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(tmp_path, capsys):
+    """TransformerLens 3.9 builds Gemma configs from the official names alone; a fine-tuned Gemma keeps
+    its sizes, so a directory maps to the official model of the same architecture and sizes. The whole
+    load on the real Gemma 3 270M: analyses/experiments/hf_dirs/gemma_dir.py (logits within 2e-05 of
+    transformers)."""
+    import transformers as T
+
+    gemma3 = T.Gemma3TextConfig(vocab_size=262144, hidden_size=640, num_hidden_layers=18, num_attention_heads=4,
+                                num_key_value_heads=1, head_dim=256, intermediate_size=2048)
+    assert M._gemma_official_name(gemma3, "Gemma3ForCausalLM").startswith("google/gemma-3-270m")
+    gemma2 = T.Gemma2Config(vocab_size=256000, hidden_size=2304, num_hidden_layers=26, num_attention_heads=8,
+                            num_key_value_heads=4, head_dim=256, intermediate_size=9216)
+    assert M._gemma_official_name(gemma2, "Gemma2ForCausalLM").startswith("google/gemma-2-2b")
+    cfg = M._tl_config(gemma3, "my-gemma", None)
+    assert (cfg.model_name, cfg.n_ctx, cfg.use_normalization_before_and_after) == ("my-gemma", M.SMOLLM2_N_CTX, True)
+    tiny = T.Gemma3TextConfig(vocab_size=len(M.tiny_tokenizer()), hidden_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, intermediate_size=96)
+    d = tmp_path / "tiny-gemma"
+    T.AutoModelForCausalLM.from_config(tiny).save_pretrained(d)
+    M.tiny_tokenizer().save_pretrained(d)
+    capsys.readouterr()
+    assert main(["probe", "-w", str(tmp_path / "ws"), "--model", str(d), "--data", "builtin:toxicity", "--n-train",
+                 "60", "--n-test", "40"]) == 2  # refused from the config, before transformers loads the weights
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no Gemma3ForCausalLM model TransformerLens knows has these sizes" in err
+
+
+@pytest.mark.parametrize("model_type", ["gpt_neox", "qwen2"])
+def test_attribute_between_two_directories_of_another_architecture(model_type, tmp_path, capsys):
+    """`mechtox attribute --before DIR --after DIR` on a Pythia-like model (attention and MLP read the
+    same stream) and a Qwen-2-like one (q / k / v biases): the split adds up (the exactness check)."""
+    from mechtox.probe import Direction
+    from mechtox.workspace import Workspace
+
+    for name, seed in (("pre", 0), ("post", 0)):
+        hf = _foreign_hf(model_type, seed)
+        if name == "post":
+            with torch.no_grad():
+                for p in hf.parameters():
+                    p.add_(0.05 * torch.randn_like(p))
+        hf.save_pretrained(tmp_path / name)
+        M.tiny_tokenizer().save_pretrained(tmp_path / name)
+    ws = str(tmp_path / "ws")
+    Direction(vector=torch.randn(64), hook_name="blocks.1.hook_resid_post", method="x", name="d").save(
+        Workspace(ws).direction_dir("d"))
+    assert main(["attribute", "-w", ws, "-q", "--before", str(tmp_path / "pre"), "--after", str(tmp_path / "post"),
+                 "--direction", "d", "--prompts", "builtin:prompts", "--n", "3", "--max-new-tokens", "3",
+                 "--n-eval-prompts", "0", "--mode", "shared", "--out", "a"]) == 0
+    assert "WARNING" not in capsys.readouterr().out
+    meta = json.loads((tmp_path / "ws" / "runs" / "a" / "attribution-shared-groups.json").read_text())
+    assert meta["check_passed"] is True and abs(meta["check"]["total_change"]) > 1e-2
+
+
 def test_bad_hf_directories_are_one_line(tmp_path, capsys):
     model = zero_foreign(_llama_like())
     cut = M.export_hf(model, tmp_path / "cut")
@@ -163,6 +255,29 @@ def test_export_command(tmp_path, capsys):
     gen = transformers.GenerationConfig.from_pretrained(out)  # what hf.generate(ids) does without arguments
     assert (gen.eos_token_id, gen.bos_token_id, gen.do_sample) == (tok.eos_token_id, tok.bos_token_id, False)
     assert gen.pad_token_id == (tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+
+
+def test_export_of_an_architecture_it_cannot_write_is_refused_before_loading(tmp_path, capsys, monkeypatch):
+    """A Qwen 2 directory loads (TransformerLens converts it) but mechtox writes Llama and GPT-2 only: the
+    export says so from the files, before it loads the model (which took seconds for Gemma 3 270M)."""
+    from mechtox.workspace import Workspace
+
+    d = tmp_path / "q2"
+    _foreign_hf("qwen2").save_pretrained(d)
+    M.tiny_tokenizer().save_pretrained(d)
+    ws = Workspace(tmp_path / "ws")
+    M.save_checkpoint(M.load_hf_dir(d), ws.root / "models" / "mine")
+    M.save_checkpoint(zero_foreign(_llama_like()), ws.root / "models" / "llama")
+    (tmp_path / "w.pt").touch()
+    assert [ws.model_architecture(s) for s in ("mine", str(d), f"{d}@{tmp_path / 'w.pt'}", "tiny", "llama")] == [
+        "Qwen2ForCausalLM", "Qwen2ForCausalLM", "Qwen2ForCausalLM", "", "LlamaForCausalLM"]
+    monkeypatch.setattr(Workspace, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
+    for name in ("mine", str(d), "tiny"):
+        capsys.readouterr()
+        assert main(["export", name, "-w", str(ws.root), "--hf", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "supports Llama and GPT-2 models" in err
+    assert not (tmp_path / "out").exists()
 
 
 def test_export_that_is_not_the_model_writes_nothing(tmp_path, capsys, monkeypatch):

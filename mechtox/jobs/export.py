@@ -42,6 +42,12 @@ EXACT = 1e-3  # the largest logit difference an export may show, relative to the
 
 
 def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
+    if model is None:
+        from mechtox.model_files import HF_ARCHITECTURES, export_refusal
+
+        arch = ctx.ws.model_architecture(cfg.name)  # from the files: refused before torch and the model load
+        if arch is not None and arch not in HF_ARCHITECTURES.values():
+            raise MechtoxError(export_refusal(arch))
     import torch
 
     from mechtox.models import _quiet_transformers, export_hf, foreign_parameters_in_use
