@@ -8,8 +8,8 @@ returning a tensor replaces the activation, returning ``None`` keeps it), and ``
 the HookedTransformer's config. The objectives have no backend-specific code.
 
 The adapter (:data:`HOOK_SITES`) maps each supported name to where the same activation is in the
-HuggingFace module tree, for Llama-family models (SmolLM2, Llama, Mistral, Qwen2 convert to
-``LlamaForCausalLM`` in TransformerLens' config) and GPT-2:
+HuggingFace module tree, for ``LlamaForCausalLM`` models (SmolLM2, Llama 2 / 3 and their
+fine-tunes) and GPT-2 (other architectures, Mistral and Qwen among them, train on the hooked backend):
 
 ========================== ======================================= =================================
 TransformerLens name        Llama                                   GPT-2

@@ -241,7 +241,33 @@ def _load_transformers(source: str, name: str, device: str | None, dtype: str | 
     else:
         state_dict = hf_to_tl_state_dict(hf_model, cfg)
     model = _attach_tokenizer(_build(cfg, state_dict), tokenizer)
+    _llama_bos(model)
+    _check_conversion(hf_model, model, source)
     return _finish(model, device, dtype)
+
+
+def _llama_bos(model: HookedTransformer) -> None:
+    """A Llama model prepends BOS where its own tokenizer adds it (Llama 2 / 3: ``encode("")`` is
+    ``[bos]``), as ``transformers`` does; SmolLM2's adds none. Other architectures keep
+    TransformerLens' choice (GPT-2: BOS; Qwen: none)."""
+    if model.cfg.original_architecture == "LlamaForCausalLM":
+        model.cfg.default_prepend_bos = bool(model.cfg.tokenizer_prepends_bos)
+
+
+def _check_conversion(hf_model: Any, model: HookedTransformer, source: str, n_tokens: int = 24) -> None:
+    """A one-line error unless the converted model gives ``transformers``' logits on a few tokens: a
+    config setting the conversion leaves out (a rope scaling, a bias) would otherwise give another model
+    silently."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, min(model.cfg.d_vocab, hf_model.config.vocab_size), (1, n_tokens), generator=g)
+    with torch.no_grad():
+        theirs = hf_model(ids, use_cache=False).logits.float()
+        ours = model(ids).float()
+    diff, size = float((theirs - ours).abs().max()), float(theirs.abs().max())
+    if not diff <= 1e-3 * max(1.0, size):  # written so that NaN fails
+        raise IncompatibleError(f"{source}: the converted model does not give transformers' logits (largest "
+                                f"difference {diff:.3g}, logits up to {size:.3g}): its config holds something the "
+                                f"{model.cfg.original_architecture} conversion leaves out; please report it")
 
 
 def load_hub(model_id: str, device: str | None = None, dtype: str | torch.dtype = "float32",
@@ -364,6 +390,16 @@ def _hf_to_tl(hf_model: Any, path: Path, n_ctx: int | None) -> tuple[HookedTrans
     return cfg, state_dict
 
 
+def _rope(hf_config: Any) -> dict[str, Any]:
+    """A ``transformers`` config's rotary settings (``rope_parameters``, or the older ``rope_scaling``
+    with ``rope_theta``): one flat dict, or for models with one per layer type (Gemma 3) a dict of those."""
+    rope = getattr(hf_config, "rope_parameters", None) or getattr(hf_config, "rope_scaling", None) or {}
+    return dict(rope) if isinstance(rope, dict) else {}
+
+
+_TL_ROPE_FIELDS = {"llama3": "use_NTK_by_parts_rope", "yarn": "use_yarn_rope"}
+
+
 def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTransformerConfig:
     """TransformerLens' config for a :data:`TL_ARCHITECTURES` model: read from its ``transformers``
     config, or, for Gemma (which TransformerLens 3.9 configures by official name only), the config of
@@ -386,6 +422,12 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
     if cfg.original_architecture != arch:
         raise IncompatibleError(f"{model_name}: TransformerLens read this {arch} config as "
                                 f"{cfg.original_architecture}; load it with TransformerLens directly")
+    kind = _rope(hf_config).get("rope_type") or "default"  # a dict per layer type (Gemma 3) has none: by name
+    field = _TL_ROPE_FIELDS.get(kind)
+    if kind != "default" and not (cfg.rotary_scaling_factor != 1 if kind == "linear"
+                                                   else field and getattr(cfg, field)):
+        raise IncompatibleError(f"{model_name}: its rotary embedding is scaled the {kind!r} way, which TransformerLens' "
+                                f"{arch} conversion leaves out")
     return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None)
 
 
@@ -421,11 +463,24 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
     Mirrors TransformerLens' own Llama branch (RMS norm, gated MLP, rotary without adjacent
     pairs, GQA), for models TransformerLens 3.9 does not list (SmolLM2).
     """
-    rope = getattr(hf_config, "rope_parameters", None) or {}
+    rope = _rope(hf_config)
     rope_theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind not in ("default", "llama3", "linear"):
+        raise IncompatibleError(f"{model_name}: its rotary embedding is scaled the {kind!r} way; mechtox converts "
+                                "Llama models with no scaling, 'llama3' or 'linear' scaling")
+    if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
+        raise IncompatibleError(f"{model_name}: a Llama model with attention or MLP biases (attention_bias / mlp_bias "
+                                "in its config), which TransformerLens' Llama conversion leaves out")
+    scaling: dict[str, Any] = {"llama3": dict(use_NTK_by_parts_rope=True, NTK_by_parts_factor=float(rope.get("factor", 8.0)),
+                              NTK_by_parts_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+                              NTK_by_parts_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+                              NTK_original_ctx_len=int(rope.get("original_max_position_embeddings", 8192))),
+               "linear": dict(rotary_scaling_factor=float(rope.get("factor", 1.0)))}.get(kind, {})
     n_kv = hf_config.num_key_value_heads
-    d_head = hf_config.hidden_size // hf_config.num_attention_heads
+    d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
     return HookedTransformerConfig(
+        **scaling,
         d_model=hf_config.hidden_size,
         d_head=d_head,
         n_heads=hf_config.num_attention_heads,
@@ -522,9 +577,10 @@ def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
     else:
         raise IncompatibleError(f"{gguf.name} is a {kind!r} model; mechtox converts GGUF files of these architectures: "
                                 f"{', '.join(['LlamaForCausalLM', *TL_ARCHITECTURES.values()])}")
-    model = _build(cfg, state_dict)
-    # Save the tokenizer in a directory so TransformerLens can re-open it (it reloads by path).
-    return _attach_tokenizer(model, tokenizer)
+    model = _attach_tokenizer(_build(cfg, state_dict), tokenizer)
+    _llama_bos(model)
+    _check_conversion(hf_model, model, gguf.name)
+    return model
 
 
 def _attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> HookedTransformer:
@@ -836,7 +892,8 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
             num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, head_dim=cfg.d_head,
             max_position_embeddings=cfg.n_ctx, rms_norm_eps=cfg.eps, hidden_act=cfg.act_fn,
-            rope_theta=cfg.rotary_base, tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
+            rope_theta=cfg.rotary_base, rope_scaling=_rope_scaling(cfg),  # type: ignore[call-arg]  # 4.x's name, read by 5.x
+            tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
         )
     if cfg.original_architecture == "GPT2LMHeadModel":
         drop = 0.1 if dropout is None else dropout  # 0.1: GPT-2's own rates
@@ -845,6 +902,18 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
                           layer_norm_epsilon=cfg.eps, activation_function=cfg.act_fn, tie_word_embeddings=False,
                           architectures=["GPT2LMHeadModel"], resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
     raise MechtoxError(_export_refusal(cfg.original_architecture))
+
+
+def _rope_scaling(cfg: HookedTransformerConfig) -> dict[str, Any] | None:
+    """The ``transformers`` rope scaling of a Llama config (Llama 3's NTK-by-parts, or linear)."""
+    if cfg.use_NTK_by_parts_rope:
+        return {"rope_type": "llama3", "factor": cfg.NTK_by_parts_factor,
+                "low_freq_factor": cfg.NTK_by_parts_low_freq_factor,
+                "high_freq_factor": cfg.NTK_by_parts_high_freq_factor,
+                "original_max_position_embeddings": cfg.NTK_original_ctx_len}
+    if cfg.rotary_scaling_factor != 1:
+        return {"rope_type": "linear", "factor": cfg.rotary_scaling_factor}
+    return None
 
 
 def to_hf_model(model: HookedTransformer, attn_implementation: str = "sdpa"):

@@ -99,6 +99,63 @@ def test_directories_of_other_architectures_load_with_the_logits_of_transformers
         assert (hf(toks).logits - model(toks)).abs().max() < 1e-4
 
 
+def _llama3_dir(tmp_path, rope_type="llama3", **extra):
+    """A tiny Llama-3-like directory: rotary frequencies scaled (NTK by parts), a head size other than
+    d_model / n_heads, and a tokenizer that adds BOS (as Llama 2 / 3's do)."""
+    import transformers as T
+    from tokenizers.processors import TemplateProcessing
+
+    tok = M.tiny_tokenizer()
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    rope = {"llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_max_position_embeddings": 16},
+            "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}}[rope_type]
+    conf = T.LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=32, intermediate_size=96, max_position_embeddings=128,
+                         rope_theta=500000.0, rope_scaling=rope, **extra)
+    torch.manual_seed(0)
+    hf = T.LlamaForCausalLM(conf).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    d = tmp_path / f"llama3-{rope_type}"
+    hf.save_pretrained(d)
+    tok.save_pretrained(d)
+    return hf, d
+
+
+def test_llama_3_directories_keep_their_rope_scaling_head_size_and_bos(tmp_path):
+    """Llama 3's rope scaling was dropped (logits off by 7 on 40 tokens), a head_dim other than
+    d_model / n_heads was a shape error, and a Llama directory never prepended BOS, though Llama 2 / 3
+    need it. The hf backend and the export build the transformers model back from the config: it keeps
+    the scaling too."""
+    from mechtox.data import encode
+
+    hf, d = _llama3_dir(tmp_path)
+    model = M.load_hf_dir(d)
+    toks = torch.randint(3, hf.config.vocab_size, (2, 40))
+    with torch.no_grad():
+        assert (hf(toks).logits - model(toks)).abs().max() < 1e-4
+        assert (M.to_hf_model(model)(toks).logits - model(toks)).abs().max() < 1e-4
+    assert model.cfg.default_prepend_bos is True
+    ids = encode(model, ["you are"])[0]
+    assert ids[0] == 1 and ids.count(1) == 1 and ids[1:] == model.tokenizer("you are", add_special_tokens=False)["input_ids"]
+    assert M.load_checkpoint(M.save_checkpoint(model, tmp_path / "ck")).cfg.use_NTK_by_parts_rope
+
+
+def test_settings_a_conversion_leaves_out_are_refused_and_the_load_checks_the_logits(tmp_path, monkeypatch):
+    _, yarn = _llama3_dir(tmp_path, "yarn")
+    with pytest.raises(IncompatibleError, match="scaled the 'yarn' way"):
+        M.load_hf_dir(yarn)
+    _, biased = _llama3_dir(tmp_path / "b", attention_bias=True)
+    with pytest.raises(IncompatibleError, match="attention or MLP biases"):
+        M.load_hf_dir(biased)
+    _, d = _llama3_dir(tmp_path / "c")
+    monkeypatch.setattr(M, "_rope", lambda conf: {})  # a conversion that misses the scaling, as before
+    with pytest.raises(IncompatibleError, match="does not give transformers' logits"):
+        M.load_hf_dir(d)
+
+
 def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(tmp_path, capsys):
     """TransformerLens 3.9 builds Gemma configs from the official names alone; a fine-tuned Gemma keeps
     its sizes, so a directory maps to the official model of the same architecture and sizes. The whole
