@@ -8,8 +8,8 @@ returning a tensor replaces the activation, returning ``None`` keeps it), and ``
 the HookedTransformer's config. The objectives have no backend-specific code.
 
 The adapter (:data:`HOOK_SITES`) maps each supported name to where the same activation is in the
-HuggingFace module tree, for ``LlamaForCausalLM`` models (SmolLM2, Llama 2 / 3 and their
-fine-tunes) and GPT-2 (other architectures, Mistral and Qwen among them, train on the hooked backend):
+HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral and Qwen 2 / 3 name
+their modules as Llama does) and GPT-2 (other architectures train on the hooked backend):
 
 ========================== ======================================= =================================
 TransformerLens name        Llama                                   GPT-2
@@ -49,18 +49,21 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox.errors import MechtoxError
+from mechtox.model_files import EXPORT_ARCHITECTURES
 from mechtox.train_config import LORA_NAMES, lora_target_list
 
-ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel")
+ARCHITECTURES = EXPORT_ARCHITECTURES
 
 _LAYER_NAMES = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
                 "hook_resid_post")
 _NAME = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(n) for n in _LAYER_NAMES) + r")$")
 
 # per architecture: the modules (relative to the block) whose input / output carry each activation
-_MODULES = {
-    "LlamaForCausalLM": {"blocks": "model.layers", "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj",
-                         "final_norm": "model.norm"},
+_LLAMA_MODULES = {"blocks": "model.layers", "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj",
+                  "final_norm": "model.norm"}
+_MODULES = {  # Mistral and Qwen 2 / 3 name their modules as Llama does
+    "LlamaForCausalLM": _LLAMA_MODULES, "MistralForCausalLM": _LLAMA_MODULES, "Qwen2ForCausalLM": _LLAMA_MODULES,
+    "Qwen3ForCausalLM": _LLAMA_MODULES,
     "GPT2LMHeadModel": {"blocks": "transformer.h", "attn_out": "attn.c_proj", "mlp_out": "mlp.c_proj",
                         "final_norm": "transformer.ln_f"},
 }
@@ -79,7 +82,7 @@ def supported_hook(name: str, cfg) -> bool:
 def unsupported_reason(cfg, hook_names: Sequence[str]) -> str | None:
     """Why the hf backend cannot run a step that needs ``hook_names`` (``None``: it can)."""
     if cfg.original_architecture not in ARCHITECTURES:
-        return (f"the hf backend converts {' and '.join(ARCHITECTURES)} models; this one is "
+        return (f"the hf backend converts {', '.join(ARCHITECTURES)} models; this one is "
                 f"{cfg.original_architecture or 'not from transformers'}")
     missing = [h for h in hook_names if not supported_hook(h, cfg)]
     if missing:
@@ -408,7 +411,7 @@ def lora_target_modules(arch: str, spec: str) -> list[str]:
     """The module names ``peft`` adapts for a ``--lora-targets`` list such as ``q,v``."""
     table = LORA_NAMES.get(arch)
     if table is None:
-        raise MechtoxError(f"LoRA runs on the hf backend, which converts {' and '.join(ARCHITECTURES)} models")
+        raise MechtoxError(f"LoRA runs on the hf backend, which converts {', '.join(ARCHITECTURES)} models")
     names = lora_target_list(spec)
     bad = [x for x in names if x not in table]
     if not names or bad:

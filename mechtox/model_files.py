@@ -22,14 +22,19 @@ CHECKPOINT_CONFIG = "config.json"
 HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                    "pytorch_model.bin.index.json")
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
-"""``transformers`` architectures (by ``model_type``) mechtox converts both ways: loaded, exported,
-and trained through ``transformers`` (the hf backend)."""
+"""``transformers`` architectures (by ``model_type``) mechtox reads with its own config conversion."""
+
+EXPORT_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", "MistralForCausalLM", "Qwen2ForCausalLM",
+                        "Qwen3ForCausalLM")
+"""Original architectures mechtox also writes back to ``transformers``: exported (``mechtox export``),
+read from ``transformers`` names in a state-dict file, and trained through ``transformers`` (the hf
+backend, LoRA)."""
 
 TL_ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM", "mistral": "MistralForCausalLM",
                     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo3": "Olmo3ForCausalLM",
                     "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
-"""``transformers`` architectures (by ``model_type``) mechtox loads, not exports, through TransformerLens'
-own conversion: Pythia (GPT-NeoX), OPT, Mistral, Qwen 2 / 2.5 / 3, OLMo 3 and Gemma 1-3 (the Gemma
+"""``transformers`` architectures (by ``model_type``) mechtox loads through TransformerLens' own
+conversion: Pythia (GPT-NeoX), OPT, Mistral, Qwen 2 / 2.5 / 3, OLMo 3 and Gemma 1-3 (the Gemma
 configs TransformerLens knows by name, matched on the directory's sizes)."""
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -75,7 +80,7 @@ def export_refusal(arch: str | None) -> str:
     """Why a model of original architecture ``arch`` cannot be exported to a ``transformers`` directory."""
     what = (f"not {arch}" if arch else "and this model has no original architecture "
             "(a model built from a bare config, as tiny_model() is, has no transformers counterpart)")
-    return f"export to a transformers directory supports Llama and GPT-2 models, {what}"
+    return f"export to a transformers directory supports Llama, GPT-2, Mistral, Qwen 2 and Qwen 3 models, {what}"
 
 
 def is_hf_dir(path: str | os.PathLike[str]) -> bool:

@@ -18,6 +18,7 @@ TransformerLens' ``TransformerBridge`` later touches this file only.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import hashlib
 import io
@@ -39,6 +40,7 @@ from mechtox.model_files import CHECKPOINT_CONFIG as _CKPT_CONFIG
 from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined here)
     CHECKPOINT_FORMAT,
     DEFAULT_MODEL,
+    EXPORT_ARCHITECTURES,
     HF_ARCHITECTURES,
     HF_WEIGHT_FILES,
     SMOLLM2_GGUF,
@@ -353,9 +355,9 @@ def _check_fit(sd: dict[str, torch.Tensor], want: dict[str, torch.Size], what: s
 
 
 def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
-    if model.cfg.original_architecture not in HF_ARCHITECTURES.values():
+    if model.cfg.original_architecture not in EXPORT_ARCHITECTURES:
         raise IncompatibleError(f"{path}: its keys ({list(sd)[:2]}) are not TransformerLens names, and "
-                                f"{model.cfg.model_name} is no {' or '.join(HF_ARCHITECTURES.values())} model to read "
+                                f"{model.cfg.model_name} is no {', '.join(EXPORT_ARCHITECTURES)} model to read "
                                 "transformers names for")
     hf = to_hf_model(model)
     buffers = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, in files of older transformers
@@ -413,7 +415,9 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
     source = _gemma_official_name(hf_config, arch) if hf_config.model_type.startswith("gemma") else None
     with tempfile.TemporaryDirectory(prefix="mechtox-config-") as tmp:
         if source is None:  # a folder of its own: TransformerLens reads "llama" / "gemma" in a path's name as the architecture
-            hf_config.save_pretrained(tmp)
+            conf = copy.deepcopy(hf_config)
+            conf.architectures = [arch]  # TransformerLens reads the first (None in memory; a reward model's head)
+            conf.save_pretrained(tmp)
             source = tmp
         cfg = get_pretrained_model_config(source, dtype=torch.float32, device="cpu")
         if cfg.positional_embedding_type == "rotary":
@@ -843,7 +847,7 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
     sd = {k: v.detach().cpu().float() for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     arch = cfg.original_architecture
-    if arch == "LlamaForCausalLM":
+    if arch in _LLAMA_LIKE:
         g = "_" if cfg.n_key_value_heads is not None else ""
         out["model.embed_tokens.weight"] = sd["embed.W_E"]
         for layer in range(cfg.n_layers):
@@ -853,6 +857,12 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
             out[q + "self_attn.k_proj.weight"] = einops.rearrange(sd[p + f"attn.{g}W_K"], "n m h -> (n h) m")
             out[q + "self_attn.v_proj.weight"] = einops.rearrange(sd[p + f"attn.{g}W_V"], "n m h -> (n h) m")
             out[q + "self_attn.o_proj.weight"] = einops.rearrange(sd[p + "attn.W_O"], "n h m -> m (n h)")
+            if arch == "Qwen2ForCausalLM":  # q / k / v biases, no others
+                for x, under in (("q", ""), ("k", g), ("v", g)):
+                    out[q + f"self_attn.{x}_proj.bias"] = sd[p + f"attn.{under}b_{x.upper()}"].reshape(-1)
+            if arch == "Qwen3ForCausalLM":  # RMS norms of each head's query and key
+                out[q + "self_attn.q_norm.weight"] = sd[p + "attn.q_norm.w"]
+                out[q + "self_attn.k_norm.weight"] = sd[p + "attn.k_norm.w"]
             out[q + "post_attention_layernorm.weight"] = sd[p + "ln2.w"]
             out[q + "mlp.up_proj.weight"] = sd[p + "mlp.W_in"].T.contiguous()
             out[q + "mlp.gate_proj.weight"] = sd[p + "mlp.W_gate"].T.contiguous()
@@ -881,26 +891,35 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
     return out
 
 
-def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
-    """The ``transformers`` config of a Llama or GPT-2 HookedTransformer config (untied
-    embeddings: training may untie them). ``dropout`` overrides GPT-2's dropout rates."""
-    from transformers import GPT2Config, LlamaConfig
+_LLAMA_LIKE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
 
-    if cfg.original_architecture == "LlamaForCausalLM":
-        return LlamaConfig(
+
+def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
+    """The ``transformers`` config of a HookedTransformer config of an architecture in
+    :data:`EXPORT_ARCHITECTURES` (untied embeddings: training may untie them). ``dropout`` overrides
+    GPT-2's dropout rates."""
+    import transformers
+
+    arch = cfg.original_architecture
+    if arch in _LLAMA_LIKE:
+        common: dict[str, Any] = dict(
             vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
             num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, head_dim=cfg.d_head,
             max_position_embeddings=cfg.n_ctx, rms_norm_eps=cfg.eps, hidden_act=cfg.act_fn,
-            rope_theta=cfg.rotary_base, rope_scaling=_rope_scaling(cfg),  # type: ignore[call-arg]  # 4.x's name, read by 5.x
-            tie_word_embeddings=False, architectures=["LlamaForCausalLM"],
-        )
-    if cfg.original_architecture == "GPT2LMHeadModel":
+            rope_theta=cfg.rotary_base, tie_word_embeddings=False, architectures=[arch])
+        if arch == "LlamaForCausalLM":
+            return transformers.LlamaConfig(**common, rope_scaling=_rope_scaling(cfg))  # type: ignore[call-arg]  # 4.x's name, read by 5.x
+        if arch == "MistralForCausalLM":
+            return transformers.MistralConfig(**common, sliding_window=cfg.window_size if cfg.use_local_attn else None)
+        return getattr(transformers, arch.replace("ForCausalLM", "Config"))(**common, use_sliding_window=False)
+    if arch == "GPT2LMHeadModel":
         drop = 0.1 if dropout is None else dropout  # 0.1: GPT-2's own rates
-        return GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
-                          n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
-                          layer_norm_epsilon=cfg.eps, activation_function=cfg.act_fn, tie_word_embeddings=False,
-                          architectures=["GPT2LMHeadModel"], resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
+        return transformers.GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
+                                       n_layer=cfg.n_layers, n_head=cfg.n_heads, n_inner=cfg.d_mlp,
+                                       layer_norm_epsilon=cfg.eps, activation_function=cfg.act_fn,
+                                       tie_word_embeddings=False, architectures=["GPT2LMHeadModel"],
+                                       resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
     raise MechtoxError(_export_refusal(cfg.original_architecture))
 
 

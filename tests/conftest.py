@@ -60,6 +60,33 @@ def zero_foreign(model):
     return model
 
 
+def foreign_hf(model_type: str, seed: int = 0):
+    """A tiny random ``transformers`` model of an architecture mechtox loads through TransformerLens'
+    conversion, every weight, norm and bias away from its initial value (a conversion that dropped a
+    bias or a norm weight would not show on zeros and ones)."""
+    import transformers as T
+
+    from mechtox.models import tiny_tokenizer
+
+    v = len(tiny_tokenizer())
+    sizes = dict(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
+                 max_position_embeddings=64)
+    llama_like = dict(rope_theta=50000.0, rms_norm_eps=1e-4)
+    make = {"gpt_neox": lambda: T.GPTNeoXConfig(**sizes, rotary_pct=0.25),  # Pythia: parallel attention and MLP
+            "opt": lambda: T.OPTConfig(**{**sizes, "ffn_dim": 96}, word_embed_proj_dim=64),
+            # not the default rotary base and epsilon, and a window shorter than the tests' texts
+            "mistral": lambda: T.MistralConfig(**sizes, num_key_value_heads=2, sliding_window=8, **llama_like),
+            "qwen2": lambda: T.Qwen2Config(**sizes, num_key_value_heads=2, **llama_like),  # q / k / v biases only
+            "qwen3": lambda: T.Qwen3Config(**sizes, num_key_value_heads=2, head_dim=16, **llama_like),  # q / k norms
+            "olmo3": lambda: T.Olmo3Config(**sizes, pad_token_id=0)}  # norms after attention and MLP
+    torch.manual_seed(seed)
+    hf = T.AutoModelForCausalLM.from_config(make[model_type]()).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return hf
+
+
 LLAMA = dict(gated_mlp=True, normalization_type="RMS", act_fn="silu", positional_embedding_type="rotary",
              n_key_value_heads=2, rotary_dim=16, original_architecture="LlamaForCausalLM", final_rms=True,
              rotary_base=50000.0, eps=1e-4)  # not the defaults (10,000 and 1e-5), so a conversion that drops them shows

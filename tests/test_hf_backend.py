@@ -22,11 +22,17 @@ from mechtox.training import (
     pair_logps,
     train,
 )
-from tests.conftest import LLAMA, randomize_norms_and_biases, zero_foreign
+from tests.conftest import LLAMA, foreign_hf, randomize_norms_and_biases, zero_foreign
 
 
 def _make(arch: str, seed: int = 5):
     torch.manual_seed(seed)
+    if arch in ("mistral", "qwen2", "qwen3"):  # converted from transformers, every weight, norm and bias random
+        hf = foreign_hf(arch, seed)
+        cfg = M._tl_config(hf.config, arch, None)
+        model = M._attach_tokenizer(M._build(cfg, M.hf_to_tl_state_dict(hf, cfg)), M.tiny_tokenizer())
+        model.cfg.default_prepend_bos = True
+        return model
     if arch == "llama":
         model = M.tiny_model(default_prepend_bos=True, **LLAMA)
     else:
@@ -35,7 +41,7 @@ def _make(arch: str, seed: int = 5):
     return zero_foreign(randomize_norms_and_biases(model, seed=seed))
 
 
-ARCHS = ["gpt2", "llama"]
+ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3"]
 LAYER_NAMES = ["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
                "hook_resid_post"]
 

@@ -11,7 +11,7 @@ import torch
 from mechtox import models as M
 from mechtox.cli import main
 from mechtox.errors import IncompatibleError, ModelNotFoundError
-from tests.conftest import LLAMA, randomize_norms_and_biases, zero_foreign
+from tests.conftest import LLAMA, foreign_hf, randomize_norms_and_biases, zero_foreign
 
 
 def _gpt2_like():
@@ -60,35 +60,12 @@ def test_hf_directory_with_only_a_torch_file_and_as_a_cli_model(tmp_path, capsys
     assert "saved probe 'probe'" in capsys.readouterr().out
 
 
-def _foreign_hf(model_type: str, seed: int = 0):
-    """A tiny random ``transformers`` model of an architecture mechtox loads through TransformerLens'
-    conversion, every weight, norm and bias away from its initial value (a conversion that dropped a
-    bias or a norm weight would not show on zeros and ones)."""
-    import transformers as T
-
-    v = len(M.tiny_tokenizer())
-    sizes = dict(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-                 max_position_embeddings=64)
-    make = {"gpt_neox": lambda: T.GPTNeoXConfig(**sizes, rotary_pct=0.25),  # Pythia: parallel attention and MLP
-            "opt": lambda: T.OPTConfig(**{**sizes, "ffn_dim": 96}, word_embed_proj_dim=64),
-            "mistral": lambda: T.MistralConfig(**sizes, num_key_value_heads=2, sliding_window=None),
-            "qwen2": lambda: T.Qwen2Config(**sizes, num_key_value_heads=2),  # q / k / v biases only
-            "qwen3": lambda: T.Qwen3Config(**sizes, num_key_value_heads=2, head_dim=16),  # q / k norms
-            "olmo3": lambda: T.Olmo3Config(**sizes, pad_token_id=0)}  # norms after attention and MLP
-    torch.manual_seed(seed)
-    hf = T.AutoModelForCausalLM.from_config(make[model_type]()).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return hf
-
-
 _FOREIGN = ["gpt_neox", "opt", "mistral", "qwen2", "qwen3", "olmo3"]
 
 
 @pytest.mark.parametrize("model_type", _FOREIGN)
 def test_directories_of_other_architectures_load_with_the_logits_of_transformers(model_type, tmp_path):
-    hf = _foreign_hf(model_type)
+    hf = foreign_hf(model_type)
     d = tmp_path / f"my-llama-gemma-{model_type}"  # TransformerLens reads these words in a path as the architecture
     hf.save_pretrained(d)
     M.tiny_tokenizer().save_pretrained(d)
@@ -156,6 +133,38 @@ def test_settings_a_conversion_leaves_out_are_refused_and_the_load_checks_the_lo
         M.load_hf_dir(d)
 
 
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3"])
+def test_mistral_and_qwen_directories_export_back_to_their_own_weights(model_type, tmp_path, capsys):
+    """In and out again: `mechtox export` writes the directory transformers loads as the same class with
+    the original model's logits (Mistral's sliding window, 8 here, shorter than the text; Qwen 2's q / k / v
+    biases; Qwen 3's q / k norms), and a state-dict file in transformers names loads over the base."""
+    import transformers as T
+
+    hf = foreign_hf(model_type)
+    d = tmp_path / "in"
+    hf.save_pretrained(d)
+    M.tiny_tokenizer().save_pretrained(d)
+    ws = str(tmp_path / "ws")
+    capsys.readouterr()
+    assert main(["export", str(d), "-w", ws, "-q", "--hf", str(tmp_path / "out")]) == 0
+    assert "logits differ" in capsys.readouterr().out
+    back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert type(back) is type(hf)
+    toks = torch.randint(3, hf.config.vocab_size, (2, 30))
+    with torch.no_grad():
+        assert (hf(toks).logits - back(toks).logits).abs().max() < 1e-5
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in back.state_dict().items()}, tmp_path / "w.safetensors")
+    base = M.load_hf_dir(d)
+    with torch.no_grad():
+        for p in base.parameters():
+            p.zero_()
+    loaded = M.apply_weights(base, tmp_path / "w.safetensors")
+    with torch.no_grad():
+        assert (hf(toks).logits - loaded(toks)).abs().max() < 1e-4
+
+
 def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(tmp_path, capsys):
     """TransformerLens 3.9 builds Gemma configs from the official names alone; a fine-tuned Gemma keeps
     its sizes, so a directory maps to the official model of the same architecture and sizes. The whole
@@ -191,7 +200,7 @@ def test_attribute_between_two_directories_of_another_architecture(model_type, t
     from mechtox.workspace import Workspace
 
     for name, seed in (("pre", 0), ("post", 0)):
-        hf = _foreign_hf(model_type, seed)
+        hf = foreign_hf(model_type, seed)
         if name == "post":
             with torch.no_grad():
                 for p in hf.parameters():
@@ -315,25 +324,25 @@ def test_export_command(tmp_path, capsys):
 
 
 def test_export_of_an_architecture_it_cannot_write_is_refused_before_loading(tmp_path, capsys, monkeypatch):
-    """A Qwen 2 directory loads (TransformerLens converts it) but mechtox writes Llama and GPT-2 only: the
+    """A Pythia (GPT-NeoX) directory loads (TransformerLens converts it) but mechtox does not write it: the
     export says so from the files, before it loads the model (which took seconds for Gemma 3 270M)."""
     from mechtox.workspace import Workspace
 
-    d = tmp_path / "q2"
-    _foreign_hf("qwen2").save_pretrained(d)
+    d = tmp_path / "neox"
+    foreign_hf("gpt_neox").save_pretrained(d)
     M.tiny_tokenizer().save_pretrained(d)
     ws = Workspace(tmp_path / "ws")
     M.save_checkpoint(M.load_hf_dir(d), ws.root / "models" / "mine")
     M.save_checkpoint(zero_foreign(_llama_like()), ws.root / "models" / "llama")
     (tmp_path / "w.pt").touch()
     assert [ws.model_architecture(s) for s in ("mine", str(d), f"{d}@{tmp_path / 'w.pt'}", "tiny", "llama")] == [
-        "Qwen2ForCausalLM", "Qwen2ForCausalLM", "Qwen2ForCausalLM", "", "LlamaForCausalLM"]
+        "GPTNeoXForCausalLM", "GPTNeoXForCausalLM", "GPTNeoXForCausalLM", "", "LlamaForCausalLM"]
     monkeypatch.setattr(Workspace, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
     for name in ("mine", str(d), "tiny"):
         capsys.readouterr()
         assert main(["export", name, "-w", str(ws.root), "--hf", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "supports Llama and GPT-2 models" in err
+        assert err.count("\n") == 1 and "supports Llama, GPT-2, Mistral, Qwen 2 and Qwen 3 models" in err
     assert not (tmp_path / "out").exists()
 
 

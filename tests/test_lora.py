@@ -12,7 +12,7 @@ from mechtox.hf_backend import HFBackend, LoraSpec, lora_target_modules
 from mechtox.training import DPOObjective, SAPObjective, TrainConfig, train
 from tests.test_hf_backend import _make, _pairs
 
-ARCHS = ["gpt2", "llama"]
+ARCHS = ["gpt2", "llama", "qwen2", "qwen3"]
 
 
 def _cfg(**kw):
@@ -41,7 +41,7 @@ def test_lora_trains_only_the_adapters_and_saves_them_merged(arch, tmp_path):
     assert sum(s["exp_avg"].numel() for s in opt["state"].values()) == _adapter_size(model)
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    want = {"attn.W_Q", "attn.W_V", "attn._W_V"} if arch == "llama" else {"attn.W_Q", "attn.W_K", "attn.W_V", "attn.b_Q"}
+    want = {"attn.W_Q", "attn.W_V", "attn._W_V"} if arch != "gpt2" else {"attn.W_Q", "attn.W_K", "attn.W_V", "attn.b_Q"}
     assert moved and {k.split(".", 2)[2] for k in moved} <= want, moved
     # the merged HookedTransformer computes what the adapted transformers model computes
     adapted = HFBackend(_make(arch), lora=LoraSpec(4, 8.0, 0.0, "q,v"))

@@ -43,10 +43,10 @@ EXACT = 1e-3  # the largest logit difference an export may show, relative to the
 
 def run(cfg: ExportConfig, ctx: Context, model=None) -> ExportResult:
     if model is None:
-        from mechtox.model_files import HF_ARCHITECTURES, export_refusal
+        from mechtox.model_files import EXPORT_ARCHITECTURES, export_refusal
 
         arch = ctx.ws.model_architecture(cfg.name)  # from the files: refused before torch and the model load
-        if arch is not None and arch not in HF_ARCHITECTURES.values():
+        if arch is not None and arch not in EXPORT_ARCHITECTURES:
             raise MechtoxError(export_refusal(arch))
     import torch
 
