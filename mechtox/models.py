@@ -238,11 +238,18 @@ def _load_transformers(source: str, name: str, device: str | None, dtype: str | 
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"{source} has no usable tokenizer files ({type(e).__name__}); save the tokenizer "
                                  "beside the weights (tokenizer.save_pretrained(DIR))") from None
-    if cfg is None:
-        cfg, state_dict = _hf_to_tl(hf_model, Path(name), n_ctx)
-    else:
-        state_dict = hf_to_tl_state_dict(hf_model, cfg)
-    model = _attach_tokenizer(_build(cfg, state_dict), tokenizer)
+    try:
+        if cfg is None:
+            cfg, state_dict = _hf_to_tl(hf_model, Path(name), n_ctx)
+        else:
+            state_dict = hf_to_tl_state_dict(hf_model, cfg)
+    except (AttributeError, KeyError, RuntimeError, ValueError, TypeError) as e:  # a variant the conversion does not know
+        raise IncompatibleError(f"{source}: TransformerLens' conversion of this {type(hf_model).__name__} fails "
+                                f"({type(e).__name__}: {(str(e).splitlines() or ['no detail'])[0][:120]}): its config "
+                                "holds a variant it does not convert") from None
+    model = _attach_tokenizer(_build(cfg, state_dict, f"{source}: TransformerLens' conversion gives weights that do "
+                                     f"not fit its own config, a variant of {type(hf_model).__name__} it does not "
+                                     "convert"), tokenizer)
     _llama_bos(model)
     _check_conversion(hf_model, model, source)
     return _finish(model, device, dtype)

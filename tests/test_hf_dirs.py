@@ -165,6 +165,28 @@ def test_mistral_and_qwen_directories_export_back_to_their_own_weights(model_typ
         assert (hf(toks).logits - loaded(toks)).abs().max() < 1e-4
 
 
+def test_variants_a_conversion_does_not_know_are_one_line_errors(tmp_path, capsys):
+    """OPT-350m projects its embeddings (word_embed_proj_dim) and normalises after each block
+    (do_layer_norm_before false); TransformerLens' OPT conversion takes neither: a shape error and an
+    AttributeError traceback before, a one-line error now."""
+    import transformers as T
+
+    sizes = dict(vocab_size=len(M.tiny_tokenizer()), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 ffn_dim=96, max_position_embeddings=64)
+    for name, extra, match in (("proj", dict(word_embed_proj_dim=32), "weights that do not fit its own config"),
+                               ("post-ln", dict(do_layer_norm_before=False), "conversion of this OPTForCausalLM fails")):
+        d = tmp_path / name
+        T.OPTForCausalLM(T.OPTConfig(**sizes, **extra)).save_pretrained(d)
+        M.tiny_tokenizer().save_pretrained(d)
+        with pytest.raises(IncompatibleError, match=match):
+            M.load_hf_dir(d)
+        capsys.readouterr()
+        assert main(["probe", "-w", str(tmp_path / "ws"), "-q", "--model", str(d), "--data", "builtin:toxicity",
+                     "--n-train", "60", "--n-test", "40"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err and match in err
+
+
 def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(tmp_path, capsys):
     """TransformerLens 3.9 builds Gemma configs from the official names alone; a fine-tuned Gemma keeps
     its sizes, so a directory maps to the official model of the same architecture and sizes. The whole
@@ -192,10 +214,11 @@ def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(
     assert err.count("\n") == 1 and "no Gemma3ForCausalLM model TransformerLens knows has these sizes" in err
 
 
-@pytest.mark.parametrize("model_type", ["gpt_neox", "qwen2"])
+@pytest.mark.parametrize("model_type", ["gpt_neox", "qwen2", "olmo3"])
 def test_attribute_between_two_directories_of_another_architecture(model_type, tmp_path, capsys):
     """`mechtox attribute --before DIR --after DIR` on a Pythia-like model (attention and MLP read the
-    same stream) and a Qwen-2-like one (q / k / v biases): the split adds up (the exactness check)."""
+    same stream), a Qwen-2-like one (q / k / v biases) and an OLMo-3-like one (RMS norms after attention
+    and MLP): the split adds up (the exactness check)."""
     from mechtox.probe import Direction
     from mechtox.workspace import Workspace
 
