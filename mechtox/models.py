@@ -238,6 +238,14 @@ def _load_transformers(source: str, name: str, device: str | None, dtype: str | 
     except (OSError, ValueError) as e:
         raise ModelNotFoundError(f"{source} has no usable tokenizer files ({type(e).__name__}); save the tokenizer "
                                  "beside the weights (tokenizer.save_pretrained(DIR))") from None
+    return _finish(_to_hooked(hf_model, tokenizer, name, n_ctx, source, cfg), device, dtype)
+
+
+def _to_hooked(hf_model: Any, tokenizer: Any, name: str, n_ctx: int | None, source: str,
+               cfg: HookedTransformerConfig | None = None) -> HookedTransformer:
+    """A loaded ``transformers`` model as a HookedTransformer on the CPU (``cfg``: its config, where
+    :func:`_tl_config` made it already), checked against ``transformers``' logits. A variant the
+    conversion does not know is a one-line error naming ``source``."""
     try:
         if cfg is None:
             cfg, state_dict = _hf_to_tl(hf_model, Path(name), n_ctx)
@@ -252,7 +260,7 @@ def _load_transformers(source: str, name: str, device: str | None, dtype: str | 
                                      "convert"), tokenizer)
     _llama_bos(model)
     _check_conversion(hf_model, model, source)
-    return _finish(model, device, dtype)
+    return model
 
 
 def _llama_bos(model: HookedTransformer) -> None:
@@ -567,7 +575,6 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
 
 
 def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
-    from transformer_lens.pretrained.weight_conversions import convert_llama_weights
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     # transformers' de-quantising bar is a plain tqdm, which no switch turns off after import
@@ -578,20 +585,12 @@ def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
             hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     except ImportError as e:  # the gguf package
         raise MechtoxError(f"loading {gguf.name} needs the gguf package: pip install gguf ({e})") from e
-    kind = hf_model.config.model_type
-    if kind == "llama":
-        cfg = llama_config_from_hf(hf_model.config, name, n_ctx)
-        state_dict = convert_llama_weights(hf_model, cfg)
-    elif kind in TL_ARCHITECTURES:  # de-quantised on load: the weights are plain float32
-        cfg = _tl_config(hf_model.config, name, n_ctx)
-        state_dict = hf_to_tl_state_dict(hf_model, cfg)
-    else:
+    kind = hf_model.config.model_type  # de-quantised on load: the weights are plain float32
+    if kind != "llama" and kind not in TL_ARCHITECTURES:
         raise IncompatibleError(f"{gguf.name} is a {kind!r} model; mechtox converts GGUF files of these architectures: "
                                 f"{', '.join(['LlamaForCausalLM', *TL_ARCHITECTURES.values()])}")
-    model = _attach_tokenizer(_build(cfg, state_dict), tokenizer)
-    _llama_bos(model)
-    _check_conversion(hf_model, model, gguf.name)
-    return model
+    cfg = _tl_config(hf_model.config, name, n_ctx) if kind in TL_ARCHITECTURES else None
+    return _to_hooked(hf_model, tokenizer, name, n_ctx, gguf.name, cfg)
 
 
 def _attach_tokenizer(model: HookedTransformer, tokenizer: Any) -> HookedTransformer:
