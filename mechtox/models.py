@@ -414,9 +414,6 @@ def _rope(hf_config: Any) -> dict[str, Any]:
     return dict(rope) if isinstance(rope, dict) else {}
 
 
-_TL_ROPE_FIELDS = {"llama3": "use_NTK_by_parts_rope", "yarn": "use_yarn_rope"}
-
-
 def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTransformerConfig:
     """TransformerLens' config for a :data:`TL_ARCHITECTURES` model: read from its ``transformers``
     config, or, for Gemma (which TransformerLens 3.9 configures by official name only), the config of
@@ -435,19 +432,18 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
             conf.save_pretrained(tmp)
             source = tmp
         cfg = get_pretrained_model_config(source, dtype=torch.float32, device="cpu")
-        if cfg.positional_embedding_type == "rotary":
-            cfg = get_pretrained_model_config(source, dtype=torch.float32, device="cpu",
-                                              n_ctx=min(n_ctx or SMOLLM2_N_CTX, cfg.n_ctx))
     if cfg.original_architecture != arch:
         raise IncompatibleError(f"{model_name}: TransformerLens read this {arch} config as "
                                 f"{cfg.original_architecture}; load it with TransformerLens directly")
     kind = _rope(hf_config).get("rope_type") or "default"  # a dict per layer type (Gemma 3) has none: by name
-    field = _TL_ROPE_FIELDS.get(kind)
-    if kind != "default" and not (cfg.rotary_scaling_factor != 1 if kind == "linear"
-                                                   else field and getattr(cfg, field)):
+    handled = {"default": True, "linear": cfg.rotary_scaling_factor != 1, "llama3": cfg.use_NTK_by_parts_rope,
+               "yarn": cfg.use_yarn_rope}
+    if not handled.get(kind, False):
         raise IncompatibleError(f"{model_name}: its rotary embedding is scaled the {kind!r} way, which TransformerLens' "
                                 f"{arch} conversion leaves out")
-    return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None)
+    rotary = cfg.positional_embedding_type == "rotary"
+    return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None,
+                               n_ctx=min(n_ctx or SMOLLM2_N_CTX, cfg.n_ctx) if rotary else cfg.n_ctx)
 
 
 def _gemma_official_name(hf_config: Any, arch: str) -> str:
@@ -491,11 +487,14 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
     if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
         raise IncompatibleError(f"{model_name}: a Llama model with attention or MLP biases (attention_bias / mlp_bias "
                                 "in its config), which TransformerLens' Llama conversion leaves out")
-    scaling: dict[str, Any] = {"llama3": dict(use_NTK_by_parts_rope=True, NTK_by_parts_factor=float(rope.get("factor", 8.0)),
-                              NTK_by_parts_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
-                              NTK_by_parts_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
-                              NTK_original_ctx_len=int(rope.get("original_max_position_embeddings", 8192))),
-               "linear": dict(rotary_scaling_factor=float(rope.get("factor", 1.0)))}.get(kind, {})
+    scaling: dict[str, Any] = {}
+    if kind == "llama3":  # NTK by parts
+        scaling = dict(use_NTK_by_parts_rope=True, NTK_by_parts_factor=float(rope.get("factor", 8.0)),
+                       NTK_by_parts_low_freq_factor=float(rope.get("low_freq_factor", 1.0)),
+                       NTK_by_parts_high_freq_factor=float(rope.get("high_freq_factor", 4.0)),
+                       NTK_original_ctx_len=int(rope.get("original_max_position_embeddings", 8192)))
+    elif kind == "linear":
+        scaling = dict(rotary_scaling_factor=float(rope.get("factor", 1.0)))
     n_kv = hf_config.num_key_value_heads
     d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
     return HookedTransformerConfig(

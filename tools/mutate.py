@@ -473,7 +473,7 @@ MUTANTS = [
       "a directory's config is read from a folder of its name, which TransformerLens takes for the architecture "
       "where it holds 'llama' or 'gemma'"),
     M("models-tl-config-context-uncapped", "models.py",
-      'if cfg.positional_embedding_type == "rotary":', "if False:",
+      'rotary = cfg.positional_embedding_type == "rotary"', "rotary = False",
       "a rotary model from a directory keeps its full context (8,192 for Gemma 3: per-layer masks of 64M entries)"),
     M("models-import-llama3-rope-scaling-dropped", "models.py",
       "        **scaling,\n", "",
