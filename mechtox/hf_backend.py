@@ -49,7 +49,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox.errors import MechtoxError
-from mechtox.model_files import EXPORT_ARCHITECTURES
+from mechtox.model_files import EXPORT_ARCHITECTURES, LLAMA_LIKE_ARCHITECTURES
 from mechtox.train_config import LORA_NAMES, lora_target_list
 
 ARCHITECTURES = EXPORT_ARCHITECTURES
@@ -62,8 +62,7 @@ _NAME = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(n) for n in _LAYER_
 _LLAMA_MODULES = {"blocks": "model.layers", "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj",
                   "final_norm": "model.norm"}
 _MODULES = {  # Mistral and Qwen 2 / 3 name their modules as Llama does
-    "LlamaForCausalLM": _LLAMA_MODULES, "MistralForCausalLM": _LLAMA_MODULES, "Qwen2ForCausalLM": _LLAMA_MODULES,
-    "Qwen3ForCausalLM": _LLAMA_MODULES,
+    **dict.fromkeys(LLAMA_LIKE_ARCHITECTURES, _LLAMA_MODULES),
     "GPT2LMHeadModel": {"blocks": "transformer.h", "attn_out": "attn.c_proj", "mlp_out": "mlp.c_proj",
                         "final_norm": "transformer.ln_f"},
 }

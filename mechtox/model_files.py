@@ -24,8 +24,11 @@ HF_WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch
 HF_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 """``transformers`` architectures (by ``model_type``) mechtox reads with its own config conversion."""
 
-EXPORT_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", "MistralForCausalLM", "Qwen2ForCausalLM",
-                        "Qwen3ForCausalLM")
+LLAMA_LIKE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
+"""Original architectures with Llama's module names and weight layout (Mistral adds a sliding window,
+Qwen 2 q / k / v biases, Qwen 3 q / k norms)."""
+
+EXPORT_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_LIKE_ARCHITECTURES[1:])
 """Original architectures mechtox also writes back to ``transformers``: exported (``mechtox export``),
 read from ``transformers`` names in a state-dict file, and trained through ``transformers`` (the hf
 backend, LoRA)."""

@@ -43,6 +43,7 @@ from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined 
     EXPORT_ARCHITECTURES,
     HF_ARCHITECTURES,
     HF_WEIGHT_FILES,
+    LLAMA_LIKE_ARCHITECTURES,
     SMOLLM2_GGUF,
     TL_ARCHITECTURES,
     WEIGHT_SUFFIXES,
@@ -852,7 +853,7 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
     sd = {k: v.detach().cpu().float() for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     arch = cfg.original_architecture
-    if arch in _LLAMA_LIKE:
+    if arch in LLAMA_LIKE_ARCHITECTURES:
         g = "_" if cfg.n_key_value_heads is not None else ""
         out["model.embed_tokens.weight"] = sd["embed.W_E"]
         for layer in range(cfg.n_layers):
@@ -896,9 +897,6 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
     return out
 
 
-_LLAMA_LIKE = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM")
-
-
 def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
     """The ``transformers`` config of a HookedTransformer config of an architecture in
     :data:`EXPORT_ARCHITECTURES` (untied embeddings: training may untie them). ``dropout`` overrides
@@ -906,7 +904,7 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
     import transformers
 
     arch = cfg.original_architecture
-    if arch in _LLAMA_LIKE:
+    if arch in LLAMA_LIKE_ARCHITECTURES:
         common: dict[str, Any] = dict(
             vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
