@@ -49,10 +49,10 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox.errors import MechtoxError
-from mechtox.model_files import EXPORT_ARCHITECTURES, LLAMA_LIKE_ARCHITECTURES
+from mechtox.model_files import HF_BACKEND_ARCHITECTURES, LLAMA_LIKE_ARCHITECTURES
 from mechtox.train_config import LORA_NAMES, lora_target_list
 
-ARCHITECTURES = EXPORT_ARCHITECTURES
+ARCHITECTURES = HF_BACKEND_ARCHITECTURES
 
 _LAYER_NAMES = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
                 "hook_resid_post")

@@ -28,10 +28,17 @@ LLAMA_LIKE_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForC
 """Original architectures with Llama's module names and weight layout (Mistral adds a sliding window,
 Qwen 2 q / k / v biases, Qwen 3 q / k norms)."""
 
-EXPORT_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_LIKE_ARCHITECTURES[1:])
-"""Original architectures mechtox also writes back to ``transformers``: exported (``mechtox export``),
-read from ``transformers`` names in a state-dict file, and trained through ``transformers`` (the hf
-backend, LoRA)."""
+HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_LIKE_ARCHITECTURES[1:])
+"""Original architectures mechtox trains through ``transformers`` (the hf backend, LoRA)."""
+
+GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
+
+EXPORT_ARCHITECTURES = (*HF_BACKEND_ARCHITECTURES, "GPTNeoXForCausalLM", "OPTForCausalLM", "Olmo3ForCausalLM",
+                        *GEMMA_ARCHITECTURES)
+"""Original architectures mechtox writes back to ``transformers`` (``mechtox export``) and reads from
+``transformers`` names in a state-dict file: every architecture it loads from a ``transformers``
+directory."""
+EXPORT_NAMES = "Llama, GPT-2, Mistral, Qwen 2 / 3, Pythia (GPT-NeoX), OPT, OLMo 3 and Gemma 1-3"
 
 TL_ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM", "mistral": "MistralForCausalLM",
                     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo3": "Olmo3ForCausalLM",
@@ -83,7 +90,7 @@ def export_refusal(arch: str | None) -> str:
     """Why a model of original architecture ``arch`` cannot be exported to a ``transformers`` directory."""
     what = (f"not {arch}" if arch else "and this model has no original architecture "
             "(a model built from a bare config, as tiny_model() is, has no transformers counterpart)")
-    return f"export to a transformers directory supports Llama, GPT-2, Mistral, Qwen 2 and Qwen 3 models, {what}"
+    return f"export to a transformers directory supports {EXPORT_NAMES} models, {what}"
 
 
 def is_hf_dir(path: str | os.PathLike[str]) -> bool:

@@ -41,6 +41,8 @@ from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined 
     CHECKPOINT_FORMAT,
     DEFAULT_MODEL,
     EXPORT_ARCHITECTURES,
+    EXPORT_NAMES,
+    GEMMA_ARCHITECTURES,
     HF_ARCHITECTURES,
     HF_WEIGHT_FILES,
     LLAMA_LIKE_ARCHITECTURES,
@@ -186,9 +188,9 @@ def load_hf_dir(path: str | os.PathLike[str], device: str | None = None, dtype: 
                 n_ctx: int | None = None) -> HookedTransformer:
     """A ``transformers`` directory (what ``save_pretrained``, TRL and the hub write: config, weights
     as safetensors or a torch file, sharded or not, and tokenizer files) as a HookedTransformer,
-    without weight processing, with its own tokenizer. Llama-family and GPT-2 models (which
-    :func:`export_hf` writes back), and Pythia, OPT, Mistral, Qwen 2 / 3, OLMo 3 and Gemma 1-3
-    (:data:`TL_ARCHITECTURES`)."""
+    without weight processing, with its own tokenizer: Llama-family and GPT-2 models, and Pythia, OPT,
+    Mistral, Qwen 2 / 3, OLMo 3 and Gemma 1-3 (:data:`TL_ARCHITECTURES`). :func:`export_hf` writes
+    each of them back."""
     p = Path(path)
     try:
         model_type = json.loads((p / "config.json").read_text()).get("model_type")
@@ -375,7 +377,7 @@ def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], pat
         raise IncompatibleError(f"{path}: its keys ({list(sd)[:2]}) are not TransformerLens names, and "
                                 f"{model.cfg.model_name} is no {', '.join(EXPORT_ARCHITECTURES)} model to read "
                                 "transformers names for")
-    hf = to_hf_model(model)
+    hf = to_hf_model(model, attn_implementation="eager")  # its weights only (Gemma 2 refuses sdpa)
     buffers = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers, in files of older transformers
     want = {k for k in hf.state_dict() if not k.endswith(buffers)}
     sd = {k: v for k, v in sd.items() if not k.endswith(buffers)}
@@ -838,7 +840,7 @@ def same_architecture(a: HookedTransformer, b: HookedTransformer) -> None:
 
 
 def to_hf_state_dict(model: HookedTransformer) -> dict[str, torch.Tensor]:
-    """The inverse of TransformerLens' Llama / GPT-2 conversion: a HuggingFace state dict.
+    """The inverse of TransformerLens' conversions (:data:`EXPORT_ARCHITECTURES`): a HuggingFace state dict.
 
     Only raw (unprocessed) weights round-trip; this is why mechtox loads without processing.
     """
@@ -853,12 +855,22 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
     sd = {k: v.detach().cpu().float() for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     arch = cfg.original_architecture
-    if arch in LLAMA_LIKE_ARCHITECTURES:
+    if arch in LLAMA_LIKE_ARCHITECTURES or arch in GEMMA_ARCHITECTURES or arch == "Olmo3ForCausalLM":
+        # Gemma's RMS norms scale by 1 + w and its embeddings by sqrt(d_model): TransformerLens folds both in
+        one = 1.0 if arch in GEMMA_ARCHITECTURES else 0.0
         g = "_" if cfg.n_key_value_heads is not None else ""
-        out["model.embed_tokens.weight"] = sd["embed.W_E"]
+        out["model.embed_tokens.weight"] = sd["embed.W_E"] / (cfg.d_model ** 0.5 if one else 1.0)
+        if arch == "Olmo3ForCausalLM":  # norms after attention and after the MLP only
+            norms = {"ln1": "post_attention_layernorm", "ln2": "post_feedforward_layernorm"}
+        elif cfg.use_normalization_before_and_after:  # Gemma 2 / 3: before and after both
+            norms = {"ln1": "input_layernorm", "ln1_post": "post_attention_layernorm",
+                     "ln2": "pre_feedforward_layernorm", "ln2_post": "post_feedforward_layernorm"}
+        else:  # Llama, Mistral, Qwen 2 / 3, Gemma 1
+            norms = {"ln1": "input_layernorm", "ln2": "post_attention_layernorm"}
         for layer in range(cfg.n_layers):
             p, q = f"blocks.{layer}.", f"model.layers.{layer}."
-            out[q + "input_layernorm.weight"] = sd[p + "ln1.w"]
+            for ln, name in norms.items():
+                out[q + f"{name}.weight"] = sd[p + f"{ln}.w"] - one
             out[q + "self_attn.q_proj.weight"] = einops.rearrange(sd[p + "attn.W_Q"], "n m h -> (n h) m")
             out[q + "self_attn.k_proj.weight"] = einops.rearrange(sd[p + f"attn.{g}W_K"], "n m h -> (n h) m")
             out[q + "self_attn.v_proj.weight"] = einops.rearrange(sd[p + f"attn.{g}W_V"], "n m h -> (n h) m")
@@ -866,14 +878,13 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
             if arch == "Qwen2ForCausalLM":  # q / k / v biases, no others
                 for x, under in (("q", ""), ("k", g), ("v", g)):
                     out[q + f"self_attn.{x}_proj.bias"] = sd[p + f"attn.{under}b_{x.upper()}"].reshape(-1)
-            if arch == "Qwen3ForCausalLM":  # RMS norms of each head's query and key
-                out[q + "self_attn.q_norm.weight"] = sd[p + "attn.q_norm.w"]
-                out[q + "self_attn.k_norm.weight"] = sd[p + "attn.k_norm.w"]
-            out[q + "post_attention_layernorm.weight"] = sd[p + "ln2.w"]
+            if cfg.use_qk_norm or arch == "Olmo3ForCausalLM":  # Qwen 3, Gemma 3 (per head), OLMo 3 (all heads)
+                out[q + "self_attn.q_norm.weight"] = sd[p + "attn.q_norm.w"] - one
+                out[q + "self_attn.k_norm.weight"] = sd[p + "attn.k_norm.w"] - one
             out[q + "mlp.up_proj.weight"] = sd[p + "mlp.W_in"].T.contiguous()
             out[q + "mlp.gate_proj.weight"] = sd[p + "mlp.W_gate"].T.contiguous()
             out[q + "mlp.down_proj.weight"] = sd[p + "mlp.W_out"].T.contiguous()
-        out["model.norm.weight"] = sd["ln_final.w"]
+        out["model.norm.weight"] = sd["ln_final.w"] - one
         out["lm_head.weight"] = sd["unembed.W_U"].T.contiguous()
     elif arch == "GPT2LMHeadModel":
         out["transformer.wte.weight"] = sd["embed.W_E"]
@@ -892,18 +903,67 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
             out[q + "mlp.c_proj.weight"], out[q + "mlp.c_proj.bias"] = sd[p + "mlp.W_out"], sd[p + "mlp.b_out"]
         out["transformer.ln_f.weight"], out["transformer.ln_f.bias"] = sd["ln_final.w"], sd["ln_final.b"]
         out["lm_head.weight"] = sd["unembed.W_U"].T.contiguous()
+    elif arch == "GPTNeoXForCausalLM":  # Pythia: q / k / v fused head by head
+        out["gpt_neox.embed_in.weight"] = sd["embed.W_E"]
+        for layer in range(cfg.n_layers):
+            p, q = f"blocks.{layer}.", f"gpt_neox.layers.{layer}."
+            qkv = torch.stack([sd[p + f"attn.W_{x}"] for x in "QKV"])
+            out[q + "attention.query_key_value.weight"] = einops.rearrange(qkv, "qkv n m h -> (n qkv h) m")
+            qkv_b = torch.stack([sd[p + f"attn.b_{x}"] for x in "QKV"])
+            out[q + "attention.query_key_value.bias"] = einops.rearrange(qkv_b, "qkv n h -> (n qkv h)")
+            out[q + "attention.dense.weight"] = einops.rearrange(sd[p + "attn.W_O"], "n h m -> m (n h)")
+            out[q + "attention.dense.bias"] = sd[p + "attn.b_O"]
+            for ln, name in (("ln1", "input_layernorm"), ("ln2", "post_attention_layernorm")):
+                out[q + f"{name}.weight"], out[q + f"{name}.bias"] = sd[p + f"{ln}.w"], sd[p + f"{ln}.b"]
+            out[q + "mlp.dense_h_to_4h.weight"] = sd[p + "mlp.W_in"].T.contiguous()
+            out[q + "mlp.dense_h_to_4h.bias"] = sd[p + "mlp.b_in"]
+            out[q + "mlp.dense_4h_to_h.weight"] = sd[p + "mlp.W_out"].T.contiguous()
+            out[q + "mlp.dense_4h_to_h.bias"] = sd[p + "mlp.b_out"]
+        out["gpt_neox.final_layer_norm.weight"] = sd["ln_final.w"]
+        out["gpt_neox.final_layer_norm.bias"] = sd["ln_final.b"]
+        out[_neox_head()] = sd["unembed.W_U"].T.contiguous()
+    elif arch == "OPTForCausalLM":
+        d = "model.decoder."
+        out[d + "embed_tokens.weight"] = sd["embed.W_E"]
+        # OPT's learned positions start at row 2 (an offset kept from fairseq); rows 0-1 are never read
+        pos = sd["pos_embed.W_pos"]
+        out[d + "embed_positions.weight"] = torch.cat([torch.zeros(2, pos.shape[1]), pos])
+        for layer in range(cfg.n_layers):
+            p, q = f"blocks.{layer}.", f"{d}layers.{layer}."
+            for x in "qkv":
+                out[q + f"self_attn.{x}_proj.weight"] = einops.rearrange(sd[p + f"attn.W_{x.upper()}"],
+                                                                        "n m h -> (n h) m")
+                out[q + f"self_attn.{x}_proj.bias"] = sd[p + f"attn.b_{x.upper()}"].reshape(-1)
+            out[q + "self_attn.out_proj.weight"] = einops.rearrange(sd[p + "attn.W_O"], "n h m -> m (n h)")
+            out[q + "self_attn.out_proj.bias"] = sd[p + "attn.b_O"]
+            for ln, name in (("ln1", "self_attn_layer_norm"), ("ln2", "final_layer_norm")):
+                out[q + f"{name}.weight"], out[q + f"{name}.bias"] = sd[p + f"{ln}.w"], sd[p + f"{ln}.b"]
+            out[q + "fc1.weight"], out[q + "fc1.bias"] = sd[p + "mlp.W_in"].T.contiguous(), sd[p + "mlp.b_in"]
+            out[q + "fc2.weight"], out[q + "fc2.bias"] = sd[p + "mlp.W_out"].T.contiguous(), sd[p + "mlp.b_out"]
+        out[d + "final_layer_norm.weight"], out[d + "final_layer_norm.bias"] = sd["ln_final.w"], sd["ln_final.b"]
+        out["lm_head.weight"] = sd["unembed.W_U"].T.contiguous()
     else:
         raise MechtoxError(_export_refusal(arch))
     return out
 
 
+def _neox_head() -> str:
+    """GPT-NeoX's unembedding in the installed ``transformers``: ``embed_out`` until 5.14, then ``lm_head``
+    (5.14+ read both, older versions only ``embed_out``)."""
+    import transformers
+    from packaging.version import Version
+
+    return "lm_head.weight" if Version(transformers.__version__) >= Version("5.14") else "embed_out.weight"
+
+
 def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
     """The ``transformers`` config of a HookedTransformer config of an architecture in
     :data:`EXPORT_ARCHITECTURES` (untied embeddings: training may untie them). ``dropout`` overrides
-    GPT-2's dropout rates."""
+    GPT-2's and OPT's dropout rates."""
     import transformers
 
     arch = cfg.original_architecture
+    assert cfg.d_mlp is not None  # every exported architecture has MLPs
     if arch in LLAMA_LIKE_ARCHITECTURES:
         common: dict[str, Any] = dict(
             vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
@@ -916,6 +976,23 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
         if arch == "MistralForCausalLM":
             return transformers.MistralConfig(**common, sliding_window=cfg.window_size if cfg.use_local_attn else None)
         return getattr(transformers, arch.replace("ForCausalLM", "Config"))(**common, use_sliding_window=False)
+    if arch == "GPTNeoXForCausalLM":
+        return transformers.GPTNeoXConfig(
+            vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, hidden_act=cfg.act_fn,
+            max_position_embeddings=cfg.n_ctx, layer_norm_eps=cfg.eps, use_parallel_residual=cfg.parallel_attn_mlp,
+            rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rotary_base),
+                             "partial_rotary_factor": (cfg.rotary_dim or cfg.d_head) / cfg.d_head},
+            attention_bias=True, tie_word_embeddings=False, architectures=[arch])
+    if arch == "OPTForCausalLM":
+        drop = 0.1 if dropout is None else dropout  # 0.1: OPT's own rate
+        return transformers.OPTConfig(
+            vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, word_embed_proj_dim=cfg.d_model, ffn_dim=cfg.d_mlp,
+            num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, activation_function=cfg.act_fn,
+            max_position_embeddings=cfg.n_ctx, do_layer_norm_before=True, enable_bias=True,
+            dropout=drop, tie_word_embeddings=False, architectures=[arch])
+    if arch == "Olmo3ForCausalLM" or arch in GEMMA_ARCHITECTURES:
+        return _gemma_olmo3_config(cfg, arch)
     if arch == "GPT2LMHeadModel":
         drop = 0.1 if dropout is None else dropout  # 0.1: GPT-2's own rates
         return transformers.GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
@@ -924,6 +1001,45 @@ def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
                                        tie_word_embeddings=False, architectures=["GPT2LMHeadModel"],
                                        resid_pdrop=drop, embd_pdrop=drop, attn_pdrop=drop)
     raise MechtoxError(_export_refusal(cfg.original_architecture))
+
+
+def _gemma_olmo3_config(cfg: HookedTransformerConfig, arch: str):
+    """The ``transformers`` config of a Gemma 1-3 or OLMo 3 HookedTransformer config: the settings
+    TransformerLens computes with (its GELU, attention scale, soft caps, windows and rotary bases)."""
+    import transformers
+
+    common: dict[str, Any] = dict(
+        vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
+        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, max_position_embeddings=cfg.n_ctx,
+        rms_norm_eps=cfg.eps, tie_word_embeddings=False, architectures=[arch])
+    kinds = {"local": "sliding_attention", "global": "full_attention"}
+    # every layer global unless TransformerLens runs local ones: transformers' defaults have sliding layers
+    layer_types = [kinds[t] for t in cfg.attn_types or ()] if cfg.use_local_attn else ["full_attention"] * cfg.n_layers
+    window: dict[str, Any] = dict(sliding_window=cfg.window_size or 4096, layer_types=layer_types)
+    full = {"rope_type": "default", "rope_theta": float(cfg.rotary_base)}  # global layers
+    if cfg.rotary_scaling_factor != 1:  # linear (Gemma 3 4B+)
+        full = {**full, "rope_type": "linear", "factor": float(cfg.rotary_scaling_factor)}
+    local = {"rope_type": "default", "rope_theta": float(cfg.rotary_base_local or cfg.rotary_base)}
+    if arch == "Olmo3ForCausalLM":  # YaRN on its full-attention layers (or on all of them)
+        if cfg.use_yarn_rope:
+            full = {"rope_type": "yarn", "rope_theta": float(cfg.rotary_base), "factor": cfg.yarn_factor,
+                    "attention_factor": cfg.yarn_attention_factor, "beta_fast": cfg.yarn_beta_fast,
+                    "beta_slow": cfg.yarn_beta_slow, "truncate": cfg.yarn_truncate,
+                    "original_max_position_embeddings": cfg.yarn_original_max_position_embeddings}
+            local = local if cfg.yarn_global_attn_only else {**full, "rope_theta": local["rope_theta"]}
+        return transformers.Olmo3Config(**common, **window, hidden_act=cfg.act_fn,
+                                        rope_parameters={"sliding_attention": local, "full_attention": full})
+    common.update(head_dim=cfg.d_head, hidden_activation=cfg.act_fn)
+    if arch == "GemmaForCausalLM":
+        return transformers.GemmaConfig(**common, hidden_act=cfg.act_fn, rope_parameters=full)
+    caps: dict[str, Any] = dict(query_pre_attn_scalar=round(float(cfg.attn_scale) ** 2),
+                attn_logit_softcapping=cfg.attn_scores_soft_cap if cfg.attn_scores_soft_cap > 0 else None,
+                final_logit_softcapping=cfg.output_logits_soft_cap if cfg.output_logits_soft_cap > 0 else None)
+    if arch == "Gemma2ForCausalLM":
+        return transformers.Gemma2Config(**common, **window, **caps, rope_parameters=full)
+    return transformers.Gemma3TextConfig(**common, **window, **caps,
+                                         rope_parameters={"sliding_attention": local, "full_attention": full})
 
 
 def _rope_scaling(cfg: HookedTransformerConfig) -> dict[str, Any] | None:
@@ -980,8 +1096,9 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: 
     non-empty ``out_dir`` is replaced only with ``force``. ``check(tmp)`` runs on the finished
     folder before it takes ``out_dir``'s place: if it raises, nothing is written.
 
-    Llama models are written as ``LlamaForCausalLM`` with untied embeddings (training may
-    untie them); GPT-2 models as ``GPT2LMHeadModel``.
+    Models of the :data:`EXPORT_ARCHITECTURES` are written as their original ``transformers`` class
+    (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``Gemma3ForCausalLM``...) with untied embeddings
+    (training may untie them), in the config what TransformerLens computes with.
     """
     out = Path(out_dir)
     if out.exists() and not force and (out.is_file() or any(out.iterdir())):

@@ -60,6 +60,10 @@ def zero_foreign(model):
     return model
 
 
+_OLMO3_YARN = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 16,
+               "attention_factor": 1.2, "beta_fast": 32.0, "beta_slow": 1.0}
+
+
 def foreign_hf(model_type: str, seed: int = 0):
     """A tiny random ``transformers`` model of an architecture mechtox loads through TransformerLens'
     conversion, every weight, norm and bias away from its initial value (a conversion that dropped a
@@ -78,7 +82,12 @@ def foreign_hf(model_type: str, seed: int = 0):
             "mistral": lambda: T.MistralConfig(**sizes, num_key_value_heads=2, sliding_window=8, **llama_like),
             "qwen2": lambda: T.Qwen2Config(**sizes, num_key_value_heads=2, **llama_like),  # q / k / v biases only
             "qwen3": lambda: T.Qwen3Config(**sizes, num_key_value_heads=2, head_dim=16, **llama_like),  # q / k norms
-            "olmo3": lambda: T.Olmo3Config(**sizes, pad_token_id=0)}  # norms after attention and MLP
+            # norms after attention and MLP; a window shorter than the tests' texts on one layer, YaRN on the other
+            "olmo3": lambda: T.Olmo3Config(**sizes, pad_token_id=0, sliding_window=8,
+                                           layer_types=["sliding_attention", "full_attention"],
+                                           rope_parameters={"sliding_attention": {"rope_type": "default",
+                                                                                  "rope_theta": 10000.0},
+                                                            "full_attention": _OLMO3_YARN})}
     torch.manual_seed(seed)
     hf = T.AutoModelForCausalLM.from_config(make[model_type]()).eval()
     with torch.no_grad():

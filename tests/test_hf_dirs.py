@@ -133,11 +133,13 @@ def test_settings_a_conversion_leaves_out_are_refused_and_the_load_checks_the_lo
         M.load_hf_dir(d)
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3"])
-def test_mistral_and_qwen_directories_export_back_to_their_own_weights(model_type, tmp_path, capsys):
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "gpt_neox", "opt", "olmo3"])
+def test_directories_of_other_architectures_export_back_to_their_own_weights(model_type, tmp_path, capsys):
     """In and out again: `mechtox export` writes the directory transformers loads as the same class with
     the original model's logits (Mistral's sliding window, 8 here, shorter than the text; Qwen 2's q / k / v
-    biases; Qwen 3's q / k norms), and a state-dict file in transformers names loads over the base."""
+    biases; Qwen 3's q / k norms; Pythia's q / k / v fused head by head, partial rotary and parallel
+    attention and MLP; OPT's positions offset by 2; OLMo 3's post-norms, window and YaRN), and a state-dict
+    file in transformers names loads over the base. Before session 30 the last three were refused."""
     import transformers as T
 
     hf = foreign_hf(model_type)
@@ -347,8 +349,9 @@ def test_export_command(tmp_path, capsys):
 
 
 def test_export_of_an_architecture_it_cannot_write_is_refused_before_loading(tmp_path, capsys, monkeypatch):
-    """A Pythia (GPT-NeoX) directory loads (TransformerLens converts it) but mechtox does not write it: the
-    export says so from the files, before it loads the model (which took seconds for Gemma 3 270M)."""
+    """A model of an architecture mechtox does not write (GPT-J, from TransformerLens by official name; a
+    model with none) is refused from the files, before the model loads (which took seconds for Gemma 3
+    270M). The architecture is read from checkpoints, directories and BASE@FILE alike."""
     from mechtox.workspace import Workspace
 
     d = tmp_path / "neox"
@@ -357,16 +360,69 @@ def test_export_of_an_architecture_it_cannot_write_is_refused_before_loading(tmp
     ws = Workspace(tmp_path / "ws")
     M.save_checkpoint(M.load_hf_dir(d), ws.root / "models" / "mine")
     M.save_checkpoint(zero_foreign(_llama_like()), ws.root / "models" / "llama")
+    M.save_checkpoint(M.tiny_model(original_architecture="GPTJForCausalLM"), ws.root / "models" / "gptj")
     (tmp_path / "w.pt").touch()
-    assert [ws.model_architecture(s) for s in ("mine", str(d), f"{d}@{tmp_path / 'w.pt'}", "tiny", "llama")] == [
-        "GPTNeoXForCausalLM", "GPTNeoXForCausalLM", "GPTNeoXForCausalLM", "", "LlamaForCausalLM"]
+    assert [ws.model_architecture(s) for s in ("mine", str(d), f"{d}@{tmp_path / 'w.pt'}", "tiny", "llama", "gptj")] == [
+        "GPTNeoXForCausalLM", "GPTNeoXForCausalLM", "GPTNeoXForCausalLM", "", "LlamaForCausalLM", "GPTJForCausalLM"]
     monkeypatch.setattr(Workspace, "load_model", lambda *a, **k: pytest.fail("loaded the model"))
-    for name in ("mine", str(d), "tiny"):
+    for name in ("gptj", "tiny"):
         capsys.readouterr()
         assert main(["export", name, "-w", str(ws.root), "--hf", str(tmp_path / "out")]) == 2
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and "supports Llama, GPT-2, Mistral, Qwen 2 and Qwen 3 models" in err
+        assert err.count("\n") == 1 and f"supports {M.EXPORT_NAMES} models" in err
     assert not (tmp_path / "out").exists()
+
+
+_GEMMAS = {"gemma-1": ("google/gemma-2b", {}),
+           # soft caps on attention scores (50) and logits (30); an attention scale other than sqrt(d_head), as 27B's
+           "gemma-2": ("google/gemma-2-2b", {"attn_scale": 3.0}),
+           "gemma-3": ("google/gemma-3-270m", {}),  # q / k norms; local layers on their own rotary base
+           "gemma-3-scaled": ("google/gemma-3-270m", {"rotary_scaling_factor": 8.0})}  # as Gemma 3 4B+'s global layers
+
+
+@pytest.mark.parametrize("kind", list(_GEMMAS))
+def test_gemma_models_export_with_their_logits_and_read_transformers_names(kind, tmp_path):
+    """Gemma 1-3 as TransformerLens configures them (the official config, shrunk; windows of 8 on the
+    local layers; weights scaled so that the logits pass Gemma 2's soft cap): what `export_hf` writes,
+    transformers computes the model's logits from (its norms scale by 1 + w and its embeddings by
+    sqrt(d_model), both folded in by TransformerLens), and a state-dict file in transformers names loads
+    back over a zeroed model. Gemma 1's MLP is TransformerLens' exact GELU where transformers takes the
+    tanh one: within 1e-4 of the largest logit."""
+    import transformers as T
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    name, extra = _GEMMAS[kind]
+    c = {k: v for k, v in convert_hf_model_config(name).items()
+         if k in M.HookedTransformerConfig.__dataclass_fields__ and k not in ("tokenizer_name", "model_name", "d_vocab")}
+    c.update(d_model=64, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=96, n_layers=4, n_ctx=64, **extra)
+    if c.get("attn_types"):
+        c.update(attn_types=["local", "global", "local", "global"], window_size=8)
+    c.update(rotary_dim=16) if "rotary_dim" in c else None
+    model = randomize_norms_and_biases(M.tiny_model(**c), seed=2)
+    with torch.no_grad():
+        model.unembed.W_U.mul_(100)
+        for block in model.blocks:
+            block.attn.W_Q.mul_(20)
+    model = zero_foreign(model)
+    if model.cfg.use_local_attn:  # all layers global where TransformerLens runs no local ones (transformers' default has some)
+        import dataclasses
+
+        every = M.hf_config(dataclasses.replace(model.cfg, use_local_attn=False))
+        assert every.layer_types == ["full_attention"] * 4
+    hf = T.AutoModelForCausalLM.from_pretrained(M.export_hf(model, tmp_path / "hf")).eval()
+    assert type(hf).__name__ == model.cfg.original_architecture
+    toks = torch.randint(3, model.cfg.d_vocab, (2, 30))
+    with torch.no_grad():
+        ours, theirs = model(toks), hf(toks).logits
+    assert ours.abs().max() > 25  # Gemma 2 caps them at 30 tanh(x / 30): past 25 only where x > 36, well into the bend
+    assert (ours - theirs).abs().max() < 1e-4 * ours.abs().max()
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, tmp_path / "w.safetensors")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        assert (M.apply_weights(model, tmp_path / "w.safetensors")(toks) - ours).abs().max() < 1e-4 * ours.abs().max()
 
 
 def test_export_that_is_not_the_model_writes_nothing(tmp_path, capsys, monkeypatch):
