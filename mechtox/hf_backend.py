@@ -8,8 +8,11 @@ returning a tensor replaces the activation, returning ``None`` keeps it), and ``
 the HookedTransformer's config. The objectives have no backend-specific code.
 
 The adapter (:data:`HOOK_SITES`) maps each supported name to where the same activation is in the
-HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral and Qwen 2 / 3 name
-their modules as Llama does) and GPT-2 (other architectures train on the hooked backend):
+HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral, Qwen 2 / 3 and Gemma
+2 / 3 name their modules as Llama does) and GPT-2 (other architectures train on the hooked backend).
+Gemma 2 / 3 add each attention and MLP output through a norm: their ``hook_attn_out`` and
+``hook_mlp_out`` are the outputs of ``post_attention_layernorm`` and ``post_feedforward_layernorm``
+(TransformerLens' ``ln1_post`` / ``ln2_post``), and their final norm scales by ``1 + w``:
 
 ========================== ======================================= =================================
 TransformerLens name        Llama                                   GPT-2
@@ -49,7 +52,11 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox.errors import MechtoxError
-from mechtox.model_files import HF_BACKEND_ARCHITECTURES, LLAMA_LIKE_ARCHITECTURES
+from mechtox.model_files import (
+    GEMMA_ARCHITECTURES,
+    HF_BACKEND_ARCHITECTURES,
+    LLAMA_LIKE_ARCHITECTURES,
+)
 from mechtox.train_config import LORA_NAMES, lora_target_list
 
 ARCHITECTURES = HF_BACKEND_ARCHITECTURES
@@ -58,13 +65,18 @@ _LAYER_NAMES = ("hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mi
                 "hook_resid_post")
 _NAME = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(n) for n in _LAYER_NAMES) + r")$")
 
-# per architecture: the modules (relative to the block) whose input / output carry each activation
-_LLAMA_MODULES = {"blocks": "model.layers", "attn_out": "self_attn.o_proj", "mlp_out": "mlp.down_proj",
-                  "final_norm": "model.norm"}
-_MODULES = {  # Mistral and Qwen 2 / 3 name their modules as Llama does
+# per architecture: the modules (relative to the block) whose input carries attn.hook_z ("z") and
+# mlp.hook_post ("post"), and whose output carries hook_attn_out and hook_mlp_out
+_LLAMA_MODULES = {"blocks": "model.layers", "z": "self_attn.o_proj", "attn_out": "self_attn.o_proj",
+                  "post": "mlp.down_proj", "mlp_out": "mlp.down_proj", "final_norm": "model.norm"}
+_MODULES = {  # Mistral, Qwen 2 / 3 and Gemma 2 / 3 name their modules as Llama does
     **dict.fromkeys(LLAMA_LIKE_ARCHITECTURES, _LLAMA_MODULES),
-    "GPT2LMHeadModel": {"blocks": "transformer.h", "attn_out": "attn.c_proj", "mlp_out": "mlp.c_proj",
-                        "final_norm": "transformer.ln_f"},
+    # Gemma 2 / 3 add each block's outputs to the stream through a norm: TransformerLens' attn_out and mlp_out
+    # are the norms' outputs (ln1_post, ln2_post)
+    **dict.fromkeys(("Gemma2ForCausalLM", "Gemma3ForCausalLM"),
+                    {**_LLAMA_MODULES, "attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}),
+    "GPT2LMHeadModel": {"blocks": "transformer.h", "z": "attn.c_proj", "attn_out": "attn.c_proj",
+                        "post": "mlp.c_proj", "mlp_out": "mlp.c_proj", "final_norm": "transformer.ln_f"},
 }
 
 
@@ -126,7 +138,9 @@ class HFBackend(nn.Module):
             raise MechtoxError(unsupported_reason(model.cfg, ()))
         self.cfg = model.cfg
         self.tokenizer = model.tokenizer
-        self.hf = to_hf_model(model)
+        # Gemma 2's soft cap on attention scores is not in SDPA's kernels; transformers refuses it there
+        self.hf = to_hf_model(model, attn_implementation="eager" if arch == "Gemma2ForCausalLM" else "sdpa")
+        self._norm_offset = 1.0 if arch in GEMMA_ARCHITECTURES else 0.0  # Gemma's RMS norms scale by 1 + w
         self.lora = lora
         if lora is not None:
             self._inject_lora(lora)  # before the hooks: they must sit on the LoRA-wrapped modules
@@ -192,10 +206,10 @@ class HFBackend(nn.Module):
             self._handles += [
                 self._module(block).register_forward_pre_hook(self._pre_block(layer, p), with_kwargs=True),
                 self._module(block).register_forward_hook(self._post_simple(p + "hook_resid_post")),
-                self._module(f"{block}.{mods['attn_out']}").register_forward_pre_hook(
+                self._module(f"{block}.{mods['z']}").register_forward_pre_hook(
                     self._pre_heads(p + "attn.hook_z", n_heads, d_head), with_kwargs=True),
                 self._module(f"{block}.{mods['attn_out']}").register_forward_hook(self._post_attn(layer, p)),
-                self._module(f"{block}.{mods['mlp_out']}").register_forward_pre_hook(
+                self._module(f"{block}.{mods['post']}").register_forward_pre_hook(
                     self._pre_simple(p + "mlp.hook_post"), with_kwargs=True),
                 self._module(f"{block}.{mods['mlp_out']}").register_forward_hook(self._post_simple(p + "hook_mlp_out")),
             ]
@@ -269,7 +283,7 @@ class HFBackend(nn.Module):
         xf = x.float()
         normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
         new = self._call(name, normed)
-        return None if new is None else module.weight * new
+        return None if new is None else (module.weight + self._norm_offset) * new
 
     # ------------------------------------------------------------------ FSDP
 

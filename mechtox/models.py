@@ -847,9 +847,12 @@ def to_hf_state_dict(model: HookedTransformer) -> dict[str, torch.Tensor]:
     return tl_to_hf(model.state_dict(), model.cfg)
 
 
-def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
-    """:func:`to_hf_state_dict` on any dict with TransformerLens names and shapes (weights, or
-    their gradients): fp32 CPU tensors with HuggingFace names and layouts."""
+def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig,
+             gradients: bool = False) -> dict[str, torch.Tensor]:
+    """:func:`to_hf_state_dict` on any dict with TransformerLens names and shapes: fp32 CPU tensors
+    with HuggingFace names and layouts. With ``gradients``, ``state`` holds the weights' gradients:
+    where TransformerLens holds a weight as ``a * w + b`` (Gemma's embeddings times sqrt(d_model), its
+    norms plus 1), the gradient of ``w`` is ``a`` times that of the TransformerLens weight."""
     import einops
 
     sd = {k: v.detach().cpu().float() for k, v in state.items()}
@@ -857,9 +860,11 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> di
     arch = cfg.original_architecture
     if arch in LLAMA_LIKE_ARCHITECTURES or arch in GEMMA_ARCHITECTURES or arch == "Olmo3ForCausalLM":
         # Gemma's RMS norms scale by 1 + w and its embeddings by sqrt(d_model): TransformerLens folds both in
-        one = 1.0 if arch in GEMMA_ARCHITECTURES else 0.0
+        gemma = arch in GEMMA_ARCHITECTURES
+        one = 1.0 if gemma and not gradients else 0.0
         g = "_" if cfg.n_key_value_heads is not None else ""
-        out["model.embed_tokens.weight"] = sd["embed.W_E"] / (cfg.d_model ** 0.5 if one else 1.0)
+        scale = cfg.d_model ** 0.5 if gemma else 1.0
+        out["model.embed_tokens.weight"] = sd["embed.W_E"] * scale if gradients else sd["embed.W_E"] / scale
         if arch == "Olmo3ForCausalLM":  # norms after attention and after the MLP only
             norms = {"ln1": "post_attention_layernorm", "ln2": "post_feedforward_layernorm"}
         elif cfg.use_normalization_before_and_after:  # Gemma 2 / 3: before and after both

@@ -60,6 +60,38 @@ def zero_foreign(model):
     return model
 
 
+GEMMAS = {"gemma-1": ("google/gemma-2b", {}),
+          # soft caps on attention scores (50) and logits (30); an attention scale other than sqrt(d_head), as 27B's
+          "gemma-2": ("google/gemma-2-2b", {"attn_scale": 3.0}),
+          "gemma-3": ("google/gemma-3-270m", {}),  # q / k norms; local layers on their own rotary base
+          "gemma-3-scaled": ("google/gemma-3-270m", {"rotary_scaling_factor": 8.0})}  # as Gemma 3 4B+'s global layers
+
+
+def tiny_gemma(kind: str, seed: int = 2):
+    """A tiny Gemma 1 / 2 / 3 HookedTransformer (:data:`GEMMAS`): TransformerLens' official config
+    shrunk, windows of 8 on alternate layers, norms random and weights scaled so that the logits bend
+    Gemma 2's soft cap. (TransformerLens configures Gemma by official name only, so a tiny Gemma
+    cannot come from a ``transformers`` directory.)"""
+    from transformer_lens.loading_from_pretrained import convert_hf_model_config
+
+    from mechtox import models as M
+
+    name, extra = GEMMAS[kind]
+    c = {k: v for k, v in convert_hf_model_config(name).items()
+         if k in M.HookedTransformerConfig.__dataclass_fields__ and k not in ("tokenizer_name", "model_name", "d_vocab")}
+    c.update(d_model=64, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=96, n_layers=4, n_ctx=64, seed=seed, **extra)
+    if c.get("attn_types"):
+        c.update(attn_types=["local", "global", "local", "global"], window_size=8)
+    if "rotary_dim" in c:
+        c.update(rotary_dim=16)
+    model = randomize_norms_and_biases(M.tiny_model(**c), seed=seed)
+    with torch.no_grad():
+        model.unembed.W_U.mul_(100)
+        for block in model.blocks:
+            block.attn.W_Q.mul_(20)
+    return zero_foreign(model)
+
+
 _OLMO3_YARN = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 16,
                "attention_factor": 1.2, "beta_fast": 32.0, "beta_slow": 1.0}
 

@@ -11,7 +11,14 @@ import torch
 from mechtox import models as M
 from mechtox.cli import main
 from mechtox.errors import IncompatibleError, ModelNotFoundError
-from tests.conftest import LLAMA, foreign_hf, randomize_norms_and_biases, zero_foreign
+from tests.conftest import (
+    GEMMAS,
+    LLAMA,
+    foreign_hf,
+    randomize_norms_and_biases,
+    tiny_gemma,
+    zero_foreign,
+)
 
 
 def _gpt2_like():
@@ -296,7 +303,8 @@ def test_training_leaves_the_biases_an_architecture_lacks_at_zero(arch, trained_
     from mechtox.training import DPOObjective, TrainConfig, train
 
     model = M.tiny_model(**{**LLAMA, "original_architecture": arch})
-    cfg = TrainConfig(lr=1e-2, batch_size=4, max_steps=3, warmup_steps=0, eval_every=0, checkpoint_every=3)
+    cfg = TrainConfig(lr=1e-2, batch_size=4, max_steps=3, warmup_steps=0, eval_every=0, checkpoint_every=3,
+                      backend="hooked")  # (the hf backend's transformers models have no such biases to move)
     was = {n: p.detach().clone() for n, p in model.named_parameters()}
     train(model, DPOObjective(model, _pairs(), cfg), cfg, tmp_path / "run", progress=False)
     moved = {n.rsplit(".", 1)[-1] for n, p in model.named_parameters()
@@ -373,14 +381,7 @@ def test_export_of_an_architecture_it_cannot_write_is_refused_before_loading(tmp
     assert not (tmp_path / "out").exists()
 
 
-_GEMMAS = {"gemma-1": ("google/gemma-2b", {}),
-           # soft caps on attention scores (50) and logits (30); an attention scale other than sqrt(d_head), as 27B's
-           "gemma-2": ("google/gemma-2-2b", {"attn_scale": 3.0}),
-           "gemma-3": ("google/gemma-3-270m", {}),  # q / k norms; local layers on their own rotary base
-           "gemma-3-scaled": ("google/gemma-3-270m", {"rotary_scaling_factor": 8.0})}  # as Gemma 3 4B+'s global layers
-
-
-@pytest.mark.parametrize("kind", list(_GEMMAS))
+@pytest.mark.parametrize("kind", list(GEMMAS))
 def test_gemma_models_export_with_their_logits_and_read_transformers_names(kind, tmp_path):
     """Gemma 1-3 as TransformerLens configures them (the official config, shrunk; windows of 8 on the
     local layers; weights scaled so that the logits pass Gemma 2's soft cap): what `export_hf` writes,
@@ -389,21 +390,8 @@ def test_gemma_models_export_with_their_logits_and_read_transformers_names(kind,
     back over a zeroed model. Gemma 1's MLP is TransformerLens' exact GELU where transformers takes the
     tanh one: within 1e-4 of the largest logit."""
     import transformers as T
-    from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
-    name, extra = _GEMMAS[kind]
-    c = {k: v for k, v in convert_hf_model_config(name).items()
-         if k in M.HookedTransformerConfig.__dataclass_fields__ and k not in ("tokenizer_name", "model_name", "d_vocab")}
-    c.update(d_model=64, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=96, n_layers=4, n_ctx=64, **extra)
-    if c.get("attn_types"):
-        c.update(attn_types=["local", "global", "local", "global"], window_size=8)
-    c.update(rotary_dim=16) if "rotary_dim" in c else None
-    model = randomize_norms_and_biases(M.tiny_model(**c), seed=2)
-    with torch.no_grad():
-        model.unembed.W_U.mul_(100)
-        for block in model.blocks:
-            block.attn.W_Q.mul_(20)
-    model = zero_foreign(model)
+    model = tiny_gemma(kind)
     if model.cfg.use_local_attn:  # all layers global where TransformerLens runs no local ones (transformers' default has some)
         import dataclasses
 
@@ -561,3 +549,21 @@ def test_quiet_export_check_prints_no_loading_bar(tmp_path, capsys, monkeypatch)
         hf_logging.enable_progress_bar()
     err = capsys.readouterr().err
     assert "Loading weights" not in err, err[:300]
+
+
+@pytest.mark.parametrize("kind", ["gemma-2", "gemma-3"])
+def test_gradients_convert_to_the_units_of_transformers(kind):
+    """`tl_to_hf(..., gradients=True)`: where TransformerLens holds a weight as a * w + b (Gemma's
+    embeddings times sqrt(d_model), its norms as 1 + w), the gradient of w is a times the
+    TransformerLens weight's. Compared with the gradients of the transformers model itself."""
+    model = tiny_gemma(kind)
+    hf = M.to_hf_model(model, attn_implementation="eager")
+    toks = torch.randint(3, model.cfg.d_vocab, (2, 12))
+    model(toks).logsumexp(-1).sum().backward()
+    hf(toks).logits.logsumexp(-1).sum().backward()
+    keep = set(M.architecture_parameters(model))
+    ours = M.tl_to_hf({n: p.grad for n, p in model.named_parameters() if n in keep}, model.cfg, gradients=True)
+    theirs = {n: p.grad for n, p in hf.named_parameters()}
+    assert set(ours) == set(theirs)
+    for n, g in theirs.items():
+        assert (ours[n] - g).abs().max() <= 1e-4 * g.abs().max() + 1e-8, n
