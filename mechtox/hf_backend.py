@@ -9,7 +9,9 @@ the HookedTransformer's config. The objectives have no backend-specific code.
 
 The adapter (:data:`HOOK_SITES`) maps each supported name to where the same activation is in the
 HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral, Qwen 2 / 3 and Gemma
-2 / 3 name their modules as Llama does) and GPT-2 (other architectures train on the hooked backend).
+2 / 3 name their modules as Llama does), GPT-2 and Pythia (GPT-NeoX: ``attention.dense``,
+``mlp.dense_4h_to_h``; no ``hook_resid_mid``, which TransformerLens does not have for its parallel
+attention and MLP); other architectures train on the hooked backend.
 Gemma 2 / 3 add each attention and MLP output through a norm: their ``hook_attn_out`` and
 ``hook_mlp_out`` are the outputs of ``post_attention_layernorm`` and ``post_feedforward_layernorm``
 (TransformerLens' ``ln1_post`` / ``ln2_post``), and their final norm scales by ``1 + w``:
@@ -77,6 +79,9 @@ _MODULES = {  # Mistral, Qwen 2 / 3 and Gemma 2 / 3 name their modules as Llama 
                     {**_LLAMA_MODULES, "attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}),
     "GPT2LMHeadModel": {"blocks": "transformer.h", "z": "attn.c_proj", "attn_out": "attn.c_proj",
                         "post": "mlp.c_proj", "mlp_out": "mlp.c_proj", "final_norm": "transformer.ln_f"},
+    "GPTNeoXForCausalLM": {"blocks": "gpt_neox.layers", "z": "attention.dense", "attn_out": "attention.dense",
+                           "post": "mlp.dense_4h_to_h", "mlp_out": "mlp.dense_4h_to_h",
+                           "final_norm": "gpt_neox.final_layer_norm"},
 }
 
 
@@ -87,6 +92,8 @@ def supported_hook(name: str, cfg) -> bool:
     if name == "ln_final.hook_normalized":
         return True
     m = _NAME.match(name)
+    if m and m.group(2) == "hook_resid_mid" and cfg.parallel_attn_mlp:
+        return False  # Pythia's attention and MLP both read resid_pre: TransformerLens has no resid_mid
     return bool(m) and int(m.group(1)) < cfg.n_layers
 
 

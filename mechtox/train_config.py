@@ -21,6 +21,11 @@ LORA_NAMES = {
     "GPT2LMHeadModel": {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj", "up": "c_fc",
                         "down": "mlp.c_proj", "c_attn": "c_attn", "attn.c_proj": "attn.c_proj", "c_fc": "c_fc",
                         "mlp.c_proj": "mlp.c_proj"},
+    # Pythia too (query_key_value)
+    "GPTNeoXForCausalLM": {"q": "query_key_value", "k": "query_key_value", "v": "query_key_value",
+                           "o": "attention.dense", "up": "dense_h_to_4h", "down": "dense_4h_to_h",
+                           "query_key_value": "query_key_value", "attention.dense": "attention.dense",
+                           "dense_h_to_4h": "dense_h_to_4h", "dense_4h_to_h": "dense_4h_to_h"},
 }
 
 

@@ -27,7 +27,7 @@ from tests.conftest import LLAMA, foreign_hf, randomize_norms_and_biases, tiny_g
 
 def _make(arch: str, seed: int = 5):
     torch.manual_seed(seed)
-    if arch in ("mistral", "qwen2", "qwen3"):  # converted from transformers, every weight, norm and bias random
+    if arch in ("mistral", "qwen2", "qwen3", "gpt_neox"):  # from transformers, every weight, norm and bias random
         hf = foreign_hf(arch, seed)
         cfg = M._tl_config(hf.config, arch, None)
         model = M._attach_tokenizer(M._build(cfg, M.hf_to_tl_state_dict(hf, cfg)), M.tiny_tokenizer())
@@ -45,13 +45,18 @@ def _make(arch: str, seed: int = 5):
     return zero_foreign(randomize_norms_and_biases(model, seed=seed))
 
 
-ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-2", "gemma-3"]
+ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-2", "gemma-3", "gpt_neox"]
 LAYER_NAMES = ["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
                "hook_resid_post"]
 
 
 def _names(model):
-    return [f"blocks.{L}.{n}" for L in range(model.cfg.n_layers) for n in LAYER_NAMES] + ["ln_final.hook_normalized"]
+    """Every name the hf backend maps for ``model`` (Pythia has no resid_mid: attention and MLP read
+    the same stream)."""
+    from mechtox.hf_backend import supported_hook
+
+    names = [f"blocks.{L}.{n}" for L in range(model.cfg.n_layers) for n in LAYER_NAMES] + ["ln_final.hook_normalized"]
+    return [n for n in names if supported_hook(n, model.cfg)]
 
 
 def _batch(model):
@@ -94,8 +99,8 @@ def test_lm_head_runs_on_completion_positions_only_with_the_same_log_probs(arch)
                               torch.stack(pair_logps(model, seqs[:1], seqs[1:], 0)), atol=2e-5)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-@pytest.mark.parametrize("layer_name", LAYER_NAMES + ["ln_final.hook_normalized"])
+@pytest.mark.parametrize("arch,layer_name", [(a, n) for a in ARCHS for n in LAYER_NAMES + ["ln_final.hook_normalized"]
+                                             if not (a == "gpt_neox" and n == "hook_resid_mid")])
 def test_writing_a_hook_changes_the_logits_as_in_the_hooked_transformer(arch, layer_name):
     model = _make(arch)
     hf = HFBackend(model)
@@ -137,10 +142,11 @@ def test_several_hooks_compose_as_in_the_hooked_transformer(arch):
             seen[tag] = act.clone()
         return fn
 
+    mid = "blocks.1.hook_attn_out" if model.cfg.parallel_attn_mlp else "blocks.1.hook_resid_mid"  # Pythia has none
     hooks = [("blocks.0.hook_resid_pre", lambda a, hook: a + s1),
-             ("blocks.1.hook_resid_mid", lambda a, hook: a * 1.5),
-             ("blocks.1.hook_resid_mid", lambda a, hook: a + s2),  # on the first one's result
-             ("blocks.1.hook_resid_mid", keep("mid")),
+             (mid, lambda a, hook: a * 1.5),
+             (mid, lambda a, hook: a + s2),  # on the first one's result
+             (mid, keep("mid")),
              ("blocks.1.hook_resid_pre", lambda a, hook: a - s3)]
     with torch.no_grad():
         with model.hooks(fwd_hooks=hooks):
@@ -279,6 +285,10 @@ def test_gemma_trains_on_the_hf_backend_in_its_own_units(arch, tmp_path):
 
 
 def test_the_default_backend_says_why():
+    neox = _make("gpt_neox")  # Pythia's parallel attention and MLP: no resid_mid to read or write
+    assert choose_backend("auto", neox.cfg, ("blocks.1.hook_resid_post",))[0] == "hf"
+    backend, why = choose_backend("auto", neox.cfg, ("blocks.1.hook_resid_mid",))
+    assert backend == "hooked" and "blocks.1.hook_resid_mid" in why
     llama = _make("llama")
     assert choose_backend("auto", llama.cfg, ("blocks.1.hook_resid_post",))[0] == "hf"
     backend, why = choose_backend("auto", llama.cfg, ("blocks.0.ln1.hook_scale",))

@@ -12,7 +12,7 @@ from mechtox.hf_backend import HFBackend, LoraSpec, lora_target_modules
 from mechtox.training import DPOObjective, SAPObjective, TrainConfig, train
 from tests.test_hf_backend import _make, _pairs
 
-ARCHS = ["gpt2", "llama", "qwen2", "qwen3", "gemma-3"]
+ARCHS = ["gpt2", "llama", "qwen2", "qwen3", "gemma-3", "gpt_neox"]
 
 
 def _cfg(**kw):
@@ -24,7 +24,7 @@ def _cfg(**kw):
 
 def _adapter_size(model) -> int:
     c, r = model.cfg, 4
-    if c.original_architecture == "GPT2LMHeadModel":  # q,v -> the fused c_attn (d_model -> 3 d_model)
+    if c.original_architecture in ("GPT2LMHeadModel", "GPTNeoXForCausalLM"):  # q,v -> the fused c_attn / query_key_value
         return c.n_layers * r * (c.d_model + 3 * c.d_model)
     kv = c.n_key_value_heads or c.n_heads
     return c.n_layers * r * ((c.d_model + c.n_heads * c.d_head) + (c.d_model + kv * c.d_head))
@@ -41,7 +41,8 @@ def test_lora_trains_only_the_adapters_and_saves_them_merged(arch, tmp_path):
     assert sum(s["exp_avg"].numel() for s in opt["state"].values()) == _adapter_size(model)
     assert res.history[-1]["loss"] < res.history[0]["loss"]
     moved = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
-    want = {"attn.W_Q", "attn.W_V", "attn._W_V"} if arch != "gpt2" else {"attn.W_Q", "attn.W_K", "attn.W_V", "attn.b_Q"}
+    fused = {"attn.W_Q", "attn.W_K", "attn.W_V", "attn.b_Q"}  # q and v adapt the fused module: k moves too
+    want = fused if arch in ("gpt2", "gpt_neox") else {"attn.W_Q", "attn.W_V", "attn._W_V"}
     assert moved and {k.split(".", 2)[2] for k in moved} <= want, moved
     # the merged HookedTransformer computes what the adapted transformers model computes
     adapted = HFBackend(_make(arch), lora=LoraSpec(4, 8.0, 0.0, "q,v"))
@@ -131,6 +132,7 @@ def test_sap_with_lora_perturbs_only_the_adapters(tmp_path):
 def test_lora_settings_are_checked():
     assert lora_target_modules("LlamaForCausalLM", "q,v") == ["q_proj", "v_proj"]
     assert lora_target_modules("GPT2LMHeadModel", "q,v,down") == ["c_attn", "mlp.c_proj"]
+    assert lora_target_modules("GPTNeoXForCausalLM", "q,v,o") == ["attention.dense", "query_key_value"]
     with pytest.raises(MechtoxError, match="use comma-separated names"):
         lora_target_modules("LlamaForCausalLM", "q,attention")
     with pytest.raises(MechtoxError, match="lora_r"):

@@ -575,6 +575,10 @@ MUTANTS = [
     M("hf-gemma-mlp-out-before-post-norm", "hf_backend.py",
       '"mlp_out": "post_feedforward_layernorm"}', '"mlp_out": "mlp.down_proj"}',
       "Gemma 2 / 3's hook_mlp_out read before the norm after the MLP (TransformerLens' ln2_post)"),
+    M("hf-neox-offers-resid-mid", "hf_backend.py",
+      'if m and m.group(2) == "hook_resid_mid" and cfg.parallel_attn_mlp:', "if False:",
+      "Pythia's hook_resid_mid offered by the hf backend, though TransformerLens has none (attention and MLP "
+      "read the same stream): a probe there would train on a stream the model never has"),
     M("hf-gemma-final-norm-weight-unshifted", "hf_backend.py",
       "self._norm_offset = 1.0 if arch in GEMMA_ARCHITECTURES else 0.0", "self._norm_offset = 0.0",
       "a replaced ln_final.hook_normalized on Gemma scaled by w, not by Gemma's 1 + w"),
