@@ -8,13 +8,14 @@ returning a tensor replaces the activation, returning ``None`` keeps it), and ``
 the HookedTransformer's config. The objectives have no backend-specific code.
 
 The adapter (:data:`HOOK_SITES`) maps each supported name to where the same activation is in the
-HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral, Qwen 2 / 3 and Gemma
-2 / 3 name their modules as Llama does), GPT-2 and Pythia (GPT-NeoX: ``attention.dense``,
+HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral, Qwen 2 / 3, Gemma
+2 / 3 and OLMo 3 name their modules as Llama does), GPT-2 and Pythia (GPT-NeoX: ``attention.dense``,
 ``mlp.dense_4h_to_h``; no ``hook_resid_mid``, which TransformerLens does not have for its parallel
 attention and MLP); other architectures train on the hooked backend.
-Gemma 2 / 3 add each attention and MLP output through a norm: their ``hook_attn_out`` and
+Gemma 2 / 3 and OLMo 3 add each attention and MLP output through a norm: their ``hook_attn_out`` and
 ``hook_mlp_out`` are the outputs of ``post_attention_layernorm`` and ``post_feedforward_layernorm``
-(TransformerLens' ``ln1_post`` / ``ln2_post``), and their final norm scales by ``1 + w``:
+(TransformerLens' ``ln1_post`` / ``ln2_post``; OLMo 3's ``ln1`` / ``ln2``), and Gemma's final norm
+scales by ``1 + w``:
 
 ========================== ======================================= =================================
 TransformerLens name        Llama                                   GPT-2
@@ -75,7 +76,7 @@ _MODULES = {  # Mistral, Qwen 2 / 3 and Gemma 2 / 3 name their modules as Llama 
     **dict.fromkeys(LLAMA_LIKE_ARCHITECTURES, _LLAMA_MODULES),
     # Gemma 2 / 3 add each block's outputs to the stream through a norm: TransformerLens' attn_out and mlp_out
     # are the norms' outputs (ln1_post, ln2_post)
-    **dict.fromkeys(("Gemma2ForCausalLM", "Gemma3ForCausalLM"),
+    **dict.fromkeys(("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo3ForCausalLM"),  # (OLMo 3: norms after only)
                     {**_LLAMA_MODULES, "attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}),
     "GPT2LMHeadModel": {"blocks": "transformer.h", "z": "attn.c_proj", "attn_out": "attn.c_proj",
                         "post": "mlp.c_proj", "mlp_out": "mlp.c_proj", "final_norm": "transformer.ln_f"},

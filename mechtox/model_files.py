@@ -31,11 +31,11 @@ Qwen 2 q / k / v biases, Qwen 3 q / k norms)."""
 GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
 HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_LIKE_ARCHITECTURES[1:], *GEMMA_ARCHITECTURES[1:],
-                            "GPTNeoXForCausalLM")
+                            "GPTNeoXForCausalLM", "Olmo3ForCausalLM")
 """Original architectures mechtox trains through ``transformers`` (the hf backend, LoRA). Not Gemma 1:
 TransformerLens computes its MLP with the exact GELU, ``transformers`` with the tanh approximation."""
 
-EXPORT_ARCHITECTURES = (*HF_BACKEND_ARCHITECTURES, "GemmaForCausalLM", "OPTForCausalLM", "Olmo3ForCausalLM")
+EXPORT_ARCHITECTURES = (*HF_BACKEND_ARCHITECTURES, "GemmaForCausalLM", "OPTForCausalLM")
 """Original architectures mechtox writes back to ``transformers`` (``mechtox export``) and reads from
 ``transformers`` names in a state-dict file: every architecture it loads from a ``transformers``
 directory."""

@@ -964,7 +964,15 @@ def _neox_head() -> str:
 def hf_config(cfg: HookedTransformerConfig, dropout: float | None = None):
     """The ``transformers`` config of a HookedTransformer config of an architecture in
     :data:`EXPORT_ARCHITECTURES` (untied embeddings: training may untie them). ``dropout`` overrides
-    GPT-2's and OPT's dropout rates."""
+    GPT-2's and OPT's dropout rates. No ``pad_token_id``: it would freeze that embedding row
+    (``padding_idx``) where the HookedTransformer trains every row; OPT's and OLMo 3's configs default
+    to 1, which is BOS in many tokenizers. The padding is in the generation config."""
+    conf = _hf_config(cfg, dropout)
+    conf.pad_token_id = None
+    return conf
+
+
+def _hf_config(cfg: HookedTransformerConfig, dropout: float | None):
     import transformers
 
     arch = cfg.original_architecture

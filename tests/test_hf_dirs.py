@@ -159,6 +159,8 @@ def test_directories_of_other_architectures_export_back_to_their_own_weights(mod
     assert "logits differ" in capsys.readouterr().out
     back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert type(back) is type(hf)
+    # no embedding row frozen for later training (OPT's and OLMo 3's configs say pad 1: BOS here)
+    assert back.get_input_embeddings().padding_idx is None
     toks = torch.randint(3, hf.config.vocab_size, (2, 30))
     with torch.no_grad():
         assert (hf(toks).logits - back(toks).logits).abs().max() < 1e-5

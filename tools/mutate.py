@@ -564,6 +564,10 @@ MUTANTS = [
     M("models-export-no-eos", "models.py",
       "eos_token_id=tokenizer.eos_token_id,\n", "\n",
       "the exported generation config has no EOS: transformers' generate runs past it"),
+    M("models-hf-config-keeps-pad-row", "models.py",
+      "    conf.pad_token_id = None\n", "",
+      "the transformers configs keep their default pad id (OPT and OLMo 3: 1, BOS in many tokenizers): that "
+      "embedding row never trains on the hf backend, or in a later fine-tune of the export"),
     M("models-gemma-gradients-shifted", "models.py",
       "one = 1.0 if gemma and not gradients else 0.0", "one = 1.0 if gemma else 0.0",
       "Gemma's norm gradients converted as if they were weights (shifted by 1): the backends' gradients "
@@ -575,6 +579,10 @@ MUTANTS = [
     M("hf-gemma-mlp-out-before-post-norm", "hf_backend.py",
       '"mlp_out": "post_feedforward_layernorm"}', '"mlp_out": "mlp.down_proj"}',
       "Gemma 2 / 3's hook_mlp_out read before the norm after the MLP (TransformerLens' ln2_post)"),
+    M("hf-olmo3-attn-out-before-post-norm", "hf_backend.py",
+      '**dict.fromkeys(("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo3ForCausalLM"),',
+      '"Olmo3ForCausalLM": _LLAMA_MODULES, **dict.fromkeys(("Gemma2ForCausalLM", "Gemma3ForCausalLM"),',
+      "OLMo 3 on the hf backend read at Llama's sites: its attention and MLP outputs before their norms"),
     M("hf-neox-offers-resid-mid", "hf_backend.py",
       'if m and m.group(2) == "hook_resid_mid" and cfg.parallel_attn_mlp:', "if False:",
       "Pythia's hook_resid_mid offered by the hf backend, though TransformerLens has none (attention and MLP "
