@@ -104,7 +104,7 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["eval", "--model", "tiny", "--scorer", "nope"], "unknown scorer 'nope'; use one of profanity, detoxify"),
     (["eval", "--model", "tiny", "--scorer", "probe:missing"], "no direction or probe 'missing'"),
     (["train", "dpo", "--model", "tiny", "--lora-r", "4", "--lora-targets", "zz"],
-     "lora_targets 'zz': use comma-separated names from attn.c_proj"),
+     "lora_targets 'zz': use comma-separated names from attention.dense, attn.c_proj"),
     # settings the run ignored silently
     (["probe", "--model", "tiny", "--limit", "5"], "--limit 5 samples the texts of --eval or --eval-data"),
     (["train", "dpo", "--model", "tiny", "--lora-targets", "q,k"], "--lora-targets set LoRA adapters: add --lora-r N"),
