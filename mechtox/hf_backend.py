@@ -59,6 +59,7 @@ from mechtox.model_files import (
     GEMMA_ARCHITECTURES,
     HF_BACKEND_ARCHITECTURES,
     LLAMA_LIKE_ARCHITECTURES,
+    POST_NORM_LLAMA_LIKE,
 )
 from mechtox.train_config import LORA_NAMES, lora_target_list
 
@@ -72,11 +73,11 @@ _NAME = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(n) for n in _LAYER_
 # mlp.hook_post ("post"), and whose output carries hook_attn_out and hook_mlp_out
 _LLAMA_MODULES = {"blocks": "model.layers", "z": "self_attn.o_proj", "attn_out": "self_attn.o_proj",
                   "post": "mlp.down_proj", "mlp_out": "mlp.down_proj", "final_norm": "model.norm"}
-_MODULES = {  # Mistral, Qwen 2 / 3 and Gemma 2 / 3 name their modules as Llama does
+_MODULES = {  # Mistral, Qwen 2 / 3, Gemma 2 / 3 and OLMo 3 name their modules as Llama does
     **dict.fromkeys(LLAMA_LIKE_ARCHITECTURES, _LLAMA_MODULES),
-    # Gemma 2 / 3 add each block's outputs to the stream through a norm: TransformerLens' attn_out and mlp_out
-    # are the norms' outputs (ln1_post, ln2_post)
-    **dict.fromkeys(("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo3ForCausalLM"),  # (OLMo 3: norms after only)
+    # Gemma 2 / 3 and OLMo 3 add each block's outputs to the stream through a norm: TransformerLens'
+    # attn_out and mlp_out are the norms' outputs (Gemma's ln1_post / ln2_post, OLMo 3's ln1 / ln2)
+    **dict.fromkeys(POST_NORM_LLAMA_LIKE,
                     {**_LLAMA_MODULES, "attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}),
     "GPT2LMHeadModel": {"blocks": "transformer.h", "z": "attn.c_proj", "attn_out": "attn.c_proj",
                         "post": "mlp.c_proj", "mlp_out": "mlp.c_proj", "final_norm": "transformer.ln_f"},

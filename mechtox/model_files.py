@@ -30,8 +30,15 @@ Qwen 2 q / k / v biases, Qwen 3 q / k norms)."""
 
 GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
-HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_LIKE_ARCHITECTURES[1:], *GEMMA_ARCHITECTURES[1:],
-                            "GPTNeoXForCausalLM", "Olmo3ForCausalLM")
+POST_NORM_LLAMA_LIKE = ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo3ForCausalLM")
+"""Architectures with Llama's module names whose attention and MLP outputs pass through a norm
+before they join the stream (Gemma 2 / 3 normalise before and after, OLMo 3 after only)."""
+
+LLAMA_MODULE_ARCHITECTURES = (*LLAMA_LIKE_ARCHITECTURES, *GEMMA_ARCHITECTURES, "Olmo3ForCausalLM")
+"""Every architecture whose ``transformers`` modules are named as Llama's (``model.layers.L.self_attn.q_proj``...)."""
+
+HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_LIKE_ARCHITECTURES[1:], *POST_NORM_LLAMA_LIKE,
+                            "GPTNeoXForCausalLM")
 """Original architectures mechtox trains through ``transformers`` (the hf backend, LoRA). Not Gemma 1:
 TransformerLens computes its MLP with the exact GELU, ``transformers`` with the tanh approximation."""
 

@@ -46,6 +46,7 @@ from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined 
     HF_ARCHITECTURES,
     HF_WEIGHT_FILES,
     LLAMA_LIKE_ARCHITECTURES,
+    LLAMA_MODULE_ARCHITECTURES,
     SMOLLM2_GGUF,
     TL_ARCHITECTURES,
     WEIGHT_SUFFIXES,
@@ -858,7 +859,7 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig,
     sd = {k: v.detach().cpu().float() for k, v in state.items()}
     out: dict[str, torch.Tensor] = {}
     arch = cfg.original_architecture
-    if arch in LLAMA_LIKE_ARCHITECTURES or arch in GEMMA_ARCHITECTURES or arch == "Olmo3ForCausalLM":
+    if arch in LLAMA_MODULE_ARCHITECTURES:
         # Gemma's RMS norms scale by 1 + w and its embeddings by sqrt(d_model): TransformerLens folds both in
         gemma = arch in GEMMA_ARCHITECTURES
         one = 1.0 if gemma and not gradients else 0.0
@@ -977,13 +978,15 @@ def _hf_config(cfg: HookedTransformerConfig, dropout: float | None):
 
     arch = cfg.original_architecture
     assert cfg.d_mlp is not None  # every exported architecture has MLPs
-    if arch in LLAMA_LIKE_ARCHITECTURES:
+    if arch in LLAMA_MODULE_ARCHITECTURES:
         common: dict[str, Any] = dict(
             vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-            num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, head_dim=cfg.d_head,
-            max_position_embeddings=cfg.n_ctx, rms_norm_eps=cfg.eps, hidden_act=cfg.act_fn,
-            rope_theta=cfg.rotary_base, tie_word_embeddings=False, architectures=[arch])
+            num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, max_position_embeddings=cfg.n_ctx,
+            rms_norm_eps=cfg.eps, tie_word_embeddings=False, architectures=[arch])
+        if arch not in LLAMA_LIKE_ARCHITECTURES:
+            return _gemma_olmo3_config(cfg, arch, common)
+        common.update(head_dim=cfg.d_head, hidden_act=cfg.act_fn, rope_theta=cfg.rotary_base)
         if arch == "LlamaForCausalLM":
             return transformers.LlamaConfig(**common, rope_scaling=_rope_scaling(cfg))  # type: ignore[call-arg]  # 4.x's name, read by 5.x
         if arch == "MistralForCausalLM":
@@ -1004,8 +1007,6 @@ def _hf_config(cfg: HookedTransformerConfig, dropout: float | None):
             num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, activation_function=cfg.act_fn,
             max_position_embeddings=cfg.n_ctx, do_layer_norm_before=True, enable_bias=True,
             dropout=drop, tie_word_embeddings=False, architectures=[arch])
-    if arch == "Olmo3ForCausalLM" or arch in GEMMA_ARCHITECTURES:
-        return _gemma_olmo3_config(cfg, arch)
     if arch == "GPT2LMHeadModel":
         drop = 0.1 if dropout is None else dropout  # 0.1: GPT-2's own rates
         return transformers.GPT2Config(vocab_size=cfg.d_vocab, n_positions=cfg.n_ctx, n_embd=cfg.d_model,
@@ -1016,16 +1017,12 @@ def _hf_config(cfg: HookedTransformerConfig, dropout: float | None):
     raise MechtoxError(_export_refusal(cfg.original_architecture))
 
 
-def _gemma_olmo3_config(cfg: HookedTransformerConfig, arch: str):
-    """The ``transformers`` config of a Gemma 1-3 or OLMo 3 HookedTransformer config: the settings
-    TransformerLens computes with (its GELU, attention scale, soft caps, windows and rotary bases)."""
+def _gemma_olmo3_config(cfg: HookedTransformerConfig, arch: str, common: dict[str, Any]):
+    """The ``transformers`` config of a Gemma 1-3 or OLMo 3 HookedTransformer config (``common``: the
+    sizes every Llama-named config takes): the settings TransformerLens computes with (its GELU,
+    attention scale, soft caps, windows and rotary bases)."""
     import transformers
 
-    common: dict[str, Any] = dict(
-        vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
-        num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, max_position_embeddings=cfg.n_ctx,
-        rms_norm_eps=cfg.eps, tie_word_embeddings=False, architectures=[arch])
     kinds = {"local": "sliding_attention", "global": "full_attention"}
     # every layer global unless TransformerLens runs local ones: transformers' defaults have sliding layers
     layer_types = [kinds[t] for t in cfg.attn_types or ()] if cfg.use_local_attn else ["full_attention"] * cfg.n_layers
