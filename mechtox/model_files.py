@@ -37,12 +37,10 @@ before they join the stream (Gemma 2 / 3 normalise before and after, OLMo 3 afte
 LLAMA_MODULE_ARCHITECTURES = (*LLAMA_LIKE_ARCHITECTURES, *GEMMA_ARCHITECTURES, "Olmo3ForCausalLM")
 """Every architecture whose ``transformers`` modules are named as Llama's (``model.layers.L.self_attn.q_proj``...)."""
 
-HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_LIKE_ARCHITECTURES[1:], *POST_NORM_LLAMA_LIKE,
-                            "GPTNeoXForCausalLM")
-"""Original architectures mechtox trains through ``transformers`` (the hf backend, LoRA). Not Gemma 1:
-TransformerLens computes its MLP with the exact GELU, ``transformers`` with the tanh approximation."""
+HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_MODULE_ARCHITECTURES[1:], "GPTNeoXForCausalLM")
+"""Original architectures mechtox trains through ``transformers`` (the hf backend, LoRA)."""
 
-EXPORT_ARCHITECTURES = (*HF_BACKEND_ARCHITECTURES, "GemmaForCausalLM", "OPTForCausalLM")
+EXPORT_ARCHITECTURES = (*HF_BACKEND_ARCHITECTURES, "OPTForCausalLM")
 """Original architectures mechtox writes back to ``transformers`` (``mechtox export``) and reads from
 ``transformers`` names in a state-dict file: every architecture it loads from a ``transformers``
 directory."""

@@ -180,7 +180,7 @@ def load_pretrained(name: str, device: str | None = None, dtype: str | torch.dty
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelNotFoundError(f"{name}: {official} could not be loaded ({first[:160]}); {how}") from None
     model.eval()
-    return model
+    return _set_gemma_gelu(model)
 
 
 # ----------------------------------------------------------------------------- transformers directories
@@ -446,8 +446,30 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
         raise IncompatibleError(f"{model_name}: its rotary embedding is scaled the {kind!r} way, which TransformerLens' "
                                 f"{arch} conversion leaves out")
     rotary = cfg.positional_embedding_type == "rotary"
-    return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None,
+    return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None, act_fn=_gemma_gelu(cfg),
                                n_ctx=min(n_ctx or SMOLLM2_N_CTX, cfg.n_ctx) if rotary else cfg.n_ctx)
+
+
+def _gemma_gelu(cfg: HookedTransformerConfig) -> str:
+    """The MLP activation to compute ``cfg``'s model with. Gemma 1 runs the tanh approximation of
+    GELU (``transformers`` reads the legacy ``"gelu"`` of its released configs as that); TransformerLens
+    3.9 configures it with the exact GELU, which gives slightly different activations and logits."""
+    if cfg.original_architecture == "GemmaForCausalLM" and cfg.act_fn == "gelu":
+        return "gelu_pytorch_tanh"
+    return cfg.act_fn
+
+
+def _set_gemma_gelu(model: HookedTransformer) -> HookedTransformer:
+    """:func:`_gemma_gelu` on a built model: its config and every MLP's activation function."""
+    from transformer_lens.factories.activation_function_factory import ActivationFunctionFactory
+
+    act = _gemma_gelu(model.cfg)
+    if act != model.cfg.act_fn:
+        model.cfg.act_fn = act
+        for block in model.blocks:
+            block.mlp.cfg.act_fn = act  # the blocks' configs are the model's in TransformerLens; not assumed
+            block.mlp.act_fn = ActivationFunctionFactory.pick_activation_function(block.mlp.cfg)
+    return model
 
 
 def _gemma_official_name(hf_config: Any, arch: str) -> str:
@@ -565,8 +587,8 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
                                      ".gguf model file, a mechtox checkpoint directory or a model name")
     name = DEFAULT_MODEL if path is None else gguf.stem
     cached = cache_dir() / f"{name}-{_hash_file(gguf)}-ctx{n_ctx}"
-    if use_cache and (cached / _CKPT_WEIGHTS).is_file():
-        return load_checkpoint(cached, device=device, dtype=dtype)
+    if use_cache and (cached / _CKPT_WEIGHTS).is_file():  # (Gemma 1 converted before it took the tanh GELU: now)
+        return _set_gemma_gelu(load_checkpoint(cached, device=device, dtype=dtype))
     try:
         model = _convert_gguf(gguf, name, n_ctx)
     except (ValueError, KeyError, OSError, EOFError, struct.error) as e:  # a truncated or unsupported GGUF file
@@ -1040,9 +1062,12 @@ def _gemma_olmo3_config(cfg: HookedTransformerConfig, arch: str, common: dict[st
             local = local if cfg.yarn_global_attn_only else {**full, "rope_theta": local["rope_theta"]}
         return transformers.Olmo3Config(**common, **window, hidden_act=cfg.act_fn,
                                         rope_parameters={"sliding_attention": local, "full_attention": full})
-    common.update(head_dim=cfg.d_head, hidden_activation=cfg.act_fn)
+    # transformers reads Gemma's "gelu" as the tanh GELU; "gelu_python" is its exact one (a model loaded
+    # by TransformerLens itself, or saved by mechtox before it computed Gemma 1 with the tanh GELU)
+    act = "gelu_python" if cfg.act_fn == "gelu" else cfg.act_fn
+    common.update(head_dim=cfg.d_head, hidden_activation=act)
     if arch == "GemmaForCausalLM":
-        return transformers.GemmaConfig(**common, hidden_act=cfg.act_fn, rope_parameters=full)
+        return transformers.GemmaConfig(**common, hidden_act=act, rope_parameters=full)
     caps: dict[str, Any] = dict(query_pre_attn_scalar=round(float(cfg.attn_scale) ** 2),
                 attn_logit_softcapping=cfg.attn_scores_soft_cap if cfg.attn_scores_soft_cap > 0 else None,
                 final_logit_softcapping=cfg.output_logits_soft_cap if cfg.output_logits_soft_cap > 0 else None)

@@ -67,11 +67,12 @@ GEMMAS = {"gemma-1": ("google/gemma-2b", {}),
           "gemma-3-scaled": ("google/gemma-3-270m", {"rotary_scaling_factor": 8.0})}  # as Gemma 3 4B+'s global layers
 
 
-def tiny_gemma(kind: str, seed: int = 2):
+def tiny_gemma(kind: str, seed: int = 2, tl_gelu: bool = False):
     """A tiny Gemma 1 / 2 / 3 HookedTransformer (:data:`GEMMAS`): TransformerLens' official config
     shrunk, windows of 8 on alternate layers, norms random and weights scaled so that the logits bend
     Gemma 2's soft cap. (TransformerLens configures Gemma by official name only, so a tiny Gemma
-    cannot come from a ``transformers`` directory.)"""
+    cannot come from a ``transformers`` directory.) Gemma 1 computes the tanh GELU, as mechtox loads
+    it, or with ``tl_gelu`` TransformerLens' exact one."""
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
     from mechtox import models as M
@@ -89,7 +90,7 @@ def tiny_gemma(kind: str, seed: int = 2):
         model.unembed.W_U.mul_(100)
         for block in model.blocks:
             block.attn.W_Q.mul_(20)
-    return zero_foreign(model)
+    return zero_foreign(model if tl_gelu else M._set_gemma_gelu(model))
 
 
 _OLMO3_YARN = {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 8.0, "original_max_position_embeddings": 16,

@@ -45,7 +45,7 @@ def _make(arch: str, seed: int = 5):
     return zero_foreign(randomize_norms_and_biases(model, seed=seed))
 
 
-ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-2", "gemma-3", "gpt_neox", "olmo3"]
+ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-1", "gemma-2", "gemma-3", "gpt_neox", "olmo3"]
 LAYER_NAMES = ["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
                "hook_resid_post"]
 
@@ -254,9 +254,9 @@ def test_three_steps_give_the_same_weights_on_both_backends(arch, kind, tmp_path
     assert moved > 10  # the hf run's weights were written back into the HookedTransformer
 
 
-@pytest.mark.parametrize("arch", ["gemma-2", "gemma-3"])
+@pytest.mark.parametrize("arch", ["gemma-1", "gemma-2", "gemma-3"])
 def test_gemma_trains_on_the_hf_backend_in_its_own_units(arch, tmp_path):
-    """Gemma 2 / 3 train on the hf backend by default. Its weights go back into the HookedTransformer
+    """Gemma 1-3 train on the hf backend by default. Its weights go back into the HookedTransformer
     through TransformerLens' own conversion (norms plus 1, embeddings times sqrt(d_model)): at lr 1e-30
     three steps leave every weight as it was, and a trained model's export gives its logits in
     transformers. The first step's loss is the hooked backend's; AdamW's steps on the embeddings are

@@ -389,8 +389,7 @@ def test_gemma_models_export_with_their_logits_and_read_transformers_names(kind,
     local layers; weights scaled so that the logits pass Gemma 2's soft cap): what `export_hf` writes,
     transformers computes the model's logits from (its norms scale by 1 + w and its embeddings by
     sqrt(d_model), both folded in by TransformerLens), and a state-dict file in transformers names loads
-    back over a zeroed model. Gemma 1's MLP is TransformerLens' exact GELU where transformers takes the
-    tanh one: within 1e-4 of the largest logit."""
+    back over a zeroed model."""
     import transformers as T
 
     model = tiny_gemma(kind)
@@ -413,6 +412,44 @@ def test_gemma_models_export_with_their_logits_and_read_transformers_names(kind,
         for p in model.parameters():
             p.zero_()
         assert (M.apply_weights(model, tmp_path / "w.safetensors")(toks) - ours).abs().max() < 1e-4 * ours.abs().max()
+
+
+def test_gemma_1_computes_the_tanh_gelu_and_its_export_the_same_function(tmp_path, monkeypatch):
+    """Gemma 1 runs the tanh approximation of GELU (transformers reads its configs' legacy "gelu" as
+    that); TransformerLens 3.9 configures it with the exact GELU. mechtox loads Gemma 1 with the tanh
+    one, from a directory (its config) and by official name, and an export (or the hf backend) computes
+    whatever GELU the HookedTransformer does: a model TransformerLens built itself, or saved by mechtox
+    before, keeps the exact one there too (transformers' "gelu_python"). Compared on the function
+    itself, where the two GELUs differ by up to 4.7e-4 (the logits of a tiny model hide that)."""
+    import torch.nn.functional as F
+    import transformers as T
+    from transformer_lens import HookedTransformer
+
+    import mechtox.data
+
+    gemma_2b = T.GemmaConfig(vocab_size=256000, hidden_size=2048, num_hidden_layers=18, num_attention_heads=8,
+                             num_key_value_heads=1, head_dim=256, intermediate_size=16384, hidden_act="gelu")
+    assert M._tl_config(gemma_2b, "my-gemma", None).act_fn == "gelu_pytorch_tanh"
+    monkeypatch.setattr(mechtox.data, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing",
+                        lambda *a, **k: tiny_gemma("gemma-1", tl_gelu=True))  # as TransformerLens builds it
+    x = torch.linspace(-6, 6, 2001)
+    tanh = F.gelu(x, approximate="tanh")
+    assert (tanh - F.gelu(x)).abs().max() > 1e-4
+    official = M.load_pretrained("gemma-2b")
+    assert official.cfg.act_fn == "gelu_pytorch_tanh"
+    assert all(torch.equal(b.mlp.act_fn(x), tanh) for b in official.blocks)
+    monkeypatch.setenv("MECHTOX_CACHE", str(tmp_path / "cache"))  # a GGUF file converted before the change
+    gguf = tmp_path / "gemma-1.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(64))
+    M.save_checkpoint(tiny_gemma("gemma-1", tl_gelu=True),
+                      M.cache_dir() / f"gemma-1-{M._hash_file(gguf)}-ctx{M.SMOLLM2_N_CTX}")
+    assert torch.equal(M.load_gguf(gguf).blocks[1].mlp.act_fn(x), tanh)
+    for model, act in ((tiny_gemma("gemma-1"), "gelu_pytorch_tanh"), (tiny_gemma("gemma-1", tl_gelu=True), "gelu_python")):
+        hf = T.AutoModelForCausalLM.from_pretrained(M.export_hf(model, tmp_path / act)).eval()
+        assert hf.config.hidden_act == act
+        assert (hf.model.layers[0].mlp.act_fn(x) - model.blocks[0].mlp.act_fn(x)).abs().max() < 1e-6
+        assert (M.to_hf_model(model).model.layers[0].mlp.act_fn(x) - model.blocks[0].mlp.act_fn(x)).abs().max() < 1e-6
 
 
 def test_export_that_is_not_the_model_writes_nothing(tmp_path, capsys, monkeypatch):
