@@ -11,7 +11,9 @@ The adapter (:data:`HOOK_SITES`) maps each supported name to where the same acti
 HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral, Qwen 2 / 3, Gemma
 1-3 and OLMo 3 name their modules as Llama does), GPT-2 and Pythia (GPT-NeoX: ``attention.dense``,
 ``mlp.dense_4h_to_h``; no ``hook_resid_mid``, which TransformerLens does not have for its parallel
-attention and MLP); other architectures train on the hooked backend.
+attention and MLP) and OPT (``self_attn.out_proj``, ``fc2``; its blocks flatten batch and position
+around the MLP, so ``mlp.hook_post`` and ``hook_mlp_out`` are handed to hook functions as
+``(batch, position, d)`` and flattened again); other architectures train on the hooked backend.
 Gemma 2 / 3 and OLMo 3 add each attention and MLP output through a norm: their ``hook_attn_out`` and
 ``hook_mlp_out`` are the outputs of ``post_attention_layernorm`` and ``post_feedforward_layernorm``
 (TransformerLens' ``ln1_post`` / ``ln2_post``; OLMo 3's ``ln1`` / ``ln2``), and Gemma's final norm
@@ -84,7 +86,11 @@ _MODULES = {  # Mistral, Qwen 2 / 3, Gemma 1-3 and OLMo 3 name their modules as 
     "GPTNeoXForCausalLM": {"blocks": "gpt_neox.layers", "z": "attention.dense", "attn_out": "attention.dense",
                            "post": "mlp.dense_4h_to_h", "mlp_out": "mlp.dense_4h_to_h",
                            "final_norm": "gpt_neox.final_layer_norm"},
+    "OPTForCausalLM": {"blocks": "model.decoder.layers", "z": "self_attn.out_proj", "attn_out": "self_attn.out_proj",
+                       "post": "fc2", "mlp_out": "fc2", "final_norm": "model.decoder.final_layer_norm"},
 }
+_FLAT_MLP = {"OPTForCausalLM"}
+"""Architectures whose blocks flatten batch and position into one axis around the MLP."""
 
 
 def supported_hook(name: str, cfg) -> bool:
@@ -166,6 +172,7 @@ class HFBackend(nn.Module):
 
     def forward(self, tokens: Tensor, attention_mask: Tensor | None = None, logits_to_keep: int = 0) -> Tensor:
         """Logits of the last ``logits_to_keep`` positions (0: all); the LM head runs on those only."""
+        self._batch_shape = tuple(tokens.shape[:2])  # OPT's MLP sees (batch * position, d): hooks get them apart
         return self._run(input_ids=tokens, attention_mask=attention_mask, use_cache=False,
                          logits_to_keep=logits_to_keep).logits
 
@@ -209,6 +216,7 @@ class HFBackend(nn.Module):
     def _register(self, mods: dict[str, str]) -> None:
         """One PyTorch hook per site, for the whole life of the backend."""
         n_heads, d_head = self.cfg.n_heads, self.cfg.d_head
+        flat = self.cfg.original_architecture in _FLAT_MLP
         for layer in range(self.cfg.n_layers):
             block = f"{mods['blocks']}.{layer}"
             p = f"blocks.{layer}."
@@ -219,16 +227,25 @@ class HFBackend(nn.Module):
                     self._pre_heads(p + "attn.hook_z", n_heads, d_head), with_kwargs=True),
                 self._module(f"{block}.{mods['attn_out']}").register_forward_hook(self._post_attn(layer, p)),
                 self._module(f"{block}.{mods['post']}").register_forward_pre_hook(
-                    self._pre_simple(p + "mlp.hook_post"), with_kwargs=True),
-                self._module(f"{block}.{mods['mlp_out']}").register_forward_hook(self._post_simple(p + "hook_mlp_out")),
+                    self._pre_simple(p + "mlp.hook_post", flat), with_kwargs=True),
+                self._module(f"{block}.{mods['mlp_out']}").register_forward_hook(
+                    self._post_simple(p + "hook_mlp_out", flat)),
             ]
         self._handles.append(self._module(mods["final_norm"]).register_forward_hook(self._final_norm))
 
-    def _pre_simple(self, name: str):
+    def _call_flat(self, name: str, act: Tensor, flat: bool) -> Tensor | None:
+        """:meth:`_call` on ``act``; where the block flattened batch and position (``flat``), the
+        functions see ``(batch, position, d)`` as in TransformerLens, and the result is flattened back."""
+        if not flat:
+            return self._call(name, act)
+        new = self._call(name, act.view(*self._batch_shape, act.shape[-1]))
+        return None if new is None else new.reshape(act.shape)
+
+    def _pre_simple(self, name: str, flat: bool = False):
         def hook(module, args, kwargs):
             if name not in self._slots:
                 return None
-            new = self._call(name, _input(args, kwargs, "hidden_states"))
+            new = self._call_flat(name, _input(args, kwargs, "hidden_states"), flat)
             return None if new is None else _with_input(args, kwargs, "hidden_states", new)
         return hook
 
@@ -253,11 +270,11 @@ class HFBackend(nn.Module):
             return None if new is None else _with_input(args, kwargs, "input", new.flatten(-2))
         return hook
 
-    def _post_simple(self, name: str):
+    def _post_simple(self, name: str, flat: bool = False):
         def hook(module, args, output):
             if name not in self._slots:
                 return None
-            new = self._call(name, _first(output))
+            new = self._call_flat(name, _first(output), flat)
             return None if new is None else _replace_first(output, new)
         return hook
 

@@ -37,10 +37,12 @@ before they join the stream (Gemma 2 / 3 normalise before and after, OLMo 3 afte
 LLAMA_MODULE_ARCHITECTURES = (*LLAMA_LIKE_ARCHITECTURES, *GEMMA_ARCHITECTURES, "Olmo3ForCausalLM")
 """Every architecture whose ``transformers`` modules are named as Llama's (``model.layers.L.self_attn.q_proj``...)."""
 
-HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_MODULE_ARCHITECTURES[1:], "GPTNeoXForCausalLM")
-"""Original architectures mechtox trains through ``transformers`` (the hf backend, LoRA)."""
+HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_MODULE_ARCHITECTURES[1:], "GPTNeoXForCausalLM",
+                            "OPTForCausalLM")
+"""Original architectures mechtox trains through ``transformers`` (the hf backend, LoRA): every
+architecture it loads from a ``transformers`` directory."""
 
-EXPORT_ARCHITECTURES = (*HF_BACKEND_ARCHITECTURES, "OPTForCausalLM")
+EXPORT_ARCHITECTURES = HF_BACKEND_ARCHITECTURES
 """Original architectures mechtox writes back to ``transformers`` (``mechtox export``) and reads from
 ``transformers`` names in a state-dict file: every architecture it loads from a ``transformers``
 directory."""

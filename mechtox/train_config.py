@@ -26,6 +26,8 @@ LORA_NAMES = {
                            "o": "attention.dense", "up": "dense_h_to_4h", "down": "dense_4h_to_h",
                            "query_key_value": "query_key_value", "attention.dense": "attention.dense",
                            "dense_h_to_4h": "dense_h_to_4h", "dense_4h_to_h": "dense_4h_to_h"},
+    "OPTForCausalLM": {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "up": "fc1", "down": "fc2",
+                       "out_proj": "out_proj", "fc1": "fc1", "fc2": "fc2"},
 }
 
 

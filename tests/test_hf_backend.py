@@ -27,7 +27,7 @@ from tests.conftest import LLAMA, foreign_hf, randomize_norms_and_biases, tiny_g
 
 def _make(arch: str, seed: int = 5):
     torch.manual_seed(seed)
-    if arch in ("mistral", "qwen2", "qwen3", "gpt_neox", "olmo3"):  # from transformers, every weight, norm and bias random
+    if arch in ("mistral", "qwen2", "qwen3", "gpt_neox", "opt", "olmo3"):  # from transformers, every weight, norm and bias random
         hf = foreign_hf(arch, seed)
         cfg = M._tl_config(hf.config, arch, None)
         model = M._attach_tokenizer(M._build(cfg, M.hf_to_tl_state_dict(hf, cfg)), M.tiny_tokenizer())
@@ -45,7 +45,7 @@ def _make(arch: str, seed: int = 5):
     return zero_foreign(randomize_norms_and_biases(model, seed=seed))
 
 
-ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-1", "gemma-2", "gemma-3", "gpt_neox", "olmo3"]
+ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-1", "gemma-2", "gemma-3", "gpt_neox", "opt", "olmo3"]
 LAYER_NAMES = ["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
                "hook_resid_post"]
 
@@ -223,6 +223,11 @@ def test_same_step_on_both_backends(arch, kind, tmp_path):
     gb = {n: p.grad for n, p in hf.hf.named_parameters()}
     assert set(ga) == set(gb)
     for n in gb:
+        if n.endswith("k_proj.bias") and a.cfg.positional_embedding_type != "rotary":
+            # unrotated (OPT), softmax ignores a key bias: its exact gradient is 0, both are rounding noise
+            q = gb[n.replace("k_proj", "q_proj")].abs().max()
+            assert ga[n].abs().max() < 1e-5 * q and gb[n].abs().max() < 1e-5 * q, n
+            continue
         scale = float(gb[n].abs().max()) + 1e-8
         assert (ga[n] - gb[n]).abs().max() / scale < 1e-4, n
 

@@ -592,6 +592,14 @@ MUTANTS = [
       '**dict.fromkeys(POST_NORM_LLAMA_LIKE,',
       '"Olmo3ForCausalLM": _LLAMA_MODULES, **dict.fromkeys(POST_NORM_LLAMA_LIKE[:2],',
       "OLMo 3 on the hf backend read at Llama's sites: its attention and MLP outputs before their norms"),
+    M("hf-opt-mlp-hooks-flat", "hf_backend.py",
+      "        if not flat:\n            return self._call(name, act)", "        if True:\n            return self._call(name, act)",
+      "OPT's mlp.hook_post and hook_mlp_out handed over as (batch * position, d), not (batch, position, d): "
+      "a hook that reads a position or a sequence reads the wrong ones"),
+    M("hf-opt-mlp-hooks-transposed", "hf_backend.py",
+      "new = self._call(name, act.view(*self._batch_shape, act.shape[-1]))",
+      "new = self._call(name, act.view(*self._batch_shape[::-1], act.shape[-1]).transpose(0, 1))",
+      "OPT's flattened MLP activations taken apart position-major: each sequence gets others' positions"),
     M("hf-neox-offers-resid-mid", "hf_backend.py",
       'if m and m.group(2) == "hook_resid_mid" and cfg.parallel_attn_mlp:', "if False:",
       "Pythia's hook_resid_mid offered by the hf backend, though TransformerLens has none (attention and MLP "
