@@ -9,14 +9,14 @@ the HookedTransformer's config. The objectives have no backend-specific code.
 
 The adapter (:data:`HOOK_SITES`) maps each supported name to where the same activation is in the
 HuggingFace module tree, for Llama-family models (SmolLM2, Llama 2 / 3; Mistral, Qwen 2 / 3, Gemma
-1-3 and OLMo 3 name their modules as Llama does), GPT-2 and Pythia (GPT-NeoX: ``attention.dense``,
+1-3 and OLMo 2 / 3 name their modules as Llama does), GPT-2 and Pythia (GPT-NeoX: ``attention.dense``,
 ``mlp.dense_4h_to_h``; no ``hook_resid_mid``, which TransformerLens does not have for its parallel
 attention and MLP) and OPT (``self_attn.out_proj``, ``fc2``; its blocks flatten batch and position
 around the MLP, so ``mlp.hook_post`` and ``hook_mlp_out`` are handed to hook functions as
 ``(batch, position, d)`` and flattened again); other architectures train on the hooked backend.
-Gemma 2 / 3 and OLMo 3 add each attention and MLP output through a norm: their ``hook_attn_out`` and
+Gemma 2 / 3 and OLMo 2 / 3 add each attention and MLP output through a norm: their ``hook_attn_out`` and
 ``hook_mlp_out`` are the outputs of ``post_attention_layernorm`` and ``post_feedforward_layernorm``
-(TransformerLens' ``ln1_post`` / ``ln2_post``; OLMo 3's ``ln1`` / ``ln2``), and Gemma's final norm
+(TransformerLens' ``ln1_post`` / ``ln2_post``; OLMo's ``ln1`` / ``ln2``), and Gemma's final norm
 scales by ``1 + w``:
 
 ========================== ======================================= =================================
@@ -75,10 +75,10 @@ _NAME = re.compile(r"^blocks\.(\d+)\.(" + "|".join(re.escape(n) for n in _LAYER_
 # mlp.hook_post ("post"), and whose output carries hook_attn_out and hook_mlp_out
 _LLAMA_MODULES = {"blocks": "model.layers", "z": "self_attn.o_proj", "attn_out": "self_attn.o_proj",
                   "post": "mlp.down_proj", "mlp_out": "mlp.down_proj", "final_norm": "model.norm"}
-_MODULES = {  # Mistral, Qwen 2 / 3, Gemma 1-3 and OLMo 3 name their modules as Llama does
+_MODULES = {  # Mistral, Qwen 2 / 3, Gemma 1-3 and OLMo 2 / 3 name their modules as Llama does
     **dict.fromkeys(LLAMA_MODULE_ARCHITECTURES, _LLAMA_MODULES),
-    # Gemma 2 / 3 and OLMo 3 add each block's outputs to the stream through a norm: TransformerLens'
-    # attn_out and mlp_out are the norms' outputs (Gemma's ln1_post / ln2_post, OLMo 3's ln1 / ln2)
+    # Gemma 2 / 3 and OLMo 2 / 3 add each block's outputs to the stream through a norm: TransformerLens'
+    # attn_out and mlp_out are the norms' outputs (Gemma's ln1_post / ln2_post, OLMo's ln1 / ln2)
     **dict.fromkeys(POST_NORM_LLAMA_LIKE,
                     {**_LLAMA_MODULES, "attn_out": "post_attention_layernorm", "mlp_out": "post_feedforward_layernorm"}),
     "GPT2LMHeadModel": {"blocks": "transformer.h", "z": "attn.c_proj", "attn_out": "attn.c_proj",

@@ -30,11 +30,14 @@ Qwen 2 q / k / v biases, Qwen 3 q / k norms)."""
 
 GEMMA_ARCHITECTURES = ("GemmaForCausalLM", "Gemma2ForCausalLM", "Gemma3ForCausalLM")
 
-POST_NORM_LLAMA_LIKE = ("Gemma2ForCausalLM", "Gemma3ForCausalLM", "Olmo3ForCausalLM")
-"""Architectures with Llama's module names whose attention and MLP outputs pass through a norm
-before they join the stream (Gemma 2 / 3 normalise before and after, OLMo 3 after only)."""
+OLMO_ARCHITECTURES = ("Olmo2ForCausalLM", "Olmo3ForCausalLM")
+"""OLMo 2 / 3: norms after attention and after the MLP only, q / k norms over all heads together."""
 
-LLAMA_MODULE_ARCHITECTURES = (*LLAMA_LIKE_ARCHITECTURES, *GEMMA_ARCHITECTURES, "Olmo3ForCausalLM")
+POST_NORM_LLAMA_LIKE = ("Gemma2ForCausalLM", "Gemma3ForCausalLM", *OLMO_ARCHITECTURES)
+"""Architectures with Llama's module names whose attention and MLP outputs pass through a norm
+before they join the stream (Gemma 2 / 3 normalise before and after, OLMo 2 / 3 after only)."""
+
+LLAMA_MODULE_ARCHITECTURES = (*LLAMA_LIKE_ARCHITECTURES, *GEMMA_ARCHITECTURES, *OLMO_ARCHITECTURES)
 """Every architecture whose ``transformers`` modules are named as Llama's (``model.layers.L.self_attn.q_proj``...)."""
 
 HF_BACKEND_ARCHITECTURES = ("LlamaForCausalLM", "GPT2LMHeadModel", *LLAMA_MODULE_ARCHITECTURES[1:], "GPTNeoXForCausalLM",
@@ -46,14 +49,16 @@ EXPORT_ARCHITECTURES = HF_BACKEND_ARCHITECTURES
 """Original architectures mechtox writes back to ``transformers`` (``mechtox export``) and reads from
 ``transformers`` names in a state-dict file: every architecture it loads from a ``transformers``
 directory."""
-EXPORT_NAMES = "Llama, GPT-2, Mistral, Qwen 2 / 3, Pythia (GPT-NeoX), OPT, OLMo 3 and Gemma 1-3"
+EXPORT_NAMES = "Llama, GPT-2, Mistral, Qwen 2 / 3, Pythia (GPT-NeoX), OPT, OLMo 2 / 3 and Gemma 1-3"
 
 TL_ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM", "mistral": "MistralForCausalLM",
-                    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo3": "Olmo3ForCausalLM",
+                    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
+                    "olmo3": "Olmo3ForCausalLM",
                     "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 """``transformers`` architectures (by ``model_type``) mechtox loads through TransformerLens' own
-conversion: Pythia (GPT-NeoX), OPT, Mistral, Qwen 2 / 2.5 / 3, OLMo 3 and Gemma 1-3 (the Gemma
-configs TransformerLens knows by name, matched on the directory's sizes)."""
+conversion: Pythia (GPT-NeoX), OPT, Mistral, Qwen 2 / 2.5 / 3, OLMo 2 / 3 and Gemma 1-3 (the Gemma
+configs TransformerLens knows by name, matched on the directory's sizes; OLMo 2's read from the
+directory as the Llama one is)."""
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 """Suffixes of a state-dict file (``BASE@FILE``)."""

@@ -47,6 +47,7 @@ from mechtox.model_files import (  # noqa: F401 (re-exported: they were defined 
     HF_WEIGHT_FILES,
     LLAMA_LIKE_ARCHITECTURES,
     LLAMA_MODULE_ARCHITECTURES,
+    OLMO_ARCHITECTURES,
     SMOLLM2_GGUF,
     TL_ARCHITECTURES,
     WEIGHT_SUFFIXES,
@@ -190,7 +191,7 @@ def load_hf_dir(path: str | os.PathLike[str], device: str | None = None, dtype: 
     """A ``transformers`` directory (what ``save_pretrained``, TRL and the hub write: config, weights
     as safetensors or a torch file, sharded or not, and tokenizer files) as a HookedTransformer,
     without weight processing, with its own tokenizer: Llama-family and GPT-2 models, and Pythia, OPT,
-    Mistral, Qwen 2 / 3, OLMo 3 and Gemma 1-3 (:data:`TL_ARCHITECTURES`). :func:`export_hf` writes
+    Mistral, Qwen 2 / 3, OLMo 2 / 3 and Gemma 1-3 (:data:`TL_ARCHITECTURES`). :func:`export_hf` writes
     each of them back."""
     p = Path(path)
     try:
@@ -428,6 +429,8 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
     arch = TL_ARCHITECTURES[hf_config.model_type]
+    if arch == "Olmo2ForCausalLM":
+        return _olmo2_config(hf_config, model_name, n_ctx)
     source = _gemma_official_name(hf_config, arch) if hf_config.model_type.startswith("gemma") else None
     with tempfile.TemporaryDirectory(prefix="mechtox-config-") as tmp:
         if source is None:  # a folder of its own: TransformerLens reads "llama" / "gemma" in a path's name as the architecture
@@ -448,6 +451,19 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
     rotary = cfg.positional_embedding_type == "rotary"
     return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None, act_fn=_gemma_gelu(cfg),
                                n_ctx=min(n_ctx or SMOLLM2_N_CTX, cfg.n_ctx) if rotary else cfg.n_ctx)
+
+
+def _olmo2_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTransformerConfig:
+    """TransformerLens 3.9 configures OLMo 2 by official name only (1B and 7B, read from the hub); its
+    model and weight conversion take any sizes with as many key / value heads as query heads. The
+    config is read from the directory as for Llama, with OLMo 2's norms (after attention and MLP
+    only, q / k norms over all heads) and no BOS (OLMo 2's tokenizer adds none)."""
+    if hf_config.num_key_value_heads != hf_config.num_attention_heads:
+        raise IncompatibleError(f"{model_name}: an OLMo 2 model with {hf_config.num_key_value_heads} key / value heads "
+                                f"for {hf_config.num_attention_heads} query heads (OLMo 2 32B); TransformerLens' "
+                                "OLMo 2 conversion takes one per query head")
+    cfg = llama_config_from_hf(hf_config, model_name, n_ctx or SMOLLM2_N_CTX)
+    return dataclasses.replace(cfg, original_architecture="Olmo2ForCausalLM")
 
 
 def _gemma_gelu(cfg: HookedTransformerConfig) -> str:
@@ -888,7 +904,7 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig,
         g = "_" if cfg.n_key_value_heads is not None else ""
         scale = cfg.d_model ** 0.5 if gemma else 1.0
         out["model.embed_tokens.weight"] = sd["embed.W_E"] * scale if gradients else sd["embed.W_E"] / scale
-        if arch == "Olmo3ForCausalLM":  # norms after attention and after the MLP only
+        if arch in OLMO_ARCHITECTURES:  # norms after attention and after the MLP only
             norms = {"ln1": "post_attention_layernorm", "ln2": "post_feedforward_layernorm"}
         elif cfg.use_normalization_before_and_after:  # Gemma 2 / 3: before and after both
             norms = {"ln1": "input_layernorm", "ln1_post": "post_attention_layernorm",
@@ -906,7 +922,7 @@ def tl_to_hf(state: dict[str, torch.Tensor], cfg: HookedTransformerConfig,
             if arch == "Qwen2ForCausalLM":  # q / k / v biases, no others
                 for x, under in (("q", ""), ("k", g), ("v", g)):
                     out[q + f"self_attn.{x}_proj.bias"] = sd[p + f"attn.{under}b_{x.upper()}"].reshape(-1)
-            if cfg.use_qk_norm or arch == "Olmo3ForCausalLM":  # Qwen 3, Gemma 3 (per head), OLMo 3 (all heads)
+            if cfg.use_qk_norm or arch in OLMO_ARCHITECTURES:  # Qwen 3, Gemma 3 (per head), OLMo 2 / 3 (all heads)
                 out[q + "self_attn.q_norm.weight"] = sd[p + "attn.q_norm.w"] - one
                 out[q + "self_attn.k_norm.weight"] = sd[p + "attn.k_norm.w"] - one
             out[q + "mlp.up_proj.weight"] = sd[p + "mlp.W_in"].T.contiguous()
@@ -1007,7 +1023,7 @@ def _hf_config(cfg: HookedTransformerConfig, dropout: float | None):
             num_key_value_heads=cfg.n_key_value_heads or cfg.n_heads, max_position_embeddings=cfg.n_ctx,
             rms_norm_eps=cfg.eps, tie_word_embeddings=False, architectures=[arch])
         if arch not in LLAMA_LIKE_ARCHITECTURES:
-            return _gemma_olmo3_config(cfg, arch, common)
+            return _gemma_olmo_config(cfg, arch, common)
         common.update(head_dim=cfg.d_head, hidden_act=cfg.act_fn, rope_theta=cfg.rotary_base)
         if arch == "LlamaForCausalLM":
             return transformers.LlamaConfig(**common, rope_scaling=_rope_scaling(cfg))  # type: ignore[call-arg]  # 4.x's name, read by 5.x
@@ -1039,8 +1055,8 @@ def _hf_config(cfg: HookedTransformerConfig, dropout: float | None):
     raise MechtoxError(_export_refusal(cfg.original_architecture))
 
 
-def _gemma_olmo3_config(cfg: HookedTransformerConfig, arch: str, common: dict[str, Any]):
-    """The ``transformers`` config of a Gemma 1-3 or OLMo 3 HookedTransformer config (``common``: the
+def _gemma_olmo_config(cfg: HookedTransformerConfig, arch: str, common: dict[str, Any]):
+    """The ``transformers`` config of a Gemma 1-3 or OLMo 2 / 3 HookedTransformer config (``common``: the
     sizes every Llama-named config takes): the settings TransformerLens computes with (its GELU,
     attention scale, soft caps, windows and rotary bases)."""
     import transformers
@@ -1053,6 +1069,8 @@ def _gemma_olmo3_config(cfg: HookedTransformerConfig, arch: str, common: dict[st
     if cfg.rotary_scaling_factor != 1:  # linear (Gemma 3 4B+)
         full = {**full, "rope_type": "linear", "factor": float(cfg.rotary_scaling_factor)}
     local = {"rope_type": "default", "rope_theta": float(cfg.rotary_base_local or cfg.rotary_base)}
+    if arch == "Olmo2ForCausalLM":  # every layer global, plain rotary
+        return transformers.Olmo2Config(**common, hidden_act=cfg.act_fn, rope_parameters=full)
     if arch == "Olmo3ForCausalLM":  # YaRN on its full-attention layers (or on all of them)
         if cfg.use_yarn_rope:
             full = {"rope_type": "yarn", "rope_theta": float(cfg.rotary_base), "factor": cfg.yarn_factor,
@@ -1104,7 +1122,8 @@ def to_hf_model(model: HookedTransformer, attn_implementation: str = "sdpa"):
 
 _TL_CONVERSIONS = {"GPTNeoXForCausalLM": "convert_neox_weights", "OPTForCausalLM": "convert_opt_weights",
                    "MistralForCausalLM": "convert_mistral_weights", "Qwen2ForCausalLM": "convert_qwen2_weights",
-                   "Qwen3ForCausalLM": "convert_qwen3_weights", "Olmo3ForCausalLM": "convert_olmo3_weights",
+                   "Qwen3ForCausalLM": "convert_qwen3_weights", "Olmo2ForCausalLM": "convert_olmo2_weights",
+                   "Olmo3ForCausalLM": "convert_olmo3_weights",
                    "GemmaForCausalLM": "convert_gemma_weights", "Gemma2ForCausalLM": "convert_gemma_weights",
                    "Gemma3ForCausalLM": "convert_gemma_weights"}
 

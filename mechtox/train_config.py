@@ -16,7 +16,7 @@ from mechtox.model_files import LLAMA_MODULE_ARCHITECTURES
 _LLAMA_LORA = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj", "gate": "gate_proj", "up": "up_proj",
                "down": "down_proj"}
 LORA_NAMES = {
-    **dict.fromkeys(LLAMA_MODULE_ARCHITECTURES, _LLAMA_LORA),  # Mistral, Qwen 2 / 3, Gemma 1-3, OLMo 3 too
+    **dict.fromkeys(LLAMA_MODULE_ARCHITECTURES, _LLAMA_LORA),  # Mistral, Qwen 2 / 3, Gemma 1-3, OLMo 2 / 3 too
     # GPT-2 computes q, k and v with one fused module (c_attn): q, k or v adapt all three
     "GPT2LMHeadModel": {"q": "c_attn", "k": "c_attn", "v": "c_attn", "o": "attn.c_proj", "up": "c_fc",
                         "down": "mlp.c_proj", "c_attn": "c_attn", "attn.c_proj": "attn.c_proj", "c_fc": "c_fc",

@@ -115,6 +115,8 @@ def foreign_hf(model_type: str, seed: int = 0):
             "mistral": lambda: T.MistralConfig(**sizes, num_key_value_heads=2, sliding_window=8, **llama_like),
             "qwen2": lambda: T.Qwen2Config(**sizes, num_key_value_heads=2, **llama_like),  # q / k / v biases only
             "qwen3": lambda: T.Qwen3Config(**sizes, num_key_value_heads=2, head_dim=16, **llama_like),  # q / k norms
+            # norms after attention and MLP, q / k norms over all heads (one key / value head per query head)
+            "olmo2": lambda: T.Olmo2Config(**sizes, pad_token_id=0, **llama_like),
             # norms after attention and MLP; a window shorter than the tests' texts on one layer, YaRN on the other
             "olmo3": lambda: T.Olmo3Config(**sizes, pad_token_id=0, sliding_window=8,
                                            layer_types=["sliding_attention", "full_attention"],

@@ -27,7 +27,7 @@ from tests.conftest import LLAMA, foreign_hf, randomize_norms_and_biases, tiny_g
 
 def _make(arch: str, seed: int = 5):
     torch.manual_seed(seed)
-    if arch in ("mistral", "qwen2", "qwen3", "gpt_neox", "opt", "olmo3"):  # from transformers, every weight, norm and bias random
+    if arch in ("mistral", "qwen2", "qwen3", "gpt_neox", "opt", "olmo2", "olmo3"):  # from transformers, every weight, norm and bias random
         hf = foreign_hf(arch, seed)
         cfg = M._tl_config(hf.config, arch, None)
         model = M._attach_tokenizer(M._build(cfg, M.hf_to_tl_state_dict(hf, cfg)), M.tiny_tokenizer())
@@ -45,7 +45,7 @@ def _make(arch: str, seed: int = 5):
     return zero_foreign(randomize_norms_and_biases(model, seed=seed))
 
 
-ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-1", "gemma-2", "gemma-3", "gpt_neox", "opt", "olmo3"]
+ARCHS = ["gpt2", "llama", "mistral", "qwen2", "qwen3", "gemma-1", "gemma-2", "gemma-3", "gpt_neox", "opt", "olmo2", "olmo3"]
 LAYER_NAMES = ["hook_resid_pre", "attn.hook_z", "hook_attn_out", "hook_resid_mid", "mlp.hook_post", "hook_mlp_out",
                "hook_resid_post"]
 

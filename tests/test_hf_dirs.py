@@ -67,7 +67,7 @@ def test_hf_directory_with_only_a_torch_file_and_as_a_cli_model(tmp_path, capsys
     assert "saved probe 'probe'" in capsys.readouterr().out
 
 
-_FOREIGN = ["gpt_neox", "opt", "mistral", "qwen2", "qwen3", "olmo3"]
+_FOREIGN = ["gpt_neox", "opt", "mistral", "qwen2", "qwen3", "olmo2", "olmo3"]
 
 
 @pytest.mark.parametrize("model_type", _FOREIGN)
@@ -140,7 +140,19 @@ def test_settings_a_conversion_leaves_out_are_refused_and_the_load_checks_the_lo
         M.load_hf_dir(d)
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "gpt_neox", "opt", "olmo3"])
+def test_olmo_2_with_fewer_key_value_heads_is_refused_before_its_weights(tmp_path, monkeypatch):
+    """TransformerLens' OLMo 2 conversion takes one key / value head per query head (1B-13B); OLMo 2
+    32B has fewer: refused from the config, before transformers reads the weights."""
+    import transformers as T
+
+    d = tmp_path / "olmo2-gqa"
+    T.Olmo2Config(vocab_size=len(M.tiny_tokenizer()), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, intermediate_size=96).save_pretrained(d)  # a config, no weights at all
+    with pytest.raises(IncompatibleError, match="2 key / value heads for 4 query heads"):
+        M.load_hf_dir(d)
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "gpt_neox", "opt", "olmo2", "olmo3"])
 def test_directories_of_other_architectures_export_back_to_their_own_weights(model_type, tmp_path, capsys):
     """In and out again: `mechtox export` writes the directory transformers loads as the same class with
     the original model's logits (Mistral's sliding window, 8 here, shorter than the text; Qwen 2's q / k / v
@@ -225,7 +237,7 @@ def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(
     assert err.count("\n") == 1 and "no Gemma3ForCausalLM model TransformerLens knows has these sizes" in err
 
 
-@pytest.mark.parametrize("model_type", ["gpt_neox", "qwen2", "olmo3"])
+@pytest.mark.parametrize("model_type", ["gpt_neox", "qwen2", "olmo2", "olmo3"])
 def test_attribute_between_two_directories_of_another_architecture(model_type, tmp_path, capsys):
     """`mechtox attribute --before DIR --after DIR` on a Pythia-like model (attention and MLP read the
     same stream), a Qwen-2-like one (q / k / v biases) and an OLMo-3-like one (RMS norms after attention

@@ -12,7 +12,7 @@ from mechtox.hf_backend import HFBackend, LoraSpec, lora_target_modules
 from mechtox.training import DPOObjective, SAPObjective, TrainConfig, train
 from tests.test_hf_backend import _make, _pairs
 
-ARCHS = ["gpt2", "llama", "qwen2", "qwen3", "gemma-1", "gemma-3", "gpt_neox", "opt"]
+ARCHS = ["gpt2", "llama", "qwen2", "qwen3", "gemma-1", "gemma-3", "gpt_neox", "opt", "olmo2"]
 
 
 def _cfg(**kw):
