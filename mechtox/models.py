@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import struct
 import time
@@ -442,7 +443,12 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
     if cfg.original_architecture != arch:
         raise IncompatibleError(f"{model_name}: TransformerLens read this {arch} config as "
                                 f"{cfg.original_architecture}; load it with TransformerLens directly")
-    kind = _rope(hf_config).get("rope_type") or "default"  # a dict per layer type (Gemma 3) has none: by name
+    rope = _rope(hf_config)
+    kind = rope.get("rope_type") or "default"  # a dict per layer type (Gemma 3) has none: by name
+    if kind == "yarn":  # TransformerLens reads YaRN for OLMo 3 only; its rotary takes it for any model
+        cfg = dataclasses.replace(cfg, **_yarn(rope))
+    elif (rope.get("full_attention") or {}).get("rope_type") == "yarn":  # OLMo 3: the values transformers infers
+        cfg = dataclasses.replace(cfg, **_yarn(rope["full_attention"], rope.get("truncate", True)))
     handled = {"default": True, "linear": cfg.rotary_scaling_factor != 1, "llama3": cfg.use_NTK_by_parts_rope,
                "yarn": cfg.use_yarn_rope}
     if not handled.get(kind, False):
@@ -451,6 +457,27 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
     rotary = cfg.positional_embedding_type == "rotary"
     return dataclasses.replace(cfg, model_name=model_name, tokenizer_name=None, act_fn=_gemma_gelu(cfg),
                                n_ctx=min(n_ctx or SMOLLM2_N_CTX, cfg.n_ctx) if rotary else cfg.n_ctx)
+
+
+def _yarn(params: dict[str, Any], truncate: bool | None = None) -> dict[str, Any]:
+    """TransformerLens' YaRN settings for a ``transformers`` YaRN rope dict (``factor`` and
+    ``original_max_position_embeddings`` are required there), with what ``transformers`` infers where
+    the dict is silent: the attention factor ``0.1 ln(factor) + 1`` (or its ``mscale`` /
+    ``mscale_all_dim`` form; TransformerLens' OLMo 3 branch takes 1), betas 32 and 1, truncation on
+    (``transformers`` reads ``truncate`` from the outer dict of per-layer-type rope settings:
+    ``truncate``)."""
+    def mscale(scale: float, m: float = 1.0) -> float:
+        return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
+
+    orig, factor = params["original_max_position_embeddings"], params["factor"]
+    attention = params.get("attention_factor")
+    if attention is None:
+        m, m_all = params.get("mscale"), params.get("mscale_all_dim")
+        attention = mscale(factor, m) / mscale(factor, m_all) if m and m_all else mscale(factor)
+    return dict(use_yarn_rope=True, yarn_factor=float(factor), yarn_attention_factor=float(attention),
+                yarn_beta_fast=float(params.get("beta_fast") or 32), yarn_beta_slow=float(params.get("beta_slow") or 1),
+                yarn_original_max_position_embeddings=int(orig),
+                yarn_truncate=bool(params.get("truncate", True) if truncate is None else truncate))
 
 
 def _olmo2_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTransformerConfig:
@@ -523,9 +550,9 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
     rope = _rope(hf_config)
     rope_theta = rope.get("rope_theta", getattr(hf_config, "rope_theta", 10000.0))
     kind = rope.get("rope_type") or rope.get("type") or "default"
-    if kind not in ("default", "llama3", "linear"):
+    if kind not in ("default", "llama3", "linear", "yarn"):
         raise IncompatibleError(f"{model_name}: its rotary embedding is scaled the {kind!r} way; mechtox converts "
-                                "Llama models with no scaling, 'llama3' or 'linear' scaling")
+                                "Llama models with no scaling, 'llama3', 'linear' or 'yarn' scaling")
     if getattr(hf_config, "attention_bias", False) or getattr(hf_config, "mlp_bias", False):
         raise IncompatibleError(f"{model_name}: a Llama model with attention or MLP biases (attention_bias / mlp_bias "
                                 "in its config), which TransformerLens' Llama conversion leaves out")
@@ -537,6 +564,8 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
                        NTK_original_ctx_len=int(rope.get("original_max_position_embeddings", 8192)))
     elif kind == "linear":
         scaling = dict(rotary_scaling_factor=float(rope.get("factor", 1.0)))
+    elif kind == "yarn":
+        scaling = _yarn(rope)
     n_kv = hf_config.num_key_value_heads
     d_head = getattr(hf_config, "head_dim", None) or hf_config.hidden_size // hf_config.num_attention_heads
     return HookedTransformerConfig(
@@ -1028,8 +1057,10 @@ def _hf_config(cfg: HookedTransformerConfig, dropout: float | None):
         if arch == "LlamaForCausalLM":
             return transformers.LlamaConfig(**common, rope_scaling=_rope_scaling(cfg))  # type: ignore[call-arg]  # 4.x's name, read by 5.x
         if arch == "MistralForCausalLM":
-            return transformers.MistralConfig(**common, sliding_window=cfg.window_size if cfg.use_local_attn else None)
-        return getattr(transformers, arch.replace("ForCausalLM", "Config"))(**common, use_sliding_window=False)
+            return transformers.MistralConfig(**common, sliding_window=cfg.window_size if cfg.use_local_attn else None,
+                                              rope_scaling=_rope_scaling(cfg))  # type: ignore[call-arg]  # as Llama's
+        return getattr(transformers, arch.replace("ForCausalLM", "Config"))(**common, use_sliding_window=False,
+                                                                            rope_scaling=_rope_scaling(cfg))
     if arch == "GPTNeoXForCausalLM":
         return transformers.GPTNeoXConfig(
             vocab_size=cfg.d_vocab, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
@@ -1096,7 +1127,12 @@ def _gemma_olmo_config(cfg: HookedTransformerConfig, arch: str, common: dict[str
 
 
 def _rope_scaling(cfg: HookedTransformerConfig) -> dict[str, Any] | None:
-    """The ``transformers`` rope scaling of a Llama config (Llama 3's NTK-by-parts, or linear)."""
+    """The ``transformers`` rope scaling of a Llama, Mistral or Qwen config (Llama 3's NTK-by-parts,
+    linear, or YaRN with every value written out)."""
+    if cfg.use_yarn_rope:
+        return {"rope_type": "yarn", "factor": cfg.yarn_factor, "attention_factor": cfg.yarn_attention_factor,
+                "beta_fast": cfg.yarn_beta_fast, "beta_slow": cfg.yarn_beta_slow, "truncate": cfg.yarn_truncate,
+                "original_max_position_embeddings": cfg.yarn_original_max_position_embeddings}
     if cfg.use_NTK_by_parts_rope:
         return {"rope_type": "llama3", "factor": cfg.NTK_by_parts_factor,
                 "low_freq_factor": cfg.NTK_by_parts_low_freq_factor,

@@ -93,7 +93,8 @@ def _llama3_dir(tmp_path, rope_type="llama3", **extra):
     tok.backend_tokenizer.post_processor = TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
     rope = {"llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                        "original_max_position_embeddings": 16},
-            "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}}[rope_type]
+            "yarn": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16},
+            "dynamic": {"rope_type": "dynamic", "factor": 2.0}}[rope_type]
     conf = T.LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, head_dim=32, intermediate_size=96, max_position_embeddings=128,
                          rope_theta=500000.0, rope_scaling=rope, **extra)
@@ -128,9 +129,9 @@ def test_llama_3_directories_keep_their_rope_scaling_head_size_and_bos(tmp_path)
 
 
 def test_settings_a_conversion_leaves_out_are_refused_and_the_load_checks_the_logits(tmp_path, monkeypatch):
-    _, yarn = _llama3_dir(tmp_path, "yarn")
-    with pytest.raises(IncompatibleError, match="scaled the 'yarn' way"):
-        M.load_hf_dir(yarn)
+    _, dynamic = _llama3_dir(tmp_path, "dynamic")
+    with pytest.raises(IncompatibleError, match="scaled the 'dynamic' way"):
+        M.load_hf_dir(dynamic)
     _, biased = _llama3_dir(tmp_path / "b", attention_bias=True)
     with pytest.raises(IncompatibleError, match="attention or MLP biases"):
         M.load_hf_dir(biased)
@@ -138,6 +139,49 @@ def test_settings_a_conversion_leaves_out_are_refused_and_the_load_checks_the_lo
     monkeypatch.setattr(M, "_rope", lambda conf: {})  # a conversion that misses the scaling, as before
     with pytest.raises(IncompatibleError, match="does not give transformers' logits"):
         M.load_hf_dir(d)
+
+
+@pytest.mark.parametrize("model_type,rope", [
+    ("llama", {"factor": 4.0}),  # the attention factor inferred: 0.1 ln 4 + 1
+    # (an original context of 512 puts the correction range's ends between dimensions: 1.2 and 2.7)
+    ("llama", {"factor": 4.0, "attention_factor": 0.8, "beta_fast": 16.0, "beta_slow": 2.0, "truncate": False,
+               "original_max_position_embeddings": 512}),
+    ("llama", {"factor": 4.0, "mscale": 2.0, "mscale_all_dim": 1.0}),  # the attention factor in DeepSeek's form
+    ("qwen2", {"factor": 4.0}), ("qwen3", {"factor": 4.0}), ("mistral", {"factor": 4.0}),
+    ("olmo3", {"factor": 8.0}),  # OLMo 3 without an attention factor: TransformerLens took 1
+])
+def test_yarn_directories_load_and_export_with_the_logits_of_transformers(model_type, rope, tmp_path):
+    """YaRN-scaled rotary (Qwen's long-context recipe) was refused for Llama, Mistral and Qwen, and
+    OLMo 3 without an explicit attention factor failed the load's check: TransformerLens' rotary takes
+    YaRN for any model, with what transformers infers where the config is silent. 40 tokens, past the
+    original context of 16, in and out again."""
+    import transformers as T
+
+    yarn = {"rope_type": "yarn", "rope_theta": 50000.0, "original_max_position_embeddings": 16, **rope}
+    sizes = dict(vocab_size=len(M.tiny_tokenizer()), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=96, max_position_embeddings=64, rms_norm_eps=1e-4)
+    if model_type == "olmo3":
+        conf = T.Olmo3Config(**sizes, pad_token_id=0, sliding_window=8, layer_types=["sliding_attention", "full_attention"],
+                             rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                                              "full_attention": yarn})
+    else:
+        conf = T.AutoConfig.for_model(model_type, **sizes, rope_parameters=yarn)
+    torch.manual_seed(0)
+    hf = T.AutoModelForCausalLM.from_config(conf).eval()
+    with torch.no_grad():
+        for p in hf.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    d = tmp_path / f"yarn-{model_type}"
+    hf.save_pretrained(d)
+    M.tiny_tokenizer().save_pretrained(d)
+    model = M.load_hf_dir(d)
+    assert model.cfg.use_yarn_rope
+    toks = torch.randint(3, conf.vocab_size, (2, 40))
+    back = T.AutoModelForCausalLM.from_pretrained(M.export_hf(model, tmp_path / "out")).eval()
+    with torch.no_grad():
+        want = hf(toks).logits
+        assert (model(toks) - want).abs().max() < 1e-4
+        assert (back(toks).logits - want).abs().max() < 1e-4
 
 
 def test_olmo_2_with_fewer_key_value_heads_is_refused_before_its_weights(tmp_path, monkeypatch):
