@@ -266,7 +266,27 @@ def _to_hooked(hf_model: Any, tokenizer: Any, name: str, n_ctx: int | None, sour
                                      "convert"), tokenizer)
     _llama_bos(model)
     _check_conversion(hf_model, model, source)
+    if model.cfg.positional_embedding_type == "rotary":
+        set_source_context(model, getattr(hf_model.config, "max_position_embeddings", None))
     return model
+
+
+_SOURCE_CONTEXT = "source_max_position_embeddings"
+
+
+def set_source_context(model: HookedTransformer, positions: int | None) -> HookedTransformer:
+    """Remember the context a rotary model was released with (``max_position_embeddings``) where
+    mechtox keeps fewer positions (``n_ctx``, :data:`SMOLLM2_N_CTX` by default): checkpoints keep it
+    and :func:`export_hf` writes it back, so the export claims the original's context, not mechtox's."""
+    if positions is not None and is_whole_number(positions) and int(positions) > model.cfg.n_ctx:
+        setattr(model, "_mechtox_" + _SOURCE_CONTEXT, int(positions))
+    return model
+
+
+def source_context(model: HookedTransformer) -> int:
+    """The context to write as ``max_position_embeddings``: the released model's (rotary models
+    loaded from ``transformers`` or GGUF), else ``n_ctx``."""
+    return int(getattr(model, "_mechtox_" + _SOURCE_CONTEXT, model.cfg.n_ctx))
 
 
 def _llama_bos(model: HookedTransformer) -> None:
@@ -633,7 +653,13 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
     name = DEFAULT_MODEL if path is None else gguf.stem
     cached = cache_dir() / f"{name}-{_hash_file(gguf)}-ctx{n_ctx}"
     if use_cache and (cached / _CKPT_WEIGHTS).is_file():  # (Gemma 1 converted before it took the tanh GELU: now)
-        return _set_gemma_gelu(load_checkpoint(cached, device=device, dtype=dtype))
+        model = _set_gemma_gelu(load_checkpoint(cached, device=device, dtype=dtype))
+        info = checkpoint_info(cached)
+        if _SOURCE_CONTEXT not in info:  # cached before the released context was kept: read it once, keep it
+            info[_SOURCE_CONTEXT] = source_context(set_source_context(model, _gguf_context(gguf)))
+            with contextlib.suppress(OSError):  # a read-only cache: read again next time
+                _io.write_json(cached / _CKPT_CONFIG, info)
+        return model
     try:
         model = _convert_gguf(gguf, name, n_ctx)
     except (ValueError, KeyError, OSError, EOFError, struct.error) as e:  # a truncated or unsupported GGUF file
@@ -642,6 +668,20 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
     if use_cache:
         save_checkpoint(model, cached, extra={"source": str(gguf)})
     return _finish(model, device, dtype)
+
+
+def _gguf_context(gguf: Path) -> int | None:
+    """The context length a GGUF file's header gives (``{architecture}.context_length``), if any
+    (None where the header cannot be read: the cached conversion still loads)."""
+    from gguf import GGUFReader
+
+    try:
+        fields = GGUFReader(str(gguf)).fields
+    except (ValueError, KeyError, IndexError, OSError, struct.error):
+        return None
+    arch = fields.get("general.architecture")
+    found = arch is not None and fields.get(f"{bytes(arch.parts[arch.data[0]]).decode()}.context_length")
+    return int(found.parts[found.data[0]][0]) if found else None
 
 
 def _convert_gguf(gguf: Path, name: str, n_ctx: int) -> HookedTransformer:
@@ -769,6 +809,8 @@ def save_checkpoint(model: HookedTransformer, path: str | os.PathLike[str],
           if not k.endswith(_COMPUTED_BUFFERS)}
     meta = {"format": CHECKPOINT_FORMAT, "version": _CKPT_VERSION, "cfg": _cfg_to_json(model.cfg),
             "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **(extra or {})}
+    if source_context(model) != model.cfg.n_ctx:
+        meta[_SOURCE_CONTEXT] = source_context(model)
 
     def write(tmp: Path) -> None:
         tmp.mkdir(parents=True)
@@ -835,7 +877,7 @@ def load_checkpoint(path: str | os.PathLike[str], device: str | None = None,
         warnings.warn(f"{path}: {len(foreign)} non-zero parameters that {model.cfg.original_architecture} does not have "
                       f"(e.g. {foreign[0]}, as training left them before 0.2): its HuggingFace export cannot be exact",
                       stacklevel=2)
-    return _finish(model, device, dtype)
+    return set_source_context(_finish(model, device, dtype), info.get(_SOURCE_CONTEXT))
 
 
 # The linear-layer biases each family's ``transformers`` model has. TransformerLens gives every block
@@ -1194,6 +1236,8 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: 
     if out.exists() and not force and (out.is_file() or any(out.iterdir())):
         raise MechtoxError(f"{out} exists and is not empty; pass force=True to replace it, or give a new path")
     hf_cfg = hf_config(model.cfg)
+    if model.cfg.positional_embedding_type == "rotary":  # learned positions: n_ctx is all there are
+        hf_cfg.max_position_embeddings = source_context(model)
     sd = to_hf_state_dict(model)
     from safetensors.torch import save_file
 

@@ -184,6 +184,51 @@ def test_yarn_directories_load_and_export_with_the_logits_of_transformers(model_
         assert (back(toks).logits - want).abs().max() < 1e-4
 
 
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_an_export_claims_the_released_context_not_the_one_mechtox_keeps(model_type, tmp_path):
+    """mechtox keeps 2,048 positions of a rotary model (TransformerLens' masks grow with the square);
+    the export wrote that as max_position_embeddings, so a server that reads it (vLLM's default
+    max_model_len) would cap the exported model at 2,048. The released context goes back out, also
+    through a checkpoint."""
+    import json
+
+    import transformers as T
+
+    sizes = dict(vocab_size=len(M.tiny_tokenizer()), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=2, intermediate_size=96, max_position_embeddings=4 * M.SMOLLM2_N_CTX)
+    torch.manual_seed(0)
+    d = tmp_path / model_type
+    T.AutoModelForCausalLM.from_config(T.AutoConfig.for_model(model_type, **sizes)).save_pretrained(d)
+    M.tiny_tokenizer().save_pretrained(d)
+    model = M.load_hf_dir(d)
+    assert model.cfg.n_ctx == M.SMOLLM2_N_CTX
+    again = M.load_checkpoint(M.save_checkpoint(model, tmp_path / "ck"))
+    for name, m in (("direct", model), ("checkpoint", again)):
+        out = M.export_hf(m, tmp_path / name)
+        assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 4 * M.SMOLLM2_N_CTX, name
+    assert M.load_hf_dir(tmp_path / "direct").cfg.n_ctx == M.SMOLLM2_N_CTX
+    gpt2 = M.tiny_model()  # learned positions: n_ctx is every position there is
+    gpt2.cfg.original_architecture = "GPT2LMHeadModel"
+    out = M.export_hf(zero_foreign(gpt2), tmp_path / "gpt2")
+    assert json.loads((out / "config.json").read_text())["n_positions"] == gpt2.cfg.n_ctx
+
+
+def test_a_gguf_conversion_cached_before_keeps_the_released_context_from_the_header(tmp_path, monkeypatch):
+    """SmolLM2's GGUF says 8,192 positions; a conversion cached before mechtox kept that reads it from
+    the file's header once (no de-quantising), and writes it into the cache."""
+    import json
+
+    monkeypatch.setenv("MECHTOX_CACHE", str(tmp_path / "cache"))
+    gguf = M.smollm2_gguf_path()
+    assert M._gguf_context(gguf) == 8192
+    cached = M.cache_dir() / f"{M.DEFAULT_MODEL}-{M._hash_file(gguf)}-ctx{M.SMOLLM2_N_CTX}"
+    old = M.tiny_model(**{**LLAMA, "n_ctx": 64})  # stands in for the conversion: loading it is what is tested
+    M.save_checkpoint(old, cached)
+    assert M.source_context(M.load_gguf()) == 8192
+    assert json.loads((cached / "config.json").read_text())["source_max_position_embeddings"] == 8192
+    assert M.source_context(M.load_gguf()) == 8192  # now from the cache's own record
+
+
 def test_olmo_2_with_fewer_key_value_heads_is_refused_before_its_weights(tmp_path, monkeypatch):
     """TransformerLens' OLMo 2 conversion takes one key / value head per query head (1B-13B); OLMo 2
     32B has fewer: refused from the config, before transformers reads the weights."""
