@@ -123,12 +123,29 @@ def foreign_hf(model_type: str, seed: int = 0):
                                            rope_parameters={"sliding_attention": {"rope_type": "default",
                                                                                   "rope_theta": 10000.0},
                                                             "full_attention": _OLMO3_YARN})}
+    return random_hf(make[model_type](), seed)
+
+
+def random_hf(config, seed: int = 0, scale: float = 0.2):
+    """A ``transformers`` model of ``config`` with every weight, norm and bias moved off its initial
+    value by ``scale`` times a standard normal draw (seeded)."""
+    import transformers as T
+
     torch.manual_seed(seed)
-    hf = T.AutoModelForCausalLM.from_config(make[model_type]()).eval()
+    hf = T.AutoModelForCausalLM.from_config(config).eval()
     with torch.no_grad():
         for p in hf.parameters():
-            p.add_(0.2 * torch.randn_like(p))
+            p.add_(scale * torch.randn_like(p))
     return hf
+
+
+def save_hf_dir(hf, d, tokenizer=None):
+    """``hf`` as a ``transformers`` directory ``d`` with ``tokenizer`` (default: the tiny one); ``d``."""
+    from mechtox.models import tiny_tokenizer
+
+    hf.save_pretrained(d)
+    (tokenizer or tiny_tokenizer()).save_pretrained(d)
+    return d
 
 
 LLAMA = dict(gated_mlp=True, normalization_type="RMS", act_fn="silu", positional_embedding_type="rotary",

@@ -15,7 +15,9 @@ from tests.conftest import (
     GEMMAS,
     LLAMA,
     foreign_hf,
+    random_hf,
     randomize_norms_and_biases,
+    save_hf_dir,
     tiny_gemma,
     zero_foreign,
 )
@@ -74,8 +76,7 @@ _FOREIGN = ["gpt_neox", "opt", "mistral", "qwen2", "qwen3", "olmo2", "olmo3"]
 def test_directories_of_other_architectures_load_with_the_logits_of_transformers(model_type, tmp_path):
     hf = foreign_hf(model_type)
     d = tmp_path / f"my-llama-gemma-{model_type}"  # TransformerLens reads these words in a path as the architecture
-    hf.save_pretrained(d)
-    M.tiny_tokenizer().save_pretrained(d)
+    save_hf_dir(hf, d)
     model = M.load_hf_dir(d)
     assert model.cfg.original_architecture == M.TL_ARCHITECTURES[model_type] and model.cfg.model_name == d.name
     toks = torch.randint(3, hf.config.vocab_size, (2, 11))
@@ -98,15 +99,8 @@ def _llama3_dir(tmp_path, rope_type="llama3", **extra):
     conf = T.LlamaConfig(vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, head_dim=32, intermediate_size=96, max_position_embeddings=128,
                          rope_theta=500000.0, rope_scaling=rope, **extra)
-    torch.manual_seed(0)
-    hf = T.LlamaForCausalLM(conf).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    d = tmp_path / f"llama3-{rope_type}"
-    hf.save_pretrained(d)
-    tok.save_pretrained(d)
-    return hf, d
+    hf = random_hf(conf)
+    return hf, save_hf_dir(hf, tmp_path / f"llama3-{rope_type}", tok)
 
 
 def test_llama_3_directories_keep_their_rope_scaling_head_size_and_bos(tmp_path):
@@ -166,14 +160,8 @@ def test_yarn_directories_load_and_export_with_the_logits_of_transformers(model_
                                               "full_attention": yarn})
     else:
         conf = T.AutoConfig.for_model(model_type, **sizes, rope_parameters=yarn)
-    torch.manual_seed(0)
-    hf = T.AutoModelForCausalLM.from_config(conf).eval()
-    with torch.no_grad():
-        for p in hf.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    d = tmp_path / f"yarn-{model_type}"
-    hf.save_pretrained(d)
-    M.tiny_tokenizer().save_pretrained(d)
+    hf = random_hf(conf)
+    d = save_hf_dir(hf, tmp_path / f"yarn-{model_type}")
     model = M.load_hf_dir(d)
     assert model.cfg.use_yarn_rope
     toks = torch.randint(3, conf.vocab_size, (2, 40))
@@ -198,8 +186,7 @@ def test_an_export_claims_the_released_context_not_the_one_mechtox_keeps(model_t
                  num_key_value_heads=2, intermediate_size=96, max_position_embeddings=4 * M.SMOLLM2_N_CTX)
     torch.manual_seed(0)
     d = tmp_path / model_type
-    T.AutoModelForCausalLM.from_config(T.AutoConfig.for_model(model_type, **sizes)).save_pretrained(d)
-    M.tiny_tokenizer().save_pretrained(d)
+    save_hf_dir(T.AutoModelForCausalLM.from_config(T.AutoConfig.for_model(model_type, **sizes)), d)
     model = M.load_hf_dir(d)
     assert model.cfg.n_ctx == M.SMOLLM2_N_CTX
     again = M.load_checkpoint(M.save_checkpoint(model, tmp_path / "ck"))
@@ -252,8 +239,7 @@ def test_directories_of_other_architectures_export_back_to_their_own_weights(mod
 
     hf = foreign_hf(model_type)
     d = tmp_path / "in"
-    hf.save_pretrained(d)
-    M.tiny_tokenizer().save_pretrained(d)
+    save_hf_dir(hf, d)
     ws = str(tmp_path / "ws")
     capsys.readouterr()
     assert main(["export", str(d), "-w", ws, "-q", "--hf", str(tmp_path / "out")]) == 0
@@ -288,8 +274,7 @@ def test_variants_a_conversion_does_not_know_are_one_line_errors(tmp_path, capsy
     for name, extra, match in (("proj", dict(word_embed_proj_dim=32), "weights that do not fit its own config"),
                                ("post-ln", dict(do_layer_norm_before=False), "conversion of this OPTForCausalLM fails")):
         d = tmp_path / name
-        T.OPTForCausalLM(T.OPTConfig(**sizes, **extra)).save_pretrained(d)
-        M.tiny_tokenizer().save_pretrained(d)
+        save_hf_dir(T.OPTForCausalLM(T.OPTConfig(**sizes, **extra)), d)
         with pytest.raises(IncompatibleError, match=match):
             M.load_hf_dir(d)
         capsys.readouterr()
@@ -317,8 +302,7 @@ def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(
     tiny = T.Gemma3TextConfig(vocab_size=len(M.tiny_tokenizer()), hidden_size=64, num_hidden_layers=2,
                               num_attention_heads=4, num_key_value_heads=1, head_dim=16, intermediate_size=96)
     d = tmp_path / "tiny-gemma"
-    T.AutoModelForCausalLM.from_config(tiny).save_pretrained(d)
-    M.tiny_tokenizer().save_pretrained(d)
+    save_hf_dir(T.AutoModelForCausalLM.from_config(tiny), d)
     capsys.readouterr()
     assert main(["probe", "-w", str(tmp_path / "ws"), "--model", str(d), "--data", "builtin:toxicity", "--n-train",
                  "60", "--n-test", "40"]) == 2  # refused from the config, before transformers loads the weights
@@ -340,8 +324,7 @@ def test_attribute_between_two_directories_of_another_architecture(model_type, t
             with torch.no_grad():
                 for p in hf.parameters():
                     p.add_(0.05 * torch.randn_like(p))
-        hf.save_pretrained(tmp_path / name)
-        M.tiny_tokenizer().save_pretrained(tmp_path / name)
+        save_hf_dir(hf, tmp_path / name)
     ws = str(tmp_path / "ws")
     Direction(vector=torch.randn(64), hook_name="blocks.1.hook_resid_post", method="x", name="d").save(
         Workspace(ws).direction_dir("d"))
@@ -466,8 +449,7 @@ def test_export_of_an_architecture_it_cannot_write_is_refused_before_loading(tmp
     from mechtox.workspace import Workspace
 
     d = tmp_path / "neox"
-    foreign_hf("gpt_neox").save_pretrained(d)
-    M.tiny_tokenizer().save_pretrained(d)
+    save_hf_dir(foreign_hf("gpt_neox"), d)
     ws = Workspace(tmp_path / "ws")
     M.save_checkpoint(M.load_hf_dir(d), ws.root / "models" / "mine")
     M.save_checkpoint(zero_foreign(_llama_like()), ws.root / "models" / "llama")
