@@ -443,7 +443,8 @@ def _rope(hf_config: Any) -> dict[str, Any]:
 def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTransformerConfig:
     """TransformerLens' config for a :data:`TL_ARCHITECTURES` model: read from its ``transformers``
     config, or, for Gemma (which TransformerLens 3.9 configures by official name only), the config of
-    the official Gemma model of the same architecture and sizes. Rotary models keep ``n_ctx`` (default
+    the official Gemma model of the same architecture and sizes, or for sizes no official model has,
+    one of that architecture resized (:func:`_gemma_resized`). Rotary models keep ``n_ctx`` (default
     :data:`SMOLLM2_N_CTX`) positions: TransformerLens' per-layer causal masks grow with its square."""
     import tempfile
 
@@ -452,7 +453,11 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
     arch = TL_ARCHITECTURES[hf_config.model_type]
     if arch == "Olmo2ForCausalLM":
         return _olmo2_config(hf_config, model_name, n_ctx)
-    source = _gemma_official_name(hf_config, arch) if hf_config.model_type.startswith("gemma") else None
+    gemma = hf_config.model_type.startswith("gemma")
+    source = _gemma_official_name(hf_config, arch) if gemma else None
+    resize = gemma and source is None  # sizes of no official model: that architecture's config, resized
+    if resize:
+        source = _GEMMA_TEMPLATES[arch]
     with tempfile.TemporaryDirectory(prefix="mechtox-config-") as tmp:
         if source is None:  # a folder of its own: TransformerLens reads "llama" / "gemma" in a path's name as the architecture
             conf = copy.deepcopy(hf_config)
@@ -460,6 +465,8 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
             conf.save_pretrained(tmp)
             source = tmp
         cfg = get_pretrained_model_config(source, dtype=torch.float32, device="cpu")
+    if resize:
+        cfg = _gemma_resized(cfg, hf_config)
     if cfg.original_architecture != arch:
         raise IncompatibleError(f"{model_name}: TransformerLens read this {arch} config as "
                                 f"{cfg.original_architecture}; load it with TransformerLens directly")
@@ -535,9 +542,44 @@ def _set_gemma_gelu(model: HookedTransformer) -> HookedTransformer:
     return model
 
 
-def _gemma_official_name(hf_config: Any, arch: str) -> str:
+_GEMMA_TEMPLATES = {"GemmaForCausalLM": "google/gemma-2b", "Gemma2ForCausalLM": "google/gemma-2-2b",
+                    "Gemma3ForCausalLM": "google/gemma-3-270m"}
+"""The official model whose TransformerLens config a Gemma of other sizes is built from."""
+
+
+def _gemma_resized(cfg: HookedTransformerConfig, hf_config: Any) -> HookedTransformerConfig:
+    """TransformerLens' config of an official Gemma model (``cfg``) with the sizes and settings of
+    ``hf_config``, a Gemma of the same architecture that no official model matches: sizes, norm
+    epsilon, activation, rotary bases (global and local) and linear scaling, attention scale
+    (``query_pre_attn_scalar``), windows and layer types, soft caps. The load then checks the result
+    against ``transformers``' logits."""
+    h = hf_config
+    rope = _rope(h)
+    full, local = rope.get("full_attention", rope), rope.get("sliding_attention") or {}
+    act = getattr(h, "hidden_activation", None) or h.hidden_act
+    d = _cfg_to_json(cfg)
+    d.update(d_model=h.hidden_size, d_head=h.head_dim, n_heads=h.num_attention_heads,
+             n_key_value_heads=h.num_key_value_heads, d_mlp=h.intermediate_size, n_layers=h.num_hidden_layers,
+             d_vocab=h.vocab_size, d_vocab_out=h.vocab_size, eps=h.rms_norm_eps, n_ctx=h.max_position_embeddings,
+             rotary_dim=h.head_dim,
+             rotary_base=float(full.get("rope_theta", cfg.rotary_base)),
+             act_fn={"gelu_python": "gelu"}.get(act, act),  # transformers' exact GELU by TransformerLens' name
+             attn_scale=math.sqrt(getattr(h, "query_pre_attn_scalar", None) or h.head_dim))
+    if cfg.original_architecture != "GemmaForCausalLM":  # Gemma 2 / 3: windows, caps
+        types = list(h.layer_types)
+        d.update(attn_types=["local" if t == "sliding_attention" else "global" for t in types],
+                 use_local_attn="sliding_attention" in types, window_size=h.sliding_window,
+                 attn_scores_soft_cap=float(h.attn_logit_softcapping or -1.0),
+                 output_logits_soft_cap=float(h.final_logit_softcapping or -1.0))
+    if cfg.original_architecture == "Gemma3ForCausalLM":
+        d.update(rotary_base_local=float(local.get("rope_theta") or cfg.rotary_base_local or cfg.rotary_base),
+                 rotary_scaling_factor=float(full.get("factor", 1.0)) if full.get("rope_type") == "linear" else 1.0)
+    return HookedTransformerConfig(**d)
+
+
+def _gemma_official_name(hf_config: Any, arch: str) -> str | None:
     """The official name of the Gemma model whose TransformerLens config has ``hf_config``'s
-    architecture and sizes (a fine-tune keeps them), or a one-line error."""
+    architecture and sizes (a fine-tune keeps them), or None."""
     from transformer_lens.loading_from_pretrained import (
         OFFICIAL_MODEL_NAMES,
         convert_hf_model_config,
@@ -553,9 +595,7 @@ def _gemma_official_name(hf_config: Any, arch: str) -> str:
         if (c["original_architecture"] == arch and all(c.get(k) == v for k, v in sizes.items())
                 and c.get("n_key_value_heads", c["n_heads"]) == kv):
             return name
-    raise IncompatibleError(f"no {arch} model TransformerLens knows has these sizes "
-                            f"({', '.join(f'{k} {v}' for k, v in sizes.items())}): TransformerLens configures Gemma "
-                            "models by their official names only")
+    return None
 
 
 # ----------------------------------------------------------------------------- GGUF / SmolLM2

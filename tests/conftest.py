@@ -109,6 +109,8 @@ def foreign_hf(model_type: str, seed: int = 0):
     sizes = dict(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
                  max_position_embeddings=64)
     llama_like = dict(rope_theta=50000.0, rms_norm_eps=1e-4)
+    gemma = dict(num_key_value_heads=2, head_dim=16, pad_token_id=0)
+    windows = dict(sliding_window=8, layer_types=["sliding_attention", "full_attention"])
     make = {"gpt_neox": lambda: T.GPTNeoXConfig(**sizes, rotary_pct=0.25),  # Pythia: parallel attention and MLP
             "opt": lambda: T.OPTConfig(**{**sizes, "ffn_dim": 96}, word_embed_proj_dim=64),
             # not the default rotary base and epsilon, and a window shorter than the tests' texts
@@ -117,6 +119,17 @@ def foreign_hf(model_type: str, seed: int = 0):
             "qwen3": lambda: T.Qwen3Config(**sizes, num_key_value_heads=2, head_dim=16, **llama_like),  # q / k norms
             # norms after attention and MLP, q / k norms over all heads (one key / value head per query head)
             "olmo2": lambda: T.Olmo2Config(**sizes, pad_token_id=0, **llama_like),
+            # Gemma of sizes no official model has (TransformerLens knows Gemma by official name only):
+            # norms of 1 + w, embeddings times sqrt(d); Gemma 2 / 3 with windows of 8, an attention scale
+            # other than sqrt(head_dim), Gemma 2 with soft caps, Gemma 3 with its two rotary bases and linear scaling
+            "gemma": lambda: T.GemmaConfig(**sizes, **gemma, **llama_like),
+            "gemma2": lambda: T.Gemma2Config(**sizes, **gemma, **windows, rms_norm_eps=1e-4, query_pre_attn_scalar=9,
+                                             attn_logit_softcapping=5.0, final_logit_softcapping=3.0,
+                                             rope_parameters={"rope_type": "default", "rope_theta": 50000.0}),
+            "gemma3_text": lambda: T.Gemma3TextConfig(
+                **sizes, **gemma, **windows, rms_norm_eps=1e-4, query_pre_attn_scalar=9,
+                rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 20000.0},  # not 10,000
+                                 "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 1e6}}),
             # norms after attention and MLP; a window shorter than the tests' texts on one layer, YaRN on the other
             "olmo3": lambda: T.Olmo3Config(**sizes, pad_token_id=0, sliding_window=8,
                                            layer_types=["sliding_attention", "full_attention"],

@@ -69,7 +69,7 @@ def test_hf_directory_with_only_a_torch_file_and_as_a_cli_model(tmp_path, capsys
     assert "saved probe 'probe'" in capsys.readouterr().out
 
 
-_FOREIGN = ["gpt_neox", "opt", "mistral", "qwen2", "qwen3", "olmo2", "olmo3"]
+_FOREIGN = ["gpt_neox", "opt", "mistral", "qwen2", "qwen3", "olmo2", "olmo3", "gemma", "gemma2", "gemma3_text"]
 
 
 @pytest.mark.parametrize("model_type", _FOREIGN)
@@ -228,7 +228,7 @@ def test_olmo_2_with_fewer_key_value_heads_is_refused_before_its_weights(tmp_pat
         M.load_hf_dir(d)
 
 
-@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3", "gpt_neox", "opt", "olmo2", "olmo3"])
+@pytest.mark.parametrize("model_type", _FOREIGN)
 def test_directories_of_other_architectures_export_back_to_their_own_weights(model_type, tmp_path, capsys):
     """In and out again: `mechtox export` writes the directory transformers loads as the same class with
     the original model's logits (Mistral's sliding window, 8 here, shorter than the text; Qwen 2's q / k / v
@@ -299,15 +299,35 @@ def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(
     assert M._gemma_official_name(gemma2, "Gemma2ForCausalLM").startswith("google/gemma-2-2b")
     cfg = M._tl_config(gemma3, "my-gemma", None)
     assert (cfg.model_name, cfg.n_ctx, cfg.use_normalization_before_and_after) == ("my-gemma", M.SMOLLM2_N_CTX, True)
-    tiny = T.Gemma3TextConfig(vocab_size=len(M.tiny_tokenizer()), hidden_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=1, head_dim=16, intermediate_size=96)
-    d = tmp_path / "tiny-gemma"
-    save_hf_dir(T.AutoModelForCausalLM.from_config(tiny), d)
-    capsys.readouterr()
-    assert main(["probe", "-w", str(tmp_path / "ws"), "--model", str(d), "--data", "builtin:toxicity", "--n-train",
-                 "60", "--n-test", "40"]) == 2  # refused from the config, before transformers loads the weights
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "no Gemma3ForCausalLM model TransformerLens knows has these sizes" in err
+    assert M._gemma_official_name(T.Gemma3TextConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2,
+                                                     num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                                     intermediate_size=96), "Gemma3ForCausalLM") is None
+
+
+@pytest.mark.parametrize("name", ["google/gemma-2b", "google/gemma-2-2b", "google/gemma-2-27b", "google/gemma-3-270m",
+                                  "google/gemma-3-27b-pt"])
+def test_a_gemma_of_official_sizes_resized_from_its_config_is_transformer_lens_own(name):
+    """A Gemma no official model matches is TransformerLens' config of another official Gemma of its
+    architecture, resized from the directory's config (``_gemma_resized``; the load then checks the
+    logits). For official models, where TransformerLens has its own config (2 27B: an attention scale
+    of sqrt(144); 3 27B: linear scaling of its global layers), resizing another one from their
+    transformers config (as the export writes it) gives TransformerLens' config back."""
+    import dataclasses
+
+    from transformer_lens.loading_from_pretrained import get_pretrained_model_config
+
+    own = get_pretrained_model_config(name, dtype=torch.float32, device="cpu")
+    if own.original_architecture == "Gemma3ForConditionalGeneration":  # its text part, as a Gemma3ForCausalLM
+        own = dataclasses.replace(own, original_architecture="Gemma3ForCausalLM")
+    template = get_pretrained_model_config(M._GEMMA_TEMPLATES[own.original_architecture], dtype=torch.float32,
+                                           device="cpu")
+    resized = M._gemma_resized(template, M.hf_config(own))
+    fields = ("d_model", "d_head", "n_heads", "n_key_value_heads", "d_mlp", "n_layers", "d_vocab", "d_vocab_out", "eps",
+              "rotary_dim", "rotary_base", "rotary_base_local", "rotary_scaling_factor", "attn_scale", "attn_types",
+              "use_local_attn", "window_size", "attn_scores_soft_cap", "output_logits_soft_cap", "act_fn",
+              "use_qk_norm", "use_normalization_before_and_after", "original_architecture")
+    differ = {f: (getattr(own, f), getattr(resized, f)) for f in fields if getattr(own, f) != getattr(resized, f)}
+    assert not differ
 
 
 @pytest.mark.parametrize("model_type", ["gpt_neox", "qwen2", "olmo2", "olmo3"])
