@@ -63,7 +63,7 @@ pairs.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) +
 t = time.perf_counter()
 assert main(["train", "dpo", "-w", ws, "-q", "--model", str(src), "--pairs", str(pairs), "--steps", "3",
              "--batch-size", "4", "--lr", "1e-4", "--out", "dpo"]) == 0
-print(f"3 DPO steps on the hooked backend: {time.perf_counter() - t:.1f} s")
+print(f"3 DPO steps (the default backend, named above): {time.perf_counter() - t:.1f} s")
 assert main(["export", "dpo", "-w", ws, "-q", "--force", "--hf", str(root / "export-dpo")]) == 0
 trained = M.load_checkpoint(root / "ws" / "models" / "dpo")
 with torch.no_grad():
