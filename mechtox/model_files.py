@@ -57,8 +57,8 @@ TL_ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM", "
                     "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
 """``transformers`` architectures (by ``model_type``) mechtox loads through TransformerLens' own
 conversion: Pythia (GPT-NeoX), OPT, Mistral, Qwen 2 / 2.5 / 3, OLMo 2 / 3 and Gemma 1-3 (the Gemma
-configs TransformerLens knows by name, matched on the directory's sizes; OLMo 2's read from the
-directory as the Llama one is)."""
+configs TransformerLens knows by name, matched on the directory's sizes or resized from one of
+them; OLMo 2's read from the directory as the Llama one is)."""
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 """Suffixes of a state-dict file (``BASE@FILE``)."""

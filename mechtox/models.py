@@ -490,9 +490,9 @@ def _yarn(params: dict[str, Any], truncate: bool | None = None) -> dict[str, Any
     """TransformerLens' YaRN settings for a ``transformers`` YaRN rope dict (``factor`` and
     ``original_max_position_embeddings`` are required there), with what ``transformers`` infers where
     the dict is silent: the attention factor ``0.1 ln(factor) + 1`` (or its ``mscale`` /
-    ``mscale_all_dim`` form; TransformerLens' OLMo 3 branch takes 1), betas 32 and 1, truncation on
-    (``transformers`` reads ``truncate`` from the outer dict of per-layer-type rope settings:
-    ``truncate``)."""
+    ``mscale_all_dim`` form; TransformerLens' OLMo 3 branch takes 1), betas 32 and 1, truncation on.
+    ``truncate`` overrides the dict's: for per-layer-type rope settings ``transformers`` reads it from
+    the outer dict."""
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
