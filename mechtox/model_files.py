@@ -54,7 +54,8 @@ EXPORT_NAMES = "Llama, GPT-2, Mistral, Qwen 2 / 3, Pythia (GPT-NeoX), OPT, OLMo 
 TL_ARCHITECTURES = {"gpt_neox": "GPTNeoXForCausalLM", "opt": "OPTForCausalLM", "mistral": "MistralForCausalLM",
                     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "olmo2": "Olmo2ForCausalLM",
                     "olmo3": "Olmo3ForCausalLM",
-                    "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+                    "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM",
+                    "gemma3": "Gemma3ForCausalLM"}  # Gemma 3 4B+ reads images too: mechtox takes its text model
 """``transformers`` architectures (by ``model_type``) mechtox loads through TransformerLens' own
 conversion: Pythia (GPT-NeoX), OPT, Mistral, Qwen 2 / 2.5 / 3, OLMo 2 / 3 and Gemma 1-3 (the Gemma
 configs TransformerLens knows by name, matched on the directory's sizes or resized from one of

@@ -182,6 +182,7 @@ def load_pretrained(name: str, device: str | None = None, dtype: str | torch.dty
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelNotFoundError(f"{name}: {official} could not be loaded ({first[:160]}); {how}") from None
     model.eval()
+    model.cfg.original_architecture = _gemma3_text_arch(model.cfg.original_architecture)
     return _set_gemma_gelu(model)
 
 
@@ -267,7 +268,7 @@ def _to_hooked(hf_model: Any, tokenizer: Any, name: str, n_ctx: int | None, sour
     _llama_bos(model)
     _check_conversion(hf_model, model, source)
     if model.cfg.positional_embedding_type == "rotary":
-        set_source_context(model, getattr(hf_model.config, "max_position_embeddings", None))
+        set_source_context(model, getattr(hf_model.config.get_text_config(), "max_position_embeddings", None))
     return model
 
 
@@ -302,7 +303,8 @@ def _check_conversion(hf_model: Any, model: HookedTransformer, source: str, n_to
     config setting the conversion leaves out (a rope scaling, a bias) would otherwise give another model
     silently."""
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, min(model.cfg.d_vocab, hf_model.config.vocab_size), (1, n_tokens), generator=g)
+    vocab = hf_model.config.get_text_config().vocab_size  # (an image-text Gemma 3's is its text config's)
+    ids = torch.randint(0, min(model.cfg.d_vocab, vocab), (1, n_tokens), generator=g)
     with torch.no_grad():
         theirs = hf_model(ids, use_cache=False).logits.float()
         ours = model(ids).float()
@@ -450,6 +452,8 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
 
     from transformer_lens.loading_from_pretrained import get_pretrained_model_config
 
+    if hf_config.model_type == "gemma3":  # Gemma 3 4B+ (Gemma3ForConditionalGeneration): its text model
+        hf_config = hf_config.text_config
     arch = TL_ARCHITECTURES[hf_config.model_type]
     if arch == "Olmo2ForCausalLM":
         return _olmo2_config(hf_config, model_name, n_ctx)
@@ -465,6 +469,7 @@ def _tl_config(hf_config: Any, model_name: str, n_ctx: int | None) -> HookedTran
             conf.save_pretrained(tmp)
             source = tmp
         cfg = get_pretrained_model_config(source, dtype=torch.float32, device="cpu")
+    cfg = dataclasses.replace(cfg, original_architecture=_gemma3_text_arch(cfg.original_architecture))
     if resize:
         cfg = _gemma_resized(cfg, hf_config)
     if cfg.original_architecture != arch:
@@ -577,6 +582,13 @@ def _gemma_resized(cfg: HookedTransformerConfig, hf_config: Any) -> HookedTransf
     return HookedTransformerConfig(**d)
 
 
+def _gemma3_text_arch(arch: str | None) -> str | None:
+    """Gemma 3 4B+ (``Gemma3ForConditionalGeneration``, which reads images too) as its text model:
+    TransformerLens converts only that part and computes it as ``Gemma3ForCausalLM``, which is what
+    mechtox trains on the hf backend and exports (without the vision tower)."""
+    return "Gemma3ForCausalLM" if arch == "Gemma3ForConditionalGeneration" else arch
+
+
 def _gemma_official_name(hf_config: Any, arch: str) -> str | None:
     """The official name of the Gemma model whose TransformerLens config has ``hf_config``'s
     architecture and sizes (a fine-tune keeps them), or None."""
@@ -592,7 +604,7 @@ def _gemma_official_name(hf_config: Any, arch: str) -> str | None:
     kv = hf_config.num_key_value_heads
     for name in (n for n in OFFICIAL_MODEL_NAMES if n.startswith("google/gemma")):
         c = convert_hf_model_config(name)  # by name: no hub
-        if (c["original_architecture"] == arch and all(c.get(k) == v for k, v in sizes.items())
+        if (_gemma3_text_arch(c["original_architecture"]) == arch and all(c.get(k) == v for k, v in sizes.items())
                 and c.get("n_key_value_heads", c["n_heads"]) == kv):
             return name
     return None

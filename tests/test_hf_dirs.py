@@ -304,6 +304,50 @@ def test_gemma_directories_take_the_config_of_the_official_model_of_their_sizes(
                                                      intermediate_size=96), "Gemma3ForCausalLM") is None
 
 
+def test_an_image_text_gemma_3_loads_trains_and_exports_as_its_text_model(tmp_path, monkeypatch):
+    """Gemma 3 4B+ (Gemma3ForConditionalGeneration, model_type gemma3) was refused as a directory, and
+    by official name it could neither train on the hf backend nor export. TransformerLens converts its
+    text model, which mechtox now takes as Gemma3ForCausalLM: a tiny random image-text Gemma 3 loads
+    with transformers' text logits, the workspace reads its architecture from the files, and the export
+    (without the vision tower) gives the same logits. A directory of 4B's text sizes takes the official
+    4B config (linear scaling 8 on its global layers); by official name it is the text model too."""
+    import transformers as T
+    from transformer_lens import HookedTransformer
+
+    import mechtox.data
+    from mechtox.workspace import Workspace
+
+    v = len(M.tiny_tokenizer())
+    text = dict(vocab_size=v, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=16, intermediate_size=96, max_position_embeddings=64, sliding_window=8,
+                layer_types=["sliding_attention", "full_attention"])
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)
+    hf = random_hf(T.Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, boi_token_index=3,
+                                  eoi_token_index=4, image_token_index=5))
+    assert type(hf).__name__ == "Gemma3ForConditionalGeneration"
+    d = save_hf_dir(hf, tmp_path / "gemma-3-mm")
+    assert Workspace(tmp_path / "ws").model_architecture(str(d)) == "Gemma3ForCausalLM"
+    model = M.load_hf_dir(d)
+    assert model.cfg.original_architecture == "Gemma3ForCausalLM"
+    toks = torch.randint(6, v, (2, 20))
+    back = T.AutoModelForCausalLM.from_pretrained(M.export_hf(model, tmp_path / "out")).eval()
+    assert type(back).__name__ == "Gemma3ForCausalLM"
+    with torch.no_grad():
+        want = hf(toks).logits
+        assert (model(toks) - want).abs().max() < 1e-4 and (back(toks).logits - want).abs().max() < 1e-4
+    four_b = T.Gemma3Config(text_config=dict(vocab_size=262208, hidden_size=2560, num_hidden_layers=34,
+                                             num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                                             intermediate_size=10240))
+    cfg = M._tl_config(four_b, "my-gemma-4b", None)
+    assert (cfg.original_architecture, cfg.rotary_scaling_factor) == ("Gemma3ForCausalLM", 8.0)
+    monkeypatch.setattr(mechtox.data, "_hub_reachable", lambda: True)
+    tiny = tiny_gemma("gemma-3")
+    tiny.cfg.original_architecture = "Gemma3ForConditionalGeneration"  # as TransformerLens names 4B+
+    monkeypatch.setattr(HookedTransformer, "from_pretrained_no_processing", lambda *a, **k: tiny)
+    assert M.load_pretrained("gemma-3-4b-it").cfg.original_architecture == "Gemma3ForCausalLM"
+
+
 @pytest.mark.parametrize("name", ["google/gemma-2b", "google/gemma-2-2b", "google/gemma-2-27b", "google/gemma-3-270m",
                                   "google/gemma-3-27b-pt"])
 def test_a_gemma_of_official_sizes_resized_from_its_config_is_transformer_lens_own(name):
