@@ -408,6 +408,12 @@ def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], pat
     sd = {k: v for k, v in sd.items() if not k.endswith(buffers)}
     if model.cfg.original_architecture == "GPT2LMHeadModel" and not any(k.startswith("transformer.") for k in sd):
         sd = {("lm_head.weight" if k == "lm_head.weight" else f"transformer.{k}"): v for k, v in sd.items()}
+    if model.cfg.original_architecture == "Gemma3ForCausalLM":  # an image-text Gemma 3's file: its text model
+        text = {"model.language_model.": "model.", "language_model.model.": "model.",  # (transformers 5 / 4)
+                "language_model.lm_head.": "lm_head."}
+        if any(k.startswith(tuple(text)) for k in sd):
+            sd = {new + k[len(old):]: v for k, v in sd.items() for old, new in text.items() if k.startswith(old)} | (
+                {"lm_head.weight": sd["lm_head.weight"]} if "lm_head.weight" in sd else {})
     if "lm_head.weight" not in sd:  # tied embeddings are saved once
         emb = "model.embed_tokens.weight" if "model.embed_tokens.weight" in want else "transformer.wte.weight"
         if emb in sd:

@@ -336,6 +336,16 @@ def test_an_image_text_gemma_3_loads_trains_and_exports_as_its_text_model(tmp_pa
     with torch.no_grad():
         want = hf(toks).logits
         assert (model(toks) - want).abs().max() < 1e-4 and (back(toks).logits - want).abs().max() < 1e-4
+    from safetensors.torch import save_file
+
+    # BASE@FILE: a state dict in the image-text model's names
+    save_file({k: v.clone() for k, v in hf.state_dict().items() if k != "lm_head.weight"},  # tied: saved once
+              tmp_path / "mm.safetensors")
+    assert any(k.startswith("model.vision_tower.") for k in hf.state_dict())
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        assert (M.apply_weights(model, tmp_path / "mm.safetensors")(toks) - want).abs().max() < 1e-4
     four_b = T.Gemma3Config(text_config=dict(vocab_size=262208, hidden_size=2560, num_hidden_layers=34,
                                              num_attention_heads=8, num_key_value_heads=4, head_dim=256,
                                              intermediate_size=10240))
