@@ -1204,10 +1204,7 @@ def _gemma_olmo_config(cfg: HookedTransformerConfig, arch: str, common: dict[str
         return transformers.Olmo2Config(**common, hidden_act=cfg.act_fn, rope_parameters=full)
     if arch == "Olmo3ForCausalLM":  # YaRN on its full-attention layers (or on all of them)
         if cfg.use_yarn_rope:
-            full = {"rope_type": "yarn", "rope_theta": float(cfg.rotary_base), "factor": cfg.yarn_factor,
-                    "attention_factor": cfg.yarn_attention_factor, "beta_fast": cfg.yarn_beta_fast,
-                    "beta_slow": cfg.yarn_beta_slow, "truncate": cfg.yarn_truncate,
-                    "original_max_position_embeddings": cfg.yarn_original_max_position_embeddings}
+            full = {**_yarn_rope(cfg), "rope_theta": float(cfg.rotary_base)}
             local = local if cfg.yarn_global_attn_only else {**full, "rope_theta": local["rope_theta"]}
         return transformers.Olmo3Config(**common, **window, hidden_act=cfg.act_fn,
                                         rope_parameters={"sliding_attention": local, "full_attention": full})
@@ -1226,13 +1223,19 @@ def _gemma_olmo_config(cfg: HookedTransformerConfig, arch: str, common: dict[str
                                          rope_parameters={"sliding_attention": local, "full_attention": full})
 
 
+def _yarn_rope(cfg: HookedTransformerConfig) -> dict[str, Any]:
+    """``cfg``'s YaRN settings as ``transformers`` rope parameters, every value written out (the
+    inverse of :func:`_yarn`)."""
+    return {"rope_type": "yarn", "factor": cfg.yarn_factor, "attention_factor": cfg.yarn_attention_factor,
+            "beta_fast": cfg.yarn_beta_fast, "beta_slow": cfg.yarn_beta_slow, "truncate": cfg.yarn_truncate,
+            "original_max_position_embeddings": cfg.yarn_original_max_position_embeddings}
+
+
 def _rope_scaling(cfg: HookedTransformerConfig) -> dict[str, Any] | None:
     """The ``transformers`` rope scaling of a Llama, Mistral or Qwen config (Llama 3's NTK-by-parts,
     linear, or YaRN with every value written out)."""
     if cfg.use_yarn_rope:
-        return {"rope_type": "yarn", "factor": cfg.yarn_factor, "attention_factor": cfg.yarn_attention_factor,
-                "beta_fast": cfg.yarn_beta_fast, "beta_slow": cfg.yarn_beta_slow, "truncate": cfg.yarn_truncate,
-                "original_max_position_embeddings": cfg.yarn_original_max_position_embeddings}
+        return _yarn_rope(cfg)
     if cfg.use_NTK_by_parts_rope:
         return {"rope_type": "llama3", "factor": cfg.NTK_by_parts_factor,
                 "low_freq_factor": cfg.NTK_by_parts_low_freq_factor,
