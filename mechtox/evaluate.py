@@ -13,8 +13,10 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import math
 import re
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,13 +87,36 @@ def text_chunks(model: HookedTransformer, text: str, window: int = 256, start: i
     non-overlapping chunks of ``window`` tokens (at most ``n_ctx``), each led by BOS when the model
     prepends one; chunks with a single text token (nothing to predict) are left out."""
     window = min(window, model.cfg.n_ctx)
-    ids = encode(model, [text], prepend_bos=False)[0][start:]
+    ids = _text_ids(model, text)[start:]
     if max_tokens:
         ids = ids[:max_tokens]
     bos = model.tokenizer.bos_token_id if model.cfg.default_prepend_bos and model.tokenizer is not None else None
     step = window - (1 if bos is not None else 0)
     chunks = [ids[i: i + step] for i in range(0, len(ids), step)]
     return [([bos] if bos is not None else []) + c for c in chunks if len(c) > 1]
+
+
+_IDS_OF_TEXT: weakref.WeakKeyDictionary[Any, tuple[tuple[int, str], list[int]]] = weakref.WeakKeyDictionary()
+"""Per tokenizer, the last text :func:`text_chunks` read and its token ids: a causal check or an
+evaluation computes the perplexity of one text under many interventions, and tokenizing all of
+Wikitext-2 takes about a second each time."""
+
+
+def _text_ids(model: HookedTransformer, text: str) -> list[int]:
+    """The token ids of ``text`` (no BOS), tokenized once per tokenizer and text (and vocabulary
+    size: tokens added to the tokenizer tokenize it anew)."""
+    tok = model.tokenizer
+    key = (len(tok) if tok is not None else -1, text)
+    try:
+        cached = _IDS_OF_TEXT.get(tok)
+    except TypeError:  # None, or a tokenizer that takes no weak reference: not cached
+        cached = None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    ids = encode(model, [text], prepend_bos=False)[0]
+    with contextlib.suppress(TypeError):
+        _IDS_OF_TEXT[tok] = (key, ids)
+    return ids
 
 
 @torch.inference_mode()

@@ -96,6 +96,38 @@ def test_perplexity_with_bos_chunks_of_unequal_length_in_one_batch(rich):
     assert res["nll"] == pytest.approx(nll / n, rel=1e-5)
 
 
+def test_perplexity_tokenizes_its_text_once_under_many_interventions(tiny, monkeypatch):
+    """A causal check or an evaluation computes the perplexity of one text (all of Wikitext-2: about a
+    second to tokenize) under many interventions; it was tokenized anew each time. Now once per
+    tokenizer and text, and anew when the text, or the tokenizer's vocabulary, changes."""
+    import copy
+    import weakref
+
+    import mechtox.evaluate as E
+
+    calls = []
+    real = E.encode
+    monkeypatch.setattr(E, "encode", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(E, "_IDS_OF_TEXT", weakref.WeakKeyDictionary(), raising=False)  # nothing cached before
+    text = " ".join(["the river and the city is good and the book is nice"] * 8)
+    first = perplexity(tiny, text, window=16, max_tokens=None, progress=False)
+    again = [perplexity(tiny, text, iv, window=16, max_tokens=None, progress=False)
+             for iv in (NOOP, ablate([(0, 1), (1, 2)]), NOOP)]
+    assert len(calls) == 1
+    assert again[0] == first and again[2] == first and again[1] != first
+    ids = tiny.tokenizer.encode(text, add_special_tokens=False)  # the tokenizer's one-text call
+    lead = 1 if tiny.cfg.default_prepend_bos else 0  # each chunk's BOS
+    assert [t for c in E.text_chunks(tiny, text, window=16) for t in c[lead:]] == ids
+    perplexity(tiny, text + " good", window=16, max_tokens=None, progress=False)
+    assert len(calls) == 2
+    other = copy.copy(tiny)  # another model with the same tokenizer and the same (last) text: no new pass
+    perplexity(other, text + " good", window=16, max_tokens=None, progress=False)
+    assert len(calls) == 2
+    tiny.tokenizer.add_tokens(["river and"])  # a vocabulary that tokenizes the text differently
+    chunks = E.text_chunks(tiny, text + " good", window=16)
+    assert len(calls) == 3 and len(tiny.tokenizer) - 1 in {t for c in chunks for t in c}
+
+
 def test_word_f1_by_hand():
     # prediction 4 words, gold 3, 2 in common: precision 1/2, recall 2/3, F1 = 4/7
     assert word_f1("The cat sat down", "a cat sat") == pytest.approx(4 / 7)
