@@ -49,7 +49,8 @@ SIZES: dict[str, dict[str, Any]] = {
     # no causal ablation check of the directions and no Goodhart check, the two slowest parts
     "quick": dict(n_train=160, n_test=160, dir_texts=240, dir_eval_prompts=0, dir_draws=1, pairs=24, steps=3,
                   batch=4, lr=1e-5, eval_prompts=12, attr_prompts=8, ppl_tokens=512, f1_prompts=8,
-                  methods="probe,unembed,gen-diffmean", gen_prompts=25, k_tokens=20, goodhart_n=0, benign_tokens=0),
+                  methods="probe,unembed,gen-diffmean", gen_prompts=25, k_tokens=20, goodhart_n=0, benign_tokens=0,
+                  checkpoints=1),  # a resumable state (1.9 GB on SmolLM2, ~10 s to write) at the end only
     # a GPU: the papers' sizes (all 281 unflagged challenge prompts checked, the 915 others fitted on)
     "full": dict(n_train=3000, n_test=1000, dir_texts=4000, dir_eval_prompts=281, dir_draws=3, pairs=2000, steps=500,
                  batch=16, lr=5e-6, eval_prompts=1196, attr_prompts=400, ppl_tokens=40000, f1_prompts=500,
@@ -175,7 +176,7 @@ def plan(cfg: MainConfig) -> list[Step]:
         Step("train", [(train, train.TrainJobConfig(
             objective="dpo", model=M, pairs=f"{out}-pairs", lr=S["lr"], batch_size=S["batch"],
             warmup_steps=max(1, steps // 10), steps=steps, clip=10.0, beta=0.1,
-            eval_every=max(1, steps // S.get("evals", 4)), checkpoint_every=max(1, steps // S.get("evals", 4)),
+            eval_every=max(1, steps // S.get("evals", 4)), checkpoint_every=max(1, steps // S.get("checkpoints", S.get("evals", 4))),
             max_completion_tokens=32, held_out="probe",
             goodhart_n=S.get("goodhart_n", S["n_train"]), data=labelled, out=f"{out}-dpo"))], ["pairs", "probe"],
              "5 DPO on the pairs"),
