@@ -1290,8 +1290,10 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: 
     folder before it takes ``out_dir``'s place: if it raises, nothing is written.
 
     Models of the :data:`EXPORT_ARCHITECTURES` are written as their original ``transformers`` class
-    (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``Gemma3ForCausalLM``...) with untied embeddings
-    (training may untie them), in the config what TransformerLens computes with.
+    (``LlamaForCausalLM``, ``GPT2LMHeadModel``, ``Gemma3ForCausalLM``...), in the config what
+    TransformerLens computes with. The embeddings are written once and tied where the model's
+    embedding and unembedding are still one matrix (a released tied model, untrained or trained with
+    LoRA), else untied (training unties them).
     """
     out = Path(out_dir)
     if out.exists() and not force and (out.is_file() or any(out.iterdir())):
@@ -1300,6 +1302,8 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: 
     if model.cfg.positional_embedding_type == "rotary":  # learned positions: n_ctx is all there are
         hf_cfg.max_position_embeddings = source_context(model)
     sd = to_hf_state_dict(model)
+    if _tie_embeddings(model, sd):
+        hf_cfg.tie_word_embeddings = True
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
@@ -1313,6 +1317,36 @@ def export_hf(model: HookedTransformer, out_dir: str | os.PathLike[str], force: 
             check(tmp)
 
     return _io.write_with(out_dir, write)
+
+
+def _embedding_names(arch: str) -> tuple[str, str]:
+    """The ``transformers`` names of an exported architecture's embedding and unembedding."""
+    if arch == "GPT2LMHeadModel":
+        return "transformer.wte.weight", "lm_head.weight"
+    if arch == "GPTNeoXForCausalLM":
+        return "gpt_neox.embed_in.weight", _neox_head()
+    if arch == "OPTForCausalLM":
+        return "model.decoder.embed_tokens.weight", "lm_head.weight"
+    return "model.embed_tokens.weight", "lm_head.weight"
+
+
+def _tie_embeddings(model: HookedTransformer, sd: dict[str, torch.Tensor]) -> bool:
+    """Whether ``model``'s embedding and unembedding are one matrix, exactly; if so the unembedding
+    leaves ``sd`` (its ``transformers`` state dict), which keeps the matrix once. Gemma's
+    TransformerLens embedding is the matrix times ``sqrt(d_model)`` (rounded in float32, as
+    ``transformers`` computes it): the matrix is then the unembedding, written as the embedding."""
+    emb, head = _embedding_names(model.cfg.original_architecture or "")
+    W_E, W_U = model.W_E.detach().cpu().float(), model.W_U.detach().cpu().float()
+    if W_E.shape != W_U.T.shape:
+        return False
+    if model.cfg.original_architecture in GEMMA_ARCHITECTURES:
+        if not torch.equal(W_E, W_U.T * torch.tensor(model.cfg.d_model ** 0.5, dtype=torch.float32)):
+            return False
+        sd[emb] = sd[head]
+    elif not torch.equal(sd[emb], sd[head]):
+        return False
+    del sd[head]
+    return True
 
 
 def _generation_config(tokenizer):

@@ -67,12 +67,13 @@ GEMMAS = {"gemma-1": ("google/gemma-2b", {}),
           "gemma-3-scaled": ("google/gemma-3-270m", {"rotary_scaling_factor": 8.0})}  # as Gemma 3 4B+'s global layers
 
 
-def tiny_gemma(kind: str, seed: int = 2, tl_gelu: bool = False):
+def tiny_gemma(kind: str, seed: int = 2, tl_gelu: bool = False, d_model: int = 64):
     """A tiny Gemma 1 / 2 / 3 HookedTransformer (:data:`GEMMAS`): TransformerLens' official config
     shrunk, windows of 8 on alternate layers, norms random and weights scaled so that the logits bend
     Gemma 2's soft cap. (TransformerLens configures Gemma by official name only, so a tiny Gemma
     cannot come from a ``transformers`` directory.) Gemma 1 computes the tanh GELU, as mechtox loads
-    it, or with ``tl_gelu`` TransformerLens' exact one."""
+    it, or with ``tl_gelu`` TransformerLens' exact one. ``d_model`` other than a square (64) makes
+    ``sqrt(d_model)`` round."""
     from transformer_lens.loading_from_pretrained import convert_hf_model_config
 
     from mechtox import models as M
@@ -80,7 +81,7 @@ def tiny_gemma(kind: str, seed: int = 2, tl_gelu: bool = False):
     name, extra = GEMMAS[kind]
     c = {k: v for k, v in convert_hf_model_config(name).items()
          if k in M.HookedTransformerConfig.__dataclass_fields__ and k not in ("tokenizer_name", "model_name", "d_vocab")}
-    c.update(d_model=64, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=96, n_layers=4, n_ctx=64, seed=seed, **extra)
+    c.update(d_model=d_model, d_head=16, n_heads=4, n_key_value_heads=2, d_mlp=96, n_layers=4, n_ctx=64, seed=seed, **extra)
     if c.get("attn_types"):
         c.update(attn_types=["local", "global", "local", "global"], window_size=8)
     if "rotary_dim" in c:

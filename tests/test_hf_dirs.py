@@ -246,6 +246,12 @@ def test_directories_of_other_architectures_export_back_to_their_own_weights(mod
     assert "logits differ" in capsys.readouterr().out
     back = T.AutoModelForCausalLM.from_pretrained(tmp_path / "out").eval()
     assert type(back) is type(hf)
+    # a tied release (OPT and Gemma here) is written tied, its matrix once; the others untied
+    assert back.config.tie_word_embeddings == hf.config.tie_word_embeddings
+    from safetensors import safe_open
+
+    with safe_open(tmp_path / "out" / "model.safetensors", "pt") as f:
+        assert len(list(f.keys())) == len({p.data_ptr() for p in hf.state_dict().values()})
     # no embedding row frozen for later training (OPT's and OLMo 3's configs say pad 1: BOS here)
     assert back.get_input_embeddings().padding_idx is None
     toks = torch.randint(3, hf.config.vocab_size, (2, 30))
@@ -253,7 +259,7 @@ def test_directories_of_other_architectures_export_back_to_their_own_weights(mod
         assert (hf(toks).logits - back(toks).logits).abs().max() < 1e-5
     from safetensors.torch import save_file
 
-    save_file({k: v.contiguous() for k, v in back.state_dict().items()}, tmp_path / "w.safetensors")
+    save_file({k: v.clone() for k, v in back.state_dict().items()}, tmp_path / "w.safetensors")  # tied: one each
     base = M.load_hf_dir(d)
     with torch.no_grad():
         for p in base.parameters():
@@ -451,6 +457,46 @@ def test_trained_model_exports_exactly(make, tmp_path):
     assert moved and moved <= keep and keep - moved <= {"pos_embed.W_pos"} | {n for n in keep if "W_E" in n}
     assert M.foreign_parameters_in_use(model) == []
     _same_logits(model, M.load_hf_dir(M.export_hf(model, tmp_path / "hf")))
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama", "gemma-1", "gemma-3"])
+def test_an_export_keeps_one_matrix_where_the_model_has_one(kind, tmp_path):
+    """A tied model (SmolLM2, GPT-2, every Gemma), untrained or trained with LoRA, still has one embedding
+    matrix: the export writes it once and says tied, as the release did (the untied export was larger,
+    by a third for Gemma 3 270M). After full training the two differ, and the export is untied. Gemma's
+    TransformerLens embedding is the matrix times sqrt(d_model), rounded as transformers rounds it."""
+    import json
+
+    import transformers as T
+    from safetensors import safe_open
+
+    if kind.startswith("gemma"):
+        model = tiny_gemma(kind, d_model=80)  # sqrt(80) rounds
+        with torch.no_grad():  # TransformerLens' conversion of a tied Gemma
+            model.W_E.copy_(model.W_U.T * torch.tensor(model.cfg.d_model ** 0.5, dtype=torch.float32))
+    else:
+        model = zero_foreign(M.tiny_model(**(LLAMA if kind == "llama" else {})))
+        if kind == "gpt2":
+            model.cfg.original_architecture = "GPT2LMHeadModel"
+        with torch.no_grad():
+            model.W_E.copy_(model.W_U.T)
+    toks = torch.randint(3, model.cfg.d_vocab, (2, 20))
+    for tied in (True, False):
+        if not tied:
+            with torch.no_grad():
+                model.W_U[0, 5] += 1e-3  # one entry trained apart
+        out = M.export_hf(model, tmp_path / str(tied))
+        assert json.loads((out / "config.json").read_text())["tie_word_embeddings"] is tied
+        with safe_open(out / "model.safetensors", "pt") as f:
+            assert ("lm_head.weight" in set(f.keys())) is not tied
+            if tied:  # the matrix itself, not Gemma's embedding divided back (an ulp off in places)
+                emb = "transformer.wte.weight" if kind == "gpt2" else "model.embed_tokens.weight"
+                assert torch.equal(f.get_tensor(emb), model.W_U.detach().T)
+        hf = T.AutoModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            ours, theirs = model(toks), hf(toks).logits
+        assert (ours - theirs).abs().max() < 1e-5 * max(1.0, float(ours.abs().max())), tied
+        _same_logits(model, M.load_hf_dir(out))
 
 
 @pytest.mark.parametrize("arch,trained_biases", [

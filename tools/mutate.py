@@ -644,6 +644,16 @@ MUTANTS = [
       "    conf.pad_token_id = None\n", "",
       "the transformers configs keep their default pad id (OPT and OLMo 3: 1, BOS in many tokenizers): that "
       "embedding row never trains on the hf backend, or in a later fine-tune of the export"),
+    M("models-export-ties-approximately", "models.py",
+      "    elif not torch.equal(sd[emb], sd[head]):\n", "    elif not torch.allclose(sd[emb], sd[head], atol=1e-2):\n",
+      "an export ties embeddings that training moved apart (slightly): its unembedding is not the model's"),
+    M("models-export-gemma-ties-scaled", "models.py",
+      "        sd[emb] = sd[head]\n", "",
+      "a tied Gemma exported with its embedding divided back from TransformerLens' sqrt(d_model) (not the "
+      "unembedding): the tied matrix is off by an ulp in places"),
+    M("models-export-never-ties", "models.py",
+      "    if _tie_embeddings(model, sd):\n", "    if False:\n",
+      "a tied model exported untied: its matrix twice, a third larger for Gemma 3 270M"),
     M("models-gemma-gradients-shifted", "models.py",
       "one = 1.0 if gemma and not gradients else 0.0", "one = 1.0 if gemma else 0.0",
       "Gemma's norm gradients converted as if they were weights (shifted by 1): the backends' gradients "
