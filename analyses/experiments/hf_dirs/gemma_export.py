@@ -49,10 +49,14 @@ print(f"transformers on the export against transformers on the original: largest
       f"same argmax at {(before.argmax(-1) == after.argmax(-1)).float().mean():.1%} of positions")
 a, b = load_file(str(src / "model.safetensors")), load_file(str(root / "export" / "model.safetensors"))
 diffs = {k: float((a[k] - b[k]).abs().max()) for k in a}
-print(f"weights: {len(a)} tensors in the original, {len(b)} in the export (+ lm_head, untied); largest "
-      f"difference {max(diffs.values()):.2e} ({max(diffs, key=diffs.get)}); lm_head = embed_tokens: "
-      f"{torch.equal(b['lm_head.weight'], a['model.embed_tokens.weight'])}")
 conf = json.loads((root / "export" / "config.json").read_text())
+head = ("untied: lm_head = embed_tokens: "
+        f"{torch.equal(b['lm_head.weight'], a['model.embed_tokens.weight'])}" if "lm_head.weight" in b else
+        "tied, as the original: no lm_head")
+print(f"weights: {len(a)} tensors in the original, {len(b)} in the export ({head}; tie_word_embeddings "
+      f"{conf.get('tie_word_embeddings')}); largest difference {max(diffs.values()):.2e} ({max(diffs, key=diffs.get)}); "
+      f"model.safetensors {(src / 'model.safetensors').stat().st_size / 1e6:,.0f} MB in, "
+      f"{(root / 'export' / 'model.safetensors').stat().st_size / 1e6:,.0f} MB out")
 print("exported config:", {k: conf.get(k) for k in ("architectures", "sliding_window", "query_pre_attn_scalar",
                                                      "rope_parameters", "max_position_embeddings")})
 
