@@ -41,6 +41,12 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     (["probe", "--model", "tiny", "--save", "top"], "--save must be"),
     (["probe", "--model", "tiny", "--n-train", "0"], "--n-train 0"),
     (["probe", "--model", "tiny", "--n-test", "1"], "--n-test 1: a stratified split needs a text of each label"),
+    (["probe", "--model", "tiny", "--data", "{small}"],  # the message says what would fit
+     "has 5 rows, fewer than --n-train 3000 + --n-test 1000; pass smaller ones, e.g. --n-train 4 --n-test 1, "
+     "or --n-train all --n-test 1"),
+    (["probe", "--model", "tiny", "--data", "{small}", "--n-train", "all"],
+     "has 5 rows: --n-test 1000 leaves 0 to fit on (at least 2 needed); pass a smaller --n-test, e.g. 1"),
+    (["probe", "--model", "tiny", "--data", "{tmp}/two.csv"], "has 2 rows; a probe needs at least 2 to fit on and 1"),
     (["probe", "--model", "tiny", "--data", "{lone}", "--n-train", "2", "--n-test", "2"],
      "4 texts (3 non-toxic, 1 toxic) cannot be split into 2 + 2 with both labels on each side"),
     (["probe", "--model", "tiny", "--data", "{small}", "--n-train", "3", "--n-test", "2", "--C", "cv"],
@@ -127,6 +133,7 @@ def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, caps
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "half.jsonl").write_text('{"prompt": "a", "chosen": " b"}\n')  # no rejected
     (tmp_path / "lone.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nthanks,0\n")
+    (tmp_path / "two.csv").write_text("text,label\nyou idiot,1\nhello,0\n")
     argv = [a.format(tmp=tmp_path, binary=_binary(tmp_path) if "{binary}" in a else "", small=tmp_path / "small.csv",
                      lone=tmp_path / "lone.csv") for a in argv]
     _one_line_error(capsys, [argv[0], "-w", str(tmp_path / "ws"), *argv[1:]], match.format(tmp=tmp_path))

@@ -145,7 +145,14 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
 
     n_train = len(data) - cfg.n_test if cfg.n_train == "all" else int(cfg.n_train)
     if n_train + cfg.n_test > len(data) or n_train < 2:
-        raise MechtoxError(f"{data.source} has {len(data)} rows, fewer than --n-train {cfg.n_train} + --n-test {cfg.n_test}")
+        n, test = len(data), max(1, len(data) // 5)  # an 80 / 20 split of what there is
+        if n < 3:
+            raise MechtoxError(f"{data.source} has {n} rows; a probe needs at least 2 to fit on and 1 to test")
+        if cfg.n_train == "all":
+            raise MechtoxError(f"{data.source} has {n} rows: --n-test {cfg.n_test} leaves {max(n_train, 0)} to fit on "
+                               f"(at least 2 needed); pass a smaller --n-test, e.g. {test}")
+        raise MechtoxError(f"{data.source} has {n} rows, fewer than --n-train {cfg.n_train} + --n-test {cfg.n_test}; "
+                           f"pass smaller ones, e.g. --n-train {n - test} --n-test {test}, or --n-train all --n-test {test}")
     transfer = None
     if cfg.eval_data:
         transfer = load_labelled(cfg.eval_data)
