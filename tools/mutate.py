@@ -653,7 +653,7 @@ MUTANTS = [
       "unembedding): the tied matrix is off by an ulp in places"),
     M("models-export-never-ties", "models.py",
       "    if _tie_embeddings(model, sd):\n", "    if False:\n",
-      "a tied model exported untied: its matrix twice, a third larger for Gemma 3 270M"),
+      "a tied model exported untied: its matrix twice, 1.6 times the size for Gemma 3 270M"),
     M("models-gemma-gradients-shifted", "models.py",
       "one = 1.0 if gemma and not gradients else 0.0", "one = 1.0 if gemma else 0.0",
       "Gemma's norm gradients converted as if they were weights (shifted by 1): the backends' gradients "
