@@ -414,10 +414,9 @@ def _hf_weights_to_tl(model: HookedTransformer, sd: dict[str, torch.Tensor], pat
         if any(k.startswith(tuple(text)) for k in sd):
             sd = {new + k[len(old):]: v for k, v in sd.items() for old, new in text.items() if k.startswith(old)} | (
                 {"lm_head.weight": sd["lm_head.weight"]} if "lm_head.weight" in sd else {})
-    if "lm_head.weight" not in sd:  # tied embeddings are saved once
-        emb = "model.embed_tokens.weight" if "model.embed_tokens.weight" in want else "transformer.wte.weight"
-        if emb in sd:
-            sd = {**sd, "lm_head.weight": sd[emb]}
+    emb, head = _embedding_names(model.cfg.original_architecture)
+    if head not in sd and emb in sd:  # tied embeddings are saved once (a tied mechtox export too)
+        sd = {**sd, head: sd[emb]}
     _check_fit(sd, {k: v.shape for k, v in hf.state_dict().items() if k in want},
                f"{path} does not fit {model.cfg.model_name} (read as transformers names)")
     hf.load_state_dict(sd, strict=False)
@@ -1336,11 +1335,9 @@ def _tie_embeddings(model: HookedTransformer, sd: dict[str, torch.Tensor]) -> bo
     TransformerLens embedding is the matrix times ``sqrt(d_model)`` (rounded in float32, as
     ``transformers`` computes it): the matrix is then the unembedding, written as the embedding."""
     emb, head = _embedding_names(model.cfg.original_architecture or "")
-    W_E, W_U = model.W_E.detach().cpu().float(), model.W_U.detach().cpu().float()
-    if W_E.shape != W_U.T.shape:
-        return False
-    if model.cfg.original_architecture in GEMMA_ARCHITECTURES:
-        if not torch.equal(W_E, W_U.T * torch.tensor(model.cfg.d_model ** 0.5, dtype=torch.float32)):
+    if model.cfg.original_architecture in GEMMA_ARCHITECTURES:  # (torch.equal: False for other shapes)
+        scale = torch.tensor(model.cfg.d_model ** 0.5, dtype=torch.float32)
+        if not torch.equal(model.W_E.detach().cpu().float(), model.W_U.detach().cpu().float().T * scale):
             return False
         sd[emb] = sd[head]
     elif not torch.equal(sd[emb], sd[head]):

@@ -651,6 +651,11 @@ MUTANTS = [
       "        sd[emb] = sd[head]\n", "",
       "a tied Gemma exported with its embedding divided back from TransformerLens' sqrt(d_model) (not the "
       "unembedding): the tied matrix is off by an ulp in places"),
+    M("models-state-dict-tied-llama-names-only", "models.py",
+      "    emb, head = _embedding_names(model.cfg.original_architecture)\n",
+      '    emb, head = "model.embed_tokens.weight", "lm_head.weight"\n',
+      "a state-dict file with its embeddings tied (saved once: a tied OPT export) read with Llama's names "
+      "only: OPT's and GPT-2's are refused as missing their unembedding"),
     M("models-export-never-ties", "models.py",
       "    if _tie_embeddings(model, sd):\n", "    if False:\n",
       "a tied model exported untied: its matrix twice, 1.6 times the size for Gemma 3 270M"),
