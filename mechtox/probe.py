@@ -336,6 +336,36 @@ def split_indices(labels: np.ndarray, test_size: float | int = 0.25, seed: int =
     return np.sort(tr), np.sort(te)
 
 
+def without_repeats(texts: Sequence[str], split: tuple[np.ndarray, np.ndarray],
+                    labels: np.ndarray | None = None) -> tuple[tuple[np.ndarray, np.ndarray], int]:
+    """``split`` with the held-out texts that repeat a training text (surrounding white space
+    ignored, as :func:`text_hashes`) left out, and how many were: a probe that saw a text in
+    training scores it as training data, so such texts would lift the held-out metrics. With
+    ``labels``, a held-out set left with one label only is a one-line error."""
+    tr, te = split
+    fitted = set(text_hashes([texts[i] for i in tr]))
+    keep = np.array([h not in fitted for h in text_hashes([texts[i] for i in te])], dtype=bool)
+    n = int(len(te) - keep.sum())
+    if n and labels is not None and len(np.unique(np.asarray(labels)[te[keep]])) < 2:
+        raise MechtoxError(f"{n} of the {len(te)} held-out texts repeat training texts, and without them the held-out "
+                           "set has one label only; remove the repeated texts from the data or hold out more texts")
+    return (tr, te[keep]), n
+
+
+def _unseen(data: LabelledTexts, fitted: set[str]) -> tuple[LabelledTexts, int]:
+    """``data`` less its texts whose :func:`text_hashes` are in ``fitted``, and how many those were
+    (what is left must have both labels)."""
+    new = np.array([h not in fitted for h in text_hashes(data.texts)], dtype=bool)
+    if new.all():
+        return data, 0
+    if len(np.unique(data.labels[new])) < 2:
+        seen = (f"all {len(data)} texts of {data.source} are training texts" if not new.any() else
+                f"{int((~new).sum())} of the {len(data)} texts of {data.source} are training texts, and the rest have "
+                "one label only")
+        raise MechtoxError(f"{seen}; give transfer data the probe is not fitted on")
+    return data.subset(np.flatnonzero(new)), int((~new).sum())
+
+
 def stratified_subset(data: LabelledTexts, n: int, seed: int = 0) -> LabelledTexts:
     """A stratified, seeded subset of ``n`` rows of ``data`` (all of it when ``n >= len(data)``)."""
     if n >= len(data):
@@ -693,6 +723,8 @@ class ProbeSweep:
     table: pd.DataFrame
     probes: dict[str, Probe]
     best_hook: str
+    notes: tuple[str, ...] = ()
+    """What the sweep left out of its metrics: held-out or transfer texts that are training texts."""
 
     @property
     def best(self) -> Probe:
@@ -768,7 +800,9 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     ``sample_weight`` (one per text of ``data``; :func:`cue_weights`, :func:`matching`) weights the
     training texts in every fit, 0 leaving one out; held-out metrics stay unweighted (:func:`fit_probe`).
     ``split``: the ``(train, test)`` indices into ``data``, where the caller has made them already
-    (default: :func:`split_indices` with ``test_size``, ``seed`` and ``train_size``).
+    (default: :func:`split_indices` with ``test_size``, ``seed`` and ``train_size``). Held-out and
+    transfer texts that repeat a training text are left out of the metrics (:func:`without_repeats`;
+    :attr:`ProbeSweep.notes` says how many).
     """
     from tqdm.auto import tqdm
     from transformer_lens.utilities import get_act_name
@@ -780,12 +814,19 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     if pooling == "tokens":
         _check_token_memory(len(data), max_length, model.cfg.d_model, len(hooks) * (2 if together else 1))
     split = split if split is not None else split_indices(data.labels, test_size, seed, train_size)  # before slow work
+    split, n_repeats = without_repeats(data.texts, split, data.labels)
+    fitted = text_hashes([data.texts[i] for i in split[0]])
+    notes = [f"{n_repeats} held-out texts repeat training texts and are left out of the test metrics"] if n_repeats else []
+    if transfer is not None:
+        transfer, n_seen = _unseen(transfer, set(fitted))
+        notes += [f"{n_seen} of the {len(transfer) + n_seen} transfer texts ({transfer.source}) are training texts "
+                  "and are left out of the transfer AUROC"] if n_seen else []
     collected = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
     acts = dict(collected.acts)
     text_index = collected.token_index[:, 0].numpy() if collected.token_index is not None else None  # per token
     rows, probes = [], {}
     prov = {"data": data.source, "max_length": max_length, "n_texts": len(data),
-            "fitted_text_hashes": "".join(text_hashes([data.texts[i] for i in split[0]]))}
+            "fitted_text_hashes": "".join(fitted)}
     slow = pooling == "tokens" or C == "cv"
     for i, h in enumerate(tqdm(hooks, desc="fitting probes", disable=not (progress and slow), leave=False)):
         p = fit_probe(acts[h], data.labels, h, method, seed=seed, C=C, model_name=model.cfg.model_name,
@@ -814,7 +855,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
             row["transfer_auroc"] = _metrics(transfer.labels, z.numpy())["auroc"]
     table = pd.DataFrame(rows)
     best = str(table.loc[table[select_on].idxmax(), "hook"])
-    return ProbeSweep(table, probes, best)
+    return ProbeSweep(table, probes, best, tuple(notes))
 
 
 # ----------------------------------------------------------------------------- transfer

@@ -972,13 +972,13 @@ def probe_goodhart(before: HookedTransformer, after: HookedTransformer, probes: 
     import pandas as pd
 
     from mechtox.activations import collect_activations
-    from mechtox.probe import _metrics, fit_probe, split_indices
+    from mechtox.probe import _metrics, fit_probe, split_indices, without_repeats
 
     allp = [(p, "trained against") for p in probes] + [(p, "held out") for p in held_out]
     if not allp:
         raise MechtoxError("no probes to measure")
     hooks = sorted({p.hook_name for p, _ in allp})
-    tr, te = split_indices(data.labels, test_size, seed, train_size)
+    (tr, te), _ = without_repeats(data.texts, split_indices(data.labels, test_size, seed, train_size), data.labels)
     acts = {}
     for tag, m in (("before", before), ("after", after)):
         acts[tag] = collect_activations(m, data.texts, hooks, "mean", max_length=max_length, progress=progress).acts

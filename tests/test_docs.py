@@ -5,6 +5,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def python_examples() -> list[tuple[str, str]]:
 @pytest.fixture
 def toy_home(tmp_path, monkeypatch):
     """A working directory whose data folder ($MECHTOX_DATA) holds the toy texts under the real
-    files' names (the labelled ones repeated past Jigsaw's 12,180 rows), whose workspace
+    files' names (the labelled ones repeated past Jigsaw's 12,180 rows, each copy numbered), whose workspace
     ./mechtox-runs has the tiny model as its base and a saved probe, as after `mechtox probe`."""
     from mechtox import data as D
     from mechtox.cli import main
@@ -65,8 +66,9 @@ def toy_home(tmp_path, monkeypatch):
     toy = tmp_path / "data"
     toy.mkdir()
     res = REPO / "mechtox" / "resources"
-    head, *rows = (res / "toxicity_small.csv").read_text().splitlines()
-    (toy / "jigsaw_balanced.csv").write_text("\n".join([head] + rows * (12_200 // len(rows) + 1)) + "\n")
+    rows = pd.read_csv(res / "toxicity_small.csv")
+    copies = [rows.assign(text=rows.text + (f" {k}" if k else "")) for k in range(12_200 // len(rows) + 1)]
+    pd.concat(copies).to_csv(toy / "jigsaw_balanced.csv", index=False)  # each text once: a held-out repeat is left out
     for name in ("rtp_challenge.jsonl", "rtp_nontoxic.jsonl"):
         (toy / name).write_text((res / "prompts_small.jsonl").read_text() * 4)
     (toy / "wikitext2_test.raw").write_text((res / "text_small.txt").read_text() * 20)

@@ -164,11 +164,22 @@ def test_cv_scores_agree_with_sklearn_cross_validation(n_informative):
 
 
 def test_sweep_with_cv_and_transfer_on_tiny(tmp_path, capsys):
+    """(The transfer texts were once the training texts themselves: a transfer AUROC of training data.)"""
+    import pandas as pd
+
+    from .conftest import synthetic_labelled
+
+    other = synthetic_labelled(120, seed=5)
+    pd.DataFrame({"text": other.texts, "label": other.labels}).to_csv(tmp_path / "other.csv", index=False)
     ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
     assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "all", "--n-test", "60", "--C", "cv",
-                 "--eval-data", "builtin:toxicity", "--limit", "80", "--select-on", "transfer_auroc"]) == 0
+                 "--eval-data", str(tmp_path / "other.csv"), "--limit", "80", "--select-on", "transfer_auroc"]) == 0
     out = capsys.readouterr().out
     assert "transfer_auroc" in out and "C_by_cv" in out and "180 train / 60 test" in out
+    assert "transfer AUROC on 80 texts" in out and "left out" not in out
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "all", "--n-test", "60",
+                 "--eval-data", "builtin:toxicity", "--limit", "80"]) == 2
+    assert "all 80 texts of" in capsys.readouterr().err
     sweep = (tmp_path / "ws" / "directions" / "probe" / "sweep.csv").read_text().splitlines()
     assert "transfer_auroc" in sweep[0] and "C_by_cv" in sweep[0]
     for bad, match in ((["--C", "x"], "--C 'x'"), (["--select-on", "transfer_auroc"], "needs --eval-data")):
@@ -533,3 +544,74 @@ def test_a_probe_scores_texts_at_the_length_it_was_fitted_on(tiny, tmp_path, cap
                  "--max-length", "64"]) == 0
     assert ("texts read to 64 tokens (--max-length), the probe was fitted on texts cut to 16: its scores shift with "
             "the length; leave out --max-length" in capsys.readouterr().out)
+
+
+def test_held_out_and_transfer_texts_seen_in_training_are_left_out_of_the_metrics(tiny):
+    """A held-out text that repeats a training text (white space aside), or a transfer text the probe was
+    fitted on, would score as training data: the sweep leaves both out of its metrics and says how many.
+    The metrics equal scikit-learn's AUROC of ProbeScorer's logits on the texts it keeps."""
+    from sklearn.metrics import roc_auc_score
+
+    from mechtox.data import LabelledTexts
+    from mechtox.probe import ProbeScorer, probe_sweep, split_indices
+
+    from .conftest import synthetic_labelled
+
+    base = synthetic_labelled(160, seed=3)
+    tr, te = split_indices(base.labels, 60, 0, 100)
+    texts, labels = list(base.texts), base.labels.copy()
+    for i, j in zip(tr[:10], te[:10], strict=True):  # ten held-out rows become copies of training texts
+        texts[j], labels[j] = f"  {texts[i]} ", labels[i]
+    data = LabelledTexts(texts, labels, "with repeats")
+    fresh = synthetic_labelled(40, seed=11)
+    assert not set(fresh.texts) & set(texts)
+    transfer = LabelledTexts([texts[i] for i in tr[:20]] + fresh.texts,
+                             np.concatenate([labels[tr[:20]], fresh.labels]), "transfer")
+    sweep = probe_sweep(tiny, data, layers=[1], include_final=False, max_length=12, split=(tr, te),
+                        transfer=transfer, progress=False)
+    row = sweep.table.iloc[0]
+    kept = te[10:]
+    scorer = ProbeScorer(tiny, sweep.best, max_length=12)
+    assert int(row["n_train"]) == 100 and int(row["n_test"]) == 50
+    assert row["test_auroc"] == pytest.approx(roc_auc_score(labels[kept], scorer.logits([texts[i] for i in kept])),
+                                              abs=1e-6)
+    assert row["transfer_auroc"] == pytest.approx(roc_auc_score(fresh.labels, scorer.logits(fresh.texts)), abs=1e-6)
+    assert sweep.notes == ("10 held-out texts repeat training texts and are left out of the test metrics",
+                           "20 of the 60 transfer texts (transfer) are training texts and are left out of the "
+                           "transfer AUROC")
+
+
+def test_without_repeats_keeps_a_split_without_them_and_refuses_one_label_left():
+    from mechtox.errors import MechtoxError
+    from mechtox.probe import without_repeats
+
+    texts = ["a b", "c d", "e f", "g h", " a b\n", "i j"]
+    split = (np.array([0, 1, 2]), np.array([3, 4, 5]))
+    (tr, te), n = without_repeats(texts, split)
+    assert n == 1 and tr.tolist() == [0, 1, 2] and te.tolist() == [3, 5]
+    assert without_repeats(["x", "y", "z"], (np.array([0]), np.array([1, 2])))[1] == 0
+    with pytest.raises(MechtoxError, match="1 of the 3 held-out texts repeat training texts, and without them the "
+                                           "held-out set has one label only"):
+        without_repeats(texts, split, labels=np.array([0, 1, 0, 0, 1, 0]))
+
+
+def test_probe_command_says_what_it_left_out_as_seen_in_training(tmp_path, capsys):
+    """Every text twice in the file: the held-out copies of training texts are left out, and so are the
+    --eval-data texts the probe was fitted on; the saved sweep counts what the metrics kept."""
+    import pandas as pd
+
+    from mechtox.data import load_labelled
+
+    data = load_labelled("builtin:toxicity")
+    f = tmp_path / "twice.csv"
+    pd.DataFrame({"text": list(data.texts) * 2, "label": np.tile(data.labels, 2)}).to_csv(f, index=False)
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", str(f), "--n-train", "200", "--n-test", "100", "--layers", "last",
+                 "--eval-data", str(f)]) == 0
+    out = capsys.readouterr().out
+    sweep = (tmp_path / "ws" / "directions" / "probe" / "sweep.csv").read_text().splitlines()
+    n_test = int(sweep[1].split(",")[sweep[0].split(",").index("n_test")])
+    repeats = 100 - n_test
+    assert repeats > 0 and f"{repeats} of the 100 held-out texts repeat training texts" in out, out
+    assert f"200 train / {n_test} test" in out
+    assert "of the --eval-data texts are training texts and are left out of the transfer AUROC" in out

@@ -261,8 +261,9 @@ def test_probe_goodhart_table(tiny):
     from mechtox.probe import fit_probe
     from mechtox.training import probe_goodhart
 
-    p = pairs(40)
-    data = LabelledTexts(p.chosen + p.rejected, np.array([0] * 40 + [1] * 40), "synthetic")
+    from .conftest import synthetic_labelled
+
+    data = synthetic_labelled(80, seed=4)  # (pairs' ten distinct texts left nothing held out but repeats)
     h = "blocks.1.hook_resid_post"
     acts = collect_activations(tiny, data.texts, [h], progress=False)[h]
     probe = fit_probe(acts, data.labels, h, name="p")
@@ -277,6 +278,17 @@ def test_probe_goodhart_table(tiny):
     changed = probe_goodhart(tiny, other, [probe], data, progress=False)
     assert changed["acc_after"].iloc[0] != changed["acc_before"].iloc[0]
     assert 0 <= changed["acc_retrained"].iloc[0] <= 1
+    # every text twice: a held-out copy of a training text is left out, as a probe sweep leaves it out
+    from mechtox.probe import split_indices
+
+    twice = LabelledTexts(data.texts * 2, np.tile(data.labels, 2), "twice")
+    tr, te = split_indices(twice.labels, 0.25, 0)
+    fitted = {twice.texts[i] for i in tr}
+    te = np.array([i for i in te if twice.texts[i] not in fitted])
+    assert 0 < len(te) < 40
+    acts2 = torch.cat([acts, acts])
+    want = ((probe.logits(acts2[te]) > 0).numpy() == twice.labels[te]).mean()
+    assert probe_goodhart(tiny, other, [probe], twice, progress=False)["acc_before"].iloc[0] == pytest.approx(want)
 
 
 def test_sft_lowers_lm_loss(tiny, tmp_path):

@@ -141,7 +141,14 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     from mechtox.data import load_labelled
 
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # a bad file is an error before TransformerLens loads
-    from mechtox.probe import probe_sweep, split_indices, stratified_subset
+    from mechtox.probe import (
+        _unseen,
+        probe_sweep,
+        split_indices,
+        stratified_subset,
+        text_hashes,
+        without_repeats,
+    )
 
     n_train = len(data) - cfg.n_test if cfg.n_train == "all" else int(cfg.n_train)
     if n_train + cfg.n_test > len(data) or n_train < 2:
@@ -159,17 +166,25 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
         transfer = stratified_subset(transfer, cfg.limit, ctx.seed) if cfg.limit else transfer
     # A stratified subset of n_train + n_test rows, then a stratified split of it.
     data = stratified_subset(data, n_train + cfg.n_test, ctx.seed)
-    split = split_indices(data.labels, cfg.n_test, ctx.seed, n_train)
+    split, n_repeats = without_repeats(data.texts, split_indices(data.labels, cfg.n_test, ctx.seed, n_train), data.labels)
+    left_out = [f"{n_repeats} of the {cfg.n_test} held-out texts repeat training texts and are left out of the test "
+                "metrics"] if n_repeats else []
+    if transfer is not None:
+        transfer, n_seen = _unseen(transfer, set(text_hashes([data.texts[i] for i in split[0]])))
+        left_out += [f"{n_seen} of the --eval-data texts are training texts and are left out of the transfer "
+                     "AUROC"] if n_seen else []
     if cfg.C == "cv" and min(np.bincount(np.asarray(data.labels, int)[split[0]], minlength=2)) < 2:
         raise MechtoxError(f"--C cv: cross-validation needs at least 2 training texts of each label, and the "
                            f"{n_train} training texts have fewer; give --C a number or a larger --n-train")
     weight, shaping = training_weights(cfg, data, split[0])
     model = model if model is not None else ctx.load(cfg.model)
-    print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {cfg.n_test} test, "
+    print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {len(split[1])} test, "
           f"{cfg.fit_length} tokens, {cfg.pooling} pooling, C {cfg.C})"
           + (f"; transfer AUROC on {len(transfer)} texts from {transfer.source}" if transfer else ""), flush=True)
     if shaping:
         print(f"probe: of the training texts, {shaping}", flush=True)
+    for line in left_out:
+        print(f"probe: {line}", flush=True)
     sweep = probe_sweep(model, data, layers=cfg.layers, method=cfg.method, pooling=cfg.pooling,
                         max_length=cfg.fit_length, batch_size=cfg.batch_size, test_size=cfg.n_test,
                         train_size=n_train, seed=ctx.seed, progress=ctx.progress,
