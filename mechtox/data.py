@@ -253,12 +253,14 @@ def _looks_like_hf_id(s: str) -> bool:
 
 
 def _delimiter(text: str, suffix: str) -> str:
-    """Tab for .tsv; for .csv a comma, or the semicolon of a spreadsheet saved in a locale that writes
-    decimal commas, when the header has semicolons and no comma."""
+    """Tab for .tsv; for .csv a comma, or, when the header has no comma, the semicolon of a spreadsheet
+    saved in a locale that writes decimal commas, or the tab of a tab-separated file named .csv."""
     if suffix == ".tsv":
         return "\t"
     header = text.split("\n", 1)[0]
-    return ";" if "," not in header and ";" in header else ","
+    if "," in header:
+        return ","
+    return ";" if ";" in header else "\t" if "\t" in header else ","
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:

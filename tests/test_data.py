@@ -128,16 +128,20 @@ def test_text_for_perplexity_from_a_table_is_its_text_column(tmp_path):
 
 def test_spreadsheet_csv_with_byte_order_mark_or_semicolons(tmp_path):
     """Excel's "CSV UTF-8" begins with a byte-order mark; in locales with decimal commas it separates
-    with semicolons. Both read as the plain file does; a semicolon inside a comma file's text stays text."""
+    with semicolons; a tab-separated file is often named .csv. All read as the plain file does; a
+    semicolon inside a comma file's text stays text, and so does a comma inside a tab file's text."""
     plain = D.load_labelled(write(tmp_path / "plain.csv", "text,label\nhello,0\nyou idiot,1\n"))
     bom = tmp_path / "bom.csv"
     bom.write_bytes(b"\xef\xbb\xbf" + b"text,label\nhello,0\nyou idiot,1\n")
     semi = write(tmp_path / "semi.csv", "text;label\nhello;0\nyou idiot;1\n")
-    for path in (bom, semi):
+    tabs = write(tmp_path / "tabs.csv", "text\tlabel\nhello\t0\nyou idiot\t1\n")
+    for path in (bom, semi, tabs):
         got = D.load_labelled(path)
         assert got.texts == plain.texts and got.labels.tolist() == plain.labels.tolist()
     mixed = D.load_labelled(write(tmp_path / "mixed.csv", "text,label\n\"hi; there\",0\n\"a; b, c\",1\n"))
     assert mixed.texts == ["hi; there", "a; b, c"]
+    assert D.load_labelled(write(tmp_path / "t.csv", "text\tlabel\nhi, there\t0\na, b; c\t1\n")).texts == [
+        "hi, there", "a, b; c"]
 
 
 def test_missing_file_and_unknown_format(tmp_path):

@@ -453,6 +453,9 @@ MUTANTS = [
       'DetoxifyScorer(name.split(":", 1)[1] if ":" in name else "original")', 'DetoxifyScorer("original")',
       "detoxify:VARIANT loads the original checkpoint"),
     # ------------------------------------------------------------------ data
+    M("data-tab-csv-read-with-commas", "data.py",
+      'return ";" if ";" in header else "\\t" if "\\t" in header else ","', 'return ";" if ";" in header else ","',
+      "a tab-separated file named .csv is read as comma-separated"),
     M("data-one-label-always-refused", "data.py",
       "    if both_labels and len(set(y.tolist())) < 2:", "    if len(set(y.tolist())) < 2:",
       "a file of one label is refused even where one label will do (rank --act-data)"),
