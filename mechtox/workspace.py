@@ -176,15 +176,25 @@ class Workspace:
                 return ModelRef(spec, "checkpoint", str(p), p.name)
             if M.is_hf_dir(p):
                 return ModelRef(spec, "hf", str(p), p.name)
+            if p.is_dir() and (p / "config.json").is_file():
+                raise ModelNotFoundError(f"{spec} has a config.json but no weights ({', '.join(M.HF_WEIGHT_FILES)}); "
+                                         "copy them in, or pass the directory that has them")
             raise ModelNotFoundError(f"{spec} is neither a mechtox checkpoint directory, a transformers directory "
                                      "(config.json + model.safetensors or pytorch_model.bin) nor a .gguf file")
         if M.is_official_name(spec):
             return ModelRef(spec, "pretrained", spec, spec)
+        if at and base and Path(weights).expanduser().is_file():
+            raise ModelNotFoundError(f"{spec}: BASE@FILE loads a state-dict file ({', '.join(M.WEIGHT_SUFFIXES)}), "
+                                     f"and {weights} is none of these; convert it, or rename it if it is one")
+        if spec.endswith(".gguf") or spec.startswith(("/", "./", "../", "~")):
+            raise ModelNotFoundError(f"{spec}: no such file or directory")
         models = self.models()
         have = ", ".join(models)
         how = _CREATORS.get(spec, f"mechtox train dpo --out {spec}" if _NAME_RE.match(spec) else "")
         near = closest(spec, [*models, *M.known_model_names()])
         hint = f"; did you mean {near!r}?" if near else f"; create it with `{how}`" if how else ""
+        if not near and spec.count("/") == 1:
+            hint = f"; for a hub model that TransformerLens does not list, pass hf:{spec}"
         raise ModelNotFoundError(
             f"no model {spec!r} in {self.root} (it has: {have}) and it is no TransformerLens "
             f"model name or path{hint}"

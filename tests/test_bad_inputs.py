@@ -37,6 +37,12 @@ def _binary(tmp_path):
 
 BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a scratch folder
     (["models", "--set-base", "no-such-model"], "no model 'no-such-model'"),
+    (["probe", "--model", "{tmp}/cfgonly"], "cfgonly has a config.json but no weights (model.safetensors, "),
+    (["probe", "--model", "{tmp}/absent.gguf"], "absent.gguf: no such file or directory"),
+    (["probe", "--model", "base@{tmp}/one.jsonl"], "BASE@FILE loads a state-dict file (.safetensors, .pt, .pth, "
+                                                   ".bin), and {tmp}/one.jsonl is none of these"),
+    (["probe", "--model", "someone/gpt2-dpo"], "for a hub model that TransformerLens does not list, pass "
+                                               "hf:someone/gpt2-dpo"),
     (["probe", "--model", "tiny", "--data", "{binary}"], "UTF-8"),
     (["probe", "--model", "tiny", "--save", "top"], "--save must be"),
     (["probe", "--model", "tiny", "--n-train", "0"], "--n-train 0"),
@@ -127,6 +133,8 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
 @pytest.mark.parametrize(("argv", "match"), BAD, ids=[" ".join(a) for a, _ in BAD])
 def test_bad_flag_is_one_line_before_any_model_loads(argv, match, tmp_path, capsys, no_loading):
     (tmp_path / "afile").write_text("a file, not a folder")
+    (tmp_path / "cfgonly").mkdir()
+    (tmp_path / "cfgonly" / "config.json").write_text('{"model_type": "llama"}')
     (tmp_path / "small.csv").write_text("text,label\nyou idiot,1\nhello,0\nnice day,0\nstupid,1\nthanks,0\n")
     (tmp_path / "one.jsonl").write_text('{"prompt": "a", "chosen": " b", "rejected": " c"}\n')
     (tmp_path / "numgold.jsonl").write_text('{"prompt": "a", "gold": 3}\n')

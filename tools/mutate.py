@@ -50,7 +50,7 @@ TESTS = {  # the fast test files of each module
     "directions.py": ["tests/test_directions.py"],  # every module of the mechtox/directions package
     "validation.py": ["tests/test_directions.py", "tests/test_validation.py"],
     "scorers.py": ["tests/test_scorers.py"],
-    "workspace.py": ["tests/test_main_job.py"],
+    "workspace.py": ["tests/test_main_job.py", "tests/test_bad_inputs.py"],
     "data.py": ["tests/test_data.py", "tests/test_data_sources.py", "tests/test_api_inputs.py"],
     "models.py": ["tests/test_models.py", "tests/test_hf_dirs.py"],
     "hf_backend.py": ["tests/test_hf_backend.py", "tests/test_lora.py"],
@@ -436,6 +436,9 @@ MUTANTS = [
     M("training-resume-ignores-data", "training.py",
       'if meta.get("data", data_print) != data_print:', "if False:",
       "a run resumes on other pairs with the old pairs' reference log-probs"),
+    M("workspace-missing-path-is-a-model-to-train", "workspace.py",
+      'if spec.endswith(".gguf") or spec.startswith(("/", "./", "../", "~")):', "if False:",
+      "a path that does not exist is taken for a workspace model to create with mechtox train"),
     M("workspace-identity-ignores-files", "workspace.py",
       "parts += [_file_stamp(f) for f in files if f.is_file()]", "parts += []",
       "the main job reuses its steps after the model at the same path was saved again"),
