@@ -24,7 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mechtox",
         description="Mechanistic interpretability of toxicity: probes, toxic neurons, interventions, "
                     "DPO attribution. A MODEL is a workspace alias (base, dpo...), a TransformerLens "
-                    "model name, smollm2-135m-instruct (offline default) or a path. The options below "
+                    "model name, smollm2-135m-instruct (offline default), a path (mechtox checkpoint, transformers "
+                    "directory or .gguf file), hf:ID (a hub model TransformerLens does not list) or BASE@FILE (a "
+                    "state dict over BASE). The options below "
                     "(-w, -q, --seed, --device, --dtype) go before or after COMMAND.",
     )
     add_options(parser, Context, absent_unless_given=True)

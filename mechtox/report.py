@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pandas as pd
 
 from mechtox import _io, plotting
 from mechtox import artifacts as A
+from mechtox.tables import MISSING
 
 _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1150px;margin:2em auto;padding:0 1em;color:#222}
@@ -34,7 +36,7 @@ def _table(df: pd.DataFrame, max_rows: int = 40, digits: int = 4) -> str:
         cells = []
         for v in r:
             if isinstance(v, float):
-                cells.append(f"<td>{v:.{digits}g}</td>")
+                cells.append(f"<td>{v:.{digits}g}</td>" if not math.isnan(v) else f"<td>{MISSING}</td>")
             else:
                 cells.append(f"<td class='t'>{html.escape(str(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")

@@ -10,10 +10,14 @@ if TYPE_CHECKING:  # only DataFrames' methods are used: listing a workspace need
     import pandas as pd
 
 
+MISSING = "—"
+"""How a table cell without a value (NaN: a direction's test AUROC, a score a method does not give) reads."""
+
+
 def _fmt(v: object, digits: int) -> str:
     if isinstance(v, float):
         if math.isnan(v):
-            return "nan"
+            return MISSING
         if v != 0 and (abs(v) >= 1e5 or abs(v) < 10 ** (-digits)):
             return f"{v:.{digits}g}"
         return f"{v:.{digits}f}"
@@ -48,7 +52,7 @@ def notebook_html(title: str, tables: Sequence[tuple[str, pd.DataFrame]] = (), m
         if df is None or df.empty:
             continue
         more = f" (first {max_rows} of {len(df):,} rows)" if len(df) > max_rows else ""
-        body = df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0)
+        body = df.head(max_rows).to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0, na_rep=MISSING)
         parts.append(f"<p>{html.escape(caption + more)}</p>{body}")
     return "\n".join(parts)
 

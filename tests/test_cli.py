@@ -591,3 +591,25 @@ def test_a_damaged_result_file_leaves_its_run_out_of_the_report_not_the_report(w
     page = (tmp_path / "ws" / "report.html").read_text()
     assert "Left out, as a file could not be read: runs/e (" in page and "id='eval-e'" not in page
     assert "Probe sweep: p" in page
+
+
+def test_every_option_of_every_command_says_what_it_is_and_its_default():
+    """`mechtox COMMAND --help` explains every option, and gives the default of each that has one
+    (26 options had a bare flag, --model among them)."""
+    import argparse
+    import dataclasses
+
+    from mechtox.cli import build_parser
+    from mechtox.jobs import COMMANDS
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in sub.choices.items():
+        _, config = COMMANDS[name]
+        defaults = {f.name: f.default for f in dataclasses.fields(config)}
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            assert action.help, (name, action.option_strings or action.dest)
+            default = defaults.get(action.dest)
+            if default not in (None, False, ""):
+                assert "default" in action.help, (name, action.dest, action.help)

@@ -94,3 +94,21 @@ def test_attribution_line_adds_up_to_the_exactness_check():
     assert ("fell" if c["total_change"] >= 0 else "rose") in line
     html = res._repr_html_()
     assert "neuron groups" in html and "head groups" in html and "largest contribution first" in html
+
+
+def test_a_cell_without_a_value_reads_as_a_dash_in_every_table(tmp_path, capsys):
+    """NaN (a direction has no test AUROC) is a dash in the terminal's markdown, the notebook's HTML
+    and the report, not 'nan'."""
+    import pandas as pd
+
+    from mechtox.cli import main
+    from mechtox.report import _table
+    from mechtox.tables import markdown, notebook_html
+
+    df = pd.DataFrame({"method": ["probe", "unembed"], "test_auroc": [0.9, float("nan")]})
+    for text in (markdown(df), notebook_html("t", [("c", df)]), _table(df)):
+        assert "—" in text and "nan" not in text.lower(), text
+    Direction(torch.ones(64), "blocks.1.hook_resid_post", "unembed", "tiny").save(tmp_path / "directions" / "unembed")
+    assert main(["models", "-w", str(tmp_path), "-q"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| unembed |"))
+    assert row.split(" | ")[4] == "—", row

@@ -56,6 +56,7 @@ TESTS = {  # the fast test files of each module
     "hf_backend.py": ["tests/test_hf_backend.py", "tests/test_lora.py"],
     "jobs/probe.py": ["tests/test_probe_transfer.py"],
     "jobs/export.py": ["tests/test_hf_dirs.py"],
+    "tables.py": ["tests/test_repr.py"],
 }
 
 
@@ -456,6 +457,9 @@ MUTANTS = [
       'DetoxifyScorer(name.split(":", 1)[1] if ":" in name else "original")', 'DetoxifyScorer("original")',
       "detoxify:VARIANT loads the original checkpoint"),
     # ------------------------------------------------------------------ data
+    M("tables-missing-reads-nan", "tables.py",
+      "            return MISSING", '            return "nan"',
+      "a table cell without a value reads 'nan' in the terminal"),
     M("data-tab-csv-read-with-commas", "data.py",
       'return ";" if ";" in header else "\\t" if "\\t" in header else ","', 'return ";" if ";" in header else ","',
       "a tab-separated file named .csv is read as comma-separated"),

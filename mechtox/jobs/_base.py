@@ -23,6 +23,8 @@ from mechtox.errors import MechtoxError
 DEFAULT_DATA = ("(default: {} from $MECHTOX_DATA, else shared/data beside the project, else the real-data bundle "
                 "shipped with mechtox)")
 
+MODEL_HELP = "the model (default: base, the workspace's base model; `mechtox --help` lists every form of MODEL)"
+
 
 def option(default: Any = None, help: str | None = None, *, flags: Sequence[str] | None = None,
            type: Any = None, choices: Sequence[str] | None = None, metavar: str | None = None,
@@ -57,6 +59,14 @@ def check_types(cfg: Any) -> None:
     _typecheck.check_types(cfg, where)
 
 
+def _default_said(help: str, default: Any) -> str:
+    """`` (default X)`` for a help text that does not say its default already (none for flags and
+    options without a default)."""
+    if default is None or isinstance(default, bool) or "default" in help or default == "":
+        return ""
+    return f" (default {default})".replace("%", "%%")
+
+
 def add_options(parser: argparse.ArgumentParser, cls: type, absent_unless_given: bool = False) -> None:
     """Add an argparse option for every :func:`option` field of the dataclass ``cls``, in order.
     ``absent_unless_given``: an option left out sets nothing (the config's default applies), so the
@@ -67,7 +77,7 @@ def add_options(parser: argparse.ArgumentParser, cls: type, absent_unless_given:
             continue
         kw: dict[str, Any] = {}
         if meta["help"] is not None:
-            kw["help"] = meta["help"]
+            kw["help"] = meta["help"] + _default_said(meta["help"], f.default)
         if meta["positional"]:
             parser.add_argument(f.name, choices=meta["choices"], **kw)
             continue

@@ -22,20 +22,20 @@ HELP = "attribute the change from --before to --after to individual neurons and 
 
 @dataclass(frozen=True)
 class AttributeConfig(JobConfig):
-    before: str = option("base")
+    before: str = option("base", "the model before fine-tuning (default: base, the workspace's base model)")
     after: str = option(None, "the fine-tuned model (e.g. dpo)", required=True)
     direction: str = option("probe", "the direction projected onto (default: the probe, as `mechtox probe` saves it)",
                             flags=("--direction", "--probe"))
     prompts: str | None = option(None, "prompts " + DEFAULT_DATA.format("rtp_challenge.jsonl"))
     n: int = option(200, "prompts to attribute over")
-    max_new_tokens: int = option(20)
+    max_new_tokens: int = option(20, "tokens generated per prompt (greedy)")
     mode: Literal["own", "shared", "both"] = option("both", "own: each model's own continuations; shared: both read the before model's",
                        choices=["own", "shared", "both"])
-    top: int = option(20)
+    top: int = option(20, "neurons and heads listed, by the size of their change")
     n_eval_prompts: int = option(100, "prompts for the ablation-vs-after table (0: skip)")
-    ablate_ks: str = option("100,200,1000")
-    ppl_tokens: int = option(8000)
-    f1_prompts: int = option(100)
+    ablate_ks: str = option("100,200,1000", "numbers of top neurons ablated in the ablation-vs-after table")
+    ppl_tokens: int = option(8000, "tokens of Wikitext-2 for perplexity in that table")
+    f1_prompts: int = option(100, "Wikitext-2 prompts for F1 in that table")
     out: str | None = option(None, "run name (default attribute-<before>-<after>)")
     text: str | None = None   # Wikitext-2 text for perplexity (default: the shipped one); not a flag
 

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import (
     DEFAULT_DATA,
+    MODEL_HELP,
     Context,
     JobConfig,
     check_out,
@@ -35,7 +36,7 @@ Kind = Literal["cosine", "contrast", "reranked", "attribution"]
 
 @dataclass(frozen=True)
 class DirectionsConfig(JobConfig):
-    model: str = option("base")
+    model: str = option("base", MODEL_HELP)
     data: str | None = option(None, "labelled text " + DEFAULT_DATA.format("jigsaw_balanced.csv"))
     prompts: str | None = option(None, "prompts for generation " + DEFAULT_DATA.format("rtp_challenge.jsonl"))
     methods: str = option("probe,unembed,gen-diffmean,gradient", "direction methods ('' for none, with --rerank lens "

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mechtox._flags import scorer_probe
-from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, option, positive
+from mechtox.jobs._base import (
+    DEFAULT_DATA,
+    MODEL_HELP,
+    Context,
+    JobConfig,
+    check_out,
+    option,
+    positive,
+)
 from mechtox.specs import SPEC_FORMS, parse_spec
 
 HELP = "toxicity / perplexity / F1 / probe score under interventions"
@@ -14,7 +22,7 @@ HELP = "toxicity / perplexity / F1 / probe score under interventions"
 
 @dataclass(frozen=True)
 class EvalJobConfig(JobConfig):
-    model: str = option("base")
+    model: str = option("base", MODEL_HELP)
     intervention: list[str] | None = option(None, "repeatable; forms: " + "; ".join(SPEC_FORMS).replace("%", "%%"),
                                             flags=("--intervention", "-i"), metavar="SPEC", append=True)
     prompts: str | None = option(None, "prompts " + DEFAULT_DATA.format("rtp_challenge.jsonl"))
@@ -27,8 +35,8 @@ class EvalJobConfig(JobConfig):
     ppl_tokens: int = option(20000, "tokens of --text for perplexity (0: skip it)")
     wiki: str | None = option(None, "{prompt, gold} JSONL for F1 " + DEFAULT_DATA.format("wiki_samples.jsonl"))
     f1_prompts: int = option(200, "prompts of --wiki for F1 (0: skip it)")
-    max_new_tokens: int = option(20)
-    batch_size: int = option(25)
+    max_new_tokens: int = option(20, "tokens generated per prompt (greedy)")
+    batch_size: int = option(25, "prompts generated at once")
     out: str = option("eval", "run name")
 
     def check(self) -> None:

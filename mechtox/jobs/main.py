@@ -26,6 +26,7 @@ import mechtox.jobs.report as report
 import mechtox.jobs.train as train
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import (
+    MODEL_HELP,
     Context,
     JobConfig,
     changed,
@@ -63,7 +64,7 @@ _TOY = dict(n_train=160, n_test=80, dir_texts=240, pairs=30, eval_prompts=30, at
 
 @dataclass(frozen=True)
 class MainConfig(JobConfig):
-    model: str = option("base")
+    model: str = option("base", MODEL_HELP)
     size: str = option("auto", "small: 15-20 minutes on 2 CPU cores; full: the papers' sizes (auto: full on a GPU); "
                                "quick: a few minutes, a check that every step runs (not results)",
                        choices=["auto", "quick", "small", "full"])

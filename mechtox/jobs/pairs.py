@@ -8,6 +8,7 @@ from typing import Any
 
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import (
+    MODEL_HELP,
     Context,
     JobConfig,
     changed,
@@ -22,13 +23,13 @@ HELP = "preference pairs: greedy vs steered-toward-toxicity continuations (or Pa
 
 @dataclass(frozen=True)
 class PairsConfig(JobConfig):
-    model: str = option("base")
+    model: str = option("base", MODEL_HELP)
     prompts: str | None = option(None, "prompts (default: shared wiki_samples.jsonl, as Lee et al. used Wikitext-2)")
     direction: str = option("unembed", "direction steered along for the rejected continuation")
     alpha: float = option(8.0, "steering strength (added alpha x unit direction)")
     n: int = option(200, "number of prompts")
-    max_new_tokens: int = option(20)
-    batch_size: int = option(25)
+    max_new_tokens: int = option(20, "tokens of each continuation")
+    batch_size: int = option(25, "prompts generated at once")
     paradetox: str | None = option(None, "convert this ParaDetox TSV instead of generating")
     out: str = option("pairs", "name of the pair set")
 

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import DEFAULT_DATA, Context, JobConfig, check_out, option, positive
+from mechtox.jobs._base import (
+    DEFAULT_DATA,
+    MODEL_HELP,
+    Context,
+    JobConfig,
+    check_out,
+    option,
+    positive,
+)
 
 FIT_LENGTH = 64  # tokens per text of a fit without --max-length
 
@@ -18,7 +26,7 @@ HELP = "fit toxicity probes at every layer from one activation pass and save the
 
 @dataclass(frozen=True)
 class ProbeConfig(JobConfig):
-    model: str = option("base")
+    model: str = option("base", MODEL_HELP)
     data: str | None = option(None, "labelled text: CSV/TSV/JSONL path (optionally .gz) or HF id "
                               + DEFAULT_DATA.format("jigsaw_balanced.csv"))
     text_col: str | None = option(None, "the text column of --data (default: the first of text, comment_text, "
@@ -26,7 +34,8 @@ class ProbeConfig(JobConfig):
     label_col: str | None = option(None, "the label column: 0/1, a score in [0, 1], toxic/non-toxic or OFF/NOT "
                                          "(default: the first of label, toxic, toxicity, target, subtask_a, offensive)")
     layers: str = option("all", "'all', 'last', '5', '0,4,8' or '10-20'")
-    method: Literal["logreg", "diffmean", "svm"] = option("logreg", choices=["logreg", "diffmean", "svm"])
+    method: Literal["logreg", "diffmean", "svm"] = option("logreg", "logreg (logistic regression), diffmean (difference of means) or svm (linear SVM)",
+                                                           choices=["logreg", "diffmean", "svm"])
     pooling: Literal["mean", "last", "tokens"] = option(
         "mean", "what a text's probe logit is read from: the mean of its token activations, the last one, or "
                 "'tokens': the probe applied to every token and a text's logit the log-mean-exp of theirs, fitted "
@@ -37,7 +46,7 @@ class ProbeConfig(JobConfig):
     n_test: int = option(1000, "held-out texts (default 1000)")
     max_length: int | None = option(None, "tokens per text (default: 64 for a fit; for --eval, as many as the probe "
                                           "was fitted on)", type=int)
-    batch_size: int = option(16)
+    batch_size: int = option(16, "texts per forward pass")
     save: str = option("best", "which probe to save: 'best' (by --select-on), 'final', 'together' (with "
                                "--together) or a layer number")
     together: bool = option(False, "also fit one probe on all the --layers together (their pooled activations side "

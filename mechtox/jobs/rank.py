@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import Context, JobConfig, check_out, option, positive
+from mechtox.jobs._base import MODEL_HELP, Context, JobConfig, check_out, option, positive
 
 HELP = "rank all MLP neurons by cosine of their value vector with a direction"
 
 
 @dataclass(frozen=True)
 class RankConfig(JobConfig):
-    model: str = option("base")
+    model: str = option("base", MODEL_HELP)
     probe: str = option("probe", "saved probe or direction name", flags=("--probe", "--direction"))
-    top: int = option(100)
+    top: int = option(100, "neurons listed with their logit-lens tokens")
     tokens: int = option(8, "logit-lens tokens per neuron")
     act_data: str | None = option(None, "toxic text for the activation-weighted ranking (labelled file: toxic rows "
                                         "are used)")

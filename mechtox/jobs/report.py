@@ -15,7 +15,7 @@ RANDOM = False  # draws no random numbers (reads results and writes HTML): the C
 @dataclass(frozen=True)
 class ReportConfig(JobConfig):
     out: str | None = option(None, "output file (default: <workspace>/report.html)")
-    title: str = option("mechtox report")
+    title: str = option("mechtox report", "the title of the page")
     notes: str = ""   # a line under the title; not a flag
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import (
+    MODEL_HELP,
     Context,
     JobConfig,
     changed,
@@ -28,8 +29,8 @@ _T = {f.name: f.default for f in dataclasses.fields(TrainConfig)}  # the library
 
 @dataclass(frozen=True)
 class TrainJobConfig(JobConfig):
-    objective: str = option("dpo", positional=True, choices=OBJECTIVES)
-    model: str = option("base")
+    objective: str = option("dpo", "what to optimise", positional=True, choices=OBJECTIVES)
+    model: str = option("base", MODEL_HELP)
     pairs: str = option("pairs", "pair set name or a .jsonl/.tsv path (for sap: the safety pairs, chosen = safe, "
                                  "rejected = harmful)")
     task: str | None = option(None, "sft and sap: the benign task, a {prompt, gold} JSONL (default: the real "
@@ -37,20 +38,20 @@ class TrainJobConfig(JobConfig):
     limit: int | None = option(None, "use the first N pairs (and N task examples)", type=int)
     probe: str | None = option(None, "probe(s) trained against (sft-probe) or ranking the pairs (dpo-probe)")
     held_out: str | None = option(None, "probe(s) never trained against, measured after training")
-    steps: int = option(_T["max_steps"])
-    lr: float = option(_T["lr"])
-    optimizer: str = option(_T["optimizer"], choices=["adamw", "rmsprop"])
-    batch_size: int = option(_T["batch_size"])
-    grad_accum: int = option(_T["grad_accum"])
-    warmup_steps: int = option(_T["warmup_steps"])
-    clip: float = option(_T["clip"])
-    beta: float = option(_T["beta"])
-    probe_lambda: float = option(_T["probe_lambda"])
-    max_completion_tokens: int = option(_T["max_completion_tokens"])
-    eval_every: int = option(_T["eval_every"])
+    steps: int = option(_T["max_steps"], "optimizer steps")
+    lr: float = option(_T["lr"], "peak learning rate (after the warm-up)")
+    optimizer: str = option(_T["optimizer"], "AdamW, or RMSprop as Lee et al.", choices=["adamw", "rmsprop"])
+    batch_size: int = option(_T["batch_size"], "pairs (or texts) per micro-batch")
+    grad_accum: int = option(_T["grad_accum"], "micro-batches per optimizer step")
+    warmup_steps: int = option(_T["warmup_steps"], "steps of linear warm-up from 0 to --lr")
+    clip: float = option(_T["clip"], "gradient-norm clipping (0: off)")
+    beta: float = option(_T["beta"], "DPO temperature (dpo, dpo-probe)")
+    probe_lambda: float = option(_T["probe_lambda"], "weight of the probe term (sft-probe)")
+    max_completion_tokens: int = option(_T["max_completion_tokens"], "completions keep their first N tokens")
+    eval_every: int = option(_T["eval_every"], "validation loss every N steps (0: only at the end)")
     patience: int = option(_T["patience"], "early stopping after N evaluations (--eval-every) without a lower "
                                            "validation loss; the weights at the stop are saved, not the best ones")
-    checkpoint_every: int = option(_T["checkpoint_every"])
+    checkpoint_every: int = option(_T["checkpoint_every"], "a resumable training state every N steps")
     backend: str = option(_T["backend"], "where the step runs: hf (the transformers model with the same weights, "
                                          "hooks at TransformerLens names), hooked (the HookedTransformer), auto (hf "
                                          "when every hook the objective needs is mapped)",
@@ -59,7 +60,7 @@ class TrainJobConfig(JobConfig):
     lora_r: int = option(_T["lora_r"], "LoRA rank (0: full fine-tuning); adapters through peft on the hf backend, "
                                        "merged into the saved model")
     lora_alpha: float = option(_T["lora_alpha"], "LoRA scale numerator (update = alpha / r * B A)")
-    lora_dropout: float = option(_T["lora_dropout"])
+    lora_dropout: float = option(_T["lora_dropout"], "dropout on the LoRA adapters' input")
     lora_targets: str = option(_T["lora_targets"], "modules with adapters: q, k, v, o, gate, up, down (GPT-2 also "
                                                    "c_attn, attn.c_proj, c_fc, mlp.c_proj)")
     fsdp: bool = option(False, "under torchrun: shard the weights, gradients and optimizer state over the processes "
