@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -82,3 +83,23 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+HASH_CHARS = 12
+"""Hex characters kept of each text's SHA-1 in a record of the texts a probe or model was fitted on."""
+
+
+def text_hashes(texts: Sequence[str]) -> list[str]:
+    """A short hash of each text (surrounding white space ignored): what a saved probe keeps of the
+    texts it was fitted on (``provenance["fitted_text_hashes"]``) and a trained model of its training
+    prompts (``trained_prompt_hashes``), concatenated, so that scoring it on other data can say how
+    many of those texts it saw in training."""
+    return [hashlib.sha1(t.strip().encode("utf-8")).hexdigest()[:HASH_CHARS] for t in texts]
+
+
+def count_recorded(record: object, texts: Sequence[str]) -> int | None:
+    """How many of ``texts`` a record of :func:`text_hashes` (concatenated) holds; None for no record."""
+    if not isinstance(record, str):
+        return None
+    seen = {record[i: i + HASH_CHARS] for i in range(0, len(record), HASH_CHARS)}
+    return sum(h in seen for h in text_hashes(texts))

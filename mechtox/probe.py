@@ -10,7 +10,6 @@ token logits, in the fit as in scoring (:func:`fit_token_weights`).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -28,6 +27,7 @@ from torch import Tensor, nn
 from transformer_lens import HookedTransformer
 
 from mechtox import _io
+from mechtox._io import text_hashes
 from mechtox.activations import FINAL_HOOK, Pooling, collect_activations, parse_layers, pool
 from mechtox.data import LabelledTexts, one_or_many
 from mechtox.errors import IncompatibleError, MechtoxError
@@ -288,16 +288,6 @@ def _json_default(o: Any) -> Any:
 # ----------------------------------------------------------------------------- fitting
 
 
-HASH_CHARS = 12
-"""Hex characters kept of each text's SHA-1 in a probe's record of its training texts."""
-
-
-def text_hashes(texts: Sequence[str]) -> list[str]:
-    """A short hash of each text (surrounding white space ignored): what a saved probe keeps of the
-    texts it was fitted on (``provenance["fitted_text_hashes"]``, concatenated), so that scoring it
-    on other data can say how many of those texts it saw in training."""
-    return [hashlib.sha1(t.strip().encode("utf-8")).hexdigest()[:HASH_CHARS] for t in texts]
-
 
 def fitted_length(probe: Direction, default: int = 64) -> int:
     """The tokens per text ``probe`` was fitted on (``default`` where it keeps no record)."""
@@ -308,11 +298,7 @@ def fitted_length(probe: Direction, default: int = 64) -> int:
 def seen_in_training(probe: Direction, texts: Sequence[str]) -> int | None:
     """How many of ``texts`` are among those ``probe`` was fitted on (None: the probe keeps no record
     of them: a direction, or a probe saved by an older mechtox)."""
-    record = probe.provenance.get("fitted_text_hashes")
-    if not isinstance(record, str):
-        return None
-    fitted = {record[i: i + HASH_CHARS] for i in range(0, len(record), HASH_CHARS)}
-    return sum(h in fitted for h in text_hashes(texts))
+    return _io.count_recorded(probe.provenance.get("fitted_text_hashes"), texts)
 
 
 def split_indices(labels: np.ndarray, test_size: float | int = 0.25, seed: int = 0,

@@ -200,6 +200,17 @@ class Workspace:
             f"model name or path{hint}"
         )
 
+    def trained_on(self, spec: str, prompts: list[str]) -> int | None:
+        """How many of ``prompts`` are prompts of the data that mechtox trained ``spec`` on (its
+        validation share included; the checkpoint records them as :func:`mechtox._io.text_hashes`);
+        None for a model without such a record (not trained by mechtox, or by an older version)."""
+        from mechtox import model_files as M
+
+        ref = self.resolve_model(spec)
+        if ref.kind != "checkpoint":
+            return None
+        return _io.count_recorded(M.checkpoint_info(ref.location).get("trained_prompt_hashes"), prompts)
+
     def model_architecture(self, spec: str) -> str | None:
         """The ``transformers`` architecture of ``spec`` (``LlamaForCausalLM``...) as its files say it,
         without loading weights: "" for a model with none (``tiny``), None where only loading would tell

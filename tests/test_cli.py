@@ -613,3 +613,25 @@ def test_every_option_of_every_command_says_what_it_is_and_its_default():
             default = defaults.get(action.dest)
             if default not in (None, False, ""):
                 assert "default" in action.help, (name, action.dest, action.help)
+
+
+def test_eval_says_how_many_prompts_the_model_was_trained_on(ws, tmp_path, capsys):
+    """A model trained by mechtox records its training prompts (as hashes); evaluating it on them is
+    said, in the output and in eval.json, and new prompts are not counted."""
+    prompts = ["the city is", "you are", "my friend said", "the team"]
+    pair_file = tmp_path / "pp.jsonl"
+    pair_file.write_text("".join(json.dumps({"prompt": p + " " * (i % 2), "chosen": " nice book", "rejected": " ugly jerk"})
+                                 + "\n" for i, p in enumerate(prompts * 2)))
+    assert main(["train", "dpo", "-w", ws, "-q", "--model", "tiny", "--pairs", str(pair_file), "--steps", "1",
+                 "--batch-size", "4", "--goodhart-n", "0"]) == 0
+    meta = json.loads((tmp_path / "ws" / "models" / "dpo" / "config.json").read_text())
+    assert len(meta["trained_prompt_hashes"]) == 4 * 12  # four distinct prompts (white space aside)
+    (tmp_path / "mixed.txt").write_text("you are\nthe team\nhello there\na new day\nthe weather\n")
+    common = ["-w", ws, "-q", "--limit", "5", "--max-new-tokens", "3", "--ppl-tokens", "0", "--f1-prompts", "0"]
+    capsys.readouterr()
+    assert main(["eval", *common, "--model", "dpo", "--prompts", str(tmp_path / "mixed.txt"), "--out", "e1"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 2 of the 5 prompts are prompts dpo was trained on" in out, out
+    assert json.loads((tmp_path / "ws" / "runs" / "e1" / "eval.json").read_text())["n_prompts_trained_on"] == 2
+    assert main(["eval", *common, "--model", "tiny", "--prompts", str(tmp_path / "mixed.txt"), "--out", "e2"]) == 0
+    assert "trained on" not in capsys.readouterr().out  # no record: nothing said

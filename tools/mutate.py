@@ -50,13 +50,16 @@ TESTS = {  # the fast test files of each module
     "directions.py": ["tests/test_directions.py"],  # every module of the mechtox/directions package
     "validation.py": ["tests/test_directions.py", "tests/test_validation.py"],
     "scorers.py": ["tests/test_scorers.py"],
-    "workspace.py": ["tests/test_main_job.py", "tests/test_bad_inputs.py"],
+    "workspace.py": ["tests/test_main_job.py", "tests/test_bad_inputs.py", "tests/test_cli.py"],
     "data.py": ["tests/test_data.py", "tests/test_data_sources.py", "tests/test_api_inputs.py"],
     "models.py": ["tests/test_models.py", "tests/test_hf_dirs.py"],
     "hf_backend.py": ["tests/test_hf_backend.py", "tests/test_lora.py"],
     "jobs/probe.py": ["tests/test_probe_transfer.py"],
     "jobs/export.py": ["tests/test_hf_dirs.py"],
     "tables.py": ["tests/test_repr.py"],
+    "_io.py": ["tests/test_probe_transfer.py", "tests/test_cli.py"],
+    "jobs/train.py": ["tests/test_cli.py"],
+    "jobs/evaluate.py": ["tests/test_cli.py"],
 }
 
 
@@ -457,6 +460,18 @@ MUTANTS = [
       'DetoxifyScorer(name.split(":", 1)[1] if ":" in name else "original")', 'DetoxifyScorer("original")',
       "detoxify:VARIANT loads the original checkpoint"),
     # ------------------------------------------------------------------ data
+    M("io-hash-keeps-white-space", "_io.py",
+      'hashlib.sha1(t.strip().encode("utf-8"))', 'hashlib.sha1(t.encode("utf-8"))',
+      "a text with a trailing space counts as another text in the records of fitted texts and training prompts"),
+    M("train-records-no-prompts", "jobs/train.py",
+      '"trained_prompt_hashes": "".join(sorted(set(_io.text_hashes(res.prompts))))', '"trained_prompt_hashes": ""',
+      "a trained model keeps no record of its training prompts"),
+    M("workspace-trained-on-never-known", "workspace.py",
+      'return _io.count_recorded(M.checkpoint_info(ref.location).get("trained_prompt_hashes"), prompts)',
+      "return None", "eval never learns which prompts the model was trained on"),
+    M("eval-trained-note-dropped", "jobs/evaluate.py",
+      '    if trained is not None:\n        meta["n_prompts_trained_on"] = trained\n', "",
+      "eval.json leaves out how many prompts the model was trained on"),
     M("tables-missing-reads-nan", "tables.py",
       "            return MISSING", '            return "nan"',
       "a table cell without a value reads 'nan' in the terminal"),

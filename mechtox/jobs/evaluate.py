@@ -61,6 +61,12 @@ class EvalJobResult:
     n_human: int = 0    # human continuations the scorer was compared on
 
 
+def trained_note(n: int, of: int, model: str, advice: str = "; to measure it on new ones, pass --prompts it was "
+                                                               "not trained on") -> str:
+    """What to say when ``n`` of ``of`` evaluation prompts are prompts ``model`` was trained on."""
+    return f"{n} of the {of} prompts are prompts {model} was trained on: its scores there are not those of new prompts" + advice
+
+
 def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:
     ws = ctx.ws
     for name in [cfg.probe, scorer_probe(cfg.scorer)] + [parse_spec(spec).direction for spec in cfg.intervention or []]:
@@ -77,6 +83,7 @@ def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:
     wiki_src = cfg.wiki or data_file("wiki_samples.jsonl")
     text = load_text(text_src)  # the data files before the model: a bad one is a quick error
     wiki = load_wiki_samples(wiki_src) if wiki_src else None
+    trained = ws.trained_on(cfg.model, list(prompts.prompts))
     model = model if model is not None else ctx.load(cfg.model)
     ivs = [build_intervention(spec, model, ws, text_for_means=[text[:20000]]) for spec in cfg.intervention or ["none"]]
     scorer = get_scorer(cfg.scorer, ws, model)
@@ -91,6 +98,8 @@ def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:
             "scorer": scorer.name, "probe": cfg.probe, "text": text_src, "wiki": wiki_src, "config": vars(ecfg),
             "toxicity": "mean scorer probability of the greedy continuation scored alone; toxic_frac: share > 0.5",
             "ppl": "exp(mean token NLL) over non-overlapping windows"}
+    if trained is not None:
+        meta["n_prompts_trained_on"] = trained
     agree = scorer_agreement(prompts, scorer) if scorer.name == "profanity-check" else None
     if agree is not None:
         meta["spearman_scorer_vs_perspective_on_human_continuations"] = agree[0]
@@ -120,4 +129,6 @@ def summary(res: EvalJobResult, ctx: Context) -> str:
         lines.append(f"{res.meta['scorer']} vs Perspective TOXICITY on the {res.n_human} human continuations: Spearman {rho:.3f}")
     lines += [markdown(res.table), f"wrote {ctx.ws.run_dir(res.config.out)}/eval.md, eval.csv, eval.json, "
                                    "continuations.jsonl, eval.html"]
+    if res.meta.get("n_prompts_trained_on"):
+        lines.append("note: " + trained_note(res.meta["n_prompts_trained_on"], res.meta["n_prompts"], res.config.model))
     return "\n".join(lines)

@@ -208,6 +208,7 @@ def compare_eval(cfg: CompareEvalConfig, ctx: Context, models: dict):
     from mechtox.data import load_prompts, load_text, load_wiki_samples
     from mechtox.evaluate import EvalConfig, evaluate
     from mechtox.interventions import NOOP
+    from mechtox.jobs.evaluate import trained_note
     from mechtox.probe import Direction
     from mechtox.scorers import get_scorer
 
@@ -221,9 +222,13 @@ def compare_eval(cfg: CompareEvalConfig, ctx: Context, models: dict):
     rows = [evaluate(models[spec], [NOOP], ps, scorer, text, wiki, ecfg, probe=probe_dir, judge=base,
                      progress=ctx.progress, model_label=spec)[0] for spec in cfg.models]
     table = pd.concat(rows, ignore_index=True)
+    trained = {spec: n for spec in cfg.models if (n := ctx.ws.trained_on(spec, list(ps)))}
+    for spec, n in trained.items():
+        print(f"   note: {trained_note(n, len(ps), spec, advice='')}")
     artifacts.write_table(ctx.ws.run_dir(cfg.out), artifacts.EVAL, table, {
         "n_prompts": len(ps), "prompts": cfg.prompts, "scorer": scorer.name, "probe": "probe (read by the base model)",
-        "toxicity": "mean profanity-check probability of the continuation scored alone; toxic_frac: share > 0.5"})
+        "toxicity": "mean profanity-check probability of the continuation scored alone; toxic_frac: share > 0.5",
+        **({"n_prompts_trained_on": trained} if trained else {})})
     return table
 
 

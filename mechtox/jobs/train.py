@@ -156,6 +156,7 @@ class TrainJobResult:
     held_out: list
     goodhart: Any = None
     goodhart_meta: dict | None = None
+    prompts: list[str] = dataclasses.field(default_factory=list)  # of the training data: recorded in the checkpoint
 
 
 def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str], list[str], str]:
@@ -233,7 +234,8 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
         if is_main() and (out_dir / "state" / "trainer.json").is_file():
             print(f"mechtox: the last checkpoint is in {out_dir / 'state'}; continue with: {again}", file=sys.stderr)
         raise
-    out = TrainJobResult(cfg, tcfg, res, model, source, probes, held_out)
+    prompts = (list(pairs.prompt) if pairs is not None else []) + (list(task[0]) if task is not None else [])
+    out = TrainJobResult(cfg, tcfg, res, model, source, probes, held_out, prompts=[p for p in prompts if p.strip()])
     if check_data is not None:
         _goodhart(out, ctx, check_data)
     return out
@@ -272,7 +274,8 @@ def write(res: TrainJobResult, ctx: Context):
         "config": dataclasses.asdict(res.train_config), "backend": res.result.backend, "steps": res.result.steps,
         "stopped_early": res.result.stopped_early, "final_loss": hist[-1]["loss"] if hist else None,
         "best_val_loss": res.result.best_val, "probes": [p.name for p in res.probes],
-        "held_out_probes": [p.name for p in res.held_out]})
+        "held_out_probes": [p.name for p in res.held_out],
+        "trained_prompt_hashes": "".join(sorted(set(_io.text_hashes(res.prompts))))})
     run = ctx.ws.run_dir(artifacts.train_run(cfg.name))
     _io.write_text(run / artifacts.METRICS, "".join(json.dumps(h) + "\n" for h in hist))
     plotting.save_figure(plotting.training_figure(pd.DataFrame(hist)), run / "curves.html")
