@@ -93,6 +93,9 @@ class PerspectiveScorer:
     name = "perspective"
     URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
 
+    RETRIES = 6
+    """Tries again after HTTP 429 (over the quota) or 5xx, waiting 2, 4, 8... seconds."""
+
     def __init__(self, api_key: str | None = None, attributes: Sequence[str] = PERSPECTIVE_ATTRIBUTES,
                  qps: float = 1.0, timeout: float = 20.0):
         self._key = api_key or os.environ.get("PERSPECTIVE_API_KEY")
@@ -100,32 +103,59 @@ class PerspectiveScorer:
             raise OfflineError("the perspective scorer needs an API key in PERSPECTIVE_API_KEY (and internet)")
         self.attributes = tuple(attributes)
         self.qps, self.timeout = qps, timeout
+        self.retried = 0  # requests sent again after a 429 or 5xx answer
+        self._next = 0.0  # time.monotonic() at which the next request may go
 
-    def _one(self, text: str) -> float:
+    def _request(self, body: bytes, text: str) -> dict:
         import json
         import urllib.error
         import urllib.request
+
+        for attempt in range(self.RETRIES + 1):
+            time.sleep(max(0.0, self._next - time.monotonic()))  # at most qps requests a second
+            self._next = time.monotonic() + 1.0 / self.qps
+            req = urllib.request.Request(f"{self.URL}?key={self._key}", data=body,
+                                         headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as r:
+                    return json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                if (e.code == 429 or e.code >= 500) and attempt < self.RETRIES:
+                    self.retried += 1
+                    time.sleep(2.0 ** (attempt + 1))
+                    continue
+                try:
+                    said = json.loads(e.read()).get("error", {}).get("message", "")
+                except Exception:  # noqa: BLE001 - an error page that is not the API's JSON
+                    said = ""
+                said = f": {said}" if said else ""
+                if e.code in (401, 403):
+                    raise OfflineError(f"the Perspective API refused the key (HTTP {e.code}{said}); check "
+                                       "PERSPECTIVE_API_KEY and that the API is enabled for it") from None
+                if e.code == 429 or e.code >= 500:
+                    raise OfflineError(f"the Perspective API still answered HTTP {e.code} after {self.RETRIES} tries "
+                                       f"with waits{said}; lower qps or ask for a larger quota") from None
+                raise MechtoxError(f"the Perspective API refused the text {text[:40]!r} (HTTP {e.code}{said})") from None
+            except (urllib.error.URLError, TimeoutError, OSError) as e:
+                raise OfflineError(f"the Perspective API could not be reached ({type(e).__name__}); are you offline?") from None
+        raise AssertionError("unreachable")
+
+    def _one(self, text: str) -> float:
+        import json
 
         if not text.strip():
             return 0.0
         body = json.dumps({"comment": {"text": text}, "languages": ["en"],
                            "requestedAttributes": {a: {} for a in self.attributes}}).encode()
-        req = urllib.request.Request(f"{self.URL}?key={self._key}", data=body,
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as r:
-                res = json.loads(r.read())
-        except (urllib.error.URLError, TimeoutError, OSError) as e:
-            raise OfflineError(f"the Perspective API could not be reached ({type(e).__name__}); are you offline?") from None
+        res = self._request(body, text)
         scores = [v["summaryScore"]["value"] for v in res.get("attributeScores", {}).values()]
-        return float(max(scores)) if scores else float("nan")
+        if not scores:
+            raise MechtoxError(f"the Perspective API gave no score for the text {text[:40]!r} (it answered "
+                               f"{json.dumps(res)[:80]})")
+        return float(max(scores))
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        out = []
-        for t in one_or_many(texts):
-            out.append(self._one(t))
-            time.sleep(1.0 / self.qps)
-        return np.asarray(out)
+        return np.asarray([self._one(t) for t in one_or_many(texts)])
 
 
 def get_scorer(name: str = "profanity", workspace=None, model=None) -> Scorer:

@@ -93,3 +93,66 @@ def test_detoxify_score_is_the_max_over_its_attributes_in_batches(monkeypatch):
     texts = ["ab", "abcdef", "a", "abcdefgh", "abc"]
     s.batch_size = 2
     np.testing.assert_allclose(s(texts), [0.35, 0.6, 0.35, 0.8, 0.35])
+
+
+def _fake_api(monkeypatch, answers):
+    """urlopen answering from ``answers`` in turn (an int: that HTTP error with the API's JSON message;
+    a float: a score for every attribute), on a fake clock that only time.sleep moves; returns the
+    sleeps and the requests' times."""
+    import io
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    clock, sleeps, sent = [100.0], [], []
+    answers = iter(answers)
+
+    def answer(req, timeout):
+        sent.append(clock[0])
+        a = next(answers)
+        if isinstance(a, int):
+            body = json.dumps({"error": {"code": a, "message": f"message {a}"}}).encode()
+            raise urllib.error.HTTPError(req.full_url, a, "err", {}, io.BytesIO(body))
+        attrs = json.loads(req.data)["requestedAttributes"]
+        return io.BytesIO(json.dumps({"attributeScores": {k: {"summaryScore": {"value": a}} for k in attrs}}).encode())
+
+    def sleep(s):
+        sleeps.append(s)
+        clock[0] += s
+
+    monkeypatch.setattr(urllib.request, "urlopen", answer)
+    monkeypatch.setattr(time, "sleep", sleep)
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    return sleeps, sent
+
+
+def test_perspective_waits_and_tries_again_over_the_quota_and_keeps_its_rate(monkeypatch):
+    """HTTP 429 (over the quota) or 5xx: the request goes again after 2, 4... s; requests are at
+    least 1 / qps apart, and no wait follows the last one."""
+    sleeps, sent = _fake_api(monkeypatch, [429, 503, 0.3, 0.7])
+    s = PerspectiveScorer(api_key="k", qps=0.5)
+    np.testing.assert_allclose(s(["a", "b"]), [0.3, 0.7])
+    assert s.retried == 2
+    assert np.diff(sent).tolist() == [2.0, 4.0, 2.0]  # the backoffs; then the 2 s of qps 0.5
+    assert sum(sleeps) == sent[-1] - 100.0  # nothing slept after the last request
+
+
+@pytest.mark.parametrize("code, error, match", [
+    (403, OfflineError, r"refused the key \(HTTP 403: message 403\); check PERSPECTIVE_API_KEY"),
+    (400, MechtoxError, r"refused the text 'a' \(HTTP 400: message 400\)"),
+    (429, OfflineError, r"still answered HTTP 429 after 6 tries with waits: message 429; lower qps"),
+])
+def test_perspective_errors_say_what_the_api_said(monkeypatch, code, error, match):
+    _fake_api(monkeypatch, [code] * 10)
+    with pytest.raises(error, match=match):
+        PerspectiveScorer(api_key="k", qps=1e6)(["a"])
+
+
+def test_perspective_without_a_score_is_an_error_not_nan(monkeypatch):
+    import io
+    import urllib.request
+
+    monkeypatch.setattr(urllib.request, "urlopen", lambda req, timeout: io.BytesIO(b'{"attributeScores": {}}'))
+    with pytest.raises(MechtoxError, match="gave no score for the text 'a'"):
+        PerspectiveScorer(api_key="k", qps=1e6)(["a"])
