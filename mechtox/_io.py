@@ -103,3 +103,10 @@ def count_recorded(record: object, texts: Sequence[str]) -> int | None:
         return None
     seen = {record[i: i + HASH_CHARS] for i in range(0, len(record), HASH_CHARS)}
     return sum(h in seen for h in text_hashes(texts))
+
+
+def cache_dir() -> Path:
+    """Where mechtox caches what it can compute or fetch again (converted weights, Perspective scores):
+    ``$MECHTOX_CACHE`` or ``~/.cache/mechtox``."""
+    env = os.environ.get("MECHTOX_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "mechtox"

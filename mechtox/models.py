@@ -35,6 +35,7 @@ import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from mechtox import _io
+from mechtox._io import cache_dir
 from mechtox._typecheck import is_whole_number
 from mechtox.errors import IncompatibleError, MechtoxError, ModelNotFoundError
 from mechtox.model_files import CHECKPOINT_CONFIG as _CKPT_CONFIG
@@ -85,12 +86,6 @@ def _dtype(dtype: str | torch.dtype) -> torch.dtype:
     if dtype not in table:
         raise MechtoxError(f"unknown dtype {dtype!r}; use one of {sorted(table)}")
     return table[dtype]
-
-
-def cache_dir() -> Path:
-    """Where converted weights are cached: ``$MECHTOX_CACHE`` or ``~/.cache/mechtox``."""
-    env = os.environ.get("MECHTOX_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "mechtox"
 
 
 # ----------------------------------------------------------------------------- tiny models

@@ -11,13 +11,16 @@ Detoxify and Perspective scores are the max over attributes, as in Lee et al. 20
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from mechtox import _io
 from mechtox._flags import SCORER_NAMES, scorer_probe  # noqa: F401 (SCORER_NAMES re-exported: it was defined here)
 from mechtox.data import one_or_many
 from mechtox.errors import MechtoxError, OfflineError
@@ -88,7 +91,12 @@ PERSPECTIVE_ATTRIBUTES = ("TOXICITY", "SEVERE_TOXICITY", "IDENTITY_ATTACK", "INS
 
 class PerspectiveScorer:
     """Perspective API; score = max over ``attributes`` (Lee et al.). The key is read from
-    ``PERSPECTIVE_API_KEY`` when the scorer is created, never stored anywhere."""
+    ``PERSPECTIVE_API_KEY`` when the scorer is created, never stored anywhere.
+
+    Every score is kept in ``cache`` (a JSONL file of text SHA-1s and scores, one per set of
+    attributes; default under :func:`mechtox._io.cache_dir`; ``False``: none) as it arrives, and a
+    text already there is not sent again: an evaluation stopped halfway picks up where it was, and
+    continuations two models share are asked for once."""
 
     name = "perspective"
     URL = "https://commentanalyzer.googleapis.com/v1alpha1/comments:analyze"
@@ -97,14 +105,43 @@ class PerspectiveScorer:
     """Tries again after HTTP 429 (over the quota) or 5xx, waiting 2, 4, 8... seconds."""
 
     def __init__(self, api_key: str | None = None, attributes: Sequence[str] = PERSPECTIVE_ATTRIBUTES,
-                 qps: float = 1.0, timeout: float = 20.0):
+                 qps: float = 1.0, timeout: float = 20.0, cache: str | os.PathLike[str] | bool | None = None):
         self._key = api_key or os.environ.get("PERSPECTIVE_API_KEY")
         if not self._key:
             raise OfflineError("the perspective scorer needs an API key in PERSPECTIVE_API_KEY (and internet)")
         self.attributes = tuple(attributes)
         self.qps, self.timeout = qps, timeout
         self.retried = 0  # requests sent again after a 429 or 5xx answer
+        self.from_cache = 0  # texts whose score the cache had
         self._next = 0.0  # time.monotonic() at which the next request may go
+        which = hashlib.sha1(",".join(sorted(self.attributes)).encode()).hexdigest()[:10]
+        self.cache_file = (None if cache is False else
+                           Path(cache) if isinstance(cache, (str, os.PathLike)) else
+                           _io.cache_dir() / f"perspective-{which}.jsonl")
+        self._scores = self._read_cache()
+
+    def _read_cache(self) -> dict[str, float]:
+        import json
+
+        if self.cache_file is None or not self.cache_file.is_file():
+            return {}
+        scores = {}
+        for line in self.cache_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:  # a line cut short by a crash is skipped: its text is asked for again
+                row = json.loads(line)
+                scores[str(row["sha1"])] = float(row["score"])
+            except (ValueError, KeyError, TypeError):
+                continue
+        return scores
+
+    def _remember(self, h: str, score: float) -> None:
+        import json
+
+        self._scores[h] = score
+        if self.cache_file is not None:
+            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.cache_file, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"sha1": h, "score": score}) + "\n")
 
     def _request(self, body: bytes, text: str) -> dict:
         import json
@@ -145,6 +182,10 @@ class PerspectiveScorer:
 
         if not text.strip():
             return 0.0
+        h = hashlib.sha1(text.encode("utf-8")).hexdigest()
+        if h in self._scores:
+            self.from_cache += 1
+            return self._scores[h]
         body = json.dumps({"comment": {"text": text}, "languages": ["en"],
                            "requestedAttributes": {a: {} for a in self.attributes}}).encode()
         res = self._request(body, text)
@@ -152,7 +193,8 @@ class PerspectiveScorer:
         if not scores:
             raise MechtoxError(f"the Perspective API gave no score for the text {text[:40]!r} (it answered "
                                f"{json.dumps(res)[:80]})")
-        return float(max(scores))
+        self._remember(h, float(max(scores)))
+        return self._scores[h]
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
         return np.asarray([self._one(t) for t in one_or_many(texts)])

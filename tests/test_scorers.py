@@ -5,6 +5,12 @@ from mechtox.errors import MechtoxError, OfflineError
 from mechtox.scorers import PerspectiveScorer, ProfanityCheckScorer, get_scorer
 
 
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Perspective scores are cached under $MECHTOX_CACHE: a folder of each test's own here."""
+    monkeypatch.setenv("MECHTOX_CACHE", str(tmp_path / "cache"))
+
+
 def test_profanity_scorer_orders_texts():
     s = get_scorer("profanity")
     scores = s(["Thank you for the helpful edit.", "You are a fucking idiot.", ""])
@@ -156,3 +162,25 @@ def test_perspective_without_a_score_is_an_error_not_nan(monkeypatch):
     monkeypatch.setattr(urllib.request, "urlopen", lambda req, timeout: io.BytesIO(b'{"attributeScores": {}}'))
     with pytest.raises(MechtoxError, match="gave no score for the text 'a'"):
         PerspectiveScorer(api_key="k", qps=1e6)(["a"])
+
+
+def test_perspective_keeps_each_score_and_asks_for_a_text_once(monkeypatch, tmp_path):
+    """A text scored once (by this scorer, or one made later: an evaluation run again after a stop) is
+    not sent again; a line cut short by a crash is asked for again; other attributes, another cache."""
+    sleeps, sent = _fake_api(monkeypatch, [0.25, 0.5, 0.75, 0.125, 0.9])
+    s = PerspectiveScorer(api_key="k", qps=1e6)
+    np.testing.assert_allclose(s(["a", "b", "a"]), [0.25, 0.5, 0.25])
+    assert len(sent) == 2 and s.from_cache == 1
+    assert s.cache_file.parent == tmp_path / "cache"
+    lines = s.cache_file.read_text().splitlines()
+    assert len(lines) == 2 and lines[0].startswith('{"sha1": "86f7e437')  # SHA-1 of "a", not the text itself
+    again = PerspectiveScorer(api_key="k", qps=1e6)
+    np.testing.assert_allclose(again(["b", "c"]), [0.5, 0.75])
+    assert len(sent) == 3 and again.from_cache == 1
+    s.cache_file.write_text("\n".join(lines[:1] + [lines[1][:20]]) + "\n")  # b's line cut short
+    np.testing.assert_allclose(PerspectiveScorer(api_key="k", qps=1e6)(["a", "b"]), [0.25, 0.125])
+    assert len(sent) == 4
+    other = PerspectiveScorer(api_key="k", qps=1e6, attributes=("INSULT",))
+    assert other.cache_file != s.cache_file and other(["a"]).tolist() == [0.9] and len(sent) == 5
+    with pytest.raises(StopIteration):  # cache=False: asked again (and the fake API has no answer left)
+        PerspectiveScorer(api_key="k", qps=1e6, cache=False)(["a"])
