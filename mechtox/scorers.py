@@ -105,12 +105,13 @@ class PerspectiveScorer:
     """Tries again after HTTP 429 (over the quota) or 5xx, waiting 2, 4, 8... seconds."""
 
     def __init__(self, api_key: str | None = None, attributes: Sequence[str] = PERSPECTIVE_ATTRIBUTES,
-                 qps: float = 1.0, timeout: float = 20.0, cache: str | os.PathLike[str] | bool | None = None):
+                 qps: float = 1.0, timeout: float = 20.0, cache: str | os.PathLike[str] | bool | None = None,
+                 progress: bool = False):
         self._key = api_key or os.environ.get("PERSPECTIVE_API_KEY")
         if not self._key:
             raise OfflineError("the perspective scorer needs an API key in PERSPECTIVE_API_KEY (and internet)")
         self.attributes = tuple(attributes)
-        self.qps, self.timeout = qps, timeout
+        self.qps, self.timeout, self.progress = qps, timeout, progress  # progress: a bar over the texts
         self.retried = 0  # requests sent again after a 429 or 5xx answer
         self.from_cache = 0  # texts whose score the cache had
         self._next = 0.0  # time.monotonic() at which the next request may go
@@ -197,12 +198,17 @@ class PerspectiveScorer:
         return self._scores[h]
 
     def __call__(self, texts: Sequence[str]) -> np.ndarray:
-        return np.asarray([self._one(t) for t in one_or_many(texts)])
+        from tqdm.auto import tqdm
+
+        texts = one_or_many(texts)
+        return np.asarray([self._one(t) for t in tqdm(texts, desc="perspective", leave=False,
+                                                         disable=not self.progress or len(texts) < 2)])
 
 
-def get_scorer(name: str = "profanity", workspace=None, model=None) -> Scorer:
+def get_scorer(name: str = "profanity", workspace=None, model=None, progress: bool = False) -> Scorer:
     """A scorer by name: ``profanity``, ``detoxify[:variant]``, ``perspective`` or ``probe:NAME``
-    (``probe:NAME`` needs the ``workspace`` and the ``model`` whose activations it reads)."""
+    (``probe:NAME`` needs the ``workspace`` and the ``model`` whose activations it reads).
+    ``progress``: a progress bar where scoring is slow (Perspective: a request a second)."""
     probe_name = scorer_probe(name)  # an unknown name is a one-line error
     if probe_name:
         if workspace is None or model is None:
@@ -212,4 +218,4 @@ def get_scorer(name: str = "profanity", workspace=None, model=None) -> Scorer:
         return ProbeScorer(model, Probe.load(workspace.require_direction(probe_name)))
     if name.startswith("detoxify"):
         return DetoxifyScorer(name.split(":", 1)[1] if ":" in name else "original")
-    return PerspectiveScorer() if name == "perspective" else ProfanityCheckScorer()
+    return PerspectiveScorer(progress=progress) if name == "perspective" else ProfanityCheckScorer()

@@ -184,3 +184,12 @@ def test_perspective_keeps_each_score_and_asks_for_a_text_once(monkeypatch, tmp_
     assert other.cache_file != s.cache_file and other(["a"]).tolist() == [0.9] and len(sent) == 5
     with pytest.raises(StopIteration):  # cache=False: asked again (and the fake API has no answer left)
         PerspectiveScorer(api_key="k", qps=1e6, cache=False)(["a"])
+
+
+def test_perspective_shows_progress_when_asked(monkeypatch, capsys):
+    """A request a second: 1,199 prompts take 20 minutes, so `mechtox eval` (without -q) shows a bar."""
+    monkeypatch.setenv("PERSPECTIVE_API_KEY", "k")
+    assert get_scorer("perspective", progress=True).progress and not get_scorer("perspective").progress
+    _fake_api(monkeypatch, [0.5, 0.5])
+    PerspectiveScorer(qps=1e6, progress=True)(["a", "b"])
+    assert "perspective" in capsys.readouterr().err

@@ -86,7 +86,7 @@ def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:
     trained = ws.trained_on(cfg.model, list(prompts.prompts))
     model = model if model is not None else ctx.load(cfg.model)
     ivs = [build_intervention(spec, model, ws, text_for_means=[text[:20000]]) for spec in cfg.intervention or ["none"]]
-    scorer = get_scorer(cfg.scorer, ws, model)
+    scorer = get_scorer(cfg.scorer, ws, model, progress=ctx.progress)
     probe = Direction.load(ws.require_direction(cfg.probe), model, several_layers_ok=True) if cfg.probe else None
     ecfg = EvalConfig(max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size, ppl_tokens=cfg.ppl_tokens,
                       f1_prompts=cfg.f1_prompts if wiki else 0)
