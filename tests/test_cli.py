@@ -616,8 +616,8 @@ def test_every_option_of_every_command_says_what_it_is_and_its_default():
 
 
 def test_eval_says_how_many_prompts_the_model_was_trained_on(ws, tmp_path, capsys):
-    """A model trained by mechtox records its training prompts (as hashes); evaluating it on them is
-    said, in the output and in eval.json, and new prompts are not counted."""
+    """A model trained by mechtox records its training prompts (as hashes); evaluating or attributing
+    it on them is said, in the output and in the run's JSON, and new prompts are not counted."""
     prompts = ["the city is", "you are", "my friend said", "the team"]
     pair_file = tmp_path / "pp.jsonl"
     pair_file.write_text("".join(json.dumps({"prompt": p + " " * (i % 2), "chosen": " nice book", "rejected": " ugly jerk"})
@@ -635,3 +635,11 @@ def test_eval_says_how_many_prompts_the_model_was_trained_on(ws, tmp_path, capsy
     assert json.loads((tmp_path / "ws" / "runs" / "e1" / "eval.json").read_text())["n_prompts_trained_on"] == 2
     assert main(["eval", *common, "--model", "tiny", "--prompts", str(tmp_path / "mixed.txt"), "--out", "e2"]) == 0
     assert "trained on" not in capsys.readouterr().out  # no record: nothing said
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1"]) == 0
+    assert main(["attribute", "-w", ws, "-q", "--before", "tiny", "--after", "dpo", "--prompts",
+                 str(tmp_path / "mixed.txt"), "--n", "5", "--max-new-tokens", "2", "--n-eval-prompts", "0",
+                 "--mode", "shared", "--out", "a"]) == 0
+    assert "note: 2 of the 5 prompts are prompts dpo was trained on" in capsys.readouterr().out
+    groups = json.loads((tmp_path / "ws" / "runs" / "a" / "attribution-shared-groups.json").read_text())
+    assert groups["n_prompts_trained_on"] == 2

@@ -60,6 +60,7 @@ TESTS = {  # the fast test files of each module
     "_io.py": ["tests/test_probe_transfer.py", "tests/test_cli.py"],
     "jobs/train.py": ["tests/test_cli.py"],
     "jobs/evaluate.py": ["tests/test_cli.py"],
+    "jobs/attribute.py": ["tests/test_cli.py"],
 }
 
 
@@ -484,6 +485,9 @@ MUTANTS = [
     M("scorers-perspective-cache-unwritten", "scorers.py",
       "        if self.cache_file is not None:\n", "        if False:\n",
       "Perspective scores are kept for this scorer only: an evaluation run again asks for them all again"),
+    M("attribute-trained-note-dropped", "jobs/attribute.py",
+      "    if res.trained_on:\n", "    if False:\n",
+      "attribute leaves unsaid that its prompts are the trained model's training prompts"),
     M("tables-missing-reads-nan", "tables.py",
       "            return MISSING", '            return "nan"',
       "a table cell without a value reads 'nan' in the terminal"),

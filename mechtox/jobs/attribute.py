@@ -64,6 +64,7 @@ class AttributeResult:
     n_eval: int = 0
     seconds: float = 0.0
     meta: dict = field(default_factory=dict)
+    trained_on: int | None = None  # how many of the prompts --after was trained on (None: no record)
 
 
 def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> AttributeResult:
@@ -76,6 +77,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
     ws.resolve_model(cfg.after)
     ws.require_direction(cfg.direction)
     prompts = load_prompts(cfg.prompts, limit=cfg.n)  # all three checked before TransformerLens loads
+    trained = ws.trained_on(cfg.after, list(prompts.prompts))
     import pandas as pd
 
     from mechtox.attribution import attribute, check_decomposable, head_sources, target_layer
@@ -122,7 +124,7 @@ def run(cfg: AttributeConfig, ctx: Context, before=None, after=None) -> Attribut
                                    first_share_after=src["after"].loc[key, "first_share"].to_numpy(),
                                    attends_to_after=src["after"].loc[key, "attends_to"].to_numpy())
     out = AttributeResult(cfg, results, tops, len(prompts), head_tops,
-                          (len(toxic), len(gens["before"].continuations)))
+                          (len(toxic), len(gens["before"].continuations)), trained_on=trained)
     if cfg.n_eval_prompts:
         _ablation_vs_after(out, ctx, before, after, prompts.prompts[: cfg.n_eval_prompts], ks)
     out.seconds = time.perf_counter() - t0
@@ -184,7 +186,8 @@ def write(res: AttributeResult, ctx: Context):
             else "both models read the before model's continuations",
             "direction": cfg.direction, "before": cfg.before, "after": cfg.after, "n_prompts": res.n_prompts,
             "n_tokens": r.n_tokens, "check": r.check, "check_passed": r.check_passed, "check_limit": r.check_limit,
-            "denominators": "share_of_gross: / sum of the reducing groups; share_of_net: / sum over all neurons"})
+            "denominators": "share_of_gross: / sum of the reducing groups; share_of_net: / sum over all neurons",
+            **({} if res.trained_on is None else {"n_prompts_trained_on": res.trained_on})})
         _io.write_text(run / a("top-neurons.csv"), res.tops[mode].to_csv(index=False))
         _io.write_text(run / a("heads.csv"), r.heads.to_csv(index=False))
         _io.write_text(run / a("top-heads.csv"), res.head_tops[mode].to_csv(index=False))
@@ -242,5 +245,8 @@ def summary(res: AttributeResult, ctx: Context) -> str:
     if res.ablation is not None:
         lines.append(f"\nablation and patching on {cfg.before} vs the {cfg.after} model ({res.n_eval} prompts):\n"
                      + markdown(res.ablation, digits=4))
+    if res.trained_on:
+        lines.append(f"\nnote: {res.trained_on} of the {res.n_prompts} prompts are prompts {cfg.after} was trained on: "
+                     "the change there is the change on its training prompts, not on new ones")
     lines.append(f"\nwrote {ctx.ws.run_dir(cfg.run_name)} in {res.seconds:.0f} s")
     return "\n".join(lines)
