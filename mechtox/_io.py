@@ -97,11 +97,18 @@ def text_hashes(texts: Sequence[str]) -> list[str]:
     return [hashlib.sha1(t.strip().encode("utf-8")).hexdigest()[:HASH_CHARS] for t in texts]
 
 
+def recorded(record: object) -> set[str]:
+    """The hashes in a record of :func:`text_hashes` (concatenated); none for no record."""
+    if not isinstance(record, str):
+        return set()
+    return {record[i: i + HASH_CHARS] for i in range(0, len(record), HASH_CHARS)}
+
+
 def count_recorded(record: object, texts: Sequence[str]) -> int | None:
     """How many of ``texts`` a record of :func:`text_hashes` (concatenated) holds; None for no record."""
     if not isinstance(record, str):
         return None
-    seen = {record[i: i + HASH_CHARS] for i in range(0, len(record), HASH_CHARS)}
+    seen = recorded(record)
     return sum(h in seen for h in text_hashes(texts))
 
 

@@ -643,3 +643,31 @@ def test_eval_says_how_many_prompts_the_model_was_trained_on(ws, tmp_path, capsy
     assert "note: 2 of the 5 prompts are prompts dpo was trained on" in capsys.readouterr().out
     groups = json.loads((tmp_path / "ws" / "runs" / "a" / "attribution-shared-groups.json").read_text())
     assert groups["n_prompts_trained_on"] == 2
+
+
+def test_the_probe_check_after_training_leaves_out_the_probes_training_texts(ws, tmp_path, capsys):
+    """The Goodhart check read its texts from the same file as the probes, and a probe scores its own
+    training texts as training data: they are left out, and too few left is a note, not an error that
+    would lose the trained model."""
+    from mechtox.jobs import Context, execute, train
+    from tests.test_training import pairs
+
+    p = pairs(8)
+    pair_file = tmp_path / "pairs.jsonl"
+    pair_file.write_text("".join(json.dumps({"prompt": a, "chosen": b, "rejected": c}) + "\n"
+                                 for a, b, c in zip(p.prompt, p.chosen, p.rejected, strict=True)))
+    for name, n_train, n_test in (("some", "120", "60"), ("all", "all", "4")):
+        assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", n_train,
+                     "--n-test", n_test, "--layers", "1", "--out", name]) == 0
+    common = dict(objective="dpo", model="tiny", pairs=str(pair_file), steps=1, batch_size=4, data="builtin:toxicity",
+                  goodhart_n=1000)
+    ctx = Context(workspace=ws, quiet=True)
+    capsys.readouterr()
+    res = execute(train, train.TrainJobConfig(**common, held_out="some", out="m1"), ctx)
+    assert res.goodhart_meta["n_texts"] == 120 and res.goodhart_meta["left_out"] == "120 texts a probe was fitted on"
+    assert "on 120 texts no probe was fitted on (120 texts a probe was fitted on left out)" in capsys.readouterr().out
+    res = execute(train, train.TrainJobConfig(**common, held_out="all", out="m2"), ctx)
+    assert res.goodhart is None and (tmp_path / "ws" / "models" / "m2" / "config.json").is_file()
+    out = capsys.readouterr().out
+    assert "note: probe check left out: of the 240 texts of " in out
+    assert "toxicity_small.csv, 4 are not among the probes' training texts, fewer than 4 of each label" in out

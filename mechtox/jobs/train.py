@@ -157,6 +157,7 @@ class TrainJobResult:
     goodhart: Any = None
     goodhart_meta: dict | None = None
     prompts: list[str] = dataclasses.field(default_factory=list)  # of the training data: recorded in the checkpoint
+    goodhart_skipped: str = ""  # why the probe check was left out
 
 
 def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str], list[str], str]:
@@ -241,18 +242,35 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
     return out
 
 
+GOODHART_MIN_PER_LABEL = 4  # texts of each label the probe check needs (a 75 / 25 split with both labels on each side)
+
+
 def _goodhart(out: TrainJobResult, ctx: Context, data) -> None:
     """The probes' accuracy read by the model before and after training, and retrained on the after
-    model, on the labelled texts ``data``."""
+    model, on the labelled texts ``data`` that none of the probes was fitted on (a probe scores its
+    own training texts as training data). Too few such texts leave the check out, with a note: it
+    runs after training, and must not lose the trained model to an error."""
+    import numpy as np
+
+    from mechtox import _io
     from mechtox.probe import stratified_subset
     from mechtox.training import probe_goodhart
 
     cfg = out.config
-    data = stratified_subset(data, min(cfg.goodhart_n, len(data)), ctx.seed + 1)
+    fitted = set().union(*(_io.recorded(p.provenance.get("fitted_text_hashes")) for p in out.probes + out.held_out))
+    new = [i for i, h in enumerate(_io.text_hashes(data.texts)) if h not in fitted]
+    n_fitted = len(data) - len(new)
+    if min(np.bincount(np.asarray(data.labels, int)[new], minlength=2)) < GOODHART_MIN_PER_LABEL:
+        out.goodhart_skipped = (f"probe check left out: of the {len(data)} texts of {data.source}, {len(new)} are "
+                                f"not among the probes' training texts, fewer than {GOODHART_MIN_PER_LABEL} of each "
+                                "label")
+        return
+    data = stratified_subset(data.subset(new), min(cfg.goodhart_n, len(new)), ctx.seed + 1)
     before = ctx.ws.load_model(cfg.model, device=ctx.device, dtype=ctx.dtype)
     out.goodhart = probe_goodhart(before, out.model, out.probes, data, out.held_out, test_size=0.25, seed=ctx.seed,
                                   progress=ctx.progress)
-    out.goodhart_meta = {"data": data.source, "n_texts": len(data), "split": "stratified 75/25, seed " + str(ctx.seed)}
+    out.goodhart_meta = {"data": data.source, "n_texts": len(data), "split": "stratified 75/25, seed " + str(ctx.seed),
+                         "left_out": f"{n_fitted} texts a probe was fitted on"}
 
 
 def output(cfg: TrainJobConfig, ws) -> Path:
@@ -296,5 +314,9 @@ def summary(res: TrainJobResult, ctx: Context) -> str:
              + (f" (LoRA r {res.train_config.lora_r} on {res.train_config.lora_targets}, merged into the saved model)"
                 if res.train_config.lora_r else "")]
     if res.goodhart is not None:
-        lines.append("probe accuracy before / after / retrained (Goodhart):\n" + markdown(res.goodhart, digits=3))
+        m = res.goodhart_meta or {}
+        lines.append(f"probe accuracy before / after / retrained (Goodhart), on {m.get('n_texts')} texts no probe was "
+                     f"fitted on ({m.get('left_out')} left out):\n" + markdown(res.goodhart, digits=3))
+    if res.goodhart_skipped:
+        lines.append(f"note: {res.goodhart_skipped}")
     return "\n".join(lines)
