@@ -455,7 +455,7 @@ MUTANTS = [
       "out.append(np.max(np.stack(", "out.append(np.mean(np.stack(",
       "Detoxify's score is the mean of its attributes, not the max"),
     M("scorers-perspective-first-attribute", "scorers.py",
-      "return float(max(scores)) if scores", "return float(scores[0]) if scores",
+      "self._remember(h, float(max(scores)))", "self._remember(h, float(scores[0]))",
       "Perspective's score is the first attribute's, not the max"),
     M("scorers-detoxify-variant-ignored", "scorers.py",
       'DetoxifyScorer(name.split(":", 1)[1] if ":" in name else "original")', 'DetoxifyScorer("original")',
