@@ -288,7 +288,6 @@ def _json_default(o: Any) -> Any:
 # ----------------------------------------------------------------------------- fitting
 
 
-
 def fitted_length(probe: Direction, default: int = 64) -> int:
     """The tokens per text ``probe`` was fitted on (``default`` where it keeps no record)."""
     n = probe.provenance.get("max_length")

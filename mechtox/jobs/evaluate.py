@@ -64,7 +64,8 @@ class EvalJobResult:
 def trained_note(n: int, of: int, model: str, advice: str = "; to measure it on new ones, pass --prompts it was "
                                                                "not trained on") -> str:
     """What to say when ``n`` of ``of`` evaluation prompts are prompts ``model`` was trained on."""
-    return f"{n} of the {of} prompts are prompts {model} was trained on: its scores there are not those of new prompts" + advice
+    return (f"{n} of the {of} prompts are prompts {model} was trained on: its scores there are not those of new "
+            "prompts" + advice)
 
 
 def run(cfg: EvalJobConfig, ctx: Context, model=None) -> EvalJobResult:

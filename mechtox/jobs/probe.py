@@ -34,8 +34,9 @@ class ProbeConfig(JobConfig):
     label_col: str | None = option(None, "the label column: 0/1, a score in [0, 1], toxic/non-toxic or OFF/NOT "
                                          "(default: the first of label, toxic, toxicity, target, subtask_a, offensive)")
     layers: str = option("all", "'all', 'last', '5', '0,4,8' or '10-20'")
-    method: Literal["logreg", "diffmean", "svm"] = option("logreg", "logreg (logistic regression), diffmean (difference of means) or svm (linear SVM)",
-                                                           choices=["logreg", "diffmean", "svm"])
+    method: Literal["logreg", "diffmean", "svm"] = option(
+        "logreg", "logreg (logistic regression), diffmean (difference of means) or svm (linear SVM)",
+        choices=["logreg", "diffmean", "svm"])
     pooling: Literal["mean", "last", "tokens"] = option(
         "mean", "what a text's probe logit is read from: the mean of its token activations, the last one, or "
                 "'tokens': the probe applied to every token and a text's logit the log-mean-exp of theirs, fitted "

@@ -262,8 +262,8 @@ def _goodhart(out: TrainJobResult, ctx: Context, data) -> None:
     n_fitted = len(data) - len(new)
     if min(np.bincount(np.asarray(data.labels, int)[new], minlength=2)) < GOODHART_MIN_PER_LABEL:
         out.goodhart_skipped = (f"probe check left out: of the {len(data)} texts of {data.source}, {len(new)} are "
-                                f"not among the probes' training texts, fewer than {GOODHART_MIN_PER_LABEL} of each "
-                                "label")
+                                f"not among the probes' training texts, fewer than {GOODHART_MIN_PER_LABEL} of one "
+                                "label or both")
         return
     data = stratified_subset(data.subset(new), min(cfg.goodhart_n, len(new)), ctx.seed + 1)
     before = ctx.ws.load_model(cfg.model, device=ctx.device, dtype=ctx.dtype)
