@@ -171,7 +171,7 @@ class PerspectiveScorer:
                     raise OfflineError(f"the Perspective API refused the key (HTTP {e.code}{said}); check "
                                        "PERSPECTIVE_API_KEY and that the API is enabled for it") from None
                 if e.code == 429 or e.code >= 500:
-                    raise OfflineError(f"the Perspective API still answered HTTP {e.code} after {self.RETRIES} tries "
+                    raise OfflineError(f"the Perspective API still answered HTTP {e.code} after {self.RETRIES} retries "
                                        f"with waits{said}; lower qps or ask for a larger quota") from None
                 raise MechtoxError(f"the Perspective API refused the text {text[:40]!r} (HTTP {e.code}{said})") from None
             except (urllib.error.URLError, TimeoutError, OSError) as e:

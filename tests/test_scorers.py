@@ -147,7 +147,7 @@ def test_perspective_waits_and_tries_again_over_the_quota_and_keeps_its_rate(mon
 @pytest.mark.parametrize("code, error, match", [
     (403, OfflineError, r"refused the key \(HTTP 403: message 403\); check PERSPECTIVE_API_KEY"),
     (400, MechtoxError, r"refused the text 'a' \(HTTP 400: message 400\)"),
-    (429, OfflineError, r"still answered HTTP 429 after 6 tries with waits: message 429; lower qps"),
+    (429, OfflineError, r"still answered HTTP 429 after 6 retries with waits: message 429; lower qps"),
 ])
 def test_perspective_errors_say_what_the_api_said(monkeypatch, code, error, match):
     _fake_api(monkeypatch, [code] * 10)
