@@ -337,9 +337,9 @@ def without_repeats(texts: Sequence[str], split: tuple[np.ndarray, np.ndarray],
     return (tr, te[keep]), n
 
 
-def _unseen(data: LabelledTexts, fitted: set[str]) -> tuple[LabelledTexts, int]:
-    """``data`` less its texts whose :func:`text_hashes` are in ``fitted``, and how many those were
-    (what is left must have both labels)."""
+def unseen(data: LabelledTexts, fitted: set[str]) -> tuple[LabelledTexts, int]:
+    """``data`` less its texts whose :func:`text_hashes` are in ``fitted`` (a probe's record of its
+    training texts), and how many those were; what is left must have both labels."""
     new = np.array([h not in fitted for h in text_hashes(data.texts)], dtype=bool)
     if new.all():
         return data, 0
@@ -347,7 +347,7 @@ def _unseen(data: LabelledTexts, fitted: set[str]) -> tuple[LabelledTexts, int]:
         seen = (f"all {len(data)} texts of {data.source} are training texts" if not new.any() else
                 f"{int((~new).sum())} of the {len(data)} texts of {data.source} are training texts, and the rest have "
                 "one label only")
-        raise MechtoxError(f"{seen}; give transfer data the probe is not fitted on")
+        raise MechtoxError(f"{seen}; give texts the probe is not fitted on")
     return data.subset(np.flatnonzero(new)), int((~new).sum())
 
 
@@ -803,7 +803,7 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     fitted = text_hashes([data.texts[i] for i in split[0]])
     notes = [f"{n_repeats} held-out texts repeat training texts and are left out of the test metrics"] if n_repeats else []
     if transfer is not None:
-        transfer, n_seen = _unseen(transfer, set(fitted))
+        transfer, n_seen = unseen(transfer, set(fitted))
         notes += [f"{n_seen} of the {len(transfer) + n_seen} transfer texts ({transfer.source}) are training texts "
                   "and are left out of the transfer AUROC"] if n_seen else []
     collected = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)

@@ -114,6 +114,17 @@ def test_probe_eval_counts_the_texts_the_probe_was_fitted_on(tmp_path, capsys):
     assert seen_in_training(probe, padded) == 120
     old = Probe(probe.vector, probe.hook_name, "logreg", weight=probe.weight)  # saved before the record
     assert seen_in_training(old, ["a"]) is None
+    # --unseen: the 120 training texts left out, the 120 others scored
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--unseen"]) == 0
+    out = capsys.readouterr().out
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    assert meta["n_texts"] == 120 and meta["n_seen_in_training"] == 0 and meta["n_left_out_as_fitted"] == 120
+    assert "120 texts the probe was fitted on left out (--unseen)" in out
+    old.save(tmp_path / "ws" / "directions" / "old")
+    for argv, match in ((["--eval", "old", "--unseen"], "probe 'old' keeps no record of the texts it was fitted on"),
+                        (["--unseen"], "--unseen leaves a saved probe's training texts out")):
+        assert main(["probe", *ws, "--data", "builtin:toxicity", *argv]) == 2
+        assert match in capsys.readouterr().err
 
 
 def test_probe_eval_on_few_texts_says_its_intervals_are_rough(tmp_path, capsys):

@@ -59,6 +59,8 @@ class ProbeConfig(JobConfig):
                                     "probe-eval-NAME, or probe-eval-NAME-AGGREGATE)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
+    unseen: bool = option(False, "--eval: leave out the texts the probe was fitted on (its saved record of them), so "
+                                 "that on the file it was fitted from it is scored on held-out texts only")
     aggregate: Literal["pooled", "max", "logsumexp", "logmeanexp"] = option(
         "pooled", "--eval: score each text as the probe was fitted ('pooled'), or apply the probe to every token and "
                   "take the max, logsumexp or logmeanexp of the logits (a toxic word in a long text is not averaged "
@@ -113,6 +115,8 @@ class ProbeConfig(JobConfig):
             raise MechtoxError("--select-on transfer_auroc needs --eval-data FILE")
         if self.save not in ("best", "final", "together") and not self.save.lstrip("-").isdigit():
             raise MechtoxError(f"--save must be 'best', 'final', 'together' or a layer number, not {self.save!r}")
+        if self.unseen and not self.eval:
+            raise MechtoxError("--unseen leaves a saved probe's training texts out of its scoring: it needs --eval NAME")
         if self.aggregate != "pooled" and not self.eval:
             raise MechtoxError("--aggregate scores a saved probe: it needs --eval NAME")
         if self.pooling == "tokens" and self.method != "logreg" and not self.eval:
@@ -152,11 +156,11 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
 
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # a bad file is an error before TransformerLens loads
     from mechtox.probe import (
-        _unseen,
         probe_sweep,
         split_indices,
         stratified_subset,
         text_hashes,
+        unseen,
         without_repeats,
     )
 
@@ -180,7 +184,7 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     left_out = [f"{n_repeats} of the {cfg.n_test} held-out texts repeat training texts and are left out of the test "
                 "metrics"] if n_repeats else []
     if transfer is not None:
-        transfer, n_seen = _unseen(transfer, set(text_hashes([data.texts[i] for i in split[0]])))
+        transfer, n_seen = unseen(transfer, set(text_hashes([data.texts[i] for i in split[0]])))
         left_out += [f"{n_seen} of the --eval-data texts are training texts and are left out of the transfer "
                      "AUROC"] if n_seen else []
     if cfg.C == "cv" and min(np.bincount(np.asarray(data.labels, int)[split[0]], minlength=2)) < 2:
@@ -275,6 +279,16 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     )
     from mechtox.scorers import get_scorer
 
+    n_unseen_left_out = None
+    if cfg.unseen:  # before the sample and the model: what is left is what --limit samples
+        from mechtox import _io
+        from mechtox.probe import unseen
+
+        record = Direction.load(ctx.ws.require_direction(cfg.eval)).provenance.get("fitted_text_hashes")
+        if not isinstance(record, str):
+            raise MechtoxError(f"--unseen: probe {cfg.eval!r} keeps no record of the texts it was fitted on (a "
+                               "direction, or a probe saved by an older mechtox); leave out --unseen")
+        data, n_unseen_left_out = unseen(data, _io.recorded(record))
     if cfg.limit:
         data = stratified_subset(data, cfg.limit, ctx.seed)
     model = model if model is not None else ctx.load(cfg.model)
@@ -307,6 +321,9 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     seen = seen_in_training(probe, data.texts)
     if seen is not None:
         meta["n_seen_in_training"] = seen
+    if n_unseen_left_out is not None:
+        meta["n_left_out_as_fitted"] = n_unseen_left_out
+        notes.append(f"{n_unseen_left_out} texts the probe was fitted on left out (--unseen)")
     if seen:
         notes.append(f"{seen} of these {len(data)} texts are among those the probe was fitted on: they score as "
                      "training data, not as new data; to measure transfer, score texts it was not fitted on")
