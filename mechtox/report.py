@@ -191,16 +191,22 @@ def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
     if ev:
         t = pd.DataFrame(ev["rows"])
         kind = "evaluation" if "model" in t and t["model"].nunique() > 1 else "interventions"
+        trained = ev.get("n_prompts_trained_on")
+        trained = trained if isinstance(trained, dict) else {ev.get("model", "the model"): trained} if trained else {}
+        said = "".join(f"; {html.escape(str(m))} was trained on {n} of them" for m, n in trained.items() if n)
         sec[kind].append(_h2(f"Evaluation: {run.name}", f"eval-{run.name}")
                          + f"<p class='note'>{html.escape(ev.get('toxicity', ''))}; {ev.get('n_prompts')} prompts "
-                         f"from {html.escape(str(ev.get('prompts')))}</p>" + _fig(plotting.eval_figure(t)) + _table(t))
+                         f"from {html.escape(str(ev.get('prompts')))}{said}</p>" + _fig(plotting.eval_figure(t)) + _table(t))
     if (run / A.METRICS).is_file() and run.name.startswith(A.TRAIN_PREFIX):
         name = run.name[len(A.TRAIN_PREFIX):]
         sec["training"].append(_h2(f"Training: {name}", f"train-{name}"))
         sec["training"].append(_fig(plotting.training_figure(_parse(run / A.METRICS, lambda p: pd.read_json(p, lines=True)))))
         gh = _read_csv(run / f"{A.GOODHART}.csv")
         if gh is not None:
-            sec["training"].append("<p>Probe accuracy before / after / retrained</p>" + _table(gh))
+            gm = _read_json(run / f"{A.GOODHART}.json") or {}
+            on = (f", on {gm['n_texts']} texts no probe was fitted on ({html.escape(str(gm['left_out']))} left out)"
+                  if "left_out" in gm else "")
+            sec["training"].append(f"<p>Probe accuracy before / after / retrained{on}</p>" + _table(gh))
     for mode in A.ATTRIBUTION_MODES:
         _attribution_section(run, mode, sec["attribution"])
     ab = _read_json(run / f"{A.ABLATION_VS_AFTER}.json")

@@ -169,6 +169,9 @@ def _check_report(ws: Path) -> None:
                     "Attribution (own tokens)", "Attribution (shared tokens)", "Evaluation: main-eval"):
         assert heading in report, heading
     assert '<script src="http' not in report and "<script src='http" not in report  # nothing fetched
+    # the toy job trains and evaluates on its 30 prompts; its probe check leaves out the probe's 160 texts
+    assert "; main-dpo was trained on 30 of them</p>" in report
+    assert "Probe accuracy before / after / retrained, on 80 texts no probe was fitted on (160 texts a probe" in report
     # it opens with the findings, then follows the order of the work
     order = ["id='summary'", "Probe sweep: probe", "Direction methods:", "Neuron ranking:", "Training: main-dpo",
              "Evaluation: main-eval", "Attribution (own tokens)"]
