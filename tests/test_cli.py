@@ -595,7 +595,7 @@ def test_a_damaged_result_file_leaves_its_run_out_of_the_report_not_the_report(w
 
 def test_every_option_of_every_command_says_what_it_is_and_its_default():
     """`mechtox COMMAND --help` explains every option, and gives the default of each that has one
-    (26 options had a bare flag, --model among them)."""
+    (35 options had a bare flag, --model among them)."""
     import argparse
     import dataclasses
 
