@@ -351,6 +351,17 @@ def unseen(data: LabelledTexts, fitted: set[str]) -> tuple[LabelledTexts, int]:
     return data.subset(np.flatnonzero(new)), int((~new).sum())
 
 
+def leave_out_seen(data: LabelledTexts, split: tuple[np.ndarray, np.ndarray], transfer: LabelledTexts | None = None
+                   ) -> tuple[tuple[np.ndarray, np.ndarray], LabelledTexts | None, int, int]:
+    """``split`` of ``data`` without held-out repeats of training texts (:func:`without_repeats`),
+    ``transfer`` without the training texts (:func:`unseen`), and how many each lost."""
+    split, n_repeats = without_repeats(data.texts, split, data.labels)
+    n_seen = 0
+    if transfer is not None:
+        transfer, n_seen = unseen(transfer, set(text_hashes([data.texts[i] for i in split[0]])))
+    return split, transfer, n_repeats, n_seen
+
+
 def stratified_subset(data: LabelledTexts, n: int, seed: int = 0) -> LabelledTexts:
     """A stratified, seeded subset of ``n`` rows of ``data`` (all of it when ``n >= len(data)``)."""
     if n >= len(data):
@@ -799,13 +810,12 @@ def probe_sweep(model: HookedTransformer, data: LabelledTexts, layers: str | Seq
     if pooling == "tokens":
         _check_token_memory(len(data), max_length, model.cfg.d_model, len(hooks) * (2 if together else 1))
     split = split if split is not None else split_indices(data.labels, test_size, seed, train_size)  # before slow work
-    split, n_repeats = without_repeats(data.texts, split, data.labels)
-    fitted = text_hashes([data.texts[i] for i in split[0]])
+    split, transfer, n_repeats, n_seen = leave_out_seen(data, split, transfer)
     notes = [f"{n_repeats} held-out texts repeat training texts and are left out of the test metrics"] if n_repeats else []
-    if transfer is not None:
-        transfer, n_seen = unseen(transfer, set(fitted))
-        notes += [f"{n_seen} of the {len(transfer) + n_seen} transfer texts ({transfer.source}) are training texts "
-                  "and are left out of the transfer AUROC"] if n_seen else []
+    if transfer is not None and n_seen:
+        notes.append(f"{n_seen} of the {len(transfer) + n_seen} transfer texts ({transfer.source}) are training texts "
+                     "and are left out of the transfer AUROC")
+    fitted = text_hashes([data.texts[i] for i in split[0]])
     collected = collect_activations(model, data.texts, hooks, pooling, batch_size, max_length, progress)
     acts = dict(collected.acts)
     text_index = collected.token_index[:, 0].numpy() if collected.token_index is not None else None  # per token

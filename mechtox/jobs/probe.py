@@ -155,14 +155,7 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     from mechtox.data import load_labelled
 
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # a bad file is an error before TransformerLens loads
-    from mechtox.probe import (
-        probe_sweep,
-        split_indices,
-        stratified_subset,
-        text_hashes,
-        unseen,
-        without_repeats,
-    )
+    from mechtox.probe import leave_out_seen, probe_sweep, split_indices, stratified_subset
 
     n_train = len(data) - cfg.n_test if cfg.n_train == "all" else int(cfg.n_train)
     if n_train + cfg.n_test > len(data) or n_train < 2:
@@ -180,13 +173,12 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
         transfer = stratified_subset(transfer, cfg.limit, ctx.seed) if cfg.limit else transfer
     # A stratified subset of n_train + n_test rows, then a stratified split of it.
     data = stratified_subset(data, n_train + cfg.n_test, ctx.seed)
-    split, n_repeats = without_repeats(data.texts, split_indices(data.labels, cfg.n_test, ctx.seed, n_train), data.labels)
+    split, transfer, n_repeats, n_seen = leave_out_seen(data, split_indices(data.labels, cfg.n_test, ctx.seed, n_train),
+                                                        transfer)
     left_out = [f"{n_repeats} of the {cfg.n_test} held-out texts repeat training texts and are left out of the test "
                 "metrics"] if n_repeats else []
-    if transfer is not None:
-        transfer, n_seen = unseen(transfer, set(text_hashes([data.texts[i] for i in split[0]])))
-        left_out += [f"{n_seen} of the --eval-data texts are training texts and are left out of the transfer "
-                     "AUROC"] if n_seen else []
+    left_out += [f"{n_seen} of the --eval-data texts are training texts and are left out of the transfer "
+                 "AUROC"] if n_seen else []
     if cfg.C == "cv" and min(np.bincount(np.asarray(data.labels, int)[split[0]], minlength=2)) < 2:
         raise MechtoxError(f"--C cv: cross-validation needs at least 2 training texts of each label, and the "
                            f"{n_train} training texts have fewer; give --C a number or a larger --n-train")
