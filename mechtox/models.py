@@ -20,11 +20,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import glob
 import hashlib
 import io
 import json
 import math
 import os
+import shutil
 import struct
 import time
 from collections.abc import Callable
@@ -666,23 +668,56 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
     )
 
 
-def _hash_file(path: Path, chunk: int = 1 << 22, samples: int = 16) -> str:
-    """The cache key of a converted GGUF file, cheap for a file of many GB: its size, modification
-    time, first and last ``chunk`` bytes and ``samples`` 64 KiB pieces spread between, and the
-    mechtox version (whose conversion made the cache). The first 4 MiB alone were the header and the
-    token embeddings: a fine-tune that kept those (LoRA on attention) shared the base model's key."""
+def _hash_file(path: Path) -> str:
+    """The cache key of a GGUF file's conversion: the SHA-256 of the file's whole contents (see
+    :func:`_content_sha256`) and the mechtox version (whose conversion made the cache).
+
+    The key used to hold the file's modification time (beside its size and sampled pieces): every
+    new environment (a fresh virtual environment, CI's clone, ``pip install --force-reinstall``)
+    installs the same file anew, so each one converted it again and left another copy in the cache
+    (626 MB for SmolLM2; 20 copies, 13 GB, after one day of test runs on one machine). The contents
+    alone decide now, read whole: two files that differ anywhere (a fine-tune with LoRA on attention
+    keeps the header and embeddings) are two models."""
+    return _gguf_key(_content_sha256(path))
+
+
+def _gguf_key(sha256: str) -> str:
     from mechtox import __version__
 
-    st = path.stat()
-    h = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}:{__version__}".encode())
+    return hashlib.sha256(f"{__version__}:{sha256}".encode()).hexdigest()[:16]
+
+
+def _content_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    """The SHA-256 of a file's contents (0.17 s for SmolLM2's 98 MB file; seconds for a file of many
+    GB, little beside loading its conversion)."""
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read(chunk))
-        for i in range(1, samples + 1):
-            f.seek(max(0, st.st_size * i // (samples + 1)))
-            h.update(f.read(1 << 16))
-        f.seek(max(0, st.st_size - chunk))
-        h.update(f.read(chunk))
-    return h.hexdigest()[:16]
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _prune_gguf_cache(kept: Path, name: str, gguf: Path, sha256: str) -> list[Path]:
+    """Remove the cached conversions of ``name`` that nothing can load again: made under the old key
+    (no ``source_sha256``: their keys are never asked for now), or whose source file is gone (the
+    virtual environment it was installed in was deleted) or now holds other contents. Conversions
+    of files that still exist are kept, whatever their mechtox version: another environment may use
+    them. Returns what was removed."""
+    removed = []
+    for other in sorted(cache_dir().glob(f"{glob.escape(name)}-*-ctx*")):
+        if other == kept or not is_checkpoint(other):
+            continue
+        try:
+            info = checkpoint_info(other)
+        except (OSError, ValueError):
+            continue
+        source, digest = info.get("source"), info.get("source_sha256")
+        gone = not isinstance(source, str) or not Path(source).is_file()
+        changed = isinstance(source, str) and not gone and Path(source).resolve() == gguf.resolve() and digest != sha256
+        if digest is None or gone or changed:
+            shutil.rmtree(other, ignore_errors=True)
+            removed.append(other)
+    return removed
 
 
 def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = None,
@@ -703,7 +738,8 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
             raise ModelNotFoundError(f"{gguf} is no GGUF file (it does not start with the GGUF magic bytes); give a "
                                      ".gguf model file, a mechtox checkpoint directory or a model name")
     name = DEFAULT_MODEL if path is None else gguf.stem
-    cached = cache_dir() / f"{name}-{_hash_file(gguf)}-ctx{n_ctx}"
+    sha256 = _content_sha256(gguf)
+    cached = cache_dir() / f"{name}-{_gguf_key(sha256)}-ctx{n_ctx}"
     if use_cache and (cached / _CKPT_WEIGHTS).is_file():  # (Gemma 1 converted before it took the tanh GELU: now)
         model = _set_gemma_gelu(load_checkpoint(cached, device=device, dtype=dtype))
         info = checkpoint_info(cached)
@@ -718,7 +754,8 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
         raise ModelNotFoundError(f"{gguf} cannot be read as a GGUF model ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     if use_cache:
-        save_checkpoint(model, cached, extra={"source": str(gguf)})
+        save_checkpoint(model, cached, extra={"source": str(gguf.resolve()), "source_sha256": sha256})
+        _prune_gguf_cache(cached, name, gguf, sha256)
     return _finish(model, device, dtype)
 
 

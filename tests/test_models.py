@@ -330,3 +330,76 @@ def test_gguf_cache_tells_apart_files_that_share_their_first_megabytes(tmp_path,
     assert converted == paths
     assert not torch.equal(a.W_E, b.W_E)
     assert torch.equal(M.load_gguf(paths[1]).W_E, b.W_E) and len(converted) == 2  # now from the cache
+
+
+def _fake_gguf_conversion(monkeypatch, tmp_path):
+    """GGUF conversion faked (a tiny model seeded by the file's last byte); returns the list of the
+    files converted."""
+    from mechtox import models as M
+
+    monkeypatch.setenv("MECHTOX_CACHE", str(tmp_path / "cache"))
+    converted = []
+
+    def fake_convert(gguf, name, n_ctx):
+        converted.append(gguf)
+        return M.tiny_model(seed=gguf.read_bytes()[-1])
+
+    monkeypatch.setattr(M, "_convert_gguf", fake_convert)
+    return converted
+
+
+def test_gguf_reinstalled_elsewhere_is_served_from_the_cache(tmp_path, monkeypatch):
+    """The same GGUF file installed in a second environment (new path, new modification time, same
+    bytes) is the same model: it loads from the first one's conversion. The cache key held the
+    modification time, so every fresh virtual environment converted SmolLM2 again and left another
+    626 MB copy (20 copies, 13 GB, on this machine after a day of CI runs)."""
+    import os
+
+    from mechtox import models as M
+
+    converted = _fake_gguf_conversion(monkeypatch, tmp_path)
+    data = b"GGUF" + bytes(range(256)) * 64 + b"\x07"
+    venvs = [tmp_path / f"venv{i}" / "model.gguf" for i in range(2)]
+    for i, p in enumerate(venvs):
+        p.parent.mkdir()
+        p.write_bytes(data)
+        os.utime(p, ns=(10**18 + i, 10**18 + i))
+    a = M.load_gguf(venvs[0])
+    b = M.load_gguf(venvs[1])
+    assert converted == venvs[:1]
+    assert torch.equal(a.W_E, b.W_E)
+    assert len(list(M.cache_dir().iterdir())) == 1
+
+
+def test_gguf_cache_drops_conversions_nothing_can_load(tmp_path, monkeypatch):
+    """A new conversion removes the cached ones of the same name that nothing can load again: their
+    source file is gone (a deleted environment), it now holds other bytes, or they were keyed the
+    old way (no recorded digest). The conversion of a file that still exists is kept."""
+    import shutil
+
+    from mechtox import models as M
+
+    converted = _fake_gguf_conversion(monkeypatch, tmp_path)
+
+    def gguf(where, last):
+        p = tmp_path / where / "model.gguf"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(b"GGUF" + bytes(1000) + bytes([last]))
+        return p
+
+    kept, gone, changed, other_name = gguf("kept", 1), gguf("gone", 2), gguf("changed", 3), gguf("other", 4)
+    for p in (kept, gone, changed):
+        M.load_gguf(p)
+    renamed = other_name.with_name("other.gguf")
+    other_name.rename(renamed)
+    M.load_gguf(renamed)  # another name: never pruned by "model" conversions
+    old_key = M.cache_dir() / "model-0123456789abcdef-ctx2048"  # the old key: no digest recorded
+    M.save_checkpoint(M.tiny_model(), old_key, extra={"source": str(kept)})
+    shutil.rmtree(gone.parent)
+    changed.write_bytes(b"GGUF" + bytes(1000) + bytes([5]))
+    assert len(list(M.cache_dir().iterdir())) == 5
+    M.load_gguf(changed)
+    assert len(converted) == 5
+    left = sorted(M.checkpoint_info(d)["source"] for d in M.cache_dir().iterdir())
+    assert left == sorted(str(p.resolve()) for p in (kept, changed, renamed))
+    assert torch.equal(M.load_gguf(kept).W_E, M.tiny_model(seed=1).W_E) and len(converted) == 5
