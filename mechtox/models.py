@@ -754,8 +754,15 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
         raise ModelNotFoundError(f"{gguf} cannot be read as a GGUF model ({type(e).__name__}: "
                                  f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
     if use_cache:
-        save_checkpoint(model, cached, extra={"source": str(gguf.resolve()), "source_sha256": sha256})
-        _prune_gguf_cache(cached, name, gguf, sha256)
+        try:
+            save_checkpoint(model, cached, extra={"source": str(gguf.resolve()), "source_sha256": sha256})
+        except OSError as e:  # the cache only saves time: a read-only or full cache does not fail the load
+            import warnings
+
+            warnings.warn(f"the conversion of {gguf.name} is not cached ({type(e).__name__}: {e}); it is converted "
+                          "again on every load: set MECHTOX_CACHE to a writable folder", stacklevel=2)
+        else:
+            _prune_gguf_cache(cached, name, gguf, sha256)
     return _finish(model, device, dtype)
 
 

@@ -140,9 +140,16 @@ class PerspectiveScorer:
 
         self._scores[h] = score
         if self.cache_file is not None:
-            self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.cache_file, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"sha1": h, "score": score}) + "\n")
+            try:
+                self.cache_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(self.cache_file, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"sha1": h, "score": score}) + "\n")
+            except OSError as e:  # a read-only or full cache: keep scoring (each score was a request), uncached
+                import warnings
+
+                warnings.warn(f"Perspective scores are not cached in {self.cache_file} ({type(e).__name__}: {e}); "
+                              "set MECHTOX_CACHE to a writable folder to keep them", stacklevel=2)
+                self.cache_file = None
 
     def _request(self, body: bytes, text: str) -> dict:
         import json

@@ -371,6 +371,23 @@ def test_gguf_reinstalled_elsewhere_is_served_from_the_cache(tmp_path, monkeypat
     assert len(list(M.cache_dir().iterdir())) == 1
 
 
+def test_gguf_loads_where_its_conversion_cannot_be_cached(tmp_path, monkeypatch):
+    """The cache only saves time: where it cannot be written (a read-only home, a full disk; here
+    $MECHTOX_CACHE is a file), the converted model is returned with a warning that says what to do.
+    It was an OSError traceback after the conversion's work."""
+    from mechtox import models as M
+
+    converted = _fake_gguf_conversion(monkeypatch, tmp_path)
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    monkeypatch.setenv("MECHTOX_CACHE", str(blocked))
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100) + b"\x03")
+    with pytest.warns(UserWarning, match="not cached .* set MECHTOX_CACHE to a writable folder"):
+        model = M.load_gguf(gguf)
+    assert torch.equal(model.W_E, M.tiny_model(seed=3).W_E) and converted == [gguf]
+
+
 def test_gguf_cache_drops_conversions_nothing_can_load(tmp_path, monkeypatch):
     """A new conversion removes the cached ones of the same name that nothing can load again: their
     source file is gone (a deleted environment), it now holds other bytes, or they were keyed the

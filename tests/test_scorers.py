@@ -193,3 +193,15 @@ def test_perspective_shows_progress_when_asked(monkeypatch, capsys):
     _fake_api(monkeypatch, [0.5, 0.5])
     PerspectiveScorer(qps=1e6, progress=True)(["a", "b"])
     assert "perspective" in capsys.readouterr().err
+
+
+def test_perspective_keeps_scoring_where_its_cache_cannot_be_written(monkeypatch, tmp_path):
+    """Each score is a request against a quota: a cache that cannot be written (read-only, full;
+    here its folder is a file) warns once and scoring goes on uncached. It raised on the first score."""
+    sleeps, sent = _fake_api(monkeypatch, [0.3, 0.7])
+    blocked = tmp_path / "a-file"
+    blocked.write_text("")
+    s = PerspectiveScorer(api_key="k", qps=1e6, cache=blocked / "scores.jsonl")
+    with pytest.warns(UserWarning, match="not cached") as caught:
+        np.testing.assert_allclose(s(["a", "b"]), [0.3, 0.7])
+    assert len(caught) == 1 and len(sent) == 2
