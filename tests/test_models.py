@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -195,8 +196,37 @@ def test_cli_models_lists_workspace(tmp_path, tiny, capsys):
     auroc = json.loads((ws / "directions" / "p" / "direction.json").read_text())["metrics"]["test_auroc"]
     assert f"| p | probe | blocks.1.hook_resid_post | logreg | {auroc:.3f} |  |" in out
     assert "| pp | 7 |" in out and "| r1 | 2 |" in out
-    assert "| dpo | 40 of 40 | saved as a model |" in out
-    assert "| sft | 12 of 40 | interrupted: continue with `mechtox train ... --out sft --resume` |" in out
+    assert "| dpo | 40 of 40 | saved as a model; `mechtox models --drop-state dpo` deletes this state | 0.0 MB |" in out
+    assert "| sft | 12 of 40 | interrupted: continue with `mechtox train ... --out sft --resume` | 0.0 MB |" in out
+    size = sum(p.stat().st_size for p in (ws / "models" / "dpo").rglob("*") if p.is_file())
+    assert f"| {size / 1e6:.1f} MB |" in out.split("models (1)")[1].split("directions")[0]
+
+
+def test_cli_models_drop_state_frees_a_saved_trainings_disk(tmp_path, tiny, capsys):
+    """`mechtox models --drop-state NAME` deletes the resumable state of a training saved as a model
+    (GBs: weights, optimizer moments, reference log-probs) and keeps the model and the metrics; it
+    refuses, deleting nothing, an unknown name or an interrupted training (whose state is its only copy)."""
+    ws = tmp_path / "ws"
+    M.save_checkpoint(tiny, ws / "models" / "dpo")
+    for name, step in (("dpo", 40), ("sft", 12)):
+        (ws / "training" / name / "state").mkdir(parents=True)
+        (ws / "training" / name / "state" / "trainer.json").write_text(json.dumps({"step": step,
+                                                                                   "config": {"max_steps": 40}}))
+        (ws / "training" / name / "state" / "optimizer.pt").write_bytes(bytes(3_000_000))
+        (ws / "training" / name / "metrics.jsonl").write_text("{}\n")
+    for bad, said in ((["dpo", "nope"], "no training state of that name in .* \\(there: dpo, sft\\)"),
+                      (["dpo", "sft"], "sft: that training was interrupted and its state is its only copy")):
+        capsys.readouterr()
+        assert main(["models", "-w", str(ws)] + [x for n in bad for x in ("--drop-state", n)]) == 2
+        err = capsys.readouterr().err
+        assert re.search(said, err) and err.count("\n") == 1
+        assert (ws / "training" / "dpo" / "state" / "optimizer.pt").is_file()
+    assert main(["models", "-w", str(ws), "--drop-state", "dpo"]) == 0
+    out = capsys.readouterr().out
+    assert "dropped the training state of dpo (3.0 MB freed); the model stays" in out
+    assert not (ws / "training" / "dpo" / "state").exists() and (ws / "training" / "dpo" / "metrics.jsonl").is_file()
+    assert M.is_checkpoint(ws / "models" / "dpo") and (ws / "training" / "sft" / "state" / "optimizer.pt").is_file()
+    assert "training states (1)" in out and "| dpo | 40 of 40 |" not in out
 
 
 def test_invalid_alias_name(workspace):

@@ -62,6 +62,7 @@ TESTS = {  # the fast test files of each module
     "jobs/train.py": ["tests/test_cli.py"],
     "jobs/evaluate.py": ["tests/test_cli.py"],
     "jobs/attribute.py": ["tests/test_cli.py"],
+    "jobs/models.py": ["tests/test_models.py"],
 }
 
 
@@ -570,6 +571,12 @@ MUTANTS = [
     M("models-gguf-cache-never-pruned", "models.py",
       "        if digest is None or gone or changed:", "        if digest is None and gone and changed:",
       "conversions of deleted or changed GGUF files stay in the cache for ever (626 MB each)"),
+    M("models-job-drops-an-interrupted-state", "jobs/models.py",
+      "        if name not in saved:", "        if False:",
+      "`mechtox models --drop-state` deletes an interrupted training's only copy of its progress"),
+    M("models-job-drops-the-metrics-too", "jobs/models.py",
+      "        shutil.rmtree(states[name])", "        shutil.rmtree(states[name].parent)",
+      "`--drop-state` deletes the training's metrics and resume command with its state"),
     M("models-gguf-uncachable-is-an-error", "models.py",
       "        except OSError as e:  # the cache only saves time: a read-only or full cache does not fail the load",
       "        except ImportError as e:",
