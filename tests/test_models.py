@@ -227,6 +227,13 @@ def test_cli_models_drop_state_frees_a_saved_trainings_disk(tmp_path, tiny, caps
     assert not (ws / "training" / "dpo" / "state").exists() and (ws / "training" / "dpo" / "metrics.jsonl").is_file()
     assert M.is_checkpoint(ws / "models" / "dpo") and (ws / "training" / "sft" / "state" / "optimizer.pt").is_file()
     assert "training states (1)" in out and "| dpo | 40 of 40 |" not in out
+    # without its state, nothing stopped `train --out dpo` from replacing the model silently: refused
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi", "chosen": " nice one", "rejected": " bad word"}\n' * 4)
+    assert main(["train", "dpo", "-w", str(ws), "-q", "--model", "dpo",
+                 "--pairs", str(tmp_path / "p.jsonl"), "--steps", "1", "--out", "dpo"]) == 2
+    err = capsys.readouterr().err
+    assert "the workspace has a model named 'dpo' already" in err and err.count("\n") == 1
+    assert "trained_from" not in M.checkpoint_info(ws / "models" / "dpo")
 
 
 def test_invalid_alias_name(workspace):

@@ -59,10 +59,11 @@ TESTS = {  # the fast test files of each module
     "tables.py": ["tests/test_repr.py"],
     "report.py": ["tests/test_main_job_golden.py"],
     "_io.py": ["tests/test_probe_transfer.py", "tests/test_cli.py"],
-    "jobs/train.py": ["tests/test_cli.py"],
+    "jobs/train.py": ["tests/test_cli.py", "tests/test_models.py"],
     "jobs/evaluate.py": ["tests/test_cli.py"],
     "jobs/attribute.py": ["tests/test_cli.py"],
     "jobs/models.py": ["tests/test_models.py"],
+    "jobs/main.py": ["tests/test_main_job.py"],
 }
 
 
@@ -571,6 +572,13 @@ MUTANTS = [
     M("models-gguf-cache-never-pruned", "models.py",
       "        if digest is None or gone or changed:", "        if digest is None and gone and changed:",
       "conversions of deleted or changed GGUF files stay in the cache for ever (626 MB each)"),
+    M("train-job-replaces-a-workspace-model", "jobs/train.py",
+      "    if not (cfg.resume or replace) and is_checkpoint(ws.model_dir(cfg.name)):",
+      "    if False:",
+      "`mechtox train --out NAME` silently replaces the workspace's model NAME once its training state is gone"),
+    M("main-job-cannot-redo-its-training", "jobs/main.py",
+      "execute(job, cfg, ctx, model=fresh, replace=True)", "execute(job, cfg, ctx, model=fresh)",
+      "the main job, redoing its DPO step after a change, is refused by the model it trained before"),
     M("models-job-drops-an-interrupted-state", "jobs/models.py",
       "        if name not in saved:", "        if False:",
       "`mechtox models --drop-state` deletes an interrupted training's only copy of its progress"),

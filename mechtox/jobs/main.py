@@ -258,7 +258,7 @@ def _run_step(step: Step, ctx: Context, models: _Models) -> None:
             shutil.rmtree(ctx.ws.root / "training" / cfg.name, ignore_errors=True)
             models.pop(cfg.name, None)
             fresh = ctx.ws.load_model(cfg.model, device=ctx.device, dtype=ctx.dtype)  # training changes weights in place
-            execute(job, cfg, ctx, model=fresh)
+            execute(job, cfg, ctx, model=fresh, replace=True)  # the step is redone: its model is replaced
         elif job is attribute:
             execute(job, cfg, ctx, before=models[cfg.before], after=models[cfg.after])
         else:

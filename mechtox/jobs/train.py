@@ -177,7 +177,9 @@ def load_task(ws, task: str | None, pairs, limit: int | None) -> tuple[list[str]
     return list(p.prompt), list(p.chosen), p.source
 
 
-def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
+def run(cfg: TrainJobConfig, ctx: Context, model=None, replace: bool = False) -> TrainJobResult:
+    """Train; ``replace``: a workspace model named ``cfg.name`` is replaced once the new one is saved
+    (the main job redoing its step), where the command refuses it."""
     from mechtox.distributed import is_main, launched
 
     say = print if is_main() else (lambda *a, **k: None)  # under torchrun, rank 0 prints
@@ -186,6 +188,11 @@ def run(cfg: TrainJobConfig, ctx: Context, model=None) -> TrainJobResult:
         ws.require_pairs(cfg.pairs)
     for n in names(cfg.probe) + names(cfg.held_out):
         ws.require_direction(n)
+    from mechtox.model_files import is_checkpoint
+
+    if not (cfg.resume or replace) and is_checkpoint(ws.model_dir(cfg.name)):  # its training state dropped or deleted
+        raise MechtoxError(f"the workspace has a model named {cfg.name!r} already ({ws.model_dir(cfg.name)}); "
+                           f"choose another --out, or delete that folder to train it anew")
     from mechtox import _io
     from mechtox.data import load_pairs
     from mechtox.probe import Direction, ProbeScorer
