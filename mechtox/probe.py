@@ -85,9 +85,13 @@ class Direction:
     def check_model(self, model: HookedTransformer) -> None:
         """Raise :class:`IncompatibleError` if ``model`` cannot use this direction."""
         if model.cfg.d_model != self.d_model:
+            spec = self.provenance.get("model")
+            fitted = (f"was fitted on {self.model_name!r}" if self.model_name else "was fitted on another model")
+            fitted += (f" (--model {spec})" if isinstance(spec, str) and spec else "")
             raise IncompatibleError(
-                f"direction {self.name or self.method!r} has d_model {self.d_model} but model "
-                f"{model.cfg.model_name!r} has d_model {model.cfg.d_model}; fit it on this model"
+                f"direction {self.name or self.method!r} {fitted}, d_model {self.d_model}; model "
+                f"{model.cfg.model_name!r} has d_model {model.cfg.d_model}: pass the model it was fitted on, "
+                "or fit it on this one"
             )
         for h in self.hooks:
             if h not in model.hook_dict:

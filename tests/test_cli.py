@@ -158,7 +158,7 @@ def test_probe_of_other_dimension_is_one_line(ws, tmp_path, capsys):
     p.save(tmp_path / "ws" / "directions" / "small")
     assert main(["rank", "-w", ws, "--model", "tiny", "--probe", "small"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "d_model 32 but model" in err
+    assert err.count("\n") == 1 and "d_model 32; model" in err
 
 
 def test_version_names_mechtox_and_its_libraries_on_one_line(capsys):

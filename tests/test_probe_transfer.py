@@ -87,6 +87,30 @@ def test_probe_eval_command_on_tiny(tmp_path, capsys):
     assert "too narrow" not in meta["note"]  # 100 texts, half of them toxic
 
 
+def test_probe_on_a_model_of_another_width_names_the_model_it_was_fitted_on(tmp_path, capsys, monkeypatch):
+    """A probe read by a model of another width: the error said "fit it on this model" and nothing
+    of the model it was fitted on. It names that model, with the --model to pass (the probe records
+    it: a path made absolute, the base alias as what it pointed at)."""
+    from mechtox import models as M
+
+    monkeypatch.chdir(tmp_path)
+    M.save_checkpoint(M.tiny_model(), tmp_path / "small")
+    M.save_checkpoint(M.tiny_model(d_model=32, d_head=8, n_heads=4), tmp_path / "narrow")
+    ws = ["-w", str(tmp_path / "ws"), "-q"]
+    assert main(["probe", *ws, "--model", "./small", "--data", "builtin:toxicity", "--n-train", "60", "--n-test",
+                 "20", "--layers", "last"]) == 0
+    capsys.readouterr()
+    assert main(["probe", *ws, "--model", "./narrow", "--eval", "probe", "--data", "builtin:toxicity"]) == 2
+    err = capsys.readouterr().err
+    assert (f"direction 'probe' was fitted on 'tiny' (--model {tmp_path / 'small'}), d_model 64; model 'tiny' has "
+            "d_model 32: pass the model it was fitted on") in err and err.count("\n") == 1
+    assert main(["models", *ws, "--set-base", "./small"]) == 0
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "20", "--layers", "last",
+                 "--out", "p2"]) == 0
+    saved = json.loads((tmp_path / "ws" / "directions" / "p2" / "direction.json").read_text())["provenance"]
+    assert saved["model"] == str(tmp_path / "small")
+
+
 def test_probe_eval_counts_the_texts_the_probe_was_fitted_on(tmp_path, capsys):
     """Scored on the whole file it was fitted on (240 distinct texts, 120 in its training split),
     a probe has seen exactly 120 of them; on other texts, none (and no note)."""

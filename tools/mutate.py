@@ -572,6 +572,10 @@ MUTANTS = [
     M("models-gguf-cache-never-pruned", "models.py",
       "        if digest is None or gone or changed:", "        if digest is None and gone and changed:",
       "conversions of deleted or changed GGUF files stay in the cache for ever (626 MB each)"),
+    M("probe-job-records-the-spec-as-typed", "jobs/probe.py",
+      '"model": model_spec(cfg.model, ctx.ws)})', '"model": cfg.model})',
+      "a probe records the model as typed (./small, base): the --model its error suggests depends on where "
+      "and when it is read"),
     M("train-job-replaces-a-workspace-model", "jobs/train.py",
       "    if not (cfg.resume or replace) and is_checkpoint(ws.model_dir(cfg.name)):",
       "    if False:",

@@ -197,11 +197,23 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
                         C=cfg.C if cfg.C == "cv" else float(cfg.C), select_on=cfg.select_on, transfer=transfer,
                         together=cfg.together, sample_weight=weight, split=split)
     hook = sweep.choose(cfg.save)
-    probe = dataclasses.replace(sweep.probes[hook], name=cfg.out)
+    probe = dataclasses.replace(sweep.probes[hook], name=cfg.out,
+                                provenance={**sweep.probes[hook].provenance, "model": model_spec(cfg.model, ctx.ws)})
     if shaping:
         probe = dataclasses.replace(probe, provenance={**probe.provenance, "drop_negatives": cfg.drop_negatives,
                                                        "match_cue": cfg.match_cue, "training_texts": shaping})
     return ProbeResult(cfg, sweep, probe, hook, len(data), data.source)
+
+
+def model_spec(spec: str, ws) -> str:
+    """The model ``spec`` as it can be given again: the base alias as what it points at, a path made
+    absolute (a probe's record names the model it was fitted on)."""
+    from pathlib import Path
+
+    if spec == "base":
+        spec = ws.base_spec
+    explicit_path = spec.startswith((".", "/")) and "@" not in spec
+    return str(Path(spec).resolve()) if explicit_path else spec
 
 
 def training_weights(cfg: ProbeConfig, data, train) -> tuple[Any, str]:
