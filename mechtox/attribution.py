@@ -136,6 +136,13 @@ CHECK_TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
 their absolute values). Other dtypes: 0.25, a coarse check: bfloat16 rounding alone leaves errors of
 about 5% of that size on SmolLM2 (float32: 1e-5 or less); attribute in float32 for an exact one."""
 
+CHECK_ROUNDING = {torch.float32: 1e-6, torch.float64: 1e-13}
+"""the exactness check's allowance for rounding, relative to the size of the two models' own parts
+(each model's neurons and heads, in absolute value: :attr:`Attribution.check_scale`): the change is a
+difference of those, so where it is near 0 (a model against its own reloaded copy, a short
+fine-tuning) their rounding is all its error. Without it, a model and its saved-and-reloaded copy
+failed the check (error 1.8e-9 against 1e-9 allowed). Other dtypes: 1e-2."""
+
 
 @dataclass
 class _Sums:
@@ -266,11 +273,15 @@ class Attribution:
     z_after: Tensor | None = None
     """[L, H, d_head]: each head's mean z in the after model as ``hook_z`` reads it (to patch heads to)"""
     check_limit: float = float("inf")
-    """the largest error the check allows (:data:`CHECK_TOLERANCE` times the change and its parts' sizes)"""
+    """the largest error the check allows (:data:`CHECK_TOLERANCE` times the change and its parts' sizes,
+    plus :data:`CHECK_ROUNDING` times :attr:`check_scale`)"""
     act_after_mean: Tensor | None = None
     """[L, d_mlp]: each neuron's mean activation in the after model as ``hook_post`` reads it (to patch
     neurons to). The table's ``act_after`` is the same except in a post-norm model, where it is
     divided by each token's norm scale first"""
+    check_scale: float = 0.0
+    """the two models' own parts in absolute value (the neurons' ``p_before`` and ``p_after``, the
+    heads' the same): the check allows :data:`CHECK_ROUNDING` of it for rounding"""
 
     @property
     def check_passed(self) -> bool:
@@ -460,7 +471,8 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
              "neurons": neuron_sum, "mlp_biases": float(mlp_bias.sum())}
     check["error"] = total - sum(v for k, v in check.items() if k != "total_change")
     size = abs(total) + sum(abs(v) for k, v in check.items() if k not in ("total_change", "error"))
-    limit = CHECK_TOLERANCE.get(before.cfg.dtype, 0.25) * size + 1e-9
+    own = float(p_b.abs().sum() + p_a.abs().sum()) + float(heads["p_before"].abs().sum() + heads["p_after"].abs().sum())
+    limit = CHECK_TOLERANCE.get(before.cfg.dtype, 0.25) * size + CHECK_ROUNDING.get(before.cfg.dtype, 1e-2) * own + 1e-12
     layers = pd.DataFrame({"layer": np.arange(L), "neurons": delta.sum(1).numpy(),
                            "heads": heads.groupby("layer")["delta"].sum().to_numpy(),
                            "attention_bias": attn_bias.numpy(), "mlp_bias": mlp_bias.numpy()})
@@ -471,7 +483,7 @@ def attribute(before: HookedTransformer, after: HookedTransformer, direction, pr
     per_layer = per_layer.reindex(columns=[g for g in NEURON_GROUPS if g in per_layer.columns]).reset_index()
     res = Attribution(table, groups, per_layer, check, mode, {"before": sb.n_tokens, "after": sa.n_tokens},
                       getattr(direction, "name", "") or "direction", heads, head_groups, layers,
-                      (sa.z_raw / sa.n_tokens).float(), limit, sa.act_raw / sa.n_tokens)
+                      (sa.z_raw / sa.n_tokens).float(), limit, sa.act_raw / sa.n_tokens, own)
     if not res.check_passed:
         import warnings
 

@@ -476,6 +476,27 @@ def test_top_k_sizes_past_the_models_neurons(ws, capsys, monkeypatch):
     assert err.count("\n") == 1 and "--ablate-ks 1000: the model has 256 MLP neurons; give sizes up to that" in err
 
 
+def test_attribute_of_models_given_as_paths_names_its_run_after_them(ws, tmp_path, capsys, monkeypatch):
+    """The default run name was attribute-<before>-<after> as typed: with a path (./pre) it was an
+    invalid name, refused when the results were written, after all the work. Paths and other specs
+    become name-safe; a long one is cut, with a hash of the whole to keep two apart."""
+    from mechtox.models import save_checkpoint, tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(tiny_model(), tmp_path / "pre")
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1"]) == 0
+    assert main(["attribute", "-w", ws, "-q", "--before", "./pre", "--after", "tiny", "--prompts", "builtin:prompts",
+                 "--n", "3", "--max-new-tokens", "2", "--n-eval-prompts", "0", "--f1-prompts", "0"]) == 0
+    assert (tmp_path / "ws" / "runs" / "attribute-pre-tiny" / "attribution-own-groups.csv").is_file()
+    from mechtox.jobs.attribute import spec_label
+
+    assert [spec_label(s) for s in ("hf:org/name", "/tmp/g/ckpt", "base@w.pt", "..")] == [
+        "hf-org-name", "tmp-g-ckpt", "base-w.pt", "model"]
+    long_a, long_b = "/x/" + "a" * 60 + "/ckpt", "/y/" + "a" * 60 + "/ckpt"
+    assert len(spec_label(long_a)) <= 40 and spec_label(long_a) != spec_label(long_b)
+
+
 def test_eval_neuron_counts_past_the_model_are_errors_before_generating(ws, capsys, monkeypatch):
     """'-i ablate:probe:1000' on the 256-neuron tiny model had ablated all 256 under the label
     'ablate:probe:1000'; 'ablate-random:probe:200' was a numpy ValueError with a traceback."""
