@@ -497,6 +497,23 @@ def test_attribute_of_models_given_as_paths_names_its_run_after_them(ws, tmp_pat
     assert len(spec_label(long_a)) <= 40 and spec_label(long_a) != spec_label(long_b)
 
 
+def test_evaluations_of_two_models_keep_apart(ws, tmp_path, capsys, monkeypatch):
+    """`mechtox eval --model base` then `--model dpo` (the workflow to compare them) wrote both to
+    runs/eval: the second replaced the first, silently. The default run is eval-<model> now."""
+    from mechtox.models import save_checkpoint, tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(tiny_model(), tmp_path / "other")
+    common = ["eval", "-w", ws, "-q", "--prompts", "builtin:prompts", "--limit", "2", "--max-new-tokens", "2",
+              "--ppl-tokens", "0", "--f1-prompts", "0"]
+    for model in ("tiny", "./other"):
+        assert main([*common, "--model", model]) == 0
+    for run, model in (("eval-tiny", "tiny"), ("eval-other", "./other")):
+        rows = json.loads((tmp_path / "ws" / "runs" / run / "eval.json").read_text())["rows"]
+        assert [r["model"] for r in rows] == [model]
+    assert main([*common, "--model", "tiny", "--out", "mine"]) == 0 and (tmp_path / "ws" / "runs" / "mine").is_dir()
+
+
 def test_eval_neuron_counts_past_the_model_are_errors_before_generating(ws, capsys, monkeypatch):
     """'-i ablate:probe:1000' on the 256-neuron tiny model had ablated all 256 under the label
     'ablate:probe:1000'; 'ablate-random:probe:200' was a numpy ValueError with a traceback."""

@@ -203,6 +203,20 @@ def positive(value: int | None, what: str, zero_ok: bool = False) -> None:
         raise MechtoxError(f"{what} {value}: must be {'0 or more' if zero_ok else 'at least 1'}")
 
 
+def spec_label(spec: str, most: int = 40) -> str:
+    """A model spec as part of a run name: a path (``./ckpt``, ``/tmp/gemma/ckpt``), ``hf:org/name``
+    or ``BASE@FILE`` with every other character than letters, digits, ``_.-`` turned into ``-``
+    (a run named after ``./tiny`` was refused after all the work); one over ``most`` characters is
+    cut, with a hash of the whole spec to keep two long ones apart."""
+    import hashlib
+    import re
+
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.removeprefix("./")).strip("-.") or "model"
+    if len(label) > most:
+        label = label[-(most - 9):].lstrip("-.") + "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
+    return label
+
+
 def check_out(name: str | None, what: str) -> None:
     from mechtox.workspace import check_name
 

@@ -15,6 +15,7 @@ from mechtox.jobs._base import (
     neuron_counts,
     option,
     positive,
+    spec_label,
 )
 
 HELP = "attribute the change from --before to --after to individual neurons and attention heads"
@@ -51,19 +52,6 @@ class AttributeConfig(JobConfig):
     def run_name(self) -> str:
         return self.out or f"attribute-{spec_label(self.before)}-{spec_label(self.after)}"
 
-
-def spec_label(spec: str, most: int = 40) -> str:
-    """A model spec as part of a run name: a path (``./ckpt``, ``/tmp/gemma/ckpt``), ``hf:org/name``
-    or ``BASE@FILE`` with every other character than letters, digits, ``_.-`` turned into ``-``
-    (a run named after ``./tiny`` was refused after all the work); one over ``most`` characters is
-    cut, with a hash of the whole spec to keep two long ones apart."""
-    import hashlib
-    import re
-
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.removeprefix("./")).strip("-.") or "model"
-    if len(label) > most:
-        label = label[-(most - 9):].lstrip("-.") + "-" + hashlib.sha1(spec.encode()).hexdigest()[:8]
-    return label
 
 
 @dataclass

@@ -14,6 +14,7 @@ from mechtox.jobs._base import (
     check_out,
     option,
     positive,
+    spec_label,
 )
 from mechtox.specs import SPEC_FORMS, parse_spec
 
@@ -37,7 +38,7 @@ class EvalJobConfig(JobConfig):
     f1_prompts: int = option(200, "prompts of --wiki for F1 (0: skip it)")
     max_new_tokens: int = option(20, "tokens generated per prompt (greedy)")
     batch_size: int = option(25, "prompts generated at once")
-    out: str = option("eval", "run name")
+    out: str | None = option(None, "run name (default eval-<model>: evaluations of two models keep apart)")
 
     def check(self) -> None:
         check_out(self.out, "run name")
@@ -49,6 +50,10 @@ class EvalJobConfig(JobConfig):
         scorer_probe(self.scorer)  # an unknown scorer is an error before anything loads
         for spec in self.intervention or []:
             parse_spec(spec)  # the form of every -i, before anything loads
+
+    @property
+    def run_name(self) -> str:
+        return self.out or f"eval-{spec_label(self.model)}"
 
 
 @dataclass
@@ -112,7 +117,7 @@ def write(res: EvalJobResult, ctx: Context):
 
     from mechtox import _io, artifacts, plotting
 
-    run = ctx.ws.run_dir(res.config.out)
+    run = ctx.ws.run_dir(res.config.run_name)
     artifacts.write_table(run, artifacts.EVAL, res.table, res.meta)
     _io.write_text(run / artifacts.CONTINUATIONS, "".join(
         json.dumps({"intervention": k, "prompt": p, "continuation": c, "score": sc}) + "\n"
@@ -128,7 +133,7 @@ def summary(res: EvalJobResult, ctx: Context) -> str:
     rho = res.meta.get("spearman_scorer_vs_perspective_on_human_continuations")
     if rho is not None:
         lines.append(f"{res.meta['scorer']} vs Perspective TOXICITY on the {res.n_human} human continuations: Spearman {rho:.3f}")
-    lines += [markdown(res.table), f"wrote {ctx.ws.run_dir(res.config.out)}/eval.md, eval.csv, eval.json, "
+    lines += [markdown(res.table), f"wrote {ctx.ws.run_dir(res.config.run_name)}/eval.md, eval.csv, eval.json, "
                                    "continuations.jsonl, eval.html"]
     if res.meta.get("n_prompts_trained_on"):
         lines.append("note: " + trained_note(res.meta["n_prompts_trained_on"], res.meta["n_prompts"], res.config.model))
