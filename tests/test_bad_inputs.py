@@ -86,6 +86,9 @@ BAD = [  # (command line after `-w WS`, a fragment of the message); {tmp} is a s
     # a wiki-samples task whose gold is not text was read as a pair set: "no column 'chosen'"
     (["train", "sft", "--model", "tiny", "--task", "{tmp}/numgold.jsonl"], "numgold.jsonl:1: needs string fields"),
     (["train", "dpo-probe", "--model", "tiny"], "needs --probe"),
+    # plain DPO does not train against a probe: it had been listed as "trained against" after training
+    (["train", "dpo", "--model", "tiny", "--probe", "p"], "--probe: a setting of train sft-probe and dpo-probe; "
+                                                         "train dpo does not use it (to measure a probe"),
     (["train", "dpo", "--model", "tiny", "--batch-size", "0"], "batch_size"),
     (["train", "dpo", "--model", "tiny", "--fsdp"], "launch with torchrun"),
     (["train", "sap", "--model", "tiny", "--fsdp"], "--fsdp cannot train sap"),

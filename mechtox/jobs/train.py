@@ -97,13 +97,17 @@ class TrainJobConfig(JobConfig):
 
     def _check_settings_used(self) -> None:
         """A setting the run would ignore is an error, not a silent no-op: --beta outside DPO,
-        --probe-lambda outside sft-probe, --sap-* outside sap, LoRA settings without --lora-r."""
-        for settings, objectives in ((("beta",), ("dpo", "dpo-probe")), (("probe_lambda",), ("sft-probe",)),
-                                  (("sap_layers", "sap_rho", "sap_eps"), ("sap",))):
+        --probe-lambda outside sft-probe, --sap-* outside sap, --probe outside sft-probe and dpo-probe
+        (it had been listed as "trained against" after a plain DPO run), LoRA settings without --lora-r."""
+        for settings, objectives, hint in (
+                (("beta",), ("dpo", "dpo-probe"), ""), (("probe_lambda",), ("sft-probe",), ""),
+                (("sap_layers", "sap_rho", "sap_eps"), ("sap",), ""),
+                (("probe",), ("sft-probe", "dpo-probe"), " (to measure a probe before and after training, pass it "
+                                                          "as --held-out)")):
             unused = changed(self, settings)
             if unused and self.objective not in objectives:
                 raise MechtoxError(f"{', '.join(unused)}: a setting of train {' and '.join(objectives)}; train "
-                                   f"{self.objective} does not use it")
+                                   f"{self.objective} does not use it{hint}")
         lora = changed(self, ("lora_alpha", "lora_dropout", "lora_targets"))
         if lora and not self.lora_r:
             raise MechtoxError(f"{', '.join(lora)} set LoRA adapters: add --lora-r N (without it every weight is "
