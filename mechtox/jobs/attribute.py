@@ -53,7 +53,6 @@ class AttributeConfig(JobConfig):
         return self.out or f"attribute-{spec_label(self.before)}-{spec_label(self.after)}"
 
 
-
 @dataclass
 class AttributeResult:
     config: AttributeConfig
