@@ -668,9 +668,9 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
     )
 
 
-def _hash_file(path: Path) -> str:
-    """The cache key of a GGUF file's conversion: the SHA-256 of the file's whole contents (see
-    :func:`_content_sha256`) and the mechtox version (whose conversion made the cache).
+def _cached_conversion(name: str, sha256: str, n_ctx: int) -> Path:
+    """Where the conversion of a GGUF file is cached: keyed by the SHA-256 of the file's whole
+    contents (:func:`_content_sha256`) and the mechtox version (whose conversion made the cache).
 
     The key used to hold the file's modification time (beside its size and sampled pieces): every
     new environment (a fresh virtual environment, CI's clone, ``pip install --force-reinstall``)
@@ -678,13 +678,10 @@ def _hash_file(path: Path) -> str:
     (626 MB for SmolLM2; 20 copies, 13 GB, after one day of test runs on one machine). The contents
     alone decide now, read whole: two files that differ anywhere (a fine-tune with LoRA on attention
     keeps the header and embeddings) are two models."""
-    return _gguf_key(_content_sha256(path))
-
-
-def _gguf_key(sha256: str) -> str:
     from mechtox import __version__
 
-    return hashlib.sha256(f"{__version__}:{sha256}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{__version__}:{sha256}".encode()).hexdigest()[:16]
+    return cache_dir() / f"{name}-{key}-ctx{n_ctx}"
 
 
 def _content_sha256(path: Path, chunk: int = 1 << 24) -> str:
@@ -739,7 +736,7 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
                                      ".gguf model file, a mechtox checkpoint directory or a model name")
     name = DEFAULT_MODEL if path is None else gguf.stem
     sha256 = _content_sha256(gguf)
-    cached = cache_dir() / f"{name}-{_gguf_key(sha256)}-ctx{n_ctx}"
+    cached = _cached_conversion(name, sha256, n_ctx)
     if use_cache and (cached / _CKPT_WEIGHTS).is_file():  # (Gemma 1 converted before it took the tanh GELU: now)
         model = _set_gemma_gelu(load_checkpoint(cached, device=device, dtype=dtype))
         info = checkpoint_info(cached)

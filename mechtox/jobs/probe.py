@@ -206,14 +206,17 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
 
 
 def model_spec(spec: str, ws) -> str:
-    """The model ``spec`` as it can be given again: the base alias as what it points at, a path made
-    absolute (a probe's record names the model it was fitted on)."""
+    """The model ``spec`` as it can be given again: the base alias as what it points at, a path
+    (a checkpoint, transformers directory or GGUF file outside the workspace, as
+    :meth:`Workspace.resolve_model` finds it) made absolute (a probe's record names the model it
+    was fitted on)."""
     from pathlib import Path
 
     if spec == "base":
-        spec = ws.base_spec
-    explicit_path = spec.startswith((".", "/")) and "@" not in spec
-    return str(Path(spec).resolve()) if explicit_path else spec
+        return model_spec(ws.base_spec, ws)
+    ref = ws.resolve_model(spec)
+    in_workspace = ref.kind == "checkpoint" and Path(ref.location) == ws.root / "models" / spec
+    return str(Path(ref.location).resolve()) if ref.kind in ("checkpoint", "gguf", "hf") and not in_workspace else spec
 
 
 def training_weights(cfg: ProbeConfig, data, train) -> tuple[Any, str]:
