@@ -489,7 +489,7 @@ def test_attribute_of_models_given_as_paths_names_its_run_after_them(ws, tmp_pat
     assert main(["attribute", "-w", ws, "-q", "--before", "./pre", "--after", "tiny", "--prompts", "builtin:prompts",
                  "--n", "3", "--max-new-tokens", "2", "--n-eval-prompts", "0", "--f1-prompts", "0"]) == 0
     assert (tmp_path / "ws" / "runs" / "attribute-pre-tiny" / "attribution-own-groups.csv").is_file()
-    from mechtox.jobs.attribute import spec_label
+    from mechtox.jobs._base import spec_label
 
     assert [spec_label(s) for s in ("hf:org/name", "/tmp/g/ckpt", "base@w.pt", "..")] == [
         "hf-org-name", "tmp-g-ckpt", "base-w.pt", "model"]

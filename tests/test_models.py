@@ -347,7 +347,7 @@ def test_gguf_cache_tells_apart_files_that_share_their_first_megabytes(tmp_path,
 
     from mechtox import models as M
 
-    monkeypatch.setenv("MECHTOX_CACHE", str(tmp_path / "cache"))
+    converted = _fake_gguf_conversion(monkeypatch, tmp_path)
     head = b"GGUF" + np.random.default_rng(0).bytes((5 << 20) - 4)
     paths = []
     for i, tail in enumerate((b"\x01" * (3 << 20), b"\x02" * (3 << 20))):
@@ -356,13 +356,6 @@ def test_gguf_cache_tells_apart_files_that_share_their_first_megabytes(tmp_path,
         p.write_bytes(head + tail)
         os.utime(p, ns=(1, 10**18))  # the same times too: only the contents differ
         paths.append(p)
-    converted = []
-
-    def fake_convert(gguf, name, n_ctx):
-        converted.append(gguf)
-        return M.tiny_model(seed=gguf.read_bytes()[-1])
-
-    monkeypatch.setattr(M, "_convert_gguf", fake_convert)
     a, b = (M.load_gguf(p) for p in paths)
     assert converted == paths
     assert not torch.equal(a.W_E, b.W_E)
