@@ -581,8 +581,13 @@ def ablation_vs_patching(neurons: pd.DataFrame, n_layers: int, d_mlp: int, ks: S
         means[: act_after.shape[0]] = act_after
     ivs = [NOOP]
     for k in ks:
-        ivs.append(dataclasses.replace(ablate(by_cos.head(k)), name=f"ablate top-{k} toxic (cosine)"))
-        ivs.append(dataclasses.replace(ablate(pos.head(k)), name=f"ablate top-{k} toxic with positive activation"))
+        for pool, what in ((by_cos, "toxic (cosine)"), (pos, "toxic with positive activation")):
+            # the table holds only the layers that write the direction's hook, and fewer neurons may have a
+            # positive activation: a k above what there is ablates them all, and says so (once)
+            top = pool.head(k)
+            name = f"ablate top-{k} {what}" if len(top) == k else f"ablate all {len(top)} {what}"
+            if len(top) and name not in {iv.name for iv in ivs}:
+                ivs.append(dataclasses.replace(ablate(top), name=name))
     damp = neurons[neurons["group"] == "TP-"]
     ivs.append(set_neurons(damp, means, name=f"patch {len(damp)} dampened toxic neurons (TP-) to after-mean"))
     for g in REDUCING[1:]:  # TP- is the dampened-toxic patch above

@@ -1,6 +1,7 @@
 import copy
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -102,6 +103,26 @@ def test_a_layer_the_fine_tuning_left_alone_is_unchanged_not_dampened(tiny):
     assert g["n"].sum() == tiny.cfg.n_layers * tiny.cfg.d_mlp
     damp = next(iv for iv in ablation_vs_patching(n, 2, tiny.cfg.d_mlp, ks=(5,)) if "(TP-)" in iv.name)
     assert {name for name, _ in damp.fwd_hooks} <= {"blocks.1.mlp.hook_post"}
+
+
+def test_ablation_labels_say_how_many_neurons_a_k_beyond_the_table_ablates(tiny):
+    """A direction at block 0 gives a table of block 0's neurons only, and fewer of them have a positive
+    activation. "ablate top-200" then ablated all 128 (or the 60-odd positive ones) under a top-200 label,
+    and a second k repeated the same generation under another false label."""
+    from mechtox.attribution import ablation_vs_patching
+
+    d_mlp = tiny.cfg.d_mlp
+    rng = np.random.default_rng(0)
+    n = pd.DataFrame({"layer": 0, "neuron": np.arange(d_mlp), "cos_before": rng.normal(size=d_mlp),
+                      "act_before": np.r_[np.ones(10), -np.ones(d_mlp - 10)], "act_after": 0.0, "group": "unchanged"})
+    ivs = ablation_vs_patching(n, 2, d_mlp, ks=(5, 100, 200))
+    names = [iv.name for iv in ivs if iv.name.startswith("ablate")]
+    assert names == ["ablate top-5 toxic (cosine)", "ablate top-5 toxic with positive activation",
+                     "ablate top-100 toxic (cosine)", "ablate all 10 toxic with positive activation",
+                     f"ablate all {d_mlp} toxic (cosine)"]
+    every = next(iv for iv in ivs if iv.name == f"ablate all {d_mlp} toxic (cosine)")
+    assert every.params["n"] == d_mlp
+    assert next(iv for iv in ivs if iv.name.startswith("ablate all 10")).params["n"] == 10
 
 
 def test_errors(tiny, tiny_llama):
