@@ -109,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = from_args(Context, args)
         cfg = from_args(config, args)
-        for spec in (getattr(cfg, a) for a in ("model", "before", "after") if hasattr(cfg, a)):
+        for spec in cfg.model_specs():
             ctx.ws.resolve_model(spec)  # an unknown model is an error before any data is read
         if getattr(job, "RANDOM", True):
             ctx.seed_all()

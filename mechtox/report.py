@@ -180,7 +180,8 @@ def _run_sections(run: Path, sec: dict[str, list[str]]) -> None:
     if pe:
         agg = "" if pe.get("aggregate", "pooled") == "pooled" else f" (by token: {pe['aggregate']})"
         sec["probe"].append(_h2(f"Probe transfer: {pe.get('probe')}{agg} on {pe.get('data')}", f"transfer-{run.name}")
-                            + f"<p class='note'>{pe.get('n_texts')} texts ({pe.get('n_toxic')} toxic); "
+                            + f"<p class='note'>{pe.get('n_texts')} texts ({pe.get('n_toxic')} toxic)"
+                            + (f" read by {html.escape(str(pe['model']))}" if pe.get("model") else "") + "; "
                             f"{html.escape(str(pe.get('intervals')))}"
                             + (f"; {html.escape(str(pe['note']))}" if pe.get("note") else "") + "</p>"
                             + _table(pd.DataFrame(pe["rows"])))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -109,6 +110,40 @@ def test_probe_on_a_model_of_another_width_names_the_model_it_was_fitted_on(tmp_
                  "--out", "p2"]) == 0
     saved = json.loads((tmp_path / "ws" / "directions" / "p2" / "direction.json").read_text())["provenance"]
     assert saved["model"] == str(tmp_path / "small")
+
+
+def test_probe_eval_scores_on_the_model_the_probe_was_fitted_on_unless_told(tmp_path, capsys, monkeypatch):
+    """`probe --model ./b --out p` then `probe --eval p` scored p on the workspace's base model, silently
+    (the same width: nothing failed), and the run did not say which model read the texts. Without
+    --model it is now the probe's own model; the run records the model either way."""
+    from mechtox import models as M
+
+    monkeypatch.chdir(tmp_path)
+    M.save_checkpoint(M.tiny_model(seed=1), tmp_path / "a")
+    M.save_checkpoint(M.tiny_model(seed=2), tmp_path / "b")
+    ws = ["-w", str(tmp_path / "ws"), "-q"]
+    assert main(["models", *ws, "--set-base", "./a"]) == 0
+    assert main(["probe", *ws, "--model", "./b", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "20",
+                 "--layers", "last"]) == 0
+    meta = tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json"
+
+    def scored(*model):
+        capsys.readouterr()
+        assert main(["probe", *ws, *model, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "60"]) == 0
+        m = json.loads(meta.read_text())
+        return m["model"], m["probe_model"], [r["value"] for r in m["rows"]]
+
+    own, on_b, on_a = scored(), scored("--model", "./b"), scored("--model", "base")
+    assert own[:2] == (str(tmp_path / "b"), str(tmp_path / "b")) and on_a[:2] == ("base", str(tmp_path / "b"))
+    assert own[2] == on_b[2] and own[2][:3] != on_a[2][:3]  # the probe's rows: b's activations, not a's
+    assert main(["report", "-w", str(tmp_path / "ws"), "-q"]) == 0
+    assert "read by base" in (tmp_path / "ws" / "report.html").read_text()
+    shutil.rmtree(tmp_path / "b")
+    capsys.readouterr()
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity"]) == 2
+    err = capsys.readouterr().err
+    assert f"probe 'probe' was fitted on '{tmp_path / 'b'}', which cannot be loaded now" in err and "pass --model" in err
+    assert err.count("\n") == 1
 
 
 def test_probe_eval_counts_the_texts_the_probe_was_fitted_on(tmp_path, capsys):

@@ -98,6 +98,9 @@ MUTANTS = [
       'name = f"ablate top-{k} {what}" if len(top) == k else f"ablate all {len(top)} {what}"',
       'name = f"ablate top-{k} {what}"',
       "a direction at an early block: 'ablate top-200' ablates the table's 128 neurons, twice under two labels"),
+    M("probe-eval-on-base-not-the-probes-model", "jobs/probe.py",
+      "spec = cfg.model or fitted_on(name, ctx.ws)", 'spec = cfg.model or "base"',
+      "`probe --eval p` scores a probe fitted on another model of the same width on the base model, silently"),
     M("attribution-resid-mid-as-pre", "attribution.py",
       'm = re.match(r"^blocks\\.(\\d+)\\.hook_resid_(post|pre)$", hook_name)',
       'm = re.match(r"^blocks\\.(\\d+)\\.hook_resid_(post|mid|pre)$", hook_name)',
@@ -589,7 +592,7 @@ MUTANTS = [
       "        if digest is None or gone or changed:", "        if digest is None and gone and changed:",
       "conversions of deleted or changed GGUF files stay in the cache for ever (626 MB each)"),
     M("probe-job-records-the-spec-as-typed", "jobs/probe.py",
-      '"model": model_spec(cfg.model, ctx.ws)})', '"model": cfg.model})',
+      '"model": model_spec(cfg.model or "base", ctx.ws)})', '"model": cfg.model or "base"})',
       "a probe records the model as typed (./small, base): the --model its error suggests depends on where "
       "and when it is read"),
     M("train-job-replaces-a-workspace-model", "jobs/train.py",

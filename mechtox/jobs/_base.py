@@ -49,6 +49,10 @@ class JobConfig:
     def check(self) -> None:
         """The subclass's checks of the values (all types already hold)."""
 
+    def model_specs(self) -> list[str]:
+        """The model specs the job will load (resolved by the CLI before any data is read)."""
+        return [s for s in (getattr(self, a, None) for a in ("model", "before", "after")) if s]
+
 
 def check_types(cfg: Any) -> None:
     """:func:`mechtox._typecheck.check_types`, naming each option's flag."""

@@ -26,7 +26,9 @@ HELP = "fit toxicity probes at every layer from one activation pass and save the
 
 @dataclass(frozen=True)
 class ProbeConfig(JobConfig):
-    model: str = option("base", MODEL_HELP)
+    model: str | None = option(None, MODEL_HELP.replace("default: base, the workspace's base model",
+                                                          "default: base, the workspace's base model; with --eval, "
+                                                          "the model the probe was fitted on"))
     data: str | None = option(None, "labelled text: CSV/TSV/JSONL path (optionally .gz) or HF id "
                               + DEFAULT_DATA.format("jigsaw_balanced.csv"))
     text_col: str | None = option(None, "the text column of --data (default: the first of text, comment_text, "
@@ -80,6 +82,9 @@ class ProbeConfig(JobConfig):
         None, "repeatable: reweight the non-toxic training texts so that every combination of the cues is as "
               "frequent among them as among the toxic ones (weights clipped at 5); a cue is 'you', 'capitals', "
               "'exclaim', a topic ('wikipedia') or a regular expression", metavar="CUE", append=True)
+
+    def model_specs(self) -> list[str]:  # --eval without --model: the probe's own model, found when it runs
+        return [self.model] if self.model else [] if self.eval else ["base"]
 
     @property
     def fit_length(self) -> int:
@@ -183,7 +188,7 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
         raise MechtoxError(f"--C cv: cross-validation needs at least 2 training texts of each label, and the "
                            f"{n_train} training texts have fewer; give --C a number or a larger --n-train")
     weight, shaping = training_weights(cfg, data, split[0])
-    model = model if model is not None else ctx.load(cfg.model)
+    model = model if model is not None else ctx.load(cfg.model or "base")
     print(f"probe: {len(data)} texts from {data.source} ({n_train} train / {len(split[1])} test, "
           f"{cfg.fit_length} tokens, {cfg.pooling} pooling, C {cfg.C})"
           + (f"; transfer AUROC on {len(transfer)} texts from {transfer.source}" if transfer else ""), flush=True)
@@ -198,7 +203,7 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
                         together=cfg.together, sample_weight=weight, split=split)
     hook = sweep.choose(cfg.save)
     probe = dataclasses.replace(sweep.probes[hook], name=cfg.out,
-                                provenance={**sweep.probes[hook].provenance, "model": model_spec(cfg.model, ctx.ws)})
+                                provenance={**sweep.probes[hook].provenance, "model": model_spec(cfg.model or "base", ctx.ws)})
     if shaping:
         probe = dataclasses.replace(probe, provenance={**probe.provenance, "drop_negatives": cfg.drop_negatives,
                                                        "match_cue": cfg.match_cue, "training_texts": shaping})
@@ -217,6 +222,23 @@ def model_spec(spec: str, ws) -> str:
     ref = ws.resolve_model(spec)
     in_workspace = ref.kind == "checkpoint" and Path(ref.location) == ws.root / "models" / spec
     return str(Path(ref.location).resolve()) if ref.kind in ("checkpoint", "gguf", "hf") and not in_workspace else spec
+
+
+def fitted_on(name: str, ws) -> str:
+    """The model spec probe ``name`` records it was fitted on, if the workspace can still load it
+    (``base`` otherwise: a direction, or a probe saved by an older mechtox, names none)."""
+    from mechtox.probe import Direction
+
+    spec = Direction.load(ws.require_direction(name)).provenance.get("model")
+    if not isinstance(spec, str) or not spec:
+        return "base"
+    try:
+        ws.resolve_model(spec)
+    except MechtoxError as e:
+        raise MechtoxError(f"probe {name!r} was fitted on {spec!r}, which cannot be loaded now ({e}); pass --model "
+                           "to score it on another model") from None
+    print(f"probe {name!r} is scored on the model it was fitted on, {spec} (--model scores it on another)", flush=True)
+    return spec
 
 
 def training_weights(cfg: ProbeConfig, data, train) -> tuple[Any, str]:
@@ -271,7 +293,9 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     """A saved probe scored on another labelled set (transfer), beside the offline scorer."""
     from mechtox.data import load_labelled
 
-    ctx.ws.require_direction(cfg.eval)
+    name = cfg.eval
+    assert name is not None  # run() sends a config with --eval here
+    ctx.ws.require_direction(name)
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # both checked before TransformerLens loads
     import pandas as pd
 
@@ -298,7 +322,8 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
         data, n_unseen_left_out = unseen(data, _io.recorded(record))
     if cfg.limit:
         data = stratified_subset(data, cfg.limit, ctx.seed)
-    model = model if model is not None else ctx.load(cfg.model)
+    spec = cfg.model or fitted_on(name, ctx.ws)
+    model = model if model is not None else ctx.load(spec)
     probe = Direction.load(ctx.ws.require_direction(cfg.eval), model, several_layers_ok=True)
     n_toxic = int(data.labels.sum())
     print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({n_toxic} toxic)", flush=True)
@@ -313,7 +338,7 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     other = bootstrap_metrics(data.labels, scorer(data.texts), seed=ctx.seed).assign(scorer=scorer.name)
     table = pd.concat([metrics, other[other["metric"] == "auroc"]], ignore_index=True)
     table = table[["scorer", "metric", "value", "ci_low", "ci_high"]]
-    meta = {"probe": cfg.eval, "hook": probe.hook_name, "aggregate": cfg.aggregate, "max_length": length,
+    meta = {"probe": cfg.eval, "model": spec, "probe_model": probe.provenance.get("model"), "hook": probe.hook_name, "aggregate": cfg.aggregate, "max_length": length,
             "data": data.source, "n_texts": len(data),
             "n_toxic": n_toxic, "probe_data": probe.provenance.get("data"),
             "intervals": "percentile bootstrap over texts, 1000 resamples, seed " + str(ctx.seed)}
