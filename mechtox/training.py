@@ -214,6 +214,10 @@ class DPOObjective:
     def __len__(self) -> int:
         return len(self.chosen)
 
+    def example_keys(self) -> list:
+        """Each pair as its tokens: equal keys are the same pair to the loss (kept on one side of the split)."""
+        return [(tuple(c[0]), c[1], tuple(r[0]), r[1]) for c, r in zip(self.chosen, self.rejected, strict=True)]
+
     @torch.no_grad()
     def prepare(self, model: HookedTransformer, progress: bool) -> None:
         """Reference log-probs of every pair, once (the model holds its initial weights)."""
@@ -251,6 +255,10 @@ class SFTObjective:
 
     def __len__(self) -> int:
         return len(self.seqs)
+
+    def example_keys(self) -> list:
+        """Each example as its tokens: equal keys are the same example to the loss."""
+        return [(tuple(t), start) for t, start in self.seqs]
 
     def prepare(self, model, progress) -> None:
         return None
@@ -495,8 +503,9 @@ class TrainResult:
     def __repr__(self) -> str:
         early = ", stopped early" if self.stopped_early else ""
         return (f"TrainResult({self.steps} steps in {self.seconds:.1f} s, {self.tokens_per_second:,.0f} tokens/s on the "
-                f"{self.backend} backend, {self.trainable_params:,} trainable parameters; best validation loss "
-                f"{self.best_val:.4g}{early}; {self.out_dir})")
+                f"{self.backend} backend, {self.trainable_params:,} trainable parameters; "
+                + (f"best validation loss {self.best_val:.4g}" if math.isfinite(self.best_val) else "no validation examples")
+                + f"{early}; {self.out_dir})")
 
 
 def read_saved(path: Path, read: Callable[[Path], Any], out: Path) -> Any:
@@ -628,7 +637,8 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     objective = _as_objective(model, objective, cfg)
     out = _run_dir(out_dir)
     state_dir = out / "state"
-    train_idx, val_idx = _split(len(objective), cfg, train_idx, val_idx)
+    keys = objective.example_keys() if hasattr(objective, "example_keys") else None
+    train_idx, val_idx = _split(len(objective), cfg, train_idx, val_idx, keys)
     torch.manual_seed(cfg.seed)
     from mechtox import distributed
     from mechtox.hf_backend import choose_backend
@@ -637,6 +647,10 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     backend, why = choose_backend(cfg.backend, model.cfg, getattr(objective, "hook_names", ()), lora=cfg.lora_r > 0)
     rank, world = distributed.setup(str(model.cfg.device))
     _check_fsdp(cfg, world, backend, why)
+    n_repeats = len(objective) - len(set(keys)) if keys is not None else 0
+    if n_repeats and rank == 0:  # a data problem: said even without progress bars
+        print(f"note: {n_repeats} of the {len(objective)} examples repeat others (the same tokens); each set of "
+              f"repeats is on one side of the train / validation split ({len(val_idx)} validation examples)", flush=True)
     progress = progress and rank == 0
     if world > 1 and progress:
         print(f"data parallel: {world} processes, {cfg.batch_size * cfg.grad_accum} examples each per step", flush=True)
@@ -738,14 +752,38 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
 
 
 def _split(n: int, cfg: TrainConfig, train_idx: Sequence[int] | None,
-           val_idx: Sequence[int] | None) -> tuple[list[int], list[int]]:
+           val_idx: Sequence[int] | None, keys: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
     """The training and validation examples: those given (one of them given: the other is the rest),
-    else a seeded ``cfg.val_fraction`` split; early stopping needs some validation examples."""
-    tr, va = _split_examples(n, cfg, train_idx, val_idx)
+    else a seeded ``cfg.val_fraction`` split that keeps examples with equal ``keys`` (the same
+    tokens) on one side, so that a repeated example is never validated on after training on it;
+    early stopping needs some validation examples."""
+    if train_idx is None and val_idx is None and keys is not None and len(set(keys)) < n:
+        tr, va = _grouped_split(n, cfg, list(keys))
+    else:
+        tr, va = _split_examples(n, cfg, train_idx, val_idx)
     if cfg.patience and not va:  # every validation loss NaN: it had stopped after `patience` evaluations
         raise MechtoxError(f"patience {cfg.patience} stops on the validation loss, and there are no validation "
                            "examples (val_fraction 0, or val_idx empty); give some, or patience 0")
     return tr, va
+
+
+def _grouped_split(n: int, cfg: TrainConfig, keys: list) -> tuple[list[int], list[int]]:
+    """A seeded split of about ``cfg.val_fraction`` of the examples that puts every group of equal
+    keys on one side: groups in the order of a random permutation of the examples, each taken into
+    validation while it fits in the share (the first one even if it does not), never all of them."""
+    perm = np.random.default_rng(cfg.seed).permutation(n)
+    n_val = max(1, int(round(cfg.val_fraction * n))) if cfg.val_fraction > 0 else 0
+    members: dict[Any, list[int]] = {}
+    for i, k in enumerate(keys):
+        members.setdefault(k, []).append(i)
+    val: set[int] = set()
+    for i in perm:
+        group = members[keys[int(i)]]
+        if len(val) >= n_val:
+            break
+        if group[0] not in val and (len(val) + len(group) <= n_val or (not val and len(group) < n)):
+            val.update(group)
+    return [i for i in range(n) if i not in val], sorted(val)
 
 
 def _split_examples(n: int, cfg: TrainConfig, train_idx: Sequence[int] | None,

@@ -194,6 +194,49 @@ def test_pairs_whose_sides_are_the_same_tokens(tiny, tmp_path, capsys):
     assert "note: 1 of the 3 pairs have the same chosen and rejected tokens" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("n", [2, 7, 40, 333])
+@pytest.mark.parametrize("frac", [0.0, 0.1, 0.25])
+def test_grouped_split_of_distinct_examples_is_the_plain_split(n, frac):
+    """Keeping repeats together must not move any example of a set without repeats."""
+    from mechtox.training import _grouped_split, _split_examples
+
+    for seed in (0, 3):
+        cfg = TrainConfig(val_fraction=frac, seed=seed)
+        assert _grouped_split(n, cfg, list(range(n))) == _split_examples(n, cfg, None, None)
+
+
+def test_repeated_examples_stay_on_one_side_of_the_validation_split(tiny, tmp_path, capsys):
+    """A pair set with repeats (a scraped file, a pair written twice) was split at random: copies of
+    one pair landed in training and validation, and the validation loss measured what the model was
+    trained on. Repeats (the same tokens) now stay together; every example without repeats keeps its side."""
+    from mechtox.cli import main
+    from mechtox.training import _split
+
+    rng = np.random.default_rng(0)
+    words = [" friend", " kind", " nice", " idiot", " loser", " jerk", " trash", " moron"]
+    pick = rng.integers(0, len(words), size=(60, 2))
+    pairs = PreferencePairs(["you are"] * 60, [words[a] for a, _ in pick], [words[b] + " !" for _, b in pick], "by hand")
+    keys = DPOObjective(tiny, pairs, TrainConfig()).example_keys()
+    assert len(set(keys)) == len({(c, r) for c, r in zip(pairs.chosen, pairs.rejected, strict=True)}) < 60
+    for frac in (0.1, 0.3):
+        tr, va = _split(60, TrainConfig(val_fraction=frac), None, None, keys)
+        assert sorted(tr + va) == list(range(60)) and va and tr
+        assert not {keys[i] for i in tr} & {keys[i] for i in va}
+        assert abs(len(va) - round(frac * 60)) <= max(keys.count(k) for k in keys)
+    plain = _split(60, TrainConfig(), None, None)
+    assert _split(60, TrainConfig(), None, None, list(range(60))) == plain
+    # every pair the same: nothing to hold out, said so, and no infinite loss written as JSON
+    f = tmp_path / "p.jsonl"
+    f.write_text('{"prompt": "you are", "chosen": " kind", "rejected": " loser"}\n' * 12)
+    assert main(["train", "dpo", "-w", str(tmp_path / "ws"), "-q", "--model", "tiny", "--pairs", str(f),
+                 "--steps", "1", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "note: 11 of the 12 examples repeat others" in out and "(0 validation examples)" in out
+    assert "no validation examples" in out and "best val inf" not in out
+    info = json.loads((tmp_path / "ws" / "models" / "dpo" / "config.json").read_text())
+    assert info["best_val_loss"] is None
+
+
 def test_probe_sft_lowers_probe_score(tiny, tmp_path):
     from mechtox.activations import collect_activations
     from mechtox.probe import fit_probe

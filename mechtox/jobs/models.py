@@ -106,7 +106,8 @@ def listing(ws) -> dict[str, tuple[list[str], list[list[Any]]]]:
     for name in saved:
         info = checkpoint_info(ws.model_dir(name))
         models.append([name, info.get("cfg", {}).get("model_name", ""), info.get("trained_from", ""),
-                       info.get("objective", ""), info.get("steps", ""), info.get("best_val_loss", nan),
+                       info.get("objective", ""), info.get("steps", ""),
+                       nan if info.get("best_val_loss") is None else info["best_val_loss"],
                        _when(info.get("saved_at")), _gb(_size(ws.model_dir(name)))])
     directions = []
     for name in ws.directions():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,7 +303,7 @@ def write(res: TrainJobResult, ctx: Context):
         "trained_from": cfg.model, "objective": res.train_config.objective, "data": res.source,
         "config": dataclasses.asdict(res.train_config), "backend": res.result.backend, "steps": res.result.steps,
         "stopped_early": res.result.stopped_early, "final_loss": hist[-1]["loss"] if hist else None,
-        "best_val_loss": res.result.best_val, "probes": [p.name for p in res.probes],
+        "best_val_loss": res.result.best_val if math.isfinite(res.result.best_val) else None, "probes": [p.name for p in res.probes],
         "held_out_probes": [p.name for p in res.held_out],
         "trained_prompt_hashes": "".join(sorted(set(_io.text_hashes(res.prompts))))})
     run = ctx.ws.run_dir(artifacts.train_run(cfg.name))
@@ -320,7 +321,8 @@ def summary(res: TrainJobResult, ctx: Context) -> str:
     last = r.history[-1] if r.history else {}
     lines = [f"saved model {res.config.name!r} to {ctx.ws.model_dir(res.config.name)} after {r.steps} steps in "
              f"{r.seconds:.0f} s ({r.tokens_per_second:.0f} tok/s); final loss {last.get('loss', float('nan')):.4f}, "
-             f"best val {r.best_val:.4f}{' (stopped early)' if r.stopped_early else ''}",
+             + (f"best val {r.best_val:.4f}" if math.isfinite(r.best_val) else "no validation examples")
+             + (" (stopped early)" if r.stopped_early else ""),
              f"backend {r.backend} ({r.backend_reason}); {r.trainable_params:,} trainable parameters"
              + (f" (LoRA r {res.train_config.lora_r} on {res.train_config.lora_targets}, merged into the saved model)"
                 if res.train_config.lora_r else "")]
