@@ -83,6 +83,37 @@ def test_step_keys_follow_dependencies_only():
 
 
 
+def test_a_data_file_edited_in_place_is_not_reused(tmp_path):
+    """The configs name data files by path: a file edited in place (labels fixed, rows added) kept
+    every key, and the main job reused results of the old data. The keys now hold the files' contents."""
+    from mechtox.jobs import Context
+    from mechtox.jobs import main as main_job
+
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "jigsaw_balanced.csv").write_text("text,label\nyou idiot,1\nthanks friend,0\n")
+    (d / "rtp_challenge.jsonl").write_text('{"prompt": {"text": "So"}}\n')
+    (d / "paradetox.tsv").write_text("toxic\tneutral1\nyou idiot\tyou\n")
+    (d / "wikitext2_test.raw").write_text(" = A = \n text \n")
+    (d / "wiki_samples.jsonl").write_text('{"prompt": "a", "gold": "b"}\n')
+    ctx = Context(workspace=str(tmp_path / "ws"))
+
+    def keys():
+        out = {}
+        for step in main_job.plan(main_job.MainConfig(size="small", data_dir=str(d))):
+            out[step.name] = main_job.step_key(step, ctx, out)
+        return out
+
+    a = keys()
+    assert keys() == a
+    (d / "jigsaw_balanced.csv").write_text("text,label\nyou idiot,0\nthanks friend,1\n")  # the same size
+    b = keys()
+    assert [s for s in a if a[s] != b[s]] == ["probe", "directions", "rank", "train", "eval", "attribution"]
+    (d / "paradetox.tsv").write_text("toxic\tneutral1\nyou moron\tyou\n")
+    c = keys()
+    assert [s for s in b if b[s] != c[s]] == ["pairs", "train", "eval", "attribution"]
+
+
 def test_model_identity_changes_with_the_model_behind_a_name(tmp_path):
     """What the main job's reuse keys on: the alias's target, and each file's size and time."""
     import os

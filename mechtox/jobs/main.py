@@ -2,10 +2,11 @@
 attribution -> report, on the base model, at one of three sizes.
 
 Each step is one or more jobs with their configs. A finished step is reused when its key (a hash
-of its configs, the shared settings, what the model's name points at now and the keys of the steps
-it depends on) is the one recorded in ``runs/<out>/main.json`` and its outputs still exist:
-changing a setting reruns that step and everything downstream of it, and nothing else; another
-model behind the same name (``models --set-base``, a checkpoint saved again) reruns everything.
+of its configs, the contents of the data files they name, the shared settings, what the model's
+name points at now and the keys of the steps it depends on) is the one recorded in
+``runs/<out>/main.json`` and its outputs still exist: changing a setting, or a data file in place,
+reruns that step and everything downstream of it, and nothing else; another model behind the same
+name (``models --set-base``, a checkpoint saved again) reruns everything.
 """
 
 from __future__ import annotations
@@ -192,11 +193,35 @@ def plan(cfg: MainConfig) -> list[Step]:
     ]
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _contents(value: Any) -> str | None:
+    """A digest of the file ``value`` names (None when it names none): a data file edited in place
+    keeps its path, and its step must not be reused."""
+    from pathlib import Path
+
+    if not isinstance(value, str) or not value or not Path(value).is_file():
+        return None
+    p = Path(value).resolve()
+    st = p.stat()
+    key = (str(p), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+    return _DIGESTS[key]
+
+
 def step_key(step: Step, ctx: Context, keys: dict[str, str], model: str = "") -> str:
-    """A hash of the step's configs, the settings every step shares, what the model's name points
-    at (``model``: :meth:`Workspace.model_identity`) and its dependencies' keys."""
-    blob = {"jobs": [[getattr(j, "__name__", str(j)), dataclasses.asdict(c)] for j, c in step.jobs],
+    """A hash of the step's configs, the contents of the files they name (data), the settings every
+    step shares, what the model's name points at (``model``: :meth:`Workspace.model_identity`) and
+    its dependencies' keys."""
+    configs = [dataclasses.asdict(c) for _, c in step.jobs]
+    values = [v for c in configs for f in c.values() for v in (f if isinstance(f, list) else [f])]
+    files = {v: d for v in values if (d := _contents(v)) is not None}
+    blob = {"jobs": [[getattr(j, "__name__", str(j)), c] for (j, _), c in zip(step.jobs, configs, strict=True)],
             "dtype": ctx.dtype, "seed": ctx.seed, "model": model, "deps": {d: keys[d] for d in step.deps}}
+    if files:  # (left out when none: the keys of toy-data runs are what they were)
+        blob["files"] = files
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
