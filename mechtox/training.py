@@ -637,8 +637,7 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     objective = _as_objective(model, objective, cfg)
     out = _run_dir(out_dir)
     state_dir = out / "state"
-    keys = objective.example_keys() if hasattr(objective, "example_keys") else None
-    train_idx, val_idx = _split(len(objective), cfg, train_idx, val_idx, keys)
+    train_idx, val_idx = _split_objective(objective, cfg, train_idx, val_idx)
     torch.manual_seed(cfg.seed)
     from mechtox import distributed
     from mechtox.hf_backend import choose_backend
@@ -647,10 +646,6 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     backend, why = choose_backend(cfg.backend, model.cfg, getattr(objective, "hook_names", ()), lora=cfg.lora_r > 0)
     rank, world = distributed.setup(str(model.cfg.device))
     _check_fsdp(cfg, world, backend, why)
-    n_repeats = len(objective) - len(set(keys)) if keys is not None else 0
-    if n_repeats and rank == 0:  # a data problem: said even without progress bars
-        print(f"note: {n_repeats} of the {len(objective)} examples repeat others (the same tokens); each set of "
-              f"repeats is on one side of the train / validation split ({len(val_idx)} validation examples)", flush=True)
     progress = progress and rank == 0
     if world > 1 and progress:
         print(f"data parallel: {world} processes, {cfg.batch_size * cfg.grad_accum} examples each per step", flush=True)
@@ -749,6 +744,19 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     secs = time.perf_counter() - t0
     return TrainResult(history, step, best_val, stopped_early, secs, tokens_done / secs if secs > 0 else 0.0, out,
                        val_history, backend, why, n_trainable)
+
+
+def _split_objective(objective: Any, cfg: TrainConfig, train_idx: Sequence[int] | None,
+                     val_idx: Sequence[int] | None) -> tuple[list[int], list[int]]:
+    """:func:`_split` of ``objective``'s examples, keeping its repeats together (a note, from rank 0
+    even without progress bars, says how many there are: a problem of the data)."""
+    keys = objective.example_keys() if hasattr(objective, "example_keys") else None
+    tr, va = _split(len(objective), cfg, train_idx, val_idx, keys)
+    n_repeats = len(objective) - len(set(keys)) if keys is not None else 0
+    if n_repeats and int(os.environ.get("RANK", "0")) == 0:
+        print(f"note: {n_repeats} of the {len(objective)} examples repeat others (the same tokens); each set of "
+              f"repeats is on one side of the train / validation split ({len(va)} validation examples)", flush=True)
+    return tr, va
 
 
 def _split(n: int, cfg: TrainConfig, train_idx: Sequence[int] | None,
