@@ -17,7 +17,7 @@ from mechtox.tables import markdown
 # directions/<probe>/
 SWEEP = "sweep.csv"                      # one row per layer of a probe sweep
 SWEEP_FIGURE = "sweep.html"
-# runs/probe-eval-<probe>/ (probe-eval-<probe>-<aggregate>/ when scored by token)
+# runs/probe-eval-<probe>-<data>/ (+ -<aggregate> when scored by token, -on-<model> with --model)
 PROBE_EVAL = "probe-eval"                # table stem: accuracy, F1, AUROC with bootstrap intervals
 RELIABILITY = "reliability.csv"
 # runs/<rank run>/

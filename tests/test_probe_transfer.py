@@ -73,8 +73,8 @@ def test_probe_eval_command_on_tiny(tmp_path, capsys):
     capsys.readouterr()
     assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "100"]) == 0
     out = capsys.readouterr().out
-    assert "probe-eval-probe" in out
-    run = tmp_path / "ws" / "runs" / "probe-eval-probe"
+    assert "probe-eval-probe-toxicity" in out
+    run = tmp_path / "ws" / "runs" / "probe-eval-probe-toxicity"
     meta = json.loads((run / "probe-eval.json").read_text())
     rows = {(r["scorer"], r["metric"]): r for r in meta["rows"]}
     assert meta["n_texts"] == 100 and set(rows) == {("probe:probe", "accuracy"), ("probe:probe", "f1"),
@@ -125,12 +125,11 @@ def test_probe_eval_scores_on_the_model_the_probe_was_fitted_on_unless_told(tmp_
     assert main(["models", *ws, "--set-base", "./a"]) == 0
     assert main(["probe", *ws, "--model", "./b", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "20",
                  "--layers", "last"]) == 0
-    meta = tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json"
-
     def scored(*model):
         capsys.readouterr()
         assert main(["probe", *ws, *model, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "60"]) == 0
-        m = json.loads(meta.read_text())
+        run = "probe-eval-probe-toxicity" + ("-on-base" if model == ("--model", "base") else "")
+        m = json.loads((tmp_path / "ws" / "runs" / run / "probe-eval.json").read_text())
         return m["model"], m["probe_model"], [r["value"] for r in m["rows"]]
 
     own, on_b, on_a = scored(), scored("--model", "./b"), scored("--model", "base")
@@ -146,6 +145,30 @@ def test_probe_eval_scores_on_the_model_the_probe_was_fitted_on_unless_told(tmp_
     assert err.count("\n") == 1
 
 
+def test_a_probe_scored_on_a_second_data_set_keeps_the_first_run(tmp_path, capsys):
+    """Every `probe --eval NAME` wrote runs/probe-eval-NAME: scoring a probe on a second data set
+    replaced the first one's table, silently. Runs are now named after the data too (and after
+    --model when it is not the probe's own model)."""
+    from mechtox.jobs.probe import data_label
+
+    ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
+    assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "20", "--layers", "last"]) == 0
+    other = tmp_path / "tweets.csv.gz"
+    import gzip
+
+    other.write_bytes(gzip.compress(("text,label\n" + "".join(f"you stupid idiot {i},1\nthanks for the help {i},0\n"
+                                                              for i in range(20))).encode()))
+    assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "60"]) == 0
+    assert main(["probe", *ws, "--eval", "probe", "--data", str(other)]) == 0
+    runs = tmp_path / "ws" / "runs"
+    first = json.loads((runs / "probe-eval-probe-toxicity" / "probe-eval.json").read_text())
+    second = json.loads((runs / "probe-eval-probe-tweets" / "probe-eval.json").read_text())
+    assert (first["n_texts"], second["n_texts"]) == (60, 40)
+    assert sorted(p.name for p in runs.glob("probe-eval-*")) == ["probe-eval-probe-toxicity", "probe-eval-probe-tweets"]
+    assert [data_label(s) for s in (None, "data:olid_train.csv", "../d/olid.csv.gz", "cardiffnlp/tweet_eval", "a b.jsonl")] \
+        == ["jigsaw_balanced", "olid_train", "olid", "tweet_eval", "a-b"]
+
+
 def test_probe_eval_counts_the_texts_the_probe_was_fitted_on(tmp_path, capsys):
     """Scored on the whole file it was fitted on (240 distinct texts, 120 in its training split),
     a probe has seen exactly 120 of them; on other texts, none (and no note)."""
@@ -157,13 +180,13 @@ def test_probe_eval_counts_the_texts_the_probe_was_fitted_on(tmp_path, capsys):
     capsys.readouterr()
     assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity"]) == 0
     assert "120 of these 240 texts are among those the probe was fitted on" in capsys.readouterr().out
-    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe-toxicity" / "probe-eval.json").read_text())
     assert meta["n_seen_in_training"] == 120
     other = tmp_path / "other.csv"
     other.write_text("text,label\n" + "".join(f"you stupid idiot number {i},1\nthanks for the help {i},0\n"
                                               for i in range(30)))
     assert main(["probe", *ws, "--eval", "probe", "--data", str(other)]) == 0
-    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe-other" / "probe-eval.json").read_text())
     assert meta["n_seen_in_training"] == 0 and "note" not in meta
     probe = Direction.load(tmp_path / "ws" / "directions" / "probe")
     assert len(probe.provenance["fitted_text_hashes"]) == 120 * len(text_hashes(["x"])[0])
@@ -176,7 +199,7 @@ def test_probe_eval_counts_the_texts_the_probe_was_fitted_on(tmp_path, capsys):
     # --unseen: the 120 training texts left out, the 120 others scored
     assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--unseen"]) == 0
     out = capsys.readouterr().out
-    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe-toxicity" / "probe-eval.json").read_text())
     assert meta["n_texts"] == 120 and meta["n_seen_in_training"] == 0 and meta["n_left_out_as_fitted"] == 120
     assert "120 texts the probe was fitted on left out (--unseen)" in out
     old.save(tmp_path / "ws" / "directions" / "old")
@@ -198,7 +221,7 @@ def test_probe_eval_on_few_texts_says_its_intervals_are_rough(tmp_path, capsys):
     assert main(["probe", *ws, "--eval", "probe", "--data", str(few)]) == 0
     out = capsys.readouterr().out
     assert "only 6 toxic and 6 non-toxic texts" in out and "too narrow to trust" in out
-    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe-few" / "probe-eval.json").read_text())
     assert "only 6 toxic" in meta["note"]
     assert main(["report", "-w", str(tmp_path / "ws"), "-q"]) == 0
     assert "only 6 toxic and 6 non-toxic texts" in (tmp_path / "ws" / "report.html").read_text()
@@ -286,7 +309,7 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
     assert main(["probe", *ws, "--eval", "both", "--data", "builtin:toxicity", "--limit", "60", "--aggregate", "max"]) == 0
     out = capsys.readouterr().out
     assert "probe:both:max" in out and "| auroc |" in out and "| accuracy |" not in out and "AUROC only" in out
-    assert (tmp_path / "ws" / "runs" / "probe-eval-both-max" / "probe-eval.json").is_file()  # beside the pooled run
+    assert (tmp_path / "ws" / "runs" / "probe-eval-both-toxicity-max" / "probe-eval.json").is_file()  # beside the pooled run
     assert main(["probe", *ws, "--data", "builtin:toxicity", "--aggregate", "max"]) == 2
     assert "--aggregate scores a saved probe: it needs --eval NAME" in capsys.readouterr().err
     assert main(["rank", *ws, "--probe", "both"]) == 2
@@ -608,7 +631,7 @@ def test_a_probe_scores_texts_at_the_length_it_was_fitted_on(tiny, tmp_path, cap
     capsys.readouterr()
     assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "40"]) == 0
     assert "cut to" not in capsys.readouterr().out  # read as fitted: 16 tokens
-    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe" / "probe-eval.json").read_text())
+    meta = json.loads((tmp_path / "ws" / "runs" / "probe-eval-probe-toxicity" / "probe-eval.json").read_text())
     assert meta["max_length"] == 16
     assert main(["probe", *ws, "--eval", "probe", "--data", "builtin:toxicity", "--limit", "40",
                  "--max-length", "64"]) == 0

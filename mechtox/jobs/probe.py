@@ -58,7 +58,7 @@ class ProbeConfig(JobConfig):
     eval: str | None = option(None, "score this saved probe on --data instead of fitting one: accuracy, F1 and AUROC "
                                     "with bootstrap 95%% intervals, the offline scorer's AUROC on the same texts, a "
                                     "calibration figure and how many of the texts the probe was fitted on (run "
-                                    "probe-eval-NAME, or probe-eval-NAME-AGGREGATE)", metavar="NAME")
+                                    "probe-eval-NAME-DATA, with -AGGREGATE when scored by token and -on-MODEL with --model)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
     unseen: bool = option(False, "--eval: leave out the texts the probe was fitted on (its saved record of them), so "
@@ -283,10 +283,34 @@ class ProbeEvalResult:
     reliability: Any    # DataFrame: per bin of predicted probability
     meta: dict
 
-    @property
-    def run_name(self) -> str:
-        agg = self.config.aggregate
-        return f"probe-eval-{self.config.eval}" + ("" if agg == "pooled" else f"-{agg}")
+    run_name: str = ""
+
+
+def eval_run_name(cfg: ProbeConfig, other_model: bool) -> str:
+    """``probe-eval-PROBE-DATA`` (``-AGGREGATE`` when scored by token, ``-on-MODEL`` when --model is
+    not the model the probe was fitted on): a probe scored on a second data set, or by another
+    model, keeps the first one's run."""
+    from mechtox.jobs._base import spec_label
+
+    agg = cfg.aggregate
+    name = (f"probe-eval-{cfg.eval}-{data_label(cfg.data)}" + ("" if agg == "pooled" else f"-{agg}")
+            + (f"-on-{spec_label(cfg.model)}" if cfg.model and other_model else ""))
+    return spec_label(name, most=100)
+
+
+def data_label(spec: str | None) -> str:
+    """A data spec as part of a run name: a file's name without its suffixes, ``data:NAME``'s NAME,
+    an HF id's last part, the default labelled file's name when None."""
+    from pathlib import PurePath
+
+    from mechtox.jobs._base import spec_label
+
+    s = "jigsaw_balanced.csv" if spec is None else spec.split(":", 1)[1] if spec.startswith(("builtin:", "data:")) else spec
+    name = PurePath(s.rstrip("/\\")).name or s
+    for _ in range(2):  # olid.csv.gz -> olid
+        stem = PurePath(name).stem
+        name = stem if stem and PurePath(name).suffix.lower() in (".gz", ".csv", ".tsv", ".jsonl", ".json", ".txt") else name
+    return spec_label(name, most=40)
 
 
 def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResult:
@@ -364,7 +388,8 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
                      f"{FEW_PER_LABEL} of a label the bootstrap intervals are too narrow to trust; score more texts")
     if notes:
         meta["note"] = "; ".join(notes)
-    return ProbeEvalResult(cfg, table, reliability_table(data.labels, p), meta)
+    other_model = bool(cfg.model) and model_spec(cfg.model or "", ctx.ws) != probe.provenance.get("model")
+    return ProbeEvalResult(cfg, table, reliability_table(data.labels, p), meta, eval_run_name(cfg, other_model))
 
 
 def output(cfg: ProbeConfig, ws) -> Path:
