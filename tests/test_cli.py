@@ -3,6 +3,7 @@
 import copy
 import json
 
+import pandas as pd
 import pytest
 
 from mechtox.cli import main
@@ -495,6 +496,32 @@ def test_attribute_of_models_given_as_paths_names_its_run_after_them(ws, tmp_pat
         "hf-org-name", "tmp-g-ckpt", "base-w.pt", "model"]
     long_a, long_b = "/x/" + "a" * 60 + "/ckpt", "/y/" + "a" * 60 + "/ckpt"
     assert len(spec_label(long_a)) <= 40 and spec_label(long_a) != spec_label(long_b)
+
+
+def test_rankings_of_two_models_and_attributions_along_two_directions_keep_apart(ws, tmp_path, capsys, monkeypatch):
+    """`rank --probe p` of base and of another model both wrote runs/rank-p, and attributions along
+    two directions both wrote runs/attribute-<before>-<after>: the second replaced the first,
+    silently. The default names now hold the model (not base) and the direction (not probe)."""
+    from mechtox.models import save_checkpoint, tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(tiny_model(seed=1), tmp_path / "other")
+    assert main(["models", "-w", ws, "--set-base", "tiny"]) == 0
+    assert main(["probe", "-w", ws, "-q", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "30",
+                 "--layers", "1"]) == 0
+    assert main(["probe", "-w", ws, "-q", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "30",
+                 "--layers", "0", "--out", "p0"]) == 0
+    for model in ("base", "./other"):
+        assert main(["rank", "-w", ws, "-q", "--model", model, "--probe", "probe", "--top", "3", "--svd-top", "8"]) == 0
+    runs = tmp_path / "ws" / "runs"
+    a, b = (pd.read_csv(runs / r / "ranking.csv") for r in ("rank-probe", "rank-probe-other"))
+    assert not a[["layer", "neuron"]].equals(b[["layer", "neuron"]])  # two models' rankings, both kept
+    for d in ("probe", "p0"):
+        assert main(["attribute", "-w", ws, "-q", "--after", "./other", "--direction", d, "--prompts", "builtin:prompts",
+                     "--n", "3", "--max-new-tokens", "2", "--n-eval-prompts", "0", "--f1-prompts", "0"]) == 0
+    g = {r: json.loads((runs / r / "attribution-own-groups.json").read_text()) for r in
+         ("attribute-base-other", "attribute-base-other-p0")}
+    assert [v["direction"] for v in g.values()] == ["probe", "p0"]
 
 
 def test_evaluations_of_two_models_keep_apart(ws, tmp_path, capsys, monkeypatch):

@@ -37,7 +37,8 @@ class AttributeConfig(JobConfig):
     ablate_ks: str = option("100,200,1000", "numbers of top neurons ablated in the ablation-vs-after table")
     ppl_tokens: int = option(8000, "tokens of Wikitext-2 for perplexity in that table")
     f1_prompts: int = option(100, "Wikitext-2 prompts for F1 in that table")
-    out: str | None = option(None, "run name (default attribute-<before>-<after>)")
+    out: str | None = option(None, "run name (default attribute-<before>-<after>, + -<direction> for a direction "
+                                   "other than probe: attributions along two directions keep apart)")
     text: str | None = None   # Wikitext-2 text for perplexity (default: the shipped one); not a flag
 
     def check(self) -> None:
@@ -50,7 +51,8 @@ class AttributeConfig(JobConfig):
 
     @property
     def run_name(self) -> str:
-        return self.out or f"attribute-{spec_label(self.before)}-{spec_label(self.after)}"
+        along = "" if self.direction == "probe" else f"-{self.direction}"
+        return self.out or spec_label(f"attribute-{spec_label(self.before)}-{spec_label(self.after)}{along}", most=100)
 
 
 @dataclass

@@ -7,7 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from mechtox.errors import MechtoxError
-from mechtox.jobs._base import MODEL_HELP, Context, JobConfig, check_out, option, positive
+from mechtox.jobs._base import (
+    MODEL_HELP,
+    Context,
+    JobConfig,
+    check_out,
+    option,
+    positive,
+    spec_label,
+)
 
 HELP = "rank all MLP neurons by cosine of their value vector with a direction"
 
@@ -22,7 +30,8 @@ class RankConfig(JobConfig):
                                         "are used)")
     act_limit: int = option(300, "texts for the activation-weighted ranking")
     svd_top: int = option(128, "value vectors in the SVD")
-    out: str | None = option(None, "run name (default rank-<probe>)")
+    out: str | None = option(None, "run name (default rank-<probe>, rank-<probe>-<model> for a --model other than "
+                                   "base: rankings of two models keep apart)")
 
     def check(self) -> None:
         check_out(self.out, "run name")
@@ -31,7 +40,8 @@ class RankConfig(JobConfig):
 
     @property
     def run_name(self) -> str:
-        return self.out or f"rank-{self.probe}"
+        return self.out or spec_label(f"rank-{self.probe}" + ("" if self.model == "base" else f"-{spec_label(self.model)}"),
+                                      most=100)
 
 
 @dataclass
