@@ -50,6 +50,20 @@ def test_main_job_reruns_what_a_change_reaches(tmp_path, monkeypatch, capsys):
     assert main(["models", "-w", str(tmp_path / "ws"), "--set-base", str(second)]) == 0
     assert main([*base, "--alpha", "4"]) == 0
     assert _ran(capsys.readouterr().out) == ["probe", "directions", "rank", "pairs", "train", "eval", "attribution"]
+    # the probe replaced by a command of the user's (`mechtox probe` saves 'probe' too): the steps after would
+    # read another probe than their results came from; the probe step is redone (deterministic: the same probe)
+    saved = tmp_path / "ws" / "directions" / "probe" / "direction.json"
+    ours = saved.read_bytes()
+    assert main(["probe", "-w", str(tmp_path / "ws"), "-q", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "0"]) == 0
+    assert saved.read_bytes() != ours
+    capsys.readouterr()
+    assert main([*base, "--alpha", "4"]) == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == ["probe"] and "directions/probe/direction.json was replaced since this job wrote it" in out
+    assert saved.read_bytes() == ours  # the main job's probe again, byte for byte
+    assert main([*base, "--alpha", "4"]) == 0
+    assert _ran(capsys.readouterr().out) == []
 
 
 def test_step_keys_follow_dependencies_only():

@@ -4,9 +4,10 @@ attribution -> report, on the base model, at one of three sizes.
 Each step is one or more jobs with their configs. A finished step is reused when its key (a hash
 of its configs, the contents of the data files they name, the shared settings, what the model's
 name points at now and the keys of the steps it depends on) is the one recorded in
-``runs/<out>/main.json`` and its outputs still exist: changing a setting, or a data file in place,
-reruns that step and everything downstream of it, and nothing else; another model behind the same
-name (``models --set-base``, a checkpoint saved again) reruns everything.
+``runs/<out>/main.json`` and its outputs still exist as it wrote them: changing a setting, or a data
+file in place, reruns that step and everything downstream of it, and nothing else; an output another
+command replaced (``mechtox probe`` saves 'probe' too) reruns the step that wrote it; another model
+behind the same name (``models --set-base``, a checkpoint saved again) reruns everything.
 """
 
 from __future__ import annotations
@@ -290,9 +291,28 @@ def _run_step(step: Step, ctx: Context, models: _Models) -> None:
             execute(job, cfg, ctx, model=models[cfg.model])
 
 
-def _outputs_exist(step: Step, ctx: Context) -> bool:
-    return all((ctx.ws.run_dir(cfg.out) if job is compare_eval else job.output(cfg, ctx.ws)).exists()
-               for job, cfg in step.jobs)
+def _outputs(step: Step, ctx: Context) -> list:
+    return [ctx.ws.run_dir(cfg.out) if job is compare_eval else job.output(cfg, ctx.ws) for job, cfg in step.jobs]
+
+
+def _output_digests(step: Step, ctx: Context) -> dict[str, str]:
+    """Digests of the step's output files (the probe, the pairs, the trained model's config) as
+    it wrote them: a later command can replace them under the same name (`mechtox probe` saves
+    'probe' too), and the steps after would then read another probe than their results came from."""
+    return {str(p.relative_to(ctx.ws.root)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+            for p in _outputs(step, ctx) if p.is_file()}
+
+
+def _reusable(step: Step, ctx: Context, rec: dict | None, key: str) -> bool:
+    if not (rec and rec.get("key") == key and all(p.exists() for p in _outputs(step, ctx))):
+        return False
+    now, then = _output_digests(step, ctx), rec.get("outputs", {})  # none recorded: an older main.json
+    changed = [p for p in now if p in then and now[p] != then[p]]
+    if changed:
+        print(f"\n== {step.title}: {', '.join(changed)} was replaced since this job wrote it (by another command "
+              "with the same name?); redone, so that the steps after read what their results came from (give "
+              "your own runs other names, e.g. `mechtox probe --out mine`)")
+    return not changed
 
 
 @dataclass
@@ -324,7 +344,7 @@ def run(cfg: MainConfig, ctx: Context) -> MainResult:
     for step in steps:
         keys[step.name] = key = step_key(step, ctx, keys, model_id)
         rec = state["steps"].get(step.title)
-        if rec and rec.get("key") == key and _outputs_exist(step, ctx):
+        if _reusable(step, ctx, rec, key):
             print(f"\n== {step.title}: done before ({rec['seconds']:.0f} s), reused")
             reused.append(step.name)
             continue
@@ -332,7 +352,8 @@ def run(cfg: MainConfig, ctx: Context) -> MainResult:
         t = time.perf_counter()
         _run_step(step, ctx, models)
         state["steps"][step.title] = {"key": key, "deps": step.deps, "seconds": time.perf_counter() - t,
-                                      "settings": [dataclasses.asdict(c) for _, c in step.jobs]}
+                                      "settings": [dataclasses.asdict(c) for _, c in step.jobs],
+                                      "outputs": _output_digests(step, ctx)}
         state.update(size=size, model=cfg.model, data=real)
         _io.write_json(state_path, state)
         ran.append(step.name)
