@@ -524,6 +524,33 @@ def test_rankings_of_two_models_and_attributions_along_two_directions_keep_apart
     assert [v["direction"] for v in g.values()] == ["probe", "p0"]
 
 
+def test_saving_over_a_direction_of_another_model_says_so(ws, tmp_path, capsys, monkeypatch):
+    """`directions --model dpo` after `directions` (base) replaced the saved unembed, gen-diffmean...
+    directions, and `probe --model dpo` the probe, silently: whatever read them before (rank, eval,
+    attribute) now read another model's. Directions record their model as probes do, and replacing
+    one of another model says so."""
+    from mechtox.models import save_checkpoint, tiny_model
+
+    monkeypatch.chdir(tmp_path)
+    save_checkpoint(tiny_model(seed=1), tmp_path / "other")
+    common = ["directions", "-w", ws, "-q", "--data", "builtin:toxicity", "--prompts", "builtin:prompts", "--k-tokens",
+              "5", "--n-gen-prompts", "30", "--n-eval-prompts", "0", "--methods", "unembed"]
+    assert main([*common, "--model", "tiny"]) == 0
+    saved = tmp_path / "ws" / "directions" / "unembed" / "direction.json"
+    assert json.loads(saved.read_text())["provenance"]["model"] == "tiny"
+    assert "note:" not in capsys.readouterr().out
+    assert main([*common, "--model", "./other"]) == 0
+    out = capsys.readouterr().out
+    assert f"note: 'unembed' from tiny replaced by this one from {tmp_path / 'other'} (rename directions/unembed " \
+           "first to keep it)" in out
+    assert json.loads(saved.read_text())["provenance"]["model"] == str(tmp_path / "other")
+    probe = ["probe", "-w", ws, "-q", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "30", "--layers", "1"]
+    assert main([*probe, "--model", "tiny"]) == 0 and main([*probe, "--model", "tiny"]) == 0
+    assert "note:" not in capsys.readouterr().out  # the same model again: no note
+    assert main([*probe, "--model", "./other"]) == 0
+    assert "note: 'probe' from tiny replaced by this one from" in capsys.readouterr().out
+
+
 def test_evaluations_of_two_models_keep_apart(ws, tmp_path, capsys, monkeypatch):
     """`mechtox eval --model base` then `--model dpo` (the workflow to compare them) wrote both to
     runs/eval: the second replaced the first, silently. The default run is eval-<model> now."""

@@ -407,7 +407,10 @@ def write(res, ctx: Context):
         plotting.save_figure(plotting.reliability_figure(res.reliability), run / "reliability.html")
         return run
 
+    from mechtox.jobs.directions import say_replaced
+
     d = output(res.config, ctx.ws).parent
+    say_replaced(ctx.ws, res.config.out, res.probe.provenance.get("model"), "give --out another name to keep both")
     res.probe.save(d)
     _io.write_text(d / artifacts.SWEEP, res.sweep.table.to_csv(index=False))
     plotting.save_figure(plotting.probe_sweep_figure(res.sweep.table), d / artifacts.SWEEP_FIGURE)
