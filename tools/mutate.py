@@ -64,6 +64,7 @@ TESTS = {  # the fast test files of each module
     "jobs/attribute.py": ["tests/test_cli.py"],
     "jobs/rank.py": ["tests/test_cli.py"],
     "jobs/directions.py": ["tests/test_cli.py"],
+    "jobs/_base.py": ["tests/test_cli.py", "tests/test_bad_inputs.py"],
     "jobs/models.py": ["tests/test_models.py"],
     "jobs/main.py": ["tests/test_main_job.py"],
 }
@@ -128,7 +129,7 @@ MUTANTS = [
     M("main-job-reuses-a-replaced-output", "jobs/main.py",
       "    return not changed\n", "    return True\n",
       "after `mechtox probe` replaces the main job's probe, a rerun reuses every step: later steps read another probe"),
-    M("directions-replaced-silently", "jobs/directions.py",
+    M("directions-replaced-silently", "jobs/_base.py",
       "    if isinstance(old, str) and old and model and old != model:", "    if False:",
       "`directions --model dpo` replaces base's saved directions without a word"),
     M("directions-record-no-model", "jobs/directions.py",

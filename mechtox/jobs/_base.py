@@ -318,3 +318,32 @@ def execute(job, config, ctx: Context, **models) -> Any:
     job.write(res, ctx)
     print(job.summary(res, ctx), flush=True)
     return res
+
+
+def model_spec(spec: str, ws) -> str:
+    """The model ``spec`` as it can be given again: the base alias as what it points at, a path
+    (a checkpoint, transformers directory or GGUF file outside the workspace, as
+    :meth:`Workspace.resolve_model` finds it) made absolute (a probe's record names the model it
+    was fitted on)."""
+    from pathlib import Path
+
+    if spec == "base":
+        return model_spec(ws.base_spec, ws)
+    ref = ws.resolve_model(spec)
+    in_workspace = ref.kind == "checkpoint" and Path(ref.location) == ws.root / "models" / spec
+    return str(Path(ref.location).resolve()) if ref.kind in ("checkpoint", "gguf", "hf") and not in_workspace else spec
+
+
+def say_replaced(ws, name: str, model: str | None, keep: str = "rename directions/NAME first to keep it") -> None:
+    """A line when saving direction ``name`` replaces one the workspace holds from another model
+    (whatever read it before now reads this one)."""
+    import json
+
+    path = ws.direction_dir(name) / "direction.json"
+    try:
+        old = json.loads(path.read_text()).get("provenance", {}).get("model")
+    except (OSError, ValueError, AttributeError):
+        return
+    if isinstance(old, str) and old and model and old != model:
+        print(f"  note: '{name}' from {old} replaced by this one from {model} ({keep.replace('NAME', name)})",
+              flush=True)

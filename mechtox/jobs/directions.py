@@ -263,7 +263,7 @@ def fit_directions(cfg: DirectionsConfig, ctx: Context, model, inp: Inputs, sets
             neutral = [x for x, y in zip(data.texts, data.labels, strict=True) if y == 0][:200]
             dirs[m] = gradient_direction(model, neutral, hook, "toxic_tokens", sets.toxic, progress=ctx.progress)
         print(f"  {m}: fitted in {time.perf_counter() - t:.0f} s")
-    from mechtox.jobs.probe import model_spec
+    from mechtox.jobs._base import model_spec
 
     spec = model_spec(cfg.model, ctx.ws)  # as a probe records it: what `--model` to pass it with
     for m, d in dirs.items():
@@ -444,21 +444,6 @@ def run(cfg: DirectionsConfig, ctx: Context, model=None) -> DirectionsResult:
                             [d.name for m, d in dirs.items() if not (m == "probe" and cfg.probe)])
 
 
-def say_replaced(ws, name: str, model: str | None, keep: str = "rename directions/NAME first to keep it") -> None:
-    """A line when saving direction ``name`` replaces one the workspace holds from another model
-    (whatever read it before now reads this one)."""
-    import json
-
-    path = ws.direction_dir(name) / "direction.json"
-    try:
-        old = json.loads(path.read_text()).get("provenance", {}).get("model")
-    except (OSError, ValueError, AttributeError):
-        return
-    if isinstance(old, str) and old and model and old != model:
-        print(f"  note: '{name}' from {old} replaced by this one from {model} ({keep.replace('NAME', name)})",
-              flush=True)
-
-
 def output(cfg: DirectionsConfig, ws) -> Path:
     """The path (file or run folder) whose presence shows the job's results are written (the main job's reuse test)."""
     return ws.run_dir(cfg.out)
@@ -472,6 +457,8 @@ def write(res: DirectionsResult, ctx: Context):
     cfg, run = res.config, output(res.config, ctx.ws)
     for m, d in res.directions.items():
         if not (m == "probe" and cfg.probe):
+            from mechtox.jobs._base import say_replaced
+
             say_replaced(ctx.ws, d.name, d.provenance.get("model"))
             d.save(ctx.ws.direction_dir(d.name))
     _io.write_text(run / artifacts.TOKEN_STATS, res.stats.to_csv(index=False))

@@ -15,6 +15,7 @@ from mechtox.jobs._base import (
     Context,
     JobConfig,
     check_out,
+    model_spec,
     option,
     positive,
 )
@@ -210,20 +211,6 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     return ProbeResult(cfg, sweep, probe, hook, len(data), data.source)
 
 
-def model_spec(spec: str, ws) -> str:
-    """The model ``spec`` as it can be given again: the base alias as what it points at, a path
-    (a checkpoint, transformers directory or GGUF file outside the workspace, as
-    :meth:`Workspace.resolve_model` finds it) made absolute (a probe's record names the model it
-    was fitted on)."""
-    from pathlib import Path
-
-    if spec == "base":
-        return model_spec(ws.base_spec, ws)
-    ref = ws.resolve_model(spec)
-    in_workspace = ref.kind == "checkpoint" and Path(ref.location) == ws.root / "models" / spec
-    return str(Path(ref.location).resolve()) if ref.kind in ("checkpoint", "gguf", "hf") and not in_workspace else spec
-
-
 def fitted_on(name: str, ws) -> str:
     """The model spec probe ``name`` records it was fitted on, if the workspace can still load it
     (``base`` otherwise: a direction, or a probe saved by an older mechtox, names none)."""
@@ -407,7 +394,7 @@ def write(res, ctx: Context):
         plotting.save_figure(plotting.reliability_figure(res.reliability), run / "reliability.html")
         return run
 
-    from mechtox.jobs.directions import say_replaced
+    from mechtox.jobs._base import say_replaced
 
     d = output(res.config, ctx.ws).parent
     say_replaced(ctx.ws, res.config.out, res.probe.provenance.get("model"), "give --out another name to keep both")
