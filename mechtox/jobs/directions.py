@@ -453,12 +453,11 @@ def write(res: DirectionsResult, ctx: Context):
     import pandas as pd
 
     from mechtox import _io, artifacts, plotting
+    from mechtox.jobs._base import say_replaced
 
     cfg, run = res.config, output(res.config, ctx.ws)
     for m, d in res.directions.items():
         if not (m == "probe" and cfg.probe):
-            from mechtox.jobs._base import say_replaced
-
             say_replaced(ctx.ws, d.name, d.provenance.get("model"))
             d.save(ctx.ws.direction_dir(d.name))
     _io.write_text(run / artifacts.TOKEN_STATS, res.stats.to_csv(index=False))

@@ -59,7 +59,8 @@ class ProbeConfig(JobConfig):
     eval: str | None = option(None, "score this saved probe on --data instead of fitting one: accuracy, F1 and AUROC "
                                     "with bootstrap 95%% intervals, the offline scorer's AUROC on the same texts, a "
                                     "calibration figure and how many of the texts the probe was fitted on (run "
-                                    "probe-eval-NAME-DATA, with -AGGREGATE when scored by token and -on-MODEL with --model)", metavar="NAME")
+                                    "probe-eval-NAME-DATA, + -AGGREGATE when scored by token, + -on-MODEL for a --model other than "
+                                    "the probe's own)", metavar="NAME")
     limit: int | None = option(None, "--eval: a stratified sample of N texts of --data; --eval-data: of that file "
                                      "(default: all)", type=int)
     unseen: bool = option(False, "--eval: leave out the texts the probe was fitted on (its saved record of them), so "
