@@ -670,7 +670,7 @@ def llama_config_from_hf(hf_config: Any, model_name: str, n_ctx: int | None = No
 
 def _cached_conversion(name: str, sha256: str, n_ctx: int) -> Path:
     """Where the conversion of a GGUF file is cached: keyed by the SHA-256 of the file's whole
-    contents (:func:`_content_sha256`) and the mechtox version (whose conversion made the cache).
+    contents (:func:`mechtox._io.file_sha256`) and the mechtox version (whose conversion made the cache).
 
     The key used to hold the file's modification time (beside its size and sampled pieces): every
     new environment (a fresh virtual environment, CI's clone, ``pip install --force-reinstall``)
@@ -682,16 +682,6 @@ def _cached_conversion(name: str, sha256: str, n_ctx: int) -> Path:
 
     key = hashlib.sha256(f"{__version__}:{sha256}".encode()).hexdigest()[:16]
     return cache_dir() / f"{name}-{key}-ctx{n_ctx}"
-
-
-def _content_sha256(path: Path, chunk: int = 1 << 24) -> str:
-    """The SHA-256 of a file's contents (0.12-0.17 s for SmolLM2's 98 MB file; seconds for a file of many
-    GB, little beside loading its conversion)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prune_gguf_cache(kept: Path, name: str, gguf: Path, sha256: str) -> list[Path]:
@@ -735,7 +725,7 @@ def load_gguf(path: str | os.PathLike[str] | None = None, device: str | None = N
             raise ModelNotFoundError(f"{gguf} is no GGUF file (it does not start with the GGUF magic bytes); give a "
                                      ".gguf model file, a mechtox checkpoint directory or a model name")
     name = DEFAULT_MODEL if path is None else gguf.stem
-    sha256 = _content_sha256(gguf)
+    sha256 = _io.file_sha256(gguf)
     cached = _cached_conversion(name, sha256, n_ctx)
     if use_cache and (cached / _CKPT_WEIGHTS).is_file():  # (Gemma 1 converted before it took the tanh GELU: now)
         model = _set_gemma_gelu(load_checkpoint(cached, device=device, dtype=dtype))

@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from mechtox import _io
 from mechtox import models as M
 from mechtox.cli import main
 from mechtox.errors import IncompatibleError, ModelNotFoundError
@@ -208,7 +209,7 @@ def test_a_gguf_conversion_cached_before_keeps_the_released_context_from_the_hea
     monkeypatch.setenv("MECHTOX_CACHE", str(tmp_path / "cache"))
     gguf = M.smollm2_gguf_path()
     assert M._gguf_context(gguf) == 8192
-    cached = M._cached_conversion(M.DEFAULT_MODEL, M._content_sha256(gguf), M.SMOLLM2_N_CTX)
+    cached = M._cached_conversion(M.DEFAULT_MODEL, _io.file_sha256(gguf), M.SMOLLM2_N_CTX)
     old = M.tiny_model(**{**LLAMA, "n_ctx": 64})  # stands in for the conversion: loading it is what is tested
     M.save_checkpoint(old, cached)
     assert M.source_context(M.load_gguf()) == 8192
@@ -648,7 +649,7 @@ def test_gemma_1_computes_the_tanh_gelu_and_its_export_the_same_function(tmp_pat
     gguf = tmp_path / "gemma-1.gguf"
     gguf.write_bytes(b"GGUF" + bytes(64))
     M.save_checkpoint(tiny_gemma("gemma-1", tl_gelu=True),
-                      M._cached_conversion("gemma-1", M._content_sha256(gguf), M.SMOLLM2_N_CTX))
+                      M._cached_conversion("gemma-1", _io.file_sha256(gguf), M.SMOLLM2_N_CTX))
     assert torch.equal(M.load_gguf(gguf).blocks[1].mlp.act_fn(x), tanh)
     for model, act in ((tiny_gemma("gemma-1"), "gelu_pytorch_tanh"), (tiny_gemma("gemma-1", tl_gelu=True), "gelu_python")):
         hf = T.AutoModelForCausalLM.from_pretrained(M.export_hf(model, tmp_path / act)).eval()

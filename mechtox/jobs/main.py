@@ -26,6 +26,7 @@ import mechtox.jobs.probe as probe
 import mechtox.jobs.rank as rank
 import mechtox.jobs.report as report
 import mechtox.jobs.train as train
+from mechtox._io import file_sha256
 from mechtox.errors import MechtoxError
 from mechtox.jobs._base import (
     MODEL_HELP,
@@ -208,7 +209,7 @@ def _contents(value: Any) -> str | None:
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _DIGESTS:
-        _DIGESTS[key] = hashlib.sha256(p.read_bytes()).hexdigest()[:16]
+        _DIGESTS[key] = file_sha256(p)[:16]
     return _DIGESTS[key]
 
 
@@ -299,8 +300,7 @@ def _output_digests(step: Step, ctx: Context) -> dict[str, str]:
     """Digests of the step's output files (the probe, the pairs, the trained model's config) as
     it wrote them: a later command can replace them under the same name (`mechtox probe` saves
     'probe' too), and the steps after would then read another probe than their results came from."""
-    return {str(p.relative_to(ctx.ws.root)): hashlib.sha256(p.read_bytes()).hexdigest()[:16]
-            for p in _outputs(step, ctx) if p.is_file()}
+    return {str(p.relative_to(ctx.ws.root)): file_sha256(p)[:16] for p in _outputs(step, ctx) if p.is_file()}
 
 
 def _reusable(step: Step, ctx: Context, rec: dict | None, key: str) -> bool:
