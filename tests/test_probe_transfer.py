@@ -310,6 +310,10 @@ def test_probe_on_several_layers_together(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "probe:both:max" in out and "| auroc |" in out and "| accuracy |" not in out and "AUROC only" in out
     assert (tmp_path / "ws" / "runs" / "probe-eval-both-toxicity-max" / "probe-eval.json").is_file()  # beside the pooled run
+    # without --model (scored on the model it records) and with --unseen: each read the probe in one piece
+    no_model = ["probe", "-w", str(tmp_path / "ws"), "-q", "--eval", "both", "--data", "builtin:toxicity"]
+    assert main([*no_model, "--limit", "60"]) == 0 and main([*no_model, "--unseen"]) == 0
+    assert "probe-eval-both-toxicity" in capsys.readouterr().out
     assert main(["probe", *ws, "--data", "builtin:toxicity", "--aggregate", "max"]) == 2
     assert "--aggregate scores a saved probe: it needs --eval NAME" in capsys.readouterr().err
     assert main(["rank", *ws, "--probe", "both"]) == 2

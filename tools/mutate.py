@@ -102,7 +102,7 @@ MUTANTS = [
       'name = f"ablate top-{k} {what}"',
       "a direction at an early block: 'ablate top-200' ablates the table's 128 neurons, twice under two labels"),
     M("probe-eval-on-base-not-the-probes-model", "jobs/probe.py",
-      "spec = cfg.model or fitted_on(name, ctx.ws)", 'spec = cfg.model or "base"',
+      "spec = cfg.model or fitted_on(name, probe, ctx.ws)", 'spec = cfg.model or "base"',
       "`probe --eval p` scores a probe fitted on another model of the same width on the base model, silently"),
     M("training-split-ignores-repeats", "training.py",
       "and keys is not None and len(set(keys)) < n:", "and keys is not None and False:",

@@ -212,12 +212,11 @@ def fit(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeResult:
     return ProbeResult(cfg, sweep, probe, hook, len(data), data.source)
 
 
-def fitted_on(name: str, ws) -> str:
-    """The model spec probe ``name`` records it was fitted on, if the workspace can still load it
-    (``base`` otherwise: a direction, or a probe saved by an older mechtox, names none)."""
-    from mechtox.probe import Direction
-
-    spec = Direction.load(ws.require_direction(name)).provenance.get("model")
+def fitted_on(name: str, probe, ws) -> str:
+    """The model spec the saved ``probe`` (named ``name``) records it was fitted on, if the
+    workspace can still load it (``base`` otherwise: a direction, or a probe saved by an older
+    mechtox, names none)."""
+    spec = probe.provenance.get("model")
     if not isinstance(spec, str) or not spec:
         return "base"
     try:
@@ -304,15 +303,15 @@ def data_label(spec: str | None) -> str:
 def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResult:
     """A saved probe scored on another labelled set (transfer), beside the offline scorer."""
     from mechtox.data import load_labelled
+    from mechtox.probe import Direction
 
     name = cfg.eval
     assert name is not None  # run() sends a config with --eval here
-    ctx.ws.require_direction(name)
+    probe = Direction.load(ctx.ws.require_direction(name), several_layers_ok=True)  # checked against the model below
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # both checked before TransformerLens loads
     import pandas as pd
 
     from mechtox.probe import (
-        Direction,
         ProbeScorer,
         bootstrap_metrics,
         fitted_length,
@@ -327,16 +326,16 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
         from mechtox import _io
         from mechtox.probe import unseen
 
-        record = Direction.load(ctx.ws.require_direction(cfg.eval)).provenance.get("fitted_text_hashes")
+        record = probe.provenance.get("fitted_text_hashes")
         if not isinstance(record, str):
             raise MechtoxError(f"--unseen: probe {cfg.eval!r} keeps no record of the texts it was fitted on (a "
                                "direction, or a probe saved by an older mechtox); leave out --unseen")
         data, n_unseen_left_out = unseen(data, _io.recorded(record))
     if cfg.limit:
         data = stratified_subset(data, cfg.limit, ctx.seed)
-    spec = cfg.model or fitted_on(name, ctx.ws)
+    spec = cfg.model or fitted_on(name, probe, ctx.ws)
     model = model if model is not None else ctx.load(spec)
-    probe = Direction.load(ctx.ws.require_direction(cfg.eval), model, several_layers_ok=True)
+    probe.check_model(model)
     n_toxic = int(data.labels.sum())
     print(f"probe --eval {cfg.eval}: {len(data)} texts from {data.source} ({n_toxic} toxic)", flush=True)
     fitted = fitted_length(probe)
