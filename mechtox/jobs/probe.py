@@ -303,15 +303,14 @@ def data_label(spec: str | None) -> str:
 def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResult:
     """A saved probe scored on another labelled set (transfer), beside the offline scorer."""
     from mechtox.data import load_labelled
-    from mechtox.probe import Direction
-
     name = cfg.eval
     assert name is not None  # run() sends a config with --eval here
-    probe = Direction.load(ctx.ws.require_direction(name), several_layers_ok=True)  # checked against the model below
+    path = ctx.ws.require_direction(name)
     data = load_labelled(cfg.data, cfg.text_col, cfg.label_col)  # both checked before TransformerLens loads
     import pandas as pd
 
     from mechtox.probe import (
+        Direction,
         ProbeScorer,
         bootstrap_metrics,
         fitted_length,
@@ -321,6 +320,7 @@ def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResul
     )
     from mechtox.scorers import get_scorer
 
+    probe = Direction.load(path, several_layers_ok=True)  # checked against the model once it is loaded
     n_unseen_left_out = None
     if cfg.unseen:  # before the sample and the model: what is left is what --limit samples
         from mechtox import _io
