@@ -118,6 +118,45 @@ def test_logit_lens_reads_through_the_models_own_final_norm(rich):
     assert got != plain  # the norm's weight (and centring) matters for these vectors
 
 
+def test_lens_hits_screened_equal_every_vector_read_in_full(rich):
+    """The screen (a few high-norm tokens first) against reading every vector's whole lens, and
+    against a float64 count: for value vectors and random vectors alike, hits and misses."""
+    from mechtox.neurons import _lens_inputs, lens_hits
+
+    g = torch.Generator().manual_seed(3)
+    V = torch.cat([rich.W_out.detach().reshape(-1, rich.cfg.d_model) * 40, torch.randn(400, rich.cfg.d_model, generator=g)])
+    ids = [5, 17, 40, 41, 96, 96, 300, -1]  # repeats and ids outside the vocabulary count once / never
+    full = lens_hits(rich, V, ids, k=10, screen=0)
+    for screen in (4, 16, 40):
+        assert np.array_equal(lens_hits(rich, V, ids, k=10, chunk=128, screen=screen), full)
+    logits = _lens_inputs(rich, V).double() @ unembed_basis(rich).double()
+    tox = torch.tensor([5, 17, 40, 41, 96])
+    above = (logits > logits[:, tox].amax(-1, keepdim=True)).sum(-1)
+    assert np.array_equal(full, (above < 10).numpy())
+    assert 0.05 < full.mean() < 0.95  # both kinds present
+    assert not lens_hits(rich, V, [300, -1]).any() and not lens_hits(rich, V, []).any()
+
+
+def test_lens_screen_keeps_vectors_whose_rivals_win_only_by_rounding(rich):
+    """Ten tokens whose unembedding is the toxic token's times (1 + 2e-7) outscore it in float32 by
+    less than rounding could change: the screen must leave such vectors to the full read."""
+    from mechtox.neurons import _lens_inputs, _lens_screen
+
+    basis = torch.zeros_like(unembed_basis(rich))  # the other tokens' logits are 0
+    basis[:, 3] = unembed_basis(rich)[:, 3]
+    basis[:, 10:20] = basis[:, [3]] * (1 + 2e-7)
+    g = torch.Generator().manual_seed(4)
+    vecs = _lens_inputs(rich, torch.randn(300, rich.cfg.d_model, generator=g))
+    up = (vecs @ basis[:, 3]) > 0  # there the rivals' logits are the larger in exact arithmetic
+    kept = set(_lens_screen(vecs, basis, [3], 10, 64, basis.shape[1] - 1).tolist())
+    assert up.sum() > 100 and set(torch.nonzero(up).flatten().tolist()) <= kept
+    # rivals 1e-3 ahead where the logit is a tenth of its largest value: no rounding, screened out
+    basis[:, 10:20] = basis[:, [3]] * (1 + 1e-3)
+    clear = (vecs @ basis[:, 3]) > 0.1 * vecs.norm(dim=-1) * basis[:, 3].norm()
+    kept = set(_lens_screen(vecs, basis, [3], 10, 64, basis.shape[1] - 1).tolist())
+    assert clear.sum() > 50 and not kept & set(torch.nonzero(clear).flatten().tolist())
+
+
 def test_mean_activations_over_real_tokens_of_unequal_texts(rich):
     from mechtox.neurons import mean_activations
 
