@@ -19,7 +19,6 @@
 # %%
 import copy
 import os
-import tempfile
 
 import mechtox as mt
 
@@ -106,11 +105,8 @@ pairs = PreferencePairs([pair_prompts[i] for i in keep], [good.continuations[i] 
                         [bad.continuations[i] for i in keep], "tutorial")
 after = copy.deepcopy(model)
 cfg = TrainConfig(lr=2e-5, batch_size=8, max_steps=3 if SMALL else 4, warmup_steps=1, eval_every=0, val_fraction=0.0)
-
-# train() writes a resumable checkpoint (weights and AdamW state: 2 GB for SmolLM2); this one is
-# thrown away with its folder: pass a directory of your own to keep it
-with tempfile.TemporaryDirectory() as run_dir:
-    result = train(after, DPOObjective(after, pairs, cfg), cfg, run_dir, progress=False)
+# no folder: no checkpoint written (a folder gets metrics and a resumable state: 2 GB for SmolLM2)
+result = train(after, DPOObjective(after, pairs, cfg), cfg, None, progress=False)
 print("DPO loss:", round(result.history[0]["loss"], 4), "->", round(result.history[-1]["loss"], 4))
 
 # %%

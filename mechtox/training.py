@@ -494,7 +494,7 @@ class TrainResult:
     stopped_early: bool
     seconds: float
     tokens_per_second: float
-    out_dir: Path
+    out_dir: Path | None  # None: trained without checkpoints
     val_history: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "hooked"
     backend_reason: str = ""
@@ -505,7 +505,7 @@ class TrainResult:
         return (f"TrainResult({self.steps} steps in {self.seconds:.1f} s, {self.tokens_per_second:,.0f} tokens/s on the "
                 f"{self.backend} backend, {self.trainable_params:,} trainable parameters; "
                 + (f"best validation loss {self.best_val:.4g}" if math.isfinite(self.best_val) else "no validation examples")
-                + f"{early}; {self.out_dir})")
+                + f"{early}; {self.out_dir or 'no checkpoints'})")
 
 
 def read_saved(path: Path, read: Callable[[Path], Any], out: Path) -> Any:
@@ -519,10 +519,11 @@ def read_saved(path: Path, read: Callable[[Path], Any], out: Path) -> Any:
                            f"delete {out} to start over, or choose another --out") from None
 
 
-def _restore(out: Path, cfg: TrainConfig, model: HookedTransformer, objective,
+def _restore(out: Path | None, cfg: TrainConfig, model: HookedTransformer, objective,
              base_print: list[float], data_print: str) -> tuple[int, list, list, float, int]:
     """Weights, reference log-probs and loop state of an interrupted run in ``out/state``. A LoRA
     run keeps its base weights: only the adapters are restored (after the backend is built)."""
+    assert out is not None  # _run_dir: no resume without a folder
     state_dir = out / "state"
     if not (state_dir / "trainer.json").is_file():
         raise MechtoxError(f"nothing to resume in {out}: no checkpoint (state/trainer.json); run without --resume")
@@ -617,26 +618,47 @@ def _as_objective(model: HookedTransformer, objective: Any, cfg: TrainConfig) ->
     return objective
 
 
-def _run_dir(out_dir: str | os.PathLike[str]) -> Path:
+def _say_setup(cfg: TrainConfig, world: int, backend: str, why: str) -> None:
+    if world > 1:
+        print(f"data parallel: {world} processes, {cfg.batch_size * cfg.grad_accum} examples each per step", flush=True)
+    print(f"training backend: {backend} ({why})", flush=True)
+
+
+def _restore_adapters(out: Path | None, fwd_model, model: HookedTransformer) -> None:
+    """The LoRA adapters of an interrupted run, into the built backend."""
+    from safetensors.torch import load_file
+
+    assert out is not None  # _run_dir: no resume without a folder
+    fwd_model.load_adapters(read_saved(out / "state" / "adapter.safetensors",
+                                       lambda f: load_file(str(f), device=str(model.cfg.device)), out))
+
+
+def _run_dir(out_dir: str | os.PathLike[str] | None, resume: bool) -> Path | None:
+    if out_dir is None:
+        if resume:
+            raise MechtoxError("resume=True continues a run from its folder: give the out_dir of the run to continue")
+        return None
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise MechtoxError(f"{out} is a file; train writes a folder there: give a new or existing folder")
     return out
 
 
-def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | os.PathLike[str], resume: bool = False,
+def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | os.PathLike[str] | None,
+          resume: bool = False,
           progress: bool = True, val_idx: Sequence[int] | None = None, train_idx: Sequence[int] | None = None,
           stop_after: int | None = None) -> TrainResult:
     """Train ``model`` in place on ``objective`` (an objective, or :class:`PreferencePairs` for
-    DPO); checkpoints and metrics go to ``out_dir``.
+    DPO); checkpoints and metrics go to ``out_dir`` (``None``: none are written, as for a quick
+    experiment in a notebook; the run cannot be resumed).
 
     ``resume=True`` continues from ``out_dir/state`` to the same weights as an uninterrupted
     run. ``stop_after`` ends the run after that many steps of THIS call (used to simulate an
     interruption in tests).
     """
     objective = _as_objective(model, objective, cfg)
-    out = _run_dir(out_dir)
-    state_dir = out / "state"
+    out = _run_dir(out_dir, resume)
+    state_dir = out / "state" if out is not None else None
     train_idx, val_idx = _split_objective(objective, cfg, train_idx, val_idx)
     torch.manual_seed(cfg.seed)
     from mechtox import distributed
@@ -647,10 +669,8 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     rank, world = distributed.setup(str(model.cfg.device))
     _check_fsdp(cfg, world, backend, why)
     progress = progress and rank == 0
-    if world > 1 and progress:
-        print(f"data parallel: {world} processes, {cfg.batch_size * cfg.grad_accum} examples each per step", flush=True)
     if progress:
-        print(f"training backend: {backend} ({why})", flush=True)
+        _say_setup(cfg, world, backend, why)
     trainable = set(architecture_parameters(model))  # not the zero biases TransformerLens adds (Llama)
     was = {name: p.requires_grad for name, p in model.named_parameters()}
     for name, p in model.named_parameters():
@@ -661,14 +681,11 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
     base_print, data_print = _fingerprint(model), _data_fingerprint(objective)
     if resume:
         step, history, val_history, best_val, bad_evals = _restore(out, cfg, model, objective, base_print, data_print)
-    elif (state_dir / "trainer.json").is_file():
+    elif state_dir is not None and (state_dir / "trainer.json").is_file():
         raise MechtoxError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
     fwd_model = _step_model(model, backend, cfg)
     if resume and cfg.lora_r:
-        from safetensors.torch import load_file
-
-        fwd_model.load_adapters(read_saved(state_dir / "adapter.safetensors",
-                                           lambda f: load_file(str(f), device=str(model.cfg.device)), out))
+        _restore_adapters(out, fwd_model, model)
     room = _room_for_checkpoints(out, model, [p for p in fwd_model.parameters() if p.requires_grad], cfg, rank, world)
     room(None)  # before the reference passes and the first step
     if not resume:
@@ -732,7 +749,7 @@ def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | 
         bar.set_postfix(loss=f"{total:.4f}", **({"val": f"{rec['val_loss']:.4f}"} if "val_loss" in rec else {}))
         if cfg.patience and bad_evals >= cfg.patience:
             stopped_early = True
-        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stopped_early:
+        if out is not None and (step % cfg.checkpoint_every == 0 or step == cfg.max_steps or stopped_early):
             checkpoint()
         if stopped_early or (stop_after is not None and this_call >= stop_after):
             break
@@ -892,13 +909,15 @@ def checkpoint_bytes(model: HookedTransformer, trained: Sequence[Tensor], cfg: T
     return weights + optimizer + (trained_bytes if cfg.lora_r else 0) + 16 * 1024
 
 
-def _room_for_checkpoints(out: Path, model: HookedTransformer, trained: list[Tensor], cfg: TrainConfig, rank: int,
+def _room_for_checkpoints(out: Path | None, model: HookedTransformer, trained: list[Tensor], cfg: TrainConfig, rank: int,
                           world: int):
     """``room(step)``: raise before the checkpoint of ``step`` (``None``: before training) when the
-    disk has no room for it."""
+    disk has no room for it (no checkpoints, ``out`` None: never)."""
     need = checkpoint_bytes(model, trained, cfg)
 
     def room(step: int | None) -> None:
+        if out is None:
+            return
         if step is None:
             what, todo = "a training checkpoint", "free some space or choose another --out"
         else:
@@ -933,10 +952,11 @@ def _check_disk(out: Path, need: int, what: str, todo: str, rank: int = 0, world
                                                                    "rank 0 found less") + f" free; {todo}")
 
 
-def _save_state(out: Path, model: HookedTransformer, fwd_model, objective, opt_state: dict, sched, loop: dict,
+def _save_state(out: Path | None, model: HookedTransformer, fwd_model, objective, opt_state: dict, sched, loop: dict,
                 lora: bool) -> None:
     """The resumable checkpoint ``out/state`` (weights, optimizer, schedule, reference log-probs,
     LoRA adapters, loop state), written atomically, and ``out/metrics.jsonl``."""
+    assert out is not None  # train: no checkpoints without a folder
     from safetensors.torch import save_file
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

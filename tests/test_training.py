@@ -133,6 +133,28 @@ def test_resume_after_interruption_gives_identical_weights(tmp_path):
         assert torch.equal(va, vc), k
 
 
+def test_a_run_without_a_folder_writes_nothing_and_trains_as_one_with_checkpoints(tmp_path, monkeypatch):
+    """``out_dir=None`` (a notebook's quick run): the same weights and history as a run that writes
+    a checkpoint every step (and restores nothing between them), and not a file written anywhere."""
+    from mechtox.models import tiny_model
+
+    cfg = TrainConfig(lr=1e-3, batch_size=3, max_steps=4, warmup_steps=1, eval_every=2, checkpoint_every=1)
+    a = tiny_model()
+    with_dir = train(a, DPOObjective(a, pairs(10), cfg), cfg, tmp_path / "a", progress=False)
+    assert (tmp_path / "a" / "state" / "trainer.json").is_file()
+    b = tiny_model()
+    monkeypatch.chdir(tmp_path / "a")  # a relative path written by mistake would land here
+    before = sorted(tmp_path.rglob("*"))
+    res = train(b, DPOObjective(b, pairs(10), cfg), cfg, None, progress=False)
+    assert sorted(tmp_path.rglob("*")) == before
+    assert res.out_dir is None and repr(res).endswith("; no checkpoints)")
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in with_dir.history] and res.steps == 4
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(va, vb), k
+    with pytest.raises(MechtoxError, match="give the out_dir of the run to continue"):
+        train(b, DPOObjective(b, pairs(10), cfg), cfg, None, resume=True, progress=False)
+
+
 def test_resume_errors(tiny, tmp_path):
     cfg = TrainConfig(batch_size=4, max_steps=2)
     with pytest.raises(MechtoxError, match="nothing to resume"):
