@@ -553,19 +553,31 @@ def test_saving_over_a_direction_of_another_model_says_so(ws, tmp_path, capsys, 
 
 def test_evaluations_of_two_models_keep_apart(ws, tmp_path, capsys, monkeypatch):
     """`mechtox eval --model base` then `--model dpo` (the workflow to compare them) wrote both to
-    runs/eval: the second replaced the first, silently. The default run is eval-<model> now."""
+    runs/eval: the second replaced the first, silently. The default run is eval-<model> now, and
+    names the prompts and interventions when given: an evaluation under an ablation, or on other
+    prompts, had replaced the plain one."""
     from mechtox.models import save_checkpoint, tiny_model
 
     monkeypatch.chdir(tmp_path)
     save_checkpoint(tiny_model(), tmp_path / "other")
-    common = ["eval", "-w", ws, "-q", "--prompts", "builtin:prompts", "--limit", "2", "--max-new-tokens", "2",
-              "--ppl-tokens", "0", "--f1-prompts", "0"]
-    for model in ("tiny", "./other"):
-        assert main([*common, "--model", model]) == 0
-    for run, model in (("eval-tiny", "tiny"), ("eval-other", "./other")):
+    assert main(["probe", "-w", ws, "-q", "--model", "tiny", "--data", "builtin:toxicity", "--n-train", "60",
+                 "--n-test", "30", "--layers", "1"]) == 0
+    common = ["eval", "-w", ws, "-q", "--limit", "2", "--max-new-tokens", "2", "--ppl-tokens", "0", "--f1-prompts", "0"]
+    toy = ["--prompts", "builtin:prompts"]
+    runs = {"eval-tiny-prompts": [*toy, "--model", "tiny"], "eval-other-prompts": [*toy, "--model", "./other"],
+            "eval-tiny-prompts-ablate-probe-5": [*toy, "--model", "tiny", "-i", "ablate:probe:5"],
+            "eval-tiny-prompts-ablate-probe-5-subtract-probe-2": [*toy, "--model", "tiny", "-i", "ablate:probe:5",
+                                                                   "-i", "subtract:probe:2"],
+            "eval-tiny-mine.v2": ["--prompts", "mine.v2.txt", "--model", "tiny"]}
+    (tmp_path / "mine.v2.txt").write_text("the city is\nyou are a\n")
+    for args in runs.values():
+        assert main([*common, *args]) == 0
+    for run, args in runs.items():
         rows = json.loads((tmp_path / "ws" / "runs" / run / "eval.json").read_text())["rows"]
-        assert [r["model"] for r in rows] == [model]
-    assert main([*common, "--model", "tiny", "--out", "mine"]) == 0 and (tmp_path / "ws" / "runs" / "mine").is_dir()
+        assert {r["model"] for r in rows} == {args[args.index("--model") + 1]}
+        given = [args[i + 1] for i, a in enumerate(args) if a == "-i"]
+        assert [r["intervention"] for r in rows] == (given or ["none"]), run
+    assert main([*common, *toy, "--model", "tiny", "--out", "mine"]) == 0 and (tmp_path / "ws" / "runs" / "mine").is_dir()
 
 
 def test_eval_neuron_counts_past_the_model_are_errors_before_generating(ws, capsys, monkeypatch):

@@ -149,7 +149,7 @@ def test_a_probe_scored_on_a_second_data_set_keeps_the_first_run(tmp_path, capsy
     """Every `probe --eval NAME` wrote runs/probe-eval-NAME: scoring a probe on a second data set
     replaced the first one's table, silently. Runs are now named after the data too (and after
     --model when it is not the probe's own model)."""
-    from mechtox.jobs.probe import data_label
+    from mechtox.jobs._base import data_label
 
     ws = ["-w", str(tmp_path / "ws"), "-q", "--model", "tiny"]
     assert main(["probe", *ws, "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "20", "--layers", "last"]) == 0

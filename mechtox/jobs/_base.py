@@ -221,6 +221,19 @@ def spec_label(spec: str, most: int = 40) -> str:
     return label
 
 
+def data_label(spec: str | None, default: str = "jigsaw_balanced.csv") -> str:
+    """A data spec as part of a run name: a file's name without its suffixes, ``data:NAME``'s NAME,
+    an HF id's last part, ``default``'s name when None."""
+    from pathlib import PurePath
+
+    s = default if spec is None else spec.split(":", 1)[1] if spec.startswith(("builtin:", "data:")) else spec
+    name = PurePath(s.rstrip("/\\")).name or s
+    for _ in range(2):  # olid.csv.gz -> olid
+        stem = PurePath(name).stem
+        name = stem if stem and PurePath(name).suffix.lower() in (".gz", ".csv", ".tsv", ".jsonl", ".json", ".txt") else name
+    return spec_label(name, most=40)
+
+
 def check_out(name: str | None, what: str) -> None:
     from mechtox.workspace import check_name
 

@@ -12,6 +12,7 @@ from mechtox.jobs._base import (
     Context,
     JobConfig,
     check_out,
+    data_label,
     option,
     positive,
     spec_label,
@@ -38,7 +39,9 @@ class EvalJobConfig(JobConfig):
     f1_prompts: int = option(200, "prompts of --wiki for F1 (0: skip it)")
     max_new_tokens: int = option(20, "tokens generated per prompt (greedy)")
     batch_size: int = option(25, "prompts generated at once")
-    out: str | None = option(None, "run name (default eval-<model>: evaluations of two models keep apart)")
+    out: str | None = option(None, "run name (default eval-MODEL[-PROMPTS][-INTERVENTIONS], the prompts when "
+                                   "--prompts is given: evaluations of two models, prompt sets or interventions "
+                                   "keep apart)")
 
     def check(self) -> None:
         check_out(self.out, "run name")
@@ -53,7 +56,11 @@ class EvalJobConfig(JobConfig):
 
     @property
     def run_name(self) -> str:
-        return self.out or f"eval-{spec_label(self.model)}"
+        if self.out:
+            return self.out
+        name = (f"eval-{spec_label(self.model)}" + (f"-{data_label(self.prompts)}" if self.prompts else "")
+                + "".join(f"-{spec_label(i)}" for i in self.intervention or []))
+        return spec_label(name, most=100)
 
 
 @dataclass

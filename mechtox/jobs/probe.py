@@ -277,27 +277,12 @@ def eval_run_name(cfg: ProbeConfig, other_model: bool) -> str:
     """``probe-eval-PROBE-DATA`` (``-AGGREGATE`` when scored by token, ``-on-MODEL`` when --model is
     not the model the probe was fitted on): a probe scored on a second data set, or by another
     model, keeps the first one's run."""
-    from mechtox.jobs._base import spec_label
+    from mechtox.jobs._base import data_label, spec_label
 
     agg = cfg.aggregate
     name = (f"probe-eval-{cfg.eval}-{data_label(cfg.data)}" + ("" if agg == "pooled" else f"-{agg}")
             + (f"-on-{spec_label(cfg.model)}" if cfg.model and other_model else ""))
     return spec_label(name, most=100)
-
-
-def data_label(spec: str | None) -> str:
-    """A data spec as part of a run name: a file's name without its suffixes, ``data:NAME``'s NAME,
-    an HF id's last part, the default labelled file's name when None."""
-    from pathlib import PurePath
-
-    from mechtox.jobs._base import spec_label
-
-    s = "jigsaw_balanced.csv" if spec is None else spec.split(":", 1)[1] if spec.startswith(("builtin:", "data:")) else spec
-    name = PurePath(s.rstrip("/\\")).name or s
-    for _ in range(2):  # olid.csv.gz -> olid
-        stem = PurePath(name).stem
-        name = stem if stem and PurePath(name).suffix.lower() in (".gz", ".csv", ".tsv", ".jsonl", ".json", ".txt") else name
-    return spec_label(name, most=40)
 
 
 def evaluate_saved(cfg: ProbeConfig, ctx: Context, model=None) -> ProbeEvalResult:
