@@ -64,6 +64,19 @@ def test_main_job_reruns_what_a_change_reaches(tmp_path, monkeypatch, capsys):
     assert saved.read_bytes() == ours  # the main job's probe again, byte for byte
     assert main([*base, "--alpha", "4"]) == 0
     assert _ran(capsys.readouterr().out) == []
+    # the unembedding direction replaced by `mechtox directions` (it saves its methods by name; the toy pairs
+    # are steered along it): the directions step is redone, and writes the main job's direction back
+    saved = tmp_path / "ws" / "directions" / "unembed" / "direction.json"
+    ours = saved.read_bytes()
+    assert main(["directions", "-w", str(tmp_path / "ws"), "-q", "--data", "builtin:toxicity", "--prompts",
+                 "builtin:prompts", "--methods", "unembed", "--k-tokens", "3", "--contrast", "", "--n-eval-prompts",
+                 "0", "--out", "mine"]) == 0
+    assert saved.read_bytes() != ours
+    capsys.readouterr()
+    assert main([*base, "--alpha", "4"]) == 0
+    out = capsys.readouterr().out
+    assert _ran(out) == ["directions"] and "directions/unembed/direction.json was replaced since" in out
+    assert saved.read_bytes() == ours
 
 
 def test_step_keys_follow_dependencies_only():

@@ -293,13 +293,17 @@ def _run_step(step: Step, ctx: Context, models: _Models) -> None:
 
 
 def _outputs(step: Step, ctx: Context) -> list:
-    return [ctx.ws.run_dir(cfg.out) if job is compare_eval else job.output(cfg, ctx.ws) for job, cfg in step.jobs]
+    """The step's outputs: each job's (a file or a run folder) and the directions a directions job
+    saves (the rank and, on toy data, pairs steps read them by name)."""
+    out = [ctx.ws.run_dir(cfg.out) if job is compare_eval else job.output(cfg, ctx.ws) for job, cfg in step.jobs]
+    return out + [ctx.ws.direction_dir(m) / "direction.json" for job, cfg in step.jobs if job is directions
+                  for m in cfg.method_list if not (m == "probe" and cfg.probe)]
 
 
 def _output_digests(step: Step, ctx: Context) -> dict[str, str]:
-    """Digests of the step's output files (the probe, the pairs, the trained model's config) as
-    it wrote them: a later command can replace them under the same name (`mechtox probe` saves
-    'probe' too), and the steps after would then read another probe than their results came from."""
+    """Digests of the step's output files (the probe, the directions, the pairs, the trained model's
+    config) as it wrote them: a later command can replace them under the same name (`mechtox probe`
+    saves 'probe' too), and the steps after would then read another probe than their results came from."""
     return {str(p.relative_to(ctx.ws.root)): file_sha256(p)[:16] for p in _outputs(step, ctx) if p.is_file()}
 
 
