@@ -541,9 +541,19 @@ def test_saving_over_a_direction_of_another_model_says_so(ws, tmp_path, capsys, 
     assert "note:" not in capsys.readouterr().out
     assert main([*common, "--model", "./other"]) == 0
     out = capsys.readouterr().out
-    assert f"note: 'unembed' from tiny replaced by this one from {tmp_path / 'other'} (rename directions/unembed " \
-           "first to keep it)" in out
+    assert f"note: 'unembed' from tiny replaced by this one from {tmp_path / 'other'} (to keep both, rename " \
+           "directions/unembed first or give --save-prefix)" in out
     assert json.loads(saved.read_text())["provenance"]["model"] == str(tmp_path / "other")
+    # --save-prefix: saved beside, the other model's left as it was
+    theirs = saved.read_bytes()
+    assert main([*common, "--model", "tiny", "--save-prefix", "t"]) == 0
+    out = capsys.readouterr().out
+    assert "note:" not in out and "directions saved as t-unembed" in out and saved.read_bytes() == theirs
+    mine = json.loads((tmp_path / "ws" / "directions" / "t-unembed" / "direction.json").read_text())
+    assert mine["provenance"]["model"] == "tiny" and mine["name"] == "t-unembed"
+    assert main(["rank", "-w", ws, "-q", "--model", "tiny", "--probe", "t-unembed"]) == 0
+    assert main([*common, "--model", "tiny", "--save-prefix", "a/b"]) == 2
+    assert "--save-prefix" in capsys.readouterr().err
     probe = ["probe", "-w", ws, "-q", "--data", "builtin:toxicity", "--n-train", "60", "--n-test", "30", "--layers", "1"]
     assert main([*probe, "--model", "tiny"]) == 0 and main([*probe, "--model", "tiny"]) == 0
     assert "note:" not in capsys.readouterr().out  # the same model again: no note

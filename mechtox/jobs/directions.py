@@ -74,12 +74,15 @@ class DirectionsConfig(JobConfig):
                          choices=["raw", "final_norm", "whitened"])
     ppl_tokens: int = option(4000, "Wikitext-2 tokens for perplexity beside each ablation")
     out: str = option("directions", "run name; directions are saved as their method names")
+    save_prefix: str = option("", "save the directions as PREFIX-METHOD (e.g. dpo-unembed), keeping the ones "
+                                  "saved as METHOD (another model's, say)")
     text: str | None = None   # Wikitext-2 text (default: the shipped one); not a flag
 
     def check(self) -> None:
         from mechtox.specs import DIRECTION_METHODS
 
         check_out(self.out, "run name")
+        check_out(self.save_prefix or None, "--save-prefix")
         methods = self.method_list
         bad = [m for m in methods if m not in DIRECTION_METHODS]
         needs_none = self.attribution or "lens" in self.rerank_list  # rankings that need no direction
@@ -268,7 +271,8 @@ def fit_directions(cfg: DirectionsConfig, ctx: Context, model, inp: Inputs, sets
     spec = model_spec(cfg.model, ctx.ws)  # as a probe records it: what `--model` to pass it with
     for m, d in dirs.items():
         if not (m == "probe" and cfg.probe):
-            dirs[m] = dataclasses.replace(d, name=d.name or m, provenance={**d.provenance, "metric_for_ranking": cfg.metric,
+            name = f"{cfg.save_prefix}-{d.name or m}" if cfg.save_prefix else d.name or m
+            dirs[m] = dataclasses.replace(d, name=name, provenance={**d.provenance, "metric_for_ranking": cfg.metric,
                                                                            "model": spec})
     return dirs
 
@@ -458,7 +462,7 @@ def write(res: DirectionsResult, ctx: Context):
     cfg, run = res.config, output(res.config, ctx.ws)
     for m, d in res.directions.items():
         if not (m == "probe" and cfg.probe):
-            say_replaced(ctx.ws, d.name, d.provenance.get("model"))
+            say_replaced(ctx.ws, d.name, d.provenance.get("model"), "to keep both, rename directions/NAME first or give --save-prefix")
             d.save(ctx.ws.direction_dir(d.name))
     _io.write_text(run / artifacts.TOKEN_STATS, res.stats.to_csv(index=False))
     for r in res.ranked:
