@@ -295,10 +295,10 @@ def _lens_screen(vecs: Tensor, basis: Tensor, ids: list[int], k: int, chunk: int
     than the float32 rounding of the two products could change (so the full product, which may
     round otherwise, cannot reorder them)."""
     norms = basis.norm(dim=0)
+    slack = 4 * basis.shape[0] * torch.finfo(torch.float32).eps * norms.max()  # the toxic tokens' norms included
     norms[ids] = -1.0
     others = norms.topk(screen).indices
     sub = basis[:, torch.cat([torch.as_tensor(ids, device=basis.device), others])]
-    slack = 4 * basis.shape[0] * torch.finfo(torch.float32).eps * norms.max()
     keep = []
     for s in range(0, len(vecs), chunk):
         x = vecs[s: s + chunk]

@@ -645,9 +645,8 @@ def _run_dir(out_dir: str | os.PathLike[str] | None, resume: bool) -> Path | Non
 
 
 def train(model: HookedTransformer, objective, cfg: TrainConfig, out_dir: str | os.PathLike[str] | None,
-          resume: bool = False,
-          progress: bool = True, val_idx: Sequence[int] | None = None, train_idx: Sequence[int] | None = None,
-          stop_after: int | None = None) -> TrainResult:
+          resume: bool = False, progress: bool = True, val_idx: Sequence[int] | None = None,
+          train_idx: Sequence[int] | None = None, stop_after: int | None = None) -> TrainResult:
     """Train ``model`` in place on ``objective`` (an objective, or :class:`PreferencePairs` for
     DPO); checkpoints and metrics go to ``out_dir`` (``None``: none are written, as for a quick
     experiment in a notebook; the run cannot be resumed).

@@ -157,6 +157,26 @@ def test_lens_screen_keeps_vectors_whose_rivals_win_only_by_rounding(rich):
     assert clear.sum() > 50 and not kept & set(torch.nonzero(clear).flatten().tolist())
 
 
+def test_lens_screen_margin_reads_the_toxic_tokens_norm_too(rich):
+    """The rounding margin scales with the largest unembedding norm, the toxic tokens' included: a
+    toxic token of norm 100 rounds 100 times more than a rival of norm 1 that leads it by less."""
+    from mechtox.neurons import _lens_screen
+
+    d = rich.cfg.d_model
+    g = torch.Generator().manual_seed(5)
+    basis = torch.zeros(d, 20)
+    basis[:, 3] = 100 * torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    basis[:, 10] = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    diff = basis[:, 10] - basis[:, 3]
+    x = torch.randn(50, d, generator=g)
+    lead = 50 * 4 * d * torch.finfo(torch.float32).eps * x.norm(dim=-1)  # within 100x the norm-1 margin
+    x = x + ((lead - x @ diff) / diff.dot(diff))[:, None] * diff  # the rival leads by `lead` exactly
+    assert torch.allclose(x @ diff, lead, rtol=0.05)
+    assert len(_lens_screen(x, basis, [3], 1, 64, 1)) == 50  # left to the full read
+    far = x + (4 * lead / diff.dot(diff))[:, None] * diff  # 5x the lead: beyond the margin
+    assert len(_lens_screen(far, basis, [3], 1, 64, 1)) == 0
+
+
 def test_mean_activations_over_real_tokens_of_unequal_texts(rich):
     from mechtox.neurons import mean_activations
 

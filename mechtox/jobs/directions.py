@@ -462,7 +462,8 @@ def write(res: DirectionsResult, ctx: Context):
     cfg, run = res.config, output(res.config, ctx.ws)
     for m, d in res.directions.items():
         if not (m == "probe" and cfg.probe):
-            say_replaced(ctx.ws, d.name, d.provenance.get("model"), "to keep both, rename directions/NAME first or give --save-prefix")
+            say_replaced(ctx.ws, d.name, d.provenance.get("model"),
+                         "to keep both, rename directions/NAME first or give --save-prefix")
             d.save(ctx.ws.direction_dir(d.name))
     _io.write_text(run / artifacts.TOKEN_STATS, res.stats.to_csv(index=False))
     for r in res.ranked:
