@@ -86,7 +86,7 @@ MUTANTS = [
       '(("probe",), ("sft-probe", "dpo-probe"),', '(("probe",), ("sft-probe", "dpo-probe", "dpo"),',
       "`train dpo --probe p` ignores the probe in training and calls it 'trained against' afterwards"),
     M("directions-save-prefix-ignored", "jobs/directions.py",
-      'name = f"{cfg.save_prefix}-{d.name or m}" if cfg.save_prefix else d.name or m', "name = d.name or m",
+      'return f"{cfg.save_prefix}-{name}" if cfg.save_prefix else name', "return name",
       "`directions --save-prefix dpo` replaces the saved directions it was given to keep"),
     M("main-job-directions-not-digested", "jobs/main.py",
       "for job, cfg in step.jobs if job is directions", "for job, cfg in step.jobs if job is None",

@@ -347,9 +347,9 @@ def model_spec(spec: str, ws) -> str:
     return str(Path(ref.location).resolve()) if ref.kind in ("checkpoint", "gguf", "hf") and not in_workspace else spec
 
 
-def say_replaced(ws, name: str, model: str | None, keep: str = "rename directions/NAME first to keep it") -> None:
+def say_replaced(ws, name: str, model: str | None, keep: str) -> None:
     """A line when saving direction ``name`` replaces one the workspace holds from another model
-    (whatever read it before now reads this one)."""
+    (whatever read it before now reads this one); ``keep`` says how to keep both (NAME: ``name``)."""
     import json
 
     path = ws.direction_dir(name) / "direction.json"

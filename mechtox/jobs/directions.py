@@ -270,8 +270,8 @@ def fit_directions(cfg: DirectionsConfig, ctx: Context, model, inp: Inputs, sets
 
     spec = model_spec(cfg.model, ctx.ws)  # as a probe records it: what `--model` to pass it with
     for m, d in dirs.items():
-        if not (m == "probe" and cfg.probe):
-            name = f"{cfg.save_prefix}-{d.name or m}" if cfg.save_prefix else d.name or m
+        name = saved_name(cfg, m)
+        if name:
             dirs[m] = dataclasses.replace(d, name=name, provenance={**d.provenance, "metric_for_ranking": cfg.metric,
                                                                            "model": spec})
     return dirs
@@ -445,7 +445,16 @@ def run(cfg: DirectionsConfig, ctx: Context, model=None) -> DirectionsResult:
     return DirectionsResult(cfg, model.cfg.model_name, inp, stats, sets.strings(model), sets.strings(model, "nontoxic"),
                             dirs, ranked, table, top, agree, outl, abl, copies,
                             expected_max_cosine(model.cfg.d_model, n_vec), time.perf_counter() - t0,
-                            [d.name for m, d in dirs.items() if not (m == "probe" and cfg.probe)])
+                            [d.name for m, d in dirs.items() if saved_name(cfg, m)])
+
+
+def saved_name(cfg: DirectionsConfig, method: str) -> str | None:
+    """The name the direction of ``method`` is saved under, ``PREFIX-`` first with --save-prefix
+    (None: the probe given by --probe, which is not saved again)."""
+    if method == "probe" and cfg.probe:
+        return None
+    name = "probe-final" if method == "probe" else method
+    return f"{cfg.save_prefix}-{name}" if cfg.save_prefix else name
 
 
 def output(cfg: DirectionsConfig, ws) -> Path:
@@ -461,7 +470,7 @@ def write(res: DirectionsResult, ctx: Context):
 
     cfg, run = res.config, output(res.config, ctx.ws)
     for m, d in res.directions.items():
-        if not (m == "probe" and cfg.probe):
+        if saved_name(cfg, m):
             say_replaced(ctx.ws, d.name, d.provenance.get("model"),
                          "to keep both, rename directions/NAME first or give --save-prefix")
             d.save(ctx.ws.direction_dir(d.name))

@@ -296,8 +296,8 @@ def _outputs(step: Step, ctx: Context) -> list:
     """The step's outputs: each job's (a file or a run folder) and the directions a directions job
     saves (the rank and, on toy data, pairs steps read them by name)."""
     out = [ctx.ws.run_dir(cfg.out) if job is compare_eval else job.output(cfg, ctx.ws) for job, cfg in step.jobs]
-    return out + [ctx.ws.direction_dir(m) / "direction.json" for job, cfg in step.jobs if job is directions
-                  for m in cfg.method_list if not (m == "probe" and cfg.probe)]
+    saved = [directions.saved_name(cfg, m) for job, cfg in step.jobs if job is directions for m in cfg.method_list]
+    return out + [ctx.ws.direction_dir(name) / "direction.json" for name in saved if name]
 
 
 def _output_digests(step: Step, ctx: Context) -> dict[str, str]:
